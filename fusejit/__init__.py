@@ -1,0 +1,61 @@
+"""fusejit: a JIT tracing compiler for NumPy-style Python with XLA-style fusion.
+
+    import fusejit as fj
+    import fusejit.numpy as fnp
+
+    @fj.jit
+    def loss(w, x, y):
+        return fnp.mean((fnp.tanh(x @ w) - y) ** 2)
+"""
+
+from __future__ import annotations
+
+from fusejit import config, ir
+from fusejit.ir import IRParseError, IRTypeError
+from fusejit.tracer.jit import CacheInfo, Compiled, Jitted, Lowered, jit, make_ir
+from fusejit.tracer.numpy_api import stop_gradient
+from fusejit.tracer.pytree import tree_flatten, tree_leaves, tree_map, tree_unflatten
+from fusejit.tracer.tracing import ConcretizationError, EscapedTracerError
+
+__version__ = "0.1.0"
+
+
+def compile_ir(fn: ir.Function, *, backend: str | None = None, fuse: bool = True):  # noqa: ANN201
+    """Compiles an IR function (for example one from ``fj.ir.parse``); the result is
+    called with one NumPy array per parameter and returns a tuple of arrays."""
+    from fusejit.ir.transforms.pipeline import optimize
+    from fusejit.runtime.executable import compile_function
+
+    ir.verify(fn)
+    optimized, _ = optimize(fn, check=config.value("check_ir"))
+    executable = compile_function(optimized, backend=backend or config.value("backend"), fuse=fuse)
+
+    def run(*args: object) -> tuple:
+        import numpy as np
+
+        return executable([np.asarray(a, dtype=p.dtype.np) for a, p in zip(args, fn.params, strict=True)])
+
+    run.executable = executable  # type: ignore[attr-defined]
+    return run
+
+
+__all__ = [
+    "CacheInfo",
+    "Compiled",
+    "ConcretizationError",
+    "EscapedTracerError",
+    "IRParseError",
+    "IRTypeError",
+    "Jitted",
+    "Lowered",
+    "compile_ir",
+    "config",
+    "ir",
+    "jit",
+    "make_ir",
+    "stop_gradient",
+    "tree_flatten",
+    "tree_leaves",
+    "tree_map",
+    "tree_unflatten",
+]

@@ -1,0 +1,90 @@
+"""fusejit's settings: each declared once with its default, environment variable and help.
+
+Read a setting as ``config.value("dump_dir")``; change it with ``fj.config.update(name,
+value)`` or temporarily with ``with fj.config.override(name=value):``. Environment
+variables are read when fusejit is imported.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    name: str
+    env: str
+    default: Any
+    parse: Callable[[str], Any]
+    help: str
+
+
+def _flag(text: str) -> bool:
+    return text.strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def _optional_path(text: str) -> str | None:
+    return text or None
+
+
+SETTINGS = {
+    s.name: s
+    for s in (
+        Setting("disable_jit", "FUSEJIT_DISABLE_JIT", False, _flag, "jit runs functions eagerly (for pdb and print)."),
+        Setting("dump_dir", "FUSEJIT_DUMP", None, _optional_path, "Write each compilation's IR stages and kernels here."),
+        Setting("cache", "FUSEJIT_CACHE", True, _flag, "Keep compiled kernels in the on-disk cache."),
+        Setting("cache_dir", "FUSEJIT_CACHE_DIR", None, _optional_path, "The on-disk cache (default: the user cache dir)."),
+        Setting("debug_nans", "FUSEJIT_DEBUG_NANS", False, _flag, "Check each kernel's outputs for NaN/inf."),
+        Setting("backend", "FUSEJIT_BACKEND", "interpret", str, "Default backend: cpu or cuda."),
+        Setting("check_ir", "FUSEJIT_CHECK_IR", False, _flag, "Verify the IR after every pass."),
+    )
+}  # fmt: skip
+
+_values: dict[str, Any] = {}
+
+
+def _load_environment() -> None:
+    for s in SETTINGS.values():
+        raw = os.environ.get(s.env)
+        _values[s.name] = s.default if raw is None else s.parse(raw)
+
+
+def _setting(name: str) -> Setting:
+    try:
+        return SETTINGS[name]
+    except KeyError:
+        raise KeyError(f"unknown fusejit setting {name!r}; known: {', '.join(SETTINGS)}") from None
+
+
+def value(name: str) -> Any:
+    return _values[_setting(name).name]
+
+
+def update(name: str, new_value: Any) -> None:
+    """Sets a setting for the rest of the process (``fj.config.update``)."""
+    setting = _setting(name)
+    _values[setting.name] = setting.parse(new_value) if isinstance(new_value, str) and setting.parse is _flag else new_value
+
+
+@contextmanager
+def override(**changes: Any) -> Iterator[None]:
+    """Temporarily changes settings inside a ``with`` block."""
+    saved = {name: value(name) for name in changes}
+    try:
+        for name, v in changes.items():
+            update(name, v)
+        yield
+    finally:
+        _values.update(saved)
+
+
+def describe() -> str:
+    """A table of every setting, its environment variable, value and help."""
+    return "\n".join(f"{s.name:12} {s.env:20} {value(s.name)!r:10} {s.help}" for s in SETTINGS.values())
+
+
+_load_environment()

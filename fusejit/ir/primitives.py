@@ -1,0 +1,740 @@
+"""The closed set of primitives, each declared once with its shape/dtype rule and eager
+NumPy implementation.
+
+A ``Primitive`` is the single object that every layer registers its rule against:
+``abstract_eval`` (types in -> types out) and ``impl`` (NumPy arrays in -> arrays out)
+are declared here; the autodiff transform fills ``vjp``/``jvp`` and the code generator
+fills ``codegen``. ``missing_rules()`` names every primitive that lacks one.
+
+IR ops are strict where NumPy is lenient: binary ops need equal shapes and dtypes
+(the tracer inserts ``broadcast_in_dim`` and ``convert``), so every rule stays simple.
+"""
+
+from __future__ import annotations
+
+import builtins as _builtins  # primitives named abs/max/min/round/slice shadow builtins
+import enum
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fusejit.ir.dtypes import DType
+from fusejit.ir.types import TensorType
+
+
+class IRTypeError(ValueError, TypeError):
+    """An op applied to operands whose shapes, dtypes or attributes it does not accept."""
+
+
+class OpKind(enum.Enum):
+    """What a primitive does to its iteration space; fusion and codegen dispatch on it."""
+
+    ELEMENTWISE = "elementwise"  # out[i] = f(in1[i], in2[i], ...)
+    LAYOUT = "layout"  # moves or broadcasts elements: reshape, transpose, slice, pad, ...
+    REDUCTION = "reduction"  # reduces axes: reduce_sum/max/min, argmax/argmin
+    CONTRACTION = "contraction"  # dot_general (BLAS)
+    INDEXING = "indexing"  # data-dependent addressing: gather, scatter_add
+    SOURCE = "source"  # no inputs: constant, iota
+    CALL = "call"  # calls nested functions: custom_vjp_call
+
+
+class AttrKind(enum.Enum):
+    INT = "int"
+    INTS = "ints"  # tuple of ints (shapes, axes, permutations)
+    INTS_PAIR = "ints_pair"  # ((lhs ints), (rhs ints)) for dot_general
+    DTYPE = "dtype"
+    SCALAR = "scalar"  # a Python bool/int/float
+    SCALARS = "scalars"  # a scalar, or a flat tuple of scalars (constant data)
+    FUNCTION = "function"  # a nested IR Function (custom_vjp_call's rules)
+
+
+@dataclass(frozen=True, slots=True)
+class AttrSpec:
+    kind: AttrKind
+    # The printer omits attributes that the result type already shows (constant/iota's
+    # dtype and shape); the parser reads them back from it.
+    implied_by_result: bool = False
+
+
+FLOATS = frozenset({DType.f32, DType.f64})
+INTS = frozenset({DType.i32, DType.i64})
+NUMERIC = FLOATS | INTS
+ANY = NUMERIC | {DType.bool}
+BOOL_OR_INT = INTS | {DType.bool}
+
+TypeRule = Callable[..., tuple[TensorType, ...]]
+ImplRule = Callable[..., tuple[np.ndarray, ...]]
+
+
+@dataclass(eq=False)
+class Primitive:
+    """One IR operation and every rule registered against it."""
+
+    name: str
+    kind: OpKind
+    arity: int | None  # None: variadic (one or more inputs)
+    attrs: dict[str, AttrSpec]
+    abstract_eval: TypeRule
+    impl: ImplRule
+    dtypes: frozenset[DType] = ANY  # accepted dtypes of the (first) data input
+    vjp: Callable[..., Any] | None = field(default=None, repr=False)
+    jvp: Callable[..., Any] | None = field(default=None, repr=False)
+    codegen: Any | None = field(default=None, repr=False)
+
+    def __repr__(self) -> str:
+        return f"Primitive({self.name})"
+
+    def infer(self, in_types: tuple[TensorType, ...], attrs: dict[str, Any]) -> tuple[TensorType, ...]:
+        """Checks arity, dtypes and attributes, then applies the shape/dtype rule."""
+        if self.arity is not None and len(in_types) != self.arity:
+            raise IRTypeError(f"{self.name} takes {self.arity} operands, got {len(in_types)}")
+        if self.arity is None and not in_types:
+            raise IRTypeError(f"{self.name} takes at least one operand")
+        if in_types and in_types[0].dtype not in self.dtypes:
+            allowed = ", ".join(sorted(str(d) for d in self.dtypes))
+            raise IRTypeError(f"{self.name} does not accept dtype {in_types[0].dtype} (accepts {allowed})")
+        if set(attrs) != set(self.attrs):
+            raise IRTypeError(
+                f"{self.name} takes attributes ({', '.join(self.attrs)}), got ({', '.join(attrs)})"
+            )
+        for key, spec in self.attrs.items():
+            check_attr(self.name, key, spec.kind, attrs[key])
+        return self.abstract_eval(in_types, **attrs)
+
+
+PRIMITIVES: dict[str, Primitive] = {}
+
+
+def _register(prim: Primitive) -> Primitive:
+    assert prim.name not in PRIMITIVES, prim.name
+    PRIMITIVES[prim.name] = prim
+    return prim
+
+
+def missing_rules() -> dict[str, list[str]]:
+    """Each primitive that lacks a rule, with the names of the rules it lacks."""
+    missing: dict[str, list[str]] = {}
+    for prim in PRIMITIVES.values():
+        lacks = [r for r in ("vjp", "jvp", "codegen") if getattr(prim, r) is None]
+        if lacks:
+            missing[prim.name] = lacks
+    return missing
+
+
+# ---------------------------------------------------------------------------------------
+# Attribute checks
+
+
+def check_attr(prim: str, key: str, kind: AttrKind, value: Any) -> None:
+    def bad(what: str) -> IRTypeError:
+        return IRTypeError(f"{prim}: attribute {key}={value!r} must be {what}")
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_ints(v: Any) -> bool:
+        return isinstance(v, tuple) and all(is_int(i) for i in v)
+
+    if kind is AttrKind.INT and not is_int(value):
+        raise bad("an int")
+    if kind is AttrKind.INTS and not is_ints(value):
+        raise bad("a tuple of ints")
+    if kind is AttrKind.INTS_PAIR and not (
+        isinstance(value, tuple) and len(value) == 2 and all(is_ints(v) for v in value)
+    ):
+        raise bad("a pair of int tuples")
+    if kind is AttrKind.DTYPE and not isinstance(value, DType):
+        raise bad("a dtype")
+    if kind is AttrKind.SCALAR and not isinstance(value, (bool, int, float)):
+        raise bad("a scalar")
+    if kind is AttrKind.FUNCTION and type(value).__name__ != "Function":
+        raise bad("a function")
+    if kind is AttrKind.SCALARS and not (
+        isinstance(value, (bool, int, float))
+        or (isinstance(value, tuple) and all(isinstance(v, (bool, int, float)) for v in value))
+    ):
+        raise bad("a scalar or a tuple of scalars")
+
+
+def _check_axes(prim: str, axes: tuple[int, ...], ndim: int, what: str = "axes") -> None:
+    if any(not 0 <= a < ndim for a in axes) or len(set(axes)) != len(axes):
+        raise IRTypeError(f"{prim}: {what}={axes} are not distinct axes of a rank-{ndim} operand")
+
+
+# ---------------------------------------------------------------------------------------
+# Elementwise
+
+
+def _same_types(name: str, in_types: tuple[TensorType, ...]) -> TensorType:
+    first = in_types[0]
+    for t in in_types[1:]:
+        if t.shape != first.shape:
+            raise IRTypeError(f"{name}: operand shapes {first.shape} and {t.shape} differ")
+        if t.dtype != first.dtype:
+            raise IRTypeError(f"{name}: operand dtypes {first.dtype} and {t.dtype} differ")
+    return first
+
+
+def _elementwise(
+    name: str,
+    arity: int,
+    np_fn: Callable[..., np.ndarray],
+    dtypes: frozenset[DType],
+    out_dtype: DType | None = None,
+) -> Primitive:
+    def rule(in_types: tuple[TensorType, ...]) -> tuple[TensorType, ...]:
+        t = _same_types(name, in_types)
+        return (t if out_dtype is None else t.with_dtype(out_dtype),)
+
+    def impl(*xs: np.ndarray) -> tuple[np.ndarray, ...]:
+        return (np_fn(*xs),)
+
+    return _register(Primitive(name, OpKind.ELEMENTWISE, arity, {}, rule, impl, dtypes))
+
+
+def _logistic(x: np.ndarray) -> np.ndarray:
+    one = x.dtype.type(1)
+    return one / (one + np.exp(-x))
+
+
+def _rsqrt(x: np.ndarray) -> np.ndarray:
+    return x.dtype.type(1) / np.sqrt(x)
+
+
+neg = _elementwise("neg", 1, np.negative, NUMERIC)
+abs = _elementwise("abs", 1, np.abs, NUMERIC)  # noqa: A001 - the primitive's name
+sign = _elementwise("sign", 1, np.sign, NUMERIC)
+exp = _elementwise("exp", 1, np.exp, FLOATS)
+log = _elementwise("log", 1, np.log, FLOATS)
+log1p = _elementwise("log1p", 1, np.log1p, FLOATS)
+expm1 = _elementwise("expm1", 1, np.expm1, FLOATS)
+sqrt = _elementwise("sqrt", 1, np.sqrt, FLOATS)
+rsqrt = _elementwise("rsqrt", 1, _rsqrt, FLOATS)
+tanh = _elementwise("tanh", 1, np.tanh, FLOATS)
+logistic = _elementwise("logistic", 1, _logistic, FLOATS)
+sin = _elementwise("sin", 1, np.sin, FLOATS)
+cos = _elementwise("cos", 1, np.cos, FLOATS)
+floor = _elementwise("floor", 1, np.floor, FLOATS)
+ceil = _elementwise("ceil", 1, np.ceil, FLOATS)
+round = _elementwise("round", 1, np.rint, FLOATS)  # noqa: A001 - half to even, like np.round
+stop_gradient = _elementwise("stop_gradient", 1, lambda x: x, ANY)
+logical_not = _elementwise("not", 1, lambda x: np.logical_not(x) if x.dtype == bool else np.invert(x), BOOL_OR_INT)
+
+add = _elementwise("add", 2, np.add, NUMERIC)
+sub = _elementwise("sub", 2, np.subtract, NUMERIC)
+mul = _elementwise("mul", 2, np.multiply, NUMERIC)
+div = _elementwise("div", 2, np.divide, FLOATS)
+pow = _elementwise("pow", 2, np.power, FLOATS)  # noqa: A001
+max = _elementwise("max", 2, np.maximum, NUMERIC)  # noqa: A001
+min = _elementwise("min", 2, np.minimum, NUMERIC)  # noqa: A001
+eq = _elementwise("eq", 2, np.equal, ANY, DType.bool)
+ne = _elementwise("ne", 2, np.not_equal, ANY, DType.bool)
+lt = _elementwise("lt", 2, np.less, NUMERIC, DType.bool)
+le = _elementwise("le", 2, np.less_equal, NUMERIC, DType.bool)
+gt = _elementwise("gt", 2, np.greater, NUMERIC, DType.bool)
+ge = _elementwise("ge", 2, np.greater_equal, NUMERIC, DType.bool)
+logical_and = _elementwise("and", 2, np.bitwise_and, BOOL_OR_INT)
+logical_or = _elementwise("or", 2, np.bitwise_or, BOOL_OR_INT)
+
+
+def _select_rule(in_types: tuple[TensorType, ...]) -> tuple[TensorType, ...]:
+    pred, on_true, on_false = in_types
+    if pred.dtype is not DType.bool:
+        raise IRTypeError(f"select: predicate must be bool, got {pred.dtype}")
+    t = _same_types("select", (on_true, on_false))
+    if pred.shape != t.shape:
+        raise IRTypeError(f"select: predicate shape {pred.shape} and operand shape {t.shape} differ")
+    return (t,)
+
+
+select = _register(
+    Primitive(
+        "select",
+        OpKind.ELEMENTWISE,
+        3,
+        {},
+        _select_rule,
+        lambda p, a, b: (np.where(p, a, b),),
+        frozenset({DType.bool}),
+    )
+)
+
+
+def _convert_rule(in_types: tuple[TensorType, ...], dtype: DType) -> tuple[TensorType, ...]:
+    return (in_types[0].with_dtype(dtype),)
+
+
+convert = _register(
+    Primitive(
+        "convert",
+        OpKind.ELEMENTWISE,
+        1,
+        {"dtype": AttrSpec(AttrKind.DTYPE)},
+        _convert_rule,
+        lambda x, dtype: (x.astype(dtype.np),),
+    )
+)
+
+UNARY_ELEMENTWISE = (
+    neg, abs, sign, exp, log, log1p, expm1, sqrt, rsqrt, tanh, logistic, sin, cos,
+    floor, ceil, round, stop_gradient, logical_not,
+)  # fmt: skip
+BINARY_ELEMENTWISE = (
+    add, sub, mul, div, pow, max, min, eq, ne, lt, le, gt, ge, logical_and, logical_or,
+)  # fmt: skip
+
+# ---------------------------------------------------------------------------------------
+# Layout
+
+
+def _broadcast_rule(
+    in_types: tuple[TensorType, ...], shape: tuple[int, ...], dims: tuple[int, ...]
+) -> tuple[TensorType, ...]:
+    (x,) = in_types
+    if len(dims) != x.ndim or any(not 0 <= d < len(shape) for d in dims) or list(dims) != sorted(set(dims)):
+        raise IRTypeError(
+            f"broadcast_in_dim: dims={dims} must be increasing axes of {shape}, one per operand axis"
+        )
+    for i, d in enumerate(dims):
+        if x.shape[i] not in (1, shape[d]):
+            raise IRTypeError(f"broadcast_in_dim: cannot broadcast shape {x.shape} to {shape}")
+    return (x.with_shape(shape),)
+
+
+def _broadcast_impl(x: np.ndarray, shape: tuple[int, ...], dims: tuple[int, ...]) -> tuple[np.ndarray]:
+    expanded = [1] * len(shape)
+    for i, d in enumerate(dims):
+        expanded[d] = x.shape[i]
+    return (np.broadcast_to(x.reshape(expanded), shape),)
+
+
+broadcast_in_dim = _register(
+    Primitive(
+        "broadcast_in_dim",
+        OpKind.LAYOUT,
+        1,
+        {"shape": AttrSpec(AttrKind.INTS), "dims": AttrSpec(AttrKind.INTS)},
+        _broadcast_rule,
+        _broadcast_impl,
+    )
+)
+
+
+def _reshape_rule(in_types: tuple[TensorType, ...], shape: tuple[int, ...]) -> tuple[TensorType, ...]:
+    (x,) = in_types
+    if any(s < 0 for s in shape) or math.prod(shape) != x.size:
+        raise IRTypeError(f"reshape: cannot reshape {x.shape} ({x.size} elements) to {shape}")
+    return (x.with_shape(shape),)
+
+
+reshape = _register(
+    Primitive(
+        "reshape",
+        OpKind.LAYOUT,
+        1,
+        {"shape": AttrSpec(AttrKind.INTS)},
+        _reshape_rule,
+        lambda x, shape: (x.reshape(shape),),
+    )
+)
+
+
+def _transpose_rule(in_types: tuple[TensorType, ...], perm: tuple[int, ...]) -> tuple[TensorType, ...]:
+    (x,) = in_types
+    if sorted(perm) != list(range(x.ndim)):
+        raise IRTypeError(f"transpose: perm={perm} is not a permutation of {x.ndim} axes")
+    return (x.with_shape(tuple(x.shape[p] for p in perm)),)
+
+
+transpose = _register(
+    Primitive(
+        "transpose",
+        OpKind.LAYOUT,
+        1,
+        {"perm": AttrSpec(AttrKind.INTS)},
+        _transpose_rule,
+        lambda x, perm: (np.transpose(x, perm),),
+    )
+)
+
+
+def _slice_rule(
+    in_types: tuple[TensorType, ...],
+    start: tuple[int, ...],
+    limit: tuple[int, ...],
+    stride: tuple[int, ...],
+) -> tuple[TensorType, ...]:
+    (x,) = in_types
+    if not len(start) == len(limit) == len(stride) == x.ndim:
+        raise IRTypeError(f"slice: start/limit/stride need one entry per axis of {x.shape}")
+    out = []
+    for s, lim, st, n in zip(start, limit, stride, x.shape, strict=True):
+        if not (0 <= s <= lim <= n and st >= 1):
+            raise IRTypeError(f"slice: {s}:{lim}:{st} is not a valid slice of an axis of size {n}")
+        out.append(len(range(s, lim, st)))
+    return (x.with_shape(tuple(out)),)
+
+
+slice = _register(  # noqa: A001
+    Primitive(
+        "slice",
+        OpKind.LAYOUT,
+        1,
+        {n: AttrSpec(AttrKind.INTS) for n in ("start", "limit", "stride")},
+        _slice_rule,
+        lambda x, start, limit, stride: (
+            x[tuple(_builtins.slice(*a) for a in zip(start, limit, stride, strict=True))],
+        ),
+    )
+)
+
+
+def _concatenate_rule(in_types: tuple[TensorType, ...], axis: int) -> tuple[TensorType, ...]:
+    first = in_types[0]
+    _check_axes("concatenate", (axis,), first.ndim, "axis")
+    for t in in_types[1:]:
+        if t.dtype != first.dtype:
+            raise IRTypeError(f"concatenate: operand dtypes {first.dtype} and {t.dtype} differ")
+        if t.ndim != first.ndim or any(
+            a != b for i, (a, b) in enumerate(zip(t.shape, first.shape, strict=True)) if i != axis
+        ):
+            raise IRTypeError(
+                f"concatenate: shapes {first.shape} and {t.shape} differ outside axis {axis}"
+            )
+    size = sum(t.shape[axis] for t in in_types)
+    return (first.with_shape(first.shape[:axis] + (size,) + first.shape[axis + 1 :]),)
+
+
+concatenate = _register(
+    Primitive(
+        "concatenate",
+        OpKind.LAYOUT,
+        None,
+        {"axis": AttrSpec(AttrKind.INT)},
+        _concatenate_rule,
+        lambda *xs, axis: (np.concatenate(xs, axis=axis),),
+    )
+)
+
+
+def _pad_rule(
+    in_types: tuple[TensorType, ...], lo: tuple[int, ...], hi: tuple[int, ...], value: Any
+) -> tuple[TensorType, ...]:
+    (x,) = in_types
+    if len(lo) != x.ndim or len(hi) != x.ndim or any(p < 0 for p in lo + hi):
+        raise IRTypeError(f"pad: lo={lo} and hi={hi} need one non-negative entry per axis of {x.shape}")
+    return (x.with_shape(tuple(n + a + b for n, a, b in zip(x.shape, lo, hi, strict=True))),)
+
+
+pad = _register(
+    Primitive(
+        "pad",
+        OpKind.LAYOUT,
+        1,
+        {"lo": AttrSpec(AttrKind.INTS), "hi": AttrSpec(AttrKind.INTS), "value": AttrSpec(AttrKind.SCALAR)},
+        _pad_rule,
+        lambda x, lo, hi, value: (
+            np.pad(x, list(zip(lo, hi, strict=True)), constant_values=x.dtype.type(value)),
+        ),
+    )
+)
+
+LAYOUT_PRIMITIVES = (broadcast_in_dim, reshape, transpose, slice, concatenate, pad)
+
+# ---------------------------------------------------------------------------------------
+# Reductions
+
+
+def _reduce(name: str, np_fn: Callable[..., np.ndarray], dtypes: frozenset[DType]) -> Primitive:
+    def rule(in_types: tuple[TensorType, ...], axes: tuple[int, ...]) -> tuple[TensorType, ...]:
+        (x,) = in_types
+        _check_axes(name, axes, x.ndim)
+        if name != "reduce_sum" and any(x.shape[a] == 0 for a in axes):
+            raise IRTypeError(f"{name}: zero-size axis in {x.shape} has no identity")
+        return (x.with_shape(tuple(n for i, n in enumerate(x.shape) if i not in axes)),)
+
+    def impl(x: np.ndarray, axes: tuple[int, ...]) -> tuple[np.ndarray]:
+        return (np.asarray(np_fn(x, axis=axes)).astype(x.dtype, copy=False),)
+
+    return _register(Primitive(name, OpKind.REDUCTION, 1, {"axes": AttrSpec(AttrKind.INTS)}, rule, impl, dtypes))
+
+
+reduce_sum = _reduce("reduce_sum", np.sum, NUMERIC)
+reduce_max = _reduce("reduce_max", np.max, NUMERIC)
+reduce_min = _reduce("reduce_min", np.min, NUMERIC)
+
+
+def _arg_reduce(name: str, np_fn: Callable[..., np.ndarray]) -> Primitive:
+    def rule(in_types: tuple[TensorType, ...], axis: int) -> tuple[TensorType, ...]:
+        (x,) = in_types
+        _check_axes(name, (axis,), x.ndim, "axis")
+        if x.shape[axis] == 0:
+            raise IRTypeError(f"{name}: axis {axis} of {x.shape} is empty")
+        return (TensorType(DType.i64, x.shape[:axis] + x.shape[axis + 1 :]),)
+
+    def impl(x: np.ndarray, axis: int) -> tuple[np.ndarray]:
+        return (np.asarray(np_fn(x, axis=axis)).astype(np.int64, copy=False),)
+
+    return _register(Primitive(name, OpKind.REDUCTION, 1, {"axis": AttrSpec(AttrKind.INT)}, rule, impl, NUMERIC))
+
+
+argmax = _arg_reduce("argmax", np.argmax)
+argmin = _arg_reduce("argmin", np.argmin)
+
+# ---------------------------------------------------------------------------------------
+# Contraction
+
+
+def _dot_general_rule(
+    in_types: tuple[TensorType, ...],
+    contract: tuple[tuple[int, ...], tuple[int, ...]],
+    batch: tuple[tuple[int, ...], tuple[int, ...]],
+) -> tuple[TensorType, ...]:
+    lhs, rhs = in_types
+    if lhs.dtype != rhs.dtype:
+        raise IRTypeError(f"dot_general: operand dtypes {lhs.dtype} and {rhs.dtype} differ")
+    (lc, rc), (lb, rb) = contract, batch
+    _check_axes("dot_general", lc + lb, lhs.ndim, "lhs contract+batch axes")
+    _check_axes("dot_general", rc + rb, rhs.ndim, "rhs contract+batch axes")
+    if len(lc) != len(rc) or len(lb) != len(rb):
+        raise IRTypeError(f"dot_general: contract={contract} batch={batch} are not paired")
+    for a, b in zip(lc + lb, rc + rb, strict=True):
+        if lhs.shape[a] != rhs.shape[b]:
+            raise IRTypeError(
+                f"dot_general: shapes {lhs.shape} and {rhs.shape} disagree on paired axes {a} and {b}"
+            )
+    lfree = [n for i, n in enumerate(lhs.shape) if i not in lc + lb]
+    rfree = [n for i, n in enumerate(rhs.shape) if i not in rc + rb]
+    batch_shape = [lhs.shape[a] for a in lb]
+    return (TensorType(lhs.dtype, tuple(batch_shape + lfree + rfree)),)
+
+
+def dot_general_as_matmul(
+    lhs_shape: tuple[int, ...],
+    rhs_shape: tuple[int, ...],
+    contract: tuple[tuple[int, ...], tuple[int, ...]],
+    batch: tuple[tuple[int, ...], tuple[int, ...]],
+) -> tuple[tuple[int, ...], tuple[int, int, int], tuple[int, ...], tuple[int, int, int]]:
+    """How to compute a dot_general as one batched matmul ``[B,M,K] @ [B,K,N]``.
+
+    Returns (lhs permutation, lhs 3-d shape, rhs permutation, rhs 3-d shape): transpose
+    each operand to batch, free, contracted order (lhs) or batch, contracted, free (rhs)
+    and reshape. The matmul's ``[B,M,N]`` result reshapes to the dot_general's shape.
+    """
+    (lc, rc), (lb, rb) = contract, batch
+    lfree = tuple(i for i in range(len(lhs_shape)) if i not in lc + lb)
+    rfree = tuple(i for i in range(len(rhs_shape)) if i not in rc + rb)
+    bsize = math.prod(lhs_shape[a] for a in lb)
+    k = math.prod(lhs_shape[a] for a in lc)
+    m = math.prod(lhs_shape[a] for a in lfree)
+    n = math.prod(rhs_shape[a] for a in rfree)
+    return lb + lfree + lc, (bsize, m, k), rb + rc + rfree, (bsize, k, n)
+
+
+def _dot_general_impl(
+    lhs: np.ndarray,
+    rhs: np.ndarray,
+    contract: tuple[tuple[int, ...], tuple[int, ...]],
+    batch: tuple[tuple[int, ...], tuple[int, ...]],
+) -> tuple[np.ndarray]:
+    (out,) = _dot_general_rule(
+        (TensorType(DType.f64, lhs.shape), TensorType(DType.f64, rhs.shape)), contract, batch
+    )
+    lperm, lshape, rperm, rshape = dot_general_as_matmul(lhs.shape, rhs.shape, contract, batch)
+    a = np.transpose(lhs, lperm).reshape(lshape)
+    b = np.transpose(rhs, rperm).reshape(rshape)
+    return (np.matmul(a, b).reshape(out.shape),)
+
+
+dot_general = _register(
+    Primitive(
+        "dot_general",
+        OpKind.CONTRACTION,
+        2,
+        {"contract": AttrSpec(AttrKind.INTS_PAIR), "batch": AttrSpec(AttrKind.INTS_PAIR)},
+        _dot_general_rule,
+        _dot_general_impl,
+        NUMERIC,
+    )
+)
+
+# ---------------------------------------------------------------------------------------
+# Indexing: gather along one axis (take_along_axis) and its transpose, scatter_add.
+# Negative indices count from the end; indices out of range are clamped (like JAX), so
+# that compiled kernels never read out of bounds.
+
+
+def _normalize_indices(idx: np.ndarray, n: int) -> np.ndarray:
+    return np.clip(np.where(idx < 0, idx + n, idx), 0, _builtins.max(n - 1, 0))
+
+
+def _gather_rule(in_types: tuple[TensorType, ...], axis: int) -> tuple[TensorType, ...]:
+    x, idx = in_types
+    _check_axes("gather", (axis,), x.ndim, "axis")
+    if not idx.dtype.is_int:
+        raise IRTypeError(f"gather: indices must be integers, got {idx.dtype}")
+    if idx.ndim != x.ndim or any(
+        a != b for i, (a, b) in enumerate(zip(x.shape, idx.shape, strict=True)) if i != axis
+    ):
+        raise IRTypeError(f"gather: indices shape {idx.shape} must match operand {x.shape} off axis {axis}")
+    if x.shape[axis] == 0 and idx.shape[axis] > 0:
+        raise IRTypeError(f"gather: cannot index the empty axis {axis} of {x.shape}")
+    return (x.with_shape(idx.shape),)
+
+
+gather = _register(
+    Primitive(
+        "gather",
+        OpKind.INDEXING,
+        2,
+        {"axis": AttrSpec(AttrKind.INT)},
+        _gather_rule,
+        lambda x, idx, axis: (
+            np.take_along_axis(x, _normalize_indices(idx, x.shape[axis]), axis=axis),
+        ),
+        NUMERIC | {DType.bool},
+    )
+)
+
+
+def _scatter_add_rule(in_types: tuple[TensorType, ...], axis: int, size: int) -> tuple[TensorType, ...]:
+    upd, idx = in_types
+    _check_axes("scatter_add", (axis,), upd.ndim, "axis")
+    if not idx.dtype.is_int:
+        raise IRTypeError(f"scatter_add: indices must be integers, got {idx.dtype}")
+    if idx.shape != upd.shape:
+        raise IRTypeError(f"scatter_add: indices shape {idx.shape} and updates {upd.shape} differ")
+    if size < 0 or (size == 0 and upd.shape[axis] > 0):
+        raise IRTypeError(f"scatter_add: size={size} cannot hold the updates along axis {axis}")
+    return (upd.with_shape(upd.shape[:axis] + (size,) + upd.shape[axis + 1 :]),)
+
+
+def _scatter_add_impl(upd: np.ndarray, idx: np.ndarray, axis: int, size: int) -> tuple[np.ndarray]:
+    out = np.zeros(upd.shape[:axis] + (size,) + upd.shape[axis + 1 :], upd.dtype)
+    where = list(np.indices(idx.shape, sparse=True))
+    where[axis] = _normalize_indices(idx, size)
+    np.add.at(out, tuple(where), upd)
+    return (out,)
+
+
+scatter_add = _register(
+    Primitive(
+        "scatter_add",
+        OpKind.INDEXING,
+        2,
+        {"axis": AttrSpec(AttrKind.INT), "size": AttrSpec(AttrKind.INT)},
+        _scatter_add_rule,
+        _scatter_add_impl,
+        NUMERIC,
+    )
+)
+
+# ---------------------------------------------------------------------------------------
+# Sources
+
+
+def _iota_rule(
+    in_types: tuple[TensorType, ...], shape: tuple[int, ...], dimension: int, dtype: DType
+) -> tuple[TensorType, ...]:
+    _check_axes("iota", (dimension,), len(shape), "dimension")
+    if dtype is DType.bool:
+        raise IRTypeError("iota: dtype must be numeric")
+    return (TensorType(dtype, shape),)
+
+
+def _iota_impl(shape: tuple[int, ...], dimension: int, dtype: DType) -> tuple[np.ndarray]:
+    ramp = np.arange(shape[dimension], dtype=dtype.np)
+    view = [1] * len(shape)
+    view[dimension] = shape[dimension]
+    return (np.broadcast_to(ramp.reshape(view), shape),)
+
+
+iota = _register(
+    Primitive(
+        "iota",
+        OpKind.SOURCE,
+        0,
+        {
+            "dimension": AttrSpec(AttrKind.INT),
+            "shape": AttrSpec(AttrKind.INTS, implied_by_result=True),
+            "dtype": AttrSpec(AttrKind.DTYPE, implied_by_result=True),
+        },
+        _iota_rule,
+        _iota_impl,
+    )
+)
+
+
+def _constant_rule(
+    in_types: tuple[TensorType, ...], value: Any, shape: tuple[int, ...], dtype: DType
+) -> tuple[TensorType, ...]:
+    if isinstance(value, tuple) and len(value) != math.prod(shape):
+        raise IRTypeError(f"constant: {len(value)} values do not fill shape {shape}")
+    return (TensorType(dtype, shape),)
+
+
+def _constant_impl(value: Any, shape: tuple[int, ...], dtype: DType) -> tuple[np.ndarray]:
+    if isinstance(value, tuple):
+        return (np.array(value, dtype=dtype.np).reshape(shape),)
+    return (np.full(shape, value, dtype=dtype.np),)
+
+
+constant = _register(
+    Primitive(
+        "constant",
+        OpKind.SOURCE,
+        0,
+        {
+            "value": AttrSpec(AttrKind.SCALARS),
+            "shape": AttrSpec(AttrKind.INTS, implied_by_result=True),
+            "dtype": AttrSpec(AttrKind.DTYPE, implied_by_result=True),
+        },
+        _constant_rule,
+        _constant_impl,
+    )
+)
+
+
+def constant_value(value: Any, dtype: DType) -> Any:
+    """A Python scalar normalized to ``dtype`` as an attribute value (exactly
+    representable: a float32 constant holds the float32-rounded number)."""
+    scalar = dtype.np.type(value).item()
+    return bool(scalar) if dtype.is_bool else scalar
+
+
+# ---------------------------------------------------------------------------------------
+# A call with a user-defined derivative (fj.custom_vjp). ``fun`` computes the outputs;
+# ``fwd`` computes the outputs followed by residuals; ``bwd`` maps residuals followed by
+# output cotangents to one cotangent per input. The simplifier inlines ``fun`` once
+# differentiation is done, so backends never see this op.
+
+
+def _custom_vjp_rule(in_types: tuple[TensorType, ...], fun: Any, fwd: Any, bwd: Any) -> tuple[TensorType, ...]:
+    if tuple(p.type for p in fun.params) != in_types:
+        raise IRTypeError("custom_vjp_call: operand types differ from the function's parameters")
+    if tuple(r.type for r in fwd.results[: len(fun.results)]) != tuple(r.type for r in fun.results):
+        raise IRTypeError("custom_vjp_call: fwd must return the function's outputs first")
+    if tuple(r.type for r in bwd.results) != in_types:
+        raise IRTypeError("custom_vjp_call: bwd must return one cotangent per operand")
+    return tuple(r.type for r in fun.results)
+
+
+def _custom_vjp_impl(*xs: np.ndarray, fun: Any, fwd: Any, bwd: Any) -> tuple[np.ndarray, ...]:
+    from fusejit.ir.interpreter import run_function
+
+    return run_function(fun, *xs)
+
+
+custom_vjp_call = _register(
+    Primitive(
+        "custom_vjp_call",
+        OpKind.CALL,
+        None,
+        {n: AttrSpec(AttrKind.FUNCTION) for n in ("fun", "fwd", "bwd")},
+        _custom_vjp_rule,
+        _custom_vjp_impl,
+    )
+)

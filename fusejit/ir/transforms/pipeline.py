@@ -1,0 +1,44 @@
+"""The optimization pipeline: the passes run on every traced function, in order.
+
+Each pass is a pure ``Function -> Function``. With ``check_ir`` on (the tests turn it
+on), the verifier runs after every pass; each stage can be dumped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fusejit.ir.core import Function
+from fusejit.ir.transforms.dce import eliminate_dead_code
+from fusejit.ir.transforms.inline import inline_calls
+from fusejit.ir.verifier import verify
+
+Pass = Callable[[Function], Function]
+
+PIPELINE: list[tuple[str, Pass]] = [
+    ("inline_calls", inline_calls),
+    ("eliminate_dead_code", eliminate_dead_code),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    """One pass's output, stamped with the pass that made it and how long it took."""
+
+    pass_name: str
+    function: Function
+    seconds: float
+
+
+def optimize(fn: Function, *, check: bool = False) -> tuple[Function, list[Stage]]:
+    """Runs ``PIPELINE`` over ``fn``; returns the result and every intermediate stage."""
+    stages = []
+    for name, run in PIPELINE:
+        start = time.perf_counter()
+        fn = run(fn)
+        stages.append(Stage(name, fn, time.perf_counter() - start))
+        if check:
+            verify(fn)
+    return fn, stages

@@ -1,0 +1,1 @@
+"""Executables, buffers, caches and devices."""

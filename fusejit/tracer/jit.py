@@ -1,0 +1,396 @@
+"""``fj.jit``: trace once per signature, optimize, compile, cache, run.
+
+A signature is the pytree structure of the dynamic arguments, each leaf's shape and
+dtype (Python scalars are weakly typed), and the static arguments' values. A call whose
+signature was seen before does no tracing and no IR work: it flattens the arguments,
+looks the executable up and runs it.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fusejit import config
+from fusejit.ir.core import Function
+from fusejit.ir.dtypes import from_numpy, weak_scalar_dtype
+from fusejit.ir.transforms.fusion import FusedFunction
+from fusejit.ir.transforms.pipeline import Stage, optimize
+from fusejit.ir.types import TensorType
+from fusejit.runtime.executable import compile_function
+from fusejit.tracer.pytree import TreeDef, tree_flatten, tree_flatten_with_path, tree_unflatten
+from fusejit.tracer.tracing import is_tracing, sanitize_name, trace_function
+
+_SCALAR_TYPES = (bool, int, float)
+
+
+def _leaf_signature(leaf: Any) -> Any:
+    """What of a leaf the compiled code depends on: shape and dtype, or the scalar type."""
+    kind = type(leaf)
+    if kind is np.ndarray:
+        return (leaf.shape, leaf.dtype)
+    if kind in _SCALAR_TYPES:
+        return kind
+    if isinstance(leaf, np.generic):
+        return ((), leaf.dtype)
+    return None
+
+
+def _describe_signature(sig: Any) -> str:
+    if isinstance(sig, type):
+        return f"Python {sig.__name__}"
+    shape, dtype = sig
+    return f"{dtype}{list(shape)}"
+
+
+def _leaf_type(path: str, leaf: Any) -> tuple[TensorType, bool]:
+    """The IR type of an argument leaf and whether it is weakly typed."""
+    if isinstance(leaf, _SCALAR_TYPES) and not isinstance(leaf, np.generic):
+        return TensorType(weak_scalar_dtype(leaf), ()), True
+    if isinstance(leaf, (np.ndarray, np.generic)):
+        try:
+            return TensorType(from_numpy(leaf.dtype), tuple(np.shape(leaf))), False
+        except TypeError as e:
+            raise TypeError(f"argument {path}: {e}") from None
+    raise TypeError(
+        f"argument {path}: a {type(leaf).__name__} is not an array or scalar; "
+        "pass arrays, or mark the argument static with static_argnums/static_argnames"
+    )
+
+
+@dataclass
+class CacheInfo:
+    """Hits and misses of a jitted function's cache, and why each miss retraced."""
+
+    hits: int = 0
+    misses: int = 0
+    reasons: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"hits={self.hits} misses={self.misses}"]
+        lines += [f"  miss {i + 1}: {r}" for i, r in enumerate(self.reasons)]
+        return "\n".join(lines)
+
+
+@dataclass(eq=False)
+class _Signature:
+    """A traced signature, kept to explain later misses."""
+
+    treedef: TreeDef
+    leaves: dict[str, Any]
+    static: dict[str, Any]
+
+
+@dataclass(eq=False)
+class Compiled:
+    """A compiled executable with the output structure of the function it came from."""
+
+    lowered: Lowered
+    executable: Any
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        dynamic, _, _ = self.lowered.jitted._split(args, kwargs)
+        leaves, _ = tree_flatten(dynamic)
+        return self.lowered._run(self.executable, leaves)
+
+    def kernel_source(self) -> str:
+        return self.executable.kernel_source()
+
+    @property
+    def kernels(self) -> list[Any]:
+        return list(self.executable.kernels)
+
+
+@dataclass(eq=False)
+class Lowered:
+    """A traced and optimized function, not yet compiled (``jitted.lower(...)``)."""
+
+    jitted: Jitted
+    traced: Function
+    out_tree: TreeDef
+    in_types: tuple[TensorType, ...]
+    donated: tuple[int, ...] = ()  # flat indices of leaves whose buffers may be reused
+    _optimized: tuple[Function, list[Stage]] | None = None
+    _executable: Any = None
+
+    @property
+    def optimized(self) -> Function:
+        if self._optimized is None:
+            self._optimized = optimize(self.traced, check=config.value("check_ir"))
+        return self._optimized[0]
+
+    @property
+    def stages(self) -> list[Stage]:
+        self.optimized  # noqa: B018 - computes the stages
+        assert self._optimized is not None
+        return self._optimized[1]
+
+    def executable(self) -> Any:
+        if self._executable is None:
+            self._executable = compile_function(
+                self.optimized,
+                backend=self.jitted.backend,
+                fuse=self.jitted.fuse,
+                donate_argnums=self.donated,
+            )
+        return self._executable
+
+    @property
+    def fused(self) -> FusedFunction:
+        return self.executable().fused
+
+    def as_text(self, stage: str = "optimized") -> str:
+        """The IR at ``stage``: ``"traced"``, ``"optimized"`` or ``"fused"``."""
+        if stage == "traced":
+            return str(self.traced)
+        if stage == "optimized":
+            return str(self.optimized)
+        if stage == "fused":
+            return str(self.fused)
+        raise ValueError(f"unknown stage {stage!r}: use 'traced', 'optimized' or 'fused'")
+
+    def compile(self) -> Compiled:
+        return Compiled(self, self.executable())
+
+    def _run(self, executable: Any, leaves: Sequence[Any]) -> Any:
+        arrays = [
+            leaf if type(leaf) is np.ndarray else np.asarray(leaf, dtype=t.dtype.np)
+            for leaf, t in zip(leaves, self.in_types, strict=True)
+        ]
+        return tree_unflatten(self.out_tree, executable(arrays))
+
+
+class Jitted:
+    """A function wrapped by ``fj.jit``."""
+
+    def __init__(
+        self,
+        fun: Callable[..., Any],
+        *,
+        static_argnums: int | Sequence[int] = (),
+        static_argnames: str | Sequence[str] = (),
+        donate_argnums: int | Sequence[int] = (),
+        backend: str | None = None,
+        fuse: bool = True,
+    ) -> None:
+        functools.update_wrapper(self, fun)
+        self.fun = fun
+        self.fuse = fuse
+        self._backend = backend
+        try:
+            self._params = list(inspect.signature(fun).parameters.values())
+        except (TypeError, ValueError):
+            self._params = []
+        positional = [p.name for p in self._params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        nums = {static_argnums} if isinstance(static_argnums, int) else set(static_argnums)
+        names = {static_argnames} if isinstance(static_argnames, str) else set(static_argnames)
+        nums = {n % len(positional) if n < 0 and positional else n for n in nums}
+        # A static parameter is static whether it is passed by position or by name.
+        names |= {positional[n] for n in nums if n < len(positional)}
+        nums |= {positional.index(n) for n in names if n in positional}
+        self.static_argnums = frozenset(nums)
+        self.static_argnames = frozenset(names)
+        donate = {donate_argnums} if isinstance(donate_argnums, int) else set(donate_argnums)
+        self.donate_argnums = frozenset(donate)
+        self._positional = positional
+        self._cache: dict[Any, Lowered] = {}
+        self._info = CacheInfo()
+        self._last: _Signature | None = None
+
+    @property
+    def backend(self) -> str:
+        return self._backend or config.value("backend")
+
+    def __repr__(self) -> str:
+        return f"<jitted {getattr(self.fun, '__qualname__', self.fun)}>"
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        return self if obj is None else functools.partial(self, obj)
+
+    # The hot path --------------------------------------------------------------------
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if is_tracing() or config.value("disable_jit"):
+            return self.fun(*args, **kwargs)
+        dynamic, static_key, treedef_leaves = self._split(args, kwargs)
+        leaves, treedef = tree_flatten(dynamic)
+        key = (treedef, static_key, tuple(map(_leaf_signature, leaves)))
+        lowered = self._cache.get(key)
+        if lowered is None:
+            lowered = self._lower(args, kwargs)
+            self._cache[key] = lowered
+            self._info.misses += 1
+        else:
+            self._info.hits += 1
+        return lowered._run(lowered.executable(), leaves)
+
+    def _split(self, args: tuple, kwargs: dict[str, Any]) -> tuple[Any, Any, None]:
+        """(dynamic pytree, hashable static key)."""
+        if not self.static_argnums and not self.static_argnames:
+            return (args, kwargs), (), None
+        static = tuple((i, a) for i, a in enumerate(args) if i in self.static_argnums)
+        static += tuple(sorted((k, v) for k, v in kwargs.items() if k in self.static_argnames))
+        try:
+            hash(static)
+        except TypeError:
+            bad = next(k for k, v in static if not _hashable(v))
+            where = f"position {bad}" if isinstance(bad, int) else repr(bad)
+            raise TypeError(
+                f"static argument {where} of {self.__name__} is unhashable "
+                f"({type(dict(static)[bad]).__name__}); static arguments must be hashable "
+                "(use a tuple instead of a list), or make the argument non-static"
+            ) from None
+        dyn_args = tuple(a for i, a in enumerate(args) if i not in self.static_argnums)
+        dyn_kwargs = {k: v for k, v in kwargs.items() if k not in self.static_argnames}
+        return (dyn_args, dyn_kwargs), static, None
+
+    # Tracing -------------------------------------------------------------------------
+    def _arg_name(self, dyn_index: int) -> str:
+        positions = (i for i in range(dyn_index + len(self.static_argnums) + 1) if i not in self.static_argnums)
+        i = list(positions)[dyn_index]
+        return self._positional[i] if i < len(self._positional) else f"args[{i}]"
+
+    def _paths(
+        self, args: tuple, kwargs: dict[str, Any]
+    ) -> tuple[list[tuple[str, Any]], TreeDef, Any, tuple[int, ...]]:
+        """Leaves with their paths, the tree structure, the static key and the flat
+        indices of the donated leaves."""
+        (dyn_args, dyn_kwargs), static, _ = self._split(args, kwargs)
+        leaves: list[tuple[str, Any]] = []
+        donated: list[int] = []
+        positions = [i for i in range(len(args)) if i not in self.static_argnums]
+        for j, a in enumerate(dyn_args):
+            arg_leaves = tree_flatten_with_path(a, self._arg_name(j))[0]
+            if positions[j] in self.donate_argnums:
+                donated += range(len(leaves), len(leaves) + len(arg_leaves))
+            leaves += arg_leaves
+        for k in sorted(dyn_kwargs):
+            leaves += tree_flatten_with_path(dyn_kwargs[k], k)[0]
+        _, treedef = tree_flatten((dyn_args, dyn_kwargs))
+        return leaves, treedef, static, tuple(donated)
+
+    def _lower(self, args: tuple, kwargs: dict[str, Any]) -> Lowered:
+        path_leaves, treedef, static, donated = self._paths(args, kwargs)
+        signature = _Signature(
+            treedef,
+            {p: _leaf_signature(x) for p, x in path_leaves},
+            {str(k): v for k, v in static},
+        )
+        self._info.reasons.append(self._why_retrace(signature))
+        self._last = signature
+        typed = [_leaf_type(p, x) for p, x in path_leaves]
+        in_types = tuple(t for t, _ in typed)
+        static_items = dict(static)
+
+        def flat_fun(*leaf_values: Any) -> Any:
+            dyn_args, dyn_kwargs = tree_unflatten(treedef, leaf_values)
+            it = iter(dyn_args)
+            n = len(dyn_args) + sum(1 for k in static_items if isinstance(k, int))
+            call_args = [static_items[i] if i in static_items else next(it) for i in range(n)]
+            call_kwargs = dict(dyn_kwargs)
+            call_kwargs.update({k: v for k, v in static_items.items() if isinstance(k, str)})
+            return self.fun(*call_args, **call_kwargs)
+
+        name = sanitize_name(getattr(self.fun, "__name__", "fn"))
+        fn, (out_tree, _), captured = trace_function(
+            flat_fun,
+            in_types,
+            name=name,
+            param_names=[sanitize_name(p) for p, _ in path_leaves],
+            weak=[w for _, w in typed],
+        )
+        assert not captured, "a top-level trace captures no outer values"
+        return Lowered(self, fn, out_tree, in_types, donated)
+
+    def _why_retrace(self, new: _Signature) -> str:
+        old = self._last
+        if old is None:
+            return "first call"
+        reasons = []
+        if old.treedef != new.treedef:
+            reasons.append(f"argument structure {new.treedef} was {old.treedef}")
+        else:
+            for path, sig in new.leaves.items():
+                was = old.leaves.get(path)
+                if was != sig:
+                    reasons.append(_describe_change(path, sig, was))
+        for k, v in new.static.items():
+            if k in old.static and old.static[k] != v:
+                reasons.append(f"static argument {k}: {v!r} was {old.static[k]!r}")
+        return "; ".join(reasons) or "a signature seen before the last miss"
+
+    # Public helpers ------------------------------------------------------------------
+    def lower(self, *args: Any, **kwargs: Any) -> Lowered:
+        """Traces and optimizes for these arguments without running (cached)."""
+        dynamic, static_key, _ = self._split(args, kwargs)
+        leaves, treedef = tree_flatten(dynamic)
+        key = (treedef, static_key, tuple(map(_leaf_signature, leaves)))
+        if key not in self._cache:
+            self._cache[key] = self._lower(args, kwargs)
+            self._info.misses += 1
+        return self._cache[key]
+
+    def cache_info(self) -> CacheInfo:
+        return CacheInfo(self._info.hits, self._info.misses, list(self._info.reasons))
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+        self._last = None
+
+
+def _describe_change(path: str, sig: Any, was: Any) -> str:
+    if was is None:
+        return f"new argument {path}"
+    if isinstance(sig, tuple) and isinstance(was, tuple):
+        parts = []
+        if sig[0] != was[0]:
+            parts.append(f"shape {sig[0]} was {was[0]}")
+        if sig[1] != was[1]:
+            parts.append(f"dtype {sig[1]} was {was[1]}")
+        return f"argument {path}: " + ", ".join(parts)
+    return f"argument {path}: {_describe_signature(sig)} was {_describe_signature(was)}"
+
+
+def _hashable(v: Any) -> bool:
+    try:
+        hash(v)
+    except TypeError:
+        return False
+    return True
+
+
+def jit(
+    fun: Callable[..., Any] | None = None,
+    *,
+    static_argnums: int | Sequence[int] = (),
+    static_argnames: str | Sequence[str] = (),
+    donate_argnums: int | Sequence[int] = (),
+    backend: str | None = None,
+    fuse: bool = True,
+) -> Any:
+    """Compiles ``fun`` per signature of its arguments; usable bare or with options."""
+    options = dict(
+        static_argnums=static_argnums,
+        static_argnames=static_argnames,
+        donate_argnums=donate_argnums,
+        backend=backend,
+        fuse=fuse,
+    )
+    if fun is None:
+        return lambda f: Jitted(f, **options)
+    return Jitted(fun, **options)
+
+
+def make_ir(fun: Callable[..., Any], *, static_argnums: int | Sequence[int] = (),
+            static_argnames: str | Sequence[str] = ()) -> Callable[..., Function]:
+    """``make_ir(f)(*args)``: the traced IR function of ``f`` (like ``jax.make_jaxpr``)."""
+
+    def traced(*args: Any, **kwargs: Any) -> Function:
+        jitted = Jitted(fun, static_argnums=static_argnums, static_argnames=static_argnames)
+        return jitted._lower(args, kwargs).traced
+
+    return traced

@@ -1,0 +1,907 @@
+"""``fusejit.numpy``: NumPy's names over fusejit's primitives.
+
+Every function works on traced values (recording IR) and on concrete arrays (running
+eagerly through the same primitives), with NumPy 2 semantics: broadcasting, NEP 50
+promotion (Python scalars are weak), ``axis``/``keepdims``. NumPy functions applied to
+traced values dispatch here through ``__array_ufunc__``/``__array_function__``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import math
+import operator
+import string
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from fusejit.ir import primitives as P
+from fusejit.ir.dtypes import DType, from_numpy
+from fusejit.ir.primitives import IRTypeError
+from fusejit.tracer.tracing import (
+    TracedArray,
+    bind,
+    is_weak,
+    operand_dtype,
+    result_dtype,
+    shape_of,
+    user_source_loc,
+)
+
+# NumPy constants and dtype names, so that `import fusejit.numpy as np` keeps working.
+pi, e, inf, nan, newaxis = np.pi, np.e, np.inf, np.nan, None
+float32, float64, int32, int64, bool_ = np.float32, np.float64, np.int32, np.int64, np.bool_
+ndarray = np.ndarray
+
+Array = Any  # a TracedArray, a NumPy array or a scalar
+
+
+# ---------------------------------------------------------------------------------------
+# Operand preparation
+
+
+def _fail(message: str) -> IRTypeError:
+    loc = user_source_loc()
+    return IRTypeError(f"{message}{f' (at {loc})' if loc else ''}")
+
+
+def broadcast_shapes(name: str, *shapes: tuple[int, ...]) -> tuple[int, ...]:
+    try:
+        return tuple(np.broadcast_shapes(*shapes))
+    except ValueError:
+        raise _fail(
+            f"{name}: operands could not be broadcast together with shapes "
+            + " ".join(str(tuple(s)) for s in shapes)
+        ) from None
+
+
+def _with_weak(out: Any, weak: bool) -> Any:
+    if isinstance(out, TracedArray):
+        out.weak = weak
+    return out
+
+
+def _dtype_of(x: Array) -> DType:
+    return operand_dtype(x)[0]
+
+
+def astype(x: Array, dtype: Any) -> Array:
+    """``x`` converted to ``dtype`` (a no-op when it already has it)."""
+    dt = from_numpy(dtype)
+    if isinstance(x, TracedArray):
+        return x if x.value.dtype == dt else bind(P.convert, x, dtype=dt)
+    arr = np.asarray(x)
+    return arr if arr.dtype == dt.np else bind(P.convert, arr, dtype=dt)
+
+
+def broadcast_to(x: Array, shape: Sequence[int]) -> Array:
+    shape = tuple(int(s) for s in shape)
+    xs = shape_of(x)
+    if xs == shape:
+        return x
+    broadcast_shapes("broadcast_to", xs, shape)
+    if len(xs) > len(shape) or broadcast_shapes("broadcast_to", xs, shape) != shape:
+        raise _fail(f"broadcast_to: cannot broadcast shape {xs} to {shape}")
+    dims = tuple(range(len(shape) - len(xs), len(shape)))
+    out = bind(P.broadcast_in_dim, _as_operand(x), shape=shape, dims=dims)
+    return _with_weak(out, is_weak(x))
+
+
+def _as_operand(x: Array) -> Array:
+    """Tracers pass through; everything else becomes a NumPy array of a supported dtype."""
+    if isinstance(x, TracedArray):
+        return x
+    arr = np.asarray(x)
+    from_numpy(arr.dtype)  # raises for unsupported dtypes
+    return arr
+
+
+def _prepare(x: Array, dt: DType, shape: tuple[int, ...]) -> Array:
+    if not isinstance(x, TracedArray):
+        x = np.asarray(x, dtype=dt.np)
+    return broadcast_to(astype(x, dt), shape)
+
+
+def _elementwise(name: str, prim: P.Primitive, *xs: Array, dtype: DType | None = None) -> Array:
+    """``prim`` applied to NumPy-promoted, broadcast operands."""
+    dt = dtype or result_dtype(*xs)
+    shape = broadcast_shapes(name, *(shape_of(x) for x in xs))
+    out = bind(prim, *(_prepare(x, dt, shape) for x in xs))
+    return _with_weak(out, is_weak(*xs))
+
+
+def _float_dtype(*xs: Array) -> DType:
+    """The dtype NumPy computes float functions of ``xs`` in (ints go to float64)."""
+    dt = result_dtype(*xs)
+    return dt if dt.is_float else DType.f64
+
+
+def _unary_float(name: str, prim: P.Primitive) -> Callable[[Array], Array]:
+    def fn(x: Array) -> Array:
+        return _elementwise(name, prim, x, dtype=_float_dtype(x))
+
+    fn.__name__ = fn.__qualname__ = name
+    fn.__doc__ = f"Elementwise ``numpy.{name}``."
+    return fn
+
+
+def _binary(name: str, prim: P.Primitive) -> Callable[[Array, Array], Array]:
+    def fn(x: Array, y: Array) -> Array:
+        return _elementwise(name, prim, x, y)
+
+    fn.__name__ = fn.__qualname__ = name
+    fn.__doc__ = f"Elementwise ``numpy.{name}`` with broadcasting and NumPy 2 promotion."
+    return fn
+
+
+def _comparison(name: str, prim: P.Primitive) -> Callable[[Array, Array], Array]:
+    def fn(x: Array, y: Array) -> Array:
+        dt = result_dtype(x, y)
+        shape = broadcast_shapes(name, shape_of(x), shape_of(y))
+        return bind(prim, _prepare(x, dt, shape), _prepare(y, dt, shape))
+
+    fn.__name__ = fn.__qualname__ = name
+    fn.__doc__ = f"Elementwise ``numpy.{name}``; returns bool."
+    return fn
+
+
+# ---------------------------------------------------------------------------------------
+# Elementwise functions
+
+add = _binary("add", P.add)
+subtract = _binary("subtract", P.sub)
+multiply = _binary("multiply", P.mul)
+maximum = _binary("maximum", P.max)
+minimum = _binary("minimum", P.min)
+equal = _comparison("equal", P.eq)
+not_equal = _comparison("not_equal", P.ne)
+less = _comparison("less", P.lt)
+less_equal = _comparison("less_equal", P.le)
+greater = _comparison("greater", P.gt)
+greater_equal = _comparison("greater_equal", P.ge)
+
+exp = _unary_float("exp", P.exp)
+log = _unary_float("log", P.log)
+log1p = _unary_float("log1p", P.log1p)
+expm1 = _unary_float("expm1", P.expm1)
+sqrt = _unary_float("sqrt", P.sqrt)
+tanh = _unary_float("tanh", P.tanh)
+sin = _unary_float("sin", P.sin)
+cos = _unary_float("cos", P.cos)
+floor = _unary_float("floor", P.floor)
+ceil = _unary_float("ceil", P.ceil)
+rint = _unary_float("rint", P.round)
+
+
+def true_divide(x: Array, y: Array) -> Array:
+    """``x / y``; integer operands divide in float64, as in NumPy."""
+    return _elementwise("true_divide", P.div, x, y, dtype=_float_dtype(x, y))
+
+
+divide = true_divide
+
+
+def floor_divide(x: Array, y: Array) -> Array:
+    """``x // y`` (integers are divided exactly in float64, so |x| must stay below 2**53)."""
+    dt = result_dtype(x, y)
+    q = floor(true_divide(x, y))
+    return _with_weak(astype(q, dt), is_weak(x, y)) if not dt.is_float else q
+
+
+def power(x: Array, y: Array) -> Array:
+    """``x ** y``. Integer bases need a non-negative Python int exponent."""
+    dt = result_dtype(x, y)
+    if dt.is_float:
+        return _elementwise("power", P.pow, x, y)
+    if isinstance(y, int) and not isinstance(y, bool) and y >= 0:
+        out = ones_like(x, dtype=dt.np)
+        for _ in range(y):
+            out = multiply(out, x)
+        return out
+    raise NotImplementedError("numpy.power of integers needs a non-negative Python int exponent")
+
+
+def negative(x: Array) -> Array:
+    return _with_weak(bind(P.neg, _as_operand(x)), is_weak(x))
+
+
+def positive(x: Array) -> Array:
+    return x
+
+
+def absolute(x: Array) -> Array:
+    if _dtype_of(x).is_bool:
+        return x
+    return _with_weak(bind(P.abs, _as_operand(x)), is_weak(x))
+
+
+abs = absolute  # noqa: A001 - NumPy's name
+
+
+def sign(x: Array) -> Array:
+    return _with_weak(bind(P.sign, _as_operand(x)), is_weak(x))
+
+
+def square(x: Array) -> Array:
+    return multiply(x, x)
+
+
+def reciprocal(x: Array) -> Array:
+    return true_divide(1, x) if _dtype_of(x).is_float else true_divide(1, x).astype(_dtype_of(x).np)
+
+
+def log2(x: Array) -> Array:
+    return multiply(log(x), 1.0 / math.log(2.0))
+
+
+def log10(x: Array) -> Array:
+    return multiply(log(x), 1.0 / math.log(10.0))
+
+
+def exp2(x: Array) -> Array:
+    return exp(multiply(_as_float(x), math.log(2.0)))
+
+
+def tan(x: Array) -> Array:
+    return true_divide(sin(x), cos(x))
+
+
+def _as_float(x: Array) -> Array:
+    return astype(x, _float_dtype(x))
+
+
+def round(a: Array, decimals: int = 0) -> Array:  # noqa: A001 - NumPy's name
+    """Round half to even, like ``numpy.round``."""
+    if decimals == 0:
+        return a if not _dtype_of(a).is_float else rint(a)
+    scale = 10.0**decimals
+    return true_divide(rint(multiply(a, scale)), scale)
+
+
+around = round
+
+
+def logical_not(x: Array) -> Array:
+    return bind(P.logical_not, astype(x, DType.bool))
+
+
+def logical_and(x: Array, y: Array) -> Array:
+    return _elementwise("logical_and", P.logical_and, astype(x, DType.bool), astype(y, DType.bool))
+
+
+def logical_or(x: Array, y: Array) -> Array:
+    return _elementwise("logical_or", P.logical_or, astype(x, DType.bool), astype(y, DType.bool))
+
+
+def logical_xor(x: Array, y: Array) -> Array:
+    return not_equal(astype(x, DType.bool), astype(y, DType.bool))
+
+
+def bitwise_and(x: Array, y: Array) -> Array:
+    return _elementwise("bitwise_and", P.logical_and, x, y)
+
+
+def bitwise_or(x: Array, y: Array) -> Array:
+    return _elementwise("bitwise_or", P.logical_or, x, y)
+
+
+def invert(x: Array) -> Array:
+    return bind(P.logical_not, _as_operand(x))
+
+
+def where(condition: Array, x: Array = None, y: Array = None) -> Array:
+    """``numpy.where(condition, x, y)`` (the one-argument form has a data-dependent shape)."""
+    if x is None or y is None:
+        raise NotImplementedError("numpy.where with one argument (its shape depends on the data)")
+    dt = result_dtype(x, y)
+    shape = broadcast_shapes("where", shape_of(condition), shape_of(x), shape_of(y))
+    cond = broadcast_to(astype(condition, DType.bool), shape)
+    out = bind(P.select, _as_operand(cond), _prepare(x, dt, shape), _prepare(y, dt, shape))
+    return _with_weak(out, is_weak(x, y))
+
+
+def clip(a: Array, a_min: Array = None, a_max: Array = None) -> Array:
+    out = a
+    if a_min is not None:
+        out = maximum(out, a_min)
+    if a_max is not None:
+        out = minimum(out, a_max)
+    return out
+
+
+def stop_gradient(x: Array) -> Array:
+    """The identity, whose derivative is zero."""
+    return _with_weak(bind(P.stop_gradient, _as_operand(x)), is_weak(x))
+
+
+# ---------------------------------------------------------------------------------------
+# Reductions
+
+
+def _axes(axis: Any, ndim: int, name: str) -> tuple[int, ...]:
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    out = []
+    for a in axes:
+        a = operator.index(a)
+        if not -ndim <= a < ndim:
+            raise _fail(f"{name}: axis {a} is out of bounds for an array of dimension {ndim}")
+        out.append(a % ndim)
+    if len(set(out)) != len(out):
+        raise _fail(f"{name}: repeated axis in {axes}")
+    return tuple(sorted(out))
+
+
+def _keep(out: Array, shape: tuple[int, ...], axes: tuple[int, ...], keepdims: bool) -> Array:
+    if not keepdims:
+        return out
+    return reshape(out, tuple(1 if i in axes else n for i, n in enumerate(shape)))
+
+
+def sum(a: Array, axis: Any = None, dtype: Any = None, keepdims: bool = False) -> Array:  # noqa: A001
+    a = _as_operand(a)
+    dt = from_numpy(dtype) if dtype is not None else _dtype_of(a)
+    if dtype is None and not dt.is_float:
+        dt = DType.i64  # NumPy sums bools and small ints in the default int
+    axes = _axes(axis, len(shape_of(a)), "sum")
+    out = bind(P.reduce_sum, astype(a, dt), axes=axes)
+    return _keep(out, shape_of(a), axes, keepdims)
+
+
+def mean(a: Array, axis: Any = None, dtype: Any = None, keepdims: bool = False) -> Array:
+    a = _as_operand(a)
+    dt = from_numpy(dtype) if dtype is not None else _float_dtype(a)
+    axes = _axes(axis, len(shape_of(a)), "mean")
+    count = math.prod(shape_of(a)[i] for i in axes)
+    total = sum(astype(a, dt), axis=axes, keepdims=keepdims)
+    return true_divide(total, float(count))
+
+
+def var(a: Array, axis: Any = None, dtype: Any = None, ddof: int = 0, keepdims: bool = False) -> Array:
+    a = _as_operand(a)
+    axes = _axes(axis, len(shape_of(a)), "var")
+    count = math.prod(shape_of(a)[i] for i in axes)
+    centered = subtract(a, mean(a, axis=axes, dtype=dtype, keepdims=True))
+    total = sum(multiply(centered, centered), axis=axes, keepdims=keepdims)
+    return true_divide(total, float(builtins.max(count - ddof, 0)))
+
+
+def std(a: Array, axis: Any = None, dtype: Any = None, ddof: int = 0, keepdims: bool = False) -> Array:
+    return sqrt(var(a, axis=axis, dtype=dtype, ddof=ddof, keepdims=keepdims))
+
+
+def _extremum(prim: P.Primitive, name: str) -> Callable[..., Array]:
+    def fn(a: Array, axis: Any = None, keepdims: bool = False) -> Array:
+        a = _as_operand(a)
+        axes = _axes(axis, len(shape_of(a)), name)
+        src = astype(a, DType.i32) if _dtype_of(a).is_bool else a
+        out = bind(prim, src, axes=axes)
+        out = astype(out, DType.bool) if _dtype_of(a).is_bool else out
+        return _keep(out, shape_of(a), axes, keepdims)
+
+    fn.__name__ = fn.__qualname__ = name
+    return fn
+
+
+max = amax = _extremum(P.reduce_max, "max")  # noqa: A001
+min = amin = _extremum(P.reduce_min, "min")  # noqa: A001
+
+
+def all(a: Array, axis: Any = None, keepdims: bool = False) -> Array:  # noqa: A001
+    return min(astype(a, DType.bool), axis=axis, keepdims=keepdims)
+
+
+def any(a: Array, axis: Any = None, keepdims: bool = False) -> Array:  # noqa: A001
+    return max(astype(a, DType.bool), axis=axis, keepdims=keepdims)
+
+
+def _arg_extremum(prim: P.Primitive, name: str) -> Callable[..., Array]:
+    def fn(a: Array, axis: int | None = None, keepdims: bool = False) -> Array:
+        a = _as_operand(a)
+        if _dtype_of(a).is_bool:
+            a = astype(a, DType.i32)
+        if axis is None:
+            a, axis = ravel(a), 0
+        (ax,) = _axes(axis, len(shape_of(a)), name)
+        out = bind(prim, a, axis=ax)
+        return _keep(out, shape_of(a), (ax,), keepdims)
+
+    fn.__name__ = fn.__qualname__ = name
+    return fn
+
+
+argmax = _arg_extremum(P.argmax, "argmax")
+argmin = _arg_extremum(P.argmin, "argmin")
+
+
+# ---------------------------------------------------------------------------------------
+# Shapes and layout
+
+
+def _normalize_shape(shape: Any, size: int) -> tuple[int, ...]:
+    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    shape = tuple(operator.index(s) for s in shape)
+    if shape.count(-1) > 1:
+        raise _fail(f"reshape: can only infer one dimension in {shape}")
+    if -1 in shape:
+        known = math.prod(s for s in shape if s != -1)
+        if known == 0 or size % known:
+            raise _fail(f"reshape: cannot reshape an array of size {size} into shape {shape}")
+        shape = tuple(size // known if s == -1 else s for s in shape)
+    if math.prod(shape) != size:
+        raise _fail(f"reshape: cannot reshape an array of size {size} into shape {shape}")
+    return shape
+
+
+def reshape(a: Array, shape: Any, order: str = "C") -> Array:
+    if order != "C":
+        raise NotImplementedError("numpy.reshape with order other than 'C'")
+    a = _as_operand(a)
+    new = _normalize_shape(shape, math.prod(shape_of(a)))
+    if new == shape_of(a):
+        return a
+    return _with_weak(bind(P.reshape, a, shape=new), is_weak(a))
+
+
+def ravel(a: Array) -> Array:
+    return reshape(a, (-1,))
+
+
+def transpose(a: Array, axes: Any = None) -> Array:
+    a = _as_operand(a)
+    ndim = len(shape_of(a))
+    perm = tuple(reversed(range(ndim))) if axes is None else tuple(operator.index(x) % builtins.max(ndim, 1) for x in axes)
+    if sorted(perm) != list(range(ndim)):
+        raise _fail(f"transpose: axes {axes} don't match an array of dimension {ndim}")
+    if perm == tuple(range(ndim)):
+        return a
+    return _with_weak(bind(P.transpose, a, perm=perm), is_weak(a))
+
+
+def moveaxis(a: Array, source: Any, destination: Any) -> Array:
+    ndim = len(shape_of(a))
+    src = _axes_in_order(source, ndim, "moveaxis")
+    dst = _axes_in_order(destination, ndim, "moveaxis")
+    if len(src) != len(dst):
+        raise _fail("moveaxis: source and destination need the same number of axes")
+    order = [i for i in range(ndim) if i not in src]
+    for d, s in sorted(zip(dst, src, strict=True)):
+        order.insert(d, s)
+    return transpose(a, order)
+
+
+def _axes_in_order(axis: Any, ndim: int, name: str) -> list[int]:
+    axes = [axis] if isinstance(axis, (int, np.integer)) else list(axis)
+    out = []
+    for a in axes:
+        if not -ndim <= a < ndim:
+            raise _fail(f"{name}: axis {a} is out of bounds for an array of dimension {ndim}")
+        out.append(int(a) % ndim)
+    return out
+
+
+def swapaxes(a: Array, axis1: int, axis2: int) -> Array:
+    ndim = len(shape_of(a))
+    perm = list(range(ndim))
+    i, j = _axes_in_order((axis1, axis2), ndim, "swapaxes")
+    perm[i], perm[j] = perm[j], perm[i]
+    return transpose(a, perm)
+
+
+def expand_dims(a: Array, axis: Any) -> Array:
+    shape = list(shape_of(a))
+    axes = _axes(axis, len(shape) + (1 if isinstance(axis, (int, np.integer)) else len(axis)), "expand_dims")
+    for ax in axes:
+        shape.insert(ax, 1)
+    return reshape(a, tuple(shape))
+
+
+def squeeze(a: Array, axis: Any = None) -> Array:
+    shape = shape_of(a)
+    axes = tuple(i for i, n in enumerate(shape) if n == 1) if axis is None else _axes(axis, len(shape), "squeeze")
+    for ax in axes:
+        if shape[ax] != 1:
+            raise _fail(f"squeeze: cannot select an axis to squeeze out which has size not equal to one ({shape})")
+    return reshape(a, tuple(n for i, n in enumerate(shape) if i not in axes))
+
+
+def atleast_1d(a: Array) -> Array:
+    return reshape(a, (1,)) if len(shape_of(a)) == 0 else _as_operand(a)
+
+
+def atleast_2d(a: Array) -> Array:
+    a = atleast_1d(a)
+    return reshape(a, (1,) + shape_of(a)) if len(shape_of(a)) == 1 else a
+
+
+def concatenate(arrays: Sequence[Array], axis: int | None = 0) -> Array:
+    arrays = list(arrays)
+    if not arrays:
+        raise _fail("concatenate: need at least one array to concatenate")
+    if axis is None:
+        arrays, axis = [ravel(a) for a in arrays], 0
+    dt = result_dtype(*arrays)
+    ndim = len(shape_of(arrays[0]))
+    if ndim == 0:
+        raise _fail("concatenate: zero-dimensional arrays cannot be concatenated")
+    (ax,) = _axes(axis, ndim, "concatenate")
+    operands = [astype(_as_operand(a), dt) for a in arrays]
+    if len(operands) == 1:
+        return operands[0]
+    return _with_weak(bind(P.concatenate, *operands, axis=ax), is_weak(*arrays))
+
+
+def stack(arrays: Sequence[Array], axis: int = 0) -> Array:
+    arrays = list(arrays)
+    if not arrays:
+        raise _fail("stack: need at least one array to stack")
+    shapes = {shape_of(a) for a in arrays}
+    if len(shapes) != 1:
+        raise _fail(f"stack: all input arrays must have the same shape, got {sorted(shapes)}")
+    return concatenate([expand_dims(a, axis) for a in arrays], axis=axis)
+
+
+def vstack(arrays: Sequence[Array]) -> Array:
+    return concatenate([atleast_2d(a) for a in arrays], axis=0)
+
+
+def hstack(arrays: Sequence[Array]) -> Array:
+    arrays = [atleast_1d(a) for a in arrays]
+    return concatenate(arrays, axis=0 if len(shape_of(arrays[0])) == 1 else 1)
+
+
+def pad(array: Array, pad_width: Any, mode: str = "constant", constant_values: Any = 0) -> Array:
+    if mode != "constant":
+        raise NotImplementedError(f"numpy.pad with mode={mode!r} (only 'constant' is supported)")
+    a = _as_operand(array)
+    ndim = len(shape_of(a))
+    widths = np.broadcast_to(np.asarray(pad_width, dtype=np.int64), (ndim, 2))
+    if not isinstance(constant_values, (bool, int, float, np.generic)):
+        raise NotImplementedError("numpy.pad with per-axis constant_values")
+    value = P.constant_value(constant_values, _dtype_of(a))
+    return bind(P.pad, a, lo=tuple(int(w) for w in widths[:, 0]), hi=tuple(int(w) for w in widths[:, 1]), value=value)
+
+
+def _slice_or_reverse(a: Array, ax: int, start: int, stop: int, step: int) -> Array:
+    """``a`` sliced along ``ax`` by a normalized Python slice (steps may be negative)."""
+    shape = shape_of(a)
+    n = shape[ax]
+    if step > 0:
+        if (start, stop, step) == (0, n, 1):
+            return a
+        starts = [0] * len(shape)
+        limits = list(shape)
+        strides = [1] * len(shape)
+        starts[ax], limits[ax], strides[ax] = start, builtins.max(stop, start), step
+        return bind(P.slice, a, start=tuple(starts), limit=tuple(limits), stride=tuple(strides))
+    indices = np.arange(n)[start:stop:step] if n else np.zeros(0, np.int64)
+    return take(a, indices.astype(np.int64), axis=ax)
+
+
+def getitem(a: Array, key: Any) -> Array:
+    """NumPy basic indexing (ints, slices, None, Ellipsis) and one integer-array index."""
+    a = _as_operand(a)
+    key = key if isinstance(key, tuple) else (key,)
+    if builtins.any(k is Ellipsis for k in key):
+        i = next(i for i, k in enumerate(key) if k is Ellipsis)
+        used = builtins.sum(1 for k in key if k is not None and k is not Ellipsis)
+        key = key[:i] + (builtins.slice(None),) * (len(shape_of(a)) - used) + key[i + 1 :]
+    if builtins.sum(1 for k in key if k is not None) > len(shape_of(a)):
+        raise _fail(f"too many indices for an array of dimension {len(shape_of(a))}")
+    out, axis, out_shape, array_index = a, 0, [], None
+    for k in key:
+        if k is None:
+            out_shape.append(("new", None))
+            continue
+        n = shape_of(a)[axis]
+        if isinstance(k, builtins.slice):
+            start, stop, step = k.indices(n)
+            out = _slice_or_reverse(out, axis, start, stop, step)
+            out_shape.append(("keep", axis))
+        elif isinstance(k, (int, np.integer)) and not isinstance(k, bool):
+            i = int(k)
+            if not -n <= i < n:
+                raise _fail(f"index {i} is out of bounds for axis {axis} with size {n}")
+            out = _slice_or_reverse(out, axis, i % n, i % n + 1, 1)
+            out_shape.append(("drop", axis))
+        elif isinstance(k, TracedArray) or isinstance(k, (list, np.ndarray)):
+            idx = k if isinstance(k, TracedArray) else np.asarray(k)
+            if _dtype_of(idx).is_bool:
+                raise NotImplementedError("boolean mask indexing (its shape depends on the data)")
+            if array_index is not None:
+                raise NotImplementedError("indexing with more than one integer array")
+            array_index = (axis, idx)
+            out_shape.append(("array", axis))
+        else:
+            raise TypeError(f"unsupported index {k!r} of type {type(k).__name__}")
+        axis += 1
+    # Axes not named by the key are kept.
+    out_shape += [("keep", i) for i in range(axis, len(shape_of(a)))]
+    if array_index is not None:
+        ax, idx = array_index
+        out = take(out, idx, axis=ax)
+        idx_ndim = len(shape_of(idx))
+    final: list[int] = []
+    cur = shape_of(out)
+    for kind, ax in out_shape:
+        if kind == "new":
+            final.append(1)
+        elif kind == "keep":
+            final.append(cur[ax + (idx_ndim - 1 if array_index is not None and ax > array_index[0] else 0)])
+        elif kind == "array":
+            final.extend(cur[ax : ax + idx_ndim])
+    return reshape(out, tuple(final))
+
+
+def take(a: Array, indices: Array, axis: int | None = None) -> Array:
+    """``numpy.take``: out-of-range indices are clamped, negative ones count from the end."""
+    a = _as_operand(a)
+    if axis is None:
+        a, axis = ravel(a), 0
+    shape = shape_of(a)
+    (ax,) = _axes(axis, len(shape), "take")
+    idx = _as_operand(indices)
+    if not _dtype_of(idx).is_int:
+        raise _fail(f"take: indices must be integers, got {_dtype_of(idx)}")
+    ishape = shape_of(idx)
+    pre, post = shape[:ax], shape[ax + 1 :]
+    out_shape = pre + ishape + post
+    # Line up operand and indices on out_shape: the operand gets size-1 axes where the
+    # indices go, the indices get size-1 axes for the operand's other axes.
+    x = reshape(a, pre + (shape[ax],) + (1,) * builtins.max(len(ishape) - 1, 0) + post)
+    x = broadcast_to(x, pre + (shape[ax],) + ishape[1:] + post) if ishape else x
+    i = reshape(idx, (1,) * len(pre) + (ishape or (1,)) + (1,) * len(post))
+    i = broadcast_to(i, pre + (ishape or (1,)) + post)
+    if not ishape:
+        x = broadcast_to(x, pre + (shape[ax],) + post)
+    out = bind(P.gather, x, i, axis=ax)
+    return reshape(out, out_shape)
+
+
+def take_along_axis(arr: Array, indices: Array, axis: int) -> Array:
+    a, idx = _as_operand(arr), _as_operand(indices)
+    shape, ishape = shape_of(a), shape_of(idx)
+    if len(shape) != len(ishape):
+        raise _fail(f"take_along_axis: indices {ishape} and array {shape} need the same number of dimensions")
+    (ax,) = _axes(axis, len(shape), "take_along_axis")
+    common = broadcast_shapes(
+        "take_along_axis", tuple(1 if i == ax else n for i, n in enumerate(shape)),
+        tuple(1 if i == ax else n for i, n in enumerate(ishape)),
+    )
+    a = broadcast_to(a, tuple(shape[ax] if i == ax else n for i, n in enumerate(common)))
+    idx = broadcast_to(idx, tuple(ishape[ax] if i == ax else n for i, n in enumerate(common)))
+    return bind(P.gather, a, idx, axis=ax)
+
+
+# ---------------------------------------------------------------------------------------
+# Products
+
+
+def _dot(a: Array, b: Array, contract: tuple, batch: tuple = ((), ())) -> Array:
+    dt = result_dtype(a, b)
+    if dt.is_bool:
+        raise _fail("matmul: boolean operands are not supported")
+    return bind(P.dot_general, astype(_as_operand(a), dt), astype(_as_operand(b), dt), contract=contract, batch=batch)
+
+
+def matmul(a: Array, b: Array) -> Array:
+    """``a @ b`` with NumPy's rules for 1-d operands and broadcast batch dimensions."""
+    sa, sb = shape_of(a), shape_of(b)
+    if not sa or not sb:
+        raise _fail("matmul: operands must not be scalars")
+    if len(sa) == 1 and len(sb) == 1:
+        _check_contract(sa, sb, 0, 0)
+        return _dot(a, b, ((0,), (0,)))
+    if len(sb) <= 2:
+        kb = 0
+        _check_contract(sa, sb, len(sa) - 1, kb)
+        return _dot(a, b, ((len(sa) - 1,), (kb,)))
+    if len(sa) == 1:
+        return squeeze(matmul(reshape(a, (1, sa[0])), b), -2)
+    batch = broadcast_shapes("matmul", sa[:-2], sb[:-2])
+    _check_contract(sa, sb, len(sa) - 1, len(sb) - 2)
+    a = broadcast_to(a, batch + sa[-2:])
+    b = broadcast_to(b, batch + sb[-2:])
+    nb = len(batch)
+    bd = tuple(range(nb))
+    return _dot(a, b, ((nb + 1,), (nb,)), (bd, bd))
+
+
+def _check_contract(sa: tuple[int, ...], sb: tuple[int, ...], ia: int, ib: int) -> None:
+    if sa[ia] != sb[ib]:
+        raise _fail(f"matmul: contracted dimensions differ: shapes {sa} and {sb} ({sa[ia]} != {sb[ib]})")
+
+
+def dot(a: Array, b: Array) -> Array:
+    sa, sb = shape_of(a), shape_of(b)
+    if not sa or not sb:
+        return multiply(a, b)
+    kb = 0 if len(sb) == 1 else len(sb) - 2
+    _check_contract(sa, sb, len(sa) - 1, kb)
+    return _dot(a, b, ((len(sa) - 1,), (kb,)))
+
+
+def inner(a: Array, b: Array) -> Array:
+    sa, sb = shape_of(a), shape_of(b)
+    _check_contract(sa, sb, len(sa) - 1, len(sb) - 1)
+    return _dot(a, b, ((len(sa) - 1,), (len(sb) - 1,)))
+
+
+def outer(a: Array, b: Array) -> Array:
+    return multiply(reshape(a, (-1, 1)), reshape(b, (1, -1)))
+
+
+def einsum(subscripts: str, *operands: Array) -> Array:
+    """``numpy.einsum`` for one or two operands without repeated indices in one operand."""
+    spec = subscripts.replace(" ", "")
+    if "." in spec:
+        raise NotImplementedError("numpy.einsum with ellipsis")
+    inputs, arrow, output = spec.partition("->")
+    terms = inputs.split(",")
+    if len(terms) != len(operands) or len(terms) not in (1, 2):
+        raise NotImplementedError("numpy.einsum with other than one or two operands")
+    if not arrow:
+        counts = {c: inputs.count(c) for c in set(inputs) - {","}}
+        output = "".join(sorted(c for c, k in counts.items() if k == 1))
+    for t, x in zip(terms, operands, strict=True):
+        if len(set(t)) != len(t) or builtins.any(c not in string.ascii_letters for c in t):
+            raise NotImplementedError(f"numpy.einsum term {t!r} (repeated or invalid index)")
+        if len(t) != len(shape_of(x)):
+            raise _fail(f"einsum: term {t!r} does not match operand shape {shape_of(x)}")
+    # Sum away indices that appear in one operand only and not in the output.
+    ops = []
+    for i, (t, x) in enumerate(zip(terms, operands, strict=True)):
+        others = "".join(terms[:i] + terms[i + 1 :]) + output
+        lonely = [k for k, c in enumerate(t) if c not in others]
+        if lonely:
+            x = sum(x, axis=tuple(lonely))
+            t = "".join(c for c in t if c not in others)
+        ops.append((t, x))
+    if len(ops) == 1:
+        t, x = ops[0]
+        return transpose(x, [t.index(c) for c in output])
+    (ta, a), (tb, b) = ops
+    batch_idx = [c for c in ta if c in tb and c in output]
+    contract_idx = [c for c in ta if c in tb and c not in output]
+    out = _dot(
+        a, b,
+        (tuple(ta.index(c) for c in contract_idx), tuple(tb.index(c) for c in contract_idx)),
+        (tuple(ta.index(c) for c in batch_idx), tuple(tb.index(c) for c in batch_idx)),
+    )
+    order = batch_idx + [c for c in ta if c not in tb] + [c for c in tb if c not in ta]
+    return transpose(out, [order.index(c) for c in output])
+
+
+# ---------------------------------------------------------------------------------------
+# Constructors
+
+
+def asarray(a: Array, dtype: Any = None) -> Array:
+    out = _as_operand(a)
+    return out if dtype is None else astype(out, dtype)
+
+
+def array(a: Array, dtype: Any = None) -> Array:
+    if isinstance(a, (list, tuple)) and builtins.any(isinstance(x, TracedArray) for x in a):
+        return stack([asarray(x) for x in a]) if dtype is None else astype(stack(list(a)), dtype)
+    return asarray(np.array(a) if not isinstance(a, TracedArray) else a, dtype)
+
+
+def full(shape: Any, fill_value: Any, dtype: Any = None) -> Array:
+    shape = _normalize_shape(shape, math.prod((shape,) if isinstance(shape, int) else shape))
+    dt = from_numpy(dtype) if dtype is not None else _dtype_of(fill_value)
+    if isinstance(fill_value, TracedArray):
+        return broadcast_to(astype(fill_value, dt), shape)
+    value = bind(P.constant, value=P.constant_value(fill_value, dt), shape=(), dtype=dt)
+    return broadcast_to(value, shape)
+
+
+def zeros(shape: Any, dtype: Any = float) -> Array:
+    return full(shape, 0, dtype)
+
+
+def ones(shape: Any, dtype: Any = float) -> Array:
+    return full(shape, 1, dtype)
+
+
+def full_like(a: Array, fill_value: Any, dtype: Any = None) -> Array:
+    return full(shape_of(a), fill_value, dtype if dtype is not None else _dtype_of(a).np)
+
+
+def zeros_like(a: Array, dtype: Any = None) -> Array:
+    return full_like(a, 0, dtype)
+
+
+def ones_like(a: Array, dtype: Any = None) -> Array:
+    return full_like(a, 1, dtype)
+
+
+def arange(start: int, stop: int | None = None, step: int = 1, dtype: Any = None) -> Array:
+    if stop is None:
+        start, stop = 0, start
+    values = np.arange(start, stop, step)
+    dt = from_numpy(dtype) if dtype is not None else from_numpy(values.dtype)
+    ramp = bind(P.iota, shape=(len(values),), dimension=0, dtype=dt)
+    if step != 1:
+        ramp = multiply(ramp, step)
+    if start != 0:
+        ramp = add(ramp, start)
+    return astype(ramp, dt)
+
+
+def eye(n: int, m: int | None = None, dtype: Any = float) -> Array:
+    shape = (n, m if m is not None else n)
+    rows = bind(P.iota, shape=shape, dimension=0, dtype=DType.i64)
+    cols = bind(P.iota, shape=shape, dimension=1, dtype=DType.i64)
+    return astype(equal(rows, cols), dtype)
+
+
+def linspace(start: float, stop: float, num: int = 50, endpoint: bool = True, dtype: Any = None) -> Array:
+    return asarray(np.linspace(start, stop, num, endpoint=endpoint), dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# NumPy's protocols: which NumPy callables map to which fusejit.numpy functions.
+
+_UFUNCS: dict[np.ufunc, Callable[..., Array]] = {
+    np.add: add, np.subtract: subtract, np.multiply: multiply, np.divide: true_divide,
+    np.floor_divide: floor_divide, np.power: power, np.maximum: maximum, np.minimum: minimum,
+    np.negative: negative, np.positive: positive, np.absolute: absolute, np.sign: sign,
+    np.exp: exp, np.log: log, np.log1p: log1p, np.expm1: expm1, np.sqrt: sqrt, np.tanh: tanh,
+    np.sin: sin, np.cos: cos, np.tan: tan, np.floor: floor, np.ceil: ceil, np.rint: rint,
+    np.equal: equal, np.not_equal: not_equal, np.less: less, np.less_equal: less_equal,
+    np.greater: greater, np.greater_equal: greater_equal, np.logical_and: logical_and,
+    np.logical_or: logical_or, np.logical_not: logical_not, np.logical_xor: logical_xor,
+    np.square: square, np.reciprocal: reciprocal, np.log2: log2, np.log10: log10,
+    np.exp2: exp2, np.bitwise_and: bitwise_and, np.bitwise_or: bitwise_or, np.invert: invert,
+    np.matmul: matmul,
+}  # fmt: skip
+_UFUNC_REDUCTIONS = {np.add: sum, np.maximum: max, np.minimum: min}
+
+
+def apply_ufunc(ufunc: np.ufunc, method: str, inputs: tuple, kwargs: dict[str, Any]) -> Array:
+    name = f"numpy.{ufunc.__name__}" + ("" if method == "__call__" else f".{method}")
+    unsupported = set(kwargs) - {"axis", "keepdims", "dtype"} if method == "reduce" else set(kwargs)
+    if unsupported:
+        raise NotImplementedError(f"{name} with arguments {sorted(unsupported)} has no fusejit rule")
+    if method == "__call__" and ufunc in _UFUNCS:
+        return _UFUNCS[ufunc](*inputs)
+    if method == "reduce" and ufunc in _UFUNC_REDUCTIONS:
+        kwargs.setdefault("axis", 0)
+        return _UFUNC_REDUCTIONS[ufunc](*inputs, **kwargs)
+    raise NotImplementedError(f"{name} has no fusejit rule (it cannot be traced)")
+
+
+_ARRAY_FUNCTIONS = (
+    "sum mean var std max min amax amin argmax argmin all any clip where reshape ravel "
+    "transpose moveaxis swapaxes expand_dims squeeze concatenate stack vstack hstack pad "
+    "take take_along_axis matmul dot inner outer einsum broadcast_to zeros_like ones_like "
+    "full_like round around atleast_1d atleast_2d"
+).split()
+
+
+def apply_array_function(func: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Array:
+    name = getattr(func, "__name__", repr(func))
+    if name not in _ARRAY_FUNCTIONS:
+        raise NotImplementedError(f"numpy.{name} has no fusejit rule (it cannot be traced)")
+    return globals()[name](*args, **kwargs)
+
+
+def __getattr__(name: str) -> Any:
+    if not name.startswith("_") and hasattr(np, name):
+        raise NotImplementedError(f"numpy.{name} is not supported by fusejit.numpy")
+    raise AttributeError(f"module 'fusejit.numpy' has no attribute {name!r}")
+
+
+_NOT_EXPORTED = {
+    "annotations", "Any", "Array", "Callable", "Sequence", "DType", "IRTypeError", "TracedArray",
+    "bind", "is_weak", "operand_dtype", "result_dtype", "shape_of", "user_source_loc",
+    "from_numpy", "apply_ufunc", "apply_array_function", "getitem", "broadcast_shapes",
+}  # fmt: skip
+__all__ = [
+    n for n, v in list(globals().items())
+    if not n.startswith("_") and n not in _NOT_EXPORTED and type(v).__name__ != "module"
+]  # fmt: skip

@@ -1,0 +1,441 @@
+"""Tracing: values that record the ops applied to them into IR.
+
+``trace_function`` calls a Python function on ``TracedArray``s; every operation on them
+goes through ``bind``, which appends an op to the innermost active ``Trace`` (stamped
+with the user's source line). With no trace active, ``bind`` runs the primitive's NumPy
+rule at once: that is eager mode, and it shares every typing rule with tracing.
+
+Traces nest (``grad`` inside ``jit``). A value of an outer trace used inside an inner
+one is *captured*: it becomes an extra parameter of the inner function, and the caller
+passes the outer value for it (closure conversion).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from fusejit.ir import primitives as P
+from fusejit.ir.builder import Builder
+from fusejit.ir.core import Function, SourceLoc, Value
+from fusejit.ir.dtypes import DType, from_numpy, promote, promote_weak, weak_scalar_dtype
+from fusejit.ir.interpreter import run_function
+from fusejit.ir.primitives import IRTypeError, Primitive
+from fusejit.ir.types import TensorType
+
+
+class ConcretizationError(TypeError):
+    """Python needed a concrete value (``if``, ``bool()``, ``int()``) of a traced one."""
+
+
+class EscapedTracerError(RuntimeError):
+    """A traced value was used after the trace that created it had finished."""
+
+
+# ---------------------------------------------------------------------------------------
+# Source locations: the first frame outside fusejit (and NumPy's dispatch machinery).
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_NUMPY_DIR = os.path.dirname(os.path.abspath(np.__file__))
+_internal_files: dict[str, bool] = {}
+
+
+def _is_internal(filename: str) -> bool:
+    internal = _internal_files.get(filename)
+    if internal is None:
+        path = os.path.abspath(filename)
+        internal = path.startswith((_PACKAGE_DIR + os.sep, _NUMPY_DIR + os.sep)) or filename.startswith("<frozen")
+        _internal_files[filename] = internal
+    return internal
+
+
+def user_source_loc() -> SourceLoc | None:
+    """The file and line of the innermost caller outside fusejit."""
+    frame = sys._getframe(1)
+    while frame is not None and _is_internal(frame.f_code.co_filename):
+        frame = frame.f_back
+    if frame is None:
+        return None
+    return SourceLoc(frame.f_code.co_filename, frame.f_lineno)
+
+
+# ---------------------------------------------------------------------------------------
+# Traces
+
+
+class Trace:
+    """The function being built by one active trace."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.builder = Builder()
+        self.params: list[Value] = []
+        self.captured: dict[int, tuple[TracedArray, Value]] = {}
+        self.active = True
+
+    def new_param(self, type_: TensorType, name: str | None, weak: bool = False) -> TracedArray:
+        v = Value(type_, name)
+        self.params.append(v)
+        return TracedArray(v, self, weak)
+
+    def capture(self, outer: TracedArray) -> Value:
+        """The parameter standing for a value of an enclosing trace."""
+        entry = self.captured.get(id(outer))
+        if entry is None:
+            entry = (outer, Value(outer.value.type, outer.value.name))
+            self.captured[id(outer)] = entry
+        return entry[1]
+
+
+_TRACES: list[Trace] = []
+
+
+def current_trace() -> Trace | None:
+    return _TRACES[-1] if _TRACES else None
+
+
+def is_tracing() -> bool:
+    return bool(_TRACES)
+
+
+def _to_value(x: Any, trace: Trace, dtype: DType | None = None) -> Value:
+    """``x`` as a value of ``trace``: its own tracer, a captured outer one, or a constant."""
+    if isinstance(x, TracedArray):
+        if x.trace is trace:
+            v = x.value
+        elif x.trace.active:
+            v = trace.capture(x)
+        else:
+            raise EscapedTracerError(
+                f"a traced value {x.value.type} of the finished trace of {x.trace.name!r} was used "
+                "later; return it from the traced function instead of storing it"
+            )
+        return v if dtype is None else trace.builder.convert(v, dtype)
+    arr = np.asarray(x)
+    dt = dtype or from_numpy(arr.dtype)
+    arr = arr.astype(dt.np)
+    if arr.ndim == 0:
+        return trace.builder.constant(arr.item(), dt)
+    return trace.builder.op(
+        P.constant, value=tuple(arr.ravel().tolist()), shape=arr.shape, dtype=dt
+    )
+
+
+def bind(prim: Primitive, *args: Any, **attrs: Any) -> Any:
+    """Applies ``prim``: records an op in the innermost trace, or runs it eagerly.
+
+    Inputs are ``TracedArray``s, NumPy arrays or scalars and must already have the types
+    the primitive requires (``fusejit.numpy`` does promotion and broadcasting). Returns
+    one output, or a tuple for multi-output primitives.
+    """
+    trace = current_trace()
+    loc = user_source_loc()
+    if trace is None:
+        arrays = [np.asarray(a) for a in args]
+        try:
+            types = prim.infer(tuple(TensorType(from_numpy(a.dtype), a.shape) for a in arrays), attrs)
+        except IRTypeError as e:
+            raise IRTypeError(f"{e}{f' (at {loc})' if loc else ''}") from None
+        with np.errstate(all="ignore"):
+            outs = prim.impl(*arrays, **attrs)
+        results = tuple(np.asarray(o, dtype=t.dtype.np) for o, t in zip(outs, types, strict=True))
+    else:
+        with trace.builder.at(loc):
+            values = tuple(_to_value(a, trace) for a in args)
+            outs = trace.builder.emit(prim, values, attrs)
+        weak = bool(args) and all(getattr(a, "weak", False) for a in args)
+        results = tuple(TracedArray(v, trace, weak) for v in outs)
+    return results[0] if len(results) == 1 else results
+
+
+def trace_function(
+    fun: Callable[..., Any],
+    in_types: Sequence[TensorType],
+    *,
+    name: str,
+    param_names: Sequence[str | None] | None = None,
+    weak: Sequence[bool] | None = None,
+) -> tuple[Function, Any, list[TracedArray]]:
+    """Traces ``fun(*params)`` into a Function.
+
+    Returns the function, the raw (pytree) output with leaves replaced by their result
+    indices, and the outer tracers captured by the trace, in the order of the extra
+    parameters appended after ``in_types``'s.
+    """
+    from fusejit.tracer.pytree import tree_flatten, tree_unflatten
+
+    trace = Trace(name)
+    names = list(param_names or [None] * len(in_types))
+    weak = list(weak or [False] * len(in_types))
+    args = [trace.new_param(t, n, w) for t, n, w in zip(in_types, names, weak, strict=True)]
+    _TRACES.append(trace)
+    try:
+        out = fun(*args)
+        leaves, treedef = tree_flatten(out)
+        results = []
+        for leaf in leaves:
+            if not isinstance(leaf, (TracedArray, np.ndarray, np.generic, bool, int, float)):
+                raise TypeError(
+                    f"{name} returned a {type(leaf).__name__}; outputs must be arrays or scalars"
+                )
+            results.append(_to_value(leaf, trace))
+    finally:
+        _TRACES.pop()
+        trace.active = False
+    captured = [outer for outer, _ in trace.captured.values()]
+    params = tuple(trace.params) + tuple(v for _, v in trace.captured.values())
+    fn = trace.builder.function(name, params, tuple(results))
+    out_weak = [getattr(leaf, "weak", False) for leaf in leaves]
+    return fn, (treedef, out_weak), captured  # type: ignore[return-value]
+
+
+def eval_function(fn: Function, *args: Any) -> tuple[Any, ...]:
+    """Applies ``fn`` to ``args``: inlines its ops into the active trace (keeping their
+    source lines), or runs it eagerly through the reference interpreter."""
+    trace = current_trace()
+    if trace is None:
+        return run_function(fn, *(np.asarray(a, dtype=p.dtype.np) for a, p in zip(args, fn.params, strict=True)))
+    env: dict[Value, Value] = {
+        p: _to_value(a, trace, p.dtype) for p, a in zip(fn.params, args, strict=True)
+    }
+    for op in fn.ops:
+        outs = trace.builder.emit(op.prim, tuple(env[v] for v in op.inputs), dict(op.attrs), op.loc)
+        env.update(zip(op.outputs, outs, strict=True))
+    return tuple(TracedArray(env[r], trace) for r in fn.results)
+
+
+def sanitize_name(path: str) -> str:
+    """A pytree path such as ``params['w1'][0]`` as an IR identifier: ``params_w1_0``."""
+    name = re.sub(r"\W+", "_", path).strip("_")
+    return name if name and not name[0].isdigit() else f"arg_{name}"
+
+
+# ---------------------------------------------------------------------------------------
+# Operand typing shared by fusejit.numpy: dtypes with NEP 50 weak scalars, broadcasting.
+
+
+def operand_dtype(x: Any) -> tuple[DType, bool]:
+    """(dtype, is_weak) of an operand: Python scalars and weak tracers are weak."""
+    if isinstance(x, TracedArray):
+        return x.value.dtype, x.weak
+    if isinstance(x, (bool, int, float)) and not isinstance(x, np.generic):
+        return weak_scalar_dtype(x), True
+    if isinstance(x, complex):
+        raise TypeError("complex numbers are not supported by fusejit")
+    return from_numpy(np.asarray(x).dtype), False
+
+
+def result_dtype(*xs: Any) -> DType:
+    """The NumPy 2 result dtype of combining ``xs``."""
+    typed = [operand_dtype(x) for x in xs]
+    strong = [d for d, w in typed if not w]
+    weak = [d for d, w in typed if w]
+    if not strong:
+        return promote(*weak)
+    out = promote(*strong)
+    for w in weak:
+        out = promote_weak(out, w)
+    return out
+
+
+def shape_of(x: Any) -> tuple[int, ...]:
+    if isinstance(x, TracedArray):
+        return x.value.shape
+    return np.shape(x)
+
+
+def is_weak(*xs: Any) -> bool:
+    return all(operand_dtype(x)[1] for x in xs)
+
+
+# ---------------------------------------------------------------------------------------
+# The traced array
+
+
+class TracedArray:
+    """A value inside a trace: it has a static shape and dtype but no data.
+
+    It behaves like a NumPy array for everything that does not need the data: Python
+    operators, indexing, ``.T``, ``.reshape``, ``.sum`` and NumPy's ufunc and function
+    protocols all record IR. Asking for its data (``if x:``, ``float(x)``) raises
+    ``ConcretizationError``.
+    """
+
+    __slots__ = ("value", "trace", "weak")
+    __array_priority__ = 1000  # NumPy defers binary operators to us
+
+    def __init__(self, value: Value, trace: Trace, weak: bool = False) -> None:
+        self.value = value
+        self.trace = trace
+        self.weak = weak
+
+    # Static facts ----------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.value.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.value.dtype.np
+
+    @property
+    def ndim(self) -> int:
+        return len(self.value.shape)
+
+    @property
+    def size(self) -> int:
+        return self.value.type.size
+
+    def __len__(self) -> int:
+        if not self.shape:
+            raise TypeError("len() of a 0-d traced array")
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"TracedArray({self.value.type}{', weak' if self.weak else ''})"
+
+    # Concretization --------------------------------------------------------------------
+    def _concrete(self, what: str) -> ConcretizationError:
+        loc = user_source_loc()
+        return ConcretizationError(
+            f"{what} needs a concrete value, but this {self.value.type} value is traced "
+            f"inside {self.trace.name!r}{f' (at {loc})' if loc else ''}. Python control flow "
+            "cannot depend on traced data: use fnp.where for a data-dependent choice, or mark "
+            "the argument static with static_argnums/static_argnames."
+        )
+
+    def __bool__(self) -> bool:
+        raise self._concrete("bool() / `if` / `while` on a traced value")
+
+    def __int__(self) -> int:
+        raise self._concrete("int()")
+
+    def __float__(self) -> float:
+        raise self._concrete("float()")
+
+    def __index__(self) -> int:
+        raise self._concrete("using a traced value as an index or size")
+
+    def __complex__(self) -> complex:
+        raise self._concrete("complex()")
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        raise self._concrete("converting a traced value to a NumPy array (np.asarray)")
+
+    def __iter__(self):  # noqa: ANN204 - iterating unrolls the first axis, like NumPy
+        if not self.shape:
+            raise TypeError("iteration over a 0-d traced array")
+        return (self[i] for i in range(self.shape[0]))
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        raise TypeError(
+            "traced arrays are immutable: build a new array instead "
+            "(fnp.where, fnp.concatenate, fnp.pad)"
+        )
+
+    def __hash__(self) -> int:
+        raise TypeError("traced arrays are unhashable (are you passing one as a static argument?)")
+
+    # Arithmetic: everything delegates to fusejit.numpy ----------------------------------
+    def __add__(self, o: Any) -> Any: return fnp.add(self, o)
+    def __radd__(self, o: Any) -> Any: return fnp.add(o, self)
+    def __sub__(self, o: Any) -> Any: return fnp.subtract(self, o)
+    def __rsub__(self, o: Any) -> Any: return fnp.subtract(o, self)
+    def __mul__(self, o: Any) -> Any: return fnp.multiply(self, o)
+    def __rmul__(self, o: Any) -> Any: return fnp.multiply(o, self)
+    def __truediv__(self, o: Any) -> Any: return fnp.true_divide(self, o)
+    def __rtruediv__(self, o: Any) -> Any: return fnp.true_divide(o, self)
+    def __floordiv__(self, o: Any) -> Any: return fnp.floor_divide(self, o)
+    def __rfloordiv__(self, o: Any) -> Any: return fnp.floor_divide(o, self)
+    def __pow__(self, o: Any) -> Any: return fnp.power(self, o)
+    def __rpow__(self, o: Any) -> Any: return fnp.power(o, self)
+    def __matmul__(self, o: Any) -> Any: return fnp.matmul(self, o)
+    def __rmatmul__(self, o: Any) -> Any: return fnp.matmul(o, self)
+    def __neg__(self) -> Any: return fnp.negative(self)
+    def __pos__(self) -> Any: return self
+    def __abs__(self) -> Any: return fnp.abs(self)
+    def __invert__(self) -> Any: return fnp.invert(self)
+    def __and__(self, o: Any) -> Any: return fnp.bitwise_and(self, o)
+    def __rand__(self, o: Any) -> Any: return fnp.bitwise_and(o, self)
+    def __or__(self, o: Any) -> Any: return fnp.bitwise_or(self, o)
+    def __ror__(self, o: Any) -> Any: return fnp.bitwise_or(o, self)
+    def __eq__(self, o: Any) -> Any: return fnp.equal(self, o)  # type: ignore[override]
+    def __ne__(self, o: Any) -> Any: return fnp.not_equal(self, o)  # type: ignore[override]
+    def __lt__(self, o: Any) -> Any: return fnp.less(self, o)
+    def __le__(self, o: Any) -> Any: return fnp.less_equal(self, o)
+    def __gt__(self, o: Any) -> Any: return fnp.greater(self, o)
+    def __ge__(self, o: Any) -> Any: return fnp.greater_equal(self, o)
+
+    def __getitem__(self, key: Any) -> Any:
+        return fnp.getitem(self, key)
+
+    # Methods ---------------------------------------------------------------------------
+    @property
+    def T(self) -> Any:  # noqa: N802 - NumPy's name
+        return fnp.transpose(self)
+
+    def reshape(self, *shape: Any, order: str = "C") -> Any:
+        return fnp.reshape(self, shape[0] if len(shape) == 1 else shape, order=order)
+
+    def transpose(self, *axes: Any) -> Any:
+        return fnp.transpose(self, axes[0] if len(axes) == 1 else (axes or None))
+
+    def astype(self, dtype: Any, copy: bool = True) -> Any:
+        return fnp.astype(self, dtype)
+
+    def sum(self, axis: Any = None, dtype: Any = None, keepdims: bool = False) -> Any:
+        return fnp.sum(self, axis=axis, dtype=dtype, keepdims=keepdims)
+
+    def mean(self, axis: Any = None, dtype: Any = None, keepdims: bool = False) -> Any:
+        return fnp.mean(self, axis=axis, dtype=dtype, keepdims=keepdims)
+
+    def var(self, axis: Any = None, ddof: int = 0, keepdims: bool = False) -> Any:
+        return fnp.var(self, axis=axis, ddof=ddof, keepdims=keepdims)
+
+    def std(self, axis: Any = None, ddof: int = 0, keepdims: bool = False) -> Any:
+        return fnp.std(self, axis=axis, ddof=ddof, keepdims=keepdims)
+
+    def max(self, axis: Any = None, keepdims: bool = False) -> Any:
+        return fnp.max(self, axis=axis, keepdims=keepdims)
+
+    def min(self, axis: Any = None, keepdims: bool = False) -> Any:
+        return fnp.min(self, axis=axis, keepdims=keepdims)
+
+    def argmax(self, axis: Any = None) -> Any:
+        return fnp.argmax(self, axis=axis)
+
+    def argmin(self, axis: Any = None) -> Any:
+        return fnp.argmin(self, axis=axis)
+
+    def clip(self, a_min: Any = None, a_max: Any = None) -> Any:
+        return fnp.clip(self, a_min, a_max)
+
+    def ravel(self) -> Any:
+        return fnp.ravel(self)
+
+    def flatten(self) -> Any:
+        return fnp.ravel(self)
+
+    def squeeze(self, axis: Any = None) -> Any:
+        return fnp.squeeze(self, axis)
+
+    def take(self, indices: Any, axis: Any = None) -> Any:
+        return fnp.take(self, indices, axis=axis)
+
+    def dot(self, other: Any) -> Any:
+        return fnp.dot(self, other)
+
+    # NumPy protocols -------------------------------------------------------------------
+    def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        return fnp.apply_ufunc(ufunc, method, inputs, kwargs)
+
+    def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
+        return fnp.apply_array_function(func, args, kwargs)
+
+
+from fusejit.tracer import numpy_api as fnp  # noqa: E402 - numpy_api builds on this module

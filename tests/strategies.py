@@ -1,0 +1,402 @@
+"""Hypothesis strategies that build random, valid IR functions.
+
+``random_functions()``
+    Functions that may use every primitive in ``PRIMITIVES``, on every dtype, with 0-d
+    and 0-size shapes, constants holding nan/inf/-0.0 and tuples, odd parameter,
+    function and source-file names, and ``custom_vjp_call`` ops whose nested functions
+    have zero, one or two results (and may themselves call nested functions). Meant for
+    tests of the printer, parser, verifier and anything that must accept *all* IR.
+    ``must_use="gather"`` makes every drawn function contain at least one ``gather``.
+
+``random_elementwise_programs()``
+    Smaller, "model-like" functions for fusion and code generation tests: one float
+    dtype (f32 or f64), one to three parameters whose shapes broadcast NumPy-style
+    against each other, no zero-size axes, and a chain of elementwise math (with the
+    ``broadcast_in_dim``s the tracer would insert), ``select``, reductions and layout
+    ops (transpose, reshape, slice, broadcast). Results are the last value and maybe
+    one more. Division, ``log`` and ``exp`` can produce inf/nan on some inputs.
+
+Every function a strategy returns passes ``fusejit.ir.verify``; it is built only with
+``fusejit.ir.Builder``, so the builder's type rules hold by construction.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import hypothesis.strategies as st
+
+from fusejit.ir import DType, Function, SourceLoc, TensorType, Value
+from fusejit.ir import primitives as P
+from fusejit.ir.builder import Builder
+
+ALL_DTYPES = tuple(DType)
+INT_DTYPES = frozenset({DType.i32, DType.i64})
+# Printable but awkward: colons, '#', '%', '@', spaces, tabs, unicode, an empty name.
+# (No newlines: the printer writes file names raw, so one would break the line.)
+ODD_FILE_NAMES = (
+    "train.py", "model.py", "C:\\work\\x.py", "a b#c.py", "x:y:z.py", "ünïcødé.py",
+    "%0 = add %x", "@f(1)", "", " lead.py", "trail.py ", "dir/sub/deep.py", "tab\tname.py", "x:",
+)  # fmt: skip
+PARAM_NAMES = (None, "x", "x", "w", "arg0", "arg1", "y_", "0bad", "é", "return", "func")
+FUNCTION_NAMES = ("f", "f", "fun", "fwd", "bwd", "<lambda>", "main", "fn", "fn_1", "f_1")
+
+_locs = st.one_of(
+    st.none(),
+    st.builds(SourceLoc, st.sampled_from(ODD_FILE_NAMES), st.integers(0, 10_000)),
+)
+
+
+def scalars(dtype: DType) -> st.SearchStrategy:
+    """Python scalars that are exact attribute values of ``dtype`` (floats include nan,
+    +-inf and -0.0; ints include the dtype's extremes)."""
+    if dtype is DType.bool:
+        return st.booleans()
+    if dtype in INT_DTYPES:
+        info = dtype.np.type
+        lo, hi = int(P.np.iinfo(info).min), int(P.np.iinfo(info).max)
+        return st.one_of(st.integers(-5, 5), st.sampled_from([lo, hi]))
+    special = st.sampled_from([math.nan, math.inf, -math.inf, -0.0, 0.5, 1e-30])
+    width = 32 if dtype is DType.f32 else 64
+    return st.one_of(special, st.floats(width=width)).map(lambda v: P.constant_value(v, dtype))
+
+
+class _Gen:
+    """Draws ops into one function body. ``operand`` finds or makes values of the kind
+    each op needs, so every primitive can always be emitted."""
+
+    def __init__(self, draw: Callable, depth: int, params: tuple[TensorType, ...] | None) -> None:
+        self.draw, self.depth, self.b = draw, depth, Builder()
+        self.fixed_params = params is not None  # a nested function's signature is given
+        self.params = [Value(t, draw(st.sampled_from(PARAM_NAMES))) for t in params or ()]
+        self.pool: list[Value] = list(self.params)
+
+    def shape(self, min_rank: int = 0, max_rank: int = 3, min_dim: int = 0) -> tuple[int, ...]:
+        dims = st.integers(min_dim, 3)
+        return tuple(self.draw(st.lists(dims, min_size=min_rank, max_size=max_rank)))
+
+    def operand(
+        self,
+        dtypes: frozenset[DType],
+        shape: tuple[int, ...] | None = None,
+        where: Callable[[Value], bool] = lambda v: True,
+        min_rank: int = 0,
+        min_dim: int = 0,
+    ) -> Value:
+        fits = [
+            v for v in self.pool
+            if v.dtype in dtypes and (shape is None or v.shape == shape) and v.type.ndim >= min_rank
+            and where(v)
+        ]  # fmt: skip
+        if fits and self.draw(st.integers(0, 3)):
+            return self.draw(st.sampled_from(fits))
+        dtype = self.draw(st.sampled_from(sorted(dtypes, key=str)))
+        if shape is None:
+            shape = self.shape(min_rank, min_dim=min_dim)
+        source = self.draw(st.sampled_from(["param", "constant", "iota"]))
+        if source == "param" and not self.fixed_params:
+            v = Value(TensorType(dtype, shape), self.draw(st.sampled_from(PARAM_NAMES)))
+            self.params.append(v)
+        elif source == "iota" and shape and dtype is not DType.bool:
+            v = self.b.op(P.iota, shape=shape, dimension=self.draw(st.integers(0, len(shape) - 1)),
+                          dtype=dtype)
+        else:
+            v = self.constant(dtype, shape)
+        self.pool.append(v)
+        return v
+
+    def constant(self, dtype: DType, shape: tuple[int, ...]) -> Value:
+        size = math.prod(shape)
+        if size <= 6 and self.draw(st.booleans()):
+            value = tuple(self.draw(st.lists(scalars(dtype), min_size=size, max_size=size)))
+        else:
+            value = self.draw(scalars(dtype))
+        return self.b.op(P.constant, value=value, shape=shape, dtype=dtype)
+
+    def emit(self, prim: P.Primitive) -> None:
+        """Appends one ``prim`` op (plus any sources its operands need)."""
+        self.b.loc = self.draw(_locs)
+        outs = _EMITTERS.get(prim.name, _elementwise)(self, prim)
+        self.pool.extend(outs)
+
+    def function(self, name: str, result_types: tuple[TensorType, ...] | None) -> Function:
+        if result_types is None:
+            n = self.draw(st.integers(0 if self.pool else 1, 3))
+            results = [self.draw(st.sampled_from(self.pool)) if self.pool else
+                       self.operand(frozenset(ALL_DTYPES)) for _ in range(n)]
+        else:
+            results = [self.operand(frozenset({t.dtype}), t.shape) for t in result_types]
+        return self.b.function(name, tuple(self.params), tuple(results))
+
+
+def _elementwise(g: _Gen, prim: P.Primitive) -> tuple[Value, ...]:
+    x = g.operand(prim.dtypes)
+    others = [g.operand(frozenset({x.dtype}), x.shape) for _ in range((prim.arity or 1) - 1)]
+    return (g.b.op(prim, x, *others),)
+
+
+def _select(g: _Gen, prim: P.Primitive) -> tuple[Value, ...]:
+    x = g.operand(P.ANY)
+    pred = g.operand(frozenset({DType.bool}), x.shape)
+    return (g.b.op(prim, pred, x, g.operand(frozenset({x.dtype}), x.shape)),)
+
+
+def _convert(g: _Gen, prim: P.Primitive) -> tuple[Value, ...]:
+    return (g.b.op(prim, g.operand(P.ANY), dtype=g.draw(st.sampled_from(ALL_DTYPES))),)
+
+
+def _broadcast_in_dim(g: _Gen, prim: P.Primitive) -> tuple[Value, ...]:
+    x = g.operand(P.ANY)
+    rank = x.type.ndim + g.draw(st.integers(0, 2))
+    dims = tuple(sorted(g.draw(st.permutations(range(rank)))[: x.type.ndim]))
+    shape = [g.draw(st.integers(0, 3)) for _ in range(rank)]
+    for i, d in enumerate(dims):
+        if x.shape[i] != 1:
+            shape[d] = x.shape[i]
+    return (g.b.op(prim, x, shape=tuple(shape), dims=dims),)
+
+
+def _reshape_target(g: _Gen, size: int) -> tuple[int, ...]:
+    if size == 0:
+        shape = list(g.shape())
+        shape.insert(g.draw(st.integers(0, len(shape))), 0)
+        return tuple(shape)
+    factors, n, p = [], size, 2
+    while n > 1:
+        while n % p == 0:
+            factors.append(p)
+            n //= p
+        p += 1
+    shape = [1] * g.draw(st.integers(1 if factors else 0, 3))
+    for f in factors:
+        shape[g.draw(st.integers(0, len(shape) - 1))] *= f
+    return tuple(shape)
+
+
+def _reshape(g: _Gen, prim: P.Primitive) -> tuple[Value, ...]:
+    x = g.operand(P.ANY)
+    return (g.b.op(prim, x, shape=_reshape_target(g, x.type.size)),)
+
+
+def _transpose(g: _Gen, prim: P.Primitive) -> tuple[Value, ...]:
+    x = g.operand(P.ANY)
+    return (g.b.op(prim, x, perm=tuple(g.draw(st.permutations(range(x.type.ndim))))),)
+
+
+def _slice(g: _Gen, prim: P.Primitive) -> tuple[Value, ...]:
+    x = g.operand(P.ANY)
+    start = tuple(g.draw(st.integers(0, n)) for n in x.shape)
+    limit = tuple(g.draw(st.integers(s, n)) for s, n in zip(start, x.shape))
+    stride = tuple(g.draw(st.integers(1, 3)) for _ in x.shape)
+    return (g.b.op(prim, x, start=start, limit=limit, stride=stride),)
+
+
+def _concatenate(g: _Gen, prim: P.Primitive) -> tuple[Value, ...]:
+    x = g.operand(P.ANY, min_rank=1)
+    axis = g.draw(st.integers(0, x.type.ndim - 1))
+    others = []
+    for _ in range(g.draw(st.integers(0, 2))):
+        shape = x.shape[:axis] + (g.draw(st.integers(0, 3)),) + x.shape[axis + 1 :]
+        others.append(g.operand(frozenset({x.dtype}), shape))
+    return (g.b.op(prim, x, *others, axis=axis),)
+
+
+def _pad(g: _Gen, prim: P.Primitive) -> tuple[Value, ...]:
+    x = g.operand(P.ANY)
+    lo = tuple(g.draw(st.integers(0, 2)) for _ in x.shape)
+    hi = tuple(g.draw(st.integers(0, 2)) for _ in x.shape)
+    return (g.b.op(prim, x, lo=lo, hi=hi, value=g.draw(scalars(x.dtype))),)
+
+
+def _reduce(g: _Gen, prim: P.Primitive) -> tuple[Value, ...]:
+    x = g.operand(prim.dtypes)
+    # Only reduce_sum has an identity, so the others never reduce a zero-size axis.
+    allowed = [a for a in range(x.type.ndim) if prim is P.reduce_sum or x.shape[a]]
+    axes = g.draw(st.permutations(allowed))[: g.draw(st.integers(0, len(allowed)))]
+    return (g.b.op(prim, x, axes=tuple(axes)),)
+
+
+def _arg_reduce(g: _Gen, prim: P.Primitive) -> tuple[Value, ...]:
+    x = g.operand(prim.dtypes, where=lambda v: any(v.shape), min_rank=1, min_dim=1)
+    axis = g.draw(st.sampled_from([a for a, n in enumerate(x.shape) if n]))
+    return (g.b.op(prim, x, axis=axis),)
+
+
+def _dot_general(g: _Gen, prim: P.Primitive) -> tuple[Value, ...]:
+    lhs = g.operand(prim.dtypes)
+    laxes = g.draw(st.permutations(range(lhs.type.ndim)))
+    nb = g.draw(st.integers(0, len(laxes)))
+    nc = g.draw(st.integers(0, len(laxes) - nb))
+    lb, lc = tuple(laxes[:nb]), tuple(laxes[nb : nb + nc])
+    rank = nb + nc + g.draw(st.integers(0, 2))
+    raxes = g.draw(st.permutations(range(rank)))
+    rb, rc = tuple(raxes[:nb]), tuple(raxes[nb : nb + nc])
+    shape = [g.draw(st.integers(0, 3)) for _ in range(rank)]
+    for la, ra in zip(lb + lc, rb + rc):
+        shape[ra] = lhs.shape[la]
+    rhs = g.operand(frozenset({lhs.dtype}), tuple(shape))
+    return (g.b.op(prim, lhs, rhs, contract=(lc, rc), batch=(lb, rb)),)
+
+
+def _gather(g: _Gen, prim: P.Primitive) -> tuple[Value, ...]:
+    x = g.operand(prim.dtypes, min_rank=1)
+    axis = g.draw(st.integers(0, x.type.ndim - 1))
+    n = g.draw(st.integers(0, 3)) if x.shape[axis] else 0
+    idx = g.operand(INT_DTYPES, x.shape[:axis] + (n,) + x.shape[axis + 1 :])
+    return (g.b.op(prim, x, idx, axis=axis),)
+
+
+def _scatter_add(g: _Gen, prim: P.Primitive) -> tuple[Value, ...]:
+    upd = g.operand(prim.dtypes, min_rank=1)
+    axis = g.draw(st.integers(0, upd.type.ndim - 1))
+    idx = g.operand(INT_DTYPES, upd.shape)
+    size = g.draw(st.integers(1 if upd.shape[axis] else 0, 4))
+    return (g.b.op(prim, upd, idx, axis=axis, size=size),)
+
+
+def _iota(g: _Gen, prim: P.Primitive) -> tuple[Value, ...]:
+    shape = g.shape(min_rank=1)
+    dtype = g.draw(st.sampled_from(sorted(P.NUMERIC, key=str)))
+    return (g.b.op(prim, shape=shape, dimension=g.draw(st.integers(0, len(shape) - 1)), dtype=dtype),)
+
+
+def _constant(g: _Gen, prim: P.Primitive) -> tuple[Value, ...]:
+    return (g.constant(g.draw(st.sampled_from(ALL_DTYPES)), g.shape()),)
+
+
+def _types(g: _Gen, max_size: int) -> tuple[TensorType, ...]:
+    kinds = st.tuples(st.sampled_from(ALL_DTYPES), st.lists(st.integers(0, 3), max_size=2))
+    return tuple(TensorType(d, tuple(s)) for d, s in g.draw(st.lists(kinds, max_size=max_size)))
+
+
+def _nested(g: _Gen, params: tuple[TensorType, ...], results: tuple[TensorType, ...]) -> Function:
+    inner = _Gen(g.draw, g.depth + 1, params)
+    # Deeper functions may only call custom_vjp_call twice removed, to stay small.
+    prims = [p for p in P.PRIMITIVES.values() if p is not P.custom_vjp_call or inner.depth < 2]
+    for _ in range(g.draw(st.integers(0, 3))):
+        inner.emit(g.draw(st.sampled_from(prims)))
+    return inner.function(g.draw(st.sampled_from(FUNCTION_NAMES)), results)
+
+
+def _custom_vjp_call(g: _Gen, prim: P.Primitive) -> tuple[Value, ...]:
+    inputs = [g.operand(P.ANY) for _ in range(g.draw(st.integers(1, 2)))]
+    in_types = tuple(v.type for v in inputs)
+    out_types = _types(g, 2)  # zero outputs prints an op line that starts with '='
+    fun = _nested(g, in_types, out_types)
+    if g.draw(st.booleans()):
+        fwd, residuals = fun, ()  # one function object referenced twice: printed once
+    else:
+        residuals = _types(g, 2)
+        fwd = _nested(g, in_types, out_types + residuals)
+    bwd = _nested(g, residuals + out_types, in_types)
+    return g.b.emit(prim, tuple(inputs), {"fun": fun, "fwd": fwd, "bwd": bwd})
+
+
+_EMITTERS: dict[str, Callable[[_Gen, P.Primitive], tuple[Value, ...]]] = {
+    "select": _select, "convert": _convert, "broadcast_in_dim": _broadcast_in_dim,
+    "reshape": _reshape, "transpose": _transpose, "slice": _slice, "concatenate": _concatenate,
+    "pad": _pad, "reduce_sum": _reduce, "reduce_max": _reduce, "reduce_min": _reduce,
+    "argmax": _arg_reduce, "argmin": _arg_reduce, "dot_general": _dot_general, "gather": _gather,
+    "scatter_add": _scatter_add, "iota": _iota, "constant": _constant,
+    "custom_vjp_call": _custom_vjp_call,
+}  # fmt: skip
+
+
+@st.composite
+def random_functions(draw: Callable, must_use: str | None = None, max_ops: int = 8) -> Function:
+    """Valid functions over the whole primitive set (see the module docstring)."""
+    g = _Gen(draw, 0, None)
+    g.fixed_params = False
+    for _ in range(draw(st.integers(0, 3))):
+        g.operand(frozenset(ALL_DTYPES)) if draw(st.booleans()) else None
+    prims = sorted(P.PRIMITIVES.values(), key=lambda p: p.name)
+    names = [draw(st.sampled_from(prims)) for _ in range(draw(st.integers(1, max_ops)))]
+    if must_use is not None:
+        names.insert(draw(st.integers(0, len(names))), P.PRIMITIVES[must_use])
+    for prim in names:
+        g.emit(prim)
+    return g.function(draw(st.sampled_from(FUNCTION_NAMES)), None)
+
+
+_SAFE_UNARY = (P.neg, P.abs, P.exp, P.tanh, P.logistic, P.sin, P.cos)
+_BINARY = (P.add, P.sub, P.mul, P.div, P.max, P.min)
+
+
+@st.composite
+def random_elementwise_programs(
+    draw: Callable, max_ops: int = 8, dtypes: tuple[DType, ...] = (DType.f32, DType.f64)
+) -> Function:
+    """Model-like float functions for fusion/codegen tests (see the module docstring)."""
+    dtype = draw(st.sampled_from(dtypes))
+    b = Builder()
+    base = tuple(draw(st.lists(st.integers(1, 4), min_size=1, max_size=3)))
+    params = []
+    for i in range(draw(st.integers(1, 3))):
+        rank = draw(st.integers(0, len(base)))
+        shape = tuple(n if draw(st.integers(0, 3)) else 1 for n in base[len(base) - rank :])
+        params.append(Value(TensorType(dtype, shape), f"x{i}"))
+    pool = list(params)
+
+    def broadcastable(x: Value, y: Value) -> bool:
+        return all(a == c or 1 in (a, c) for a, c in zip(x.shape[::-1], y.shape[::-1]))
+
+    def aligned(x: Value, y: Value) -> tuple[Value, Value]:
+        # The tracer's NumPy broadcasting: right-align, stretch 1s, add leading axes.
+        rank = builtins_max(x.type.ndim, y.type.ndim)
+        pad = lambda v: (1,) * (rank - v.type.ndim) + v.shape  # noqa: E731
+        shape = tuple(builtins_max(a, c) for a, c in zip(pad(x), pad(y)))
+        return tuple(_broadcast_numpy(b, v, shape) for v in (x, y))  # type: ignore[return-value]
+
+    for line in range(1, draw(st.integers(1, max_ops)) + 1):
+        b.loc = SourceLoc("prog.py", line)
+        x = draw(st.sampled_from(pool))
+        kind = draw(st.sampled_from(
+            ["unary", "binary", "binary", "select", "scalar", "reduce", "transpose", "reshape",
+             "slice", "broadcast"]))  # fmt: skip
+        if kind == "unary":
+            out = b.op(draw(st.sampled_from(_SAFE_UNARY)), x)
+        elif kind in ("binary", "select"):
+            y = draw(st.sampled_from([v for v in pool if broadcastable(x, v)]))
+            xb, yb = aligned(x, y)
+            if kind == "binary":
+                out = b.op(draw(st.sampled_from(_BINARY)), xb, yb)
+            else:
+                out = b.op(P.select, b.op(P.gt, xb, yb), xb, yb)
+        elif kind == "scalar":
+            out = b.op(P.mul, x, b.full_like(draw(st.sampled_from([0.5, 2.0, -1.0])), x))
+        elif kind == "reduce" and x.type.ndim:
+            axes = draw(st.permutations(range(x.type.ndim)))[: draw(st.integers(1, x.type.ndim))]
+            out = b.op(draw(st.sampled_from([P.reduce_sum, P.reduce_max])), x, axes=tuple(sorted(axes)))
+        elif kind == "transpose" and x.type.ndim > 1:
+            out = b.op(P.transpose, x, perm=tuple(draw(st.permutations(range(x.type.ndim)))))
+        elif kind == "reshape":
+            out = b.op(P.reshape, x, shape=(x.type.size,) if x.type.ndim != 1 else (1, x.type.size))
+        elif kind == "slice" and x.type.ndim:
+            start = tuple(draw(st.integers(0, n - 1)) for n in x.shape)
+            limit = tuple(draw(st.integers(s + 1, n)) for s, n in zip(start, x.shape))
+            stride = tuple(draw(st.integers(1, 2)) for _ in x.shape)
+            out = b.op(P.slice, x, start=start, limit=limit, stride=stride)
+        else:  # broadcast: a new leading axis
+            out = b.op(P.broadcast_in_dim, x, shape=(draw(st.integers(1, 3)),) + x.shape,
+                       dims=tuple(range(1, x.type.ndim + 1)))
+        pool.append(out)
+    results = [pool[-1]]
+    if len(pool) > 2 and draw(st.booleans()):
+        results.append(draw(st.sampled_from(pool[len(params) : -1] or pool[:-1])))
+    return b.function("program", tuple(params), tuple(results))
+
+
+builtins_max = max
+
+
+def _broadcast_numpy(b: Builder, v: Value, shape: tuple[int, ...]) -> Value:
+    """``v`` broadcast NumPy-style to ``shape``: size-1 axes stretch, leading axes appear."""
+    lead = len(shape) - v.type.ndim
+    if v.shape == shape:
+        return v
+    squeezed = tuple(n for i, n in enumerate(v.shape) if n == shape[lead + i])
+    dims = tuple(lead + i for i, n in enumerate(v.shape) if n == shape[lead + i])
+    if squeezed != v.shape:
+        v = b.reshape(v, squeezed)
+    return b.op(P.broadcast_in_dim, v, shape=shape, dims=dims)
