@@ -26,6 +26,7 @@ import math
 from collections.abc import Callable
 
 import hypothesis.strategies as st
+import numpy as np
 
 from fusejit.ir import DType, Function, SourceLoc, TensorType, Value
 from fusejit.ir import primitives as P
@@ -54,8 +55,7 @@ def scalars(dtype: DType) -> st.SearchStrategy:
     if dtype is DType.bool:
         return st.booleans()
     if dtype in INT_DTYPES:
-        info = dtype.np.type
-        lo, hi = int(P.np.iinfo(info).min), int(P.np.iinfo(info).max)
+        lo, hi = int(np.iinfo(dtype.np).min), int(np.iinfo(dtype.np).max)
         return st.one_of(st.integers(-5, 5), st.sampled_from([lo, hi]))
     special = st.sampled_from([math.nan, math.inf, -math.inf, -0.0, 0.5, 1e-30])
     width = 32 if dtype is DType.f32 else 64
@@ -307,9 +307,10 @@ _EMITTERS: dict[str, Callable[[_Gen, P.Primitive], tuple[Value, ...]]] = {
 def random_functions(draw: Callable, must_use: str | None = None, max_ops: int = 8) -> Function:
     """Valid functions over the whole primitive set (see the module docstring)."""
     g = _Gen(draw, 0, None)
-    g.fixed_params = False
     for _ in range(draw(st.integers(0, 3))):
-        g.operand(frozenset(ALL_DTYPES)) if draw(st.booleans()) else None
+        t = TensorType(draw(st.sampled_from(ALL_DTYPES)), g.shape())
+        g.params.append(Value(t, draw(st.sampled_from(PARAM_NAMES))))
+    g.pool = list(g.params)
     prims = sorted(P.PRIMITIVES.values(), key=lambda p: p.name)
     names = [draw(st.sampled_from(prims)) for _ in range(draw(st.integers(1, max_ops)))]
     if must_use is not None:
@@ -343,10 +344,10 @@ def random_elementwise_programs(
 
     def aligned(x: Value, y: Value) -> tuple[Value, Value]:
         # The tracer's NumPy broadcasting: right-align, stretch 1s, add leading axes.
-        rank = builtins_max(x.type.ndim, y.type.ndim)
-        pad = lambda v: (1,) * (rank - v.type.ndim) + v.shape  # noqa: E731
-        shape = tuple(builtins_max(a, c) for a, c in zip(pad(x), pad(y)))
-        return tuple(_broadcast_numpy(b, v, shape) for v in (x, y))  # type: ignore[return-value]
+        rank = max(x.type.ndim, y.type.ndim)
+        x_dims, y_dims = ((1,) * (rank - v.type.ndim) + v.shape for v in (x, y))
+        shape = tuple(max(a, c) for a, c in zip(x_dims, y_dims))
+        return b.broadcast(x, shape), b.broadcast(y, shape)
 
     for line in range(1, draw(st.integers(1, max_ops)) + 1):
         b.loc = SourceLoc("prog.py", line)
@@ -386,17 +387,3 @@ def random_elementwise_programs(
         results.append(draw(st.sampled_from(pool[len(params) : -1] or pool[:-1])))
     return b.function("program", tuple(params), tuple(results))
 
-
-builtins_max = max
-
-
-def _broadcast_numpy(b: Builder, v: Value, shape: tuple[int, ...]) -> Value:
-    """``v`` broadcast NumPy-style to ``shape``: size-1 axes stretch, leading axes appear."""
-    lead = len(shape) - v.type.ndim
-    if v.shape == shape:
-        return v
-    squeezed = tuple(n for i, n in enumerate(v.shape) if n == shape[lead + i])
-    dims = tuple(lead + i for i, n in enumerate(v.shape) if n == shape[lead + i])
-    if squeezed != v.shape:
-        v = b.reshape(v, squeezed)
-    return b.op(P.broadcast_in_dim, v, shape=shape, dims=dims)

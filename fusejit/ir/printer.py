@@ -84,11 +84,16 @@ def _print_one(fn: Function, names: _FunctionNames) -> str:
     comment_column = min(max((len(b) for b in bodies), default=0), _COMMENT_COLUMN_LIMIT) + 2
     for op, body in zip(fn.ops, bodies, strict=True):
         if op.loc is not None:
-            body = f"{body.ljust(comment_column)}# {os.path.basename(op.loc.file)}:{op.loc.line}"
+            body = f"{body.ljust(comment_column)}# {printable_file(op.loc.file)}:{op.loc.line}"
         lines.append(body)
     lines.append("  return " + ", ".join(ref(r) for r in fn.results))
     lines.append("}")
     return "\n".join(lines)
+
+
+def printable_file(path: str) -> str:
+    """A source file's base name as one printable line (control characters become '?')."""
+    return "".join(c if c.isprintable() else "?" for c in os.path.basename(path))
 
 
 def _value_names(fn: Function) -> dict[Value, str]:

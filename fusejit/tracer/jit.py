@@ -154,6 +154,13 @@ class Lowered:
             return str(self.fused)
         raise ValueError(f"unknown stage {stage!r}: use 'traced', 'optimized' or 'fused'")
 
+    def fusion_report(self) -> str:
+        """Every kernel with its ops and source lines, the bytes it reads and writes, and
+        every producer -> consumer edge left unfused with the rule that refused it."""
+        from fusejit.ir.transforms.fusion import fusion_report
+
+        return fusion_report(self.fused)
+
     def compile(self) -> Compiled:
         return Compiled(self, self.executable())
 

@@ -67,11 +67,13 @@ def _dtype_of(x: Array) -> DType:
     return operand_dtype(x)[0]
 
 
-def astype(x: Array, dtype: Any) -> Array:
-    """``x`` converted to ``dtype`` (a no-op when it already has it)."""
+def astype(x: Array, dtype: Any, copy: bool = True) -> Array:
+    """``x`` converted to ``dtype`` (a no-op when it already has it). Arrays are immutable
+    inside traces, so ``copy`` changes nothing. The result is strongly typed, like
+    ``np.float32(2.0)``."""
     dt = from_numpy(dtype)
     if isinstance(x, TracedArray):
-        return x if x.value.dtype == dt else bind(P.convert, x, dtype=dt)
+        return x if x.value.dtype == dt else _with_weak(bind(P.convert, x, dtype=dt), False)
     arr = np.asarray(x)
     return arr if arr.dtype == dt.np else bind(P.convert, arr, dtype=dt)
 
@@ -127,8 +129,15 @@ def _unary_float(name: str, prim: P.Primitive) -> Callable[[Array], Array]:
     return fn
 
 
-def _binary(name: str, prim: P.Primitive) -> Callable[[Array, Array], Array]:
+def _binary(
+    name: str, prim: P.Primitive, on_bool: P.Primitive | None = None
+) -> Callable[[Array, Array], Array]:
+    """A NumPy binary ufunc; ``on_bool`` is the primitive NumPy's bool loop amounts to
+    (``True + True`` is ``True``: add is logical or, multiply logical and)."""
+
     def fn(x: Array, y: Array) -> Array:
+        if on_bool is not None and result_dtype(x, y).is_bool:
+            return _elementwise(name, on_bool, x, y)
         return _elementwise(name, prim, x, y)
 
     fn.__name__ = fn.__qualname__ = name
@@ -150,11 +159,11 @@ def _comparison(name: str, prim: P.Primitive) -> Callable[[Array, Array], Array]
 # ---------------------------------------------------------------------------------------
 # Elementwise functions
 
-add = _binary("add", P.add)
+add = _binary("add", P.add, P.logical_or)
 subtract = _binary("subtract", P.sub)
-multiply = _binary("multiply", P.mul)
-maximum = _binary("maximum", P.max)
-minimum = _binary("minimum", P.min)
+multiply = _binary("multiply", P.mul, P.logical_and)
+maximum = _binary("maximum", P.max, P.logical_or)
+minimum = _binary("minimum", P.min, P.logical_and)
 equal = _comparison("equal", P.eq)
 not_equal = _comparison("not_equal", P.ne)
 less = _comparison("less", P.lt)
@@ -188,6 +197,15 @@ def floor_divide(x: Array, y: Array) -> Array:
     dt = result_dtype(x, y)
     q = floor(true_divide(x, y))
     return _with_weak(astype(q, dt), is_weak(x, y)) if not dt.is_float else q
+
+
+def remainder(x: Array, y: Array) -> Array:
+    """``x % y`` with the sign of ``y``, computed as ``x - floor(x / y) * y`` (for floats
+    this can differ from NumPy's fmod-based result in the last bits)."""
+    return subtract(x, multiply(floor_divide(x, y), y))
+
+
+mod = remainder
 
 
 def power(x: Array, y: Array) -> Array:
@@ -288,7 +306,25 @@ def bitwise_or(x: Array, y: Array) -> Array:
 
 
 def invert(x: Array) -> Array:
-    return bind(P.logical_not, _as_operand(x))
+    return _with_weak(bind(P.logical_not, _as_operand(x)), is_weak(x))
+
+
+def bitwise_xor(x: Array, y: Array) -> Array:
+    if result_dtype(x, y).is_bool:
+        return not_equal(x, y)
+    return bitwise_and(bitwise_or(x, y), invert(bitwise_and(x, y)))
+
+
+def isnan(x: Array) -> Array:
+    return not_equal(x, x) if _dtype_of(x).is_float else full_like(x, False, dtype=np.bool_)
+
+
+def isinf(x: Array) -> Array:
+    return equal(absolute(x), inf) if _dtype_of(x).is_float else full_like(x, False, dtype=np.bool_)
+
+
+def isfinite(x: Array) -> Array:
+    return less(absolute(x), inf) if _dtype_of(x).is_float else full_like(x, True, dtype=np.bool_)
 
 
 def where(condition: Array, x: Array = None, y: Array = None) -> Array:
@@ -302,7 +338,12 @@ def where(condition: Array, x: Array = None, y: Array = None) -> Array:
     return _with_weak(out, is_weak(x, y))
 
 
-def clip(a: Array, a_min: Array = None, a_max: Array = None) -> Array:
+def clip(
+    a: Array, a_min: Array = None, a_max: Array = None, *, min: Array = None, max: Array = None  # noqa: A002
+) -> Array:
+    """``numpy.clip``: bounds by position (``a_min``/``a_max``) or by NumPy 2's names."""
+    a_min = min if a_min is None else a_min
+    a_max = max if a_max is None else a_max
     out = a
     if a_min is not None:
         out = maximum(out, a_min)
@@ -404,7 +445,8 @@ def _arg_extremum(prim: P.Primitive, name: str) -> Callable[..., Array]:
         if _dtype_of(a).is_bool:
             a = astype(a, DType.i32)
         if axis is None:
-            a, axis = ravel(a), 0
+            out = bind(prim, ravel(a), axis=0)
+            return reshape(out, (1,) * len(shape_of(a))) if keepdims else out
         (ax,) = _axes(axis, len(shape_of(a)), name)
         out = bind(prim, a, axis=ax)
         return _keep(out, shape_of(a), (ax,), keepdims)
@@ -453,7 +495,10 @@ def ravel(a: Array) -> Array:
 def transpose(a: Array, axes: Any = None) -> Array:
     a = _as_operand(a)
     ndim = len(shape_of(a))
-    perm = tuple(reversed(range(ndim))) if axes is None else tuple(operator.index(x) % builtins.max(ndim, 1) for x in axes)
+    if axes is None:
+        perm = tuple(reversed(range(ndim)))
+    else:
+        perm = tuple(_axes_in_order(list(axes), ndim, "transpose"))
     if sorted(perm) != list(range(ndim)):
         raise _fail(f"transpose: axes {axes} don't match an array of dimension {ndim}")
     if perm == tuple(range(ndim)):
@@ -517,6 +562,44 @@ def atleast_2d(a: Array) -> Array:
     return reshape(a, (1,) + shape_of(a)) if len(shape_of(a)) == 1 else a
 
 
+def flip(m: Array, axis: Any = None) -> Array:
+    """``numpy.flip``: reverses the order of elements along ``axis`` (default: all)."""
+    m = _as_operand(m)
+    ndim = len(shape_of(m))
+    axes = _axes(axis, ndim, "flip")
+    return getitem(m, tuple(builtins.slice(None, None, -1) if i in axes else builtins.slice(None) for i in range(ndim)))
+
+
+def copy(a: Array) -> Array:
+    """Arrays inside traces are immutable, so a copy is the array itself."""
+    return _as_operand(a)
+
+
+def shape(a: Array) -> tuple[int, ...]:
+    return shape_of(a)
+
+
+def ndim(a: Array) -> int:
+    return len(shape_of(a))
+
+
+def size(a: Array, axis: int | None = None) -> int:
+    s = shape_of(a)
+    return math.prod(s) if axis is None else s[_axes(axis, len(s), "size")[0]]
+
+
+def result_type(*arrays_and_dtypes: Any) -> np.dtype:
+    """NumPy's ``result_type``; weakly typed traced scalars count as Python scalars."""
+    proxies = []
+    for x in arrays_and_dtypes:
+        if isinstance(x, TracedArray):
+            dt = x.value.dtype
+            proxies.append({DType.bool: False, DType.i64: 0, DType.f64: 0.0}[dt] if x.weak else dt.np)
+        else:
+            proxies.append(x)
+    return np.result_type(*proxies)
+
+
 def concatenate(arrays: Sequence[Array], axis: int | None = 0) -> Array:
     arrays = list(arrays)
     if not arrays:
@@ -577,22 +660,31 @@ def _slice_or_reverse(a: Array, ax: int, start: int, stop: int, step: int) -> Ar
         strides = [1] * len(shape)
         starts[ax], limits[ax], strides[ax] = start, builtins.max(stop, start), step
         return bind(P.slice, a, start=tuple(starts), limit=tuple(limits), stride=tuple(strides))
-    indices = np.arange(n)[start:stop:step] if n else np.zeros(0, np.int64)
-    return take(a, indices.astype(np.int64), axis=ax)
+    # The normalized bounds of a negative step can be -1 ("before index 0"), which a
+    # second slicing would read as "the last element": enumerate them with range().
+    indices = np.array(range(start, stop, step), dtype=np.int64)
+    return take(a, indices, axis=ax)
 
 
 def getitem(a: Array, key: Any) -> Array:
-    """NumPy basic indexing (ints, slices, None, Ellipsis) and one integer-array index."""
+    """NumPy basic indexing (ints, slices, None, Ellipsis) and one integer-array index.
+
+    As in NumPy, the integer-array index's dimensions replace its axis when every
+    integer index (scalar or array) is next to it, and move to the front otherwise.
+    """
     a = _as_operand(a)
     key = key if isinstance(key, tuple) else (key,)
+    if builtins.sum(1 for k in key if k is Ellipsis) > 1:
+        raise IndexError("an index can only have a single ellipsis ('...')")
     if builtins.any(k is Ellipsis for k in key):
         i = next(i for i, k in enumerate(key) if k is Ellipsis)
         used = builtins.sum(1 for k in key if k is not None and k is not Ellipsis)
         key = key[:i] + (builtins.slice(None),) * (len(shape_of(a)) - used) + key[i + 1 :]
     if builtins.sum(1 for k in key if k is not None) > len(shape_of(a)):
-        raise _fail(f"too many indices for an array of dimension {len(shape_of(a))}")
+        raise _index_error(f"too many indices for an array of dimension {len(shape_of(a))}")
     out, axis, out_shape, array_index = a, 0, [], None
-    for k in key:
+    integer_positions = []  # where in the key the scalar and array integer indices are
+    for pos, k in enumerate(key):
         if k is None:
             out_shape.append(("new", None))
             continue
@@ -601,39 +693,56 @@ def getitem(a: Array, key: Any) -> Array:
             start, stop, step = k.indices(n)
             out = _slice_or_reverse(out, axis, start, stop, step)
             out_shape.append(("keep", axis))
-        elif isinstance(k, (int, np.integer)) and not isinstance(k, bool):
+        elif isinstance(k, (bool, np.bool_)):
+            raise NotImplementedError("indexing with a boolean (a mask: its shape depends on the data)")
+        elif isinstance(k, (int, np.integer)):
             i = int(k)
             if not -n <= i < n:
-                raise _fail(f"index {i} is out of bounds for axis {axis} with size {n}")
+                raise _index_error(f"index {i} is out of bounds for axis {axis} with size {n}")
             out = _slice_or_reverse(out, axis, i % n, i % n + 1, 1)
             out_shape.append(("drop", axis))
-        elif isinstance(k, TracedArray) or isinstance(k, (list, np.ndarray)):
+            integer_positions.append(pos)
+        elif isinstance(k, (TracedArray, list, np.ndarray)):
             idx = k if isinstance(k, TracedArray) else np.asarray(k)
             if _dtype_of(idx).is_bool:
                 raise NotImplementedError("boolean mask indexing (its shape depends on the data)")
+            if not _dtype_of(idx).is_int:
+                raise IndexError(f"arrays used as indices must be of integer type, not {_dtype_of(idx)}")
             if array_index is not None:
                 raise NotImplementedError("indexing with more than one integer array")
             array_index = (axis, idx)
             out_shape.append(("array", axis))
+            integer_positions.append(pos)
         else:
-            raise TypeError(f"unsupported index {k!r} of type {type(k).__name__}")
+            raise IndexError(f"unsupported index {k!r} of type {type(k).__name__}")
         axis += 1
     # Axes not named by the key are kept.
     out_shape += [("keep", i) for i in range(axis, len(shape_of(a)))]
-    if array_index is not None:
-        ax, idx = array_index
-        out = take(out, idx, axis=ax)
-        idx_ndim = len(shape_of(idx))
-    final: list[int] = []
-    cur = shape_of(out)
-    for kind, ax in out_shape:
+    if array_index is None:
+        final = [1 if kind == "new" else shape_of(out)[ax] for kind, ax in out_shape if kind != "drop"]
+        return reshape(out, tuple(final))
+    ax, idx = array_index
+    out = take(out, idx, axis=ax)
+    idx_ndim, cur = len(shape_of(idx)), shape_of(out)
+    final, array_at = [], 0
+    for kind, i in out_shape:
         if kind == "new":
             final.append(1)
         elif kind == "keep":
-            final.append(cur[ax + (idx_ndim - 1 if array_index is not None and ax > array_index[0] else 0)])
+            final.append(cur[i + (idx_ndim - 1 if i > ax else 0)])
         elif kind == "array":
-            final.extend(cur[ax : ax + idx_ndim])
-    return reshape(out, tuple(final))
+            array_at = len(final)
+            final.extend(cur[i : i + idx_ndim])
+    out = reshape(out, tuple(final))
+    if integer_positions != list(range(integer_positions[0], integer_positions[-1] + 1)):
+        array_axes = list(range(array_at, array_at + idx_ndim))
+        out = transpose(out, array_axes + [i for i in range(len(final)) if i not in array_axes])
+    return out
+
+
+def _index_error(message: str) -> IndexError:
+    loc = user_source_loc()
+    return IndexError(f"{message}{f' (at {loc})' if loc else ''}")
 
 
 def take(a: Array, indices: Array, axis: int | None = None) -> Array:
@@ -732,6 +841,20 @@ def inner(a: Array, b: Array) -> Array:
 
 def outer(a: Array, b: Array) -> Array:
     return multiply(reshape(a, (-1, 1)), reshape(b, (1, -1)))
+
+
+def tensordot(a: Array, b: Array, axes: Any = 2) -> Array:
+    """``numpy.tensordot``: ``axes=N`` contracts a's last N axes with b's first N."""
+    sa, sb = shape_of(a), shape_of(b)
+    if isinstance(axes, (int, np.integer)):
+        n = int(axes)
+        ia, ib = list(range(len(sa) - n, len(sa))), list(range(n))
+    else:
+        ia, ib = ([x] if isinstance(x, (int, np.integer)) else list(x) for x in axes)
+    ia, ib = _axes_in_order(ia, len(sa), "tensordot"), _axes_in_order(ib, len(sb), "tensordot")
+    if len(ia) != len(ib) or builtins.any(sa[i] != sb[j] for i, j in zip(ia, ib, strict=True)):
+        raise _fail(f"tensordot: shape-mismatch for sum: shapes {sa} and {sb} along axes {ia} and {ib}")
+    return _dot(a, b, (tuple(ia), tuple(ib)))
 
 
 def einsum(subscripts: str, *operands: Array) -> Array:
@@ -857,13 +980,22 @@ _UFUNCS: dict[np.ufunc, Callable[..., Array]] = {
     np.logical_or: logical_or, np.logical_not: logical_not, np.logical_xor: logical_xor,
     np.square: square, np.reciprocal: reciprocal, np.log2: log2, np.log10: log10,
     np.exp2: exp2, np.bitwise_and: bitwise_and, np.bitwise_or: bitwise_or, np.invert: invert,
-    np.matmul: matmul,
+    np.matmul: matmul, np.remainder: remainder, np.bitwise_xor: bitwise_xor, np.isnan: isnan,
+    np.isinf: isinf, np.isfinite: isfinite,
 }  # fmt: skip
-_UFUNC_REDUCTIONS = {np.add: sum, np.maximum: max, np.minimum: min}
+_UFUNC_REDUCTIONS = {
+    np.add: sum, np.maximum: max, np.minimum: min, np.logical_and: all, np.logical_or: any,
+}  # fmt: skip
 
 
 def apply_ufunc(ufunc: np.ufunc, method: str, inputs: tuple, kwargs: dict[str, Any]) -> Array:
     name = f"numpy.{ufunc.__name__}" + ("" if method == "__call__" else f".{method}")
+    if kwargs.get("out") is not None:
+        raise NotImplementedError(
+            f"{name} with out= (an in-place update such as `array += traced`) cannot be traced: "
+            "arrays inside a trace are immutable; write `array = array + traced` instead"
+        )
+    kwargs = {k: v for k, v in kwargs.items() if k != "out"}
     unsupported = set(kwargs) - {"axis", "keepdims", "dtype"} if method == "reduce" else set(kwargs)
     if unsupported:
         raise NotImplementedError(f"{name} with arguments {sorted(unsupported)} has no fusejit rule")
@@ -875,19 +1007,29 @@ def apply_ufunc(ufunc: np.ufunc, method: str, inputs: tuple, kwargs: dict[str, A
     raise NotImplementedError(f"{name} has no fusejit rule (it cannot be traced)")
 
 
-_ARRAY_FUNCTIONS = (
-    "sum mean var std max min amax amin argmax argmin all any clip where reshape ravel "
-    "transpose moveaxis swapaxes expand_dims squeeze concatenate stack vstack hstack pad "
-    "take take_along_axis matmul dot inner outer einsum broadcast_to zeros_like ones_like "
-    "full_like round around atleast_1d atleast_2d"
-).split()
+# NumPy functions (keyed by the function object, so that numpy.linalg.norm is not taken
+# for some other "norm") and the fusejit.numpy function each dispatches to.
+_ARRAY_FUNCTIONS: dict[Callable[..., Any], Callable[..., Any]] = {
+    getattr(np, name): globals()[name]
+    for name in (
+        "sum mean var std max min amax amin argmax argmin all any clip where reshape ravel "
+        "transpose moveaxis swapaxes expand_dims squeeze concatenate stack vstack hstack pad "
+        "take take_along_axis matmul dot inner outer tensordot einsum broadcast_to zeros_like "
+        "ones_like full_like round around atleast_1d atleast_2d flip copy shape ndim size "
+        "result_type astype"
+    ).split()
+    if hasattr(np, name)
+}
+_ARRAY_FUNCTIONS[np.empty_like] = zeros_like  # the contents of an empty array are unspecified
 
 
 def apply_array_function(func: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Array:
-    name = getattr(func, "__name__", repr(func))
-    if name not in _ARRAY_FUNCTIONS:
-        raise NotImplementedError(f"numpy.{name} has no fusejit rule (it cannot be traced)")
-    return globals()[name](*args, **kwargs)
+    rule = _ARRAY_FUNCTIONS.get(func)
+    if rule is None:
+        module = getattr(func, "__module__", None) or "numpy"
+        name = f"{module}.{getattr(func, '__name__', repr(func))}"
+        raise NotImplementedError(f"{name} has no fusejit rule (it cannot be traced)")
+    return rule(*args, **kwargs)
 
 
 def __getattr__(name: str) -> Any:

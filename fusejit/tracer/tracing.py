@@ -111,10 +111,7 @@ def _to_value(x: Any, trace: Trace, dtype: DType | None = None) -> Value:
         elif x.trace.active:
             v = trace.capture(x)
         else:
-            raise EscapedTracerError(
-                f"a traced value {x.value.type} of the finished trace of {x.trace.name!r} was used "
-                "later; return it from the traced function instead of storing it"
-            )
+            raise _escaped(x)
         return v if dtype is None else trace.builder.convert(v, dtype)
     arr = np.asarray(x)
     dt = dtype or from_numpy(arr.dtype)
@@ -123,6 +120,15 @@ def _to_value(x: Any, trace: Trace, dtype: DType | None = None) -> Value:
         return trace.builder.constant(arr.item(), dt)
     return trace.builder.op(
         P.constant, value=tuple(arr.ravel().tolist()), shape=arr.shape, dtype=dt
+    )
+
+
+def _escaped(x: TracedArray) -> EscapedTracerError:
+    loc = user_source_loc()
+    return EscapedTracerError(
+        f"a traced value {x.value.type} of the finished trace of {x.trace.name!r} was used "
+        f"later{f' (at {loc})' if loc else ''}; return it from the traced function instead of "
+        "storing it (in a global, a list or an attribute)"
     )
 
 
@@ -136,6 +142,9 @@ def bind(prim: Primitive, *args: Any, **attrs: Any) -> Any:
     trace = current_trace()
     loc = user_source_loc()
     if trace is None:
+        for a in args:
+            if isinstance(a, TracedArray):
+                raise _escaped(a)
         arrays = [np.asarray(a) for a in args]
         try:
             types = prim.infer(tuple(TensorType(from_numpy(a.dtype), a.shape) for a in arrays), attrs)
@@ -291,6 +300,14 @@ class TracedArray:
     def size(self) -> int:
         return self.value.type.size
 
+    @property
+    def itemsize(self) -> int:
+        return self.value.dtype.itemsize
+
+    @property
+    def nbytes(self) -> int:
+        return self.value.type.nbytes
+
     def __len__(self) -> int:
         if not self.shape:
             raise TypeError("len() of a 0-d traced array")
@@ -300,7 +317,9 @@ class TracedArray:
         return f"TracedArray({self.value.type}{', weak' if self.weak else ''})"
 
     # Concretization --------------------------------------------------------------------
-    def _concrete(self, what: str) -> ConcretizationError:
+    def _concrete(self, what: str) -> ConcretizationError | EscapedTracerError:
+        if not self.trace.active:
+            return _escaped(self)
         loc = user_source_loc()
         return ConcretizationError(
             f"{what} needs a concrete value, but this {self.value.type} value is traced "
@@ -352,6 +371,8 @@ class TracedArray:
     def __rtruediv__(self, o: Any) -> Any: return fnp.true_divide(o, self)
     def __floordiv__(self, o: Any) -> Any: return fnp.floor_divide(self, o)
     def __rfloordiv__(self, o: Any) -> Any: return fnp.floor_divide(o, self)
+    def __mod__(self, o: Any) -> Any: return fnp.remainder(self, o)
+    def __rmod__(self, o: Any) -> Any: return fnp.remainder(o, self)
     def __pow__(self, o: Any) -> Any: return fnp.power(self, o)
     def __rpow__(self, o: Any) -> Any: return fnp.power(o, self)
     def __matmul__(self, o: Any) -> Any: return fnp.matmul(self, o)
@@ -364,6 +385,8 @@ class TracedArray:
     def __rand__(self, o: Any) -> Any: return fnp.bitwise_and(o, self)
     def __or__(self, o: Any) -> Any: return fnp.bitwise_or(self, o)
     def __ror__(self, o: Any) -> Any: return fnp.bitwise_or(o, self)
+    def __xor__(self, o: Any) -> Any: return fnp.bitwise_xor(self, o)
+    def __rxor__(self, o: Any) -> Any: return fnp.bitwise_xor(o, self)
     def __eq__(self, o: Any) -> Any: return fnp.equal(self, o)  # type: ignore[override]
     def __ne__(self, o: Any) -> Any: return fnp.not_equal(self, o)  # type: ignore[override]
     def __lt__(self, o: Any) -> Any: return fnp.less(self, o)
@@ -383,7 +406,12 @@ class TracedArray:
         return fnp.reshape(self, shape[0] if len(shape) == 1 else shape, order=order)
 
     def transpose(self, *axes: Any) -> Any:
-        return fnp.transpose(self, axes[0] if len(axes) == 1 else (axes or None))
+        if len(axes) == 1 and not isinstance(axes[0], (int, np.integer)):
+            axes = axes[0]  # x.transpose((1, 0)) as well as x.transpose(1, 0)
+        return fnp.transpose(self, None if axes is None or len(axes) == 0 else axes)
+
+    def swapaxes(self, axis1: int, axis2: int) -> Any:
+        return fnp.swapaxes(self, axis1, axis2)
 
     def astype(self, dtype: Any, copy: bool = True) -> Any:
         return fnp.astype(self, dtype)
@@ -406,6 +434,12 @@ class TracedArray:
     def min(self, axis: Any = None, keepdims: bool = False) -> Any:
         return fnp.min(self, axis=axis, keepdims=keepdims)
 
+    def any(self, axis: Any = None, keepdims: bool = False) -> Any:
+        return fnp.any(self, axis=axis, keepdims=keepdims)
+
+    def all(self, axis: Any = None, keepdims: bool = False) -> Any:
+        return fnp.all(self, axis=axis, keepdims=keepdims)
+
     def argmax(self, axis: Any = None) -> Any:
         return fnp.argmax(self, axis=axis)
 
@@ -417,6 +451,9 @@ class TracedArray:
 
     def ravel(self) -> Any:
         return fnp.ravel(self)
+
+    def copy(self) -> Any:
+        return self
 
     def flatten(self) -> Any:
         return fnp.ravel(self)

@@ -1,14 +1,29 @@
 """Fusion: partitioning a function's ops into kernels (fusion groups).
 
 A ``FusionGroup`` is the unit the code generator lowers to one kernel: its ops run in
-one loop nest, reading ``inputs`` from memory once and writing ``outputs`` once; every
-other value stays in registers.
+one loop nest (or, for a horizontal group, several independent nests in one call),
+reading ``inputs`` from memory once and writing ``outputs`` once; every other value lives
+in registers. ``fuse`` builds the groups in six phases, each a classic XLA fusion:
+
+1. loop and input fusion: walking consumers last-to-first, each kernel absorbs its
+   elementwise/layout producers (into a loop, or into a reduction's input expression);
+2. row fusion: a reduction over the innermost axes joins the consumers that broadcast its
+   result back over the same rows (softmax, layernorm, cross-entropy);
+3. epilogue fusion: the elementwise consumers of a matmul run right after the BLAS call;
+4. multi-output fusion: sibling kernels with the same iteration space and a shared input
+   become one kernel with several outputs;
+5. horizontal fusion: independent loop kernels run in one call.
+
+Legality lives in ``_refusal`` and the cost model in ``COST``; each refused edge gets a
+reason string for the fusion report.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from fusejit.ir import primitives as P
 from fusejit.ir.core import Function, Op, Value
 from fusejit.ir.primitives import OpKind
 from fusejit.ir.printer import print_function
@@ -16,12 +31,21 @@ from fusejit.ir.printer import print_function
 
 @dataclass(frozen=True, slots=True, eq=False)
 class FusionGroup:
-    """Ops lowered as one kernel; ``inputs`` come from memory, ``outputs`` go to memory."""
+    """Ops lowered as one kernel; ``inputs`` come from memory, ``outputs`` go to memory.
+
+    ``kind`` is ``"loop"`` (elementwise/layout ops over the shape of the outputs),
+    ``"reduce"`` (reductions over one input space and the producers they read),
+    ``"row"`` (reductions over the innermost axes and the ops broadcasting them back),
+    ``"matmul"`` (one dot_general and an elementwise epilogue), ``"indexing"``
+    (scatter_add) or ``"horizontal"`` (independent ``parts`` run in one call). An op may
+    appear in several groups when it is cheap enough to recompute (``duplicated``).
+    """
 
     ops: tuple[Op, ...]
     inputs: tuple[Value, ...]
     outputs: tuple[Value, ...]
     kind: str = "loop"
+    parts: tuple[FusionGroup, ...] = ()
 
     @property
     def bytes_read(self) -> int:
@@ -32,16 +56,406 @@ class FusionGroup:
         return sum(v.type.nbytes for v in self.outputs)
 
 
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A producer -> consumer edge left unfused, and the rule that refused it."""
+
+    producer: Op
+    consumer: Op
+    reason: str
+
+    def __str__(self) -> str:
+        where = f" at {self.producer.loc}" if self.producer.loc else ""
+        return f"{self.producer.prim.name}{where} -> {self.consumer.prim.name}: {self.reason}"
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class FusedFunction:
     """A function and its partition into kernels, in execution order."""
 
     function: Function
     groups: tuple[FusionGroup, ...]
-    refusals: tuple[str, ...] = field(default=())
+    refusals: tuple[Refusal, ...] = field(default=())
 
     def __str__(self) -> str:
         return print_fused(self)
+
+
+# ---------------------------------------------------------------------------------------
+# The cost model, in one place.
+
+
+@dataclass(frozen=True)
+class CostModel:
+    # Producers cheap enough to recompute in every kernel that reads them: index
+    # arithmetic and trivial arithmetic. Everything else (exp, log, tanh, pow, division,
+    # reductions, matmul) is computed once and, if several kernels need it, stored.
+    cheap: frozenset[str] = frozenset(
+        {"constant", "iota", "broadcast_in_dim", "reshape", "transpose", "slice", "convert", "neg"}
+    )
+    # Kernel size bounds keep Numba's compile time sane (1,000 statements take seconds).
+    max_ops: int = 96
+    max_inputs: int = 24
+
+
+COST = CostModel()
+
+_ABSORBABLE = (OpKind.ELEMENTWISE, OpKind.LAYOUT, OpKind.SOURCE)
+
+
+def _iteration_shape(op: Op) -> tuple[int, ...]:
+    """The index space an op's own loop runs over."""
+    if op.prim.kind is OpKind.REDUCTION:
+        return op.inputs[0].shape
+    return op.output.shape
+
+
+def _root_kind(op: Op) -> str:
+    if op.prim.kind is OpKind.REDUCTION:
+        return "reduce"
+    if op.prim.kind is OpKind.CONTRACTION:
+        return "matmul"
+    if op.prim is P.scatter_add:
+        return "indexing"
+    return "loop"
+
+
+class _Group:
+    """A group under construction."""
+
+    __slots__ = ("kind", "owned", "copies", "shape")
+
+    def __init__(self, root: Op) -> None:
+        self.kind = _root_kind(root)
+        self.owned: list[Op] = [root]
+        self.copies: list[Op] = []  # cheap ops recomputed here but owned elsewhere
+        self.shape = _iteration_shape(root)
+
+    def ops(self) -> list[Op]:
+        owned = set(map(id, self.owned))
+        return self.owned + [op for op in self.copies if id(op) not in owned]
+
+    def size(self) -> int:
+        return len(self.owned) + len(self.copies)
+
+
+class _Partition:
+    """Groups of one function and the graph facts the phases query."""
+
+    def __init__(self, fn: Function, legal: Callable[[FusionGroup], str | None] | None) -> None:
+        self.fn = fn
+        self.position = {id(op): i for i, op in enumerate(fn.ops)}
+        self.producer = fn.producers()
+        self.users = fn.users()
+        self.results = set(fn.results)
+        self.home: dict[int, _Group] = {}
+        self.readers: dict[int, list[_Group]] = {}  # op -> groups that contain it
+        self.refusals: list[Refusal] = []
+        self.legal = legal
+
+    # Graph queries ---------------------------------------------------------------------
+    def members(self, g: _Group) -> set[int]:
+        return {id(op) for op in g.ops()}
+
+    def consumers(self, g: _Group) -> list[_Group]:
+        """The groups that read a value ``g`` owns (copies read their own inputs)."""
+        out: dict[int, _Group] = {}
+        for op in g.owned:
+            for v in op.outputs:
+                for u in self.users.get(v, []):
+                    for c in self.readers.get(id(u), ()):
+                        if c is not g and v in self.finish(c).inputs:
+                            out[id(c)] = c
+        return list(out.values())
+
+    def creates_cycle(self, a: _Group, b: _Group) -> bool:
+        """Whether merging ``a`` and ``b`` would make a kernel that both feeds and reads
+        another kernel: a path from one to the other through a third group."""
+        for src, dst in ((a, b), (b, a)):
+            seen: set[int] = set()
+            stack = [c for c in self.consumers(src) if c is not dst]
+            while stack:
+                g = stack.pop()
+                if g is dst:
+                    return True
+                if id(g) in seen:
+                    continue
+                seen.add(id(g))
+                stack.extend(self.consumers(g))
+        return False
+
+    def add(self, g: _Group, op: Op, owned: bool) -> None:
+        (g.owned if owned else g.copies).append(op)
+        if owned:
+            self.home[id(op)] = g
+        self.readers.setdefault(id(op), []).append(g)
+
+    def merge(self, into: _Group, other: _Group, kind: str | None = None) -> None:
+        for op in other.owned:
+            self.readers[id(op)].remove(other)
+            self.add(into, op, owned=True)
+        for op in other.copies:
+            self.readers[id(op)].remove(other)
+            if all(op is not c for c in into.copies):
+                self.add(into, op, owned=False)
+        if kind:
+            into.kind = kind
+
+    def within_bounds(self, g: _Group, extra: int = 0) -> bool:
+        return g.size() + extra <= COST.max_ops
+
+    def lowerable(self, g: _Group) -> str | None:
+        if self.legal is None:
+            return None
+        return self.legal(self.finish(g))
+
+    def finish(self, g: _Group, needed: set[Value] | None = None) -> FusionGroup:
+        order = sorted(g.ops(), key=lambda op: self.position[id(op)])
+        internal = {v for op in order for v in op.outputs}
+        inputs: list[Value] = []
+        for op in order:
+            for v in op.inputs:
+                if v not in internal and v not in inputs:
+                    inputs.append(v)
+        owned = set(map(id, g.owned))
+        member = set(map(id, order))
+        outputs = [
+            v for op in order if id(op) in owned for v in op.outputs
+            if (v in needed if needed is not None else
+                v in self.results or any(id(u) not in member for u in self.users.get(v, [])))
+        ]
+        return FusionGroup(tuple(order), tuple(inputs), tuple(outputs), g.kind)
+
+
+def _refusal(part: _Partition, p: Op, g: _Group) -> str | None:
+    """Why producer ``p`` cannot be fused into group ``g`` (None if it can)."""
+    if g.kind in ("matmul", "indexing"):
+        return f"a {g.kind} kernel reads its operands from memory"
+    if p.prim.kind not in _ABSORBABLE and p.prim is not P.gather:
+        return {
+            OpKind.REDUCTION: "a reduction's result is materialized (row fusion may still join it)",
+            OpKind.CONTRACTION: "a matmul's result is materialized (epilogue fusion may join it)",
+        }.get(p.prim.kind, f"{p.prim.name} is lowered on its own")
+    if not part.within_bounds(g, 1):
+        return f"kernel size bound ({COST.max_ops} ops) reached"
+    return None
+
+
+def _absorb_producers(part: _Partition, g: _Group) -> None:
+    """Phase 1 for one group: pull in producers until none qualifies."""
+    work = [v for op in g.ops() for v in op.inputs]
+    while work:
+        v = work.pop()
+        p = part.producer.get(v)
+        if p is None or any(p is op for op in g.ops()):
+            continue
+        consumer = next((op for op in g.ops() if v in op.inputs), g.owned[0])
+        reason = _refusal(part, p, g)
+        if reason is None:
+            users = part.users.get(v, [])
+            members = part.members(g)
+            all_inside = all(id(u) in members for u in users) and v not in part.results
+            owner = part.home.get(id(p))
+            if all_inside and owner is None:
+                part.add(g, p, owned=True)
+            elif p.prim.name in COST.cheap:
+                part.add(g, p, owned=False)
+            else:
+                reason = (
+                    f"{p.prim.name} is not cheap enough to recompute for its "
+                    f"{len(users)} users in different kernels"
+                    if owner is None else "already fused into another kernel"
+                )
+        if reason is not None:
+            part.refusals.append(Refusal(p, consumer, reason))
+            continue
+        work.extend(p.inputs)
+
+
+def _reduces_innermost(g: _Group) -> bool:
+    """Whether every reduction of ``g`` reduces trailing axes of ``g.shape`` (rows)."""
+    for op in g.owned:
+        if op.prim.kind is OpKind.REDUCTION:
+            axes = op.attrs["axes"] if "axes" in op.attrs else (op.attrs["axis"],)
+            if op.inputs[0].shape != g.shape or axes != tuple(range(len(g.shape) - len(axes), len(g.shape))):
+                return False
+    return True
+
+
+def _row_capable(g: _Group) -> bool:
+    return g.kind == "loop" or (g.kind in ("reduce", "row") and _reduces_innermost(g))
+
+
+def _row_fusion(part: _Partition, groups: list[_Group]) -> None:
+    """Phase 2: kernels over the same rows merge into one row kernel: reductions over
+    the innermost axes, the elementwise ops before them and the consumers that broadcast
+    their results back over the rows (softmax, layernorm). A merge that would form a
+    cycle is retried after the others, since merging a reduction first can remove it."""
+    for g in reversed(list(groups)):
+        if g not in groups or not _row_capable(g):
+            continue
+        merged_any = True
+        while merged_any:
+            merged_any = False
+            producers = {}
+            for v in part.finish(g).inputs:
+                op = part.producer.get(v)
+                pg = part.home.get(id(op)) if op is not None else None
+                if pg is not None and pg is not g and pg.shape == g.shape and _row_capable(pg):
+                    producers[id(pg)] = pg
+            for pg in producers.values():
+                has_reduction = any(op.prim.kind is OpKind.REDUCTION for op in g.owned + pg.owned)
+                kind = "row" if has_reduction else "loop"
+                if _try_merge(part, g, pg, kind, groups):
+                    merged_any = True
+                    break
+
+
+def _try_merge(part: _Partition, a: _Group, b: _Group, kind: str, groups: list[_Group]) -> bool:
+    """Merges ``b`` into ``a`` if that stays acyclic, bounded and lowerable."""
+    if not part.within_bounds(a, b.size()) or part.creates_cycle(a, b):
+        return False
+    trial = _Group(a.owned[0])
+    trial.kind, trial.shape = kind, a.shape
+    trial.owned = a.owned + b.owned
+    trial.copies = a.copies + [op for op in b.copies if all(op is not c for c in a.copies)]
+    if part.lowerable(trial) is not None:
+        return False
+    part.merge(a, b, kind)
+    groups.remove(b)
+    return True
+
+
+def _epilogue_fusion(part: _Partition, groups: list[_Group]) -> None:
+    """Phase 3: a matmul and the loop kernel consuming its result become one kernel."""
+    for m in [g for g in groups if g.kind == "matmul"]:
+        (out,) = m.owned[0].outputs
+        consumers = {id(part.home[id(u)]): part.home[id(u)] for u in part.users.get(out, [])}
+        loops = [c for c in consumers.values() if c.kind == "loop" and c.shape == out.shape]
+        if len(loops) == 1 and len(m.owned) == 1:
+            loop = loops[0]
+            if _try_merge(part, loop, m, "matmul", groups):
+                # The matmul runs first; keep it as the group's first owned op.
+                loop.owned.sort(key=lambda op: op.prim is not P.dot_general)
+
+
+def _sibling_fusion(part: _Partition, groups: list[_Group]) -> None:
+    """Phase 4: kernels over the same iteration space reading a common input merge."""
+    for kind in ("loop", "reduce"):
+        candidates = [g for g in groups if g.kind == kind]
+        for i, a in enumerate(candidates):
+            if a not in groups:
+                continue
+            a_inputs = set(part.finish(a).inputs)
+            for b in candidates[i + 1 :]:
+                if b not in groups or b.shape != a.shape:
+                    continue
+                same_axes = kind == "loop" or {op.attrs.get("axes") for op in a.owned + b.owned
+                                               if op.prim.kind is OpKind.REDUCTION} .__len__() == 1
+                if same_axes and a_inputs & set(part.finish(b).inputs):
+                    if _try_merge(part, a, b, kind, groups):
+                        a_inputs = set(part.finish(a).inputs)
+
+
+def fuse(fn: Function, legal: Callable[[FusionGroup], str | None] | None = None) -> FusedFunction:
+    """Partitions ``fn`` into fusion groups (see the module docstring).
+
+    ``legal(group)`` returns None if the backend can lower a candidate group, or why not;
+    no phase keeps a merge it refuses. Guarantees: every op is owned by exactly one
+    group; groups are convex (no path leaves a group and re-enters it) and listed in a
+    valid execution order; a group's outputs are exactly the values it owns that other
+    groups or the function's results need.
+    """
+    part = _Partition(fn, legal)
+    groups: list[_Group] = []
+    for op in reversed(fn.ops):
+        if id(op) in part.home:
+            continue
+        g = _Group(op)
+        part.home[id(op)] = g
+        part.readers.setdefault(id(op), []).append(g)
+        groups.append(g)
+        _absorb_producers(part, g)
+    groups.reverse()
+    _row_fusion(part, groups)
+    _epilogue_fusion(part, groups)
+    _sibling_fusion(part, groups)
+    finished = _finalize(part, groups)
+    finished = _horizontal_fusion(finished, part)
+    together = {(id(a), id(b)) for g in finished for a in g.ops for b in g.ops}
+    refusals = [r for r in part.refusals if (id(r.producer), id(r.consumer)) not in together]
+    return FusedFunction(fn, tuple(finished), tuple(refusals))
+
+
+def _finalize(part: _Partition, groups: list[_Group]) -> list[FusionGroup]:
+    """Orders groups topologically and drops groups nobody needs (their ops were all
+    recomputed where they were used)."""
+    while True:
+        needed = set(part.fn.results)
+        for g in groups:
+            needed |= set(part.finish(g).inputs)
+        live = [g for g in groups if any(v in needed for op in g.owned for v in op.outputs)]
+        if len(live) == len(groups):
+            break
+        groups = live
+    producer_group = {id(v): g for g in groups for op in g.owned for v in op.outputs}
+    order: list[_Group] = []
+    state: dict[int, int] = {}
+
+    def visit(g: _Group) -> None:
+        if state.get(id(g)) == 2:
+            return
+        assert state.get(id(g)) != 1, "fusion produced a cycle between kernels"
+        state[id(g)] = 1
+        for v in part.finish(g).inputs:
+            dep = producer_group.get(id(v))
+            if dep is not None and dep is not g:
+                visit(dep)
+        state[id(g)] = 2
+        order.append(g)
+
+    for g in sorted(groups, key=lambda g: min(part.position[id(op)] for op in g.owned)):
+        visit(g)
+    return [part.finish(g, needed) for g in order]
+
+
+def _horizontal_fusion(groups: list[FusionGroup], part: _Partition) -> list[FusionGroup]:
+    """Phase 5: consecutive-in-dependency-order loop kernels that do not depend on each
+    other run in one call."""
+    if part.legal is None:
+        return groups
+    produced_by = {id(v): i for i, g in enumerate(groups) for v in g.outputs}
+    out: list[FusionGroup] = []
+    bucket: list[FusionGroup] = []
+
+    def flush() -> None:
+        if len(bucket) > 1:
+            candidate = FusionGroup(
+                tuple(op for g in bucket for op in g.ops),
+                tuple(dict.fromkeys(v for g in bucket for v in g.inputs)),
+                tuple(v for g in bucket for v in g.outputs),
+                "horizontal",
+                tuple(bucket),
+            )
+            if part.legal(candidate) is None:
+                out.append(candidate)
+                bucket.clear()
+                return
+        out.extend(bucket)
+        bucket.clear()
+
+    for i, g in enumerate(groups):
+        if g.kind != "loop":
+            flush()
+            out.append(g)
+            continue
+        bucket_outputs = {id(v) for b in bucket for v in b.outputs}
+        if any(id(v) in bucket_outputs for v in g.inputs):
+            flush()
+        bucket.append(g)
+    flush()
+    del produced_by
+    return out
 
 
 def make_group(ops: list[Op], fn_results: set[Value], users: dict[Value, list[Op]], kind: str) -> FusionGroup:
@@ -62,34 +476,41 @@ def make_group(ops: list[Op], fn_results: set[Value], users: dict[Value, list[Op
     return FusionGroup(tuple(ops), tuple(inputs), tuple(outputs), kind)
 
 
-def group_kind(op: Op) -> str:
-    return {
-        OpKind.ELEMENTWISE: "loop",
-        OpKind.LAYOUT: "loop",
-        OpKind.SOURCE: "loop",
-        OpKind.REDUCTION: "reduce",
-        OpKind.CONTRACTION: "matmul",
-        OpKind.INDEXING: "indexing",
-        OpKind.CALL: "call",
-    }[op.prim.kind]
-
-
 def one_op_per_group(fn: Function) -> FusedFunction:
     """The unfused partition: every op is its own kernel."""
     users = fn.users()
     results = set(fn.results)
-    return FusedFunction(fn, tuple(make_group([op], results, users, group_kind(op)) for op in fn.ops))
+    return FusedFunction(fn, tuple(make_group([op], results, users, _root_kind(op)) for op in fn.ops))
 
 
 def print_fused(fused: FusedFunction) -> str:
-    """The function's text with each kernel's ops between ``kernel`` markers."""
+    """The function's text with each kernel's ops under a ``// kernel`` header (ops
+    recomputed in several kernels are listed in each)."""
     text = print_function(fused.function).splitlines()
-    body = text[1 : 1 + len(fused.function.ops)]
-    line_of = {id(op): line for op, line in zip(fused.function.ops, body, strict=True)}
+    n = len(fused.function.ops)
+    line_of = {id(op): line for op, line in zip(fused.function.ops, text[1 : 1 + n], strict=True)}
     out = [text[0]]
     for k, group in enumerate(fused.groups):
-        out.append(f"  // kernel {k}: {group.kind}, {len(group.ops)} ops, "
-                   f"reads {group.bytes_read} B, writes {group.bytes_written} B")
+        out.append(
+            f"  // kernel {k}: {group.kind}, {len(group.ops)} ops, "
+            f"reads {group.bytes_read} B, writes {group.bytes_written} B"
+        )
         out.extend(line_of[id(op)] for op in group.ops)
-    out.extend(text[1 + len(fused.function.ops) :])
+    out.extend(text[1 + n :])
     return "\n".join(out) + "\n"
+
+
+def fusion_report(fused: FusedFunction) -> str:
+    """Every kernel with its ops and source lines, bytes moved, and every producer ->
+    consumer edge left unfused with the rule that refused it."""
+    lines = [f"fusion report for @{fused.function.name}: {len(fused.function.ops)} ops in "
+             f"{len(fused.groups)} kernels"]
+    for k, g in enumerate(fused.groups):
+        lines.append(f"kernel {k} ({g.kind}): reads {g.bytes_read} B, writes {g.bytes_written} B")
+        for op in g.ops:
+            lines.append(f"    {op.prim.name:18} {op.output.type if len(op.outputs) == 1 else ''}"
+                         f"{f'  # {op.loc}' if op.loc else ''}")
+    unique = list(dict.fromkeys(str(r) for r in fused.refusals))
+    lines.append(f"unfused edges: {len(unique)}")
+    lines += [f"    {r}" for r in unique]
+    return "\n".join(lines) + "\n"

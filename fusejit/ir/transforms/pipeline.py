@@ -13,12 +13,25 @@ from dataclasses import dataclass
 from fusejit.ir.core import Function
 from fusejit.ir.transforms.dce import eliminate_dead_code
 from fusejit.ir.transforms.inline import inline_calls
+from fusejit.ir.transforms.simplify import (
+    canonicalize_layout,
+    eliminate_common_subexpressions,
+    fold_constants,
+    simplify_algebra,
+)
 from fusejit.ir.verifier import verify
 
 Pass = Callable[[Function], Function]
 
 PIPELINE: list[tuple[str, Pass]] = [
     ("inline_calls", inline_calls),
+    ("simplify_algebra", simplify_algebra),
+    ("canonicalize_layout", canonicalize_layout),
+    ("fold_constants", fold_constants),
+    ("eliminate_common_subexpressions", eliminate_common_subexpressions),
+    # Folding and merging expose new identities (x * (2 * 0.5)); one more round gets them.
+    ("simplify_algebra", simplify_algebra),
+    ("canonicalize_layout", canonicalize_layout),
     ("eliminate_dead_code", eliminate_dead_code),
 ]
 
