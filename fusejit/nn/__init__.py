@@ -1,0 +1,51 @@
+"""``fj.nn``: layers, activations, losses and initialisers over ``fusejit.numpy``.
+
+Everything here is ordinary traceable code: under ``jit`` it becomes IR and fuses; on
+NumPy arrays it runs eagerly. Layouts follow PyTorch: ``linear`` weights are
+``(out_features, in_features)``, ``conv2d`` takes NCHW inputs and OIHW weights.
+Parameters are plain pytrees (dicts of arrays).
+"""
+
+from __future__ import annotations
+
+from fusejit.nn.init import (
+    glorot_uniform,
+    he_normal,
+    init_conv2d,
+    init_linear,
+    init_mlp,
+)
+from fusejit.nn.layers import (
+    avg_pool2d,
+    conv2d,
+    cross_entropy,
+    gelu,
+    linear,
+    log_softmax,
+    max_pool2d,
+    mse,
+    relu,
+    sigmoid,
+    softmax,
+    tanh,
+)
+
+__all__ = [
+    "avg_pool2d",
+    "conv2d",
+    "cross_entropy",
+    "gelu",
+    "glorot_uniform",
+    "he_normal",
+    "init_conv2d",
+    "init_linear",
+    "init_mlp",
+    "linear",
+    "log_softmax",
+    "max_pool2d",
+    "mse",
+    "relu",
+    "sigmoid",
+    "softmax",
+    "tanh",
+]
