@@ -422,9 +422,6 @@ def _finalize(part: _Partition, groups: list[_Group]) -> list[FusionGroup]:
 def _horizontal_fusion(groups: list[FusionGroup], part: _Partition) -> list[FusionGroup]:
     """Phase 5: consecutive-in-dependency-order loop kernels that do not depend on each
     other run in one call."""
-    if part.legal is None:
-        return groups
-    produced_by = {id(v): i for i, g in enumerate(groups) for v in g.outputs}
     out: list[FusionGroup] = []
     bucket: list[FusionGroup] = []
 
@@ -437,14 +434,14 @@ def _horizontal_fusion(groups: list[FusionGroup], part: _Partition) -> list[Fusi
                 "horizontal",
                 tuple(bucket),
             )
-            if part.legal(candidate) is None:
+            if part.legal is None or part.legal(candidate) is None:
                 out.append(candidate)
                 bucket.clear()
                 return
         out.extend(bucket)
         bucket.clear()
 
-    for i, g in enumerate(groups):
+    for g in groups:
         if g.kind != "loop":
             flush()
             out.append(g)
@@ -454,7 +451,6 @@ def _horizontal_fusion(groups: list[FusionGroup], part: _Partition) -> list[Fusi
             flush()
         bucket.append(g)
     flush()
-    del produced_by
     return out
 
 

@@ -1,0 +1,107 @@
+"""Fusion: kernel counts for the patterns the mission cares about, the groups' structural
+guarantees, and the fusion report."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import fusejit as fj
+import fusejit.numpy as fnp
+import fusejit.nn as nn
+import fusejit.optim as optim
+from fusejit.ir.transforms.fusion import FusedFunction, fuse
+
+RNG = np.random.default_rng(0)
+
+
+def fused(f, *args) -> FusedFunction:
+    return fuse(fj.jit(f, backend="interpret").lower(*args).optimized)
+
+
+def kinds(f, *args) -> list[str]:
+    return [g.kind for g in fused(f, *args).groups]
+
+
+def gelu(x):
+    return 0.5 * x * (1.0 + fnp.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def layernorm(x, gamma, beta):
+    mu = x.mean(axis=-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(axis=-1, keepdims=True)
+    return (x - mu) / fnp.sqrt(var + 1e-5) * gamma + beta
+
+
+def adam_step(p, m, v, g):
+    m = 0.9 * m + 0.1 * g
+    v = 0.999 * v + 0.001 * g * g
+    return p - 0.001 * m / (fnp.sqrt(v) + 1e-8), m, v
+
+
+@pytest.mark.parametrize("shape", [(7,), (4, 5), (2, 3, 4), ()])
+def test_gelu_is_one_loop_kernel_for_any_shape(shape):
+    assert kinds(gelu, np.ones(shape, np.float32)) == ["loop"]
+
+
+def test_softmax_over_the_last_axis_is_one_row_kernel():
+    assert kinds(lambda x: nn.softmax(x), np.ones((8, 16), np.float32)) == ["row"]
+
+
+def test_layernorm_over_the_last_axis_is_one_row_kernel():
+    x, g = np.ones((8, 16), np.float32), np.ones(16, np.float32)
+    assert kinds(layernorm, x, g, g) == ["row"]
+
+
+def test_adam_update_of_one_parameter_is_one_kernel_with_three_outputs():
+    x = np.ones(1000, np.float32)
+    (group,) = fused(adam_step, x, x, x, x).groups
+    assert len(group.outputs) == 3
+
+
+def test_adam_update_of_ten_parameters_is_at_most_two_kernels():
+    params = {f"p{i}": np.ones((i + 1, 3), np.float32) for i in range(10)}
+    opt = optim.adam(1e-3)
+    groups = fused(opt.update, params, opt.init(params), params).groups
+    assert len(groups) <= 2
+
+
+def test_matmul_epilogue_joins_the_matmul_kernel():
+    x, w, b = np.ones((8, 4), np.float32), np.ones((5, 4), np.float32), np.ones(5, np.float32)
+    assert kinds(lambda x, w, b: nn.relu(nn.linear(x, w, b)), x, w, b) == ["matmul"]
+
+
+def test_every_op_is_owned_once_and_groups_run_in_dependency_order():
+    x = np.ones((8, 16), np.float32)
+    g = np.ones(16, np.float32)
+
+    def model(x, g):
+        h = layernorm(x, g, g)
+        return nn.softmax(h @ h.T).sum(axis=0), gelu(h)
+
+    result = fused(model, x, g)
+    available = set(result.function.params)
+    for group in result.groups:
+        assert all(v in available for v in group.inputs)
+        available |= set(group.outputs)
+    assert all(r in available for r in result.function.results)
+
+
+def test_expensive_producers_are_not_recomputed_in_two_kernels():
+    x = np.ones((8, 16), np.float32)
+    result = fused(lambda x: (fnp.exp(x) @ x.T, fnp.exp(x).sum(axis=0)), x)
+    exps = [op for g in result.groups for op in g.ops if op.prim.name == "exp"]
+    assert len(exps) == 1
+
+
+def test_the_report_names_the_rule_that_refused_an_edge():
+    from fusejit.ir.transforms.fusion import fusion_report
+
+    x = np.ones((8, 16), np.float32)
+    result = fused(lambda x: fnp.exp(x) @ x.T + fnp.exp(x).sum(), x)
+    rendered = fusion_report(result)
+    assert "exp at " in rendered
+    assert "-> dot_general: a matmul kernel reads its operands from memory" in rendered
+    assert f"{len(result.groups)} kernels" in rendered
