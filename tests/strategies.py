@@ -14,7 +14,7 @@
     against each other, no zero-size axes, and a chain of elementwise math (with the
     ``broadcast_in_dim``s the tracer would insert), ``select``, reductions and layout
     ops (transpose, reshape, slice, broadcast). Results are the last value and maybe
-    one more. Division, ``log`` and ``exp`` can produce inf/nan on some inputs.
+    one more. Division and ``exp`` can produce inf/nan on some inputs.
 
 Every function a strategy returns passes ``fusejit.ir.verify``; it is built only with
 ``fusejit.ir.Builder``, so the builder's type rules hold by construction.
@@ -187,7 +187,7 @@ def _transpose(g: _Gen, prim: P.Primitive) -> tuple[Value, ...]:
 def _slice(g: _Gen, prim: P.Primitive) -> tuple[Value, ...]:
     x = g.operand(P.ANY)
     start = tuple(g.draw(st.integers(0, n)) for n in x.shape)
-    limit = tuple(g.draw(st.integers(s, n)) for s, n in zip(start, x.shape))
+    limit = tuple(g.draw(st.integers(s, n)) for s, n in zip(start, x.shape, strict=True))
     stride = tuple(g.draw(st.integers(1, 3)) for _ in x.shape)
     return (g.b.op(prim, x, start=start, limit=limit, stride=stride),)
 
@@ -233,7 +233,7 @@ def _dot_general(g: _Gen, prim: P.Primitive) -> tuple[Value, ...]:
     raxes = g.draw(st.permutations(range(rank)))
     rb, rc = tuple(raxes[:nb]), tuple(raxes[nb : nb + nc])
     shape = [g.draw(st.integers(0, 3)) for _ in range(rank)]
-    for la, ra in zip(lb + lc, rb + rc):
+    for la, ra in zip(lb + lc, rb + rc, strict=True):
         shape[ra] = lhs.shape[la]
     rhs = g.operand(frozenset({lhs.dtype}), tuple(shape))
     return (g.b.op(prim, lhs, rhs, contract=(lc, rc), batch=(lb, rb)),)
@@ -258,7 +258,8 @@ def _scatter_add(g: _Gen, prim: P.Primitive) -> tuple[Value, ...]:
 def _iota(g: _Gen, prim: P.Primitive) -> tuple[Value, ...]:
     shape = g.shape(min_rank=1)
     dtype = g.draw(st.sampled_from(sorted(P.NUMERIC, key=str)))
-    return (g.b.op(prim, shape=shape, dimension=g.draw(st.integers(0, len(shape) - 1)), dtype=dtype),)
+    dimension = g.draw(st.integers(0, len(shape) - 1))
+    return (g.b.op(prim, shape=shape, dimension=dimension, dtype=dtype),)
 
 
 def _constant(g: _Gen, prim: P.Primitive) -> tuple[Value, ...]:
@@ -305,7 +306,12 @@ _EMITTERS: dict[str, Callable[[_Gen, P.Primitive], tuple[Value, ...]]] = {
 
 @st.composite
 def random_functions(draw: Callable, must_use: str | None = None, max_ops: int = 8) -> Function:
-    """Valid functions over the whole primitive set (see the module docstring)."""
+    """Valid functions over the whole primitive set (see the module docstring).
+
+    ``max_ops`` bounds the ops drawn for the top-level body (sources that operands need
+    and nested functions come on top); ``must_use`` names a primitive that every drawn
+    function contains at top level.
+    """
     g = _Gen(draw, 0, None)
     for _ in range(draw(st.integers(0, 3))):
         t = TensorType(draw(st.sampled_from(ALL_DTYPES)), g.shape())
@@ -328,7 +334,11 @@ _BINARY = (P.add, P.sub, P.mul, P.div, P.max, P.min)
 def random_elementwise_programs(
     draw: Callable, max_ops: int = 8, dtypes: tuple[DType, ...] = (DType.f32, DType.f64)
 ) -> Function:
-    """Model-like float functions for fusion/codegen tests (see the module docstring)."""
+    """Model-like float functions for fusion/codegen tests (see the module docstring).
+
+    Parameters are named ``x0, x1, ...``; the ops made in step ``k`` (an op and the
+    broadcasts or constant it needs) carry ``SourceLoc("prog.py", k)``.
+    """
     dtype = draw(st.sampled_from(dtypes))
     b = Builder()
     base = tuple(draw(st.lists(st.integers(1, 4), min_size=1, max_size=3)))
@@ -340,13 +350,13 @@ def random_elementwise_programs(
     pool = list(params)
 
     def broadcastable(x: Value, y: Value) -> bool:
-        return all(a == c or 1 in (a, c) for a, c in zip(x.shape[::-1], y.shape[::-1]))
+        return all(a == c or 1 in (a, c) for a, c in zip(x.shape[::-1], y.shape[::-1], strict=False))
 
     def aligned(x: Value, y: Value) -> tuple[Value, Value]:
         # The tracer's NumPy broadcasting: right-align, stretch 1s, add leading axes.
         rank = max(x.type.ndim, y.type.ndim)
         x_dims, y_dims = ((1,) * (rank - v.type.ndim) + v.shape for v in (x, y))
-        shape = tuple(max(a, c) for a, c in zip(x_dims, y_dims))
+        shape = tuple(max(a, c) for a, c in zip(x_dims, y_dims, strict=True))
         return b.broadcast(x, shape), b.broadcast(y, shape)
 
     for line in range(1, draw(st.integers(1, max_ops)) + 1):
@@ -368,14 +378,15 @@ def random_elementwise_programs(
             out = b.op(P.mul, x, b.full_like(draw(st.sampled_from([0.5, 2.0, -1.0])), x))
         elif kind == "reduce" and x.type.ndim:
             axes = draw(st.permutations(range(x.type.ndim)))[: draw(st.integers(1, x.type.ndim))]
-            out = b.op(draw(st.sampled_from([P.reduce_sum, P.reduce_max])), x, axes=tuple(sorted(axes)))
+            reduce = draw(st.sampled_from([P.reduce_sum, P.reduce_max]))
+            out = b.op(reduce, x, axes=tuple(sorted(axes)))
         elif kind == "transpose" and x.type.ndim > 1:
             out = b.op(P.transpose, x, perm=tuple(draw(st.permutations(range(x.type.ndim)))))
         elif kind == "reshape":
             out = b.op(P.reshape, x, shape=(x.type.size,) if x.type.ndim != 1 else (1, x.type.size))
         elif kind == "slice" and x.type.ndim:
             start = tuple(draw(st.integers(0, n - 1)) for n in x.shape)
-            limit = tuple(draw(st.integers(s + 1, n)) for s, n in zip(start, x.shape))
+            limit = tuple(draw(st.integers(s + 1, n)) for s, n in zip(start, x.shape, strict=True))
             stride = tuple(draw(st.integers(1, 2)) for _ in x.shape)
             out = b.op(P.slice, x, start=start, limit=limit, stride=stride)
         else:  # broadcast: a new leading axis

@@ -52,7 +52,7 @@ _IMPLIED = {"shape": lambda t: t.shape, "dtype": lambda t: t.dtype}
 _MAX_DEPTH = 32  # tuple nesting; attributes need 2, the limit keeps recursion bounded
 _MAX_INT_DIGITS = 4000  # under Python's int/str conversion limit, so int() cannot fail
 _MAX_DIM = 2**63 - 1  # compiled code indexes with int64
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 
 class IRParseError(ValueError):
@@ -61,8 +61,14 @@ class IRParseError(ValueError):
     caret under the column."""
 
     def __init__(self, reason: str, line: int, column: int, source_line: str) -> None:
-        caret = "".join("\t" if c == "\t" else " " for c in source_line[: column - 1]) + "^"
-        super().__init__(f"line {line}, column {column}: {reason}\n{source_line}\n{caret}")
+        shown, at = source_line, column - 1
+        if len(shown) > 160:  # say, a big constant's line: show the part around the column
+            start = max(0, at - 80)
+            shown = f"{'...' if start else ''}{shown[start : start + 160]}"
+            shown += "..." if start + 160 < len(source_line) else ""
+            at += 3 - start if start else 0
+        caret = "".join("\t" if c == "\t" else " " for c in shown[:at]) + "^"
+        super().__init__(f"line {line}, column {column}: {reason}\n{shown}\n{caret}")
         self.reason, self.line, self.column = reason, line, column
 
 
@@ -102,7 +108,8 @@ class _FnRef:
 
 @dataclass(frozen=True, slots=True)
 class _PendingOp:
-    """An op that calls functions, waiting for them to be built."""
+    """An op as read, before its types are checked. Ops that call functions wait in
+    this form until all functions are read."""
 
     prim: Primitive
     token: _Token  # the primitive's name: errors about the whole op point here
@@ -172,9 +179,9 @@ class _Parser:
     def punct(self, text: str) -> _Token:
         return self.expect("punct", repr(text), text)
 
-    def listed(self, item: Callable[[], T], close: str) -> list[T]:
+    def listed(self, item: Callable[[], _T], close: str) -> list[_T]:
         """``[item (',' item)*] close``, the opening bracket already read."""
-        items: list[T] = []
+        items: list[_T] = []
         while not self.at(close):
             if items:
                 self.expect("punct", f"',' or {close!r}", ",")
@@ -182,7 +189,7 @@ class _Parser:
         self.take()
         return items
 
-    def comma_separated(self, item: Callable[[], T]) -> list[T]:
+    def comma_separated(self, item: Callable[[], _T]) -> list[_T]:
         items = [item()]
         while self.at(","):
             self.take()
@@ -298,7 +305,7 @@ class _Parser:
 
     def define(self, scope: dict[str, Value], token: _Token, value: Value) -> Value:
         if token.text[1:] in scope:
-            raise self.error(token, f"{token.text} is already defined (SSA names are defined once)")
+            raise self.error(token, f"{token.text} is already defined (SSA defines names once)")
         scope[token.text[1:]] = value
         return value
 
@@ -311,7 +318,7 @@ class _Parser:
         def output() -> tuple[_Token, Value]:
             name = self.expect("value", "an op result such as %0, or 'return'")
             if name.text[1:] in scope or any(t.text == name.text for t, _ in outputs):
-                raise self.error(name, f"{name.text} is already defined (SSA names are defined once)")
+                raise self.error(name, f"{name.text} is already defined (SSA defines names once)")
             self.punct(":")
             return name, Value(self.type())
 
@@ -326,7 +333,7 @@ class _Parser:
         def operand() -> Value:
             name = self.expect("value", "an operand such as %0")
             if prim.arity is not None and len(inputs) == prim.arity:
-                raise self.error(name, f"{prim.name} takes {prim.arity} operands")
+                raise self.error(name, f"too many operands: {prim.name} takes {prim.arity}")
             inputs.append(self.use(scope, name))
             return inputs[-1]
 

@@ -133,7 +133,11 @@ def check_attr(prim: str, key: str, kind: AttrKind, value: Any) -> None:
         return IRTypeError(f"{prim}: attribute {key}={value!r} must be {what}")
 
     def is_int(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
+        return type(v) is int
+
+    def is_scalar(v: Any) -> bool:
+        # Exactly Python scalars: NumPy scalars would print as np.float64(...).
+        return type(v) in (bool, int, float)
 
     def is_ints(v: Any) -> bool:
         return isinstance(v, tuple) and all(is_int(i) for i in v)
@@ -157,6 +161,11 @@ def check_attr(prim: str, key: str, kind: AttrKind, value: Any) -> None:
         or (isinstance(value, tuple) and all(isinstance(v, (bool, int, float)) for v in value))
     ):
         raise bad("a scalar or a tuple of scalars")
+
+
+def _check_shape(prim: str, shape: tuple[int, ...]) -> None:
+    if any(n < 0 for n in shape):
+        raise IRTypeError(f"{prim}: shape {shape} has a negative dimension")
 
 
 def _check_axes(prim: str, axes: tuple[int, ...], ndim: int, what: str = "axes") -> None:
@@ -294,6 +303,7 @@ def _broadcast_rule(
     in_types: tuple[TensorType, ...], shape: tuple[int, ...], dims: tuple[int, ...]
 ) -> tuple[TensorType, ...]:
     (x,) = in_types
+    _check_shape("broadcast_in_dim", shape)
     if len(dims) != x.ndim or any(not 0 <= d < len(shape) for d in dims) or list(dims) != sorted(set(dims)):
         raise IRTypeError(
             f"broadcast_in_dim: dims={dims} must be increasing axes of {shape}, one per operand axis"
@@ -437,7 +447,8 @@ pad = _register(
         {"lo": AttrSpec(AttrKind.INTS), "hi": AttrSpec(AttrKind.INTS), "value": AttrSpec(AttrKind.SCALAR)},
         _pad_rule,
         lambda x, lo, hi, value: (
-            np.pad(x, list(zip(lo, hi, strict=True)), constant_values=x.dtype.type(value)),
+            np.pad(x, list(zip(lo, hi, strict=True)), constant_values=x.dtype.type(value))
+            if x.ndim else x.copy(),
         ),
     )
 )
@@ -639,6 +650,7 @@ scatter_add = _register(
 def _iota_rule(
     in_types: tuple[TensorType, ...], shape: tuple[int, ...], dimension: int, dtype: DType
 ) -> tuple[TensorType, ...]:
+    _check_shape("iota", shape)
     _check_axes("iota", (dimension,), len(shape), "dimension")
     if dtype is DType.bool:
         raise IRTypeError("iota: dtype must be numeric")
@@ -671,9 +683,27 @@ iota = _register(
 def _constant_rule(
     in_types: tuple[TensorType, ...], value: Any, shape: tuple[int, ...], dtype: DType
 ) -> tuple[TensorType, ...]:
+    _check_shape("constant", shape)
+    values = value if isinstance(value, tuple) else (value,)
     if isinstance(value, tuple) and len(value) != math.prod(shape):
         raise IRTypeError(f"constant: {len(value)} values do not fill shape {shape}")
+    for v in values:
+        if not _represents(v, dtype):
+            raise IRTypeError(f"constant: {v!r} is not a {dtype} value")
     return (TensorType(dtype, shape),)
+
+
+def _represents(v: Any, dtype: DType) -> bool:
+    """Whether Python scalar ``v`` is exactly a value of ``dtype`` (bools for bool, ints
+    in range for ints, floats that survive rounding to the dtype for floats)."""
+    if dtype.is_bool:
+        return type(v) is bool
+    if dtype.is_int:
+        info = np.iinfo(dtype.np)
+        return type(v) is int and info.min <= v <= info.max
+    if type(v) is not float:
+        return False
+    return math.isnan(v) or float(dtype.np.type(v)) == v
 
 
 def _constant_impl(value: Any, shape: tuple[int, ...], dtype: DType) -> tuple[np.ndarray]:
@@ -713,8 +743,11 @@ def constant_value(value: Any, dtype: DType) -> Any:
 
 
 def _custom_vjp_rule(in_types: tuple[TensorType, ...], fun: Any, fwd: Any, bwd: Any) -> tuple[TensorType, ...]:
-    if tuple(p.type for p in fun.params) != in_types:
-        raise IRTypeError("custom_vjp_call: operand types differ from the function's parameters")
+    if tuple(p.type for p in fun.params) != in_types or tuple(p.type for p in fwd.params) != in_types:
+        raise IRTypeError("custom_vjp_call: operand types differ from fun's or fwd's parameters")
+    residuals = tuple(r.type for r in fwd.results[len(fun.results) :])
+    if tuple(p.type for p in bwd.params) != residuals + tuple(r.type for r in fun.results):
+        raise IRTypeError("custom_vjp_call: bwd must take fwd's residuals, then one cotangent per output")
     if tuple(r.type for r in fwd.results[: len(fun.results)]) != tuple(r.type for r in fun.results):
         raise IRTypeError("custom_vjp_call: fwd must return the function's outputs first")
     if tuple(r.type for r in bwd.results) != in_types:

@@ -86,7 +86,7 @@ def _print_one(fn: Function, names: _FunctionNames) -> str:
         if op.loc is not None:
             body = f"{body.ljust(comment_column)}# {printable_file(op.loc.file)}:{op.loc.line}"
         lines.append(body)
-    lines.append("  return " + ", ".join(ref(r) for r in fn.results))
+    lines.append(f"  return {', '.join(ref(r) for r in fn.results)}".rstrip())
     lines.append("}")
     return "\n".join(lines)
 

@@ -11,13 +11,28 @@ class VerificationError(ValueError):
 
 
 def verify(fn: Function) -> Function:
-    """Checks that ``fn`` is well-formed typed SSA and returns it.
+    """See ``_verify_one``; nested functions are verified once each, however often they
+    are referenced."""
+    done: set[int] = set()
+    pending = [fn]
+    while pending:
+        f = pending.pop()
+        if id(f) in done:
+            continue
+        done.add(id(f))
+        pending.extend(_verify_one(f))
+    return fn
+
+
+def _verify_one(fn: Function) -> list[Function]:
+    """Checks that ``fn`` is well-formed typed SSA.
 
     Guarantees on success: every value is defined exactly once (a parameter or one op's
     output) before it is used; every op's primitive is registered, its attributes are
     valid, and its outputs have exactly the types its shape/dtype rule infers; every
-    result is defined. Nested functions (custom_vjp_call's rules) are verified too.
+    result is defined. Returns the nested functions (custom_vjp_call's rules) to verify.
     """
+    nested: list[Function] = []
     defined: set[Value] = set()
 
     def define(v: Value, what: str) -> None:
@@ -46,10 +61,8 @@ def verify(fn: Function) -> Function:
             )
         for v in op.outputs:
             define(v, where)
-        for value in op.attrs.values():
-            if isinstance(value, Function):
-                verify(value)
+        nested += [value for value in op.attrs.values() if isinstance(value, Function)]
     for k, r in enumerate(fn.results):
         if r not in defined:
             raise VerificationError(f"@{fn.name}: result {k} is not defined in the function")
-    return fn
+    return nested

@@ -1,0 +1,851 @@
+"""Symbolic automatic differentiation: transforms ``Function -> Function``.
+
+The derivative of a function is ordinary IR, printed, verified, optimized, fused and
+compiled like any other function; nothing is recorded at run time.
+
+``vjp_function(fn, wrt)``
+    Reverse mode. Params: ``fn``'s params, then one cotangent per float result. Results:
+    ``fn``'s results, then the cotangent of each ``wrt`` param.
+``grad_function(fn, wrt, output=0)``
+    Reverse mode seeded with the constant 1 for a scalar result: params are ``fn``'s.
+``reverse_mode(...)``
+    Both of the above, plus where the forward part ends and which forward values the
+    backward part reads (``ReverseMode.saved``); ``ReverseMode.split()`` cuts it into a
+    forward function (outputs + saved values) and a backward one (saved values +
+    cotangents -> gradients), which is what ``fj.vjp`` runs.
+``jvp_function(fn, wrt)``
+    Forward mode. Params: ``fn``'s params, then one tangent per ``wrt`` param. Results:
+    ``fn``'s results, then one tangent per result.
+
+Design
+------
+*Reverse sweep.* Reverse mode is a direct sweep: the forward ops are copied unchanged,
+then each op, last to first, maps the cotangents of its outputs to cotangents of its
+inputs through its primitive's ``vjp`` rule. JAX instead derives reverse mode from forward
+mode (linearize, partial-evaluate, transpose); that needs only jvp rules plus transposes
+of linear primitives, but three passes and a notion of "linear" values. With a closed set
+of ~50 primitives, writing the vjp rule directly is simpler to read and debug: one pass,
+one rule per primitive, and the gradient IR looks like what one would write by hand. The
+two rule tables are kept honest by gradcheck tests in both modes. Every rule is written
+with ``Builder`` in terms of primitives, so the derivative IR is differentiable again
+(``grad(grad(f))``, ``jvp(grad(f))``).
+
+*Symbolic zeros.* A missing cotangent (or tangent) is ``None`` and means zero: values that
+do not depend on the ``wrt`` params (integer values, constants, outputs of comparisons,
+``stop_gradient``, ``floor``...) are never given one, and rules are not run for them, so
+no zero buffer is built for a dropped cotangent. A zero is only materialized when a
+requested gradient is entirely zero, as a broadcast scalar constant (cheap to fuse), or
+where a rule needs a full operand (``select``, ``concatenate``, ``custom_vjp_call``).
+
+*Saved values vs recomputation.* The backward ops read forward values directly: the
+op's inputs, and its output where that gives the derivative most cheaply (``exp``,
+``tanh``, ``logistic``, ``sqrt``, ``reduce_max``, ``div``). Nothing is recomputed by this
+transform; the set of forward values the backward ops read is explicit
+(``ReverseMode.saved``). Whether to keep a cheap elementwise value live or recompute it
+inside a backward kernel is a scheduling decision left to the fusion pass, which sees
+forward and backward ops in one function.
+
+*Ties.* ``max``/``min`` (elementwise) and ``reduce_max``/``reduce_min`` split the
+cotangent evenly between tied operands, as JAX does (NumPy has no gradients; PyTorch's
+``amax`` does the same). ``argmax``/``argmin`` have no gradient.
+
+*Source lines.* Every backward op carries the source line of the forward op it came
+from; a seed carries the line of the op that produced the differentiated result.
+
+*custom_vjp_call.* In reverse mode its ``fwd`` is inlined into the forward sweep (its
+extra results are the residuals) and its ``bwd`` into the backward sweep. In forward
+mode the jvp of its ``fun`` is inlined. Integer inputs of any op get no gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from fusejit.ir import primitives as P
+from fusejit.ir.builder import Builder
+from fusejit.ir.core import Function, Op, SourceLoc, Value
+from fusejit.ir.transforms.dce import eliminate_dead_code
+
+Ct = Value | None  # a cotangent or tangent; None is a symbolic zero
+VjpRule = Callable[[Builder, Op, tuple[Ct, ...], tuple[bool, ...]], Sequence[Ct]]
+JvpRule = Callable[[Builder, Op, tuple[Ct, ...]], Sequence[Ct]]
+
+
+class MissingRuleError(NotImplementedError):
+    """A primitive on the differentiated path has no vjp/jvp rule."""
+
+
+def _missing(kind: str, op: Op) -> MissingRuleError:
+    where = f" (at {op.loc})" if op.loc else ""
+    return MissingRuleError(
+        f"primitive {op.prim.name!r} has no {kind} rule{where}: it cannot be differentiated"
+    )
+
+
+def _float_params(fn: Function) -> tuple[int, ...]:
+    return tuple(i for i, p in enumerate(fn.params) if p.dtype.is_float)
+
+
+def _check_wrt(fn: Function, wrt: Sequence[int] | None) -> tuple[int, ...]:
+    wrt = _float_params(fn) if wrt is None else tuple(wrt)
+    for i in wrt:
+        if not 0 <= i < len(fn.params):
+            raise IndexError(f"@{fn.name} has {len(fn.params)} parameters; cannot differentiate w.r.t. {i}")
+        p = fn.params[i]
+        if not p.dtype.is_float:
+            raise TypeError(
+                f"@{fn.name}: parameter {i} ({p.name or 'unnamed'}: {p.type}) is not a float; "
+                "only float values can be differentiated"
+            )
+    return wrt
+
+
+# ---------------------------------------------------------------------------------------
+# Reverse mode
+
+
+@dataclass(frozen=True, slots=True)
+class ReverseMode:
+    """A reverse-mode derivative in one function, and where its parts are.
+
+    ``function``: params are the primal params then the cotangent params; results are
+    the primal results (when kept) then one gradient per ``wrt`` param. Its first
+    ``num_forward_ops`` ops are the forward computation; the rest are backward ops.
+    ``saved`` are the forward values (primal params or forward op outputs) that backward
+    ops read: what a split forward pass must keep for the backward pass.
+    """
+
+    function: Function
+    num_primal_params: int
+    num_outputs: int
+    num_forward_ops: int
+    saved: tuple[Value, ...]
+
+    @property
+    def backward_ops(self) -> tuple[Op, ...]:
+        return self.function.ops[self.num_forward_ops :]
+
+    def split(self) -> tuple[Function, Function]:
+        """(forward, backward): ``forward(primals) -> outputs + saved`` and
+        ``backward(saved + cotangents) -> gradients``."""
+        fn, nf = self.function, self.num_forward_ops
+        primals = fn.params[: self.num_primal_params]
+        cts = fn.params[self.num_primal_params :]
+        outputs = fn.results[: self.num_outputs]
+        forward = Function(f"{fn.name}_fwd", primals, fn.ops[:nf], outputs + self.saved)
+        backward = Function(f"{fn.name}_bwd", self.saved + cts, fn.ops[nf:], fn.results[self.num_outputs :])
+        return forward, backward
+
+
+def reverse_mode(
+    fn: Function,
+    wrt: Sequence[int] | None = None,
+    *,
+    cotangents: Sequence[int] | None = None,
+    unit_seed: int | None = None,
+    keep_outputs: bool = True,
+    name: str | None = None,
+) -> ReverseMode:
+    """Differentiates ``fn`` in reverse mode.
+
+    ``wrt``: indices of the float params to differentiate (default: every float param).
+    ``cotangents``: indices of results that get a cotangent param (default: every float
+    result, unless ``unit_seed`` is given; then none). ``unit_seed``: index of a float
+    scalar result seeded with the constant 1. Results neither seeded nor given a cotangent
+    have a zero cotangent. Raises ``TypeError`` for a non-float ``wrt`` or seed and
+    ``MissingRuleError`` for a primitive without a vjp rule on the differentiated path.
+    """
+    wrt = _check_wrt(fn, wrt)
+    if cotangents is None:
+        cotangents = () if unit_seed is not None else tuple(
+            i for i, r in enumerate(fn.results) if r.dtype.is_float
+        )
+    for i in cotangents:
+        if not fn.results[i].dtype.is_float:
+            raise TypeError(f"@{fn.name}: result {i} ({fn.results[i].type}) is not a float; it has no cotangent")
+    if unit_seed is not None:
+        r = fn.results[unit_seed]
+        if r.shape != () or not r.dtype.is_float:
+            raise TypeError(
+                f"@{fn.name}: result {unit_seed} has type {r.type} (shape {r.shape}); the gradient "
+                "needs a float scalar result (use vjp for other outputs)"
+            )
+
+    b = Builder()
+    rename: dict[Value, Value] = {}  # values of fn -> values of the new function (custom calls)
+    active: set[Value] = {fn.params[i] for i in wrt}
+    tape: list[Op] = []  # the ops to transpose, in forward order, in terms of new values
+    for op in fn.ops:
+        inputs = tuple(rename.get(v, v) for v in op.inputs)
+        is_active = any(v in active for v in inputs) and op.prim.vjp is not zero_vjp
+        if is_active and op.prim is P.custom_vjp_call:
+            with b.at(op.loc):
+                outputs, residuals = _custom_vjp_call_forward(b, op, inputs)
+            rename.update(zip(op.outputs, outputs, strict=True))
+            tape_op = Op(op.prim, inputs + residuals, outputs, op.attrs, op.loc)
+        else:
+            tape_op = op if inputs == op.inputs else Op(op.prim, inputs, op.outputs, op.attrs, op.loc)
+            b.ops.append(tape_op)
+        if is_active:
+            active.update(v for v in tape_op.outputs if v.dtype.is_float)
+            tape.append(tape_op)
+    forward_ops = list(b.ops)
+    results = tuple(rename.get(r, r) for r in fn.results)
+
+    ct: dict[Value, Value] = {}
+
+    def accumulate(v: Value, c: Value) -> None:
+        assert c.type == v.type, f"cotangent {c.type} of a {v.type} value"
+        ct[v] = c if v not in ct else b.op(P.add, ct[v], c)
+
+    ct_params: list[Value] = []
+    producers = {v: op for op in forward_ops for v in op.outputs}
+    for i in cotangents:
+        r = results[i]
+        param = Value(r.type, f"ct_{i}")
+        ct_params.append(param)
+        if r in active:
+            with b.at(_loc_of(producers.get(r))):
+                accumulate(r, param)
+    if unit_seed is not None:
+        r = results[unit_seed]
+        if r in active:
+            with b.at(_loc_of(producers.get(r))):
+                accumulate(r, b.constant(1, r.dtype))
+
+    for op in reversed(tape):
+        cts = tuple(ct.pop(v, None) for v in op.outputs)
+        if all(c is None for c in cts):
+            continue
+        needs = tuple(v in active for v in op.inputs)
+        rule = op.prim.vjp
+        if rule is None:
+            raise _missing("vjp", op)
+        with b.at(op.loc):
+            in_cts = tuple(rule(b, op, cts, needs))
+            assert len(in_cts) == len(op.inputs), f"{op.prim.name}: vjp rule returned {len(in_cts)} cotangents"
+            for v, c, need in zip(op.inputs, in_cts, needs, strict=True):
+                if c is not None and need:
+                    accumulate(v, c)
+
+    grads = []
+    for i in wrt:
+        p = fn.params[i]
+        grads.append(ct[p] if p in ct else b.full_like(0, p))
+
+    kept = results if keep_outputs else ()
+    out = b.function(name or f"{fn.name}_vjp", fn.params + tuple(ct_params), kept + tuple(grads))
+    out = eliminate_dead_code(out)
+    forward_ids = {id(op) for op in forward_ops}
+    num_forward = sum(1 for op in out.ops if id(op) in forward_ids)
+    assert all(id(op) in forward_ids for op in out.ops[:num_forward])
+    forward_defined = set(fn.params) | {v for op in out.ops[:num_forward] for v in op.outputs}
+    saved: dict[Value, None] = {}
+    for op in out.ops[num_forward:]:
+        for v in op.inputs:
+            if v in forward_defined:
+                saved.setdefault(v)
+    for v in out.results[len(kept) :]:
+        if v in forward_defined:
+            saved.setdefault(v)
+    return ReverseMode(out, len(fn.params), len(kept), num_forward, tuple(saved))
+
+
+def _loc_of(op: Op | None) -> SourceLoc | None:
+    return op.loc if op is not None else None
+
+
+def vjp_function(fn: Function, wrt: Sequence[int] | None = None, *, name: str | None = None) -> Function:
+    """``fn``'s vector-Jacobian product as one function.
+
+    Params: ``fn``'s params, then one cotangent per float result (same type). Results:
+    ``fn``'s results, then the cotangent of each ``wrt`` param (default: every float
+    param), of the param's type.
+    """
+    return reverse_mode(fn, wrt, name=name).function
+
+
+def grad_function(
+    fn: Function,
+    wrt: Sequence[int] | None = None,
+    *,
+    output: int = 0,
+    keep_outputs: bool = True,
+    name: str | None = None,
+) -> Function:
+    """The gradient of the scalar result ``output`` of ``fn``, as one function.
+
+    Params: ``fn``'s params (the seed 1 is a constant in the IR). Results: ``fn``'s
+    results (when ``keep_outputs``), then one gradient per ``wrt`` param.
+    """
+    return reverse_mode(fn, wrt, unit_seed=output, keep_outputs=keep_outputs, name=name or f"{fn.name}_grad").function
+
+
+# ---------------------------------------------------------------------------------------
+# Forward mode
+
+
+def jvp_function(fn: Function, wrt: Sequence[int] | None = None, *, name: str | None = None) -> Function:
+    """``fn``'s Jacobian-vector product as one function.
+
+    Params: ``fn``'s params, then one tangent per ``wrt`` param (default: every float
+    param), of the param's type. Results: ``fn``'s results, then one tangent per result
+    (a broadcast zero for results that do not depend on the tangents, including every
+    integer or bool result).
+    """
+    wrt = _check_wrt(fn, wrt)
+    b = Builder()
+    tangent_params = tuple(
+        Value(fn.params[i].type, f"t_{fn.params[i].name}" if fn.params[i].name else None) for i in wrt
+    )
+    tan: dict[Value, Value] = {fn.params[i]: t for i, t in zip(wrt, tangent_params, strict=True)}
+    for op in fn.ops:
+        b.ops.append(op)
+        ts = tuple(tan.get(v) for v in op.inputs)
+        if all(t is None for t in ts) or op.prim.jvp is zero_jvp:
+            continue
+        rule = op.prim.jvp
+        if rule is None:
+            raise _missing("jvp", op)
+        with b.at(op.loc):
+            out_ts = tuple(rule(b, op, ts))
+        assert len(out_ts) == len(op.outputs), f"{op.prim.name}: jvp rule returned {len(out_ts)} tangents"
+        for v, t in zip(op.outputs, out_ts, strict=True):
+            if t is not None and v.dtype.is_float:
+                assert t.type == v.type, f"{op.prim.name}: tangent {t.type} of a {v.type} value"
+                tan[v] = t
+    out_tangents = tuple(tan[r] if r in tan else b.full_like(0, r) for r in fn.results)
+    out = b.function(name or f"{fn.name}_jvp", fn.params + tangent_params, fn.results + out_tangents)
+    return eliminate_dead_code(out)
+
+
+# ---------------------------------------------------------------------------------------
+# Helpers for rules: short names for the primitives, and None-aware sums.
+
+
+def _c(b: Builder, value: float, like: Value) -> Value:
+    return b.full_like(value, like)
+
+
+def _add(b: Builder, x: Value, y: Value) -> Value:
+    return b.op(P.add, x, y)
+
+
+def _sub(b: Builder, x: Value, y: Value) -> Value:
+    return b.op(P.sub, x, y)
+
+
+def _mul(b: Builder, x: Value, y: Value) -> Value:
+    return b.op(P.mul, x, y)
+
+
+def _div(b: Builder, x: Value, y: Value) -> Value:
+    return b.op(P.div, x, y)
+
+
+def _neg(b: Builder, x: Value) -> Value:
+    return b.op(P.neg, x)
+
+
+def _add_any(b: Builder, x: Ct, y: Ct) -> Ct:
+    if x is None:
+        return y
+    return x if y is None else _add(b, x, y)
+
+
+def _or_zeros(b: Builder, t: Ct, like: Value) -> Value:
+    return t if t is not None else b.full_like(0, like)
+
+
+def _inline(b: Builder, fn: Function, args: Sequence[Value]) -> tuple[Value, ...]:
+    """Appends ``fn``'s ops applied to ``args``; inner ops keep their own source lines."""
+    env: dict[Value, Value] = dict(zip(fn.params, args, strict=True))
+    for op in fn.ops:
+        outs = b.emit(op.prim, tuple(env[v] for v in op.inputs), dict(op.attrs), op.loc)
+        env.update(zip(op.outputs, outs, strict=True))
+    return tuple(env[r] for r in fn.results)
+
+
+def _keep_axes(ndim: int, axes: Sequence[int]) -> tuple[int, ...]:
+    return tuple(i for i in range(ndim) if i not in axes)
+
+
+# ---------------------------------------------------------------------------------------
+# Rules: zero derivative
+
+
+def zero_vjp(b: Builder, op: Op, cts: tuple[Ct, ...], needs: tuple[bool, ...]) -> Sequence[Ct]:
+    """Piecewise-constant or integer-valued ops: the cotangent of every input is zero."""
+    return (None,) * len(op.inputs)
+
+
+def zero_jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequence[Ct]:
+    return (None,) * len(op.outputs)
+
+
+for _prim in (
+    P.sign, P.floor, P.ceil, P.round, P.stop_gradient, P.logical_not, P.logical_and, P.logical_or,
+    P.eq, P.ne, P.lt, P.le, P.gt, P.ge, P.argmax, P.argmin, P.iota, P.constant,
+):  # fmt: skip
+    _prim.vjp, _prim.jvp = zero_vjp, zero_jvp
+
+
+# ---------------------------------------------------------------------------------------
+# Rules: unary elementwise. ``scale(b, x, z, g)`` multiplies ``g`` by dz/dx at ``x``
+# (``z`` is the op's output); a pointwise derivative is its own transpose, so one
+# function gives both the vjp (g a cotangent) and the jvp (g a tangent).
+
+UnaryScale = Callable[[Builder, Value, Value, Value], Value]
+
+_UNARY_SCALES: dict[P.Primitive, UnaryScale] = {
+    P.neg: lambda b, x, z, g: _neg(b, g),
+    P.abs: lambda b, x, z, g: _mul(b, g, b.op(P.sign, x)),
+    P.exp: lambda b, x, z, g: _mul(b, g, z),
+    P.log: lambda b, x, z, g: _div(b, g, x),
+    P.log1p: lambda b, x, z, g: _div(b, g, _add(b, x, _c(b, 1, x))),
+    P.expm1: lambda b, x, z, g: _mul(b, g, _add(b, z, _c(b, 1, z))),
+    P.sqrt: lambda b, x, z, g: _div(b, g, _mul(b, z, _c(b, 2, z))),
+    # d/dx x^-1/2 = -1/2 x^-3/2 = -1/2 * z / x
+    P.rsqrt: lambda b, x, z, g: _mul(b, _mul(b, g, _c(b, -0.5, z)), _div(b, z, x)),
+    P.tanh: lambda b, x, z, g: _mul(b, g, _sub(b, _c(b, 1, z), _mul(b, z, z))),
+    P.logistic: lambda b, x, z, g: _mul(b, g, _mul(b, z, _sub(b, _c(b, 1, z), z))),
+    P.sin: lambda b, x, z, g: _mul(b, g, b.op(P.cos, x)),
+    P.cos: lambda b, x, z, g: _neg(b, _mul(b, g, b.op(P.sin, x))),
+}
+
+
+def _unary_rules(scale: UnaryScale) -> tuple[VjpRule, JvpRule]:
+    def vjp(b: Builder, op: Op, cts: tuple[Ct, ...], needs: tuple[bool, ...]) -> Sequence[Ct]:
+        (g,) = cts
+        return (scale(b, op.inputs[0], op.output, g),) if g is not None else (None,)
+
+    def jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequence[Ct]:
+        (t,) = tangents
+        return (scale(b, op.inputs[0], op.output, t),) if t is not None else (None,)
+
+    return vjp, jvp
+
+
+for _prim, _scale in _UNARY_SCALES.items():
+    _prim.vjp, _prim.jvp = _unary_rules(_scale)
+
+
+def _convert_vjp(b: Builder, op: Op, cts: tuple[Ct, ...], needs: tuple[bool, ...]) -> Sequence[Ct]:
+    (x,), (g,) = op.inputs, cts
+    if g is None or not (x.dtype.is_float and op.output.dtype.is_float):
+        return (None,)  # to or from an integer type: no gradient
+    return (b.convert(g, x.dtype),)
+
+
+def _convert_jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequence[Ct]:
+    (t,) = tangents
+    if t is None or not op.output.dtype.is_float:
+        return (None,)
+    return (b.convert(t, op.output.dtype),)
+
+
+P.convert.vjp, P.convert.jvp = _convert_vjp, _convert_jvp
+
+
+# ---------------------------------------------------------------------------------------
+# Rules: binary elementwise
+
+
+def _add_vjp(b: Builder, op: Op, cts: tuple[Ct, ...], needs: tuple[bool, ...]) -> Sequence[Ct]:
+    (g,) = cts
+    return (g, g)
+
+
+def _add_jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequence[Ct]:
+    return (_add_any(b, *tangents),)
+
+
+def _sub_vjp(b: Builder, op: Op, cts: tuple[Ct, ...], needs: tuple[bool, ...]) -> Sequence[Ct]:
+    (g,) = cts
+    return (g, _neg(b, g) if needs[1] else None)
+
+
+def _sub_jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequence[Ct]:
+    tx, ty = tangents
+    if ty is None:
+        return (tx,)
+    return (_neg(b, ty) if tx is None else _sub(b, tx, ty),)
+
+
+def _mul_vjp(b: Builder, op: Op, cts: tuple[Ct, ...], needs: tuple[bool, ...]) -> Sequence[Ct]:
+    (g,), (x, y) = cts, op.inputs
+    return (_mul(b, g, y) if needs[0] else None, _mul(b, g, x) if needs[1] else None)
+
+
+def _mul_jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequence[Ct]:
+    (tx, ty), (x, y) = tangents, op.inputs
+    return (_add_any(b, _mul(b, tx, y) if tx is not None else None, _mul(b, x, ty) if ty is not None else None),)
+
+
+def _div_vjp(b: Builder, op: Op, cts: tuple[Ct, ...], needs: tuple[bool, ...]) -> Sequence[Ct]:
+    # z = x / y: dz/dx = 1 / y, dz/dy = -x / y^2 = -z / y
+    (g,), (x, y), z = cts, op.inputs, op.output
+    gx = _div(b, g, y)
+    return (gx if needs[0] else None, _neg(b, _mul(b, gx, z)) if needs[1] else None)
+
+
+def _div_jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequence[Ct]:
+    # dz = (dx - z dy) / y
+    (tx, ty), (x, y), z = tangents, op.inputs, op.output
+    num = tx
+    if ty is not None:
+        zty = _mul(b, z, ty)
+        num = _neg(b, zty) if tx is None else _sub(b, tx, zty)
+    return (_div(b, num, y),)
+
+
+def _pow_dx(b: Builder, x: Value, y: Value) -> Value:
+    """dz/dx of z = x^y: y x^(y-1), and 0 where y == 0 (not 0 * inf at x = 0)."""
+    d = _mul(b, y, b.op(P.pow, x, _sub(b, y, _c(b, 1, y))))
+    return b.op(P.select, b.op(P.eq, y, _c(b, 0, y)), _c(b, 0, y), d)
+
+
+def _pow_dy(b: Builder, x: Value, z: Value) -> Value:
+    """dz/dy of z = x^y: z log(x), with log(1) where x == 0 (so 0^y has dz/dy = 0)."""
+    safe = b.op(P.select, b.op(P.eq, x, _c(b, 0, x)), _c(b, 1, x), x)
+    return _mul(b, z, b.op(P.log, safe))
+
+
+def _pow_vjp(b: Builder, op: Op, cts: tuple[Ct, ...], needs: tuple[bool, ...]) -> Sequence[Ct]:
+    (g,), (x, y), z = cts, op.inputs, op.output
+    return (
+        _mul(b, g, _pow_dx(b, x, y)) if needs[0] else None,
+        _mul(b, g, _pow_dy(b, x, z)) if needs[1] else None,
+    )
+
+
+def _pow_jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequence[Ct]:
+    (tx, ty), (x, y), z = tangents, op.inputs, op.output
+    return (
+        _add_any(
+            b,
+            _mul(b, tx, _pow_dx(b, x, y)) if tx is not None else None,
+            _mul(b, ty, _pow_dy(b, x, z)) if ty is not None else None,
+        ),
+    )
+
+
+def _extremum_share(b: Builder, g: Value, mine: Value, other: Value, z: Value) -> Value:
+    """The part of ``g`` that flows to operand ``mine`` of z = max/min(mine, other):
+    all of it where ``mine`` alone is the result, half on a tie, none otherwise."""
+    zeros = _c(b, 0, g)
+    tie_share = b.op(P.select, b.op(P.eq, mine, other), _mul(b, g, _c(b, 0.5, g)), g)
+    return b.op(P.select, b.op(P.eq, mine, z), tie_share, zeros)
+
+
+def _extremum_vjp(b: Builder, op: Op, cts: tuple[Ct, ...], needs: tuple[bool, ...]) -> Sequence[Ct]:
+    (g,), (x, y), z = cts, op.inputs, op.output
+    return (
+        _extremum_share(b, g, x, y, z) if needs[0] else None,
+        _extremum_share(b, g, y, x, z) if needs[1] else None,
+    )
+
+
+def _extremum_jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequence[Ct]:
+    (tx, ty), (x, y), z = tangents, op.inputs, op.output
+    return (
+        _add_any(
+            b,
+            _extremum_share(b, tx, x, y, z) if tx is not None else None,
+            _extremum_share(b, ty, y, x, z) if ty is not None else None,
+        ),
+    )
+
+
+def _select_vjp(b: Builder, op: Op, cts: tuple[Ct, ...], needs: tuple[bool, ...]) -> Sequence[Ct]:
+    (g,), (pred, _, _) = cts, op.inputs
+    zeros = _c(b, 0, g) if needs[1] or needs[2] else None
+    return (
+        None,
+        b.op(P.select, pred, g, zeros) if needs[1] else None,
+        b.op(P.select, pred, zeros, g) if needs[2] else None,
+    )
+
+
+def _select_jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequence[Ct]:
+    (_, ta, tb), (pred, a, _) = tangents, op.inputs
+    if ta is None and tb is None:
+        return (None,)
+    return (b.op(P.select, pred, _or_zeros(b, ta, a), _or_zeros(b, tb, a)),)
+
+
+P.add.vjp, P.add.jvp = _add_vjp, _add_jvp
+P.sub.vjp, P.sub.jvp = _sub_vjp, _sub_jvp
+P.mul.vjp, P.mul.jvp = _mul_vjp, _mul_jvp
+P.div.vjp, P.div.jvp = _div_vjp, _div_jvp
+P.pow.vjp, P.pow.jvp = _pow_vjp, _pow_jvp
+P.max.vjp, P.max.jvp = _extremum_vjp, _extremum_jvp
+P.min.vjp, P.min.jvp = _extremum_vjp, _extremum_jvp
+P.select.vjp, P.select.jvp = _select_vjp, _select_jvp
+
+
+# ---------------------------------------------------------------------------------------
+# Rules: layout. Every layout op is linear, so its jvp applies the op to the tangent.
+
+
+def _linear_jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequence[Ct]:
+    """For ops linear in their first input (the others being indices): the op itself."""
+    t = tangents[0]
+    if t is None:
+        return (None,)
+    return b.emit(op.prim, (t,) + op.inputs[1:], dict(op.attrs))
+
+
+def _broadcast_vjp(b: Builder, op: Op, cts: tuple[Ct, ...], needs: tuple[bool, ...]) -> Sequence[Ct]:
+    # Sum over the axes broadcasting added or stretched (size 1 -> n), then restore x's
+    # size-1 axes with a reshape.
+    (x,), (g,) = op.inputs, cts
+    shape, dims = op.attrs["shape"], op.attrs["dims"]
+    summed = [d for d in range(len(shape)) if d not in dims]
+    summed += [d for i, d in enumerate(dims) if x.shape[i] == 1 and shape[d] != 1]
+    if summed:
+        g = b.op(P.reduce_sum, g, axes=tuple(sorted(summed)))
+    return (b.reshape(g, x.shape),)
+
+
+def _reshape_vjp(b: Builder, op: Op, cts: tuple[Ct, ...], needs: tuple[bool, ...]) -> Sequence[Ct]:
+    return (b.reshape(cts[0], op.inputs[0].shape),)
+
+
+def _transpose_vjp(b: Builder, op: Op, cts: tuple[Ct, ...], needs: tuple[bool, ...]) -> Sequence[Ct]:
+    perm = op.attrs["perm"]
+    inverse = tuple(sorted(range(len(perm)), key=perm.__getitem__))
+    return (b.op(P.transpose, cts[0], perm=inverse),)
+
+
+def _zero_pad(b: Builder, g: Value, lo: Sequence[int], hi: Sequence[int]) -> Value:
+    if not any(lo) and not any(hi):
+        return g
+    return b.op(P.pad, g, lo=tuple(lo), hi=tuple(hi), value=P.constant_value(0, g.dtype))
+
+
+def _slice_vjp(b: Builder, op: Op, cts: tuple[Ct, ...], needs: tuple[bool, ...]) -> Sequence[Ct]:
+    # The transpose of a slice puts g back in place with zeros around it: a pad. A stride
+    # s > 1 along an axis first dilates g there (s - 1 zeros after each element) with
+    # reshape -> pad on a new size-1 axis -> reshape, trimmed with a slice if the last
+    # element's zeros would run past the operand's end.
+    (x,), (g,) = op.inputs, cts
+    start, stride = op.attrs["start"], op.attrs["stride"]
+    if g.type.size == 0:
+        return (None,)
+    for ax, s in enumerate(stride):
+        if s == 1:
+            continue
+        m = g.shape[ax]
+        split = g.shape[: ax + 1] + (1,) + g.shape[ax + 1 :]
+        hi = [0] * len(split)
+        hi[ax + 1] = s - 1
+        g = _zero_pad(b, b.reshape(g, split), [0] * len(split), hi)
+        g = b.reshape(g, g.shape[:ax] + (m * s,) + g.shape[ax + 2 :])
+        if start[ax] + m * s > x.shape[ax]:
+            limit = list(g.shape)
+            limit[ax] = (m - 1) * s + 1
+            g = b.op(P.slice, g, start=(0,) * g.type.ndim, limit=tuple(limit), stride=(1,) * g.type.ndim)
+    hi = [n - s - k for n, s, k in zip(x.shape, start, g.shape, strict=True)]
+    return (_zero_pad(b, g, start, hi),)
+
+
+def _pad_vjp(b: Builder, op: Op, cts: tuple[Ct, ...], needs: tuple[bool, ...]) -> Sequence[Ct]:
+    (x,), (g,) = op.inputs, cts
+    lo = op.attrs["lo"]
+    if not any(lo) and not any(op.attrs["hi"]):
+        return (g,)
+    limit = tuple(a + n for a, n in zip(lo, x.shape, strict=True))
+    return (b.op(P.slice, g, start=lo, limit=limit, stride=(1,) * len(lo)),)
+
+
+def _pad_jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequence[Ct]:
+    (t,) = tangents
+    if t is None:
+        return (None,)
+    return (_zero_pad(b, t, op.attrs["lo"], op.attrs["hi"]),)
+
+
+def _concatenate_vjp(b: Builder, op: Op, cts: tuple[Ct, ...], needs: tuple[bool, ...]) -> Sequence[Ct]:
+    (g,), axis = cts, op.attrs["axis"]
+    out: list[Ct] = []
+    offset = 0
+    for x, need in zip(op.inputs, needs, strict=True):
+        n = x.shape[axis]
+        if need:
+            start = [0] * g.type.ndim
+            limit = list(g.shape)
+            start[axis], limit[axis] = offset, offset + n
+            out.append(b.op(P.slice, g, start=tuple(start), limit=tuple(limit), stride=(1,) * g.type.ndim))
+        else:
+            out.append(None)
+        offset += n
+    return out
+
+
+def _concatenate_jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequence[Ct]:
+    if all(t is None for t in tangents):
+        return (None,)
+    parts = tuple(_or_zeros(b, t, x) for t, x in zip(tangents, op.inputs, strict=True))
+    return (b.op(P.concatenate, *parts, axis=op.attrs["axis"]),)
+
+
+P.broadcast_in_dim.vjp, P.broadcast_in_dim.jvp = _broadcast_vjp, _linear_jvp
+P.reshape.vjp, P.reshape.jvp = _reshape_vjp, _linear_jvp
+P.transpose.vjp, P.transpose.jvp = _transpose_vjp, _linear_jvp
+P.slice.vjp, P.slice.jvp = _slice_vjp, _linear_jvp
+P.pad.vjp, P.pad.jvp = _pad_vjp, _pad_jvp
+P.concatenate.vjp, P.concatenate.jvp = _concatenate_vjp, _concatenate_jvp
+
+
+# ---------------------------------------------------------------------------------------
+# Rules: reductions
+
+
+def _reduce_sum_vjp(b: Builder, op: Op, cts: tuple[Ct, ...], needs: tuple[bool, ...]) -> Sequence[Ct]:
+    (x,), (g,) = op.inputs, cts
+    return (b.broadcast(g, x.shape, _keep_axes(x.type.ndim, op.attrs["axes"])),)
+
+
+def _chosen(b: Builder, op: Op) -> tuple[Value, Value]:
+    """For z = reduce_max/min(x): (1.0 where x attains z, else 0.0; how many attain it)."""
+    (x,), z, axes = op.inputs, op.output, op.attrs["axes"]
+    kept = _keep_axes(x.type.ndim, axes)
+    mask = b.convert(b.op(P.eq, x, b.broadcast(z, x.shape, kept)), x.dtype)
+    return mask, b.op(P.reduce_sum, mask, axes=axes)
+
+
+def _reduce_chooser_vjp(b: Builder, op: Op, cts: tuple[Ct, ...], needs: tuple[bool, ...]) -> Sequence[Ct]:
+    (x,), (g,) = op.inputs, cts
+    mask, count = _chosen(b, op)
+    share = b.broadcast(_div(b, g, count), x.shape, _keep_axes(x.type.ndim, op.attrs["axes"]))
+    return (_mul(b, mask, share),)
+
+
+def _reduce_chooser_jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequence[Ct]:
+    (t,) = tangents
+    if t is None:
+        return (None,)
+    mask, count = _chosen(b, op)
+    return (_div(b, b.op(P.reduce_sum, _mul(b, t, mask), axes=op.attrs["axes"]), count),)
+
+
+P.reduce_sum.vjp, P.reduce_sum.jvp = _reduce_sum_vjp, _linear_jvp
+P.reduce_max.vjp, P.reduce_max.jvp = _reduce_chooser_vjp, _reduce_chooser_jvp
+P.reduce_min.vjp, P.reduce_min.jvp = _reduce_chooser_vjp, _reduce_chooser_jvp
+
+
+# ---------------------------------------------------------------------------------------
+# Rules: dot_general. Output axes are (batch, lhs free, rhs free). Each operand's
+# cotangent is a dot_general of g with the other operand over the other operand's free
+# axes; its result comes out as (batch, own free, own contracted) or (batch, own
+# contracted, own free) and is transposed back to the operand's axis order.
+
+
+def _dot_parts(op: Op) -> tuple[tuple[int, ...], ...]:
+    lhs, rhs = op.inputs
+    (lc, rc), (lb, rb) = op.attrs["contract"], op.attrs["batch"]
+    lfree = tuple(i for i in range(lhs.type.ndim) if i not in lc + lb)
+    rfree = tuple(i for i in range(rhs.type.ndim) if i not in rc + rb)
+    return lc, rc, lb, rb, lfree, rfree
+
+
+def _transpose_to(b: Builder, d: Value, position: dict[int, int]) -> Value:
+    perm = tuple(position[a] for a in range(len(position)))
+    return d if perm == tuple(range(len(perm))) else b.op(P.transpose, d, perm=perm)
+
+
+def _dot_general_vjp(b: Builder, op: Op, cts: tuple[Ct, ...], needs: tuple[bool, ...]) -> Sequence[Ct]:
+    (g,), (lhs, rhs) = cts, op.inputs
+    lc, rc, lb, rb, lfree, rfree = _dot_parts(op)
+    nb, nlf = len(lb), len(lfree)
+    g_batch = tuple(range(nb))
+    g_lfree = tuple(range(nb, nb + nlf))
+    g_rfree = tuple(range(nb + nlf, nb + nlf + len(rfree)))
+    d_lhs = d_rhs = None
+    if needs[0]:
+        # (batch, lhs free, rhs contracted in rhs axis order)
+        d = b.op(P.dot_general, g, rhs, contract=(g_rfree, rfree), batch=(g_batch, rb))
+        rc_order = sorted(rc)
+        position = {a: i for i, a in enumerate(lb)}
+        position.update({a: nb + j for j, a in enumerate(lfree)})
+        position.update({a: nb + nlf + rc_order.index(rc[k]) for k, a in enumerate(lc)})
+        d_lhs = _transpose_to(b, d, position)
+    if needs[1]:
+        # (batch, lhs contracted in lhs axis order, rhs free)
+        d = b.op(P.dot_general, lhs, g, contract=(lfree, g_lfree), batch=(lb, g_batch))
+        lc_order = sorted(lc)
+        position = {a: i for i, a in enumerate(rb)}
+        position.update({a: nb + lc_order.index(lc[k]) for k, a in enumerate(rc)})
+        position.update({a: nb + len(lc) + j for j, a in enumerate(rfree)})
+        d_rhs = _transpose_to(b, d, position)
+    return (d_lhs, d_rhs)
+
+
+def _dot_general_jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequence[Ct]:
+    (tl, tr), (lhs, rhs) = tangents, op.inputs
+    attrs = dict(op.attrs)
+    return (
+        _add_any(
+            b,
+            b.op(P.dot_general, tl, rhs, **attrs) if tl is not None else None,
+            b.op(P.dot_general, lhs, tr, **attrs) if tr is not None else None,
+        ),
+    )
+
+
+P.dot_general.vjp, P.dot_general.jvp = _dot_general_vjp, _dot_general_jvp
+
+
+# ---------------------------------------------------------------------------------------
+# Rules: indexing. gather and scatter_add are each other's transposes (both normalize
+# indices the same way: negative from the end, clamped into range).
+
+
+def _gather_vjp(b: Builder, op: Op, cts: tuple[Ct, ...], needs: tuple[bool, ...]) -> Sequence[Ct]:
+    (g,), (x, idx), axis = cts, op.inputs, op.attrs["axis"]
+    return (b.op(P.scatter_add, g, idx, axis=axis, size=x.shape[axis]), None)
+
+
+def _scatter_add_vjp(b: Builder, op: Op, cts: tuple[Ct, ...], needs: tuple[bool, ...]) -> Sequence[Ct]:
+    (g,), (_, idx) = cts, op.inputs
+    return (b.op(P.gather, g, idx, axis=op.attrs["axis"]), None)
+
+
+P.gather.vjp, P.gather.jvp = _gather_vjp, _linear_jvp
+P.scatter_add.vjp, P.scatter_add.jvp = _scatter_add_vjp, _linear_jvp
+
+
+# ---------------------------------------------------------------------------------------
+# Rules: custom_vjp_call. Reverse mode inlines ``fwd`` in the forward sweep (see
+# ``reverse_mode``); the op the vjp rule sees has the call's operands followed by the
+# residuals ``fwd`` returned after the outputs.
+
+
+def _custom_vjp_call_forward(b: Builder, op: Op, inputs: tuple[Value, ...]) -> tuple[tuple[Value, ...], tuple[Value, ...]]:
+    """Inlines ``fwd``: (the call's outputs, the residuals)."""
+    results = _inline(b, op.attrs["fwd"], inputs)
+    n = len(op.outputs)
+    return results[:n], results[n:]
+
+
+def _custom_vjp_call_vjp(b: Builder, op: Op, cts: tuple[Ct, ...], needs: tuple[bool, ...]) -> Sequence[Ct]:
+    n = len(op.attrs["fun"].params)
+    residuals = op.inputs[n:]
+    full_cts = tuple(_or_zeros(b, c, v) for c, v in zip(cts, op.outputs, strict=True))
+    in_cts = _inline(b, op.attrs["bwd"], residuals + full_cts)
+    return tuple(c if need else None for c, need in zip(in_cts, needs[:n], strict=True)) + (None,) * len(residuals)
+
+
+def _custom_vjp_call_jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequence[Ct]:
+    """Forward mode differentiates ``fun`` itself (the custom rule is reverse-only)."""
+    fun = op.attrs["fun"]
+    wrt = tuple(i for i, t in enumerate(tangents) if t is not None and fun.params[i].dtype.is_float)
+    inner = jvp_function(fun, wrt)
+    outs = _inline(b, inner, op.inputs + tuple(tangents[i] for i in wrt))  # type: ignore[operator]
+    m = len(fun.results)
+    return tuple(t if v.dtype.is_float else None for t, v in zip(outs[m:], op.outputs, strict=True))
+
+
+P.custom_vjp_call.vjp, P.custom_vjp_call.jvp = _custom_vjp_call_vjp, _custom_vjp_call_jvp
