@@ -16,6 +16,8 @@ from fusejit.tracer.jit import CacheInfo, Compiled, Jitted, Lowered, jit, make_i
 from fusejit.tracer.numpy_api import stop_gradient
 from fusejit.tracer.pytree import tree_flatten, tree_leaves, tree_map, tree_unflatten
 from fusejit.tracer.tracing import ConcretizationError, EscapedTracerError
+from fusejit.tracer.transformations import custom_vjp, grad, jvp, value_and_grad, vjp
+from fusejit.tracer.gradcheck import GradcheckError, gradcheck
 
 __version__ = "0.1.0"
 
@@ -44,18 +46,25 @@ __all__ = [
     "Compiled",
     "ConcretizationError",
     "EscapedTracerError",
+    "GradcheckError",
     "IRParseError",
     "IRTypeError",
     "Jitted",
     "Lowered",
     "compile_ir",
     "config",
+    "custom_vjp",
+    "grad",
+    "gradcheck",
     "ir",
     "jit",
+    "jvp",
     "make_ir",
     "stop_gradient",
     "tree_flatten",
     "tree_leaves",
     "tree_map",
     "tree_unflatten",
+    "value_and_grad",
+    "vjp",
 ]

@@ -4,7 +4,6 @@ with an ``IRParseError`` that points at the offending token."""
 from __future__ import annotations
 
 import math
-import time
 
 import hypothesis.strategies as st
 import numpy as np
@@ -445,10 +444,8 @@ def _long_chain(n_ops: int) -> Function:
     return b.function("long", (x,), (v,))
 
 
-def test_parsing_10000_ops_is_fast() -> None:
+def test_a_10000_op_function_round_trips() -> None:
+    # Its speed is measured in bench/bench_frontend.py, not asserted here.
     text = str(_long_chain(10_000))
-    start = time.perf_counter()
     fn = parse(text)
-    elapsed = time.perf_counter() - start
-    assert len(fn.ops) == 10_000
-    assert elapsed < 1.0, f"parsing 10,000 ops took {elapsed:.2f} s"
+    assert len(fn.ops) == 10_000 and str(fn) == text

@@ -48,6 +48,10 @@ def _fail(message: str) -> IRTypeError:
 
 
 def broadcast_shapes(name: str, *shapes: tuple[int, ...]) -> tuple[int, ...]:
+    """NumPy's broadcast of ``shapes``; the error names the op ``name`` and every shape."""
+    first = tuple(shapes[0])
+    if builtins.all(tuple(s) == first for s in shapes[1:]):  # the common case, without NumPy
+        return first
     try:
         return tuple(np.broadcast_shapes(*shapes))
     except ValueError:
@@ -148,6 +152,8 @@ def _binary(
 def _comparison(name: str, prim: P.Primitive) -> Callable[[Array, Array], Array]:
     def fn(x: Array, y: Array) -> Array:
         dt = result_dtype(x, y)
+        if dt.is_bool and dt not in prim.dtypes:
+            dt = DType.i32  # False < True: order bools as 0 and 1
         shape = broadcast_shapes(name, shape_of(x), shape_of(y))
         return bind(prim, _prepare(x, dt, shape), _prepare(y, dt, shape))
 
@@ -179,9 +185,30 @@ sqrt = _unary_float("sqrt", P.sqrt)
 tanh = _unary_float("tanh", P.tanh)
 sin = _unary_float("sin", P.sin)
 cos = _unary_float("cos", P.cos)
-floor = _unary_float("floor", P.floor)
-ceil = _unary_float("ceil", P.ceil)
 rint = _unary_float("rint", P.round)
+
+
+def _integral(name: str, prim: P.Primitive) -> Callable[[Array], Array]:
+    """floor/ceil/trunc: integers and bools are already integral, and NumPy 2 keeps them."""
+    as_float = _unary_float(name, prim)
+
+    def fn(x: Array) -> Array:
+        return _as_operand(x) if not _dtype_of(x).is_float else as_float(x)
+
+    fn.__name__ = fn.__qualname__ = name
+    fn.__doc__ = f"Elementwise ``numpy.{name}``."
+    return fn
+
+
+floor = _integral("floor", P.floor)
+ceil = _integral("ceil", P.ceil)
+
+
+def trunc(x: Array) -> Array:
+    """Rounds toward zero."""
+    if not _dtype_of(x).is_float:
+        return _as_operand(x)
+    return where(less(x, 0), ceil(x), floor(x))
 
 
 def true_divide(x: Array, y: Array) -> Array:
@@ -211,9 +238,11 @@ mod = remainder
 def power(x: Array, y: Array) -> Array:
     """``x ** y``. Integer bases need a non-negative Python int exponent."""
     dt = result_dtype(x, y)
+    if type(y) is int and y == 2 and dt == _dtype_of(x):
+        return multiply(x, x)  # exactly NumPy's x**2, with a cheaper derivative than pow
     if dt.is_float:
         return _elementwise("power", P.pow, x, y)
-    if isinstance(y, int) and not isinstance(y, bool) and y >= 0:
+    if type(y) is int and y >= 0:
         out = ones_like(x, dtype=dt.np)
         for _ in range(y):
             out = multiply(out, x)
@@ -857,8 +886,10 @@ def tensordot(a: Array, b: Array, axes: Any = 2) -> Array:
     return _dot(a, b, (tuple(ia), tuple(ib)))
 
 
-def einsum(subscripts: str, *operands: Array) -> Array:
-    """``numpy.einsum`` for one or two operands without repeated indices in one operand."""
+def einsum(subscripts: str, *operands: Array, optimize: Any = False) -> Array:
+    """``numpy.einsum`` for one or two operands without repeated indices in one operand.
+    (``optimize`` is accepted for NumPy compatibility: a two-operand contraction has only
+    one order.)"""
     spec = subscripts.replace(" ", "")
     if "." in spec:
         raise NotImplementedError("numpy.einsum with ellipsis")
@@ -881,7 +912,7 @@ def einsum(subscripts: str, *operands: Array) -> Array:
         lonely = [k for k, c in enumerate(t) if c not in others]
         if lonely:
             x = sum(x, axis=tuple(lonely))
-            t = "".join(c for c in t if c not in others)
+            t = "".join(c for c in t if c in others)
         ops.append((t, x))
     if len(ops) == 1:
         t, x = ops[0]
@@ -974,7 +1005,7 @@ _UFUNCS: dict[np.ufunc, Callable[..., Array]] = {
     np.floor_divide: floor_divide, np.power: power, np.maximum: maximum, np.minimum: minimum,
     np.negative: negative, np.positive: positive, np.absolute: absolute, np.sign: sign,
     np.exp: exp, np.log: log, np.log1p: log1p, np.expm1: expm1, np.sqrt: sqrt, np.tanh: tanh,
-    np.sin: sin, np.cos: cos, np.tan: tan, np.floor: floor, np.ceil: ceil, np.rint: rint,
+    np.sin: sin, np.cos: cos, np.tan: tan, np.floor: floor, np.ceil: ceil, np.rint: rint, np.trunc: trunc,
     np.equal: equal, np.not_equal: not_equal, np.less: less, np.less_equal: less_equal,
     np.greater: greater, np.greater_equal: greater_equal, np.logical_and: logical_and,
     np.logical_or: logical_or, np.logical_not: logical_not, np.logical_xor: logical_xor,

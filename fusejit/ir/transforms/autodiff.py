@@ -39,11 +39,14 @@ where a rule needs a full operand (``select``, ``concatenate``, ``custom_vjp_cal
 
 *Saved values vs recomputation.* The backward ops read forward values directly: the
 op's inputs, and its output where that gives the derivative most cheaply (``exp``,
-``tanh``, ``logistic``, ``sqrt``, ``reduce_max``, ``div``). Nothing is recomputed by this
-transform; the set of forward values the backward ops read is explicit
-(``ReverseMode.saved``). Whether to keep a cheap elementwise value live or recompute it
-inside a backward kernel is a scheduling decision left to the fusion pass, which sees
-forward and backward ops in one function.
+``tanh``, ``logistic``, ``sqrt``, ``reduce_max``, ``div``); that costs no extra op and
+reads a value the forward pass computed anyway. The set of forward values the backward
+ops read is explicit (``ReverseMode.saved``); the only values recomputed rather than
+saved are constants and iotas and broadcasts of them (``ReverseMode.recomputed``),
+which cost nothing to rebuild. Whether to keep a cheap elementwise value live or
+recompute it inside a backward kernel is a scheduling decision left to the fusion pass,
+which sees forward and backward ops in one function and can duplicate cheap producers
+into the kernels that read them.
 
 *Ties.* ``max``/``min`` (elementwise) and ``reduce_max``/``reduce_min`` split the
 cotangent evenly between tied operands, as JAX does (NumPy has no gradients; PyTorch's
@@ -113,7 +116,10 @@ class ReverseMode:
     the primal results (when kept) then one gradient per ``wrt`` param. Its first
     ``num_forward_ops`` ops are the forward computation; the rest are backward ops.
     ``saved`` are the forward values (primal params or forward op outputs) that backward
-    ops read: what a split forward pass must keep for the backward pass.
+    ops read: what a split forward pass must keep for the backward pass. Forward
+    constants and iotas (and broadcasts and reshapes of them) that the backward ops read
+    are not saved but ``recomputed``: they cost nothing to rebuild and would otherwise
+    occupy memory between the passes.
     """
 
     function: Function
@@ -121,6 +127,7 @@ class ReverseMode:
     num_outputs: int
     num_forward_ops: int
     saved: tuple[Value, ...]
+    recomputed: tuple[Op, ...] = ()
 
     @property
     def backward_ops(self) -> tuple[Op, ...]:
@@ -134,7 +141,9 @@ class ReverseMode:
         cts = fn.params[self.num_primal_params :]
         outputs = fn.results[: self.num_outputs]
         forward = Function(f"{fn.name}_fwd", primals, fn.ops[:nf], outputs + self.saved)
-        backward = Function(f"{fn.name}_bwd", self.saved + cts, fn.ops[nf:], fn.results[self.num_outputs :])
+        backward = Function(
+            f"{fn.name}_bwd", self.saved + cts, self.recomputed + fn.ops[nf:], fn.results[self.num_outputs :]
+        )
         return forward, backward
 
 
@@ -158,12 +167,14 @@ def reverse_mode(
     """
     wrt = _check_wrt(fn, wrt)
     if cotangents is None:
-        cotangents = () if unit_seed is not None else tuple(
-            i for i, r in enumerate(fn.results) if r.dtype.is_float
+        cotangents = (
+            () if unit_seed is not None else tuple(i for i, r in enumerate(fn.results) if r.dtype.is_float)
         )
     for i in cotangents:
         if not fn.results[i].dtype.is_float:
-            raise TypeError(f"@{fn.name}: result {i} ({fn.results[i].type}) is not a float; it has no cotangent")
+            raise TypeError(
+                f"@{fn.name}: result {i} ({fn.results[i].type}) is not a float; it has no cotangent"
+            )
     if unit_seed is not None:
         r = fn.results[unit_seed]
         if r.shape != () or not r.dtype.is_float:
@@ -224,7 +235,9 @@ def reverse_mode(
             raise _missing("vjp", op)
         with b.at(op.loc):
             in_cts = tuple(rule(b, op, cts, needs))
-            assert len(in_cts) == len(op.inputs), f"{op.prim.name}: vjp rule returned {len(in_cts)} cotangents"
+            assert len(in_cts) == len(op.inputs), (
+                f"{op.prim.name}: vjp rule returned {len(in_cts)} cotangents"
+            )
             for v, c, need in zip(op.inputs, in_cts, needs, strict=True):
                 if c is not None and need:
                     accumulate(v, c)
@@ -241,15 +254,29 @@ def reverse_mode(
     num_forward = sum(1 for op in out.ops if id(op) in forward_ids)
     assert all(id(op) in forward_ids for op in out.ops[:num_forward])
     forward_defined = set(fn.params) | {v for op in out.ops[:num_forward] for v in op.outputs}
+    # Constants, iotas and broadcasts/reshapes of them are rebuilt, not saved.
+    cheap: dict[Value, Op] = {}
+    for op in out.ops[:num_forward]:
+        if op.prim.kind is P.OpKind.SOURCE or (
+            op.prim in (P.broadcast_in_dim, P.reshape) and all(v in cheap for v in op.inputs)
+        ):
+            cheap.update((v, op) for v in op.outputs)
+    read = [v for op in out.ops[num_forward:] for v in op.inputs] + list(out.results[len(kept) :])
     saved: dict[Value, None] = {}
-    for op in out.ops[num_forward:]:
-        for v in op.inputs:
-            if v in forward_defined:
-                saved.setdefault(v)
-    for v in out.results[len(kept) :]:
-        if v in forward_defined:
+    rebuilt: set[int] = set()
+    pending = []
+    for v in read:
+        if v in cheap:
+            pending.append(cheap[v])
+        elif v in forward_defined:
             saved.setdefault(v)
-    return ReverseMode(out, len(fn.params), len(kept), num_forward, tuple(saved))
+    while pending:
+        op = pending.pop()
+        if id(op) not in rebuilt:
+            rebuilt.add(id(op))
+            pending.extend(cheap[v] for v in op.inputs)
+    recomputed = tuple(op for op in out.ops[:num_forward] if id(op) in rebuilt)
+    return ReverseMode(out, len(fn.params), len(kept), num_forward, tuple(saved), recomputed)
 
 
 def _loc_of(op: Op | None) -> SourceLoc | None:
@@ -279,7 +306,9 @@ def grad_function(
     Params: ``fn``'s params (the seed 1 is a constant in the IR). Results: ``fn``'s
     results (when ``keep_outputs``), then one gradient per ``wrt`` param.
     """
-    return reverse_mode(fn, wrt, unit_seed=output, keep_outputs=keep_outputs, name=name or f"{fn.name}_grad").function
+    return reverse_mode(
+        fn, wrt, unit_seed=output, keep_outputs=keep_outputs, name=name or f"{fn.name}_grad"
+    ).function
 
 
 # ---------------------------------------------------------------------------------------
@@ -480,19 +509,21 @@ def _mul_vjp(b: Builder, op: Op, cts: tuple[Ct, ...], needs: tuple[bool, ...]) -
 
 def _mul_jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequence[Ct]:
     (tx, ty), (x, y) = tangents, op.inputs
-    return (_add_any(b, _mul(b, tx, y) if tx is not None else None, _mul(b, x, ty) if ty is not None else None),)
+    return (
+        _add_any(b, _mul(b, tx, y) if tx is not None else None, _mul(b, x, ty) if ty is not None else None),
+    )
 
 
 def _div_vjp(b: Builder, op: Op, cts: tuple[Ct, ...], needs: tuple[bool, ...]) -> Sequence[Ct]:
     # z = x / y: dz/dx = 1 / y, dz/dy = -x / y^2 = -z / y
-    (g,), (x, y), z = cts, op.inputs, op.output
+    (g,), (_, y), z = cts, op.inputs, op.output
     gx = _div(b, g, y)
     return (gx if needs[0] else None, _neg(b, _mul(b, gx, z)) if needs[1] else None)
 
 
 def _div_jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequence[Ct]:
     # dz = (dx - z dy) / y
-    (tx, ty), (x, y), z = tangents, op.inputs, op.output
+    (tx, ty), (_, y), z = tangents, op.inputs, op.output
     num = tx
     if ty is not None:
         zty = _mul(b, z, ty)
@@ -823,7 +854,9 @@ P.scatter_add.vjp, P.scatter_add.jvp = _scatter_add_vjp, _linear_jvp
 # residuals ``fwd`` returned after the outputs.
 
 
-def _custom_vjp_call_forward(b: Builder, op: Op, inputs: tuple[Value, ...]) -> tuple[tuple[Value, ...], tuple[Value, ...]]:
+def _custom_vjp_call_forward(
+    b: Builder, op: Op, inputs: tuple[Value, ...]
+) -> tuple[tuple[Value, ...], tuple[Value, ...]]:
     """Inlines ``fwd``: (the call's outputs, the residuals)."""
     results = _inline(b, op.attrs["fwd"], inputs)
     n = len(op.outputs)
@@ -835,7 +868,9 @@ def _custom_vjp_call_vjp(b: Builder, op: Op, cts: tuple[Ct, ...], needs: tuple[b
     residuals = op.inputs[n:]
     full_cts = tuple(_or_zeros(b, c, v) for c, v in zip(cts, op.outputs, strict=True))
     in_cts = _inline(b, op.attrs["bwd"], residuals + full_cts)
-    return tuple(c if need else None for c, need in zip(in_cts, needs[:n], strict=True)) + (None,) * len(residuals)
+    return tuple(c if need else None for c, need in zip(in_cts, needs[:n], strict=True)) + (None,) * len(
+        residuals
+    )
 
 
 def _custom_vjp_call_jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequence[Ct]:
