@@ -459,7 +459,7 @@ def test_no_zero_buffers_for_dropped_cotangents() -> None:
 
 
 def test_saved_values_and_split() -> None:
-    fn = fj.make_ir(loss)(W, X)
+    fn = fj.make_ir(lambda w, x: fnp.sum(fnp.tanh(x @ w) ** 2.0))(W, X)
     rm = reverse_mode(fn, [0])
     forward, backward = rm.split()
     verify(forward)
@@ -467,7 +467,7 @@ def test_saved_values_and_split() -> None:
     tanh_out = next(op.output for op in fn.ops if op.prim is P.tanh)
     assert tanh_out in rm.saved  # the backward pass reads tanh's output: d tanh = 1 - y^2
     assert fn.params[1] in rm.saved  # and x, for dW = x^T g
-    # the exponent of ** 2 (a broadcast constant) is rebuilt by the backward pass, not saved
+    # the exponent of ** 2.0 (a broadcast constant) is rebuilt by the backward pass, not saved
     assert [op.prim.name for op in rm.recomputed] == ["constant", "broadcast_in_dim"]
     assert not any(v is rm.recomputed[1].output for v in rm.saved)
     assert all(op in fn.ops for op in rm.function.ops[: rm.num_forward_ops])

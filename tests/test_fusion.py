@@ -105,3 +105,33 @@ def test_the_report_names_the_rule_that_refused_an_edge():
     assert "exp at " in rendered
     assert "-> dot_general: a matmul kernel reads its operands from memory" in rendered
     assert f"{len(result.groups)} kernels" in rendered
+
+
+def mlp_train_step(params, x, labels):
+    def loss(params):
+        h = x
+        for i, p in enumerate(params):
+            h = nn.linear(h, p["w"], p["b"])
+            h = nn.relu(h) if i < len(params) - 1 else h
+        return nn.cross_entropy(h, labels)
+
+    value, grads = fj.value_and_grad(loss)(params)
+    return value, fj.tree_map(lambda p, g: p - 0.1 * g, params, grads)
+
+
+def test_mlp_training_step_needs_at_most_six_kernels_beyond_its_matmuls():
+    params = nn.init_mlp(RNG, [64, 32, 32, 10])
+    x = RNG.standard_normal((16, 64)).astype(np.float32)
+    labels = RNG.integers(0, 10, 16)
+    result = fused(mlp_train_step, params, x, labels)
+    matmuls = sum(op.prim.name == "dot_general" for op in result.function.ops)
+    assert matmuls == 8
+    assert len(result.groups) <= matmuls + 6
+
+
+def test_bias_gradients_and_parameter_updates_run_horizontally():
+    params = nn.init_mlp(RNG, [8, 8, 8, 4])
+    x = RNG.standard_normal((16, 8)).astype(np.float32)
+    result = fused(mlp_train_step, params, x, RNG.integers(0, 4, 16))
+    horizontal = [g for g in result.groups if g.kind == "horizontal"]
+    assert horizontal and all(len(g.parts) >= 2 for g in horizontal)

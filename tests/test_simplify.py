@@ -114,3 +114,14 @@ def test_optimized_programs_compute_what_the_originals_compute(fn):
 def test_every_stage_prints_and_parses_back(stage):
     text = fj.jit(lambda x: fnp.tanh(x @ x.T).sum(), backend="interpret").lower(X).as_text(stage)
     assert str(fj.ir.parse(text)) == text
+
+
+def test_scattering_one_update_per_row_becomes_an_elementwise_one_hot_select():
+    labels = np.array([2, -1, 0, 7])  # -1 counts from the end; 7 is clamped to the last class
+    fn = fj.make_ir(lambda g, i: fj.vjp(lambda x: fnp.take_along_axis(x, i[:, None], 1), X)[1](g)[0])(
+        np.ones((4, 1), np.float32), labels
+    )
+    opt, _ = optimize(fn, check=True)
+    assert "scatter_add" in prim_names(fn) and "scatter_add" not in prim_names(opt)
+    args = (np.arange(1, 5, dtype=np.float32).reshape(4, 1), labels)
+    np.testing.assert_array_equal(run_function(opt, *args)[0], run_function(fn, *args)[0])

@@ -282,6 +282,14 @@ def _reduces_innermost(g: _Group) -> bool:
     return True
 
 
+def _rows_shape(g: _Group) -> tuple[int, ...] | None:
+    """The shape of ``g``'s rows: its iteration shape without the reduced axes."""
+    for op in g.owned:
+        if op.prim.kind is OpKind.REDUCTION:
+            return op.output.shape
+    return None
+
+
 def _row_capable(g: _Group) -> bool:
     return g.kind == "loop" or (g.kind in ("reduce", "row") and _reduces_innermost(g))
 
@@ -301,27 +309,34 @@ def _row_fusion(part: _Partition, groups: list[_Group]) -> None:
             for v in part.finish(g).inputs:
                 op = part.producer.get(v)
                 pg = part.home.get(id(op)) if op is not None else None
-                if pg is not None and pg is not g and pg.shape == g.shape and _row_capable(pg):
+                if pg is None or pg is g or not _row_capable(pg):
+                    continue
+                # Same rows, or a per-row epilogue (g runs over pg's reduced shape).
+                if pg.shape == g.shape or (g.kind == "loop" and _rows_shape(pg) == g.shape):
                     producers[id(pg)] = pg
             for pg in producers.values():
                 has_reduction = any(op.prim.kind is OpKind.REDUCTION for op in g.owned + pg.owned)
                 kind = "row" if has_reduction else "loop"
-                if _try_merge(part, g, pg, kind, groups):
+                shape = pg.shape if len(pg.shape) > len(g.shape) else g.shape
+                if _try_merge(part, g, pg, kind, groups, shape):
                     merged_any = True
                     break
 
 
-def _try_merge(part: _Partition, a: _Group, b: _Group, kind: str, groups: list[_Group]) -> bool:
-    """Merges ``b`` into ``a`` if that stays acyclic, bounded and lowerable."""
+def _try_merge(part: _Partition, a: _Group, b: _Group, kind: str, groups: list[_Group],
+               shape: tuple[int, ...] | None = None) -> bool:
+    """Merges ``b`` into ``a`` (iterating over ``shape``, by default ``a``'s) if that
+    stays acyclic, bounded and lowerable."""
     if not part.within_bounds(a, b.size()) or part.creates_cycle(a, b):
         return False
     trial = _Group(a.owned[0])
-    trial.kind, trial.shape = kind, a.shape
+    trial.kind, trial.shape = kind, shape or a.shape
     trial.owned = a.owned + b.owned
     trial.copies = a.copies + [op for op in b.copies if all(op is not c for c in a.copies)]
     if part.lowerable(trial) is not None:
         return False
     part.merge(a, b, kind)
+    a.shape = trial.shape
     groups.remove(b)
     return True
 
@@ -419,39 +434,85 @@ def _finalize(part: _Partition, groups: list[_Group]) -> list[FusionGroup]:
     return [part.finish(g, needed) for g in order]
 
 
+_HORIZONTAL_KINDS = ("loop", "reduce")
+
+
 def _horizontal_fusion(groups: list[FusionGroup], part: _Partition) -> list[FusionGroup]:
-    """Phase 5: consecutive-in-dependency-order loop kernels that do not depend on each
-    other run in one call."""
-    out: list[FusionGroup] = []
-    bucket: list[FusionGroup] = []
-
-    def flush() -> None:
-        if len(bucket) > 1:
-            candidate = FusionGroup(
-                tuple(op for g in bucket for op in g.ops),
-                tuple(dict.fromkeys(v for g in bucket for v in g.inputs)),
-                tuple(v for g in bucket for v in g.outputs),
-                "horizontal",
-                tuple(bucket),
-            )
-            if part.legal is None or part.legal(candidate) is None:
-                out.append(candidate)
-                bucket.clear()
-                return
-        out.extend(bucket)
-        bucket.clear()
-
+    """Phase 5: loop kernels (optimizer updates) and reduce kernels (bias gradients) that
+    do not depend on each other run in one call, one bucket per kind. Groups with no path
+    between them can share a call wherever a topological order puts it."""
+    producer = {id(v): i for i, g in enumerate(groups) for v in g.outputs}
+    ancestors: list[int] = []  # bit j of ancestors[i]: group i (transitively) reads group j
     for g in groups:
-        if g.kind != "loop":
-            flush()
-            out.append(g)
+        bits = 0
+        for v in g.inputs:
+            j = producer.get(id(v))
+            if j is not None:
+                bits |= ancestors[j] | (1 << j)
+        ancestors.append(bits)
+    buckets: list[list[int]] = []
+    bucket_of: dict[int, list[int]] = {}
+    for i, g in enumerate(groups):
+        if g.kind not in _HORIZONTAL_KINDS:
             continue
-        bucket_outputs = {id(v) for b in bucket for v in b.outputs}
-        if any(id(v) in bucket_outputs for v in g.inputs):
-            flush()
-        bucket.append(g)
-    flush()
-    return out
+        for bucket in buckets:
+            if groups[bucket[0]].kind != g.kind:
+                continue
+            independent = all(not (ancestors[i] >> j) & 1 for j in bucket)
+            if independent:  # members come earlier, so none of them can read group i
+                candidate = _horizontal([groups[j] for j in bucket + [i]])
+                if part.legal is None or part.legal(candidate) is None:
+                    bucket.append(i)
+                    bucket_of[i] = bucket
+                    break
+        else:
+            buckets.append([i])
+            bucket_of[i] = buckets[-1]
+    merged: dict[int, FusionGroup] = {}
+    for bucket in buckets:
+        merged[id(bucket)] = groups[bucket[0]] if len(bucket) == 1 else _horizontal([groups[j] for j in bucket])
+    # Emit in a topological order: each merged group once all of its members' inputs exist.
+    units: list[FusionGroup] = []
+    seen: set[int] = set()
+    for i, g in enumerate(groups):
+        bucket = bucket_of.get(i)
+        unit = g if bucket is None else merged[id(bucket)]
+        if id(unit) not in seen:
+            seen.add(id(unit))
+            units.append(unit)
+    return _topological(units)
+
+
+def _horizontal(parts: list[FusionGroup]) -> FusionGroup:
+    return FusionGroup(
+        tuple(op for g in parts for op in g.ops),
+        tuple(dict.fromkeys(v for g in parts for v in g.inputs)),
+        tuple(v for g in parts for v in g.outputs),
+        "horizontal",
+        tuple(parts),
+    )
+
+
+def _topological(units: list[FusionGroup]) -> list[FusionGroup]:
+    """``units`` in an order where each runs after the units producing its inputs (stable:
+    already-ordered units keep their order)."""
+    producer = {id(v): u for u in units for v in u.outputs}
+    order: list[FusionGroup] = []
+    done: set[int] = set()
+
+    def visit(u: FusionGroup) -> None:
+        if id(u) in done:
+            return
+        done.add(id(u))
+        for v in u.inputs:
+            dep = producer.get(id(v))
+            if dep is not None and dep is not u:
+                visit(dep)
+        order.append(u)
+
+    for u in units:
+        visit(u)
+    return order
 
 
 def make_group(ops: list[Op], fn_results: set[Value], users: dict[Value, list[Op]], kind: str) -> FusionGroup:

@@ -145,7 +145,33 @@ def _identities(op: Op, producer: dict[Value, Op], b: Builder) -> Value | None:
         return x  # differentiation happened at trace time; from here on it is the identity
     if p is P.convert and op.attrs["dtype"] == x.dtype:
         return x
+    if p is P.scatter_add and x.shape[op.attrs["axis"]] == 1:
+        return _one_hot_scatter(op, b)
     return None
+
+
+def _one_hot_scatter(op: Op, b: Builder) -> Value:
+    """``scatter_add`` of one update per lane along ``axis`` (the gradient of picking one
+    element per row, as in cross-entropy) as ``select(iota == index, update, 0)``: an
+    elementwise op that fuses, instead of a serial scatter."""
+    upd, idx = op.inputs
+    axis, out = op.attrs["axis"], op.output
+    n = out.shape[axis]
+    # The same index normalization as scatter_add: negative counts from the end, clamp.
+    zero, size = b.full_like(0, idx), b.full_like(n, idx)
+    idx = b.op(P.select, b.op(P.lt, idx, zero), b.op(P.add, idx, size), idx)
+    idx = b.op(P.min, b.op(P.max, idx, zero), b.full_like(max(n - 1, 0), idx))
+    dims = tuple(range(out.type.ndim))
+    lanes = b.op(P.iota, shape=out.shape, dimension=axis, dtype=idx.dtype)
+    hit = b.op(P.eq, lanes, b.op(P.broadcast_in_dim, b.reshape(idx, _drop(idx.shape, axis)),
+                                  shape=out.shape, dims=_drop(dims, axis)))
+    spread = b.op(P.broadcast_in_dim, b.reshape(upd, _drop(upd.shape, axis)),
+                  shape=out.shape, dims=_drop(dims, axis))
+    return b.op(P.select, hit, spread, b.full_like(0, spread))
+
+
+def _drop(t: tuple[int, ...], axis: int) -> tuple[int, ...]:
+    return t[:axis] + t[axis + 1 :]
 
 
 def _layout(op: Op, producer: dict[Value, Op], b: Builder) -> Value | None:
