@@ -24,7 +24,13 @@ from fusejit.ir.transforms.pipeline import Stage, optimize
 from fusejit.ir.types import TensorType
 from fusejit.runtime.executable import compile_function
 from fusejit.tracer.pytree import TreeDef, tree_flatten, tree_flatten_with_path, tree_unflatten
-from fusejit.tracer.tracing import is_tracing, sanitize_name, trace_function
+from fusejit.tracer.tracing import (
+    TracedArray,
+    escaped_tracer_error,
+    is_tracing,
+    sanitize_name,
+    trace_function,
+)
 
 _SCALAR_TYPES = (bool, int, float)
 
@@ -38,7 +44,9 @@ def _leaf_signature(leaf: Any) -> Any:
         return kind
     if isinstance(leaf, np.generic):
         return ((), leaf.dtype)
-    return None
+    if isinstance(leaf, np.ndarray):  # subclasses: np.memmap, np.matrix, ...
+        return (leaf.shape, leaf.dtype)
+    return None  # not an argument type: _leaf_type raises when this signature is traced
 
 
 def _describe_signature(sig: Any) -> str:
@@ -57,6 +65,8 @@ def _leaf_type(path: str, leaf: Any) -> tuple[TensorType, bool]:
             return TensorType(from_numpy(leaf.dtype), tuple(np.shape(leaf))), False
         except TypeError as e:
             raise TypeError(f"argument {path}: {e}") from None
+    if isinstance(leaf, TracedArray):
+        raise escaped_tracer_error(leaf, f"argument {path}")
     raise TypeError(
         f"argument {path}: a {type(leaf).__name__} is not an array or scalar; "
         "pass arrays, or mark the argument static with static_argnums/static_argnames"
@@ -82,8 +92,8 @@ class _Signature:
     """A traced signature, kept to explain later misses."""
 
     treedef: TreeDef
-    leaves: dict[str, Any]
-    static: dict[str, Any]
+    leaves: dict[str, Any]  # pytree path -> _leaf_signature
+    static: dict[str, tuple[Any, str]]  # parameter name -> (value, "position" or "name")
 
 
 @dataclass(eq=False)
@@ -137,6 +147,8 @@ class Lowered:
                 backend=self.jitted.backend,
                 fuse=self.jitted.fuse,
                 donate_argnums=self.donated,
+                stages=self.stages,
+                traced=self.traced,
             )
         return self._executable
 
@@ -236,24 +248,37 @@ class Jitted:
         return lowered._run(lowered.executable(), leaves)
 
     def _split(self, args: tuple, kwargs: dict[str, Any]) -> tuple[Any, Any, None]:
-        """(dynamic pytree, hashable static key)."""
+        """(dynamic pytree, hashable static key, None). The static key holds ``(position or
+        name, type, value)`` per static argument: the type keeps ``1`` and ``1.0`` apart,
+        which compare equal but trace differently."""
         if not self.static_argnums and not self.static_argnames:
             return (args, kwargs), (), None
-        static = tuple((i, a) for i, a in enumerate(args) if i in self.static_argnums)
-        static += tuple(sorted((k, v) for k, v in kwargs.items() if k in self.static_argnames))
+        static = tuple((i, type(a), a) for i, a in enumerate(args) if i in self.static_argnums)
+        static += tuple(
+            sorted(((k, type(v), v) for k, v in kwargs.items() if k in self.static_argnames), key=_first)
+        )
         try:
             hash(static)
         except TypeError:
-            bad = next(k for k, v in static if not _hashable(v))
-            where = f"position {bad}" if isinstance(bad, int) else repr(bad)
+            bad, _, value = next(item for item in static if not _hashable(item[2]))
             raise TypeError(
-                f"static argument {where} of {self.__name__} is unhashable "
-                f"({type(dict(static)[bad]).__name__}); static arguments must be hashable "
+                f"static argument {self._static_name(bad)} of {self.__name__} is unhashable "
+                f"({type(value).__name__}); static arguments must be hashable "
                 "(use a tuple instead of a list), or make the argument non-static"
             ) from None
         dyn_args = tuple(a for i, a in enumerate(args) if i not in self.static_argnums)
         dyn_kwargs = {k: v for k, v in kwargs.items() if k not in self.static_argnames}
         return (dyn_args, dyn_kwargs), static, None
+
+    def _param_name(self, key: int | str) -> str:
+        """The parameter an argument position (or keyword) binds to."""
+        if isinstance(key, str):
+            return key
+        return self._positional[key] if key < len(self._positional) else f"args[{key}]"
+
+    def _static_name(self, key: int | str) -> str:
+        """A static argument as the user knows it: ``n (position 1)`` or ``n``."""
+        return key if isinstance(key, str) else f"{self._param_name(key)} (position {key})"
 
     # Tracing -------------------------------------------------------------------------
     def _arg_name(self, dyn_index: int) -> str:
@@ -285,13 +310,15 @@ class Jitted:
         signature = _Signature(
             treedef,
             {p: _leaf_signature(x) for p, x in path_leaves},
-            {str(k): v for k, v in static},
+            {
+                self._param_name(k): (v, "name" if isinstance(k, str) else "position")
+                for k, _, v in static
+            },
         )
-        self._info.reasons.append(self._why_retrace(signature))
-        self._last = signature
-        typed = [_leaf_type(p, x) for p, x in path_leaves]
+        typed = [_leaf_type(p, x) for p, x in path_leaves]  # raises for leaves of no IR type
+        reason = self._why_retrace(signature)
         in_types = tuple(t for t, _ in typed)
-        static_items = dict(static)
+        static_items = {k: v for k, _, v in static}
 
         def flat_fun(*leaf_values: Any) -> Any:
             dyn_args, dyn_kwargs = tree_unflatten(treedef, leaf_values)
@@ -311,6 +338,9 @@ class Jitted:
             weak=[w for _, w in typed],
         )
         assert not captured, "a top-level trace captures no outer values"
+        # Recorded only once tracing succeeded: each reason belongs to a counted miss.
+        self._info.reasons.append(reason)
+        self._last = signature
         return Lowered(self, fn, out_tree, in_types, donated)
 
     def _why_retrace(self, new: _Signature) -> str:
@@ -318,16 +348,24 @@ class Jitted:
         if old is None:
             return "first call"
         reasons = []
-        if old.treedef != new.treedef:
+        for path, sig in new.leaves.items():
+            if path not in old.leaves:
+                reasons.append(f"new argument {path}")
+            elif old.leaves[path] != sig:
+                reasons.append(_describe_change(path, sig, old.leaves[path]))
+        reasons += [f"argument {path} is no longer passed" for path in old.leaves if path not in new.leaves]
+        if not reasons and old.treedef != new.treedef:
             reasons.append(f"argument structure {new.treedef} was {old.treedef}")
-        else:
-            for path, sig in new.leaves.items():
-                was = old.leaves.get(path)
-                if was != sig:
-                    reasons.append(_describe_change(path, sig, was))
-        for k, v in new.static.items():
-            if k in old.static and old.static[k] != v:
-                reasons.append(f"static argument {k}: {v!r} was {old.static[k]!r}")
+        for name, (value, how) in new.static.items():
+            if name not in old.static:
+                reasons.append(f"new static argument {name}: {value!r}")
+                continue
+            was, was_how = old.static[name]
+            if (type(was), was) != (type(value), value):
+                reasons.append(f"static argument {name}: {value!r} was {was!r}")
+            elif how != was_how:
+                reasons.append(f"static argument {name}: passed by {how}, was passed by {was_how}")
+        reasons += [f"static argument {name} is no longer passed" for name in old.static if name not in new.static]
         return "; ".join(reasons) or "a signature seen before the last miss"
 
     # Public helpers ------------------------------------------------------------------
@@ -350,8 +388,6 @@ class Jitted:
 
 
 def _describe_change(path: str, sig: Any, was: Any) -> str:
-    if was is None:
-        return f"new argument {path}"
     if isinstance(sig, tuple) and isinstance(was, tuple):
         parts = []
         if sig[0] != was[0]:
@@ -360,6 +396,10 @@ def _describe_change(path: str, sig: Any, was: Any) -> str:
             parts.append(f"dtype {sig[1]} was {was[1]}")
         return f"argument {path}: " + ", ".join(parts)
     return f"argument {path}: {_describe_signature(sig)} was {_describe_signature(was)}"
+
+
+def _first(item: tuple) -> Any:
+    return item[0]
 
 
 def _hashable(v: Any) -> bool:

@@ -111,7 +111,7 @@ def _to_value(x: Any, trace: Trace, dtype: DType | None = None) -> Value:
         elif x.trace.active:
             v = trace.capture(x)
         else:
-            raise _escaped(x)
+            raise escaped_tracer_error(x)
         return v if dtype is None else trace.builder.convert(v, dtype)
     arr = np.asarray(x)
     dt = dtype or from_numpy(arr.dtype)
@@ -123,12 +123,13 @@ def _to_value(x: Any, trace: Trace, dtype: DType | None = None) -> Value:
     )
 
 
-def _escaped(x: TracedArray) -> EscapedTracerError:
+def escaped_tracer_error(x: TracedArray, used_as: str | None = None) -> EscapedTracerError:
+    """The error for using ``x`` after its trace finished (``used_as``: how it was used)."""
     loc = user_source_loc()
     return EscapedTracerError(
         f"a traced value {x.value.type} of the finished trace of {x.trace.name!r} was used "
-        f"later{f' (at {loc})' if loc else ''}; return it from the traced function instead of "
-        "storing it (in a global, a list or an attribute)"
+        f"later{f' as {used_as}' if used_as else ''}{f' (at {loc})' if loc else ''}; return it "
+        "from the traced function instead of storing it (in a global, a list or an attribute)"
     )
 
 
@@ -144,7 +145,7 @@ def bind(prim: Primitive, *args: Any, **attrs: Any) -> Any:
     if trace is None:
         for a in args:
             if isinstance(a, TracedArray):
-                raise _escaped(a)
+                raise escaped_tracer_error(a)
         arrays = [np.asarray(a) for a in args]
         try:
             types = prim.infer(tuple(TensorType(from_numpy(a.dtype), a.shape) for a in arrays), attrs)
@@ -176,7 +177,7 @@ def trace_function(
     indices, and the outer tracers captured by the trace, in the order of the extra
     parameters appended after ``in_types``'s.
     """
-    from fusejit.tracer.pytree import tree_flatten, tree_unflatten
+    from fusejit.tracer.pytree import tree_flatten
 
     trace = Trace(name)
     names = list(param_names or [None] * len(in_types))
@@ -259,7 +260,10 @@ def shape_of(x: Any) -> tuple[int, ...]:
 
 
 def is_weak(*xs: Any) -> bool:
-    return all(operand_dtype(x)[1] for x in xs)
+    """Whether an op on ``xs`` has a weakly typed result: all operands are weak and one is
+    a traced value (a Python scalar argument of jit). Python scalars alone give a strong
+    result, as in NumPy: ``np.add(2, 3.0)`` is an ``np.float64``."""
+    return all(operand_dtype(x)[1] for x in xs) and any(isinstance(x, TracedArray) for x in xs)
 
 
 # ---------------------------------------------------------------------------------------
@@ -319,7 +323,7 @@ class TracedArray:
     # Concretization --------------------------------------------------------------------
     def _concrete(self, what: str) -> ConcretizationError | EscapedTracerError:
         if not self.trace.active:
-            return _escaped(self)
+            return escaped_tracer_error(self)
         loc = user_source_loc()
         return ConcretizationError(
             f"{what} needs a concrete value, but this {self.value.type} value is traced "
@@ -342,6 +346,12 @@ class TracedArray:
 
     def __complex__(self) -> complex:
         raise self._concrete("complex()")
+
+    def item(self, *args: Any) -> Any:
+        raise self._concrete(".item()")
+
+    def tolist(self) -> Any:
+        raise self._concrete(".tolist()")
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         raise self._concrete("converting a traced value to a NumPy array (np.asarray)")
