@@ -19,6 +19,9 @@ from fusejit.tracer.tracing import ConcretizationError, EscapedTracerError
 from fusejit.tracer.transformations import custom_vjp, grad, jvp, value_and_grad, vjp
 from fusejit.tracer.gradcheck import GradcheckError, gradcheck
 
+# The library on top, importable as fj.nn, fj.optim and fj.augment (after the core).
+from fusejit import augment, nn, optim  # noqa: E402
+
 __version__ = "0.1.0"
 
 
@@ -42,6 +45,9 @@ def compile_ir(fn: ir.Function, *, backend: str | None = None, fuse: bool = True
 
 
 __all__ = [
+    "augment",
+    "nn",
+    "optim",
     "CacheInfo",
     "Compiled",
     "ConcretizationError",

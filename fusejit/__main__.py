@@ -1,23 +1,62 @@
-"""The ``fusejit`` command line: ``fusejit demo`` and ``fusejit bench``."""
+"""The ``fusejit`` command line: ``fusejit demo`` and ``fusejit bench``.
+
+Both run files of the repository checkout that sit next to the package (``examples/``,
+``bench/``); an installed wheel without them says so instead of failing obscurely.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import runpy
 import sys
 from pathlib import Path
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _repo_file(*parts: str, command: str) -> Path:
+    path = REPO_ROOT.joinpath(*parts)
+    if not path.is_file():
+        raise SystemExit(
+            f"fusejit {command}: {path} not found; this command runs the repository's "
+            f"{parts[0]}/ directory, so run it from a checkout of fusejit (pip install -e .)"
+        )
+    return path
+
+
+def demo(rest: list[str]) -> int:
+    example = _repo_file("examples", "quickstart.py", command="demo")
+    sys.argv = [str(example), *rest]
+    runpy.run_path(str(example), run_name="__main__")
+    return 0
+
+
+def bench(rest: list[str]) -> int:
+    """Loads ``bench/harness.py`` as a module and runs its command line on ``rest``."""
+    path = _repo_file("bench", "harness.py", command="bench")
+    spec = importlib.util.spec_from_file_location("fusejit_bench_harness", path)
+    assert spec is not None and spec.loader is not None
+    harness = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = harness
+    spec.loader.exec_module(harness)
+    return int(harness.main(rest))
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fusejit", description=__doc__)
+    parser = argparse.ArgumentParser(prog="fusejit", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("demo", help="run the main example")
+    sub.add_parser("demo", help="run the main example", add_help=False)
+    sub.add_parser(
+        "bench",
+        help="benchmark workloads W1-W7: NumPy eager vs fusejit unfused/fused (vs JAX, PyTorch); "
+        "'fusejit bench --help' for options",
+        add_help=False,
+    )
     args, rest = parser.parse_known_args(argv)
     if args.command == "demo":
-        example = Path(__file__).resolve().parent.parent / "examples" / "quickstart.py"
-        sys.argv = [str(example), *rest]
-        runpy.run_path(str(example), run_name="__main__")
-    return 0
+        return demo(rest)
+    return bench(rest)
 
 
 if __name__ == "__main__":

@@ -135,3 +135,41 @@ def test_bias_gradients_and_parameter_updates_run_horizontally():
     result = fused(mlp_train_step, params, x, RNG.integers(0, 4, 16))
     horizontal = [g for g in result.groups if g.kind == "horizontal"]
     assert horizontal and all(len(g.parts) >= 2 for g in horizontal)
+
+
+def test_a_value_read_by_recomputed_ops_in_two_kernels_is_not_owned_by_one_of_them():
+    # max_pool2d's gradient: eq feeds a cheap convert that both a reduction and the
+    # output loop recompute; owning eq in the loop kernel made two kernels wait on each other.
+    step = fj.grad(lambda x: nn.max_pool2d(x, 2).sum())
+    result = fused(step, np.ones((1, 1, 4, 4), np.float32))
+    assert_valid_partition(result)
+
+
+def assert_valid_partition(result: FusedFunction) -> None:
+    available = set(result.function.params)
+    owners: dict[int, int] = {}
+    for k, group in enumerate(result.groups):
+        assert all(v in available for v in group.inputs)
+        available |= set(group.outputs)
+        for v in group.outputs:
+            assert id(v) not in owners, "a value is written by two kernels"
+            owners[id(v)] = k
+    assert all(r in available for r in result.function.results)
+
+
+from hypothesis import given, settings  # noqa: E402
+from strategies import random_elementwise_programs, random_functions  # noqa: E402
+
+
+@settings(max_examples=150, deadline=None)
+@given(random_elementwise_programs())
+def test_random_model_like_programs_partition_into_a_valid_kernel_order(fn):
+    assert_valid_partition(fuse(fn))
+
+
+@settings(max_examples=150, deadline=None)
+@given(random_functions())
+def test_random_programs_over_every_primitive_partition_validly(fn):
+    from fusejit.ir.transforms.pipeline import optimize
+
+    assert_valid_partition(fuse(optimize(fn)[0]))

@@ -154,9 +154,6 @@ class _Partition:
         self.legal = legal
 
     # Graph queries ---------------------------------------------------------------------
-    def members(self, g: _Group) -> set[int]:
-        return {id(op) for op in g.ops()}
-
     def consumers(self, g: _Group) -> list[_Group]:
         """The groups that read a value ``g`` owns (copies read their own inputs)."""
         out: dict[int, _Group] = {}
@@ -253,8 +250,10 @@ def _absorb_producers(part: _Partition, g: _Group) -> None:
         reason = _refusal(part, p, g)
         if reason is None:
             users = part.users.get(v, [])
-            members = part.members(g)
-            all_inside = all(id(u) in members for u in users) and v not in part.results
+            # Only owned users count: a recomputed (copied) user also runs in other
+            # kernels, which then need this value too.
+            owned = set(map(id, g.owned))
+            all_inside = all(id(u) in owned for u in users) and v not in part.results
             owner = part.home.get(id(p))
             if all_inside and owner is None:
                 part.add(g, p, owned=True)

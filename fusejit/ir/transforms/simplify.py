@@ -56,7 +56,7 @@ def eliminate_common_subexpressions(fn: Function) -> Function:
 # ---------------------------------------------------------------------------------------
 # Constant folding
 
-_FOLD_LIMIT = 1  # fold only scalars: a larger folded constant would be baked into code
+_FOLD_SIZE = 1  # fold only single values: a larger folded constant would be baked into code
 
 
 def scalar_constant(v: Value, producer: dict[Value, Op]) -> Any | None:
@@ -74,7 +74,7 @@ def scalar_constant(v: Value, producer: dict[Value, Op]) -> Any | None:
 
 def _fold(op: Op, producer: dict[Value, Op], b: Builder) -> Value | None:
     """Evaluates scalar ops whose operands are all scalar constants."""
-    if op.prim.kind in (P.OpKind.SOURCE, P.OpKind.CALL) or op.output.type.size > _FOLD_LIMIT:
+    if op.prim.kind in (P.OpKind.SOURCE, P.OpKind.CALL) or op.output.type.size != _FOLD_SIZE:
         return None
     if op.prim is P.stop_gradient or not op.inputs:
         return None
