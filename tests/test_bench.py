@@ -60,14 +60,7 @@ def test_every_workload_has_tiny_cases() -> None:
 def test_fusejit_matches_numpy_eager(case, config: str) -> None:  # noqa: ANN001
     expected = _steps(case.fn, case)
     jitted = fj.jit(case.fn, fuse=config == "fused", donate_argnums=case.donate_argnums)
-    try:
-        got = _steps(jitted, case)
-    except AssertionError as e:
-        # Known fusion bug (reported to the lead): the gradient of max_pool2d makes the CPU
-        # backend's partitioner form a cycle. Only this exact failure is tolerated.
-        if "fusion produced a cycle" in str(e) and case.key == "W7" and config == "fused":
-            pytest.xfail(f"fusion bug: {e}")
-        raise
+    got = _steps(jitted, case)
     for step, (e, g) in enumerate(zip(expected, got, strict=True)):
         check = harness.compare(e, g, case.rtol, case.atol)
         assert check["ok"], f"{case.label} {config} step {step}: {check}"
