@@ -39,8 +39,10 @@ SETTINGS = {
         Setting("cache", "FUSEJIT_CACHE", True, _flag, "Keep compiled kernels in the on-disk cache."),
         Setting("cache_dir", "FUSEJIT_CACHE_DIR", None, _optional_path, "The on-disk cache (default: the user cache dir)."),
         Setting("debug_nans", "FUSEJIT_DEBUG_NANS", False, _flag, "Check each kernel's outputs for NaN/inf."),
-        Setting("backend", "FUSEJIT_BACKEND", "interpret", str, "Default backend: cpu or cuda."),
+        Setting("backend", "FUSEJIT_BACKEND", "cpu", str, "Default backend: cpu, cuda or interpret (the reference interpreter)."),
         Setting("check_ir", "FUSEJIT_CHECK_IR", False, _flag, "Verify the IR after every pass."),
+        Setting("parallel_threshold", "FUSEJIT_PARALLEL_THRESHOLD", 1 << 18, int, "CPU kernels over at least this many elements use threads (prange)."),
+        Setting("blas_threads", "FUSEJIT_BLAS_THREADS", "auto", str, "BLAS threads for GEMMs: auto (1 beside parallel kernels) or a number."),
     )
 }  # fmt: skip
 

@@ -1,31 +1,35 @@
 """Executables: what a compiled function is at run time.
 
-``compile_function`` turns an optimized IR function into an ``Executable``: a callable on
-flat NumPy arrays. The ``"interpret"`` backend runs the IR through the reference
-interpreter (the semantics every other backend is tested against).
+``compile_function`` turns an optimized IR function into an executable: a callable on a
+list of NumPy arrays (one per parameter) returning a tuple of arrays. Backends:
+
+* ``"interpret"``: the reference interpreter, op by op (the semantics every other backend
+  is tested against);
+* ``"cpu"``: fusion groups lowered to Numba kernels called from one generated entry
+  function (``fusejit.runtime.cpu``).
+
+Both expose ``.fused`` (the partition into kernels), ``.kernels`` (``KernelInfo``) and
+``.kernel_source()``.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from fusejit import config
+from fusejit.ir import primitives as P
 from fusejit.ir.core import Function
 from fusejit.ir.interpreter import run_function
+from fusejit.ir.transforms import fusion
 from fusejit.ir.transforms.fusion import FusedFunction, one_op_per_group
+from fusejit.runtime.cpu import CpuExecutable, DonationError, KernelInfo  # noqa: F401 - re-exported
 
-
-@dataclass(frozen=True, slots=True)
-class KernelInfo:
-    """One kernel of an executable, as ``Compiled.kernels`` reports it."""
-
-    name: str
-    ops: tuple[str, ...]
-    bytes_in: int
-    bytes_out: int
-    source: str = ""
+BACKENDS = ("interpret", "cpu")
 
 
 @dataclass(eq=False)
@@ -43,14 +47,49 @@ class InterpretedExecutable:
         return ""
 
 
+def partition(fn: Function, fuse: bool) -> FusedFunction:
+    """The kernels of ``fn``: the fusion pass's groups (checked against what the code
+    generator can lower) when ``fuse`` and the pass exists, else one op per kernel."""
+    fuse_fn = getattr(fusion, "fuse", None)
+    if not fuse or fuse_fn is None:
+        return one_op_per_group(fn)
+    from fusejit.codegen import can_lower
+
+    try:
+        accepts_legal = "legal" in inspect.signature(fuse_fn).parameters
+    except (TypeError, ValueError):  # pragma: no cover
+        accepts_legal = False
+    return fuse_fn(fn, legal=can_lower) if accepts_legal else fuse_fn(fn)
+
+
 def compile_function(
     fn: Function,
     *,
     backend: str = "interpret",
     fuse: bool = True,
     donate_argnums: tuple[int, ...] = (),
-) -> InterpretedExecutable:
-    """Compiles an optimized function for ``backend``."""
+    stages: Sequence[Any] = (),
+    traced: Function | None = None,
+) -> InterpretedExecutable | CpuExecutable:
+    """Compiles an optimized function for ``backend``.
+
+    ``donate_argnums`` are flat parameter indices whose buffers the executable may reuse
+    for outputs. ``stages`` and ``traced`` (the pipeline's intermediate functions) are only
+    used for ``FUSEJIT_DUMP``.
+    """
     if backend == "interpret":
-        return InterpretedExecutable(fn, one_op_per_group(fn))
-    raise ValueError(f"unknown backend {backend!r} (known: interpret)")
+        exe: Any = InterpretedExecutable(fn, one_op_per_group(fn))
+    elif backend == "cpu":
+        if any(op.prim is P.custom_vjp_call for op in fn.ops):
+            from fusejit.ir.transforms.inline import inline_calls
+
+            fn = inline_calls(fn)
+        exe = CpuExecutable(fn, partition(fn, fuse), donate_argnums)
+    else:
+        raise ValueError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
+    dump_dir = config.value("dump_dir")
+    if dump_dir:
+        from fusejit.runtime.debug import dump_compilation
+
+        dump_compilation(dump_dir, fn, exe, stages=stages, traced=traced, backend=backend)
+    return exe

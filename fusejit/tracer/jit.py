@@ -23,8 +23,9 @@ from fusejit.ir.transforms.fusion import FusedFunction
 from fusejit.ir.transforms.pipeline import Stage, optimize
 from fusejit.ir.types import TensorType
 from fusejit.runtime.executable import compile_function
-from fusejit.tracer.pytree import TreeDef, tree_flatten, tree_flatten_with_path, tree_unflatten
+from fusejit.tracer.pytree import LEAF, TreeDef, tree_flatten, tree_flatten_with_path, tree_unflatten
 from fusejit.tracer.tracing import (
+    _TRACES,
     TracedArray,
     escaped_tracer_error,
     is_tracing,
@@ -33,6 +34,8 @@ from fusejit.tracer.tracing import (
 )
 
 _SCALAR_TYPES = (bool, int, float)
+_CONFIG = config._values  # read directly on the hot path
+_CONFIG = config._values  # read directly on the hot path
 
 
 def _leaf_signature(leaf: Any) -> Any:
@@ -176,6 +179,17 @@ class Lowered:
     def compile(self) -> Compiled:
         return Compiled(self, self.executable())
 
+    def _fast_runner(self) -> Callable[[tuple], Any]:
+        """``run(args)`` for positional ndarray arguments of this signature (the leaves in
+        order); looks the executable's current entry point up on every call."""
+        exe = self.executable()
+        out_tree = self.out_tree
+        if not hasattr(exe, "run"):
+            return lambda args: tree_unflatten(out_tree, exe(args))
+        if out_tree == LEAF:
+            return lambda args: exe.run(args)[0]
+        return lambda args: tree_unflatten(out_tree, exe.run(args))
+
     def _run(self, executable: Any, leaves: Sequence[Any]) -> Any:
         arrays = [
             leaf if type(leaf) is np.ndarray else np.asarray(leaf, dtype=t.dtype.np)
@@ -218,6 +232,7 @@ class Jitted:
         self.donate_argnums = frozenset(donate)
         self._positional = positional
         self._cache: dict[Any, Lowered] = {}
+        self._fast: dict[Any, Callable[[tuple], Any]] = {}  # see __call__
         self._info = CacheInfo()
         self._last: _Signature | None = None
 
@@ -233,6 +248,20 @@ class Jitted:
 
     # The hot path --------------------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # Fast path: positional plain ndarrays whose shapes and dtypes were seen before go
+        # straight to the executable (no pytree flattening, no signature objects).
+        if self._fast and not kwargs and not _TRACES and not _CONFIG["disable_jit"]:
+            try:
+                if len(args) == 1:  # the common case, without building a tuple of tuples
+                    a = args[0]
+                    run = self._fast.get((a.shape, a.dtype, type(a)))
+                else:
+                    run = self._fast.get(tuple([(a.shape, a.dtype, type(a)) for a in args]))
+            except AttributeError:  # a Python scalar or another leaf: the general path
+                run = None
+            if run is not None:
+                self._info.hits += 1
+                return run(args)
         if is_tracing() or config.value("disable_jit"):
             return self.fun(*args, **kwargs)
         dynamic, static_key, treedef_leaves = self._split(args, kwargs)
@@ -245,6 +274,9 @@ class Jitted:
             self._info.misses += 1
         else:
             self._info.hits += 1
+        if not kwargs and not static_key and all(type(a) is np.ndarray for a in args):
+            fast_key = tuple((a.shape, a.dtype, type(a)) for a in args)
+            self._fast[fast_key[0] if len(args) == 1 else fast_key] = lowered._fast_runner()
         return lowered._run(lowered.executable(), leaves)
 
     def _split(self, args: tuple, kwargs: dict[str, Any]) -> tuple[Any, Any, None]:
@@ -384,6 +416,7 @@ class Jitted:
 
     def clear_cache(self) -> None:
         self._cache.clear()
+        self._fast.clear()
         self._last = None
 
 

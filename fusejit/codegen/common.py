@@ -1,0 +1,257 @@
+"""What every lowering strategy shares: the result type (``LoweredKernel``), array
+parameter bookkeeping, loop nests over an index space, kernel names and header lines."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fusejit import config
+from fusejit.codegen import rules as _rules  # noqa: F401 - registers Primitive.codegen
+from fusejit.codegen.elemental import Elem, Emitter, Index, linearize
+from fusejit.codegen.kernel import Kernel, KernelBuilder, Unsupported
+from fusejit.ir.core import Op, Value
+from fusejit.ir.dtypes import DType
+from fusejit.ir.primitives import OpKind
+from fusejit.ir.printer import format_attr, printable_file
+from fusejit.ir.transforms.fusion import FusionGroup
+
+LOOP_OPS = (OpKind.ELEMENTWISE, OpKind.LAYOUT, OpKind.SOURCE)
+# A full reduction (no kept axis) large enough for threads is split into this many
+# chunks whose partial results are combined serially.
+SPLIT_CHUNKS = 64
+# Column reductions distribute blocks of this many columns over threads.
+COLUMN_BLOCK = 256
+REDUCE_FASTMATH = ("contract", "reassoc")  # reassociation lets sums vectorize; no nnan/ninf
+LOOP_FASTMATH = ("contract",)
+
+
+@dataclass(frozen=True, slots=True)
+class Scratch:
+    """Temporary memory a kernel needs for the duration of the call."""
+
+    dtype: DType
+    size: int  # elements
+
+
+@dataclass(eq=False)
+class LoweredKernel:
+    """A group lowered to a kernel, with what the runtime binds to each parameter.
+
+    ``arrays[k]`` is bound to ``kernel.arrays[k]``: a ``Value`` (its buffer), a
+    ``Scratch`` or a constant ``Op`` (materialized once). ``ints[k]`` is passed for
+    ``kernel.ints[k]``. ``identity_reads`` are the inputs the kernel reads only at the
+    element it writes (they may share a buffer with an output); ``inplace`` maps outputs
+    to the input whose array they share (the ``inout`` parameter).
+    """
+
+    kernel: Kernel
+    group: FusionGroup
+    kind: str
+    arrays: list[Any]
+    ints: list[int]
+    display_name: str
+    identity_reads: frozenset[Value] = frozenset()
+    inplace: dict[Value, Value] = field(default_factory=dict)
+
+
+@dataclass
+class Ctx:
+    group: FusionGroup
+    ops: dict[Value, Op]
+    threshold: int
+    inplace: dict[Value, Value]
+
+
+def default_parallel_threshold() -> int:
+    return int(config.value("parallel_threshold"))
+
+
+# ---------------------------------------------------------------------------------------
+# Shared pieces
+
+
+class Arrays:
+    """Array parameters of a kernel bound to values, in a fixed order."""
+
+    def __init__(self, b: KernelBuilder) -> None:
+        self.b = b
+        self.bound: list[Any] = []
+        self.of: dict[Value, str] = {}
+
+    def value(self, v: Value, role: str) -> str:
+        if v not in self.of:
+            self.of[v] = self.b.array(v.dtype, role)
+            self.bound.append(v)
+        return self.of[v]
+
+    def scratch(self, dtype: DType, size: int) -> str:
+        name = self.b.array(dtype, "scratch")
+        self.bound.append(Scratch(dtype, size))
+        return name
+
+    def const(self, op: Op) -> str:
+        """An array holding a constant op's data (materialized once by the runtime)."""
+        for name, bound in zip((a.name for a in self.b.arrays), self.bound, strict=True):
+            if bound is op:
+                return name
+        self.bound.append(op)
+        return self.b.array(op.output.dtype, "const")
+
+    def emitter(self, ops: dict[Value, Op], inputs: dict[Value, str], **kw: Any) -> Emitter:
+        em = Emitter(self.b, ops, inputs, **kw)
+        em.const_array = self.const  # type: ignore[method-assign]
+        return em
+
+
+def _dtype_name(dt: DType) -> str:
+    return dt.value
+
+
+def _shape_name(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape)) if shape else "scalar"
+
+
+def kernel_names(kind: str, dtype: DType, shape: tuple[int, ...]) -> tuple[str, str]:
+    """(function name: kind, dtype and rank, shared by all shapes; display name with
+    the concrete shape)."""
+    rank = f"{len(shape)}d"
+    return f"{kind}_{_dtype_name(dtype)}_{rank}", f"{kind}_{_dtype_name(dtype)}_{_shape_name(shape)}"
+
+
+def finish(
+    ctx: Ctx,
+    b: KernelBuilder,
+    arrays: Arrays,
+    em: Emitter | None,
+    kind: str,
+    dtype: DType,
+    shape: tuple[int, ...],
+    fastmath: tuple[str, ...],
+    helpers: list[Kernel] | None = None,
+    identity: frozenset[Value] = frozenset(),
+) -> LoweredKernel:
+    name, display = kernel_names(kind, dtype, shape)
+    kernel = Kernel(
+        name=name,
+        kind=kind,
+        arrays=list(b.arrays),
+        ints=list(b.ints),
+        body=b.finish(),
+        consts=dict(b.consts),
+        mathlib=set(b.mathlib),
+        parallel=b.parallel,
+        fastmath=fastmath,
+        helpers=helpers or [],
+        doc=describe_ops(ctx.group, concrete=False),
+    )
+    return LoweredKernel(kernel, ctx.group, kind, list(arrays.bound), list(b.int_values), display,
+                         identity, dict(ctx.inplace))
+
+
+def root_index(em: Emitter, b: KernelBuilder, shape_exprs: tuple[str, ...], flat_mode: bool,
+                parallel: bool, total_key: Any, total: int) -> Callable[[Callable[[Index], None]], None]:
+    """Runs ``body(index)`` inside a loop (nest) over ``shape_exprs``."""
+
+    def run(body: Callable[[Index], None]) -> None:
+        if all(s == "1" for s in shape_exprs):
+            body(Index(shape_exprs, tuple("0" for _ in shape_exprs), "0"))
+            return
+        if flat_mode:
+            nonunit = [s for s in shape_exprs if s != "1"]
+            n = nonunit[0] if len(nonunit) == 1 else b.int_param(total_key, total)
+            with b.loop(n, parallel=parallel) as i:
+                em.root_flat = i
+                body(Index(shape_exprs, None, i))
+            return
+        dims: list[str] = []
+
+        def nest(k: int) -> None:
+            if k == len(shape_exprs):
+                flat = linearize(b, tuple(dims), shape_exprs)
+                em.root_flat = flat
+                body(Index(shape_exprs, tuple(dims), flat))
+                return
+            if shape_exprs[k] == "1":
+                dims.append("0")
+                nest(k + 1)
+                dims.pop()
+                return
+            first = all(s == "1" for s in shape_exprs[:k])
+            with b.loop(shape_exprs[k], parallel=parallel and first) as i:
+                dims.append(i)
+                nest(k + 1)
+                dims.pop()
+
+        nest(0)
+
+    return run
+
+
+def index_like(shape: tuple[int, ...], base: Index, base_shape: tuple[int, ...]) -> Index:
+    """An index into a value of ``shape`` whose non-unit axes are those of ``base``'s value
+    (a reshape that only inserts or removes unit axes): same linear index."""
+    b_nonunit = [k for k, n in enumerate(base_shape) if n != 1]
+    v_nonunit = [k for k, n in enumerate(shape) if n != 1]
+    if [base_shape[k] for k in b_nonunit] != [shape[k] for k in v_nonunit]:
+        raise Unsupported(f"an output of shape {shape} is not in the iteration space {base_shape}")
+    sh = ["1"] * len(shape)
+    dims = ["0"] * len(shape)
+    for vk, bk in zip(v_nonunit, b_nonunit, strict=True):
+        sh[vk] = base.shape[bk]
+        if base.dims is not None:
+            dims[vk] = base.dims[bk]
+    return Index(tuple(sh), tuple(dims) if base.dims is not None else None, base.flat)
+
+
+def provider_at(em: Emitter, var: str, flat: str, what: str) -> Callable[[Index], Elem]:
+    def provide(idx: Index) -> Elem:
+        if em.flat(idx) != flat:
+            raise Unsupported(f"{what} is read at another element than the one being computed")
+        return Elem(var)
+
+    return provide
+
+
+def store(b: KernelBuilder, array: str, flat: str, elem: Elem) -> None:
+    b.store(array, flat, elem.expr)
+
+
+# ---------------------------------------------------------------------------------------
+# Header comments
+
+
+def describe_ops(group: FusionGroup, concrete: bool) -> list[str]:
+    """One line per op: ``t2 = mul t0, in1  f32[512,64]  # model.py:3``.
+
+    Names are local to the group (``in<k>`` inputs, ``t<k>`` op results). With
+    ``concrete=False`` shapes show only the rank (``f32[*,*]``, unit axes as ``1``) and
+    no source lines, so the text is shared by every batch size and call site. File
+    names are reduced to printable base names: nothing raw reaches generated source.
+    """
+    names: dict[Value, str] = {v: f"in{k}" for k, v in enumerate(group.inputs)}
+    counter = 0
+    lines = []
+    for op in group.ops:
+        outs = []
+        for v in op.outputs:
+            names[v] = f"t{counter}"
+            counter += 1
+            outs.append(names[v])
+        args = ", ".join(names.get(v, "?") for v in op.inputs)
+        attrs = " ".join(
+            f"{k}={format_attr(val)}" for k, val in op.attrs.items()
+            if not op.prim.attrs[k].implied_by_result and (concrete or k not in ("shape", "start", "limit", "lo", "hi", "size", "value"))
+            and not hasattr(val, "ops")
+        )
+        t = op.outputs[0].type
+        shape = ",".join(str(n) if concrete or n == 1 else "*" for n in t.shape)
+        line = f"{', '.join(outs)} = {op.prim.name} {args}".rstrip()
+        if attrs:
+            line += f"  {attrs}"
+        line += f"  : {t.dtype}[{shape}]"
+        if concrete and op.loc is not None:
+            line += f"  # {printable_file(op.loc.file)}:{int(op.loc.line)}"
+        lines.append(line)
+    return lines

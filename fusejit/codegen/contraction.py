@@ -1,0 +1,266 @@
+"""Contraction and scatter kernels: a dot_general through BLAS (or loops for integers)
+with its elementwise epilogue, and scatter_add's serial accumulation."""
+
+from __future__ import annotations
+
+import math
+
+from fusejit.codegen import rules
+from fusejit.codegen.common import (
+    LOOP_FASTMATH,
+    LOOP_OPS,
+    Arrays,
+    Ctx,
+    LoweredKernel,
+    finish,
+    kernel_names,
+    provider_at,
+    root_index,
+    store,
+)
+from fusejit.codegen.elemental import Emitter, Index, NeedDims, linearize
+from fusejit.codegen.kernel import ArrayParam, Call, Kernel, KernelBuilder, Matmul, Unsupported
+from fusejit.ir import primitives as P
+from fusejit.ir.core import Op, Value
+from fusejit.ir.primitives import OpKind
+from fusejit.ir.transforms.fusion import FusionGroup
+
+# ---------------------------------------------------------------------------------------
+# Matmul kernels: one dot_general through BLAS, then an elementwise epilogue
+
+
+def lower_matmul(ctx: Ctx) -> LoweredKernel:
+    group = ctx.group
+    dot = next(op for op in group.ops if op.prim is P.dot_general)
+    lhs, rhs = dot.inputs
+    d = dot.output
+    for v in (lhs, rhs):
+        if v not in group.inputs:
+            raise Unsupported("a matmul kernel reads its operands from memory")
+    epilogue = [op for op in group.ops if op is not dot]
+    dependent = {d}
+    for op in epilogue:
+        if op.prim.kind not in LOOP_OPS and op.prim is not P.gather:
+            raise Unsupported(f"{op.prim.name} cannot be fused into a matmul epilogue")
+        if any(v in dependent for v in op.inputs):
+            if op.prim.kind is not OpKind.ELEMENTWISE:
+                raise Unsupported("a matmul epilogue reads the product elementwise only")
+            dependent.update(op.outputs)
+    for v in group.outputs:
+        if v.shape != d.shape:
+            raise Unsupported("the outputs of a matmul kernel have the product's shape")
+    if not d.dtype.is_float:
+        return _lower_contraction_loop(ctx, dot)
+    contract, batch = dot.attrs["contract"], dot.attrs["batch"]
+    lperm, (B, M, K), rperm, (_, _, N) = P.dot_general_as_matmul(lhs.shape, rhs.shape, contract, batch)
+    b = KernelBuilder()
+    arrays = Arrays(b)
+    inputs = {v: arrays.value(v, "in") for v in group.inputs}
+    outs = {v: arrays.value(v, "out") for v in group.outputs}
+    em = arrays.emitter(ctx.ops, inputs)
+    sizes = {k: ("1" if n == 1 else b.int_param(("mm", k), n)) for k, n in (("B", B), ("M", M), ("K", K), ("N", N))}
+    (lc, rc), (lb, rb) = contract, batch
+    nb = len(lb)
+
+    def operand(v: Value, perm: tuple[int, ...], first: tuple[int, ...], second: tuple[int, ...],
+                contract_axes: tuple[int, ...], bdims: tuple[int, ...]) -> tuple[str, bool]:
+        """The array holding ``v`` as ``[B, first, second]`` (False) or ``[B, second, first]``
+        (True) in memory, copied to scratch in ``perm`` order when neither view exists.
+        The contracted axes must be in increasing order for both operands to linearize
+        K the same way."""
+        rest = tuple(range(nb, len(v.shape)))
+        if bdims == tuple(range(nb)) and tuple(sorted(contract_axes)) == contract_axes:
+            if first + second == rest:
+                return inputs[v], False
+            if second + first == rest:
+                return inputs[v], True
+        scratch = arrays.scratch(v.dtype, math.prod(v.shape))
+        exprs = em.shape_of(v)
+        canon = tuple(exprs[p] for p in perm)
+        dims = [""] * len(perm)
+
+        def nest(k: int) -> None:
+            if k == len(perm):
+                src = Index(exprs, tuple(dims))
+                dst = linearize(b, tuple(dims[p] for p in perm), canon)
+                b.store(scratch, dst, em.at(v, src).expr)
+                return
+            if canon[k] == "1":
+                dims[perm[k]] = "0"
+                nest(k + 1)
+                return
+            with b.loop(canon[k]) as i:
+                dims[perm[k]] = i
+                nest(k + 1)
+
+        nest(0)
+        return scratch, False
+
+    lfree = tuple(i for i in range(len(lhs.shape)) if i not in lc + lb)
+    rfree = tuple(i for i in range(len(rhs.shape)) if i not in rc + rb)
+    # lhs as [B, M, K] (or [B, K, M]); rhs as [B, K, N] (or [B, N, K]).
+    a_arr, a_t = operand(lhs, lperm, lfree, lc, lc, lb)
+    b_arr, b_t = operand(rhs, rperm, rc, rfree, rc, rb)
+    helpers: list[Kernel] = []
+    if d in outs:
+        c_arr = outs[d]
+    else:
+        same = [v for v in group.outputs if v.dtype == d.dtype]
+        c_arr = outs[same[0]] if same else arrays.scratch(d.dtype, math.prod(d.shape))
+    b.emit(Matmul(a_arr, b_arr, c_arr, sizes["B"], sizes["M"], sizes["K"], sizes["N"], a_t, b_t))
+    rest = [v for v in group.outputs if v is not d]
+    if rest:
+        helper, args = _epilogue_helper(ctx, group, d, c_arr, arrays, b)
+        helpers.append(helper)
+        b.emit(Call(helper.name, args))
+    return finish(ctx, b, arrays, em, "matmul", d.dtype, (M, K, N) if B == 1 else (B, M, K, N),
+                   LOOP_FASTMATH, helpers)
+
+
+def _epilogue_helper(ctx: Ctx, group: FusionGroup, d: Value, c_arr: str, arrays: Arrays,
+                     outer: KernelBuilder) -> tuple[Kernel, tuple[str, ...]]:
+    """The epilogue as a loop kernel of its own (parallel when large: BLAS runs serially
+    in the caller, never inside a parallel region). Returns it and the caller's
+    arguments for it (the same buffers; its ints become the caller's ints)."""
+    epi_ops = tuple(op for op in group.ops if op.prim is not P.dot_general)
+    outputs = tuple(v for v in group.outputs if v is not d)
+    ops = {v: op for op in epi_ops for v in op.outputs}
+    total = math.prod(d.shape)
+    # The product may live in an output's array: read there, then overwritten in place.
+    inplace_out = next((v for v in outputs if arrays.of.get(v) == c_arr), None)
+    for flat_mode in (True, False):
+        b = KernelBuilder(const_prefix="e")
+        sub = Arrays(b)
+        outs = {v: sub.value(v, "out") for v in outputs}
+        in_names = {v: sub.value(v, "in") for v in group.inputs if v not in (d,)}
+        if inplace_out is not None:
+            in_names[d] = outs[inplace_out]
+            k = [a.name for a in b.arrays].index(outs[inplace_out])
+            b.arrays[k] = ArrayParam(outs[inplace_out], d.dtype, "inout")
+        else:
+            in_names[d] = sub.value(d, "in")
+        em = sub.emitter(ops, in_names, allow_delinearize=not flat_mode)
+        exprs = tuple(em.size(d, k) for k in range(len(d.shape)))
+
+        def body(idx: Index, em: Emitter = em, b: KernelBuilder = b, outs: dict = outs) -> None:
+            flat = em.flat(idx)
+            values = [(v, em.at(v, idx)) for v in outputs]  # every read before any write
+            for v, e in values:
+                b.store(outs[v], flat, e.expr)
+
+        try:
+            root_index(em, b, exprs, flat_mode, total >= ctx.threshold, ("total",), total)(body)
+        except NeedDims:
+            continue
+        break
+    name, _ = kernel_names("epilogue", outputs[0].dtype, d.shape)
+    helper = Kernel(name, "epilogue", list(b.arrays), list(b.ints), b.finish(), dict(b.consts),
+                    set(b.mathlib), b.parallel, LOOP_FASTMATH)
+    args: list[str] = []
+    for bound in sub.bound:
+        if isinstance(bound, Value):
+            args.append(c_arr if bound is d else arrays.of.get(bound) or arrays.value(bound, "in"))
+        else:  # a constant array of the epilogue
+            args.append(arrays.const(bound))
+    for k, value in enumerate(b.int_values):
+        args.append(outer.int_param(("epilogue", k), value))
+    return helper, tuple(args)
+
+
+def _lower_contraction_loop(ctx: Ctx, dot: Op) -> LoweredKernel:
+    """An integer dot_general as loops (BLAS has no integer GEMM), epilogue inline."""
+    group = ctx.group
+    lhs, rhs = dot.inputs
+    d = dot.output
+    (lc, rc), (lb, rb) = dot.attrs["contract"], dot.attrs["batch"]
+    b = KernelBuilder()
+    arrays = Arrays(b)
+    inputs = {v: arrays.value(v, "in") for v in group.inputs}
+    outs = {v: arrays.value(v, "out") for v in group.outputs}
+    em = arrays.emitter(ctx.ops, inputs)
+    lfree = [i for i in range(len(lhs.shape)) if i not in lc + lb]
+    rfree = [i for i in range(len(rhs.shape)) if i not in rc + rb]
+    lx, rx = em.shape_of(lhs), em.shape_of(rhs)
+    out_exprs = tuple([lx[a] for a in lb] + [lx[a] for a in lfree] + [rx[a] for a in rfree])
+
+    def body(out_idx: Index) -> None:
+        od = em.dims(out_idx)
+        ld, rd = [""] * len(lhs.shape), [""] * len(rhs.shape)
+        pos = 0
+        for a, c in zip(lb, rb, strict=True):
+            ld[a] = rd[c] = od[pos]
+            pos += 1
+        for a in lfree:
+            ld[a] = od[pos]
+            pos += 1
+        for a in rfree:
+            rd[a] = od[pos]
+            pos += 1
+        acc = b.define(em.const(0, d.dtype).expr)
+
+        def nest(k: int) -> None:
+            if k == len(lc):
+                x = em.at(lhs, Index(lx, tuple(ld)))
+                y = em.at(rhs, Index(rx, tuple(rd)))
+                b.assign(acc, rules.wrap(f"{acc} + {x.expr} * {y.expr}", d.dtype))
+                return
+            if lx[lc[k]] == "1":
+                ld[lc[k]] = rd[rc[k]] = "0"
+                nest(k + 1)
+                return
+            with b.loop(lx[lc[k]]) as i:
+                ld[lc[k]] = rd[rc[k]] = i
+                nest(k + 1)
+
+        nest(0)
+        flat = em.flat(out_idx)
+        em.provided[d] = provider_at(em, acc, flat, "dot_general")
+        for v in group.outputs:
+            store(b, outs[v], flat, em.at(v, out_idx))
+
+    root_index(em, b, out_exprs, False, False, ("total",), math.prod(d.shape))(body)
+    return finish(ctx, b, arrays, em, "matmul_loop", d.dtype, d.shape, LOOP_FASTMATH)
+
+
+# ---------------------------------------------------------------------------------------
+# scatter_add: a serial accumulation loop
+
+
+def lower_scatter(ctx: Ctx) -> LoweredKernel:
+    group = ctx.group
+    op = next(o for o in group.ops if o.prim is P.scatter_add)
+    out = op.output
+    if group.outputs != (out,):
+        raise Unsupported("an indexing kernel has the scatter_add result as its only output")
+    for o in group.ops:
+        if o is not op and o.prim.kind not in LOOP_OPS and o.prim is not P.gather:
+            raise Unsupported(f"{o.prim.name} cannot feed a scatter_add in one kernel")
+    upd, ind = op.inputs
+    axis = op.attrs["axis"]
+    b = KernelBuilder()
+    arrays = Arrays(b)
+    inputs = {v: arrays.value(v, "in") for v in group.inputs}
+    o_arr = arrays.value(out, "out")
+    em = arrays.emitter(ctx.ops, inputs)
+    n_out = b.int_param(("out_total",), out.type.size) if out.type.size != 1 else "1"
+    with b.loop(n_out) as f:
+        b.store(o_arr, f, em.const(0, out.dtype).expr)
+    u_exprs = em.shape_of(upd)
+    n = em.size(out, axis)
+    o_exprs = u_exprs[:axis] + (n,) + u_exprs[axis + 1 :]
+
+    def body(idx: Index) -> None:
+        dims = em.dims(idx)
+        u = em.at(upd, idx)
+        raw = em.at(ind, idx)
+        j = b.let(f"np.int64({raw.expr})")
+        j = b.let(f"{j} + {n} if {j} < 0 else {j}")
+        j = b.let(f"min(max({j}, 0), {n} - 1)") if n != "1" else "0"
+        target = linearize(b, dims[:axis] + (j,) + dims[axis + 1 :], o_exprs)
+        cur = b.load(o_arr, target)
+        b.store(o_arr, target, rules.wrap(f"{cur} + {u.expr}", out.dtype))
+
+    root_index(em, b, u_exprs, False, False, ("total",), upd.type.size)(body)
+    return finish(ctx, b, arrays, em, "scatter_add", out.dtype, upd.shape, LOOP_FASTMATH)
+
+

@@ -1,0 +1,189 @@
+"""The elemental emitter: the value of one element of an IR value, as scalar statements.
+
+XLA's idea: a fused kernel never materializes its intermediate values. To write element
+``idx`` of a group output, the emitter asks the producing op's rule for that element; an
+elementwise rule asks for the same element of its operands, a layout rule rewrites the
+index (broadcast drops or zeroes dimensions, transpose permutes them, reshape goes through
+the linear index, slice is affine, pad and concatenate branch), and a group input is read
+from memory. The recursion bottoms out at loads, constants and loop indices.
+
+An ``Index`` names an element by its per-dimension indices (``dims``), its row-major linear
+index (``flat``) or both, together with the size expressions of the value's shape. A loop
+kernel first tries to run with ``flat`` alone (one loop over all elements); a rule that
+needs ``dims`` raises ``NeedDims`` and the kernel is emitted again as a loop nest.
+
+Results are cached per (value, index) in the builder's scopes, so a value used twice at
+the same element is computed once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fusejit.codegen.kernel import KernelBuilder, Unsupported
+from fusejit.ir.core import Op, Value
+from fusejit.ir.dtypes import DType
+
+
+class NeedDims(Exception):
+    """A rule needs per-dimension indices in a kernel emitted with a linear index only."""
+
+
+@dataclass(frozen=True, slots=True)
+class Index:
+    """An element of a value: ``shape`` holds size expressions (``"1"`` for unit axes),
+    ``dims`` the per-axis index expressions, ``flat`` the linear index expression."""
+
+    shape: tuple[str, ...]
+    dims: tuple[str, ...] | None = None
+    flat: str | None = None
+
+    def key(self) -> tuple[Any, ...]:
+        return ("d", self.dims) if self.dims is not None else ("f", self.flat)
+
+
+@dataclass(frozen=True, slots=True)
+class Elem:
+    """A scalar: an expression (a variable, constant name or literal) and, when it is a
+    compile-time constant, its Python value (for folding and strength reduction)."""
+
+    expr: str
+    const: Any = None
+
+
+Provider = Callable[[Index], "Elem | None"]  # None: not provided at this index
+
+
+class Emitter:
+    """Computes elements of a group's values inside a ``KernelBuilder``.
+
+    ``inputs`` maps the values read from memory to array parameter names; ``provided``
+    maps values a kernel computes itself (accumulators, a GEMM result) to providers;
+    ``ops`` maps the values the group's ops define to those ops. ``allow_delinearize``:
+    when False, a rule that needs ``dims`` of an index known only by ``flat`` raises
+    ``NeedDims``; when True the dims are computed by division.
+    """
+
+    def __init__(
+        self,
+        b: KernelBuilder,
+        ops: dict[Value, Op],
+        inputs: dict[Value, str],
+        provided: dict[Value, Provider] | None = None,
+        allow_delinearize: bool = True,
+    ) -> None:
+        self.b = b
+        self.ops = ops
+        self.inputs = inputs
+        self.provided = provided or {}
+        self.allow_delinearize = allow_delinearize
+        self.identity_reads: dict[Value, bool] = {}  # input -> read only at the root flat index
+        self.root_flat: str | None = None
+
+    # Sizes ----------------------------------------------------------------------------
+    def size(self, v: Value, axis: int) -> str:
+        """The size expression of ``v``'s axis: ``"1"`` when it is 1, else an int parameter."""
+        n = v.shape[axis]
+        return "1" if n == 1 else self.b.int_param(("size", id(v), axis), n)
+
+    def shape_of(self, v: Value) -> tuple[str, ...]:
+        return tuple(self.size(v, k) for k in range(len(v.shape)))
+
+    def offset(self, key: Any, value: int) -> str:
+        """An int parameter for an offset attribute (``"0"`` when it is 0)."""
+        return "0" if value == 0 else self.b.int_param(key, value)
+
+    # Index arithmetic -------------------------------------------------------------------
+    def flat(self, idx: Index) -> str:
+        if idx.flat is not None:
+            return idx.flat
+        assert idx.dims is not None
+        return linearize(self.b, idx.dims, idx.shape)
+
+    def dims(self, idx: Index) -> tuple[str, ...]:
+        if idx.dims is not None:
+            return idx.dims
+        assert idx.flat is not None
+        if all(s == "1" for s in idx.shape):
+            return tuple("0" for _ in idx.shape)
+        if sum(s != "1" for s in idx.shape) == 1:
+            return tuple("0" if s == "1" else idx.flat for s in idx.shape)
+        if not self.allow_delinearize:
+            raise NeedDims()
+        return delinearize(self.b, idx.flat, idx.shape)
+
+    def with_flat(self, idx: Index) -> Index:
+        return idx if idx.flat is not None else Index(idx.shape, idx.dims, self.flat(idx))
+
+    # Elements ---------------------------------------------------------------------------
+    def at(self, v: Value, idx: Index) -> Elem:
+        """The element ``idx`` of ``v`` (emitting whatever statements it needs)."""
+        key = ("elem", id(v), idx.key())
+        found = self.b.lookup(key)
+        if found is not None:
+            return found  # type: ignore[return-value]
+        elem = self.provided[v](idx) if v in self.provided else None
+        if elem is not None:
+            pass
+        elif v in self.inputs:
+            elem = self.load(self.inputs[v], v, idx)
+        elif v in self.ops:
+            op = self.ops[v]
+            rule = op.prim.codegen
+            if rule is None or rule.elemental is None:
+                raise Unsupported(f"{op.prim.name} cannot be computed per element inside this kernel")
+            elem = rule.elemental(self, op, idx)
+        else:  # pragma: no cover - make_group guarantees every operand is defined
+            raise Unsupported("a value is neither an input nor defined in the group")
+        self.b.remember(key, elem)  # type: ignore[arg-type]
+        return elem
+
+    def load(self, array: str, v: Value, idx: Index) -> Elem:
+        flat = self.flat(idx)
+        identity = self.root_flat is not None and flat == self.root_flat
+        self.identity_reads[v] = self.identity_reads.get(v, True) and identity
+        return Elem(self.b.load(array, flat))
+
+    def const_array(self, op: Op) -> str:
+        """The array parameter holding a constant op's data (the lowering binds it)."""
+        raise Unsupported("constant arrays need an array binding")
+
+    def let(self, expr: str) -> Elem:
+        return Elem(self.b.let(expr))
+
+    def const(self, value: Any, dtype: DType) -> Elem:
+        value = dtype.np.type(value).item()
+        return Elem(self.b.const(value, dtype), value)
+
+
+def linearize(b: KernelBuilder, dims: tuple[str, ...], shape: tuple[str, ...]) -> str:
+    """The row-major linear index of ``dims`` in ``shape`` (unit axes contribute nothing)."""
+    flat: str | None = None
+    for d, s in zip(dims, shape, strict=True):
+        if s == "1":
+            continue
+        if flat is None:
+            flat = d
+        else:
+            scaled = b.let(f"{flat} * {s}")
+            flat = b.let(f"{scaled} + {d}") if d != "0" else scaled
+    return flat if flat is not None else "0"
+
+
+def delinearize(b: KernelBuilder, flat: str, shape: tuple[str, ...]) -> tuple[str, ...]:
+    """Per-axis indices of the linear index ``flat`` in ``shape``."""
+    dims: list[str] = []
+    rest = flat
+    nonunit = [k for k, s in enumerate(shape) if s != "1"]
+    for k in reversed(range(len(shape))):
+        s = shape[k]
+        if s == "1":
+            dims.append("0")
+        elif k == nonunit[0]:
+            dims.append(rest)
+        else:
+            dims.append(b.let(f"{rest} % {s}"))
+            rest = b.let(f"{rest} // {s}")
+    return tuple(reversed(dims))

@@ -1,0 +1,111 @@
+"""Loop kernels: elementwise/layout groups over the shape of their outputs, tried first
+as one flat loop over the linear index and, when a rule needs per-axis indices, as a loop
+nest; horizontal groups run several such loops in one kernel."""
+
+from __future__ import annotations
+
+import math
+
+from fusejit.codegen.common import (
+    LOOP_FASTMATH,
+    LOOP_OPS,
+    Arrays,
+    Ctx,
+    LoweredKernel,
+    finish,
+    root_index,
+    store,
+)
+from fusejit.codegen.elemental import Emitter, Index, NeedDims
+from fusejit.codegen.kernel import ArrayParam, KernelBuilder, Unsupported
+from fusejit.ir import primitives as P
+from fusejit.ir.core import Value
+from fusejit.ir.primitives import OpKind
+from fusejit.ir.transforms.fusion import FusionGroup
+
+# ---------------------------------------------------------------------------------------
+# Loop kernels (and horizontal groups of them)
+
+
+def loop_outputs_space(group: FusionGroup) -> tuple[int, ...]:
+    shape = group.outputs[0].shape
+    for v in group.outputs:
+        if v.shape != shape:
+            raise Unsupported(f"loop kernel outputs have different shapes {shape} and {v.shape}")
+    for op in group.ops:
+        if op.prim.kind not in LOOP_OPS and op.prim is not P.gather:
+            raise Unsupported(f"{op.prim.name} cannot be fused into a loop kernel")
+    return shape
+
+
+def emit_loop_body(ctx: Ctx, b: KernelBuilder, arrays: Arrays, group: FusionGroup, flat_mode: bool,
+                    part: int = 0) -> tuple[Emitter, int]:
+    shape = loop_outputs_space(group)
+    total = math.prod(shape)
+    ops = {v: op for op in group.ops for v in op.outputs}
+    inputs = {v: arrays.value(v, "in") for v in group.inputs}
+    outs: dict[Value, str] = {}
+    for v in group.outputs:
+        if v in ctx.inplace:
+            src = ctx.inplace[v]
+            if src not in inputs or src.dtype != v.dtype or src.shape != v.shape:
+                raise Unsupported("an in-place output must have its input's dtype and shape")
+            outs[v] = inputs[src]
+        else:
+            outs[v] = arrays.value(v, "out")
+    em = arrays.emitter(ops, inputs, allow_delinearize=not flat_mode)
+    shape_exprs = tuple(em.size(group.outputs[0], k) for k in range(len(shape)))
+    parallel = total >= ctx.threshold
+
+    def body(idx: Index) -> None:
+        flat = em.flat(idx)
+        # Every element is computed before any is stored: an output written over an input
+        # (donation) must not be seen by a later read of that input.
+        elems = [em.at(v, idx) for v in group.outputs]
+        for v, e in zip(group.outputs, elems, strict=True):
+            store(b, outs[v], flat, e)
+
+    root_index(em, b, shape_exprs, flat_mode, parallel, ("total", part), total)(body)
+    return em, total
+
+
+def lower_loop(ctx: Ctx) -> LoweredKernel:
+    group = ctx.group
+    shape = loop_outputs_space(group)
+    for flat_mode in (True, False):
+        b = KernelBuilder()
+        arrays = Arrays(b)
+        try:
+            em, _ = emit_loop_body(ctx, b, arrays, group, flat_mode)
+        except NeedDims:
+            continue
+        identity = frozenset(v for v, ok in em.identity_reads.items() if ok)
+        for src in ctx.inplace.values():
+            if src not in identity:
+                raise Unsupported("an in-place output's input is read at other elements")
+        # Roles: an input sharing an output's array is "inout".
+        for src in ctx.inplace.values():
+            name = arrays.of[src]
+            k = [a.name for a in b.arrays].index(name)
+            b.arrays[k] = ArrayParam(name, src.dtype, "inout")
+        return finish(ctx, b, arrays, em, "loop", group.outputs[0].dtype, shape, LOOP_FASTMATH,
+                       identity=identity)
+    raise AssertionError("a loop nest always has the dims it needs")  # pragma: no cover
+
+
+def lower_horizontal(ctx: Ctx) -> LoweredKernel:
+    """Independent loop groups run one after another in one kernel."""
+    parts = ctx.group.parts or (ctx.group,)
+    b = KernelBuilder()
+    arrays = Arrays(b)
+    ems = []
+    for k, part in enumerate(parts):
+        if part.kind not in ("loop", "indexing") or any(op.prim.kind is OpKind.REDUCTION for op in part.ops):
+            raise Unsupported("a horizontal kernel holds loop kernels only")
+        pctx = Ctx(part, ctx.ops, ctx.threshold, {})
+        em, _ = emit_loop_body(pctx, b, arrays, part, flat_mode=False, part=k)
+        ems.append(em)
+    first = parts[0].outputs[0]
+    return finish(ctx, b, arrays, None, "horizontal", first.dtype, first.shape, LOOP_FASTMATH)
+
+

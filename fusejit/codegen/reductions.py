@@ -1,0 +1,458 @@
+"""Reduction kernels: ``reduce`` groups (input fusion into one set of reductions, with an
+epilogue in the output space) and ``row`` groups (reductions over trailing axes whose
+results are broadcast back over the same rows, several passes per row)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fusejit.codegen.common import (
+    COLUMN_BLOCK,
+    LOOP_OPS,
+    REDUCE_FASTMATH,
+    SPLIT_CHUNKS,
+    Arrays,
+    Ctx,
+    LoweredKernel,
+    finish,
+    index_like,
+    provider_at,
+    root_index,
+    store,
+)
+from fusejit.codegen.elemental import Elem, Emitter, Index, linearize
+from fusejit.codegen.kernel import KernelBuilder, Unsupported
+from fusejit.ir import primitives as P
+from fusejit.ir.core import Op, Value
+from fusejit.ir.primitives import OpKind
+from fusejit.ir.transforms.fusion import FusionGroup
+
+# ---------------------------------------------------------------------------------------
+# Reductions
+
+
+@dataclass
+class _Reductions:
+    reduces: list[Op]
+    operand_shape: tuple[int, ...]
+    axes: tuple[int, ...]
+    dependent: set[Value]  # values computed from a reduction result
+
+
+def reduced_axes(op: Op) -> tuple[int, ...]:
+    return tuple(sorted(op.attrs["axes"])) if "axes" in op.attrs else (op.attrs["axis"],)
+
+
+def _analyze_reductions(group: FusionGroup) -> _Reductions:
+    reduces = [op for op in group.ops if op.prim.kind is OpKind.REDUCTION]
+    shape = reduces[0].inputs[0].shape
+    axes = reduced_axes(reduces[0])
+    for op in reduces:
+        if op.inputs[0].shape != shape or reduced_axes(op) != axes:
+            raise Unsupported("the reductions of one kernel must share their input shape and axes")
+    dependent: set[Value] = {op.output for op in reduces}
+    for op in group.ops:
+        if op.prim.kind is OpKind.REDUCTION:
+            if any(v in dependent for v in op.inputs):
+                raise Unsupported("a reduction of another reduction's result needs a row kernel")
+            continue
+        if any(v in dependent for v in op.inputs):
+            if op.prim.kind not in LOOP_OPS and op.prim is not P.gather:
+                raise Unsupported(f"{op.prim.name} cannot consume a reduction in this kernel")
+            dependent.update(op.outputs)
+        elif op.prim.kind not in LOOP_OPS and op.prim is not P.gather:
+            raise Unsupported(f"{op.prim.name} cannot be fused into a reduction kernel")
+    return _Reductions(reduces, shape, axes, dependent)
+
+
+class Accumulators:
+    """The accumulators of a set of reductions over one index space."""
+
+    def __init__(self, em: Emitter, reduces: list[Op]) -> None:
+        self.em = em
+        self.b = em.b
+        self.acc: dict[Value, str] = {}
+        self.best_index: dict[Value, str] = {}
+        for op in reduces:
+            rule = op.prim.codegen
+            dt = op.inputs[0].dtype
+            self.acc[op.output] = self.b.define(em.const(rule.init(dt), dt).expr)
+            if rule.arg is not None:
+                self.best_index[op.output] = self.b.define("np.int64(0)")
+
+    def update(self, op: Op, x: Elem, position: str | None = None) -> None:
+        rule = op.prim.codegen
+        dt = op.inputs[0].dtype
+        acc = self.acc[op.output]
+        if rule.arg is None:
+            self.b.assign(acc, rule.combine(self.em, acc, x.expr, dt))
+            return
+        better = f"{x.expr} {rule.arg} {acc}"
+        if dt.is_float:  # the first NaN wins, like np.argmax
+            better = f"({better}) | (({x.expr} != {x.expr}) & ({acc} == {acc}))"
+        cond = self.b.let(better)
+        self.b.assign(acc, f"{x.expr} if {cond} else {acc}")
+        self.b.assign(self.best_index[op.output], f"{position or '0'} if {cond} else {self.best_index[op.output]}")
+
+    def result(self, op: Op) -> str:
+        return self.best_index.get(op.output) or self.acc[op.output]
+
+
+def lower_reduce(ctx: Ctx) -> LoweredKernel:
+    group = ctx.group
+    red = _analyze_reductions(group)
+    in_shape, axes = red.operand_shape, red.axes
+    out_shape = tuple(n for k, n in enumerate(in_shape) if k not in axes)
+    side = [v for v in group.outputs if v not in red.dependent]
+    main = [v for v in group.outputs if v in red.dependent]
+    for v in side:
+        if v.shape != in_shape:
+            raise Unsupported("an output of a reduction kernel is neither in its input nor in its output space")
+    has_arg = any(op.prim.codegen.arg is not None for op in red.reduces)
+    total = math.prod(in_shape)
+    kept = [k for k in range(len(in_shape)) if k not in axes]
+    innermost_reduced = not in_shape or (len(in_shape) - 1) in axes
+    dtype = red.reduces[0].inputs[0].dtype
+    if not axes:
+        strategy = "rows"
+    elif innermost_reduced or has_arg or all(in_shape[k] == 1 for k in kept):
+        strategy = "rows"
+        if math.prod(out_shape) == 1 and total >= ctx.threshold and not has_arg:
+            strategy = "all"
+    else:
+        strategy = "cols"
+    b = KernelBuilder()
+    arrays = Arrays(b)
+    ops = ctx.ops
+    inputs = {v: arrays.value(v, "in") for v in group.inputs}
+    outs = {v: arrays.value(v, "out") for v in group.outputs}
+    em = arrays.emitter(ops, inputs)
+    operand = red.reduces[0].inputs[0]
+    in_exprs = em.shape_of(operand)
+    out_exprs = tuple(in_exprs[k] for k in kept)
+    parallel = total >= ctx.threshold
+    kind = {"rows": "reduce_rows", "cols": "reduce_cols", "all": "reduce_all"}[strategy]
+
+    def store_outputs(out_idx: Index) -> None:
+        flat = em.flat(out_idx)
+        for v in main:
+            store(b, outs[v], flat, em.at(v, index_like(v.shape, out_idx, out_shape)))
+
+    def visit(acc: Accumulators, in_idx: Index, position: str | None) -> None:
+        for op in red.reduces:
+            acc.update(op, em.at(op.inputs[0], in_idx), position)
+        if side:
+            flat = em.flat(in_idx)
+            for v in side:
+                store(b, outs[v], flat, em.at(v, in_idx))
+
+    if not axes:  # a reduction over no axes is the identity (converted)
+        for op in red.reduces:
+            em.provided[op.output] = lambda idx, op=op: em.at(op.inputs[0], idx)
+
+        def identity(idx: Index) -> None:
+            store_outputs(idx)
+            for v in side:
+                store(b, outs[v], em.flat(idx), em.at(v, idx))
+
+        root_index(em, b, in_exprs, False, parallel, ("total",), total)(identity)
+    elif strategy == "rows":
+        axis_of_arg = axes[-1]
+
+        def outer(out_idx: Index) -> None:
+            acc = Accumulators(em, red.reduces)
+            dims: dict[int, str] = {k: d for k, d in zip(kept, out_idx.dims or (), strict=False)}
+
+            def inner(j: int) -> None:
+                if j == len(axes):
+                    all_dims = tuple(dims[k] for k in range(len(in_shape)))
+                    visit(acc, Index(in_exprs, all_dims), dims[axis_of_arg])
+                    return
+                k = axes[j]
+                if in_exprs[k] == "1":
+                    dims[k] = "0"
+                    inner(j + 1)
+                    return
+                with b.loop(in_exprs[k]) as i:
+                    dims[k] = i
+                    inner(j + 1)
+
+            inner(0)
+            flat = em.flat(out_idx)
+            for op in red.reduces:
+                em.provided[op.output] = provider_at(em, acc.result(op), flat, op.prim.name)
+            store_outputs(out_idx)
+
+        root_index(em, b, out_exprs, False, parallel, ("total",), math.prod(out_shape))(outer)
+    elif strategy == "all":
+        chunk = b.int_param(("chunk",), -(-total // SPLIT_CHUNKS))
+        n = b.int_param(("total",), total)
+        parts = {op.output: arrays.scratch(op.inputs[0].dtype, SPLIT_CHUNKS) for op in red.reduces}
+        with b.loop(str(SPLIT_CHUNKS), parallel=True) as c:
+            lo = b.let(f"{c} * {chunk}")
+            hi = b.let(f"min({lo} + {chunk}, {n})")
+            acc = Accumulators(em, red.reduces)
+            with b.loop(hi, start=lo) as f:
+                visit(acc, Index(in_exprs, None, f), None)
+            for op in red.reduces:
+                b.store(parts[op.output], c, acc.acc[op.output])
+        total_acc = Accumulators(em, red.reduces)
+        with b.loop(str(SPLIT_CHUNKS)) as c:
+            for op in red.reduces:
+                x = Elem(b.load(parts[op.output], c))
+                total_acc.update(op, x)
+        out_idx = Index(out_exprs, tuple("0" for _ in out_exprs), "0")
+        for op in red.reduces:
+            em.provided[op.output] = provider_at(em, total_acc.result(op), "0", op.prim.name)
+        store_outputs(out_idx)
+    else:  # cols: accumulate into arrays in the input's memory order
+        acc_arrays: dict[Value, str] = {}
+        for op in red.reduces:
+            v = op.output
+            acc_arrays[v] = outs[v] if v in outs else arrays.scratch(v.dtype, math.prod(out_shape))
+        n_out = b.int_param(("out_total",), math.prod(out_shape))
+        with b.loop(n_out, parallel=parallel) as f:
+            for op in red.reduces:
+                dt = op.inputs[0].dtype
+                b.store(acc_arrays[op.output], f, em.const(op.prim.codegen.init(dt), dt).expr)
+        last = len(in_shape) - 1
+        dims: list[str] = []
+        blocked = parallel and axes[0] == 0 and len(in_shape) > 1
+        outer_parallel = parallel and not blocked and 0 not in axes and in_exprs[0] != "1"
+
+        def nest(k: int, lo: str | None, hi: str | None) -> None:
+            if k == len(in_shape):
+                in_idx = Index(in_exprs, tuple(dims))
+                out_flat = linearize(b, tuple(dims[j] for j in kept), out_exprs)
+                for op in red.reduces:
+                    arr = acc_arrays[op.output]
+                    x = em.at(op.inputs[0], in_idx)
+                    cur = b.load(arr, out_flat)
+                    b.store(arr, out_flat, op.prim.codegen.combine(em, cur, x.expr, op.inputs[0].dtype))
+                for v in side:
+                    store(b, outs[v], em.flat(in_idx), em.at(v, in_idx))
+                return
+            if in_exprs[k] == "1":
+                dims.append("0")
+                nest(k + 1, lo, hi)
+                dims.pop()
+                return
+            if k == last and lo is not None:
+                ctxm = b.loop(hi, start=lo)
+            else:
+                ctxm = b.loop(in_exprs[k], parallel=outer_parallel and k == 0)
+            with ctxm as i:
+                dims.append(i)
+                nest(k + 1, lo, hi)
+                dims.pop()
+
+        if blocked:
+            width = in_exprs[last]
+            nb = b.let(f"({width} + {COLUMN_BLOCK - 1}) // {COLUMN_BLOCK}")
+            with b.loop(nb, parallel=True) as blk:
+                lo = b.let(f"{blk} * {COLUMN_BLOCK}")
+                hi = b.let(f"min({lo} + {COLUMN_BLOCK}, {width})")
+                nest(0, lo, hi)
+        else:
+            nest(0, None, None)
+        # Outputs other than the accumulated ones: a loop over the output space reading
+        # the accumulators (any element of them: they are complete).
+        epilogue_outputs = [v for v in main if not (v in acc_arrays and acc_arrays[v] == outs.get(v))]
+        if epilogue_outputs:
+            epi_inputs = dict(inputs)
+            epi_inputs.update(acc_arrays)
+            em2 = arrays.emitter(ops, epi_inputs)
+
+            def epilogue(idx: Index) -> None:
+                flat = em2.flat(idx)
+                for v in epilogue_outputs:
+                    store(b, outs[v], flat, em2.at(v, index_like(v.shape, idx, out_shape)))
+
+            out_size = math.prod(out_shape)
+            root_index(em2, b, out_exprs, False, out_size >= ctx.threshold, ("out_total",), out_size)(epilogue)
+    return finish(ctx, b, arrays, em, kind, dtype, in_shape, REDUCE_FASTMATH)
+
+
+# ---------------------------------------------------------------------------------------
+# Row kernels: reductions over trailing axes and their broadcast consumers
+
+
+def lower_row(ctx: Ctx) -> LoweredKernel:
+    group = ctx.group
+    reduces = [op for op in group.ops if op.prim.kind is OpKind.REDUCTION]
+    shape = reduces[0].inputs[0].shape
+    axes = reduced_axes(reduces[0])
+    rank = len(shape)
+    if not axes or axes != tuple(range(rank - len(axes), rank)):
+        raise Unsupported("a row kernel reduces trailing axes")
+    for op in reduces:
+        if op.inputs[0].shape != shape or reduced_axes(op) != axes:
+            raise Unsupported("the reductions of a row kernel must share their input shape and axes")
+    for op in group.ops:
+        if op.prim.kind not in LOOP_OPS and op.prim is not P.gather and op.prim.kind is not OpKind.REDUCTION:
+            raise Unsupported(f"{op.prim.name} cannot be fused into a row kernel")
+    nrow = rank - len(axes)
+    row_shape = shape[:nrow]
+    # Passes: a reduction runs after the reductions its operand depends on.
+    level: dict[Value, int] = {}
+    for op in group.ops:
+        deps = [level[v] for v in op.inputs if v in level]
+        lv = max(deps, default=0)
+        if op.prim.kind is OpKind.REDUCTION:
+            lv += 1
+        if deps or op.prim.kind is OpKind.REDUCTION:
+            for v in op.outputs:
+                level[v] = lv
+    n_pass = max(level[op.output] for op in reduces)
+    stashed = _row_stash_candidates(group, ctx.ops, shape, level, n_pass)
+    full_outputs = [v for v in group.outputs if v.shape == shape]
+    row_outputs = [v for v in group.outputs if v.shape != shape]
+    b = KernelBuilder()
+    arrays = Arrays(b)
+    inputs = {v: arrays.value(v, "in") for v in group.inputs}
+    outs = {v: arrays.value(v, "out") for v in group.outputs}
+    em = arrays.emitter(ctx.ops, inputs)
+    exprs = em.shape_of(reduces[0].inputs[0])
+    row_exprs = exprs[:nrow]
+    total = math.prod(shape)
+    parallel = total >= ctx.threshold and math.prod(row_shape) > 1
+    row_len = b.int_param(("row_len",), math.prod(shape[nrow:])) if math.prod(shape[nrow:]) != 1 else "1"
+    threads = max_threads()
+    rows_of_scratch = threads if parallel else 1
+    stash_arrays = {v: arrays.scratch(v.dtype, rows_of_scratch * math.prod(shape[nrow:])) for v in stashed}
+
+    def row_body(row: Index) -> None:
+        row_flat = em.flat(row)
+        q = em.dims(row)
+
+        def over_row(fn: Callable[[Index], None]) -> None:
+            dims = list(q)
+
+            def nest(k: int) -> None:
+                if k == rank:
+                    idx = Index(exprs, tuple(dims))
+                    fn(Index(exprs, tuple(dims), em.flat(idx)))
+                    return
+                if exprs[k] == "1":
+                    dims.append("0")
+                    nest(k + 1)
+                    dims.pop()
+                    return
+                with b.loop(exprs[k]) as j:
+                    dims.append(j)
+                    nest(k + 1)
+                    dims.pop()
+
+            nest(nrow)
+
+        base = None
+        if stashed and parallel:  # this thread's row of scratch
+            tid = b.define("thread_id()")
+            base = b.let(f"{tid} * {row_len}")
+        elif stashed:  # serial: one row (thread_id() needs Numba's threading layer loaded)
+            base = "0"
+
+        def in_row(idx: Index) -> str:
+            assert idx.dims is not None
+            return linearize(b, idx.dims[nrow:], exprs[nrow:])
+
+        for p in range(1, n_pass + 1):
+            now = [op for op in reduces if level[op.output] == p]
+            stash_now = [v for v, first in stashed.items() if first == p]
+            acc = Accumulators(em, now)
+
+            def visit(idx: Index, acc: Accumulators = acc, now: list[Op] = now, stash_now: list = stash_now) -> None:
+                for op in now:
+                    acc.update(op, em.at(op.inputs[0], idx), idx.dims[rank - 1] if idx.dims else None)
+                for v in stash_now:
+                    b.store(stash_arrays[v], b.let(f"{base} + {in_row(idx)}"), em.at(v, idx).expr)
+
+            over_row(visit)
+            for op in now:
+                em.provided[op.output] = provider_at(em, acc.result(op), row_flat, op.prim.name)
+            for v in stash_now:
+                em.provided[v] = _stash_provider(em, b, stash_arrays[v], base, q, in_row)
+        for v in row_outputs:
+            idx = index_like(v.shape, row, row_shape)
+            store(b, outs[v], row_flat, em.at(v, idx))
+        if full_outputs:
+            over_row(lambda idx: [store(b, outs[v], idx.flat, em.at(v, idx)) for v in full_outputs])
+
+    root_index(em, b, row_exprs, False, parallel, ("rows",), math.prod(row_shape))(row_body)
+    return finish(ctx, b, arrays, em, "row", reduces[0].inputs[0].dtype, shape, REDUCE_FASTMATH)
+
+
+# Ops costly enough that a row kernel stores their results for later passes instead of
+# recomputing them (softmax computes exp once, not twice).
+EXPENSIVE = frozenset({"exp", "log", "log1p", "expm1", "tanh", "logistic", "sin", "cos", "pow"})
+
+
+def max_threads() -> int:
+    """The most threads a parallel kernel can run on (sizes per-thread scratch)."""
+    import numba
+
+    return int(numba.config.NUMBA_NUM_THREADS)
+
+
+def _row_stash_candidates(group: FusionGroup, ops: dict[Value, Op], shape: tuple[int, ...],
+                          level: dict[Value, int], n_pass: int) -> dict[Value, int]:
+    """Full-row values needed by more than one pass whose computation holds an expensive
+    op, mapped to the pass that computes them first (and stores them in a per-thread row
+    of scratch that later passes read)."""
+    members = {id(op) for op in group.ops}
+    passes: dict[Value, set[int]] = {}
+
+    def mark(v: Value, p: int) -> None:
+        op = ops.get(v)
+        if op is None or id(op) not in members or op.prim.kind is OpKind.REDUCTION:
+            return
+        if p in passes.setdefault(v, set()):
+            return
+        passes[v].add(p)
+        for u in op.inputs:
+            mark(u, p)
+
+    for op in group.ops:
+        if op.prim.kind is OpKind.REDUCTION:
+            mark(op.inputs[0], level[op.output])
+    for v in group.outputs:
+        if v.shape == shape:
+            mark(v, n_pass + 1)
+
+    def expensive(v: Value, seen: set[int]) -> bool:
+        op = ops.get(v)
+        if op is None or id(op) not in members or op.prim.kind is OpKind.REDUCTION or id(op) in seen:
+            return False
+        seen.add(id(op))
+        return op.prim.name in EXPENSIVE or any(expensive(u, seen) for u in op.inputs)
+
+    chosen: dict[Value, int] = {}
+    for v, ps in passes.items():
+        if v.shape == shape and len(ps) > 1 and min(ps) <= n_pass and expensive(v, set()):
+            chosen[v] = min(ps)
+    # A value whose every later use goes through a chosen value needs no stash of its own.
+    return {v: p for v, p in chosen.items() if not _only_through(v, chosen, group, ops)}
+
+
+def _only_through(v: Value, chosen: dict[Value, int], group: FusionGroup, ops: dict[Value, Op]) -> bool:
+    users = [op for op in group.ops if v in op.inputs]
+    later = [op for op in users if op.prim.kind is not OpKind.REDUCTION]
+    return bool(later) and v not in group.outputs and all(
+        any(o in chosen for o in op.outputs) for op in later
+    ) and not any(op.prim.kind is OpKind.REDUCTION for op in users)
+
+
+def _stash_provider(em: Emitter, b: KernelBuilder, array: str, base: str | None, q: tuple[str, ...],
+                    in_row: Callable[[Index], str]) -> Callable[[Index], Elem | None]:
+    """Reads a stashed value when asked for an element of the current row."""
+
+    def provide(idx: Index) -> Elem | None:
+        if idx.dims is None or tuple(idx.dims[: len(q)]) != tuple(q):
+            return None  # another row: compute it
+        return Elem(b.load(array, f"{base} + {in_row(idx)}"))
+
+    return provide
+
+

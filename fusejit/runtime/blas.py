@@ -1,0 +1,64 @@
+"""The thread count of the BLAS that kernels call (SciPy's OpenBLAS, through Numba's
+``np.dot``).
+
+On a machine with few cores, OpenBLAS's thread pool and Numba's (OpenMP) pool fight when
+a function alternates GEMMs with parallel kernels: the threads of one spin while the
+other needs the cores. Measured on the 2-core VMs (``bench/bench_backend.py blas``): the
+small-CNN training step took 42-48 ms with 2 BLAS threads and 5.5-7 ms with 1, while an
+MLP step without parallel kernels took 1.5 ms with 2 BLAS threads and 2.1 ms with 1. So
+by default (``FUSEJIT_BLAS_THREADS=auto``) an executable that runs both parallel kernels
+and GEMMs runs its GEMMs on one thread, and any other executable with GEMMs uses the
+BLAS's own default; an integer fixes the count for every executable. NumPy's own
+OpenBLAS (a separate library) is never touched; SciPy's is process-wide, so a
+``scipy.linalg`` call made after a fusejit call sees the count fusejit last set.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+from typing import Any
+
+from fusejit import config
+
+_state: dict[str, Any] = {"lib": None, "default": None, "current": None, "missing": False}
+
+
+def _library() -> Any:
+    """SciPy's OpenBLAS (the one Numba's ``np.dot`` calls), or None if it is not found."""
+    if _state["lib"] is None and not _state["missing"]:
+        try:
+            import scipy
+
+            pattern = os.path.join(os.path.dirname(os.path.dirname(scipy.__file__)), "scipy.libs",
+                                   "libscipy_openblas*.so*")
+            path = sorted(glob.glob(pattern))[0]
+            lib = ctypes.CDLL(path)
+            lib.scipy_openblas_set_num_threads.argtypes = [ctypes.c_int]
+            _state["default"] = int(lib.scipy_openblas_get_num_threads())
+            _state["current"] = _state["default"]
+            _state["lib"] = lib
+        except (ImportError, IndexError, OSError, AttributeError):
+            _state["missing"] = True  # another BLAS build: leave it alone
+    return _state["lib"]
+
+
+def threads_for(has_parallel_kernels: bool) -> int | None:
+    """The BLAS thread count an executable should run with (None: leave it alone)."""
+    setting = str(config.value("blas_threads")).strip().lower()
+    if _library() is None:
+        return None
+    if setting == "auto":
+        return 1 if has_parallel_kernels else _state["default"]
+    try:
+        return max(1, int(setting))
+    except ValueError:
+        return None
+
+
+def use(threads: int | None) -> None:
+    """Sets the BLAS thread count if it differs from the last one set (cheap to repeat)."""
+    if threads is not None and threads != _state["current"] and _state["lib"] is not None:
+        _state["lib"].scipy_openblas_set_num_threads(threads)
+        _state["current"] = threads

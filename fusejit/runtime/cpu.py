@@ -1,0 +1,696 @@
+"""The CPU executable: kernels compiled by Numba, called from generated code.
+
+Built once per signature:
+
+1. every fusion group is lowered (``fusejit.codegen.lower_group``); a group the code
+   generator refuses is split into one kernel per op, and a lone reshape (a view on flat
+   buffers) becomes an alias instead of a kernel;
+2. storage: parameters are the caller's arrays, results are fresh arrays allocated per
+   call (or a donated parameter's buffer, written in place when the kernel reads it only
+   at the element it writes), constant arrays are materialized once, every other value
+   and all kernel scratch live in one arena planned by value lifetimes
+   (``fusejit.runtime.buffers``), allocated once: the steady state allocates outputs only;
+3. calls go through a Python function generated for this executable (``_runner``: ravel
+   the arguments, allocate the outputs, call, return) and either each kernel in turn or
+   one generated *entry* module, a serial njit function taking the flat parameters and
+   outputs, the arena, the constants and one int64 array of sizes and offsets, which
+   calls every kernel. The entry's text holds no sizes, so a new batch size reuses it.
+
+Entry vs per-kernel calls (``bench/bench_backend.py entry``): 10 small kernels cost
+1.0 us per call through the entry and 2.4 us called one by one from Python, but compiling
+an entry costs 0.2-0.4 s (Numba re-optimizes the kernels linked into it). So a function's
+first call runs its kernels one by one, the entry is compiled on the second call (or at
+once when an earlier process compiled and cached it), and a single-kernel function never
+gets one. ``FUSEJIT_DEBUG_NANS=1`` runs the kernels one by one and checks each one's
+outputs for NaN/inf.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import threading
+import warnings
+import weakref
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fusejit import config
+from fusejit.codegen import cpu as cpu_printer
+from fusejit.codegen.kernel import Unsupported
+from fusejit.codegen.lowering import LoweredKernel, Scratch, describe_ops, lower_group
+from fusejit.ir import primitives as P
+from fusejit.ir.core import Function, Op, Value
+from fusejit.ir.dtypes import DType
+from fusejit.ir.transforms.fusion import FusedFunction, FusionGroup, make_group
+from fusejit.runtime import blas, buffers
+from fusejit.runtime.cache import (
+    compile_dispatchers,
+    entry_is_cached,
+    load_module,
+    mark_entry_cached,
+    module_name,
+)
+
+# The entry function is compiled once a function has been called this many times (or at
+# once when an earlier process compiled and cached it).
+ENTRY_AFTER_CALLS = 1
+# Outputs at least this large are recycled once the caller drops them: a fresh large
+# array page-faults on first touch (glibc mmaps it), which halved an elementwise op's
+# bandwidth over 64 MiB outputs.
+RECYCLE_MIN_BYTES = 1 << 20
+
+
+def _numba_types() -> tuple[Any, dict[DType, Any]]:
+    from numba import types
+
+    return types, {DType.bool: types.boolean, DType.i32: types.int32, DType.i64: types.int64,
+                   DType.f32: types.float32, DType.f64: types.float64}
+
+
+class DonationError(ValueError):
+    """A donated array was passed again after a call consumed its buffer."""
+
+
+@dataclass(frozen=True, slots=True)
+class KernelInfo:
+    """One kernel of an executable, as ``Compiled.kernels`` reports it."""
+
+    name: str
+    ops: tuple[str, ...]
+    bytes_in: int
+    bytes_out: int
+    source: str = ""
+
+
+# Arrays whose buffers a call consumed (donated and not returned), by id; entries leave
+# when the array is garbage collected.
+_consumed: dict[int, str] = {}
+
+
+def _mark_consumed(arr: np.ndarray, message: str) -> None:
+    key = id(arr)
+    try:
+        weakref.finalize(arr, _consumed.pop, key, None)
+    except TypeError:  # pragma: no cover - every ndarray supports weak references
+        return
+    _consumed[key] = message
+
+
+def check_not_consumed(arrays: Sequence[Any]) -> None:
+    if _consumed:
+        for a in arrays:
+            msg = _consumed.get(id(a))
+            if msg is not None:
+                raise DonationError(msg)
+
+
+# ---------------------------------------------------------------------------------------
+# Lowering all groups
+
+
+def _is_alias(group: FusionGroup, results: set[Value]) -> bool:
+    """A lone op that only relabels a flat buffer (no kernel needed)."""
+    if len(group.ops) != 1:
+        return False
+    op = group.ops[0]
+    if op.output in results or not op.inputs:
+        return False
+    x = op.inputs[0]
+    if op.prim in (P.reshape, P.stop_gradient):
+        return x.dtype == op.output.dtype
+    if op.prim is P.convert:
+        return x.dtype == op.output.dtype
+    if op.prim is P.broadcast_in_dim or op.prim is P.transpose:
+        return x.type.size == op.output.type.size and _same_linear_order(op)
+    return False
+
+
+def _same_linear_order(op: Op) -> bool:
+    x = op.inputs[0]
+    if op.prim is P.transpose:
+        moved = [p for p in op.attrs["perm"] if x.shape[p] != 1]
+        return moved == sorted(moved)
+    return [n for n in x.shape if n != 1] == [n for n in op.output.shape if n != 1]
+
+
+def lower_all(fused: FusedFunction, threshold: int | None = None) -> list[FusionGroup | LoweredKernel]:
+    """Each group lowered (or kept as an alias group); refused groups split per op."""
+    fn = fused.function
+    results = set(fn.results)
+    users = fn.users()
+    out: list[FusionGroup | LoweredKernel] = []
+    for group in fused.groups:
+        if _is_alias(group, results):
+            out.append(group)
+            continue
+        try:
+            out.append(lower_group(group, parallel_threshold=threshold))
+        except Unsupported:
+            if len(group.ops) == 1 and group.kind != "horizontal":
+                raise
+            parts = group.parts if group.kind == "horizontal" and group.parts else None
+            if parts:
+                subgroups = list(parts)
+            else:
+                owned = {v for v in group.outputs}
+                needed = set(results) | owned
+                subgroups = [make_group([op], needed, users, _kind_of(op)) for op in group.ops]
+            out += lower_all(FusedFunction(fn, tuple(subgroups)), threshold)
+    return out
+
+
+def _distances(v: Value, producers: dict[Value, Op], limit: int = 64) -> dict[Value, int]:
+    """How many ops separate ``v`` from each value it is computed from (breadth first)."""
+    seen = {v: 0}
+    frontier = [v]
+    while frontier and len(seen) < limit:
+        nxt = []
+        for u in frontier:
+            op = producers.get(u)
+            for w in op.inputs if op is not None else ():
+                if w not in seen:
+                    seen[w] = seen[u] + 1
+                    nxt.append(w)
+        frontier = nxt
+    return seen
+
+
+def _kind_of(op: Op) -> str:
+    from fusejit.ir.primitives import OpKind
+
+    return {OpKind.REDUCTION: "reduce", OpKind.CONTRACTION: "matmul"}.get(
+        op.prim.kind, "indexing" if op.prim is P.scatter_add else "loop"
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# The executable
+
+
+@dataclass
+class _Step:
+    lowered: LoweredKernel
+    module: str
+    source: str
+    dispatcher: Any
+    array_refs: list[tuple[str, Any]]  # per kernel array: storage reference
+    int_slots: list[int]  # positions in the size array
+
+
+class CpuExecutable:
+    """Runs a function's kernels through one compiled entry function (see module doc)."""
+
+    def __init__(self, fn: Function, fused: FusedFunction, donate_argnums: Sequence[int] = (),
+                 threshold: int | None = None) -> None:
+        self.function = fn
+        self.fused = fused
+        self.donated = tuple(sorted(set(donate_argnums)))
+        items = lower_all(fused, threshold)
+        self._build(items)
+
+    # Construction -------------------------------------------------------------------
+    def _build(self, items: list[FusionGroup | LoweredKernel]) -> None:
+        fn = self.function
+        params = {p: k for k, p in enumerate(fn.params)}
+        result_values = list(dict.fromkeys(r for r in fn.results if r not in params))
+        self._outputs = {v: j for j, v in enumerate(result_values)}
+        aliases: dict[Value, Value] = {}
+        for item in items:
+            if isinstance(item, FusionGroup):
+                aliases[item.ops[0].output] = item.ops[0].inputs[0]
+
+        def root(v: Value) -> Value:
+            while v in aliases:
+                v = aliases[v]
+            return v
+
+        kernels = [it for it in items if isinstance(it, LoweredKernel)]
+        defined_at: dict[Value, int] = {}
+        last_read: dict[Value, int] = {}
+        for s, lk in enumerate(kernels):
+            for v in lk.group.outputs:
+                defined_at[v] = s
+            for v in lk.group.inputs:
+                last_read[root(v)] = s
+        for r in fn.results:
+            last_read[root(r)] = len(kernels)
+        # Donation: a result may take the buffer of a donated parameter of its size.
+        in_param: dict[Value, int] = {}
+        free = [fn.params[k] for k in self.donated if k < len(fn.params)]
+        producers = fn.producers()
+        for v in result_values:
+            if v not in defined_at or v in aliases:
+                continue
+            s = defined_at[v]
+            # Prefer the parameter the result is computed from most directly (``p - lr * g``
+            # goes into ``p``'s buffer), then the order of donate_argnums.
+            near = _distances(v, producers)
+            for p in sorted(free, key=lambda p: near.get(p, len(near) + 1)):
+                if p.dtype != v.dtype or p.type.size != v.type.size or p in fn.results:
+                    continue
+                last = last_read.get(p, -1)
+                if last < s:
+                    in_param[v] = params[p]
+                    free.remove(p)
+                    break
+                if last == s and kernels[s].kind == "loop" and p in kernels[s].identity_reads:
+                    try:
+                        kernels[s] = lower_group(kernels[s].group, inplace={**kernels[s].inplace, v: p})
+                    except Unsupported:
+                        continue
+                    in_param[v] = params[p]
+                    free.remove(p)
+                    break
+        self._in_param = in_param
+        # Storage of every value a kernel touches.
+        consts: list[Op] = []
+        const_index: dict[int, int] = {}
+
+        def ref(v: Any) -> tuple[str, Any]:
+            if isinstance(v, Op):
+                if id(v) not in const_index:
+                    const_index[id(v)] = len(consts)
+                    consts.append(v)
+                return ("const", const_index[id(v)])
+            r = root(v)
+            if r in params:
+                return ("param", params[r])
+            if r in in_param:
+                return ("param", in_param[r])
+            if r in self._outputs:
+                return ("out", self._outputs[r])
+            return ("buf", r)
+
+        steps: list[buffers.Step] = []
+        plan_refs: list[list[tuple[str, Any]]] = []
+        for s, lk in enumerate(kernels):
+            refs = []
+            scratch = []
+            for k, bound in enumerate(lk.arrays):
+                if isinstance(bound, Scratch):
+                    key = ("scratch", s, k)
+                    scratch.append((key, bound.size * bound.dtype.itemsize))
+                    refs.append(("buf", key))
+                else:
+                    refs.append(ref(bound))
+            defines = [(root(v), v.type.nbytes) for v in lk.group.outputs if ref(v)[0] == "buf"]
+            reads = [root(v) for v in lk.group.inputs if ref(v)[0] == "buf"]
+            steps.append(buffers.Step(defines, reads, scratch))
+            plan_refs.append(refs)
+        self.plan = buffers.plan(steps)
+        self._consts = [np.ascontiguousarray(np.asarray(op.prim.impl(**op.attrs)[0])).reshape(-1)
+                        for op in consts]
+        # The size array: arena slices first, then every kernel's ints.
+        buf_keys = list(dict.fromkeys(r[1] for refs in plan_refs for r in refs if r[0] == "buf"))
+        dims: list[int] = []
+        buf_slot: dict[Hashable, int] = {}
+        buf_dtype: dict[Hashable, Any] = {}
+        for refs, lk in zip(plan_refs, kernels, strict=True):
+            for r, param in zip(refs, lk.kernel.arrays, strict=True):
+                if r[0] == "buf":
+                    buf_dtype[r[1]] = param.dtype
+        for key in buf_keys:
+            iv = self.plan.slots[key]
+            buf_slot[key] = len(dims)
+            dims += [iv.offset, iv.offset + iv.nbytes]
+        self._steps: list[_Step] = []
+        for lk, refs in zip(kernels, plan_refs, strict=True):
+            source = cpu_printer.module_source(lk.kernel)
+            slots = list(range(len(dims), len(dims) + len(lk.ints)))
+            dims += lk.ints
+            self._steps.append(_Step(lk, module_name(source), source, None, refs, slots))
+        self._dims = np.array(dims, dtype=np.int64)
+        self._buf_slot = buf_slot
+        self._buf_name = {key: f"b{k}" for k, key in enumerate(buf_slot)}
+        self._buf_dtype = buf_dtype
+        self._arena = np.zeros(max(self.plan.arena_bytes, 1), dtype=np.uint8)
+        self.arena_allocations = 1
+        self._out_specs = [(v.shape, v.dtype.np) for v in result_values]
+        self._out_in_param = [in_param.get(v) for v in result_values]
+        self._result_refs = [("param", params[r]) if r in params else ("out", self._outputs[r])
+                             for r in fn.results]
+        self.kernels = [self._info(st) for st in self._steps]
+        self._entry_source = self._entry_text()
+        self._entry = None
+        self.calls = 0
+        has_blas = any(st.lowered.kind == "matmul" for st in self._steps)
+        has_parallel = any(st.lowered.kernel.parallel or any(h.parallel for h in st.lowered.kernel.helpers)
+                           for st in self._steps)
+        self._blas_threads = blas.threads_for(has_parallel) if has_blas else None
+        self._lock = threading.RLock()
+        self.run: Any = None
+        self._compile()
+
+    # Generated entry -----------------------------------------------------------------
+    def _entry_text(self) -> str:
+        """The entry module: flat parameters and outputs, the arena, the constants and the
+        size array in; every kernel called in order. No size appears in the text."""
+        fn = self.function
+        n_out = len(self._out_specs)
+        lines = [f"# fusejit entry: {len(self._steps)} kernels"]
+        lines += [f"#   k{k}: {st.lowered.kernel.name} from {st.module}" for k, st in enumerate(self._steps)]
+        lines += ["import numpy as np", "from fusejit.codegen.cpu import kernel_jit"]
+        for k, st in enumerate(self._steps):
+            lines.append(f"from {st.module} import {st.lowered.kernel.name} as k{k}")
+        args = [f"x{k}" for k in range(len(fn.params))]
+        args += [f"y{j}" for j in range(n_out) if self._out_in_param[j] is None]
+        args += ["ws"] + [f"cc{k}" for k in range(len(self._consts))] + ["d"]
+        lines += ["", "", "@kernel_jit(parallel=False, fastmath=())", f"def entry({', '.join(args)}):"]
+        body = []
+        for key, slot in self._buf_slot.items():
+            dt = self._buf_dtype[key].np.name
+            dt = "bool_" if dt == "bool" else dt
+            body.append(f"{self._buf_name[key]} = ws[d[{slot}]:d[{slot + 1}]].view(np.{dt})")
+        for k, st in enumerate(self._steps):
+            call_args = [self._ref_name(r) for r in st.array_refs] + [f"d[{i}]" for i in st.int_slots]
+            body.append(f"k{k}({', '.join(call_args)})")
+        lines += ["    " + b for b in body] or ["    pass"]
+        return "\n".join(lines) + "\n"
+
+    def _ref_name(self, r: tuple[str, Any]) -> str:
+        """The name of a kernel argument in the entry and in the Python runners."""
+        kind, key = r
+        if kind == "param":
+            return f"x{key}"
+        if kind == "out":
+            j = self._out_in_param[key]
+            return f"x{j}" if j is not None else f"y{key}"
+        if kind == "const":
+            return f"cc{key}"
+        return self._buf_name[key]
+
+    def _compile(self) -> None:
+        """Loads (compiling or reading Numba's cache) every kernel; the entry function is
+        compiled now if an earlier process already did (its machine code is cached), else
+        on the second call: a function called once never pays for it."""
+        types, nbt = _numba_types()
+        for st in self._steps:
+            st.dispatcher = getattr(load_module(st.source), st.lowered.kernel.name)
+            sig = tuple(types.Array(nbt[a.dtype], 1, "C") for a in st.lowered.kernel.arrays)
+            compile_dispatchers(st.dispatcher, sig + (types.int64,) * len(st.lowered.kernel.ints))
+        self._views = {}
+        for key, slot in self._buf_slot.items():
+            dtype = self._buf_dtype[key].np
+            self._views[key] = self._arena[self._dims[slot]:self._dims[slot + 1]].view(dtype)
+        if config.value("debug_nans"):
+            self.run = self._call_generic
+        elif len(self._steps) <= 1:
+            self.run = self._runner("kernels")
+        elif entry_is_cached(self._entry_source):
+            self._compile_entry()
+            self.run = self._runner("entry")
+        else:
+            self.run = self._first_call
+
+    def _compile_entry(self) -> None:
+        types, nbt = _numba_types()
+        mod = load_module(self._entry_source)
+        fn = self.function
+        flat = [types.Array(nbt[p.dtype], 1, "C") for p in fn.params]
+        flat += [types.Array(nbt[v.dtype], 1, "C") for v, j in self._outputs.items() if self._out_in_param[j] is None]
+        flat += [types.Array(types.uint8, 1, "C")]
+        flat += [types.Array(nbt[op_dtype(c)], 1, "C") for c in self._consts]
+        flat += [types.Array(types.int64, 1, "C")]
+        compile_dispatchers(mod.entry, tuple(flat), [st.dispatcher for st in self._steps])
+        mark_entry_cached(self._entry_source)
+        self._entry = mod.entry
+
+    # Calls ----------------------------------------------------------------------------
+    def __call__(self, args: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
+        """Runs the function on one array per parameter (of the traced shapes and dtypes)."""
+        return self.run(args)
+
+    def _first_call(self, args: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
+        # Kernels called from Python share the arena between calls; the lock keeps two
+        # threads from interleaving them (one entry call holds the GIL throughout).
+        with self._lock:
+            self.run = self._second_call
+            return self._runner("kernels")(args)
+
+    def _second_call(self, args: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
+        with self._lock:
+            if self.run == self._second_call:
+                try:
+                    self._compile_entry()
+                    self.run = self._runner("entry")
+                except Exception as e:  # pragma: no cover - a bug, but the kernels still work
+                    warnings.warn(f"fusejit: the entry function of @{self.function.name} failed to "
+                                  f"compile ({type(e).__name__}: {e}); calling its kernels one by one",
+                                  RuntimeWarning, stacklevel=3)
+                    self.run = self._locked(self._runner("kernels"))
+        return self.run(args)
+
+    def _locked(self, run: Any) -> Any:
+        def locked(args: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
+            with self._lock:
+                return run(args)
+
+        return locked
+
+    def _runner(self, mode: str) -> Any:
+        """A Python function specialized to this executable: flattens the arguments
+        (``ravel`` is a view of a C-ordered array, else a C-ordered copy), allocates the
+        outputs and calls the entry function (``mode="entry"``) or each kernel in turn."""
+        fn = self.function
+        ns: dict[str, Any] = {"empty": np.empty, "copy": np.array, "consumed": _consumed,
+                              "check": check_not_consumed, "WS": self._arena, "DIMS": self._dims,
+                              "CONFIG": config._values, "generic": self._call_generic,
+                              "BLAS": blas._state, "use_blas": blas.use, "T": self._blas_threads}
+        n = len(fn.params)
+        lines = ["def run(args):", "    if consumed:", "        check(args)",
+                 "    if CONFIG['debug_nans']:", "        return generic(args)"]
+        if self._blas_threads is not None:
+            lines += ["    if BLAS['current'] != T:", "        use_blas(T)"]
+        if n:
+            lines.append(f"    {''.join(f'a{k}, ' for k in range(n))}= args")
+        if self.donated:
+            # A donated array is overwritten in place only if it owns its memory, is
+            # writable and C-ordered, and no other argument is it or a view of it; anything
+            # else takes the general path, which copies it first.
+            conds = []
+            for k in self.donated:
+                conds += [f"a{k}.base is None", f"a{k}.flags.writeable", f"a{k}.flags.c_contiguous"]
+                conds += [f"a{j} is not a{k} and a{j}.base is not a{k}" for j in range(n) if j != k]
+            lines += [f"    if not ({' and '.join(conds)}):", "        return generic(args)"]
+        lines += [f"    x{k} = a{k}.ravel()" for k in range(n)]
+        outs = []
+        ns["refs"] = sys.getrefcount
+        for j, (shape, dtype) in enumerate(self._out_specs):
+            if self._out_in_param[j] is None:
+                ns[f"S{j}"], ns[f"D{j}"] = shape, dtype
+                if math.prod(shape) * np.dtype(dtype).itemsize >= RECYCLE_MIN_BYTES:
+                    # Reuse one of the last two outputs if the caller has let go of it: three
+                    # references (the pool, the local name, getrefcount's argument) mean
+                    # nothing else, not even a view, holds it.
+                    ns[f"P{j}"] = [None, None]
+                    lines += [
+                        f"    q = P{j}", f"    o{j} = q[0]",
+                        f"    if o{j} is None or refs(o{j}) > 3:",
+                        f"        o{j} = q[1]",
+                        f"        if o{j} is None or refs(o{j}) > 3:",
+                        f"            o{j} = empty(S{j}, D{j})",
+                        "            q[1] = q[0]",
+                        f"            q[0] = o{j}",
+                    ]
+                else:
+                    lines.append(f"    o{j} = empty(S{j}, D{j})")
+                lines.append(f"    y{j} = o{j}" if len(shape) == 1 else f"    y{j} = o{j}.ravel()")
+                outs.append(f"y{j}")
+        for k, c in enumerate(self._consts):
+            ns[f"cc{k}"] = c
+        for key, name in self._buf_name.items():
+            ns[name] = self._views[key]
+        if mode == "entry":
+            ns["E"] = self._entry
+            consts = [f"cc{k}" for k in range(len(self._consts))]
+            lines.append(f"    E({', '.join([f'x{k}' for k in range(n)] + outs + ['WS'] + consts + ['DIMS'])})")
+        else:
+            for k, st in enumerate(self._steps):
+                ns[f"K{k}"] = st.dispatcher
+                call = [self._ref_name(r) for r in st.array_refs] + [str(int(self._dims[i])) for i in st.int_slots]
+                lines.append(f"    K{k}({', '.join(call)})")
+        results = []
+        returned = set()
+        for kind, k in self._result_refs:
+            if kind == "param":
+                results.append(f"copy(a{k})")
+            elif self._out_in_param[k] is None:
+                results.append(f"o{k}")
+            else:
+                p = self._out_in_param[k]
+                same = self._out_specs[k][0] == fn.params[p].shape
+                ns[f"S{k}"] = self._out_specs[k][0]
+                results.append(f"a{p}" if same else f"a{p}.reshape(S{k})")
+                if same:
+                    returned.add(p)
+        ns["consume"] = self._consume_one
+        for k in self.donated:
+            if k not in returned:
+                lines.append(f"    consume(a{k}, {k})")
+        lines.append(f"    return ({''.join(r + ', ' for r in results)})")
+        exec(compile("\n".join(lines), "<fusejit runner>", "exec"), ns)  # noqa: S102 - our own text
+        return ns["run"]
+
+    def _call_generic(self, args: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
+        """The general path: donation, and FUSEJIT_DEBUG_NANS (kernels one by one)."""
+        with self._lock:
+            return self._call_generic_unlocked(args)
+
+    def _call_generic_unlocked(self, args: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
+        blas.use(self._blas_threads)
+        if _consumed:
+            check_not_consumed(args)
+        arrays = [a if a.flags.c_contiguous else np.ascontiguousarray(a) for a in args]
+        if self.donated:
+            arrays = self._prepare_donated(args, arrays)
+        outs = [np.empty(shape, dtype) if k is None else None
+                for (shape, dtype), k in zip(self._out_specs, self._out_in_param, strict=True)]
+        flat_outs = [o.ravel() for o in outs if o is not None]
+        if config.value("debug_nans"):
+            self._run_stepwise(arrays, outs)
+        else:
+            if self._entry is None and self.calls >= ENTRY_AFTER_CALLS and len(self._steps) > 1:
+                self._compile_entry()
+            if self._entry is not None:
+                self._entry(*[a.ravel() for a in arrays], *flat_outs, self._arena, *self._consts, self._dims)
+            else:
+                self._run_stepwise(arrays, outs)
+        self.calls += 1
+        results = []
+        for kind, k in self._result_refs:
+            if kind == "param":
+                results.append(np.array(arrays[k], copy=True))
+            elif outs[k] is None:
+                p = arrays[self._out_in_param[k]]
+                shape = self._out_specs[k][0]
+                results.append(p if p.shape == shape else p.reshape(shape))
+            else:
+                results.append(outs[k])
+        if self.donated:
+            self._consume(args, results)
+        return tuple(results)
+
+    def _prepare_donated(self, args: Sequence[np.ndarray], arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """A donated array that shares memory with another argument (or is read-only) is
+        copied first: its buffer must be ours to overwrite."""
+        for k in self.donated:
+            a = arrays[k]
+            if a is not args[k]:
+                continue  # already a private copy
+            clash = not a.flags.writeable or any(
+                j != k and np.may_share_memory(a, arrays[j]) for j in range(len(arrays))
+            )
+            if clash:
+                arrays[k] = a.copy()
+        return arrays
+
+    def _consume(self, args: Sequence[np.ndarray], results: list[np.ndarray]) -> None:
+        for k in self.donated:
+            a = args[k]
+            if isinstance(a, np.ndarray) and not any(r is a for r in results):
+                self._consume_one(a, k)
+
+    def _consume_one(self, a: np.ndarray, k: int) -> None:
+        _mark_consumed(a, (
+            f"argument {k} of @{self.function.name} was donated (donate_argnums) and its "
+            "buffer may have been reused by the call; pass a fresh array instead"))
+
+    def _run_stepwise(self, arrays: list[np.ndarray], outs: list[np.ndarray | None]) -> None:
+        """Each kernel called from Python (with FUSEJIT_DEBUG_NANS, its outputs checked)."""
+        flat = {("param", k): a.ravel() for k, a in enumerate(arrays)}
+        for j, o in enumerate(outs):
+            k = self._out_in_param[j]
+            flat[("out", j)] = o.ravel() if o is not None else flat[("param", k)]
+        for k, c in enumerate(self._consts):
+            flat[("const", k)] = c
+        views = self._views
+        check = config.value("debug_nans")
+        for st in self._steps:
+            ints = [int(self._dims[i]) for i in st.int_slots]
+            st.dispatcher(*[views[r[1]] if r[0] == "buf" else flat[r] for r in st.array_refs], *ints)
+            if check:
+                self._check_finite(st, flat)
+
+    def _check_finite(self, st: _Step, flat: dict[Any, np.ndarray]) -> None:
+        def view(r: tuple[str, Any], dtype: Any) -> np.ndarray:
+            return self._views[r[1]] if r[0] == "buf" else flat[r]
+
+        for v, r in self._output_refs(st):
+            out = view(r, v.dtype)
+            if v.dtype.is_float and out.size and not np.isfinite(out).all():
+                self._raise_nan(st, view)
+
+    def _output_refs(self, st: _Step) -> list[tuple[Value, tuple[str, Any]]]:
+        out = []
+        for bound, r, param in zip(st.lowered.arrays, st.array_refs, st.lowered.kernel.arrays, strict=True):
+            if isinstance(bound, Value) and param.role in ("out", "inout") and bound in st.lowered.group.outputs:
+                out.append((bound, r))
+        for v, src in st.lowered.inplace.items():
+            idx = st.lowered.arrays.index(src)
+            out.append((v, st.array_refs[idx]))
+        return out
+
+    def _raise_nan(self, st: _Step, view: Any) -> None:
+        """Names the first op of the kernel that made a NaN/inf from finite operands."""
+        group = st.lowered.group
+        env: dict[Value, np.ndarray] = {}
+        for bound, r in zip(st.lowered.arrays, st.array_refs, strict=True):
+            if isinstance(bound, Value) and bound in group.inputs:
+                env[bound] = view(r, bound.dtype).reshape(bound.shape)
+        culprit: Op | None = None
+        with np.errstate(all="ignore"):
+            for op in group.ops:
+                ins = [env[v] for v in op.inputs]
+                outs = op.prim.impl(*ins, **op.attrs)
+                for v, o in zip(op.outputs, outs, strict=True):
+                    env[v] = np.asarray(o, dtype=v.dtype.np)
+                bad = any(v.dtype.is_float and not np.isfinite(env[v]).all() for v in op.outputs)
+                inputs_ok = all(not v.dtype.is_float or np.isfinite(env[v]).all() for v in op.inputs)
+                if bad and (inputs_ok or culprit is None):
+                    culprit = op
+                    if inputs_ok:
+                        break
+        op = culprit or group.ops[-1]
+        where = f" at {op.loc}" if op.loc else ""
+        raise FloatingPointError(
+            f"FUSEJIT_DEBUG_NANS: NaN or inf produced by {op.prim.name}{where} "
+            f"(kernel {st.lowered.display_name} of @{self.function.name})"
+        )
+
+    # Introspection --------------------------------------------------------------------
+    def _info(self, st: _Step) -> KernelInfo:
+        g = st.lowered.group
+        ops = tuple(f"{op.prim.name}{f' at {op.loc}' if op.loc else ''}" for op in g.ops)
+        return KernelInfo(st.lowered.display_name, ops, g.bytes_read, g.bytes_written, display_source(st))
+
+    def kernel_source(self) -> str:
+        parts = [k.source for k in self.kernels]
+        parts.append("# ---- entry (calls the kernels above in order)\n" + self._entry_source)
+        return "\n\n".join(parts)
+
+    def entry_source(self) -> str:
+        return self._entry_source
+
+
+def op_dtype(arr: np.ndarray) -> Any:
+    from fusejit.ir.dtypes import from_numpy
+
+    return from_numpy(arr.dtype)
+
+
+def display_source(st: _Step) -> str:
+    """The kernel's module source under a header naming the concrete ops, shapes and
+    source lines (the module on disk leaves those out so every batch size shares it)."""
+    lk = st.lowered
+    g = lk.group
+    head = [f"# {lk.display_name}: {len(g.ops)} ops, reads {g.bytes_read} B, writes {g.bytes_written} B"
+            f" (module {st.module})"]
+    head += [f"#   {line}" for line in describe_ops(g, concrete=True)]
+    body = st.source.split("\n")
+    start = next(i for i, line in enumerate(body) if not line.startswith("#"))
+    return "\n".join(head + body[start:])
+

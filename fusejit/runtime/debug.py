@@ -1,0 +1,68 @@
+"""``FUSEJIT_DUMP=<dir>``: every compilation's IR stages and kernel sources as files.
+
+Each compilation gets a directory ``<dir>/<NNN>_<function name>/`` holding
+``00_traced.ir``, one ``NN_<pass>.ir`` per pipeline stage (stamped with the pass and its
+time), ``NN_fused.ir`` (the partition into kernels), ``kernels/<kernel>.py`` (each
+kernel's source as ``Compiled.kernel_source()`` shows it) and ``entry.py``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fusejit.ir.core import Function
+
+_counter = itertools.count()
+_lock = threading.Lock()
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:60] or "fn"
+
+
+def dump_compilation(
+    root: str, fn: Function, exe: Any, *, stages: Sequence[Any] = (), traced: Function | None = None,
+    backend: str = "cpu",
+) -> Path:
+    """Writes one compilation's files; returns its directory."""
+    with _lock:
+        n = next(_counter)
+        base = Path(root)
+        base.mkdir(parents=True, exist_ok=True)
+        while True:
+            directory = base / f"{n:03d}_{_safe(fn.name)}"
+            try:
+                directory.mkdir()
+                break
+            except FileExistsError:
+                n = next(_counter)
+    files: list[tuple[str, str]] = []
+    k = 0
+    if traced is not None:
+        files.append((f"{k:02d}_traced.ir", f"// stage: traced\n{traced}"))
+        k += 1
+    for stage in stages:
+        header = f"// stage: {stage.pass_name} ({stage.seconds * 1e3:.2f} ms)\n"
+        files.append((f"{k:02d}_{_safe(stage.pass_name)}.ir", header + str(stage.function)))
+        k += 1
+    if not stages:
+        files.append((f"{k:02d}_optimized.ir", f"// stage: optimized\n{fn}"))
+        k += 1
+    files.append((f"{k:02d}_fused.ir", f"// stage: fused ({backend} backend)\n{exe.fused}"))
+    for path, text in files:
+        (directory / path).write_text(text, encoding="utf-8")
+    kernels = getattr(exe, "kernels", [])
+    if kernels:
+        kdir = directory / "kernels"
+        kdir.mkdir(exist_ok=True)
+        for i, info in enumerate(kernels):
+            (kdir / f"{i:02d}_{_safe(info.name)}.py").write_text(info.source, encoding="utf-8")
+    entry = getattr(exe, "entry_source", None)
+    if entry is not None:
+        (directory / "entry.py").write_text(entry(), encoding="utf-8")
+    return directory

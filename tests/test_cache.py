@@ -1,0 +1,97 @@
+"""The on-disk cache: reuse across processes, repair of corrupted entries, and the
+fallback to memory when the directory cannot be written."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+import fusejit as fj
+import fusejit.numpy as fnp
+from fusejit import config
+from fusejit.runtime import cache
+from fusejit.runtime.cache import COUNTERS, CacheWarning
+
+REPO = Path(__file__).resolve().parent.parent
+
+SCRIPT = """
+import json
+import numpy as np
+import fusejit as fj
+import fusejit.numpy as fnp
+from fusejit.runtime.cache import COUNTERS
+
+f = fj.jit(lambda x, y: (fnp.tanh(x @ y) + 1.0, fnp.sum(fnp.exp(x), axis=0)))
+x = np.arange(12, dtype=np.float32).reshape(3, 4) / 10
+y = np.ones((4, 2), np.float32)
+a, b = f(x, y)
+a, b = f(x, y)  # the second call runs (and first compiles) the entry function
+print(json.dumps({"counters": COUNTERS.snapshot(), "a": a.tolist(), "b": b.tolist()}))
+"""
+
+
+def run_fresh_process(cache_dir: Path) -> dict:
+    env = dict(os.environ, FUSEJIT_CACHE_DIR=str(cache_dir), FUSEJIT_CACHE="1", FUSEJIT_BACKEND="cpu",
+               PYTHONPATH=str(REPO))
+    env.pop("NUMBA_CACHE_DIR", None)  # Numba's entries go beside the modules, under cache_dir
+    done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_second_process_compiles_nothing_and_corrupted_entries_are_repaired(tmp_path):
+    first = run_fresh_process(tmp_path)
+    assert first["counters"]["numba_compiles"] > 0 and first["counters"]["modules_written"] > 0
+    second = run_fresh_process(tmp_path)
+    assert second["counters"]["numba_compiles"] == 0
+    assert second["counters"]["modules_written"] == 0
+    assert second["counters"]["numba_cache_loads"] > 0
+    assert second["a"] == first["a"] and second["b"] == first["b"]
+    # Damage every cached machine-code entry: the next process discards and recompiles.
+    damaged = list(tmp_path.rglob("*.nbi")) + list(tmp_path.rglob("*.nbc"))
+    assert damaged
+    for path in damaged:
+        path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2] + b"\x00garbage")
+    third = run_fresh_process(tmp_path)
+    assert third["counters"]["cache_repairs"] >= 1
+    assert third["a"] == first["a"] and third["b"] == first["b"]
+    fourth = run_fresh_process(tmp_path)  # and the repaired entries are cached again
+    assert fourth["counters"]["numba_compiles"] == 0 and fourth["counters"]["cache_repairs"] == 0
+
+
+def test_unwritable_cache_directory_falls_back_to_memory_with_one_warning(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with config.override(cache=True, cache_dir=str(blocker / "cache"), backend="cpu"), \
+            warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        x = np.linspace(-1, 1, 10, dtype=np.float32)
+        a = fj.jit(lambda x: fnp.cos(x) * 2.0)(x)
+        b = fj.jit(lambda x: fnp.sin(x) - 1.0)(x)
+    np.testing.assert_allclose(a, np.cos(x) * 2, rtol=1e-6)
+    np.testing.assert_allclose(b, np.sin(x) - 1, rtol=1e-6)
+    assert [w.category for w in seen if issubclass(w.category, CacheWarning)] == [CacheWarning]
+
+
+def test_a_damaged_module_file_is_rewritten(tmp_path):
+    with config.override(cache=True, cache_dir=str(tmp_path)):
+        source = "# fusejit test module\nVALUE = 41 + 1\n"
+        name = cache.module_name(source)
+        directory, disk = cache.module_directory()
+        assert disk
+        (directory / f"{name}.py").write_text("VALUE = 0  # truncated by a crash\n")
+        assert cache.load_module(source).VALUE == 42
+        assert (directory / f"{name}.py").read_text() == source
+
+
+def test_version_key_names_the_versions_and_the_machine():
+    key = cache.version_key()
+    assert key.startswith(f"v{fj.__version__}-") and len(key) > 10
+    assert COUNTERS.snapshot().keys() >= {"numba_compiles", "numba_cache_loads", "cache_repairs"}
