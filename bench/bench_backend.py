@@ -13,6 +13,7 @@ Sections:
   bandwidth  one elementwise op over 16M float32 vs a STREAM copy/triad in Numba
              (goal: >= 70% of STREAM); tanh over 4M float32 vs np.tanh (goal: >= 3x)
   blas       GEMM through np.dot inside njit (SciPy's BLAS) vs NumPy's matmul from Python
+  threads    training steps with 1, 2 and "auto" BLAS threads (the thread-fight policy)
   entry      10 kernels called from one generated entry function vs one by one
   prange     serial vs prange elementwise kernels by size (the parallel threshold)
   softmax    the fused softmax row kernel over [4096,1024] vs NumPy
@@ -334,9 +335,45 @@ def softmax() -> None:
         ", ".join(k.name for k in f.lower(x).compile().kernels))
 
 
+_STEP_SCRIPT = """
+import sys, time, math, json
+sys.path.insert(0, 'bench')
+import numpy as np, fusejit as fj
+from workloads import make_cnn, mlp_loss_fn, sgd_step_fn, _f32, _rng
+out = {}
+(case,) = make_cnn('full')
+steps = [('CNN step b256', fj.jit(case.fn), case.args)]
+for batch, hidden in [(512, 256), (4096, 256), (4096, 1024)]:
+    sizes = (64, hidden, hidden, 10); rng = _rng(); params = {}
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
+        params[f'w{i}'] = _f32(rng, a, b, scale=math.sqrt(2.0 / a)); params[f'b{i}'] = np.zeros(b, np.float32)
+    x = _f32(rng, batch, 64); labels = rng.integers(0, 10, batch)
+    steps.append((f'MLP {hidden} wide, b{batch}', fj.jit(sgd_step_fn(mlp_loss_fn(np))), (params, x, labels)))
+for name, f, args in steps:
+    f(*args); f(*args)
+    ts = []
+    for _ in range(9):
+        t0 = time.perf_counter(); f(*args); ts.append(time.perf_counter() - t0)
+    out[name] = float(np.median(ts))
+print(json.dumps(out))
+"""
+
+
+def blas_threads() -> None:
+    print("\n== BLAS threads in training steps (FUSEJIT_BLAS_THREADS), ms per step")
+    results = {}
+    for setting in ("1", "2", "auto"):
+        env = dict(os.environ, FUSEJIT_BLAS_THREADS=setting, PYTHONPATH=str(REPO))
+        out = subprocess.run([sys.executable, "-c", _STEP_SCRIPT], env=env, capture_output=True, text=True,
+                             cwd=REPO, check=True)
+        results[setting] = json.loads(out.stdout.splitlines()[-1])
+    for name in results["auto"]:
+        row(name, *(f"{k}: {results[k][name] * 1e3:.2f}" for k in ("1", "2", "auto")))
+
+
 SECTIONS = {
     "overhead": overhead, "compile": compile_times, "retrace": retrace, "bandwidth": bandwidth,
-    "blas": blas, "entry": entry, "prange": prange, "softmax": softmax,
+    "blas": blas, "threads": blas_threads, "entry": entry, "prange": prange, "softmax": softmax,
 }  # fmt: skip
 
 

@@ -54,6 +54,21 @@ def test_loop_group_of_layout_ops_materializes_nothing():
     check(fn, [noncontiguous(args[0]), args[1], args[2]], one_group(fn, "loop"))
 
 
+def test_reshapes_that_split_and_merge_axes_under_transposes():
+    """Per-axis indices through reshapes, group by group (max-pool's [N,C,H,W] ->
+    [N,C,H/2,2,W/2,2] and back)."""
+
+    def body(b, x):
+        split = b.op(P.reshape, x, shape=(2, 3, 2, 2, 2))  # [2,3,4,2] -> split axis 2
+        t = b.op(P.transpose, split, perm=(0, 2, 1, 4, 3))
+        merged = b.op(P.reshape, b.op(P.exp, t), shape=(4, 3, 4))  # merge the first two
+        return b.op(P.transpose, merged, perm=(2, 1, 0))
+
+    fn = build([(F32, (2, 3, 4, 2))], body)
+    exe = check(fn, [data(F32, (2, 3, 4, 2), special=False)], one_group(fn, "loop"))
+    assert len(exe.kernels) == 1
+
+
 def test_loop_group_over_a_reshape_chain_stays_one_flat_loop():
     def body(b, x):
         y = b.op(P.reshape, b.op(P.tanh, x), shape=(6, 4))
@@ -210,12 +225,15 @@ def test_matmul_epilogue_in_place_with_a_bool_side_output():
     assert [a.role for a in lk.kernel.helpers[0].arrays].count("inout") == 1  # ...but used
 
 
-def test_matmul_reading_a_fused_producer_is_refused():
+def test_matmul_reading_a_fused_producer_is_refused_and_the_runtime_splits_it():
     def body(b, x, w):
         return b.op(P.dot_general, b.op(P.exp, x), w, contract=((1,), (0,)), batch=((), ()))
 
     fn = build([(F32, (3, 3)), (F32, (3, 3))], body)
     assert can_lower(one_group(fn, "matmul")[0]) is not None
+    exe = check(fn, [data(F32, (3, 3), special=False), data(F32, (3, 3), special=False)],
+                one_group(fn, "matmul"))
+    assert len(exe.kernels) == 2  # one kernel per op instead
 
 
 # ---------------------------------------------------------------------------------------

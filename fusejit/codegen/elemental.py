@@ -3,9 +3,9 @@
 XLA's idea: a fused kernel never materializes its intermediate values. To write element
 ``idx`` of a group output, the emitter asks the producing op's rule for that element; an
 elementwise rule asks for the same element of its operands, a layout rule rewrites the
-index (broadcast drops or zeroes dimensions, transpose permutes them, reshape goes through
-the linear index, slice is affine, pad and concatenate branch), and a group input is read
-from memory. The recursion bottoms out at loads, constants and loop indices.
+index (broadcast drops or zeroes dimensions, transpose permutes them, reshape keeps the
+linear index and maps per-axis indices group by group so that only split axes divide,
+slice is affine, pad and concatenate branch), and a group input is read from memory. The recursion bottoms out at loads, constants and loop indices.
 
 An ``Index`` names an element by its per-dimension indices (``dims``), its row-major linear
 index (``flat``) or both, together with the size expressions of the value's shape. A loop

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from fusejit.codegen.elemental import Elem, Emitter, Index
+from fusejit.codegen.elemental import Elem, Emitter, Index, delinearize, linearize
 from fusejit.codegen.kernel import NP_NAME, Unsupported
 from fusejit.ir import primitives as P
 from fusejit.ir.core import Op
@@ -248,7 +248,54 @@ def _reshape(em: Emitter, op: Op, idx: Index) -> Elem:
             if xdims is not None and idx.dims is not None:
                 xdims[xk] = idx.dims[ok]
         return em.at(x, Index(tuple(xshape), None if xdims is None else tuple(xdims), idx.flat))
-    return em.at(x, Index(em.shape_of(x), None, em.flat(idx)))
+    groups = reshape_groups(xs, os_)
+    if idx.dims is None or groups is None:
+        return em.at(x, Index(em.shape_of(x), None, em.flat(idx)))
+    # Axes split or merged group by group: only the split axes need a division.
+    xshape = list(em.shape_of(x))
+    xdims = [""] * len(xs)
+    for x_axes, o_axes in groups:
+        if len(x_axes) == 1 and len(o_axes) == 1:
+            xdims[x_axes[0]] = idx.dims[o_axes[0]]
+            xshape[x_axes[0]] = idx.shape[o_axes[0]]
+            continue
+        g = linearize(em.b, tuple(idx.dims[k] for k in o_axes), tuple(idx.shape[k] for k in o_axes))
+        sub = delinearize(em.b, g, tuple(xshape[k] for k in x_axes)) if x_axes else ()
+        for k, d in zip(x_axes, sub, strict=True):
+            xdims[k] = d
+    return em.at(x, Index(tuple(xshape), tuple(xdims), idx.flat))
+
+
+def reshape_groups(src: tuple[int, ...], dst: tuple[int, ...]) -> list[tuple[list[int], list[int]]] | None:
+    """The axes of ``src`` and ``dst`` in consecutive groups of equal size (a reshape only
+    merges or splits within a group), or None when a size is 0."""
+    if 0 in src or 0 in dst:
+        return None
+    groups = []
+    i = j = 0
+    while i < len(src) or j < len(dst):
+        gi, gj, pi, pj = [], [], 1, 1
+        if i < len(src):
+            gi.append(i)
+            pi *= src[i]
+            i += 1
+        if j < len(dst):
+            gj.append(j)
+            pj *= dst[j]
+            j += 1
+        while pi != pj:
+            if pi < pj and i < len(src):
+                gi.append(i)
+                pi *= src[i]
+                i += 1
+            elif j < len(dst):
+                gj.append(j)
+                pj *= dst[j]
+                j += 1
+            else:  # pragma: no cover - the sizes of a valid reshape agree
+                return None
+        groups.append((gi, gj))
+    return groups
 
 
 def _transpose(em: Emitter, op: Op, idx: Index) -> Elem:

@@ -3,12 +3,14 @@
 
 On a machine with few cores, OpenBLAS's thread pool and Numba's (OpenMP) pool fight when
 a function alternates GEMMs with parallel kernels: the threads of one spin while the
-other needs the cores. Measured on the 2-core VMs (``bench/bench_backend.py blas``): the
-small-CNN training step took 42-48 ms with 2 BLAS threads and 5.5-7 ms with 1, while an
-MLP step without parallel kernels took 1.5 ms with 2 BLAS threads and 2.1 ms with 1. So
-by default (``FUSEJIT_BLAS_THREADS=auto``) an executable that runs both parallel kernels
-and GEMMs runs its GEMMs on one thread, and any other executable with GEMMs uses the
-BLAS's own default; an integer fixes the count for every executable. NumPy's own
+other needs the cores. Measured on the 2-core VMs, training steps (ms per step with 1 vs
+2 BLAS threads): small CNN, batch 256: 5.5 vs 17-48; MLP 64-256-256-10, batch 4096:
+17.4 vs 40.3; with 512-wide layers: 59.8 vs 56.2; batch 16384: 79.7 vs 83.3; 1024-wide
+layers, batch 2048: 98.2 vs 79.7, batch 4096: 193 vs 128; batch 512 (no parallel
+kernels): 2.1 vs 1.5. So by default (``FUSEJIT_BLAS_THREADS=auto``) an executable that
+runs parallel kernels and whose largest GEMM is under ``SMALL_GEMM_FLOPS`` runs its GEMMs
+on one thread, and any other executable with GEMMs uses the BLAS's own default; an
+integer fixes the count for every executable. NumPy's own
 OpenBLAS (a separate library) is never touched; SciPy's is process-wide, so a
 ``scipy.linalg`` call made after a fusejit call sees the count fusejit last set.
 """
@@ -44,13 +46,19 @@ def _library() -> Any:
     return _state["lib"]
 
 
-def threads_for(has_parallel_kernels: bool) -> int | None:
+# Above about this many flops (2*M*K*N) a GEMM gains more from BLAS threads than the
+# thread fight costs (the crossover of the measurements above).
+SMALL_GEMM_FLOPS = 2**31
+
+
+def threads_for(has_parallel_kernels: bool, largest_gemm_flops: int) -> int | None:
     """The BLAS thread count an executable should run with (None: leave it alone)."""
     setting = str(config.value("blas_threads")).strip().lower()
     if _library() is None:
         return None
     if setting == "auto":
-        return 1 if has_parallel_kernels else _state["default"]
+        small = largest_gemm_flops < SMALL_GEMM_FLOPS
+        return 1 if has_parallel_kernels and small else _state["default"]
     try:
         return max(1, int(setting))
     except ValueError:

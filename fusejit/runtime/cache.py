@@ -2,7 +2,7 @@
 by Numba with its on-disk cache next to them.
 
 Layout: ``<cache dir>/<version key>/fj_<sha256 of the source>.py``, and Numba's
-``__pycache__/fj_*.nbi|nbc`` beside them. The version key hashes fusejit's, Numba's,
+``__pycache__/fj_*.nbi|nbc`` beside them (or under ``NUMBA_CACHE_DIR`` when that is set). The version key hashes fusejit's, Numba's,
 llvmlite's, NumPy's and Python's versions, the math library's source hash and the CPU
 (name and features), so a cached machine-code entry is only ever reused where it was
 made. The source hash is the module name: identical kernels from different functions,

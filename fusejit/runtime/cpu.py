@@ -45,6 +45,7 @@ from fusejit.codegen.lowering import LoweredKernel, Scratch, describe_ops, lower
 from fusejit.ir import primitives as P
 from fusejit.ir.core import Function, Op, Value
 from fusejit.ir.dtypes import DType
+from fusejit.ir.primitives import OpKind
 from fusejit.ir.transforms.fusion import FusedFunction, FusionGroup, make_group
 from fusejit.runtime import blas, buffers
 from fusejit.runtime.cache import (
@@ -120,9 +121,7 @@ def _is_alias(group: FusionGroup, results: set[Value]) -> bool:
     if op.output in results or not op.inputs:
         return False
     x = op.inputs[0]
-    if op.prim in (P.reshape, P.stop_gradient):
-        return x.dtype == op.output.dtype
-    if op.prim is P.convert:
+    if op.prim in (P.reshape, P.stop_gradient, P.convert):
         return x.dtype == op.output.dtype
     if op.prim is P.broadcast_in_dim or op.prim is P.transpose:
         return x.type.size == op.output.type.size and _same_linear_order(op)
@@ -155,9 +154,8 @@ def lower_all(fused: FusedFunction, threshold: int | None = None) -> list[Fusion
             parts = group.parts if group.kind == "horizontal" and group.parts else None
             if parts:
                 subgroups = list(parts)
-            else:
-                owned = {v for v in group.outputs}
-                needed = set(results) | owned
+            else:  # one kernel per op (an op recomputed in several groups is computed again)
+                needed = set(results) | set(group.outputs)
                 subgroups = [make_group([op], needed, users, _kind_of(op)) for op in group.ops]
             out += lower_all(FusedFunction(fn, tuple(subgroups)), threshold)
     return out
@@ -179,9 +177,15 @@ def _distances(v: Value, producers: dict[Value, Op], limit: int = 64) -> dict[Va
     return seen
 
 
-def _kind_of(op: Op) -> str:
-    from fusejit.ir.primitives import OpKind
+def _gemm_flops(lk: LoweredKernel) -> int:
+    """2*B*M*K*N of a matmul kernel's dot_general."""
+    dot = next(op for op in lk.group.ops if op.prim is P.dot_general)
+    _, (b, m, k), _, (_, _, n) = P.dot_general_as_matmul(
+        dot.inputs[0].shape, dot.inputs[1].shape, dot.attrs["contract"], dot.attrs["batch"])
+    return 2 * b * m * k * n
 
+
+def _kind_of(op: Op) -> str:
     return {OpKind.REDUCTION: "reduce", OpKind.CONTRACTION: "matmul"}.get(
         op.prim.kind, "indexing" if op.prim is P.scatter_add else "loop"
     )
@@ -337,10 +341,10 @@ class CpuExecutable:
         self._entry_source = self._entry_text()
         self._entry = None
         self.calls = 0
-        has_blas = any(st.lowered.kind == "matmul" for st in self._steps)
+        gemms = [_gemm_flops(st.lowered) for st in self._steps if st.lowered.kind == "matmul"]
         has_parallel = any(st.lowered.kernel.parallel or any(h.parallel for h in st.lowered.kernel.helpers)
                            for st in self._steps)
-        self._blas_threads = blas.threads_for(has_parallel) if has_blas else None
+        self._blas_threads = blas.threads_for(has_parallel, max(gemms)) if gemms else None
         self._lock = threading.RLock()
         self.run: Any = None
         self._compile()
