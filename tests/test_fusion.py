@@ -13,12 +13,15 @@ import fusejit.numpy as fnp
 import fusejit.nn as nn
 import fusejit.optim as optim
 from fusejit.ir.transforms.fusion import FusedFunction, fuse
+from fusejit.runtime.executable import partition
 
 RNG = np.random.default_rng(0)
 
 
 def fused(f, *args) -> FusedFunction:
-    return fuse(fj.jit(f, backend="interpret").lower(*args).optimized)
+    """The kernels the CPU backend would compile for ``f`` (fusion checked against what
+    its code generator can lower), without compiling them."""
+    return partition(fj.jit(f, backend="interpret").lower(*args).optimized, fuse=True)
 
 
 def kinds(f, *args) -> list[str]:

@@ -14,7 +14,6 @@ Both expose ``.fused`` (the partition into kernels), ``.kernels`` (``KernelInfo`
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,18 +47,13 @@ class InterpretedExecutable:
 
 
 def partition(fn: Function, fuse: bool) -> FusedFunction:
-    """The kernels of ``fn``: the fusion pass's groups (checked against what the code
-    generator can lower) when ``fuse`` and the pass exists, else one op per kernel."""
-    fuse_fn = getattr(fusion, "fuse", None)
-    if not fuse or fuse_fn is None:
+    """The kernels of ``fn``: the fusion pass's groups, each one the code generator can
+    lower, when ``fuse``; else one op per kernel."""
+    if not fuse:
         return one_op_per_group(fn)
     from fusejit.codegen import can_lower
 
-    try:
-        accepts_legal = "legal" in inspect.signature(fuse_fn).parameters
-    except (TypeError, ValueError):  # pragma: no cover
-        accepts_legal = False
-    return fuse_fn(fn, legal=can_lower) if accepts_legal else fuse_fn(fn)
+    return fusion.fuse(fn, legal=can_lower)
 
 
 def compile_function(
