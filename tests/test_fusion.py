@@ -176,3 +176,15 @@ def test_random_programs_over_every_primitive_partition_validly(fn):
     from fusejit.ir.transforms.pipeline import optimize
 
     assert_valid_partition(fuse(optimize(fn)[0]))
+
+
+def test_an_expensive_producer_read_by_two_kernels_is_computed_once_and_the_report_says_why():
+    x = np.ones((8, 16), np.float32)
+    # tanh feeds a column sum (one kernel) and a matmul operand (read from memory).
+    result = fused(lambda x: (fnp.tanh(x).sum(axis=0), fnp.exp(fnp.tanh(x)) @ x.T), x)
+    assert sum(op.prim.name == "tanh" for g in result.groups for op in g.ops) == 1
+    from fusejit.ir.transforms.fusion import fusion_report
+
+    assert "tanh at" in fusion_report(result)
+    assert any(r.producer.prim.name == "tanh" and "not cheap enough to recompute" in r.reason
+               for r in result.refusals)
