@@ -10,17 +10,15 @@
 
 from __future__ import annotations
 
-from fusejit import config, ir
+# The library on top, importable as fj.nn, fj.optim and fj.augment (after the core).
+from fusejit import augment, config, ir, nn, optim  # noqa: E402
 from fusejit.ir import IRParseError, IRTypeError
+from fusejit.tracer.gradcheck import GradcheckError, gradcheck
 from fusejit.tracer.jit import CacheInfo, Compiled, Jitted, Lowered, jit, make_ir
 from fusejit.tracer.numpy_api import stop_gradient
 from fusejit.tracer.pytree import tree_flatten, tree_leaves, tree_map, tree_unflatten
 from fusejit.tracer.tracing import ConcretizationError, EscapedTracerError
 from fusejit.tracer.transformations import custom_vjp, grad, jvp, value_and_grad, vjp
-from fusejit.tracer.gradcheck import GradcheckError, gradcheck
-
-# The library on top, importable as fj.nn, fj.optim and fj.augment (after the core).
-from fusejit import augment, nn, optim  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -3,14 +3,13 @@ guarantees, and the fusion report."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
+from models import adam_step, gelu, layernorm, mlp_train_step
 
 import fusejit as fj
-import fusejit.numpy as fnp
 import fusejit.nn as nn
+import fusejit.numpy as fnp
 import fusejit.optim as optim
 from fusejit.ir.transforms.fusion import FusedFunction, fuse
 from fusejit.runtime.executable import partition
@@ -26,22 +25,6 @@ def fused(f, *args) -> FusedFunction:
 
 def kinds(f, *args) -> list[str]:
     return [g.kind for g in fused(f, *args).groups]
-
-
-def gelu(x):
-    return 0.5 * x * (1.0 + fnp.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
-
-
-def layernorm(x, gamma, beta):
-    mu = x.mean(axis=-1, keepdims=True)
-    var = ((x - mu) ** 2).mean(axis=-1, keepdims=True)
-    return (x - mu) / fnp.sqrt(var + 1e-5) * gamma + beta
-
-
-def adam_step(p, m, v, g):
-    m = 0.9 * m + 0.1 * g
-    v = 0.999 * v + 0.001 * g * g
-    return p - 0.001 * m / (fnp.sqrt(v) + 1e-8), m, v
 
 
 @pytest.mark.parametrize("shape", [(7,), (4, 5), (2, 3, 4), ()])
@@ -108,18 +91,6 @@ def test_the_report_names_the_rule_that_refused_an_edge():
     assert "exp at " in rendered
     assert "-> dot_general: a matmul kernel reads its operands from memory" in rendered
     assert f"{len(result.groups)} kernels" in rendered
-
-
-def mlp_train_step(params, x, labels):
-    def loss(params):
-        h = x
-        for i, p in enumerate(params):
-            h = nn.linear(h, p["w"], p["b"])
-            h = nn.relu(h) if i < len(params) - 1 else h
-        return nn.cross_entropy(h, labels)
-
-    value, grads = fj.value_and_grad(loss)(params)
-    return value, fj.tree_map(lambda p, g: p - 0.1 * g, params, grads)
 
 
 def test_mlp_training_step_needs_at_most_six_kernels_beyond_its_matmuls():

@@ -33,7 +33,9 @@ def test_conv2d_matches_a_direct_loop(stride, padding, jitted):
     x = RNG.standard_normal((2, 3, 7, 6)).astype(np.float32)
     p = nn.init_conv2d(RNG, 3, 4, 3)
     p["b"] = RNG.standard_normal(4).astype(np.float32)
-    conv = (lambda x, w, b: nn.conv2d(x, w, b, stride=stride, padding=padding))
+    def conv(x, w, b):
+        return nn.conv2d(x, w, b, stride=stride, padding=padding)
+
     out = (fj.jit(conv) if jitted else conv)(x, p["w"], p["b"])
     assert out.dtype == np.float32
     np.testing.assert_allclose(out, conv2d_reference(x, p["w"], p["b"], stride, padding), rtol=1e-5, atol=1e-5)
@@ -85,11 +87,12 @@ def test_adam_matches_the_textbook_update_eagerly_and_jitted():
     v = fj.tree_map(np.zeros_like, p)
     ref = p
     for t in range(1, 4):
-        g = fj.tree_map(lambda x: np.sin(x * t).astype(np.float32), ref)
+        g = fj.tree_map(lambda x, t=t: np.sin(x * t).astype(np.float32), ref)
         m = fj.tree_map(lambda m, g: 0.9 * m + 0.1 * g, m, g)
         v = fj.tree_map(lambda v, g: 0.999 * v + 0.001 * g * g, v, g)
         ref = fj.tree_map(
-            lambda p, m, v: p - 0.01 * (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8) - 0.01 * 0.1 * p,
+            lambda p, m, v, t=t: p - 0.01 * (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
+            - 0.01 * 0.1 * p,
             ref, m, v,
         )
         pe, state_e = opt.update(g, state_e, pe)

@@ -25,7 +25,7 @@ def prim_names(fn):
 
 
 def test_multiplying_by_one_and_double_negation_disappear():
-    fn = optimized(lambda x: -(-(x * 1.0)) / 1.0, X)
+    fn = optimized(lambda x: -(-(x * 1.0)) / 1.0, X)  # noqa: B002 - double negation on purpose
     assert prim_names(fn) == []
 
 

@@ -6,10 +6,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from fusejit.ir import primitives as P
 from fusejit.ir.core import Function, Op, SourceLoc, Value
 from fusejit.ir.dtypes import DType
 from fusejit.ir.primitives import IRTypeError, Primitive
-from fusejit.ir import primitives as P
 
 
 class Builder:

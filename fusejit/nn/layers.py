@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -95,29 +96,23 @@ def conv2d(x: Array, w: Array, b: Array | None = None, stride: int | tuple[int, 
     return out if b is None else out + fnp.reshape(b, (1, o, 1, 1))
 
 
-def max_pool2d(x: Array, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None) -> Array:
+def _pool(x: Array, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None,
+          reduce: Any, combine: Any) -> Array:
+    """Pooling over ``kernel_size`` windows: ``reduce`` over the window axes of a reshape
+    when windows tile the image, else ``combine`` of the strided views (one per offset)."""
     kernel = _pair(kernel_size)
     stride = _pair(stride) if stride is not None else kernel
     n, c, h, w = x.shape
     if stride == kernel and h % kernel[0] == 0 and w % kernel[1] == 0:
         blocks = fnp.reshape(x, (n, c, h // kernel[0], kernel[0], w // kernel[1], kernel[1]))
-        return fnp.max(blocks, axis=(3, 5))
+        return reduce(blocks, axis=(3, 5))
     views, _, _ = _windows(x, kernel, stride)
-    out = views[0]
-    for v in views[1:]:
-        out = fnp.maximum(out, v)
-    return out
+    return combine(views)
+
+
+def max_pool2d(x: Array, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None) -> Array:
+    return _pool(x, kernel_size, stride, fnp.max, lambda views: functools.reduce(fnp.maximum, views))
 
 
 def avg_pool2d(x: Array, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None) -> Array:
-    kernel = _pair(kernel_size)
-    stride = _pair(stride) if stride is not None else kernel
-    n, c, h, w = x.shape
-    if stride == kernel and h % kernel[0] == 0 and w % kernel[1] == 0:
-        blocks = fnp.reshape(x, (n, c, h // kernel[0], kernel[0], w // kernel[1], kernel[1]))
-        return fnp.mean(blocks, axis=(3, 5))
-    views, _, _ = _windows(x, kernel, stride)
-    total = views[0]
-    for v in views[1:]:
-        total = total + v
-    return total / float(kernel[0] * kernel[1])
+    return _pool(x, kernel_size, stride, fnp.mean, lambda views: functools.reduce(fnp.add, views) / float(len(views)))

@@ -18,7 +18,6 @@ import numpy as np
 
 from fusejit import config
 from fusejit.ir.core import Function
-from fusejit.ir.dtypes import from_numpy, weak_scalar_dtype
 from fusejit.ir.transforms.fusion import FusedFunction
 from fusejit.ir.transforms.pipeline import Stage, optimize
 from fusejit.ir.types import TensorType
@@ -27,6 +26,7 @@ from fusejit.tracer.pytree import LEAF, TreeDef, tree_flatten, tree_flatten_with
 from fusejit.tracer.tracing import (
     _TRACES,
     TracedArray,
+    argument_type,
     escaped_tracer_error,
     is_tracing,
     sanitize_name,
@@ -61,19 +61,15 @@ def _describe_signature(sig: Any) -> str:
 
 def _leaf_type(path: str, leaf: Any) -> tuple[TensorType, bool]:
     """The IR type of an argument leaf and whether it is weakly typed."""
-    if isinstance(leaf, _SCALAR_TYPES) and not isinstance(leaf, np.generic):
-        return TensorType(weak_scalar_dtype(leaf), ()), True
-    if isinstance(leaf, (np.ndarray, np.generic)):
-        try:
-            return TensorType(from_numpy(leaf.dtype), tuple(np.shape(leaf))), False
-        except TypeError as e:
-            raise TypeError(f"argument {path}: {e}") from None
     if isinstance(leaf, TracedArray):
         raise escaped_tracer_error(leaf, f"argument {path}")
-    raise TypeError(
-        f"argument {path}: a {type(leaf).__name__} is not an array or scalar; "
-        "pass arrays, or mark the argument static with static_argnums/static_argnames"
-    )
+    typed = argument_type(leaf, path)
+    if typed is None:
+        raise TypeError(
+            f"argument {path}: a {type(leaf).__name__} is not an array or scalar; "
+            "pass arrays, or mark the argument static with static_argnums/static_argnames"
+        )
+    return typed
 
 
 @dataclass

@@ -219,6 +219,21 @@ def eval_function(fn: Function, *args: Any) -> tuple[Any, ...]:
     return tuple(TracedArray(env[r], trace) for r in fn.results)
 
 
+def argument_type(leaf: Any, path: str) -> tuple[TensorType, bool] | None:
+    """(IR type, weak) of a function argument's leaf: a traced value's own type, a Python
+    scalar's default dtype (weak), an array's dtype and shape; None for other objects."""
+    if isinstance(leaf, TracedArray):
+        return leaf.value.type, leaf.weak
+    if isinstance(leaf, (bool, int, float)) and not isinstance(leaf, np.generic):
+        return TensorType(weak_scalar_dtype(leaf), ()), True
+    if isinstance(leaf, (np.ndarray, np.generic)):
+        try:
+            return TensorType(from_numpy(leaf.dtype), tuple(np.shape(leaf))), False
+        except TypeError as e:
+            raise TypeError(f"argument {path}: {e}") from None
+    return None
+
+
 def sanitize_name(path: str) -> str:
     """A pytree path such as ``params['w1'][0]`` as an IR identifier: ``params_w1_0``."""
     name = re.sub(r"\W+", "_", path).strip("_")

@@ -32,12 +32,11 @@ import numpy as np
 from fusejit.ir import primitives as P
 from fusejit.ir.builder import Builder
 from fusejit.ir.core import Function, Value
-from fusejit.ir.dtypes import from_numpy, weak_scalar_dtype
 from fusejit.ir.transforms.autodiff import grad_function, jvp_function, reverse_mode
-from fusejit.ir.types import TensorType
 from fusejit.tracer.pytree import LEAF, TreeDef, tree_flatten, tree_flatten_with_path, tree_unflatten
 from fusejit.tracer.tracing import (
     TracedArray,
+    argument_type,
     bind,
     eval_function,
     is_tracing,
@@ -49,18 +48,7 @@ from fusejit.tracer.tracing import (
 _SCALARS = (bool, int, float)
 
 
-def _leaf_type(leaf: Any, path: str) -> tuple[TensorType, bool] | None:
-    """(IR type, weak) of a leaf that can be a parameter; None for other objects."""
-    if isinstance(leaf, TracedArray):
-        return leaf.value.type, leaf.weak
-    if isinstance(leaf, _SCALARS) and not isinstance(leaf, np.generic):
-        return TensorType(weak_scalar_dtype(leaf), ()), True
-    if isinstance(leaf, (np.ndarray, np.generic)):
-        try:
-            return TensorType(from_numpy(leaf.dtype), tuple(np.shape(leaf))), False
-        except TypeError as e:
-            raise TypeError(f"argument {path}: {e}") from None
-    return None
+
 
 
 def _fun_name(fun: Callable[..., Any]) -> str:
@@ -123,7 +111,7 @@ def _trace(
     dyn_index, types, weak = [], [], []
     for j, ((path, leaf), i) in enumerate(zip(path_leaves, owner, strict=True)):
         if is_dynamic(i, path, leaf):
-            typed = _leaf_type(leaf, path)
+            typed = argument_type(leaf, path)
             if typed is None:
                 raise TypeError(f"argument {path}: a {type(leaf).__name__} is not an array or a scalar")
             dyn_index.append(j)
@@ -162,7 +150,7 @@ def _with_weak(values: Sequence[Any], weak: Sequence[bool]) -> list[Any]:
 def _zeros_like_leaf(leaf: Any) -> Any:
     from fusejit.tracer import numpy_api as fnp
 
-    typed = _leaf_type(leaf, "")
+    typed = argument_type(leaf, "")
     assert typed is not None
     t = typed[0]
     if is_tracing():
@@ -225,7 +213,7 @@ def _grad_call(
 
     def is_dynamic(i: int, path: str, leaf: Any) -> bool:
         if i in diff:
-            typed = _leaf_type(leaf, path)
+            typed = argument_type(leaf, path)
             if typed is None:
                 raise TypeError(f"grad of {name}: argument {path} is a {type(leaf).__name__}, not an array")
             if not typed[0].dtype.is_float:
@@ -423,7 +411,7 @@ class custom_vjp:  # noqa: N801 - JAX's name
         names = _positional_names(self.fun, len(args))
         typed = []
         for path, leaf in (pl for i, a in enumerate(args) for pl in tree_flatten_with_path(a, names[i])[0]):
-            t = _leaf_type(leaf, path)
+            t = argument_type(leaf, path)
             if t is None:
                 raise TypeError(
                     f"custom_vjp {name}: argument {path} is a {type(leaf).__name__}, not an array"
