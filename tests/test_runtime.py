@@ -74,7 +74,7 @@ def test_steady_state_calls_allocate_only_their_outputs():
     x, y = f32(n), f32(n)
     f = fj.jit(lambda x, y: fnp.tanh(x * y) + fnp.exp(x) * y - x, fuse=False)
     f(x, y)
-    f(x, y)  # the entry function is compiled on the second call
+    f(x, y)
     exe = f.lower(x, y).executable()
     tracemalloc.start()
     try:
@@ -86,7 +86,10 @@ def test_steady_state_calls_allocate_only_their_outputs():
         current, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert exe.arena_allocations == 1 and exe._entry is not None
+    assert exe.arena_allocations == 1
+    # It moves megabytes per call: its kernels are called one by one, with no entry
+    # function to compile (one Python call per kernel costs nothing next to the work).
+    assert exe._entry is None
     assert current - base < 64 * 1024
     assert peak - base < 1.5 * n * 4  # one output at a time; 4 intermediates live in the arena
 

@@ -59,6 +59,10 @@ from fusejit.runtime.cache import (
 # The entry function is compiled once a function has been called this many times (or at
 # once when an earlier process compiled and cached it).
 ENTRY_AFTER_CALLS = 1
+# ... and only if its kernels move at most this many bytes per call: beyond it the
+# kernels take far longer than calling them one by one from Python (~1 us each), and the
+# entry's compile time (1.45 s for an MLP training step) would buy nothing.
+ENTRY_MAX_BYTES = 1 << 20
 # Outputs at least this large are recycled once the caller drops them: a fresh large
 # array page-faults on first touch (glibc mmaps it), which halved an elementwise op's
 # bandwidth over 64 MiB outputs.
@@ -388,9 +392,11 @@ class CpuExecutable:
         return self._buf_name[key]
 
     def _compile(self) -> None:
-        """Loads (compiling or reading Numba's cache) every kernel; the entry function is
-        compiled now if an earlier process already did (its machine code is cached), else
-        on the second call: a function called once never pays for it."""
+        """Loads (compiling or reading Numba's cache) every kernel. The entry function,
+        which saves ~1 us of Python per kernel per call but costs ~0.1 s of compile time
+        per kernel, is used only for functions that move little memory (where that
+        microsecond matters): compiled now if an earlier process already did (its machine
+        code is cached), else on the second call, so a function called once never pays."""
         types, nbt = _numba_types()
         for st in self._steps:
             st.dispatcher = getattr(load_module(st.source), st.lowered.kernel.name)
@@ -402,13 +408,17 @@ class CpuExecutable:
             self._views[key] = self._arena[self._dims[slot]:self._dims[slot + 1]].view(dtype)
         if config.value("debug_nans"):
             self.run = self._call_generic
-        elif len(self._steps) <= 1:
+        elif not self._wants_entry():
             self.run = self._runner("kernels")
         elif entry_is_cached(self._entry_source):
             self._compile_entry()
             self.run = self._runner("entry")
         else:
             self.run = self._first_call
+
+    def _wants_entry(self) -> bool:
+        moved = sum(st.lowered.group.bytes_read + st.lowered.group.bytes_written for st in self._steps)
+        return len(self._steps) > 1 and moved <= ENTRY_MAX_BYTES
 
     def _compile_entry(self) -> None:
         types, nbt = _numba_types()
@@ -557,7 +567,7 @@ class CpuExecutable:
         if config.value("debug_nans"):
             self._run_stepwise(arrays, outs)
         else:
-            if self._entry is None and self.calls >= ENTRY_AFTER_CALLS and len(self._steps) > 1:
+            if self._entry is None and self.calls >= ENTRY_AFTER_CALLS and self._wants_entry():
                 self._compile_entry()
             if self._entry is not None:
                 self._entry(*[a.ravel() for a in arrays], *flat_outs, self._arena, *self._consts, self._dims)
