@@ -245,6 +245,8 @@ def test_dump_writes_every_stage_and_kernel(tmp_path):
         assert path.read_text() == info.source
         assert info.source in compiled.kernel_source()
     assert "// stage: inline_calls" in (directory / "01_inline_calls.ir").read_text()
+    report = (directory / "fusion_report.txt").read_text()
+    assert f"in {len(compiled.kernels)} kernels" in report and "tanh" in report
 
 
 def test_debug_nans_names_the_op_and_source_line():

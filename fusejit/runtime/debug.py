@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fusejit.ir.core import Function
+from fusejit.ir.transforms.fusion import fusion_report
 
 _counter = itertools.count()
 _lock = threading.Lock()
@@ -54,6 +55,7 @@ def dump_compilation(
         files.append((f"{k:02d}_optimized.ir", f"// stage: optimized\n{fn}"))
         k += 1
     files.append((f"{k:02d}_fused.ir", f"// stage: fused ({backend} backend)\n{exe.fused}"))
+    files.append(("fusion_report.txt", fusion_report(exe.fused)))
     for path, text in files:
         (directory / path).write_text(text, encoding="utf-8")
     kernels = getattr(exe, "kernels", [])
