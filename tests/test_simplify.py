@@ -125,3 +125,17 @@ def test_scattering_one_update_per_row_becomes_an_elementwise_one_hot_select():
     assert "scatter_add" in prim_names(fn) and "scatter_add" not in prim_names(opt)
     args = (np.arange(1, 5, dtype=np.float32).reshape(4, 1), labels)
     np.testing.assert_array_equal(run_function(opt, *args)[0], run_function(fn, *args)[0])
+
+
+def test_a_transposed_matmul_product_is_computed_in_the_transposed_layout():
+    w = np.ones((3, 5), np.float32)
+    fn = optimized(lambda x, w: (x @ w).T * 2.0, X, w)
+    assert "transpose" not in prim_names(fn)
+    got = fj.jit(lambda x, w: (x @ w).T * 2.0)(X, w)
+    np.testing.assert_allclose(got, (X @ w).T * 2.0, rtol=1e-6)
+
+
+def test_a_matmul_product_read_twice_keeps_its_layout():
+    w = np.ones((3, 5), np.float32)
+    fn = optimized(lambda x, w: ((x @ w).T, (x @ w).sum()), X, w)
+    assert "transpose" in prim_names(fn)

@@ -17,6 +17,7 @@ from fusejit.ir.transforms.simplify import (
     canonicalize_layout,
     eliminate_common_subexpressions,
     fold_constants,
+    fold_transposed_matmuls,
     simplify_algebra,
 )
 from fusejit.ir.verifier import verify
@@ -32,6 +33,7 @@ PIPELINE: list[tuple[str, Pass]] = [
     # Folding and merging expose new identities (x * (2 * 0.5)); one more round gets them.
     ("simplify_algebra", simplify_algebra),
     ("canonicalize_layout", canonicalize_layout),
+    ("fold_transposed_matmuls", fold_transposed_matmuls),
     ("eliminate_dead_code", eliminate_dead_code),
 ]
 

@@ -269,3 +269,40 @@ def canonicalize_layout(fn: Function) -> Function:
     and folds transposes of matmul operands into the dot_general's axis numbers, so that
     the remaining transposes are index arithmetic inside fused loops."""
     return rewrite(fn, [_layout])
+
+
+def fold_transposed_matmuls(fn: Function) -> Function:
+    """``transpose(dot_general(a, b))`` that swaps the two operands' free axes becomes
+    ``dot_general(b, a)``, when the transpose is the product's only reader: the product is
+    then written in the layout its consumer reads (a weight gradient in the weight's own
+    layout), and no strided transpose is left for the loop that uses it."""
+    users = fn.users()
+    results = set(fn.results)
+    producer = fn.producers()
+    swaps: dict[Value, Op] = {}
+    for op in fn.ops:
+        if op.prim is not P.transpose:
+            continue
+        dot = producer.get(op.inputs[0])
+        if dot is None or dot.prim is not P.dot_general or dot.attrs["batch"] != ((), ()):
+            continue
+        if len(users.get(dot.output, [])) != 1 or dot.output in results:
+            continue
+        lhs, rhs = dot.inputs
+        (lc, rc), _ = dot.attrs["contract"], dot.attrs["batch"]
+        n_lhs = lhs.type.ndim - len(lc)
+        n_rhs = rhs.type.ndim - len(rc)
+        swapped = tuple(range(n_lhs, n_lhs + n_rhs)) + tuple(range(n_lhs))
+        if op.attrs["perm"] == swapped:
+            swaps[op.output] = dot
+    if not swaps:
+        return fn
+
+    def swap(op: Op, producer: dict[Value, Op], b: Builder) -> Value | None:
+        dot = swaps.get(op.output)
+        if dot is None:
+            return None
+        (lc, rc), batch = dot.attrs["contract"], dot.attrs["batch"]
+        return b.op(P.dot_general, dot.inputs[1], dot.inputs[0], contract=(rc, lc), batch=batch)
+
+    return rewrite(fn, [swap])
