@@ -266,3 +266,14 @@ def test_memory_mode_compiles_without_the_disk_cache(tmp_path):
         out = fj.jit(lambda x: fnp.sin(x) * 3.0)(f32(5))
     assert out.shape == (5,)
     assert not any(tmp_path.iterdir())
+
+
+def test_dumped_stages_parse_back(tmp_path):
+    with config.override(dump_dir=str(tmp_path)):
+        fj.jit(lambda x: fnp.exp(x).sum(axis=0)).lower(f32(4, 3)).compile()
+    (directory,) = tmp_path.iterdir()
+    stages = sorted(p for p in directory.iterdir() if p.suffix == ".ir" and "fused" not in p.name)
+    assert len(stages) >= 5
+    for path in stages:
+        text = path.read_text()
+        assert str(fj.ir.parse(text)) == text.split("\n", 1)[1]

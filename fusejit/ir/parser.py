@@ -1,7 +1,8 @@
 """Reading IR text back: ``parse(print_function(f))`` rebuilds ``f``.
 
-The grammar is what ``printer.py`` writes. Spaces and line breaks between tokens are
-free, except that a source-line comment must be on its op's line::
+The grammar is what ``printer.py`` writes. Spaces, line breaks and ``// notes`` (the
+headers of dumped stages) between tokens are free, except that a source-line comment
+must be on its op's line::
 
     module    := function+
     function  := 'func' @NAME '(' [param (',' param)*] ')' '->' results '{'
@@ -34,7 +35,7 @@ from fusejit.ir.primitives import PRIMITIVES, AttrKind, Primitive, check_attr
 from fusejit.ir.types import TensorType
 
 _TOKEN = re.compile(
-    r"""(?P<space>[ \t\r\n]+)
+    r"""(?P<space>[ \t\r\n]+ | //[^\n]*)
       | (?P<comment>\#[^\n]*)
       | (?P<num>-inf(?![A-Za-z0-9_]) | -?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)
       | (?P<name>[A-Za-z_][A-Za-z0-9_]*)
