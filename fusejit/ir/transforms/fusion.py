@@ -412,25 +412,8 @@ def _finalize(part: _Partition, groups: list[_Group]) -> list[FusionGroup]:
         if len(live) == len(groups):
             break
         groups = live
-    producer_group = {id(v): g for g in groups for op in g.owned for v in op.outputs}
-    order: list[_Group] = []
-    state: dict[int, int] = {}
-
-    def visit(g: _Group) -> None:
-        if state.get(id(g)) == 2:
-            return
-        assert state.get(id(g)) != 1, "fusion produced a cycle between kernels"
-        state[id(g)] = 1
-        for v in part.finish(g).inputs:
-            dep = producer_group.get(id(v))
-            if dep is not None and dep is not g:
-                visit(dep)
-        state[id(g)] = 2
-        order.append(g)
-
-    for g in sorted(groups, key=lambda g: min(part.position[id(op)] for op in g.owned)):
-        visit(g)
-    return [part.finish(g, needed) for g in order]
+    by_position = sorted(groups, key=lambda g: min(part.position[id(op)] for op in g.owned))
+    return _topological([part.finish(g, needed) for g in by_position])
 
 
 _HORIZONTAL_KINDS = ("loop", "reduce")
@@ -494,19 +477,21 @@ def _horizontal(parts: list[FusionGroup]) -> FusionGroup:
 
 def _topological(units: list[FusionGroup]) -> list[FusionGroup]:
     """``units`` in an order where each runs after the units producing its inputs (stable:
-    already-ordered units keep their order)."""
+    already-ordered units keep their order). A cycle between kernels is a fusion bug."""
     producer = {id(v): u for u in units for v in u.outputs}
     order: list[FusionGroup] = []
-    done: set[int] = set()
+    state: dict[int, str] = {}
 
     def visit(u: FusionGroup) -> None:
-        if id(u) in done:
+        if state.get(id(u)) == "done":
             return
-        done.add(id(u))
+        assert state.get(id(u)) != "visiting", "fusion produced a cycle between kernels"
+        state[id(u)] = "visiting"
         for v in u.inputs:
             dep = producer.get(id(v))
             if dep is not None and dep is not u:
                 visit(dep)
+        state[id(u)] = "done"
         order.append(u)
 
     for u in units:
