@@ -353,22 +353,31 @@ def _epilogue_fusion(part: _Partition, groups: list[_Group]) -> None:
                 loop.owned.sort(key=lambda op: op.prim is not P.dot_general)
 
 
+def _reduced_axes(g: _Group) -> set[tuple[int, ...] | None]:
+    return {op.attrs.get("axes") for op in g.owned if op.prim.kind is OpKind.REDUCTION}
+
+
 def _sibling_fusion(part: _Partition, groups: list[_Group]) -> None:
-    """Phase 4: kernels over the same iteration space reading a common input merge."""
+    """Phase 4: kernels over the same iteration space (and, for reductions, the same
+    axes) that read a common input merge. Only groups sharing an input are compared."""
     for kind in ("loop", "reduce"):
         candidates = [g for g in groups if g.kind == kind]
-        for i, a in enumerate(candidates):
-            if a not in groups:
+        readers: dict[Value, list[_Group]] = {}
+        for g in candidates:
+            for v in part.finish(g).inputs:
+                readers.setdefault(v, []).append(g)
+        live = set(map(id, candidates))
+        for a in candidates:
+            if id(a) not in live:
                 continue
-            a_inputs = set(part.finish(a).inputs)
-            for b in candidates[i + 1 :]:
-                if b not in groups or b.shape != a.shape:
-                    continue
-                same_axes = kind == "loop" or {op.attrs.get("axes") for op in a.owned + b.owned
-                                               if op.prim.kind is OpKind.REDUCTION} .__len__() == 1
-                if same_axes and a_inputs & set(part.finish(b).inputs):
+            partners = dict.fromkeys(
+                b for v in part.finish(a).inputs for b in readers.get(v, ())
+                if b is not a and id(b) in live and b.shape == a.shape
+            )
+            for b in partners:
+                if id(b) in live and (kind == "loop" or _reduced_axes(a) == _reduced_axes(b)):
                     if _try_merge(part, a, b, kind, groups):
-                        a_inputs = set(part.finish(a).inputs)
+                        live.discard(id(b))
 
 
 def fuse(fn: Function, legal: Callable[[FusionGroup], str | None] | None = None) -> FusedFunction:
@@ -396,8 +405,12 @@ def fuse(fn: Function, legal: Callable[[FusionGroup], str | None] | None = None)
     _sibling_fusion(part, groups)
     finished = _finalize(part, groups)
     finished = _horizontal_fusion(finished, part)
-    together = {(id(a), id(b)) for g in finished for a in g.ops for b in g.ops}
-    refusals = [r for r in part.refusals if (id(r.producer), id(r.consumer)) not in together]
+    kernels_of: dict[int, set[int]] = {}
+    for k, g in enumerate(finished):
+        for op in g.ops:
+            kernels_of.setdefault(id(op), set()).add(k)
+    refusals = [r for r in part.refusals
+                if not kernels_of.get(id(r.producer), set()) & kernels_of.get(id(r.consumer), set())]
     return FusedFunction(fn, tuple(finished), tuple(refusals))
 
 
@@ -417,6 +430,7 @@ def _finalize(part: _Partition, groups: list[_Group]) -> list[FusionGroup]:
 
 
 _HORIZONTAL_KINDS = ("loop", "reduce")
+_HORIZONTAL_TRIES = 4
 
 
 def _horizontal_fusion(groups: list[FusionGroup], part: _Partition) -> list[FusionGroup]:
@@ -433,13 +447,14 @@ def _horizontal_fusion(groups: list[FusionGroup], part: _Partition) -> list[Fusi
                 bits |= ancestors[j] | (1 << j)
         ancestors.append(bits)
     buckets: list[list[int]] = []
+    by_kind: dict[str, list[list[int]]] = {}
     bucket_of: dict[int, list[int]] = {}
     for i, g in enumerate(groups):
         if g.kind not in _HORIZONTAL_KINDS:
             continue
-        for bucket in buckets:
-            if groups[bucket[0]].kind != g.kind:
-                continue
+        same_kind = by_kind.setdefault(g.kind, [])
+        # Only the latest few buckets are tried: it bounds the work on very wide graphs.
+        for bucket in same_kind[-_HORIZONTAL_TRIES:]:
             independent = all(not (ancestors[i] >> j) & 1 for j in bucket)
             if independent:  # members come earlier, so none of them can read group i
                 candidate = _horizontal([groups[j] for j in bucket + [i]])
@@ -449,6 +464,7 @@ def _horizontal_fusion(groups: list[FusionGroup], part: _Partition) -> list[Fusi
                     break
         else:
             buckets.append([i])
+            same_kind.append(buckets[-1])
             bucket_of[i] = buckets[-1]
     merged: dict[int, FusionGroup] = {}
     for bucket in buckets:
