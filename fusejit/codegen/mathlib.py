@@ -954,6 +954,22 @@ FUNCTIONS: dict[tuple[str, str], Callable] = {
     for dtype, suffix in (("float32", "f32"), ("float64", "f64"))
 }  # fmt: skip
 
+#: What each function computes, as NumPy expressions (the references its accuracy is
+#: measured against in tests/test_mathlib.py and bench/bench_mathlib.py).
+NUMPY_REFERENCE: dict[str, Callable] = {
+    "exp": np.exp,
+    "log": np.log,
+    "log1p": np.log1p,
+    "expm1": np.expm1,
+    "tanh": np.tanh,
+    "logistic": lambda x: 1 / (1 + np.exp(-x)),
+    "sin": np.sin,
+    "cos": np.cos,
+    "sqrt": np.sqrt,
+    "rsqrt": lambda x: 1 / np.sqrt(x),
+    "pow": np.power,
+}
+
 #: Bound on the error in ULPs of each function (float32: all inputs; float64: sampled),
 #: slightly above the measured maxima in the module docstring; tests/test_mathlib.py
 #: asserts them.
