@@ -3,6 +3,7 @@ parameter bookkeeping, loop nests over an index space, kernel names and header l
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 from fusejit import config
 from fusejit.codegen import rules as _rules  # noqa: F401 - registers Primitive.codegen
 from fusejit.codegen.elemental import Elem, Emitter, Index, linearize
-from fusejit.codegen.kernel import Kernel, KernelBuilder, Unsupported
+from fusejit.codegen.kernel import If, Kernel, KernelBuilder, Loop, Stmt, Unsupported
 from fusejit.ir.core import Op, Value
 from fusejit.ir.dtypes import DType
 from fusejit.ir.primitives import OpKind
@@ -23,8 +24,32 @@ LOOP_OPS = (OpKind.ELEMENTWISE, OpKind.LAYOUT, OpKind.SOURCE)
 SPLIT_CHUNKS = 64
 # Column reductions distribute blocks of this many columns over threads.
 COLUMN_BLOCK = 256
-REDUCE_FASTMATH = ("contract", "reassoc")  # reassociation lets sums vectorize; no nnan/ninf
-LOOP_FASTMATH = ("contract",)
+
+
+# A bound on a kernel's size after the math library is inlined: LLVM's time (and memory)
+# grows faster than the code, and a branch per concatenated piece copies the producers
+# of every piece (1,000 statements compiled in 3-8 s, 5,000 in 41 s). A group over the
+# bound is split, one kernel per op (``fusejit.runtime.cpu.lower_all``).
+MAX_KERNEL_SIZE = 1500
+# Statements one inlined math-library call stands for (exp_f64 and log_f64 are 25-40
+# lines each, expm1_f64 and pow_f64 more).
+MATHLIB_CALL_SIZE = 40
+
+
+def kernel_size(block: list[Stmt], mathlib: set[str]) -> int:
+    """Statements in ``block``, counting each call of a math-library function as
+    ``MATHLIB_CALL_SIZE`` (a loop body counts once: it is compiled once)."""
+    calls = re.compile(rf"\b(?:{'|'.join(map(re.escape, sorted(mathlib))) or '(?!)'})\(")
+    size = 0
+    for s in block:
+        if isinstance(s, Loop):
+            size += 1 + kernel_size(s.body, mathlib)
+        elif isinstance(s, If):
+            size += 1 + kernel_size(s.then, mathlib) + kernel_size(s.orelse, mathlib)
+        else:
+            text = getattr(s, "expr", "")
+            size += 1 + MATHLIB_CALL_SIZE * len(calls.findall(text))
+    return size
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,11 +153,14 @@ def finish(
     kind: str,
     dtype: DType,
     shape: tuple[int, ...],
-    fastmath: tuple[str, ...],
     helpers: list[Kernel] | None = None,
     identity: frozenset[Value] = frozenset(),
 ) -> LoweredKernel:
     name, display = kernel_names(kind, dtype, shape)
+    size = kernel_size(b.block, b.mathlib)
+    if size > MAX_KERNEL_SIZE:
+        raise Unsupported(f"the kernel would be too large to compile quickly ({size} statements after "
+                          f"inlining, at most {MAX_KERNEL_SIZE})")
     kernel = Kernel(
         name=name,
         kind=kind,
@@ -142,7 +170,6 @@ def finish(
         consts=dict(b.consts),
         mathlib=set(b.mathlib),
         parallel=b.parallel,
-        fastmath=fastmath,
         helpers=helpers or [],
         doc=describe_ops(ctx.group, concrete=False),
     )

@@ -7,7 +7,6 @@ import math
 
 from fusejit.codegen import rules
 from fusejit.codegen.common import (
-    LOOP_FASTMATH,
     LOOP_OPS,
     Arrays,
     Ctx,
@@ -114,7 +113,7 @@ def lower_matmul(ctx: Ctx) -> LoweredKernel:
         helpers.append(helper)
         b.emit(Call(helper.name, args))
     return finish(ctx, b, arrays, em, "matmul", d.dtype, (M, K, N) if B == 1 else (B, M, K, N),
-                   LOOP_FASTMATH, helpers)
+                   helpers)
 
 
 def _epilogue_helper(ctx: Ctx, group: FusionGroup, d: Value, c_arr: str, arrays: Arrays,
@@ -155,7 +154,7 @@ def _epilogue_helper(ctx: Ctx, group: FusionGroup, d: Value, c_arr: str, arrays:
         break
     name, _ = kernel_names("epilogue", outputs[0].dtype, d.shape)
     helper = Kernel(name, "epilogue", list(b.arrays), list(b.ints), b.finish(), dict(b.consts),
-                    set(b.mathlib), b.parallel, LOOP_FASTMATH)
+                    set(b.mathlib), b.parallel)
     args: list[str] = []
     for bound in sub.bound:
         if isinstance(bound, Value):
@@ -219,7 +218,7 @@ def _lower_contraction_loop(ctx: Ctx, dot: Op) -> LoweredKernel:
             store(b, outs[v], flat, em.at(v, out_idx))
 
     root_index(em, b, out_exprs, False, False, ("total",), math.prod(d.shape))(body)
-    return finish(ctx, b, arrays, em, "matmul_loop", d.dtype, d.shape, LOOP_FASTMATH)
+    return finish(ctx, b, arrays, em, "matmul_loop", d.dtype, d.shape)
 
 
 # ---------------------------------------------------------------------------------------
@@ -261,6 +260,6 @@ def lower_scatter(ctx: Ctx) -> LoweredKernel:
         b.store(o_arr, target, rules.wrap(f"{cur} + {u.expr}", out.dtype))
 
     root_index(em, b, u_exprs, False, False, ("total",), upd.type.size)(body)
-    return finish(ctx, b, arrays, em, "scatter_add", out.dtype, upd.shape, LOOP_FASTMATH)
+    return finish(ctx, b, arrays, em, "scatter_add", out.dtype, upd.shape)
 
 

@@ -26,14 +26,17 @@ from fusejit.codegen.kernel import Assign, Call, Comment, If, Kernel, Let, Loop,
 DISK_CACHE = False
 
 
-def kernel_jit(parallel: bool = False, fastmath: tuple[str, ...] = ("contract",)) -> Any:
-    """The decorator generated modules use (reads the cache mode at module load)."""
+def kernel_jit(parallel: bool = False) -> Any:
+    """The decorator generated modules use (reads the cache mode at module load).
+
+    No fast-math flag: each would let LLVM change results in ways the IR does not allow
+    (``contract`` turned ``x*s - max(x*s)`` into an FMA whose error made a softmax NaN);
+    sums vectorize through the one reassociable add, ``mathlib.accumulate_*``."""
     import numba
 
     return numba.njit(
         cache=DISK_CACHE,
         parallel=parallel,
-        fastmath=set(fastmath),
         error_model="numpy",
         boundscheck=False,
     )
@@ -63,7 +66,7 @@ def module_source(kernel: Kernel) -> str:
 
 def _function(kernel: Kernel) -> list[str]:
     lines = [
-        f"@kernel_jit(parallel={kernel.parallel!r}, fastmath={tuple(sorted(kernel.fastmath))!r})",
+        f"@kernel_jit(parallel={kernel.parallel!r})",
         f"def {kernel.name}({', '.join(kernel.params)}):",
     ]
     body = _block(kernel.body, 1)

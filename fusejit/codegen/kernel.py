@@ -16,6 +16,9 @@ from counters, constants are printed from typed numbers (``constant_expr``).
 (common subexpression elimination on the text) and hoists loop-invariant statements: every
 variable has a *depth* (the loop nesting its value depends on), and when a loop closes,
 each ``Let``/``If`` of its body whose depth is lower than the loop's moves in front of it.
+Memory is not a value: a load from an array the loop stores into stays in the loop (with
+everything computed from it), and a store forgets the loads of its array that CSE would
+otherwise reuse (a column reduction's accumulator is read, updated and read again).
 """
 
 from __future__ import annotations
@@ -147,7 +150,6 @@ class Kernel:
     consts: dict[str, str] = field(default_factory=dict)  # global name -> typed expression
     mathlib: set[str] = field(default_factory=set)
     parallel: bool = False
-    fastmath: tuple[str, ...] = ("contract",)
     helpers: list[Kernel] = field(default_factory=list)
     doc: list[str] = field(default_factory=list)  # shape-free op lines for the header
 
@@ -232,6 +234,7 @@ class KernelBuilder:
         # Scopes: (statements, cse table, loop depth of the scope)
         self._scopes: list[tuple[list[Stmt], dict[Any, str], int]] = [([], {}, 0)]
         self.parallel = False
+        self._loaded_from: dict[str, str] = {}  # variable -> the array its load reads
 
     # Names --------------------------------------------------------------------------
     def fresh(self, prefix: str = "v") -> str:
@@ -318,10 +321,15 @@ class KernelBuilder:
 
     def store(self, array: str, index: str, expr: str) -> None:
         self.block.append(Store(array, index, expr))
+        for _, table, _ in self._scopes:
+            for key in [k for k, v in table.items() if self._loaded_from.get(v) == array]:
+                del table[key]
 
     def load(self, array: str, index: str) -> str:
-        """A variable holding ``array[index]``."""
-        return self.let(subscript(array, index))
+        """A variable holding ``array[index]`` (as the array is now)."""
+        var = self.let(subscript(array, index))
+        self._loaded_from.setdefault(var, array)
+        return var
 
     def emit(self, stmt: Stmt) -> None:
         self.block.append(stmt)
@@ -340,8 +348,7 @@ class KernelBuilder:
             yield var
         finally:
             _, table, _ = self._scopes.pop()
-        hoisted = [s for s in body if isinstance(s, (Let, If)) and s.depth < depth]
-        kept = [s for s in body if not (isinstance(s, (Let, If)) and s.depth < depth)]
+        hoisted, kept = self._split_invariant(body, depth)
         self.block.extend(hoisted)
         # Hoisted definitions stay visible to the CSE of the enclosing scope.
         hoisted_vars = {s.var for s in hoisted if isinstance(s, Let)}
@@ -351,6 +358,28 @@ class KernelBuilder:
         self.block.append(Loop(var, start, stop, kept, parallel))
         if parallel:
             self.parallel = True
+
+    def _split_invariant(self, body: list[Stmt], depth: int) -> tuple[list[Stmt], list[Stmt]]:
+        """The statements of a closing loop's body that can move in front of it, and the
+        rest. A load from an array stored in the loop is not invariant, nor is anything
+        that reads a variable staying in the loop."""
+        written = _stored_arrays(body)
+        staying: set[str] = set()
+        hoisted: list[Stmt] = []
+        kept: list[Stmt] = []
+        for s in body:
+            if isinstance(s, (Let, If)) and s.depth < depth:
+                names = set(_IDENT.findall(_statement_text(s)))
+                loads = {self._loaded_from[n] for n in _defined_vars(s) | names if n in self._loaded_from}
+                if not (names & staying) and not (loads & written):
+                    hoisted.append(s)
+                    continue
+                for var in _defined_vars(s):
+                    staying.add(var)
+                    self.depth_of[var] = depth
+                s.depth = depth
+            kept.append(s)
+        return hoisted, kept
 
     def branch(self, cond: str, then_fn: Any, else_fn: Any) -> str:
         """``t = then_fn() if cond else else_fn()`` as an ``if`` statement (each side's
@@ -379,6 +408,41 @@ class KernelBuilder:
     def finish(self) -> list[Stmt]:
         assert len(self._scopes) == 1
         return self._scopes[0][0]
+
+
+def _stored_arrays(block: list[Stmt]) -> set[str]:
+    """Every array a block (and the blocks nested in it) stores into or hands to a GEMM
+    or a helper kernel."""
+    out: set[str] = set()
+    for s in block:
+        if isinstance(s, Store):
+            out.add(s.array)
+        elif isinstance(s, Matmul):
+            out.add(s.out)
+        elif isinstance(s, Call):
+            out.update(s.args)
+        elif isinstance(s, Loop):
+            out |= _stored_arrays(s.body)
+        elif isinstance(s, If):
+            out |= _stored_arrays(s.then) | _stored_arrays(s.orelse)
+    return out
+
+
+def _defined_vars(s: Stmt) -> set[str]:
+    if isinstance(s, Let):
+        return {s.var}
+    if isinstance(s, If):
+        return set().union(*(_defined_vars(t) for t in s.then + s.orelse))
+    return set()
+
+
+def _statement_text(s: Stmt) -> str:
+    """The expressions a hoisting candidate reads (an ``If``'s condition and branches)."""
+    if isinstance(s, Let):
+        return s.expr
+    if isinstance(s, If):
+        return " ".join([s.cond, *(_statement_text(t) for t in s.then + s.orelse)])
+    return ""
 
 
 def _block_depth(block: list[Stmt], b: KernelBuilder) -> int:

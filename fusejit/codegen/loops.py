@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 
 from fusejit.codegen.common import (
-    LOOP_FASTMATH,
     LOOP_OPS,
     Arrays,
     Ctx,
@@ -88,7 +87,7 @@ def lower_loop(ctx: Ctx) -> LoweredKernel:
             name = arrays.of[src]
             k = [a.name for a in b.arrays].index(name)
             b.arrays[k] = ArrayParam(name, src.dtype, "inout")
-        return finish(ctx, b, arrays, em, "loop", group.outputs[0].dtype, shape, LOOP_FASTMATH,
+        return finish(ctx, b, arrays, em, "loop", group.outputs[0].dtype, shape,
                        identity=identity)
     raise AssertionError("a loop nest always has the dims it needs")  # pragma: no cover
 
@@ -106,6 +105,6 @@ def lower_horizontal(ctx: Ctx) -> LoweredKernel:
         em, _ = emit_loop_body(pctx, b, arrays, part, flat_mode=False, part=k)
         ems.append(em)
     first = parts[0].outputs[0]
-    return finish(ctx, b, arrays, None, "horizontal", first.dtype, first.shape, LOOP_FASTMATH)
+    return finish(ctx, b, arrays, None, "horizontal", first.dtype, first.shape)
 
 

@@ -20,18 +20,16 @@ code generator, ``MAX_ULP`` holds the accuracy table below. A generated kernel::
 
     from fusejit.codegen.mathlib import tanh_f32, maximum_f32  # SOURCE_HASH in a comment
 
-    @numba.njit(cache=True, **kernel_options())  # kernel_options(reduction=True) if it reduces
+    @numba.njit(cache=True, error_model="numpy")  # no fast-math flag
     def kernel(x, out, n):
         for i in range(n):
             out[i] = tanh_f32(x[i])
 
-Recommended kernel flags (``kernel_options``): ``error_model="numpy"`` always (the
-default model tests divisions for zero, which stops vectorization); fast-math
-``{"contract"}`` for elementwise kernels and ``{"contract", "reassoc"}`` for kernels
-with a sum (a sum reduction only vectorizes with ``reassoc``; a fused softmax row ran
-4.7x faster with it). Do not use ``nnan``/``ninf``/``fastmath=True``: the library's
-results do not depend on the caller's flags (tested), but the kernel's own NaN and
-infinity handling would, and ``fastmath=True`` was also slower than the two flags.
+Kernel flags: ``error_model="numpy"`` (the default model tests divisions for zero, which
+stops vectorization) and no fast-math flag at all: the library's results do not depend
+on the caller's flags (tested), but the kernel's own arithmetic would (``contract``
+turned ``x*s - max(x*s)`` into an FMA and a softmax into NaN). A sum vectorizes through
+``accumulate_f32``/``accumulate_f64``, an add that alone may be reassociated.
 
 How the functions are compiled: ``error_model="numpy"``, ``fastmath={"contract"}``
 (FMA; no other flag, since the algorithms rely on IEEE rounding, NaN and infinity),
@@ -166,28 +164,18 @@ __all__ = [
     "FUNCTIONS",
     "MAX_ULP",
     "SOURCE_HASH",
-    "kernel_options",
     "exp_f32", "exp_f64", "log_f32", "log_f64", "log1p_f32", "log1p_f64",
     "expm1_f32", "expm1_f64", "tanh_f32", "tanh_f64", "logistic_f32", "logistic_f64",
     "sin_f32", "sin_f64", "cos_f32", "cos_f64", "pow_f32", "pow_f64",
     "sqrt_f32", "sqrt_f64", "rsqrt_f32", "rsqrt_f64",
     "maximum_f32", "maximum_f64", "minimum_f32", "minimum_f64",
     "maxnum_f32", "maxnum_f64", "minnum_f32", "minnum_f64",
+    "accumulate_f32", "accumulate_f64",
 ]  # fmt: skip
 
 #: Changes whenever this file changes. Numba's on-disk cache of a kernel does not notice a
 #: change in the functions it calls from here; put this in the generated source text.
 SOURCE_HASH = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
-
-
-def kernel_options(reduction: bool = False) -> dict:
-    """``numba.njit`` options for a kernel that calls this library (see the module docstring).
-
-    ``error_model="numpy"`` always (the default checks divisions for zero, which stops
-    vectorization); ``reassoc`` only when the kernel reduces (sums vectorize only with it;
-    it changes rounding, as NumPy's pairwise summation does); ``contract`` for FMAs.
-    """
-    return {"error_model": "numpy", "fastmath": {"contract", "reassoc"} if reduction else {"contract"}}
 
 
 def _jit(fn):
@@ -274,6 +262,39 @@ _minnum = _llvm_float_op("_minnum", "llvm.minnum", 2)
 _libm_pow = _llvm_float_op("_libm_pow", "llvm.pow", 2)  # calls the C library
 _libm_sin = _llvm_float_op("_libm_sin", "llvm.sin", 1)
 _libm_cos = _llvm_float_op("_libm_cos", "llvm.cos", 1)
+
+
+
+def _accumulate(name: str, acc_type: types.Float):
+    """``acc + x`` as one ``fadd reassoc`` (``x`` widened to ``acc_type`` first).
+
+    The only reassociable instruction in a generated kernel: LLVM may split the running
+    sum of a loop into vector lanes (so sums vectorize), while every other float operation
+    keeps IEEE semantics. Kernels are compiled without any fast-math flag: a function-wide
+    ``reassoc`` may rewrite the arithmetic around the sum, and ``contract`` turned
+    ``x*s - max(x*s)`` into an FMA whose rounding error, times a large ``s``, made a
+    softmax inf/inf = NaN (tests/test_numerics.py)."""
+
+    def typer(typingctx, acc, x):
+        if acc != acc_type or x not in _FLOATS or x.bitwidth > acc_type.bitwidth:
+            return None
+
+        def codegen(context, builder, sig, args):
+            total, value = args
+            if sig.args[1] != acc_type:
+                value = builder.fpext(value, context.get_value_type(acc_type))
+            return builder.fadd(total, value, flags=("reassoc",))
+
+        return acc_type(acc, x), codegen
+
+    typer.__name__ = name
+    return intrinsic(typer)
+
+
+#: Running sums (see ``_accumulate``): ``accumulate_f64(acc, x)`` for a float64 total of
+#: float32 or float64 values, ``accumulate_f32`` for a float32 block sum.
+accumulate_f32 = _accumulate("accumulate_f32", types.float32)
+accumulate_f64 = _accumulate("accumulate_f64", types.float64)
 
 # ---------------------------------------------------------------------------------------
 # float32. Every constant is an np.float32 (or np.int32) module global: Numba freezes

@@ -5,13 +5,14 @@ results are broadcast back over the same rows, several passes per row)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 from fusejit.codegen.common import (
     COLUMN_BLOCK,
     LOOP_OPS,
-    REDUCE_FASTMATH,
     SPLIT_CHUNKS,
     Arrays,
     Ctx,
@@ -23,9 +24,10 @@ from fusejit.codegen.common import (
     store,
 )
 from fusejit.codegen.elemental import Elem, Emitter, Index, linearize
-from fusejit.codegen.kernel import KernelBuilder, Unsupported
+from fusejit.codegen.kernel import NP_NAME, KernelBuilder, Unsupported
 from fusejit.ir import primitives as P
 from fusejit.ir.core import Op, Value
+from fusejit.ir.dtypes import DType
 from fusejit.ir.primitives import OpKind
 from fusejit.ir.transforms.fusion import FusionGroup
 
@@ -67,28 +69,69 @@ def _analyze_reductions(group: FusionGroup) -> _Reductions:
     return _Reductions(reduces, shape, axes, dependent)
 
 
+# Float sums add SUM_BLOCK elements into a block total (in vector lanes), then the block
+# total into the running total, a float64 one for float32 data: the rounding error grows
+# with n / SUM_BLOCK + SUM_BLOCK / lanes rather than with n (the purpose of NumPy's
+# pairwise summation), at the speed of the plain loop (bench/bench_backend.py sums).
+SUM_BLOCK = 256
+
+
+def total_dtype(op: Op) -> DType:
+    """The accumulator dtype of a reduction: float64 for float sums, else the input's."""
+    dt = op.inputs[0].dtype
+    return DType.f64 if op.prim.codegen.blocked and dt.is_float else dt
+
+
 class Accumulators:
-    """The accumulators of a set of reductions over one index space."""
+    """The accumulators of a set of reductions over one index space. ``loop`` runs the
+    innermost loop over the reduced elements, in blocks when a float sum is among them."""
 
     def __init__(self, em: Emitter, reduces: list[Op]) -> None:
         self.em = em
         self.b = em.b
         self.acc: dict[Value, str] = {}
         self.best_index: dict[Value, str] = {}
+        self.block: dict[Value, str] = {}  # float sums: the current block's total
+        self.reduces = reduces
         for op in reduces:
             rule = op.prim.codegen
-            dt = op.inputs[0].dtype
-            self.acc[op.output] = self.b.define(em.const(rule.init(dt), dt).expr)
+            self.acc[op.output] = self.b.define(em.const(rule.init(op.inputs[0].dtype), total_dtype(op)).expr)
             if rule.arg is not None:
                 self.best_index[op.output] = self.b.define("np.int64(0)")
+
+    @contextmanager
+    def loop(self, length: int, stop: str, start: str = "0") -> Iterator[str]:
+        """``for i in range(start, stop)`` over ``length`` reduced elements (yields ``i``);
+        in blocks if that is more than a block (a short loop would only pay for them)."""
+        sums = [op for op in self.reduces if op.prim.codegen.blocked and op.inputs[0].dtype.is_float]
+        if not sums or length <= SUM_BLOCK:
+            with self.b.loop(stop, start=start) as i:
+                yield i
+            return
+        b = self.b
+        count = b.let(f"({stop} - {start} + {SUM_BLOCK - 1}) // {SUM_BLOCK}")
+        with b.loop(count) as blk:
+            lo = b.let(f"{start} + {blk} * {SUM_BLOCK}")
+            hi = b.let(f"min({lo} + {SUM_BLOCK}, {stop})")
+            for op in sums:
+                self.block[op.output] = b.define(self.em.const(0, op.inputs[0].dtype).expr)
+            with b.loop(hi, start=lo) as i:
+                yield i
+            for op in sums:
+                total = self.acc[op.output]
+                b.assign(total, op.prim.codegen.combine(self.em, total, self.block.pop(op.output), DType.f64))
 
     def update(self, op: Op, x: Elem, position: str | None = None) -> None:
         rule = op.prim.codegen
         dt = op.inputs[0].dtype
-        acc = self.acc[op.output]
         if rule.arg is None:
-            self.b.assign(acc, rule.combine(self.em, acc, x.expr, dt))
+            if op.output in self.block:
+                acc, acc_dtype = self.block[op.output], dt
+            else:
+                acc, acc_dtype = self.acc[op.output], total_dtype(op)
+            self.b.assign(acc, rule.combine(self.em, acc, x.expr, acc_dtype))
             return
+        acc = self.acc[op.output]
         better = f"{x.expr} {rule.arg} {acc}"
         if dt.is_float:  # the first NaN wins, like np.argmax
             better = f"({better}) | (({x.expr} != {x.expr}) & ({acc} == {acc}))"
@@ -97,7 +140,13 @@ class Accumulators:
         self.b.assign(self.best_index[op.output], f"{position or '0'} if {cond} else {self.best_index[op.output]}")
 
     def result(self, op: Op) -> str:
-        return self.best_index.get(op.output) or self.acc[op.output]
+        """The reduction's value, in its output dtype."""
+        if op.output in self.best_index:
+            return self.best_index[op.output]
+        acc = self.acc[op.output]
+        if total_dtype(op) != op.output.dtype:
+            return self.b.let(f"{NP_NAME[op.output.dtype]}({acc})")
+        return acc
 
 
 def lower_reduce(ctx: Ctx) -> LoweredKernel:
@@ -113,7 +162,9 @@ def lower_reduce(ctx: Ctx) -> LoweredKernel:
     has_arg = any(op.prim.codegen.arg is not None for op in red.reduces)
     total = math.prod(in_shape)
     kept = [k for k in range(len(in_shape)) if k not in axes]
-    innermost_reduced = not in_shape or (len(in_shape) - 1) in axes
+    # Unit axes take no loop, so the innermost loop runs over the last axis longer than 1.
+    longer = [k for k, n in enumerate(in_shape) if n != 1]
+    innermost_reduced = not longer or longer[-1] in axes
     dtype = red.reduces[0].inputs[0].dtype
     if not axes:
         strategy = "rows"
@@ -165,6 +216,8 @@ def lower_reduce(ctx: Ctx) -> LoweredKernel:
             acc = Accumulators(em, red.reduces)
             dims: dict[int, str] = {k: d for k, d in zip(kept, out_idx.dims or (), strict=False)}
 
+            looped = [j for j, k in enumerate(axes) if in_exprs[k] != "1"]
+
             def inner(j: int) -> None:
                 if j == len(axes):
                     all_dims = tuple(dims[k] for k in range(len(in_shape)))
@@ -175,7 +228,8 @@ def lower_reduce(ctx: Ctx) -> LoweredKernel:
                     dims[k] = "0"
                     inner(j + 1)
                     return
-                with b.loop(in_exprs[k]) as i:
+                loop = partial(acc.loop, in_shape[k]) if j == looped[-1] else b.loop
+                with loop(in_exprs[k]) as i:
                     dims[k] = i
                     inner(j + 1)
 
@@ -189,12 +243,12 @@ def lower_reduce(ctx: Ctx) -> LoweredKernel:
     elif strategy == "all":
         chunk = b.int_param(("chunk",), -(-total // SPLIT_CHUNKS))
         n = b.int_param(("total",), total)
-        parts = {op.output: arrays.scratch(op.inputs[0].dtype, SPLIT_CHUNKS) for op in red.reduces}
+        parts = {op.output: arrays.scratch(total_dtype(op), SPLIT_CHUNKS) for op in red.reduces}
         with b.loop(str(SPLIT_CHUNKS), parallel=True) as c:
             lo = b.let(f"{c} * {chunk}")
             hi = b.let(f"min({lo} + {chunk}, {n})")
             acc = Accumulators(em, red.reduces)
-            with b.loop(hi, start=lo) as f:
+            with acc.loop(-(-total // SPLIT_CHUNKS), hi, start=lo) as f:
                 visit(acc, Index(in_exprs, None, f), None)
             for op in red.reduces:
                 b.store(parts[op.output], c, acc.acc[op.output])
@@ -208,15 +262,17 @@ def lower_reduce(ctx: Ctx) -> LoweredKernel:
             em.provided[op.output] = provider_at(em, total_acc.result(op), "0", op.prim.name)
         store_outputs(out_idx)
     else:  # cols: accumulate into arrays in the input's memory order
+        # (one accumulator per column: float32 sums add into float64 columns)
         acc_arrays: dict[Value, str] = {}
         for op in red.reduces:
             v = op.output
-            acc_arrays[v] = outs[v] if v in outs else arrays.scratch(v.dtype, math.prod(out_shape))
+            own = v in outs and total_dtype(op) == v.dtype
+            acc_arrays[v] = outs[v] if own else arrays.scratch(total_dtype(op), math.prod(out_shape))
         n_out = b.int_param(("out_total",), math.prod(out_shape))
         with b.loop(n_out, parallel=parallel) as f:
             for op in red.reduces:
-                dt = op.inputs[0].dtype
-                b.store(acc_arrays[op.output], f, em.const(op.prim.codegen.init(dt), dt).expr)
+                init = op.prim.codegen.init(op.inputs[0].dtype)
+                b.store(acc_arrays[op.output], f, em.const(init, total_dtype(op)).expr)
         last = len(in_shape) - 1
         dims: list[str] = []
         blocked = parallel and axes[0] == 0 and len(in_shape) > 1
@@ -230,7 +286,7 @@ def lower_reduce(ctx: Ctx) -> LoweredKernel:
                     arr = acc_arrays[op.output]
                     x = em.at(op.inputs[0], in_idx)
                     cur = b.load(arr, out_flat)
-                    b.store(arr, out_flat, op.prim.codegen.combine(em, cur, x.expr, op.inputs[0].dtype))
+                    b.store(arr, out_flat, op.prim.codegen.combine(em, cur, x.expr, total_dtype(op)))
                 for v in side:
                     store(b, outs[v], em.flat(in_idx), em.at(v, in_idx))
                 return
@@ -264,6 +320,9 @@ def lower_reduce(ctx: Ctx) -> LoweredKernel:
             epi_inputs = dict(inputs)
             epi_inputs.update(acc_arrays)
             em2 = arrays.emitter(ops, epi_inputs)
+            for op in red.reduces:
+                if total_dtype(op) != op.output.dtype:  # a float64 column total of float32 data
+                    em2.provided[op.output] = _converted_load(em2, acc_arrays[op.output], op.output.dtype)
 
             def epilogue(idx: Index) -> None:
                 flat = em2.flat(idx)
@@ -272,7 +331,14 @@ def lower_reduce(ctx: Ctx) -> LoweredKernel:
 
             out_size = math.prod(out_shape)
             root_index(em2, b, out_exprs, False, out_size >= ctx.threshold, ("out_total",), out_size)(epilogue)
-    return finish(ctx, b, arrays, em, kind, dtype, in_shape, REDUCE_FASTMATH)
+    return finish(ctx, b, arrays, em, kind, dtype, in_shape)
+
+
+def _converted_load(em: Emitter, array: str, dtype: DType) -> Callable[[Index], Elem]:
+    def provide(idx: Index) -> Elem:
+        return Elem(em.b.let(f"{NP_NAME[dtype]}({em.b.load(array, em.flat(idx))})"))
+
+    return provide
 
 
 # ---------------------------------------------------------------------------------------
@@ -327,8 +393,10 @@ def lower_row(ctx: Ctx) -> LoweredKernel:
         row_flat = em.flat(row)
         q = em.dims(row)
 
-        def over_row(fn: Callable[[Index], None]) -> None:
+        def over_row(fn: Callable[[Index], None], acc: Accumulators | None = None) -> None:
+            """Calls ``fn`` at every element of the row; ``acc`` runs the innermost loop."""
             dims = list(q)
+            innermost = max((k for k in range(nrow, rank) if exprs[k] != "1"), default=None)
 
             def nest(k: int) -> None:
                 if k == rank:
@@ -340,7 +408,8 @@ def lower_row(ctx: Ctx) -> LoweredKernel:
                     nest(k + 1)
                     dims.pop()
                     return
-                with b.loop(exprs[k]) as j:
+                loop = partial(acc.loop, shape[k]) if acc is not None and k == innermost else b.loop
+                with loop(exprs[k]) as j:
                     dims.append(j)
                     nest(k + 1)
                     dims.pop()
@@ -369,7 +438,7 @@ def lower_row(ctx: Ctx) -> LoweredKernel:
                 for v in stash_now:
                     b.store(stash_arrays[v], b.let(f"{base} + {in_row(idx)}"), em.at(v, idx).expr)
 
-            over_row(visit)
+            over_row(visit, acc)
             for op in now:
                 em.provided[op.output] = provider_at(em, acc.result(op), row_flat, op.prim.name)
             for v in stash_now:
@@ -381,7 +450,7 @@ def lower_row(ctx: Ctx) -> LoweredKernel:
             over_row(lambda idx: [store(b, outs[v], idx.flat, em.at(v, idx)) for v in full_outputs])
 
     root_index(em, b, row_exprs, False, parallel, ("rows",), math.prod(row_shape))(row_body)
-    return finish(ctx, b, arrays, em, "row", reduces[0].inputs[0].dtype, shape, REDUCE_FASTMATH)
+    return finish(ctx, b, arrays, em, "row", reduces[0].inputs[0].dtype, shape)
 
 
 # Ops costly enough that a row kernel stores their results for later passes instead of

@@ -6,9 +6,11 @@ A rule is a ``CodegenRule``; what it provides depends on the primitive's role:
   returns the element ``idx`` of the op's output (see ``fusejit.codegen.elemental``):
   elementwise rules combine their operands' elements at the same index, layout rules
   rewrite the index, sources compute it from the index.
-* ``reduction``: ``init(dtype)`` (the identity) and ``combine(em, acc, x, dtype)`` (the
-  expression that folds element ``x`` into accumulator ``acc``); argmax/argmin are
-  ``arg`` reductions that also track an index.
+* ``reduction``: ``init(dtype)`` (the identity), ``combine(em, acc, x, dtype)`` (the
+  expression that folds element ``x`` into accumulator ``acc`` of ``dtype``) and
+  ``blocked`` for sums, which accumulate in blocks and float32 totals in float64
+  (``fusejit.codegen.reductions``); argmax/argmin are ``arg`` reductions that also track
+  an index.
 * ``contraction`` (dot_general), ``scatter`` (scatter_add): lowered by whole-group
   strategies in ``fusejit.codegen.lowering``.
 * ``call`` (custom_vjp_call): never reaches a backend (the simplifier inlines it).
@@ -40,6 +42,7 @@ class CodegenRule:
     init: Callable[[DType], Any] | None = None
     combine: Callable[[Emitter, str, str, DType], str] | None = None
     arg: str | None = None  # for argmax/argmin: the comparison that replaces the best
+    blocked: bool = False  # a float sum: summed in blocks, float32 totals in float64
 
 
 def _suffix(dtype: DType) -> str:
@@ -377,6 +380,8 @@ def _pad(em: Emitter, op: Op, idx: Index) -> Elem:
 def _concatenate(em: Emitter, op: Op, idx: Index) -> Elem:
     axis = op.attrs["axis"]
     parts = [x for x in op.inputs if x.shape[axis] != 0]
+    if not parts:  # an empty result: no element is ever read
+        return em.const(0, op.output.dtype)
     if len(parts) == 1:
         only = parts[0]
         if only.shape == op.output.shape:
@@ -463,6 +468,8 @@ def _highest(dtype: DType) -> Any:
 
 
 def _sum_combine(em: Emitter, acc: str, x: str, dtype: DType) -> str:
+    if dtype.is_float:  # the one reassociable add: the sum vectorizes, nothing else changes
+        return f"{em.b.math(f'accumulate_{_suffix(dtype)}')}({acc}, {x})"
     return wrap(f"{acc} + {x}", dtype)
 
 
@@ -476,7 +483,7 @@ def _extremum_combine(name: str) -> Callable[[Emitter, str, str, DType], str]:
 
 
 REDUCTION_RULES: dict[str, CodegenRule] = {
-    "reduce_sum": CodegenRule("reduction", init=lambda dt: 0, combine=_sum_combine),
+    "reduce_sum": CodegenRule("reduction", init=lambda dt: 0, combine=_sum_combine, blocked=True),
     "reduce_max": CodegenRule("reduction", init=_lowest, combine=_extremum_combine("max")),
     "reduce_min": CodegenRule("reduction", init=_highest, combine=_extremum_combine("min")),
     # First index of the extremum; a NaN counts as the extremum (like NumPy).

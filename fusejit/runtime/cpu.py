@@ -367,7 +367,7 @@ class CpuExecutable:
         args = [f"x{k}" for k in range(len(fn.params))]
         args += [f"y{j}" for j in range(n_out) if self._out_in_param[j] is None]
         args += ["ws"] + [f"cc{k}" for k in range(len(self._consts))] + ["d"]
-        lines += ["", "", "@kernel_jit(parallel=False, fastmath=())", f"def entry({', '.join(args)}):"]
+        lines += ["", "", "@kernel_jit(parallel=False)", f"def entry({', '.join(args)}):"]
         body = []
         for key, slot in self._buf_slot.items():
             dt = self._buf_dtype[key].np.name

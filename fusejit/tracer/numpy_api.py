@@ -447,6 +447,9 @@ def _extremum(prim: P.Primitive, name: str) -> Callable[..., Array]:
     def fn(a: Array, axis: Any = None, keepdims: bool = False) -> Array:
         a = _as_operand(a)
         axes = _axes(axis, len(shape_of(a)), name)
+        if builtins.any(shape_of(a)[k] == 0 for k in axes):
+            raise _fail(f"{name}: zero-size array to reduction operation {name} which has no identity "
+                        f"(axis {axis} of shape {shape_of(a)})")
         src = astype(a, DType.i32) if _dtype_of(a).is_bool else a
         out = bind(prim, src, axes=axes)
         out = astype(out, DType.bool) if _dtype_of(a).is_bool else out
@@ -460,12 +463,24 @@ max = amax = _extremum(P.reduce_max, "max")  # noqa: A001
 min = amin = _extremum(P.reduce_min, "min")  # noqa: A001
 
 
-def all(a: Array, axis: Any = None, keepdims: bool = False) -> Array:  # noqa: A001
-    return min(astype(a, DType.bool), axis=axis, keepdims=keepdims)
+def _logical_reduction(extremum: Callable[..., Array], identity: bool, name: str) -> Callable[..., Array]:
+    """``any``/``all``: the max/min of booleans, and ``identity`` over zero-size axes."""
+
+    def fn(a: Array, axis: Any = None, keepdims: bool = False) -> Array:
+        a = astype(_as_operand(a), DType.bool)
+        shape = shape_of(a)
+        axes = _axes(axis, len(shape), name)
+        if builtins.any(shape[k] == 0 for k in axes):
+            out = full(tuple(n for k, n in enumerate(shape) if k not in axes), identity, DType.bool)
+            return _keep(out, shape, axes, keepdims)
+        return extremum(a, axis=axes, keepdims=keepdims)
+
+    fn.__name__ = fn.__qualname__ = name
+    return fn
 
 
-def any(a: Array, axis: Any = None, keepdims: bool = False) -> Array:  # noqa: A001
-    return max(astype(a, DType.bool), axis=axis, keepdims=keepdims)
+all = _logical_reduction(min, True, "all")  # noqa: A001
+any = _logical_reduction(max, False, "any")  # noqa: A001
 
 
 def _arg_extremum(prim: P.Primitive, name: str) -> Callable[..., Array]:
