@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -64,6 +65,31 @@ def test_second_process_compiles_nothing_and_corrupted_entries_are_repaired(tmp_
     assert third["a"] == first["a"] and third["b"] == first["b"]
     fourth = run_fresh_process(tmp_path)  # and the repaired entries are cached again
     assert fourth["counters"]["numba_compiles"] == 0 and fourth["counters"]["cache_repairs"] == 0
+
+
+DAMAGE = {
+    "invalid utf-8": lambda data: b"\xff\xfe\xc3(" + data[4:],
+    "empty": lambda data: b"",
+    "random bytes": lambda data: np.random.default_rng(len(data)).bytes(max(len(data), 16)),
+    "truncated": lambda data: data[: len(data) // 3],
+}
+
+
+def test_any_damage_to_any_cache_file_is_a_miss(tmp_path):
+    """Every file of a populated cache (module sources, Numba's index and machine code,
+    entry markers) damaged in each way: a fresh process still computes the same values."""
+    populated = tmp_path / "populated"
+    first = run_fresh_process(populated)
+    files = [p for p in populated.rglob("*") if p.is_file()]
+    assert {p.suffix for p in files} >= {".py", ".nbi", ".nbc"}
+    for kind, damage in DAMAGE.items():
+        copy = tmp_path / kind.replace(" ", "-")
+        shutil.copytree(populated, copy)
+        for path in copy.rglob("*"):
+            if path.is_file():
+                path.write_bytes(damage(path.read_bytes()))
+        again = run_fresh_process(copy)
+        assert again["a"] == first["a"] and again["b"] == first["b"], kind
 
 
 def test_unwritable_cache_directory_falls_back_to_memory_with_one_warning(tmp_path):

@@ -191,7 +191,9 @@ def test_donated_buffer_becomes_the_output_in_place():
     p_copy = p.copy()
     new_p, norm = step(p, g)
     np.testing.assert_allclose(new_p, want, rtol=1e-6)
-    assert new_p is p  # written in place and returned: the caller keeps using it
+    assert new_p is not p and np.shares_memory(new_p, p)  # written in place, a new array
+    with pytest.raises(DonationError, match="argument 0 of @adam_like was donated"):
+        step(p, g)
     for _ in range(3):
         new_p, norm = step(new_p, g)
     np.testing.assert_allclose(new_p, p_copy - np.float32(0.04) * g, rtol=1e-5)
@@ -204,7 +206,7 @@ def test_several_outputs_in_place_read_the_old_values():
     p, m = f32(500), f32(500)
     want = (m * np.float32(2), p - m)
     new_m, new_p = step(p, m)
-    assert new_m is m and new_p is p
+    assert np.shares_memory(new_m, m) and np.shares_memory(new_p, p)
     np.testing.assert_allclose(new_m, want[0], rtol=1e-6)
     np.testing.assert_allclose(new_p, want[1], rtol=1e-6)
 
@@ -277,3 +279,50 @@ def test_dumped_stages_parse_back(tmp_path):
     for path in stages:
         text = path.read_text()
         assert str(fj.ir.parse(text)) == text.split("\n", 1)[1]
+
+
+def _donor(kind: str) -> np.ndarray:
+    base = f32(8, 8)
+    return {
+        "owned": base,
+        "read-only": _read_only(base),
+        "non-contiguous": f32(8, 16)[:, ::2],
+        "a view": base[:],
+        "Fortran-ordered": np.asfortranarray(base),
+    }[kind]
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
+
+
+DONATING_STEPS = {
+    "result in the donated buffer": lambda p, g: p - 0.5 * g,
+    "reshaped result in the donated buffer": lambda p, g: (p - 0.5 * g).reshape(4, 16),
+    "donated buffer unused (another dtype)": lambda p, g: (p * g).astype(np.float64),
+    "donated array returned as it is": lambda p, g: (p, g + 1.0),
+}
+
+
+@pytest.mark.parametrize("kind", ["owned", "read-only", "non-contiguous", "a view", "Fortran-ordered"])
+@pytest.mark.parametrize("step", DONATING_STEPS)
+def test_a_donated_array_is_unusable_afterwards_and_never_returned(step, kind):
+    fn = DONATING_STEPS[step]
+    jitted = fj.jit(fn, donate_argnums=0)
+    p, g = _donor(kind), f32(8, 8)
+    want = fn(p.copy(), g)
+    out = jitted(p, g)
+    for o, w in zip(fj.tree_flatten(out)[0], fj.tree_flatten(want)[0], strict=True):
+        np.testing.assert_allclose(o, w, rtol=1e-6)
+        assert o is not p and o is not g and not np.shares_memory(o, g)
+    with pytest.raises(DonationError, match="donated"):
+        jitted(p, g)
+
+
+@pytest.mark.parametrize("fn", [lambda x: x, lambda x: x.reshape(-1), lambda x: (x, x.T)],
+                         ids=["identity", "reshape", "transpose"])
+def test_outputs_never_alias_the_inputs(fn):
+    x = f32(4, 6)
+    for out in fj.tree_flatten(fj.jit(fn)(x))[0]:
+        assert not np.shares_memory(out, x)

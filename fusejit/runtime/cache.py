@@ -195,7 +195,7 @@ def load_module(source: str) -> ModuleType:
         try:
             if _write_atomic(path, source):
                 COUNTERS.modules_written += 1
-            elif path.read_text(encoding="utf-8") != source:  # damaged file: replace it
+            elif path.read_bytes() != source.encode("utf-8"):  # damaged (any bytes): replace it
                 path.unlink()
                 _write_atomic(path, source)
         except OSError as e:

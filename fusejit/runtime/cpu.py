@@ -443,7 +443,7 @@ class CpuExecutable:
         # threads from interleaving them (one entry call holds the GIL throughout).
         with self._lock:
             self.run = self._second_call
-            return self._runner("kernels")(args)
+            return self._runner("kernels")(args)  # (re-entering the lock is fine: an RLock)
 
     def _second_call(self, args: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
         with self._lock:
@@ -455,15 +455,8 @@ class CpuExecutable:
                     warnings.warn(f"fusejit: the entry function of @{self.function.name} failed to "
                                   f"compile ({type(e).__name__}: {e}); calling its kernels one by one",
                                   RuntimeWarning, stacklevel=3)
-                    self.run = self._locked(self._runner("kernels"))
+                    self.run = self._runner("kernels")
         return self.run(args)
-
-    def _locked(self, run: Any) -> Any:
-        def locked(args: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
-            with self._lock:
-                return run(args)
-
-        return locked
 
     def _runner(self, mode: str) -> Any:
         """A Python function specialized to this executable: flattens the arguments
@@ -482,12 +475,14 @@ class CpuExecutable:
         if n:
             lines.append(f"    {''.join(f'a{k}, ' for k in range(n))}= args")
         if self.donated:
-            # A donated array is overwritten in place only if it owns its memory, is
-            # writable and C-ordered, and no other argument is it or a view of it; anything
-            # else takes the general path, which copies it first.
+            # A donated array is overwritten in place only if it owns its memory (or is
+            # the output of an earlier donating call, a view of a consumed array), is
+            # writable and C-ordered, and no other argument is it or a view of it;
+            # anything else takes the general path, which copies it first.
             conds = []
             for k in self.donated:
-                conds += [f"a{k}.base is None", f"a{k}.flags.writeable", f"a{k}.flags.c_contiguous"]
+                conds += [f"(a{k}.base is None or id(a{k}.base) in consumed)", f"a{k}.flags.writeable",
+                          f"a{k}.flags.c_contiguous"]
                 conds += [f"a{j} is not a{k} and a{j}.base is not a{k}" for j in range(n) if j != k]
             lines += [f"    if not ({' and '.join(conds)}):", "        return generic(args)"]
         lines += [f"    x{k} = a{k}.ravel()" for k in range(n)]
@@ -523,28 +518,29 @@ class CpuExecutable:
             consts = [f"cc{k}" for k in range(len(self._consts))]
             lines.append(f"    E({', '.join([f'x{k}' for k in range(n)] + outs + ['WS'] + consts + ['DIMS'])})")
         else:
+            # Kernels called one by one share the arena, and another thread may run
+            # between two calls: the lock keeps calls whole (each kernel holds the GIL
+            # anyway, so threads lose no parallelism).
+            shared = self.plan.arena_bytes > 0 and len(self._steps) > 1
+            ns["LOCK"] = self._lock
+            if shared:
+                lines.append("    with LOCK:")
             for k, st in enumerate(self._steps):
                 ns[f"K{k}"] = st.dispatcher
                 call = [self._ref_name(r) for r in st.array_refs] + [str(int(self._dims[i])) for i in st.int_slots]
-                lines.append(f"    K{k}({', '.join(call)})")
+                lines.append(f"{'        ' if shared else '    '}K{k}({', '.join(call)})")
         results = []
-        returned = set()
         for kind, k in self._result_refs:
             if kind == "param":
                 results.append(f"copy(a{k})")
             elif self._out_in_param[k] is None:
                 results.append(f"o{k}")
-            else:
-                p = self._out_in_param[k]
-                same = self._out_specs[k][0] == fn.params[p].shape
+            else:  # a new array object on the donated buffer: the donated one is consumed
                 ns[f"S{k}"] = self._out_specs[k][0]
-                results.append(f"a{p}" if same else f"a{p}.reshape(S{k})")
-                if same:
-                    returned.add(p)
+                results.append(f"a{self._out_in_param[k]}.reshape(S{k})")
         ns["consume"] = self._consume_one
         for k in self.donated:
-            if k not in returned:
-                lines.append(f"    consume(a{k}, {k})")
+            lines.append(f"    consume(a{k}, {k})")
         lines.append(f"    return ({''.join(r + ', ' for r in results)})")
         exec(compile("\n".join(lines), "<fusejit runner>", "exec"), ns)  # noqa: S102 - our own text
         return ns["run"]
@@ -579,13 +575,11 @@ class CpuExecutable:
             if kind == "param":
                 results.append(np.array(arrays[k], copy=True))
             elif outs[k] is None:
-                p = arrays[self._out_in_param[k]]
-                shape = self._out_specs[k][0]
-                results.append(p if p.shape == shape else p.reshape(shape))
+                results.append(arrays[self._out_in_param[k]].reshape(self._out_specs[k][0]))
             else:
                 results.append(outs[k])
-        if self.donated:
-            self._consume(args, results)
+        for k in self.donated:
+            self._consume_one(args[k], k)
         return tuple(results)
 
     def _prepare_donated(self, args: Sequence[np.ndarray], arrays: list[np.ndarray]) -> list[np.ndarray]:
@@ -601,12 +595,6 @@ class CpuExecutable:
             if clash:
                 arrays[k] = a.copy()
         return arrays
-
-    def _consume(self, args: Sequence[np.ndarray], results: list[np.ndarray]) -> None:
-        for k in self.donated:
-            a = args[k]
-            if isinstance(a, np.ndarray) and not any(r is a for r in results):
-                self._consume_one(a, k)
 
     def _consume_one(self, a: np.ndarray, k: int) -> None:
         _mark_consumed(a, (
