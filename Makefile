@@ -1,26 +1,32 @@
 # `make demo` and `make test` set everything up on a fresh machine: they create .venv and
-# install the project into it once (a second run installs nothing).
+# install the project into it once (a second run installs nothing). Both install the `demo`
+# extra (scikit-learn, tqdm, matplotlib), so the tests of the demo run too.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench lint clean fuzz
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,demo]'
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) examples/quickstart.py
+	$(PY) examples/train_digits.py
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 tests
 
 bench: $(STAMP)
 	$(PY) -m fusejit bench
+
+# The differential fuzzer: 10,000 random programs as NumPy, eager, interpreted, unfused and
+# fused; prints counts by configuration and every new failure kind, shrunk, with its seed.
+fuzz: $(STAMP)
+	$(PY) -m fusejit.testing.fuzz --count 10000 --seed 0
 
 lint: $(STAMP)
 	$(PY) -m ruff check fusejit tests bench examples

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 # The library on top, importable as fj.nn, fj.optim and fj.augment (after the core).
 from fusejit import augment, config, ir, nn, optim  # noqa: E402
+from fusejit.comparison import Comparison, compare, profile
 from fusejit.ir import IRParseError, IRTypeError
+from fusejit.runtime.profile import Profile
 from fusejit.tracer.gradcheck import GradcheckError, gradcheck
 from fusejit.tracer.jit import CacheInfo, Compiled, Jitted, Lowered, jit, make_ir
 from fusejit.tracer.numpy_api import stop_gradient
@@ -47,6 +49,7 @@ __all__ = [
     "nn",
     "optim",
     "CacheInfo",
+    "Comparison",
     "Compiled",
     "ConcretizationError",
     "EscapedTracerError",
@@ -55,6 +58,8 @@ __all__ = [
     "IRTypeError",
     "Jitted",
     "Lowered",
+    "Profile",
+    "compare",
     "compile_ir",
     "config",
     "custom_vjp",
@@ -64,6 +69,7 @@ __all__ = [
     "jit",
     "jvp",
     "make_ir",
+    "profile",
     "stop_gradient",
     "tree_flatten",
     "tree_leaves",

@@ -9,13 +9,18 @@ Parameters are plain pytrees (dicts of arrays).
 from __future__ import annotations
 
 from fusejit.nn.init import (
+    Conv2d,
+    Linear,
     glorot_uniform,
     he_normal,
     init_conv2d,
     init_linear,
     init_mlp,
+    init_model,
+    param_count,
 )
 from fusejit.nn.layers import (
+    accuracy,
     avg_pool2d,
     conv2d,
     cross_entropy,
@@ -31,6 +36,9 @@ from fusejit.nn.layers import (
 )
 
 __all__ = [
+    "Conv2d",
+    "Linear",
+    "accuracy",
     "avg_pool2d",
     "conv2d",
     "cross_entropy",
@@ -40,10 +48,12 @@ __all__ = [
     "init_conv2d",
     "init_linear",
     "init_mlp",
+    "init_model",
     "linear",
     "log_softmax",
     "max_pool2d",
     "mse",
+    "param_count",
     "relu",
     "sigmoid",
     "softmax",

@@ -116,3 +116,12 @@ def max_pool2d(x: Array, kernel_size: int | tuple[int, int], stride: int | tuple
 
 def avg_pool2d(x: Array, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None) -> Array:
     return _pool(x, kernel_size, stride, fnp.mean, lambda views: functools.reduce(fnp.add, views) / float(len(views)))
+
+
+def accuracy(logits: Array, labels: Array) -> Array:
+    """The fraction of rows whose largest logit is at the integer label: ``logits``
+    ``[batch, classes]`` (any float dtype), ``labels`` ``[batch]`` (integers in
+    ``[0, classes)``). Returns a float32 scalar in ``[0, 1]``; not differentiable (its
+    gradient is zero). A tie goes to the first largest logit, as ``np.argmax``."""
+    hits = fnp.argmax(logits, axis=-1) == labels
+    return fnp.mean(fnp.astype(hits, "float32"))

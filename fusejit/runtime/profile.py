@@ -1,0 +1,439 @@
+"""Per-kernel profiles of compiled functions: ``Compiled.profile``, ``fj.profile`` and
+``FUSEJIT_PROFILE=1``.
+
+How a profile is measured (``profile_executable``):
+
+1. The arguments are copied (C-ordered, private), so profiling never consumes a donated
+   array or writes over the caller's data.
+2. Warm-up: two whole calls (the second may compile the executable's entry function)
+   and one pass over the kernels.
+3. Then ``repeat`` rounds, each one whole call through the executable's ordinary path
+   (entry function or generated runner: the time the user pays) followed by one pass
+   that calls every kernel in turn from Python, as ``CpuExecutable._run_stepwise`` does,
+   with a ``perf_counter_ns`` reading around each kernel. Kernels see the same arena
+   views, outputs and constants as in a real call, so they touch the same memory.
+
+A kernel's time therefore includes the ~1-3 us it costs to call a Numba function from
+Python, which a call through the entry function does not pay: for functions of many
+tiny kernels the kernels' total exceeds the whole call's median. For kernels of more
+than ~50 us the two agree within a few percent.
+
+Profiling off changes nothing on the hot path: ``jit`` wraps a signature's fast-path
+runner in ``recording_runner`` only if ``FUSEJIT_PROFILE`` (the ``profile`` setting) is
+on when the signature is first called. Then every call keeps a reference to its
+arguments (a copy of the donated ones), and at exit each signature is profiled on the
+last arguments it was called with.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import math
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fusejit.runtime import blas
+
+# Default measurement budget: rounds until about this many seconds are spent, within
+# [MIN_REPEAT, MAX_REPEAT].
+BUDGET_S = 0.5
+MIN_REPEAT = 5
+MAX_REPEAT = 200
+
+
+@dataclass(frozen=True)
+class KernelProfile:
+    """One kernel's row of a ``Profile``.
+
+    ``index`` is the kernel's position in execution order; ``kind`` its strategy
+    (``loop``, ``reduce``, ``row``, ``matmul``, ``scatter``, ``horizontal``); ``ops`` one
+    ``"prim at file.py:line"`` string per fused op; ``times_s`` one duration (seconds)
+    per measured round; ``bytes_read``/``bytes_written`` the bytes of its inputs and
+    outputs in memory (scratch excluded).
+    """
+
+    index: int
+    name: str
+    kind: str
+    ops: tuple[str, ...]
+    source_lines: tuple[str, ...]
+    bytes_read: int
+    bytes_written: int
+    parallel: bool
+    times_s: tuple[float, ...]
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.times_s)
+
+    @property
+    def gbs(self) -> float:
+        """Bytes read and written per second of median time, in GB/s (1e9 B/s)."""
+        t = self.median_s
+        return (self.bytes_read + self.bytes_written) / t / 1e9 if t > 0 else math.inf
+
+
+@dataclass
+class Profile:
+    """Per-kernel times of one compiled function; ``str()`` is a table sorted by time.
+
+    ``call_times_s`` are the whole calls (one per round, seconds); ``kernels`` are in
+    execution order (``sorted_kernels()`` by median time); ``trace`` holds the raw
+    timestamps ``(round, kernel index or -1 for the whole pass, start ns, end ns)`` for
+    ``to_chrome_trace``.
+    """
+
+    function: str
+    kernels: list[KernelProfile]
+    call_times_s: list[float]
+    repeat: int
+    trace: list[tuple[int, int, int, int]] = field(default_factory=list, repr=False)
+    calls_trace: list[tuple[int, int, int]] = field(default_factory=list, repr=False)
+
+    @property
+    def call_median_s(self) -> float:
+        """Median of the whole calls (seconds)."""
+        return statistics.median(self.call_times_s) if self.call_times_s else math.nan
+
+    @property
+    def kernel_total_s(self) -> float:
+        """Sum of the kernels' median times (seconds)."""
+        return sum(k.median_s for k in self.kernels)
+
+    @property
+    def bytes_moved(self) -> int:
+        return sum(k.bytes_read + k.bytes_written for k in self.kernels)
+
+    def share(self, kernel: KernelProfile) -> float:
+        """The kernel's median time as a fraction of the whole call's median."""
+        call = self.call_median_s
+        return kernel.median_s / call if call > 0 else math.nan
+
+    def sorted_kernels(self) -> list[KernelProfile]:
+        return sorted(self.kernels, key=lambda k: -k.median_s)
+
+    def __str__(self) -> str:
+        return self.table()
+
+    def table(self, top: int | None = None) -> str:
+        """The profile as text: a summary line, then one row per kernel, slowest first
+        (the ``top`` slowest only, if given)."""
+        call, total = self.call_median_s, self.kernel_total_s
+        head = [
+            f"profile of @{self.function}: {len(self.kernels)} kernels, {self.repeat} rounds; "
+            f"whole call median {fmt_time(call)}, kernels {fmt_time(total)} "
+            f"({total / call * 100:.0f}% of the call), {fmt_bytes(self.bytes_moved)} moved per call"
+            if call > 0 else f"profile of @{self.function}: {len(self.kernels)} kernels"
+        ]
+        cols = ("#", "kernel", "kind", "median", "share", "read", "written", "GB/s", "ops (source lines)")
+        rows = []
+        kernels = self.sorted_kernels()
+        for k in kernels[:top] if top else kernels:
+            names = list(dict.fromkeys(op.split(" at ")[0] for op in k.ops))
+            what = f"{len(k.ops)}: " + ",".join(names[:4]) + (",..." if len(names) > 4 else "")
+            if k.source_lines:
+                what += "  @ " + ", ".join(_short_lines(k.source_lines))
+            rows.append((str(k.index), k.name, k.kind + ("||" if k.parallel else ""), fmt_time(k.median_s),
+                         f"{self.share(k) * 100:.1f}%", fmt_bytes(k.bytes_read), fmt_bytes(k.bytes_written),
+                         f"{k.gbs:.1f}", what))
+        lines = head + [format_table(cols, rows, left=(1, 2, 8))]
+        if top and len(kernels) > top:
+            lines.append(f"... {len(kernels) - top} faster kernels not shown")
+        lines.append("(# is the execution order; || a parallel kernel; each kernel's time includes ~1-3 us "
+                     "of calling it from Python, which the whole call does not pay)")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The profile as JSON-ready data (times in seconds)."""
+        return {
+            "function": self.function,
+            "repeat": self.repeat,
+            "call_median_s": self.call_median_s,
+            "kernel_total_s": self.kernel_total_s,
+            "kernels": [
+                {"index": k.index, "name": k.name, "kind": k.kind, "ops": list(k.ops),
+                 "bytes_read": k.bytes_read, "bytes_written": k.bytes_written, "median_s": k.median_s,
+                 "share": self.share(k), "gbs": k.gbs}
+                for k in self.kernels
+            ],
+        }
+
+    def to_chrome_trace(self, path: str | Path) -> Path:
+        """Writes the measured rounds as a Chrome trace (the JSON object format with
+        ``traceEvents`` of complete ``"X"`` events, microseconds), which
+        ``chrome://tracing`` and https://ui.perfetto.dev open. Thread 1 shows the passes
+        over the kernels, one event per kernel (its ops, bytes and GB/s in ``args``);
+        thread 2 the whole calls. Returns the path written; raises ``OSError`` if it
+        cannot be written."""
+        path = Path(path)
+        t0 = min([s for _, _, s, _ in self.trace] + [s for _, s, _ in self.calls_trace], default=0)
+
+        def us(ns: int) -> float:
+            return (ns - t0) / 1e3
+
+        events: list[dict[str, Any]] = [
+            {"name": "process_name", "ph": "M", "pid": 1, "tid": 1, "args": {"name": f"fusejit @{self.function}"}},
+            {"name": "thread_name", "ph": "M", "pid": 1, "tid": 1, "args": {"name": "kernels one by one"}},
+            {"name": "thread_name", "ph": "M", "pid": 1, "tid": 2, "args": {"name": "whole calls"}},
+        ]
+        for r, start, end in self.calls_trace:
+            events.append({"name": f"@{self.function}", "cat": "call", "ph": "X", "pid": 1, "tid": 2,
+                           "ts": us(start), "dur": (end - start) / 1e3, "args": {"round": r}})
+        for r, k, start, end in self.trace:
+            if k < 0:
+                events.append({"name": f"@{self.function} (kernels one by one)", "cat": "pass", "ph": "X",
+                               "pid": 1, "tid": 1, "ts": us(start), "dur": (end - start) / 1e3, "args": {"round": r}})
+                continue
+            kp = self.kernels[k]
+            dur_s = (end - start) / 1e9
+            events.append({
+                "name": kp.name, "cat": kp.kind, "ph": "X", "pid": 1, "tid": 1, "ts": us(start),
+                "dur": (end - start) / 1e3,
+                "args": {"round": r, "index": kp.index, "ops": list(kp.ops), "bytes_read": kp.bytes_read,
+                         "bytes_written": kp.bytes_written,
+                         "GB/s": round((kp.bytes_read + kp.bytes_written) / dur_s / 1e9, 3) if dur_s > 0 else None},
+            })
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ms",
+                                    "otherData": {"function": self.function, "rounds": self.repeat}}),
+                        encoding="utf-8")
+        return path
+
+
+# ---------------------------------------------------------------------------------------
+# Measuring
+
+
+def _short_lines(lines: Sequence[str], limit: int = 4) -> list[str]:
+    """``a.py:3, a.py:7`` -> ``a.py:3, :7`` (the file named once), at most ``limit``."""
+    out, last_file = [], None
+    for loc in lines[:limit]:
+        file, _, line = loc.rpartition(":")
+        out.append(f":{line}" if file == last_file else loc)
+        last_file = file
+    if len(lines) > limit:
+        out.append("...")
+    return out
+
+
+def _where(loc: Any) -> str:
+    """``train.py:12`` for a source location (the file's base name)."""
+    return f"{Path(loc.file).name}:{loc.line}"
+
+
+def _kernel_rows(exe: Any) -> list[tuple[str, str, tuple[str, ...], tuple[str, ...], int, int, bool]]:
+    rows = []
+    for st in exe._steps:
+        lk = st.lowered
+        g = lk.group
+        ops = tuple(f"{op.prim.name}{f' at {_where(op.loc)}' if op.loc else ''}" for op in g.ops)
+        lines = tuple(dict.fromkeys(_where(op.loc) for op in g.ops if op.loc))
+        parallel = bool(lk.kernel.parallel or any(h.parallel for h in lk.kernel.helpers))
+        rows.append((lk.display_name, lk.kind, ops, lines, g.bytes_read, g.bytes_written, parallel))
+    return rows
+
+
+def _bind_steps(exe: Any, arrays: list[np.ndarray]) -> list[tuple[Any, list[Any]]]:
+    """Each kernel's dispatcher with its argument list, bound as ``_run_stepwise`` binds
+    them: parameters, fresh outputs (or the donated parameter they are written into),
+    constants and arena views."""
+    flat: dict[tuple[str, Any], np.ndarray] = {("param", k): a.ravel() for k, a in enumerate(arrays)}
+    for j, (shape, dtype) in enumerate(exe._out_specs):
+        k = exe._out_in_param[j]
+        flat[("out", j)] = np.empty(shape, dtype).ravel() if k is None else flat[("param", k)]
+    for k, c in enumerate(exe._consts):
+        flat[("const", k)] = c
+    views = exe._views
+    bound = []
+    for st in exe._steps:
+        argv = [views[r[1]] if r[0] == "buf" else flat[r] for r in st.array_refs]
+        argv += [int(exe._dims[i]) for i in st.int_slots]
+        bound.append((st.dispatcher, argv))
+    return bound
+
+
+def _private_copies(arrays: Sequence[Any], in_types: Sequence[Any] | None = None) -> list[np.ndarray]:
+    out = []
+    for k, a in enumerate(arrays):
+        dtype = in_types[k].dtype.np if in_types is not None else None
+        out.append(np.array(a, dtype=dtype, order="C", copy=True))
+    return out
+
+
+def profile_executable(exe: Any, args: Sequence[Any], *, repeat: int | None = None,
+                       name: str | None = None) -> Profile:
+    """Profiles a CPU executable on ``args`` (one array per flat parameter, of the traced
+    shapes and dtypes; they are copied, never modified). ``repeat`` is the number of
+    measured rounds (default: as many as fit in about ``BUDGET_S`` seconds, 5 to 200).
+
+    Raises ``ValueError`` for an executable that has no kernels to time (the
+    ``interpret`` backend) or for a ``repeat`` below 1.
+    """
+    if not hasattr(exe, "_steps"):
+        raise ValueError(f"profile needs the cpu backend's executable, not {type(exe).__name__} "
+                         "(jit(..., backend='cpu'))")
+    if repeat is not None and repeat < 1:
+        raise ValueError(f"repeat must be at least 1, got {repeat}")
+    fn_name = name or exe.function.name
+    params = exe.function.params
+    if len(args) != len(params):
+        raise ValueError(f"@{fn_name} takes {len(params)} flat arguments, got {len(args)}")
+    arrays = _private_copies(args, [p.type for p in params])
+    for k, (a, p) in enumerate(zip(arrays, params, strict=True)):
+        if a.shape != p.shape:
+            raise ValueError(f"argument {k} of @{fn_name}: shape {a.shape}, compiled for {p.shape}")
+    donated = bool(exe.donated)
+
+    def whole_call() -> tuple[int, int]:
+        call_args = [a.copy() for a in arrays] if donated else arrays
+        start = time.perf_counter_ns()
+        exe.run(call_args)
+        return start, time.perf_counter_ns()
+
+    rows = _kernel_rows(exe)
+    n = len(rows)
+    samples: list[list[int]] = [[] for _ in range(n)]
+    trace: list[tuple[int, int, int, int]] = []
+    calls: list[tuple[int, int, int]] = []
+    call_times: list[float] = []
+    with exe._lock:
+        # Kernel calls from Python share the executable's arena: hold its lock (an RLock,
+        # so the whole calls made inside may take it too).
+        step_args = [a.copy() for a in arrays] if donated else arrays
+        bound = _bind_steps(exe, step_args)
+        threads = exe._blas_threads
+
+        def one_pass(r: int, record: bool) -> int:
+            blas.use(threads)
+            clock = time.perf_counter_ns
+            pass_start = clock()
+            for k, (dispatcher, argv) in enumerate(bound):
+                t0 = clock()
+                dispatcher(*argv)
+                t1 = clock()
+                if record:
+                    samples[k].append(t1 - t0)
+                    trace.append((r, k, t0, t1))
+            pass_end = clock()
+            if record:
+                trace.append((r, -1, pass_start, pass_end))
+            return pass_end - pass_start
+
+        t_start = time.perf_counter()
+        with np.errstate(all="ignore"):
+            whole_call()
+            whole_call()
+            one_pass(-1, False)
+            rounds = repeat
+            if rounds is None:
+                start, end = whole_call()
+                per_round = (end - start) / 1e9 + one_pass(-1, False) / 1e9
+                spent = time.perf_counter() - t_start
+                rounds = int(min(MAX_REPEAT, max(MIN_REPEAT, (BUDGET_S - spent) / max(per_round, 1e-7))))
+            for r in range(rounds):
+                start, end = whole_call()
+                calls.append((r, start, end))
+                call_times.append((end - start) / 1e9)
+                one_pass(r, True)
+    kernels = [
+        KernelProfile(k, nm, kind, ops, lines, br, bw, par, tuple(t / 1e9 for t in samples[k]))
+        for k, (nm, kind, ops, lines, br, bw, par) in enumerate(rows)
+    ]
+    return Profile(fn_name, kernels, call_times, rounds, trace, calls)
+
+
+# ---------------------------------------------------------------------------------------
+# FUSEJIT_PROFILE=1: the last arguments of every compiled signature, profiled at exit
+
+_recorded: dict[int, tuple[Any, list[np.ndarray]]] = {}
+_record_lock = threading.Lock()
+_hook_registered = False
+
+
+def record_call(lowered: Any, arrays: Sequence[Any]) -> None:
+    """Keeps ``arrays`` (the flat arguments of a call of ``lowered``) to profile at exit.
+    Donated arrays are copied first: the call may overwrite them."""
+    global _hook_registered
+    donated = set(getattr(lowered, "donated", ()))
+    kept = [np.array(a, copy=True) if k in donated else a for k, a in enumerate(arrays)]
+    with _record_lock:
+        _recorded[id(lowered)] = (lowered, kept)
+        if not _hook_registered:
+            atexit.register(print_recorded_profiles)
+            _hook_registered = True
+
+
+def recording_runner(lowered: Any, run: Any) -> Any:
+    """``run`` (a fast-path runner taking the positional arrays) that records its
+    arguments first; only built when profiling is on."""
+
+    def run_and_record(args: tuple) -> Any:
+        record_call(lowered, args)
+        return run(args)
+
+    return run_and_record
+
+
+def print_recorded_profiles(file: Any = None, repeat: int | None = None) -> None:
+    """Prints (to stderr by default) the profile of every signature called while
+    ``FUSEJIT_PROFILE`` was on, slowest function first; registered with ``atexit``."""
+    file = file or sys.stderr
+    with _record_lock:
+        items = list(_recorded.values())
+        _recorded.clear()
+    profiles = []
+    for lowered, arrays in items:
+        name = getattr(lowered.jitted, "__name__", None) or lowered.traced.name
+        try:
+            exe = lowered.executable()
+            profiles.append(profile_executable(exe, arrays, repeat=repeat, name=name))
+        except Exception as e:  # noqa: BLE001 - at exit, report and go on with the others
+            print(f"FUSEJIT_PROFILE: @{name} could not be profiled ({type(e).__name__}: {e})", file=file)
+    for p in sorted(profiles, key=lambda p: -p.call_median_s):
+        print(f"FUSEJIT_PROFILE\n{p}\n", file=file)
+
+
+# ---------------------------------------------------------------------------------------
+# Formatting (shared with fusejit.compare)
+
+
+def fmt_time(seconds: float | None) -> str:
+    """``1.23 ms``, ``45.6 us``, ``2.01 s`` (three significant digits); ``-`` if unknown."""
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9)):
+        if abs(seconds) >= scale or unit == "ns":
+            value = seconds / scale
+            return f"{value:.3g} {unit}" if abs(value) < 100 else f"{value:.0f} {unit}"
+    raise AssertionError
+
+
+def fmt_bytes(n: float | None) -> str:
+    """``512 B``, ``1.5 kB``, ``38.2 MB`` (powers of 1000)."""
+    if n is None:
+        return "-"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{int(n)} B"
+
+
+def format_table(cols: Sequence[str], rows: Sequence[Sequence[str]], left: Sequence[int] = (0,)) -> str:
+    """Columns padded to their widest cell; columns in ``left`` left-aligned, the others
+    right-aligned; a rule under the header."""
+    widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(cols)]
+
+    def line(row: Sequence[str]) -> str:
+        cells = [x.ljust(w) if i in left else x.rjust(w) for i, (x, w) in enumerate(zip(row, widths, strict=True))]
+        return "  ".join(cells).rstrip()
+
+    return "\n".join([line(cols), line(["-" * w for w in widths]), *map(line, rows)])

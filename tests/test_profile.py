@@ -1,0 +1,131 @@
+"""Compiled.profile, fj.profile and FUSEJIT_PROFILE: per-kernel rows, Chrome traces.
+
+The only timing assertion is the one the profile promises about itself: its kernels'
+medians add up to the whole call's median within 20% (for kernels long enough that the
+~1-3 us of calling each from Python does not matter)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+
+import fusejit as fj
+from fusejit.runtime.profile import print_recorded_profiles
+
+RNG = np.random.default_rng(0)
+
+
+def step(x, w):
+    h = np.tanh(x @ w)  # a matmul kernel (with its epilogue)
+    centered = h - h.mean(axis=0)  # a reduction, then a loop kernel
+    return (centered * centered).sum(axis=1), np.exp(-centered)
+
+
+def _args() -> tuple[np.ndarray, np.ndarray]:
+    # Large enough (~1 ms per kernel) that calling kernels from Python costs little.
+    return RNG.standard_normal((2048, 256)).astype(np.float32), RNG.standard_normal((256, 256)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def profiled():
+    x, w = _args()
+    with fj.config.override(parallel_threshold=1 << 40):  # serial kernels: steadier on shared CPUs
+        compiled = fj.jit(step).lower(x, w).compile()
+    return compiled, compiled.profile(x, w, repeat=15), (x, w)
+
+
+def test_profile_rows_add_up_to_the_call(profiled):
+    compiled, prof, _ = profiled
+    assert len(prof.kernels) == len(compiled.kernels) >= 3
+    assert len(prof.call_times_s) == 15 and all(len(k.times_s) == 15 for k in prof.kernels)
+    assert prof.kernel_total_s == pytest.approx(prof.call_median_s, rel=0.2)
+
+
+def test_profile_rows_describe_each_kernel(profiled):
+    compiled, prof, _ = profiled
+    assert [k.name for k in prof.kernels] == [k.name for k in compiled.kernels]
+    kinds = {k.kind for k in prof.kernels}
+    assert "matmul" in kinds
+    for k in prof.kernels:
+        assert k.ops and all(" at test_profile.py:" in op for op in k.ops)
+        assert k.source_lines and k.bytes_read > 0 and k.bytes_written > 0
+        assert k.gbs > 0 and 0 < prof.share(k) < 2
+    assert prof.bytes_moved == sum(k.bytes_in + k.bytes_out for k in compiled.kernels)
+
+
+def test_profile_prints_a_table_sorted_by_time(profiled):
+    _, prof, _ = profiled
+    text = str(prof)
+    assert text.startswith("profile of @step:")
+    for col in ("kernel", "kind", "median", "share", "read", "written", "GB/s", "ops (source lines)"):
+        assert col in text
+    rows = text.splitlines()[3:3 + len(prof.kernels)]
+    order = [int(r.split()[0]) for r in rows]
+    assert order == [k.index for k in prof.sorted_kernels()]
+    medians = [prof.kernels[i].median_s for i in order]
+    assert medians == sorted(medians, reverse=True)
+    assert "test_profile.py:" in text
+    assert len(prof.table(top=1).splitlines()) < len(text.splitlines())
+
+
+def test_chrome_trace_is_valid_trace_event_json(profiled, tmp_path):
+    _, prof, _ = profiled
+    path = prof.to_chrome_trace(tmp_path / "sub" / "trace.json")
+    data = json.loads(path.read_text())
+    events = data["traceEvents"]
+    assert isinstance(events, list) and events
+    for e in events:
+        assert e["ph"] in ("X", "M") and isinstance(e["name"], str)
+        assert isinstance(e["pid"], int) and isinstance(e["tid"], int)
+        if e["ph"] == "X":
+            assert isinstance(e["ts"], (int, float)) and e["ts"] >= 0
+            assert isinstance(e["dur"], (int, float)) and e["dur"] >= 0
+    kernel_events = [e for e in events if e["ph"] == "X" and e.get("cat") in {k.kind for k in prof.kernels}]
+    assert len(kernel_events) == 15 * len(prof.kernels)
+    assert {e["name"] for e in kernel_events} == {k.name for k in prof.kernels}
+    assert all("ops" in e["args"] and "bytes_read" in e["args"] for e in kernel_events)
+
+
+def test_profiling_never_touches_the_arguments_even_donated_ones():
+    x = RNG.standard_normal((64, 8)).astype(np.float32)
+    keep = x.copy()
+    jitted = fj.jit(lambda x: x * 2.0 + 1.0, donate_argnums=0)
+    prof = jitted.lower(x).compile().profile(x, repeat=3)
+    assert len(prof.kernels) == 1
+    np.testing.assert_array_equal(x, keep)
+    np.testing.assert_allclose(jitted(x), keep * 2 + 1)  # x was not marked as consumed
+
+
+def test_fj_profile_compiles_and_profiles_a_plain_function():
+    x = RNG.standard_normal((16, 4)).astype(np.float32)
+    prof = fj.profile(lambda x: np.exp(x).sum(axis=1), x, repeat=2)
+    assert prof.kernels and prof.repeat == 2
+
+
+def test_the_interpreter_backend_has_no_kernels_to_profile():
+    x = np.ones(4, np.float32)
+    compiled = fj.jit(lambda x: x + 1, backend="interpret").lower(x).compile()
+    with pytest.raises(ValueError, match="cpu backend"):
+        compiled.profile(x)
+
+
+def test_fusejit_profile_records_calls_and_prints_at_exit():
+    x = RNG.standard_normal((32, 8)).astype(np.float32)
+
+    def traced_fn(x):
+        return np.tanh(x).sum(axis=0)
+
+    off = fj.jit(traced_fn)
+    off(x)
+    assert off._fast and all(r.__name__ != "run_and_record" for r in off._fast.values())
+    with fj.config.override(profile=True):
+        on = fj.jit(traced_fn)
+        on(x)
+        on(x)  # the fast path records too
+        assert any(r.__name__ == "run_and_record" for r in on._fast.values())
+    out = io.StringIO()
+    print_recorded_profiles(file=out, repeat=2)
+    assert "FUSEJIT_PROFILE" in out.getvalue() and "profile of @traced_fn" in out.getvalue()
