@@ -376,6 +376,8 @@ CASES: dict[str, Callable[[DType], list[Case]]] = {
     "mul": binary(np.multiply),
     "div": binary(np.divide, positive_rhs=True),
     "pow": binary(np.power, positive_lhs=True),
+    "floor_divide": binary(np.floor_divide),
+    "remainder": binary(np.remainder),
     "max": binary(np.maximum),
     "min": binary(np.minimum),
     "eq": binary(np.equal),

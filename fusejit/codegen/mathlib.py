@@ -171,6 +171,7 @@ __all__ = [
     "maximum_f32", "maximum_f64", "minimum_f32", "minimum_f64",
     "maxnum_f32", "maxnum_f64", "minnum_f32", "minnum_f64",
     "accumulate_f32", "accumulate_f64",
+    "floor_divide_f32", "floor_divide_f64", "remainder_f32", "remainder_f64",
 ]  # fmt: skip
 
 #: Changes whenever this file changes. Numba's on-disk cache of a kernel does not notice a
@@ -260,6 +261,22 @@ _minimum = _llvm_float_op("_minimum", "llvm.minimum", 2)
 _maxnum = _llvm_float_op("_maxnum", "llvm.maxnum", 2)  # NaN-ignoring (C fmax)
 _minnum = _llvm_float_op("_minnum", "llvm.minnum", 2)
 _libm_pow = _llvm_float_op("_libm_pow", "llvm.pow", 2)  # calls the C library
+_copysign = _llvm_float_op("_copysign", "llvm.copysign", 2)
+_floor = _llvm_float_op("_floor", "llvm.floor", 1)
+
+
+def _frem_typer(typingctx, x, y):
+    """C fmod(x, y) (LLVM ``frem``): exact, the sign of x."""
+
+    def codegen(context, builder, sig, args):
+        return builder.frem(args[0], args[1])
+
+    if x in _FLOATS and y == x:
+        return x(x, y), codegen
+    return None
+
+
+_fmod = intrinsic(_frem_typer)
 _libm_sin = _llvm_float_op("_libm_sin", "llvm.sin", 1)
 _libm_cos = _llvm_float_op("_libm_cos", "llvm.cos", 1)
 
@@ -890,6 +907,70 @@ def maxnum_f64(a, b):
 @_jit
 def minnum_f64(a, b):
     return _minnum(a, b)
+
+
+# ---------------------------------------------------------------------------------------
+# floor_divide and remainder, exactly as NumPy's npy_divmod: C fmod (exact), then one
+# correction so the remainder takes the divisor's sign and the quotient rounds down.
+# float32 computes in float32, as NumPy does; fmod of float32 operands is exact in any
+# precision.
+# ---------------------------------------------------------------------------------------
+
+
+@_jit
+def remainder_f32(x, y):
+    """np.remainder: the sign of y; x % 0 and inf % y are NaN, x % inf is x or inf."""
+    mod = _fmod(x, y)
+    if mod != _ZERO:
+        if (y < _ZERO) != (mod < _ZERO):
+            mod = mod + y
+    else:
+        mod = _copysign(_ZERO, y)
+    return mod
+
+
+@_jit
+def floor_divide_f32(x, y):
+    """np.floor_divide: x // 0 is x / 0 (inf or NaN), inf // y is NaN."""
+    if y == _ZERO:
+        return x / y
+    mod = _fmod(x, y)
+    div = (x - mod) / y
+    if mod != _ZERO and (y < _ZERO) != (mod < _ZERO):
+        div = div - _ONE
+    if div == _ZERO:
+        return _copysign(_ZERO, x / y)
+    floordiv = _floor(div)
+    if div - floordiv > _HALF:
+        floordiv = floordiv + _ONE
+    return floordiv
+
+
+@_jit
+def remainder_f64(x, y):
+    mod = _fmod(x, y)
+    if mod != _DZERO:
+        if (y < _DZERO) != (mod < _DZERO):
+            mod = mod + y
+    else:
+        mod = _copysign(_DZERO, y)
+    return mod
+
+
+@_jit
+def floor_divide_f64(x, y):
+    if y == _DZERO:
+        return x / y
+    mod = _fmod(x, y)
+    div = (x - mod) / y
+    if mod != _DZERO and (y < _DZERO) != (mod < _DZERO):
+        div = div - _DONE
+    if div == _DZERO:
+        return _copysign(_DZERO, x / y)
+    floordiv = _floor(div)
+    if div - floordiv > _DHALF:
+        floordiv = floordiv + _DONE
+    return floordiv
 
 
 # ---------------------------------------------------------------------------------------

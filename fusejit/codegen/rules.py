@@ -151,6 +151,19 @@ def _pow(em: Emitter, op: Op, a: list[Elem]) -> str | Elem:
     return f"{em.b.math('pow_' + _suffix(dt))}({x.expr}, {y.expr})"
 
 
+def _divmod(name: str, int_symbol: str) -> ExprFn:
+    """floor_divide/remainder: the math library's NumPy algorithm for floats; Numba's
+    integer ``//`` and ``%`` already round down (and give 0 for a zero divisor, as NumPy)."""
+
+    def expr(em: Emitter, op: Op, a: list[Elem]) -> str:
+        dt = op.output.dtype
+        if dt.is_float:
+            return f"{em.b.math(f'{name}_{_suffix(dt)}')}({a[0].expr}, {a[1].expr})"
+        return wrap(f"{a[0].expr} {int_symbol} {a[1].expr}", dt)
+
+    return expr
+
+
 def _select(em: Emitter, op: Op, idx: Index) -> Elem:
     pred = em.at(op.inputs[0], idx)
     if pred.const is not None:
@@ -199,6 +212,8 @@ ELEMENTWISE_RULES: dict[str, CodegenRule] = {
     "mul": _binary_op("*"),
     "div": _binary_op("/"),
     "pow": _elementwise(_pow),
+    "floor_divide": _elementwise(_divmod("floor_divide", "//")),
+    "remainder": _elementwise(_divmod("remainder", "%")),
     "max": _elementwise(_extremum("max")),
     "min": _elementwise(_extremum("min")),
     "eq": _compare("=="),

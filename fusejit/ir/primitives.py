@@ -237,6 +237,9 @@ sub = _elementwise("sub", 2, np.subtract, NUMERIC)
 mul = _elementwise("mul", 2, np.multiply, NUMERIC)
 div = _elementwise("div", 2, np.divide, FLOATS)
 pow = _elementwise("pow", 2, np.power, FLOATS)  # noqa: A001
+# NumPy's floor division and remainder (the divisor's sign), for ints and floats alike.
+floor_divide = _elementwise("floor_divide", 2, np.floor_divide, NUMERIC)
+remainder = _elementwise("remainder", 2, np.remainder, NUMERIC)
 max = _elementwise("max", 2, np.maximum, NUMERIC)  # noqa: A001
 min = _elementwise("min", 2, np.minimum, NUMERIC)  # noqa: A001
 eq = _elementwise("eq", 2, np.equal, ANY, DType.bool)
@@ -292,7 +295,8 @@ UNARY_ELEMENTWISE = (
     floor, ceil, round, stop_gradient, logical_not,
 )  # fmt: skip
 BINARY_ELEMENTWISE = (
-    add, sub, mul, div, pow, max, min, eq, ne, lt, le, gt, ge, logical_and, logical_or,
+    add, sub, mul, div, pow, floor_divide, remainder, max, min, eq, ne, lt, le, gt, ge,
+    logical_and, logical_or,
 )  # fmt: skip
 
 # ---------------------------------------------------------------------------------------

@@ -220,16 +220,21 @@ divide = true_divide
 
 
 def floor_divide(x: Array, y: Array) -> Array:
-    """``x // y`` (integers are divided exactly in float64, so |x| must stay below 2**53)."""
-    dt = result_dtype(x, y)
-    q = floor(true_divide(x, y))
-    return _with_weak(astype(q, dt), is_weak(x, y)) if not dt.is_float else q
+    """``x // y``, rounded down, exactly as NumPy (booleans divide as int32)."""
+    return _elementwise("floor_divide", P.floor_divide, *_numeric(x, y))
 
 
 def remainder(x: Array, y: Array) -> Array:
-    """``x % y`` with the sign of ``y``, computed as ``x - floor(x / y) * y`` (for floats
-    this can differ from NumPy's fmod-based result in the last bits)."""
-    return subtract(x, multiply(floor_divide(x, y), y))
+    """``x % y`` with the sign of ``y``, exactly as NumPy (fmod, then one correction)."""
+    return _elementwise("remainder", P.remainder, *_numeric(x, y))
+
+
+def _numeric(*xs: Array) -> tuple[Array, ...]:
+    """Boolean operands as int32 (no primitive divides booleans; NumPy's int8 result is
+    not a fusejit dtype)."""
+    if result_dtype(*xs).is_bool:
+        return tuple(astype(x, DType.i32) for x in xs)
+    return xs
 
 
 mod = remainder
@@ -300,9 +305,16 @@ def _as_float(x: Array) -> Array:
 
 
 def round(a: Array, decimals: int = 0) -> Array:  # noqa: A001 - NumPy's name
-    """Round half to even, like ``numpy.round``."""
+    """Round half to even, like ``numpy.round``; integers keep their dtype (and only
+    negative ``decimals`` change them: to tens, hundreds...)."""
+    dt = _dtype_of(a)
+    if not dt.is_float:
+        if decimals >= 0:
+            return a
+        scale = 10.0 ** (-decimals)
+        return astype(multiply(rint(true_divide(a, scale)), scale), dt)
     if decimals == 0:
-        return a if not _dtype_of(a).is_float else rint(a)
+        return rint(a)
     scale = 10.0**decimals
     return true_divide(rint(multiply(a, scale)), scale)
 
@@ -870,8 +882,8 @@ def _check_contract(sa: tuple[int, ...], sb: tuple[int, ...], ia: int, ib: int) 
 
 def dot(a: Array, b: Array) -> Array:
     sa, sb = shape_of(a), shape_of(b)
-    if not sa or not sb:
-        return multiply(a, b)
+    if not sa or not sb:  # numpy.dot makes a Python scalar an array: not weak (NEP 50)
+        return multiply(*(np.asarray(x) if isinstance(x, (bool, int, float)) else x for x in (a, b)))
     kb = 0 if len(sb) == 1 else len(sb) - 2
     _check_contract(sa, sb, len(sa) - 1, kb)
     return _dot(a, b, ((len(sa) - 1,), (kb,)))
@@ -925,8 +937,9 @@ def einsum(subscripts: str, *operands: Array, optimize: Any = False) -> Array:
     for i, (t, x) in enumerate(zip(terms, operands, strict=True)):
         others = "".join(terms[:i] + terms[i + 1 :]) + output
         lonely = [k for k, c in enumerate(t) if c not in others]
-        if lonely:
-            x = sum(x, axis=tuple(lonely))
+        if lonely:  # in the operand's dtype (numpy.sum would widen int32), any() for booleans
+            dt = _dtype_of(x)
+            x = any(x, axis=tuple(lonely)) if dt.is_bool else sum(x, axis=tuple(lonely), dtype=dt.np)
             t = "".join(c for c in t if c in others)
         ops.append((t, x))
     if len(ops) == 1:

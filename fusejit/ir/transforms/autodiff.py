@@ -414,7 +414,8 @@ def zero_jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequence[Ct]:
 
 
 for _prim in (
-    P.sign, P.floor, P.ceil, P.round, P.stop_gradient, P.logical_not, P.logical_and, P.logical_or,
+    P.sign, P.floor, P.ceil, P.round, P.floor_divide, P.stop_gradient, P.logical_not,
+    P.logical_and, P.logical_or,
     P.eq, P.ne, P.lt, P.le, P.gt, P.ge, P.argmax, P.argmin, P.iota, P.constant,
 ):  # fmt: skip
     _prim.vjp, _prim.jvp = zero_vjp, zero_jvp
@@ -599,6 +600,18 @@ def _select_vjp(b: Builder, op: Op, cts: tuple[Ct, ...], needs: tuple[bool, ...]
     )
 
 
+def _remainder_vjp(b: Builder, op: Op, cts: tuple[Ct, ...], needs: tuple[bool, ...]) -> Sequence[Ct]:
+    # z = x - floor(x / y) y: dz/dx = 1, dz/dy = -floor(x / y) (the floor is piecewise constant)
+    (g,), (x, y) = cts, op.inputs
+    return (g if needs[0] else None, _neg(b, _mul(b, g, b.op(P.floor_divide, x, y))) if needs[1] else None)
+
+
+def _remainder_jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequence[Ct]:
+    (tx, ty), (x, y) = tangents, op.inputs
+    dy = _neg(b, _mul(b, ty, b.op(P.floor_divide, x, y))) if ty is not None else None
+    return (_add_any(b, tx, dy),)
+
+
 def _select_jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequence[Ct]:
     (_, ta, tb), (pred, a, _) = tangents, op.inputs
     if ta is None and tb is None:
@@ -614,6 +627,7 @@ P.pow.vjp, P.pow.jvp = _pow_vjp, _pow_jvp
 P.max.vjp, P.max.jvp = _extremum_vjp, _extremum_jvp
 P.min.vjp, P.min.jvp = _extremum_vjp, _extremum_jvp
 P.select.vjp, P.select.jvp = _select_vjp, _select_jvp
+P.remainder.vjp, P.remainder.jvp = _remainder_vjp, _remainder_jvp
 
 
 # ---------------------------------------------------------------------------------------
