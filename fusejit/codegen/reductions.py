@@ -101,25 +101,36 @@ class Accumulators:
 
     @contextmanager
     def loop(self, length: int, stop: str, start: str = "0") -> Iterator[str]:
-        """``for i in range(start, stop)`` over ``length`` reduced elements (yields ``i``);
-        in blocks if that is more than a block (a short loop would only pay for them)."""
+        """``for i in range(start, stop)`` over ``length`` reduced elements (yields ``i``):
+        float sums add into a block total in the data's dtype (a vectorizable loop), then
+        into the running total; a loop over more than ``SUM_BLOCK`` elements is split into
+        blocks of that many."""
         sums = [op for op in self.reduces if op.prim.codegen.blocked and op.inputs[0].dtype.is_float]
-        if not sums or length <= SUM_BLOCK:
+        if not sums:
             with self.b.loop(stop, start=start) as i:
                 yield i
             return
         b = self.b
+        if length <= SUM_BLOCK:
+            with self._block_totals(sums):
+                with b.loop(stop, start=start) as i:
+                    yield i
+            return
         count = b.let(f"({stop} - {start} + {SUM_BLOCK - 1}) // {SUM_BLOCK}")
         with b.loop(count) as blk:
             lo = b.let(f"{start} + {blk} * {SUM_BLOCK}")
             hi = b.let(f"min({lo} + {SUM_BLOCK}, {stop})")
-            for op in sums:
-                self.block[op.output] = b.define(self.em.const(0, op.inputs[0].dtype).expr)
-            with b.loop(hi, start=lo) as i:
+            with self._block_totals(sums), b.loop(hi, start=lo) as i:
                 yield i
-            for op in sums:
-                total = self.acc[op.output]
-                b.assign(total, op.prim.codegen.combine(self.em, total, self.block.pop(op.output), DType.f64))
+
+    @contextmanager
+    def _block_totals(self, sums: list[Op]) -> Iterator[None]:
+        for op in sums:
+            self.block[op.output] = self.b.define(self.em.const(0, op.inputs[0].dtype).expr)
+        yield
+        for op in sums:
+            total = self.acc[op.output]
+            self.b.assign(total, op.prim.codegen.combine(self.em, total, self.block.pop(op.output), DType.f64))
 
     def update(self, op: Op, x: Elem, position: str | None = None) -> None:
         rule = op.prim.codegen
