@@ -918,59 +918,52 @@ def minnum_f64(a, b):
 
 
 @_jit
-def remainder_f32(x, y):
-    """np.remainder: the sign of y; x % 0 and inf % y are NaN, x % inf is x or inf."""
+def _remainder(x, y, zero):
     mod = _fmod(x, y)
-    if mod != _ZERO:
-        if (y < _ZERO) != (mod < _ZERO):
+    if mod != zero:
+        if (y < zero) != (mod < zero):
             mod = mod + y
     else:
-        mod = _copysign(_ZERO, y)
+        mod = _copysign(zero, y)
     return mod
+
+
+@_jit
+def _floor_divide(x, y, zero, half, one):
+    if y == zero:
+        return x / y
+    mod = _fmod(x, y)
+    div = (x - mod) / y
+    if mod != zero and (y < zero) != (mod < zero):
+        div = div - one
+    if div == zero:
+        return _copysign(zero, x / y)
+    floordiv = _floor(div)
+    if div - floordiv > half:
+        floordiv = floordiv + one
+    return floordiv
+
+
+@_jit
+def remainder_f32(x, y):
+    """np.remainder: the sign of y; x % 0 and inf % y are NaN, x % inf is x or inf."""
+    return _remainder(x, y, _ZERO)
 
 
 @_jit
 def floor_divide_f32(x, y):
     """np.floor_divide: x // 0 is x / 0 (inf or NaN), inf // y is NaN."""
-    if y == _ZERO:
-        return x / y
-    mod = _fmod(x, y)
-    div = (x - mod) / y
-    if mod != _ZERO and (y < _ZERO) != (mod < _ZERO):
-        div = div - _ONE
-    if div == _ZERO:
-        return _copysign(_ZERO, x / y)
-    floordiv = _floor(div)
-    if div - floordiv > _HALF:
-        floordiv = floordiv + _ONE
-    return floordiv
+    return _floor_divide(x, y, _ZERO, _HALF, _ONE)
 
 
 @_jit
 def remainder_f64(x, y):
-    mod = _fmod(x, y)
-    if mod != _DZERO:
-        if (y < _DZERO) != (mod < _DZERO):
-            mod = mod + y
-    else:
-        mod = _copysign(_DZERO, y)
-    return mod
+    return _remainder(x, y, _DZERO)
 
 
 @_jit
 def floor_divide_f64(x, y):
-    if y == _DZERO:
-        return x / y
-    mod = _fmod(x, y)
-    div = (x - mod) / y
-    if mod != _DZERO and (y < _DZERO) != (mod < _DZERO):
-        div = div - _DONE
-    if div == _DZERO:
-        return _copysign(_DZERO, x / y)
-    floordiv = _floor(div)
-    if div - floordiv > _DHALF:
-        floordiv = floordiv + _DONE
-    return floordiv
+    return _floor_divide(x, y, _DZERO, _DHALF, _DONE)
 
 
 # ---------------------------------------------------------------------------------------
