@@ -35,7 +35,6 @@ from fusejit.tracer.tracing import (
 
 _SCALAR_TYPES = (bool, int, float)
 _CONFIG = config._values  # read directly on the hot path
-_CONFIG = config._values  # read directly on the hot path
 
 
 def _leaf_signature(leaf: Any) -> Any:
