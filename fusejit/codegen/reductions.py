@@ -210,9 +210,9 @@ def lower_reduce(ctx: Ctx) -> LoweredKernel:
             for v in side:
                 store(b, outs[v], flat, em.at(v, in_idx))
 
-    if not axes:  # a reduction over no axes is the identity (converted)
+    if not axes:  # a reduction over no axes folds each element into the identity
         for op in red.reduces:
-            em.provided[op.output] = lambda idx, op=op: em.at(op.inputs[0], idx)
+            em.provided[op.output] = partial(_fold_into_identity, em, op)
 
         def identity(idx: Index) -> None:
             store_outputs(idx)
@@ -343,6 +343,15 @@ def lower_reduce(ctx: Ctx) -> LoweredKernel:
             out_size = math.prod(out_shape)
             root_index(em2, b, out_exprs, False, out_size >= ctx.threshold, ("out_total",), out_size)(epilogue)
     return finish(ctx, b, arrays, em, kind, dtype, in_shape)
+
+
+def _fold_into_identity(em: Emitter, op: Op, idx: Index) -> Elem:
+    """One element reduced on its own: ``identity + x`` (NumPy's sum of -0.0 is +0.0)."""
+    x = em.at(op.inputs[0], idx)
+    rule, dt = op.prim.codegen, op.inputs[0].dtype
+    if rule.arg is not None:
+        return x
+    return Elem(em.b.let(rule.combine(em, em.const(rule.init(dt), dt).expr, x.expr, dt)))
 
 
 def _converted_load(em: Emitter, array: str, dtype: DType) -> Callable[[Index], Elem]:

@@ -74,6 +74,15 @@ def dot_with_python_float(x0):
 #     fusejit.numpy's einsum called sum, which promotes to int64 (fuzz seed 200291; fixed)
 
 
+# --- a sum over no axes (of a 0-d array) returned its element: -0.0 where NumPy's sum,
+#     which starts from +0.0, gives +0.0 (fuzz seed 5000459; fixed)
+
+
+def sum_of_negative_zero(x0):
+    v0 = fnp.sum(x0, axis=None, keepdims=True)
+    return (fnp.reciprocal(v0),)
+
+
 def einsum_sum_keeps_int32(x0):
     v0 = fnp.einsum("ij->j", x0)
     return (v0,)
@@ -130,6 +139,12 @@ CASES: dict[str, Case] = {
         round_int_decimals,
         (np.array([15, -25, 0], np.int32),),
         (np.array([15, -25, 0], np.int32),),
+        exact=True,
+    ),
+    "sum_of_negative_zero": Case(
+        sum_of_negative_zero,
+        (np.array(-0.0, _f32),),
+        (np.array(np.inf, _f32),),
         exact=True,
     ),
     "einsum_sum_keeps_int32": Case(
