@@ -362,9 +362,9 @@ class KernelBuilder:
     def _split_invariant(self, body: list[Stmt], depth: int) -> tuple[list[Stmt], list[Stmt]]:
         """The statements of a closing loop's body that can move in front of it, and the
         rest. A load from an array stored in the loop is not invariant, nor is anything
-        that reads a variable staying in the loop."""
+        that reads a variable the loop assigns (an accumulator) or one staying in it."""
         written = _stored_arrays(body)
-        staying: set[str] = set()
+        staying: set[str] = _assigned_vars(body)  # accumulators updated in the loop
         hoisted: list[Stmt] = []
         kept: list[Stmt] = []
         for s in body:
@@ -431,6 +431,19 @@ def _stored_arrays(block: list[Stmt]) -> set[str]:
             out |= _stored_arrays(s.body)
         elif isinstance(s, If):
             out |= _stored_arrays(s.then) | _stored_arrays(s.orelse)
+    return out
+
+
+def _assigned_vars(block: list[Stmt]) -> set[str]:
+    """The variables a block (and the blocks nested in it) updates with ``Assign``."""
+    out: set[str] = set()
+    for s in block:
+        if isinstance(s, Assign):
+            out.add(s.var)
+        elif isinstance(s, Loop):
+            out |= _assigned_vars(s.body)
+        elif isinstance(s, If):
+            out |= _assigned_vars(s.then) | _assigned_vars(s.orelse)
     return out
 
 

@@ -83,6 +83,15 @@ def sum_of_negative_zero(x0):
     return (fnp.reciprocal(v0),)
 
 
+# --- argmin/argmax of a constant: the comparison with the running best read only the
+#     accumulator, so it was hoisted out of the loop and the last index won (fuzz seed
+#     5000547; fixed: nothing reading a variable the loop assigns is hoisted)
+
+
+def arg_extremum_of_a_constant(x0):
+    return (fnp.argmin(fnp.isfinite(x0), axis=0), fnp.argmax(fnp.zeros_like(x0), axis=0))
+
+
 def einsum_sum_keeps_int32(x0):
     v0 = fnp.einsum("ij->j", x0)
     return (v0,)
@@ -145,6 +154,12 @@ CASES: dict[str, Case] = {
         sum_of_negative_zero,
         (np.array(-0.0, _f32),),
         (np.array(np.inf, _f32),),
+        exact=True,
+    ),
+    "arg_extremum_of_a_constant": Case(
+        arg_extremum_of_a_constant,
+        (np.array([-4, -4, 3], np.int32),),
+        (np.array(0, np.int64), np.array(0, np.int64)),
         exact=True,
     ),
     "einsum_sum_keeps_int32": Case(
