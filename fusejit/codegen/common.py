@@ -11,7 +11,7 @@ from typing import Any
 from fusejit import config
 from fusejit.codegen import rules as _rules  # noqa: F401 - registers Primitive.codegen
 from fusejit.codegen.elemental import Elem, Emitter, Index, linearize
-from fusejit.codegen.kernel import If, Kernel, KernelBuilder, Loop, Stmt, Unsupported
+from fusejit.codegen.kernel import Kernel, KernelBuilder, Stmt, Unsupported, statements
 from fusejit.ir.core import Op, Value
 from fusejit.ir.dtypes import DType
 from fusejit.ir.primitives import OpKind
@@ -40,16 +40,7 @@ def kernel_size(block: list[Stmt], mathlib: set[str]) -> int:
     """Statements in ``block``, counting each call of a math-library function as
     ``MATHLIB_CALL_SIZE`` (a loop body counts once: it is compiled once)."""
     calls = re.compile(rf"\b(?:{'|'.join(map(re.escape, sorted(mathlib))) or '(?!)'})\(")
-    size = 0
-    for s in block:
-        if isinstance(s, Loop):
-            size += 1 + kernel_size(s.body, mathlib)
-        elif isinstance(s, If):
-            size += 1 + kernel_size(s.then, mathlib) + kernel_size(s.orelse, mathlib)
-        else:
-            text = getattr(s, "expr", "")
-            size += 1 + MATHLIB_CALL_SIZE * len(calls.findall(text))
-    return size
+    return sum(1 + MATHLIB_CALL_SIZE * len(calls.findall(getattr(s, "expr", ""))) for s in statements(block))
 
 
 @dataclass(frozen=True, slots=True)

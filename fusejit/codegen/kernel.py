@@ -416,52 +416,41 @@ class KernelBuilder:
         return self._scopes[0][0]
 
 
-def _stored_arrays(block: list[Stmt]) -> set[str]:
-    """Every array a block (and the blocks nested in it) stores into or hands to a GEMM
-    or a helper kernel."""
-    out: set[str] = set()
+def statements(block: list[Stmt]) -> Iterator[Stmt]:
+    """Every statement of ``block`` and of the blocks nested in it, outer first."""
     for s in block:
+        yield s
+        if isinstance(s, Loop):
+            yield from statements(s.body)
+        elif isinstance(s, If):
+            yield from statements(s.then + s.orelse)
+
+
+def _stored_arrays(block: list[Stmt]) -> set[str]:
+    """Every array a block stores into or hands to a GEMM or a helper kernel."""
+    out: set[str] = set()
+    for s in statements(block):
         if isinstance(s, Store):
             out.add(s.array)
         elif isinstance(s, Matmul):
             out.add(s.out)
         elif isinstance(s, Call):
             out.update(s.args)
-        elif isinstance(s, Loop):
-            out |= _stored_arrays(s.body)
-        elif isinstance(s, If):
-            out |= _stored_arrays(s.then) | _stored_arrays(s.orelse)
     return out
 
 
 def _assigned_vars(block: list[Stmt]) -> set[str]:
-    """The variables a block (and the blocks nested in it) updates with ``Assign``."""
-    out: set[str] = set()
-    for s in block:
-        if isinstance(s, Assign):
-            out.add(s.var)
-        elif isinstance(s, Loop):
-            out |= _assigned_vars(s.body)
-        elif isinstance(s, If):
-            out |= _assigned_vars(s.then) | _assigned_vars(s.orelse)
-    return out
+    """The variables a block updates with ``Assign``."""
+    return {s.var for s in statements(block) if isinstance(s, Assign)}
 
 
 def _defined_vars(s: Stmt) -> set[str]:
-    if isinstance(s, Let):
-        return {s.var}
-    if isinstance(s, If):
-        return set().union(*(_defined_vars(t) for t in s.then + s.orelse))
-    return set()
+    return {t.var for t in statements([s]) if isinstance(t, Let)}
 
 
 def _statement_text(s: Stmt) -> str:
     """The expressions a hoisting candidate reads (an ``If``'s condition and branches)."""
-    if isinstance(s, Let):
-        return s.expr
-    if isinstance(s, If):
-        return " ".join([s.cond, *(_statement_text(t) for t in s.then + s.orelse)])
-    return ""
+    return " ".join(t.cond if isinstance(t, If) else getattr(t, "expr", "") for t in statements([s]))
 
 
 def _block_depth(block: list[Stmt], b: KernelBuilder) -> int:

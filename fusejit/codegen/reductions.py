@@ -76,10 +76,13 @@ def _analyze_reductions(group: FusionGroup) -> _Reductions:
 SUM_BLOCK = 256
 
 
+def is_float_sum(op: Op) -> bool:
+    return op.prim.codegen.blocked and op.inputs[0].dtype.is_float
+
+
 def total_dtype(op: Op) -> DType:
     """The accumulator dtype of a reduction: float64 for float sums, else the input's."""
-    dt = op.inputs[0].dtype
-    return DType.f64 if op.prim.codegen.blocked and dt.is_float else dt
+    return DType.f64 if is_float_sum(op) else op.inputs[0].dtype
 
 
 class Accumulators:
@@ -105,7 +108,7 @@ class Accumulators:
         float sums add into a block total in the data's dtype (a vectorizable loop), then
         into the running total; a loop over more than ``SUM_BLOCK`` elements is split into
         blocks of that many."""
-        sums = [op for op in self.reduces if op.prim.codegen.blocked and op.inputs[0].dtype.is_float]
+        sums = [op for op in self.reduces if is_float_sum(op)]
         if not sums:
             with self.b.loop(stop, start=start) as i:
                 yield i
