@@ -1,5 +1,5 @@
 """The Numba CPU backend: call overhead, compile times, bandwidth, and the measured design
-choices (BLAS route, entry function vs per-kernel calls, prange threshold).
+choices (BLAS route, calling kernels from Python, prange threshold).
 
     python bench/bench_backend.py            # everything (a few minutes on 2 cores)
     python bench/bench_backend.py overhead bandwidth   # some sections
@@ -14,7 +14,7 @@ Sections:
              (goal: >= 70% of STREAM); tanh over 4M float32 vs np.tanh (goal: >= 3x)
   blas       GEMM through np.dot inside njit (SciPy's BLAS) vs NumPy's matmul from Python
   threads    training steps with 1, 2 and "auto" BLAS threads (the thread-fight policy)
-  entry      10 kernels called from one generated entry function vs one by one
+  calls      a 10-kernel function: the runner, a kernel through its dispatcher or entry point
   prange     serial vs prange elementwise kernels by size (the parallel threshold)
   softmax    the fused softmax row kernel over [4096,1024] vs NumPy
 
@@ -180,7 +180,7 @@ def retrace() -> None:
         t1 = time.perf_counter()
         f(x, w, b)
         t2 = time.perf_counter()
-        f(x, w, b)  # the entry function (same text as for every batch size: no compile)
+        f(x, w, b)  # the second call: nothing compiles
         row(f"batch {batch}", f"retrace+plan {(t1 - t0) * 1e3:.1f} ms", f"1st run {(t2 - t1) * 1e3:.1f} ms",
             f"{COUNTERS.numba_compiles - before} compiles")
 
@@ -260,8 +260,8 @@ def blas() -> None:
             f"{2 * m * k * n / t_nb / 1e9:.1f} GF/s njit")
 
 
-def entry() -> None:
-    print("\n== a 10-kernel function (fuse=False): one entry function vs calls from Python")
+def calls() -> None:
+    print("\n== a 10-kernel function (fuse=False): calling kernels from Python")
 
     def eight(x):
         for _ in range(4):
@@ -272,12 +272,14 @@ def entry() -> None:
     f = fj.jit(eight, fuse=False)
     f(x)
     exe = f.lower(x).executable()
-    kernels = exe._runner("kernels")
-    f(x)  # compiles the entry
-    t_entry = best(lambda: exe.run([x]), 20000)
-    t_kernels = best(lambda: kernels([x]), 20000)
-    row(f"{len(exe._steps)} kernels: entry", f"{t_entry * 1e6:.2f} us")
-    row(f"{len(exe._steps)} kernels: one by one", f"{t_kernels * 1e6:.2f} us")
+    st = exe._steps[0]
+    argv = [x.ravel(), np.empty_like(x)] + [int(exe._dims[i]) for i in st.int_slots]
+    t_run = best(lambda: exe.run([x]), 20000)
+    t_dispatch = best(lambda: st.dispatcher(*argv), 20000)
+    t_entry_point = best(lambda: st.entry_point(*argv), 20000)
+    row(f"{len(exe._steps)} kernels: whole call", f"{t_run * 1e6:.2f} us")
+    row("one kernel: through the dispatcher", f"{t_dispatch * 1e6:.2f} us")
+    row("one kernel: through its entry point", f"{t_entry_point * 1e6:.2f} us")
 
 
 def prange() -> None:
@@ -373,7 +375,7 @@ def blas_threads() -> None:
 
 SECTIONS = {
     "overhead": overhead, "compile": compile_times, "retrace": retrace, "bandwidth": bandwidth,
-    "blas": blas, "threads": blas_threads, "entry": entry, "prange": prange, "softmax": softmax,
+    "blas": blas, "threads": blas_threads, "calls": calls, "prange": prange, "softmax": softmax,
 }  # fmt: skip
 
 

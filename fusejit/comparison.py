@@ -7,8 +7,8 @@ the built-in workloads; this is the in-process version for the user's own functi
    variants that is tracing, optimizing, compiling (or loading kernels from the on-disk
    cache) and running. The results are checked against NumPy eager's, leaf by leaf.
 2. **Warm-up.** Each variant is called at least twice more and for at least
-   ``WARMUP_S`` seconds (the second call of a jitted function may compile its entry
-   function), which also estimates its time per call.
+   ``WARMUP_S`` seconds (the first calls warm caches and the branch predictor), which
+   also estimates its time per call.
 3. **Samples.** ``repeat`` rounds; each round takes one sample of every variant, one
    after another, the starting variant rotating from round to round (A B C, B C A, ...)
    so that drift of the machine (another process, frequency changes) spreads over all

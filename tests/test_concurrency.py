@@ -62,24 +62,23 @@ def check_each_thread_got_its_own_results(jitted, xs: list[np.ndarray], want: li
 
 
 PATHS = {
-    # name: (function, input shape, expected runner)
-    "one kernel": (one_kernel, (64, 64), "kernels"),
-    "entry (small, several kernels)": (three_kernels, (48, 32), "entry"),
-    "kernels one by one (over 1 MiB)": (three_kernels, (768, 384), "kernels"),
+    # name: (function, input shape, whether its kernels share the arena under the lock)
+    "one kernel": (one_kernel, (64, 64), False),
+    "several kernels, small": (three_kernels, (48, 32), True),
+    "several kernels, over 1 MiB": (three_kernels, (768, 384), True),
 }
 
 
 @pytest.mark.parametrize("path", PATHS)
 def test_threads_get_their_own_results(path):
-    fn, shape, runner = PATHS[path]
+    fn, shape, locked = PATHS[path]
     xs = inputs(shape)
     want = [fn(x) for x in xs]  # eager
     jitted = fj.jit(fn)
     for x in xs:
-        jitted(x)  # warm: the entry (if any) is compiled on the second call
+        jitted(x)
     exe = jitted.lower(xs[0]).compile().executable
-    wants_entry = exe._wants_entry()
-    assert wants_entry == (runner == "entry")
+    assert ("with LOCK:" in exe.runner_source()) == locked
     check_each_thread_got_its_own_results(jitted, xs, want)
 
 
@@ -123,20 +122,17 @@ def test_threads_donating_their_own_buffers_get_their_own_results():
 
 
 def test_the_arena_is_shared_only_under_the_lock():
-    """The runner of kernels called one by one holds the executable's lock around them."""
+    """The runner holds the executable's lock around kernels that share the arena."""
     x = inputs((768, 384))[0]
     exe = fj.jit(three_kernels).lower(x).compile().executable
     assert isinstance(exe, cpu.CpuExecutable) and exe.plan.arena_bytes > 0
-    exe([x])  # first call, then the steady-state runner
-    exe([x])
     locked = []
-    original = exe._steps[0].dispatcher
+    original = exe._steps[0].entry_point
 
-    class Spy:
-        def __call__(self, *args):
-            locked.append(exe._lock._is_owned())
-            return original(*args)
+    def spy(*args):
+        locked.append(exe._lock._is_owned())
+        return original(*args)
 
-    exe._steps[0].dispatcher = Spy()
-    exe._runner("kernels")([x])
+    exe._steps[0].entry_point = spy
+    exe._runner()([x])
     assert locked == [True]

@@ -87,28 +87,27 @@ def test_steady_state_calls_allocate_only_their_outputs():
     finally:
         tracemalloc.stop()
     assert exe.arena_allocations == 1
-    # It moves megabytes per call: its kernels are called one by one, with no entry
-    # function to compile (one Python call per kernel costs nothing next to the work).
-    assert exe._entry is None
     assert current - base < 64 * 1024
     assert peak - base < 1.5 * n * 4  # one output at a time; 4 intermediates live in the arena
 
 
 # ---------------------------------------------------------------------------------------
-# Entry function, shapes, kernel counts
+# The runner, shapes, kernel counts
 
 
-def test_entry_function_after_the_first_call_gives_the_same_results():
+def test_runner_calls_every_kernel_and_matches_the_general_path():
     x, y = f32(8, 5), f32(8, 5)
     f = fj.jit(chain, fuse=False)
-    first = f(x, y)
+    through_runner = f(x, y)
     exe = f.lower(x, y).executable()
-    assert exe._entry is None  # called once: kernels one by one
-    second = f(x, y)
-    assert exe._entry is not None
-    for a, b in zip(first, second, strict=True):
+    runner = exe.runner_source()
+    assert runner.startswith("def run(args):")
+    for k, info in enumerate(exe.kernels):
+        assert f"K{k}(" in runner and info.name in runner
+    assert runner in exe.kernel_source()
+    general = exe._call_generic([x, y])
+    for a, b in zip(through_runner, general, strict=True):
         np.testing.assert_array_equal(a, b)
-    assert "def entry(" in exe.kernel_source()
 
 
 def test_new_batch_size_compiles_no_numba_code():
@@ -240,7 +239,7 @@ def test_dump_writes_every_stage_and_kernel(tmp_path):
     (directory,) = tmp_path.iterdir()
     names = sorted(p.name for p in directory.iterdir())
     assert names[0].startswith("00_traced") and any(n.endswith("_fused.ir") for n in names)
-    assert any("eliminate_dead_code" in n for n in names) and "entry.py" in names
+    assert any("eliminate_dead_code" in n for n in names) and "runner.py" in names
     kernels = sorted((directory / "kernels").iterdir())
     assert len(kernels) == len(compiled.kernels)
     for path, info in zip(kernels, compiled.kernels, strict=True):

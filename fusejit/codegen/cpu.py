@@ -26,12 +26,14 @@ from fusejit.codegen.kernel import Assign, Call, Comment, If, Kernel, Let, Loop,
 DISK_CACHE = False
 
 
-def kernel_jit(parallel: bool = False) -> Any:
+def kernel_jit(parallel: bool = False, helper: bool = False) -> Any:
     """The decorator generated modules use (reads the cache mode at module load).
 
     No fast-math flag: each would let LLVM change results in ways the IR does not allow
     (``contract`` turned ``x*s - max(x*s)`` into an FMA whose error made a softmax NaN);
-    sums vectorize through the one reassociable add, ``mathlib.accumulate_*``."""
+    sums vectorize through the one reassociable add, ``mathlib.accumulate_*``.
+    No C-callable wrapper, and none callable from Python for a ``helper`` (called from
+    its kernel only): building them was a quarter of a kernel's compile time."""
     import numba
 
     return numba.njit(
@@ -39,6 +41,8 @@ def kernel_jit(parallel: bool = False) -> Any:
         parallel=parallel,
         error_model="numpy",
         boundscheck=False,
+        no_cfunc_wrapper=True,
+        no_cpython_wrapper=helper,
     )
 
 
@@ -59,14 +63,14 @@ def module_source(kernel: Kernel) -> str:
     for name, expr in kernel.all_consts().items():
         lines.append(f"{name} = {expr}")
     for helper in kernel.helpers:
-        lines += ["", ""] + _function(helper)
+        lines += ["", ""] + _function(helper, helper=True)
     lines += ["", ""] + _function(kernel)
     return "\n".join(lines) + "\n"
 
 
-def _function(kernel: Kernel) -> list[str]:
+def _function(kernel: Kernel, helper: bool = False) -> list[str]:
     lines = [
-        f"@kernel_jit(parallel={kernel.parallel!r})",
+        f"@kernel_jit(parallel={kernel.parallel!r}{', helper=True' if helper else ''})",
         f"def {kernel.name}({', '.join(kernel.params)}):",
     ]
     body = _block(kernel.body, 1)

@@ -238,33 +238,29 @@ def _exec(name: str, path: Path, disk: bool) -> ModuleType:
 # Compiling dispatchers, with counters and repair of corrupted cache entries
 
 
-def _state(dispatchers: list[Any]) -> tuple[int, int]:
-    overloads = sum(len(d.overloads) for d in dispatchers)
-    hits = sum(sum(d.stats.cache_hits.values()) for d in dispatchers)
-    return overloads, hits
+def _state(dispatcher: Any) -> tuple[int, int]:
+    return len(dispatcher.overloads), sum(dispatcher.stats.cache_hits.values())
 
 
-def _reachable(main: Any, others: list[Any], generated_only: bool) -> list[Any]:
-    """``main``, ``others`` and the dispatchers their modules refer to (kernel helpers,
-    the kernels an entry calls, and with ``generated_only=False`` the math library)."""
+def _reachable(main: Any, generated_only: bool) -> list[Any]:
+    """``main`` and the dispatchers its module refers to (kernel helpers, and with
+    ``generated_only=False`` the math library)."""
     from numba.core.dispatcher import Dispatcher
 
-    found = {id(d): d for d in (main, *others)}
-    for d in list(found.values()):
-        for obj in getattr(d, "py_func", None).__globals__.values():
-            if isinstance(obj, Dispatcher) and (not generated_only or obj.py_func.__module__.startswith("fj_")):
-                found[id(obj)] = obj
+    found = {id(main): main}
+    for obj in main.py_func.__globals__.values():
+        if isinstance(obj, Dispatcher) and (not generated_only or obj.py_func.__module__.startswith("fj_")):
+            found[id(obj)] = obj
     return list(found.values())
 
 
-def compile_dispatchers(main: Any, signature: tuple[Any, ...], others: list[Any] = ()) -> None:
-    """Compiles ``main`` for ``signature`` (which compiles or loads the ``others`` it
-    calls), counting compilations and cache loads. A corrupted cache entry (unpickling
-    errors and the like) is discarded and compiled again: first the entries of generated
-    modules, then, if that was not enough, every dispatcher involved."""
-    dispatchers = [main, *others]
+def compile_dispatchers(main: Any, signature: tuple[Any, ...]) -> None:
+    """Compiles ``main`` for ``signature`` (which compiles or loads the helpers it calls),
+    counting compilations and cache loads. A corrupted cache entry (unpickling errors and
+    the like) is discarded and compiled again: first the entries of generated modules,
+    then, if that was not enough, every dispatcher involved."""
     with _lock:
-        before_overloads, before_hits = _state(dispatchers)
+        before_overloads, before_hits = _state(main)
         for attempt in range(3):
             try:
                 main.compile(signature)
@@ -272,34 +268,13 @@ def compile_dispatchers(main: Any, signature: tuple[Any, ...], others: list[Any]
             except Exception:
                 if attempt == 2:
                     raise
-                for d in _reachable(main, list(others), generated_only=attempt == 0):
+                for d in _reachable(main, generated_only=attempt == 0):
                     if d is not main and d.overloads:
                         continue  # compiled in this process already: its cache is not read
                     with contextlib.suppress(Exception):
                         d._cache.flush()  # Numba's private API: the only way to drop a bad entry
                 COUNTERS.cache_repairs += 1
-        after_overloads, after_hits = _state(dispatchers)
+        after_overloads, after_hits = _state(main)
         loads = after_hits - before_hits
         COUNTERS.numba_cache_loads += loads
         COUNTERS.numba_compiles += max(after_overloads - before_overloads - loads, 0)
-
-
-# ---------------------------------------------------------------------------------------
-# Entry functions: a marker beside the module says Numba has its machine code cached.
-
-
-def _marker(source: str) -> Path | None:
-    directory, disk = module_directory()
-    return directory / f"{module_name(source)}.ready" if disk else None
-
-
-def entry_is_cached(source: str) -> bool:
-    marker = _marker(source)
-    return marker is not None and marker.exists()
-
-
-def mark_entry_cached(source: str) -> None:
-    marker = _marker(source)
-    if marker is not None and not marker.exists():
-        with contextlib.suppress(OSError):
-            marker.touch()

@@ -11,18 +11,18 @@ Built once per signature:
    and all kernel scratch live in one arena planned by value lifetimes
    (``fusejit.runtime.buffers``), allocated once: the steady state allocates outputs only;
 3. calls go through a Python function generated for this executable (``_runner``: ravel
-   the arguments, allocate the outputs, call, return) and either each kernel in turn or
-   one generated *entry* module, a serial njit function taking the flat parameters and
-   outputs, the arena, the constants and one int64 array of sizes and offsets, which
-   calls every kernel. The entry's text holds no sizes, so a new batch size reuses it.
+   the arguments, allocate the outputs, call each kernel's compiled entry point with
+   the flat arrays and its sizes, return). Its text is what ``runner_source()`` and
+   ``FUSEJIT_DUMP`` show.
 
-Entry vs per-kernel calls (``bench/bench_backend.py entry``): 10 small kernels cost
-1.0 us per call through the entry and 2.4 us called one by one from Python, but compiling
-an entry costs 0.2-0.4 s (Numba re-optimizes the kernels linked into it). So a function's
-first call runs its kernels one by one, the entry is compiled on the second call (or at
-once when an earlier process compiled and cached it), and a single-kernel function never
-gets one. ``FUSEJIT_DEBUG_NANS=1`` runs the kernels one by one and checks each one's
-outputs for NaN/inf.
+A kernel is called through its overload's entry point, the C wrapper Numba compiled for
+its one signature: that skips the dispatcher's type resolution (0.53 us a call instead
+of 0.85 us; ``bench/bench_backend.py calls``). An earlier design called the kernels from
+one generated njit function, 0.3 us a kernel cheaper per call, but Numba took 1.5 s on
+average to compile one (4.7 s for 13 kernels: type inference of its array views and
+re-optimizing the linked kernels), which a first call cannot afford.
+``FUSEJIT_DEBUG_NANS=1`` runs the kernels one by one and checks each one's outputs for
+NaN/inf.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from __future__ import annotations
 import math
 import sys
 import threading
-import warnings
 import weakref
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
@@ -44,25 +43,12 @@ from fusejit.codegen.kernel import Unsupported
 from fusejit.codegen.lowering import LoweredKernel, Scratch, describe_ops, lower_group
 from fusejit.ir import primitives as P
 from fusejit.ir.core import Function, Op, Value
-from fusejit.ir.dtypes import DType
+from fusejit.ir.dtypes import DType, from_numpy
 from fusejit.ir.primitives import OpKind
 from fusejit.ir.transforms.fusion import FusedFunction, FusionGroup, make_group
 from fusejit.runtime import blas, buffers
-from fusejit.runtime.cache import (
-    compile_dispatchers,
-    entry_is_cached,
-    load_module,
-    mark_entry_cached,
-    module_name,
-)
+from fusejit.runtime.cache import compile_dispatchers, load_module, module_name
 
-# The entry function is compiled once a function has been called this many times (or at
-# once when an earlier process compiled and cached it).
-ENTRY_AFTER_CALLS = 1
-# ... and only if its kernels move at most this many bytes per call: beyond it the
-# kernels take far longer than calling them one by one from Python (~1 us each), and the
-# entry's compile time (1.45 s for an MLP training step) would buy nothing.
-ENTRY_MAX_BYTES = 1 << 20
 # Outputs at least this large are recycled once the caller drops them: a fresh large
 # array page-faults on first touch (glibc mmaps it), which halved an elementwise op's
 # bandwidth over 64 MiB outputs.
@@ -205,6 +191,7 @@ class _Step:
     module: str
     source: str
     dispatcher: Any
+    entry_point: Any  # the dispatcher's compiled overload, called without type dispatch
     array_refs: list[tuple[str, Any]]  # per kernel array: storage reference
     int_slots: list[int]  # positions in the size array
 
@@ -330,7 +317,7 @@ class CpuExecutable:
             source = cpu_printer.module_source(lk.kernel)
             slots = list(range(len(dims), len(dims) + len(lk.ints)))
             dims += lk.ints
-            self._steps.append(_Step(lk, module_name(source), source, None, refs, slots))
+            self._steps.append(_Step(lk, module_name(source), source, None, (), refs, slots))
         self._dims = np.array(dims, dtype=np.int64)
         self._buf_slot = buf_slot
         self._buf_name = {key: f"b{k}" for k, key in enumerate(buf_slot)}
@@ -342,9 +329,6 @@ class CpuExecutable:
         self._result_refs = [("param", params[r]) if r in params else ("out", self._outputs[r])
                              for r in fn.results]
         self.kernels = [self._info(st) for st in self._steps]
-        self._entry_source = self._entry_text()
-        self._entry = None
-        self.calls = 0
         gemms = [_gemm_flops(st.lowered) for st in self._steps if st.lowered.kind == "matmul"]
         has_parallel = any(st.lowered.kernel.parallel or any(h.parallel for h in st.lowered.kernel.helpers)
                            for st in self._steps)
@@ -353,34 +337,8 @@ class CpuExecutable:
         self.run: Any = None
         self._compile()
 
-    # Generated entry -----------------------------------------------------------------
-    def _entry_text(self) -> str:
-        """The entry module: flat parameters and outputs, the arena, the constants and the
-        size array in; every kernel called in order. No size appears in the text."""
-        fn = self.function
-        n_out = len(self._out_specs)
-        lines = [f"# fusejit entry: {len(self._steps)} kernels"]
-        lines += [f"#   k{k}: {st.lowered.kernel.name} from {st.module}" for k, st in enumerate(self._steps)]
-        lines += ["import numpy as np", "from fusejit.codegen.cpu import kernel_jit"]
-        for k, st in enumerate(self._steps):
-            lines.append(f"from {st.module} import {st.lowered.kernel.name} as k{k}")
-        args = [f"x{k}" for k in range(len(fn.params))]
-        args += [f"y{j}" for j in range(n_out) if self._out_in_param[j] is None]
-        args += ["ws"] + [f"cc{k}" for k in range(len(self._consts))] + ["d"]
-        lines += ["", "", "@kernel_jit(parallel=False)", f"def entry({', '.join(args)}):"]
-        body = []
-        for key, slot in self._buf_slot.items():
-            dt = self._buf_dtype[key].np.name
-            dt = "bool_" if dt == "bool" else dt
-            body.append(f"{self._buf_name[key]} = ws[d[{slot}]:d[{slot + 1}]].view(np.{dt})")
-        for k, st in enumerate(self._steps):
-            call_args = [self._ref_name(r) for r in st.array_refs] + [f"d[{i}]" for i in st.int_slots]
-            body.append(f"k{k}({', '.join(call_args)})")
-        lines += ["    " + b for b in body] or ["    pass"]
-        return "\n".join(lines) + "\n"
-
     def _ref_name(self, r: tuple[str, Any]) -> str:
-        """The name of a kernel argument in the entry and in the Python runners."""
+        """The name of a kernel argument in the runner."""
         kind, key = r
         if kind == "param":
             return f"x{key}"
@@ -392,79 +350,34 @@ class CpuExecutable:
         return self._buf_name[key]
 
     def _compile(self) -> None:
-        """Loads (compiling or reading Numba's cache) every kernel. The entry function,
-        which saves ~1 us of Python per kernel per call but costs ~0.1 s of compile time
-        per kernel, is used only for functions that move little memory (where that
-        microsecond matters): compiled now if an earlier process already did (its machine
-        code is cached), else on the second call, so a function called once never pays."""
+        """Loads (compiling or reading Numba's cache) every kernel."""
         types, nbt = _numba_types()
         for st in self._steps:
             st.dispatcher = getattr(load_module(st.source), st.lowered.kernel.name)
             sig = tuple(types.Array(nbt[a.dtype], 1, "C") for a in st.lowered.kernel.arrays)
-            compile_dispatchers(st.dispatcher, sig + (types.int64,) * len(st.lowered.kernel.ints))
+            sig += (types.int64,) * len(st.lowered.kernel.ints)
+            compile_dispatchers(st.dispatcher, sig)
+            st.entry_point = st.dispatcher.overloads[sig].entry_point
         self._views = {}
         for key, slot in self._buf_slot.items():
             dtype = self._buf_dtype[key].np
             self._views[key] = self._arena[self._dims[slot]:self._dims[slot + 1]].view(dtype)
-        if config.value("debug_nans"):
-            self.run = self._call_generic
-        elif not self._wants_entry():
-            self.run = self._runner("kernels")
-        elif entry_is_cached(self._entry_source):
-            self._compile_entry()
-            self.run = self._runner("entry")
-        else:
-            self.run = self._first_call
-
-    def _wants_entry(self) -> bool:
-        moved = sum(st.lowered.group.bytes_read + st.lowered.group.bytes_written for st in self._steps)
-        return len(self._steps) > 1 and moved <= ENTRY_MAX_BYTES
-
-    def _compile_entry(self) -> None:
-        types, nbt = _numba_types()
-        mod = load_module(self._entry_source)
-        fn = self.function
-        flat = [types.Array(nbt[p.dtype], 1, "C") for p in fn.params]
-        flat += [types.Array(nbt[v.dtype], 1, "C") for v, j in self._outputs.items() if self._out_in_param[j] is None]
-        flat += [types.Array(types.uint8, 1, "C")]
-        flat += [types.Array(nbt[op_dtype(c)], 1, "C") for c in self._consts]
-        flat += [types.Array(types.int64, 1, "C")]
-        compile_dispatchers(mod.entry, tuple(flat), [st.dispatcher for st in self._steps])
-        mark_entry_cached(self._entry_source)
-        self._entry = mod.entry
+        runner = self._runner()
+        self.run = self._call_generic if config.value("debug_nans") else runner
 
     # Calls ----------------------------------------------------------------------------
     def __call__(self, args: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
         """Runs the function on one array per parameter (of the traced shapes and dtypes)."""
         return self.run(args)
 
-    def _first_call(self, args: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
-        # Kernels called from Python share the arena between calls; the lock keeps two
-        # threads from interleaving them (one entry call holds the GIL throughout).
-        with self._lock:
-            self.run = self._second_call
-            return self._runner("kernels")(args)  # (re-entering the lock is fine: an RLock)
-
-    def _second_call(self, args: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
-        with self._lock:
-            if self.run == self._second_call:
-                try:
-                    self._compile_entry()
-                    self.run = self._runner("entry")
-                except Exception as e:  # pragma: no cover - a bug, but the kernels still work
-                    warnings.warn(f"fusejit: the entry function of @{self.function.name} failed to "
-                                  f"compile ({type(e).__name__}: {e}); calling its kernels one by one",
-                                  RuntimeWarning, stacklevel=3)
-                    self.run = self._runner("kernels")
-        return self.run(args)
-
-    def _runner(self, mode: str) -> Any:
-        """A Python function specialized to this executable: flattens the arguments
-        (``ravel`` is a view of a C-ordered array, else a C-ordered copy), allocates the
-        outputs and calls the entry function (``mode="entry"``) or each kernel in turn."""
+    def _runner(self) -> Any:
+        """A Python function ``run(args)`` specialized to this executable (its source kept
+        for ``runner_source()``): it flattens the arguments (``ravel`` is a view of a
+        C-ordered array, else a C-ordered copy), allocates the outputs, calls each kernel
+        in turn and returns the results."""
         fn = self.function
         ns: dict[str, Any] = {"empty": np.empty, "copy": np.array, "consumed": _consumed,
-                              "check": check_not_consumed, "WS": self._arena, "DIMS": self._dims,
+                              "check": check_not_consumed,
                               "CONFIG": config._values, "generic": self._call_generic,
                               "BLAS": blas._state, "use_blas": blas.use, "T": self._blas_threads}
         n = len(fn.params)
@@ -513,22 +426,17 @@ class CpuExecutable:
             ns[f"cc{k}"] = c
         for key, name in self._buf_name.items():
             ns[name] = self._views[key]
-        if mode == "entry":
-            ns["E"] = self._entry
-            consts = [f"cc{k}" for k in range(len(self._consts))]
-            lines.append(f"    E({', '.join([f'x{k}' for k in range(n)] + outs + ['WS'] + consts + ['DIMS'])})")
-        else:
-            # Kernels called one by one share the arena, and another thread may run
-            # between two calls: the lock keeps calls whole (each kernel holds the GIL
-            # anyway, so threads lose no parallelism).
-            shared = self.plan.arena_bytes > 0 and len(self._steps) > 1
-            ns["LOCK"] = self._lock
-            if shared:
-                lines.append("    with LOCK:")
-            for k, st in enumerate(self._steps):
-                ns[f"K{k}"] = st.dispatcher
-                call = [self._ref_name(r) for r in st.array_refs] + [str(int(self._dims[i])) for i in st.int_slots]
-                lines.append(f"{'        ' if shared else '    '}K{k}({', '.join(call)})")
+        # Kernels called one by one share the arena, and another thread may run between
+        # two calls: the lock keeps calls whole (each kernel holds the GIL anyway, so
+        # threads lose no parallelism).
+        shared = self.plan.arena_bytes > 0 and len(self._steps) > 1
+        ns["LOCK"] = self._lock
+        if shared:
+            lines.append("    with LOCK:")
+        for k, st in enumerate(self._steps):
+            ns[f"K{k}"] = st.entry_point
+            call = [self._ref_name(r) for r in st.array_refs] + [str(int(self._dims[i])) for i in st.int_slots]
+            lines.append(f"{'        ' if shared else '    '}K{k}({', '.join(call)})  # {st.lowered.display_name}")
         results = []
         for kind, k in self._result_refs:
             if kind == "param":
@@ -542,7 +450,8 @@ class CpuExecutable:
         for k in self.donated:
             lines.append(f"    consume(a{k}, {k})")
         lines.append(f"    return ({''.join(r + ', ' for r in results)})")
-        exec(compile("\n".join(lines), "<fusejit runner>", "exec"), ns)  # noqa: S102 - our own text
+        self._runner_source = "\n".join(lines) + "\n"
+        exec(compile(self._runner_source, "<fusejit runner>", "exec"), ns)  # noqa: S102 - our own text
         return ns["run"]
 
     def _call_generic(self, args: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
@@ -559,17 +468,7 @@ class CpuExecutable:
             arrays = self._prepare_donated(args, arrays)
         outs = [np.empty(shape, dtype) if k is None else None
                 for (shape, dtype), k in zip(self._out_specs, self._out_in_param, strict=True)]
-        flat_outs = [o.ravel() for o in outs if o is not None]
-        if config.value("debug_nans"):
-            self._run_stepwise(arrays, outs)
-        else:
-            if self._entry is None and self.calls >= ENTRY_AFTER_CALLS and self._wants_entry():
-                self._compile_entry()
-            if self._entry is not None:
-                self._entry(*[a.ravel() for a in arrays], *flat_outs, self._arena, *self._consts, self._dims)
-            else:
-                self._run_stepwise(arrays, outs)
-        self.calls += 1
+        self._run_stepwise(arrays, outs)
         results = []
         for kind, k in self._result_refs:
             if kind == "param":
@@ -613,7 +512,7 @@ class CpuExecutable:
         check = config.value("debug_nans")
         for st in self._steps:
             ints = [int(self._dims[i]) for i in st.int_slots]
-            st.dispatcher(*[views[r[1]] if r[0] == "buf" else flat[r] for r in st.array_refs], *ints)
+            st.entry_point(*[views[r[1]] if r[0] == "buf" else flat[r] for r in st.array_refs], *ints)
             if check:
                 self._check_finite(st, flat)
 
@@ -671,16 +570,15 @@ class CpuExecutable:
 
     def kernel_source(self) -> str:
         parts = [k.source for k in self.kernels]
-        parts.append("# ---- entry (calls the kernels above in order)\n" + self._entry_source)
+        parts.append("# ---- runner (calls the kernels above in order)\n" + self._runner_source)
         return "\n\n".join(parts)
 
-    def entry_source(self) -> str:
-        return self._entry_source
+    def runner_source(self) -> str:
+        """The generated Python function every call runs (``K0``... are the kernels)."""
+        return self._runner_source
 
 
-def op_dtype(arr: np.ndarray) -> Any:
-    from fusejit.ir.dtypes import from_numpy
-
+def op_dtype(arr: np.ndarray) -> DType:
     return from_numpy(arr.dtype)
 
 

@@ -3,7 +3,8 @@
 Each compilation gets a directory ``<dir>/<NNN>_<function name>/`` holding
 ``00_traced.ir``, one ``NN_<pass>.ir`` per pipeline stage (stamped with the pass and its
 time), ``NN_fused.ir`` (the partition into kernels), ``kernels/<kernel>.py`` (each
-kernel's source as ``Compiled.kernel_source()`` shows it) and ``entry.py``.
+kernel's source as ``Compiled.kernel_source()`` shows it) and ``runner.py`` (the Python
+function every call runs).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def dump_compilation(
         kdir.mkdir(exist_ok=True)
         for i, info in enumerate(kernels):
             (kdir / f"{i:02d}_{_safe(info.name)}.py").write_text(info.source, encoding="utf-8")
-    entry = getattr(exe, "entry_source", None)
-    if entry is not None:
-        (directory / "entry.py").write_text(entry(), encoding="utf-8")
+    runner = getattr(exe, "runner_source", None)
+    if runner is not None:
+        (directory / "runner.py").write_text(runner(), encoding="utf-8")
     return directory

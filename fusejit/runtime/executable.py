@@ -5,8 +5,8 @@ list of NumPy arrays (one per parameter) returning a tuple of arrays. Backends:
 
 * ``"interpret"``: the reference interpreter, op by op (the semantics every other backend
   is tested against);
-* ``"cpu"``: fusion groups lowered to Numba kernels called from one generated entry
-  function (``fusejit.runtime.cpu``).
+* ``"cpu"``: fusion groups lowered to Numba kernels called in turn by one generated
+  Python runner (``fusejit.runtime.cpu``).
 
 Both expose ``.fused`` (the partition into kernels), ``.kernels`` (``KernelInfo``) and
 ``.kernel_source()``.

@@ -5,18 +5,17 @@ How a profile is measured (``profile_executable``):
 
 1. The arguments are copied (C-ordered, private), so profiling never consumes a donated
    array or writes over the caller's data.
-2. Warm-up: two whole calls (the second may compile the executable's entry function)
-   and one pass over the kernels.
+2. Warm-up: two whole calls and one pass over the kernels.
 3. Then ``repeat`` rounds, each one whole call through the executable's ordinary path
-   (entry function or generated runner: the time the user pays) followed by one pass
+   (its generated runner: the time the user pays) followed by one pass
    that calls every kernel in turn from Python, as ``CpuExecutable._run_stepwise`` does,
    with a ``perf_counter_ns`` reading around each kernel. Kernels see the same arena
    views, outputs and constants as in a real call, so they touch the same memory.
 
-A kernel's time therefore includes the ~1-3 us it costs to call a Numba function from
-Python, which a call through the entry function does not pay: for functions of many
-tiny kernels the kernels' total exceeds the whole call's median. For kernels of more
-than ~50 us the two agree within a few percent.
+A kernel's time therefore includes the ~0.5 us it costs to call a compiled kernel from
+Python and the ~0.1 us of the clock: for functions of many tiny kernels the kernels'
+total exceeds the whole call's median. For kernels of more than ~50 us the two agree
+within a few percent.
 
 Profiling off changes nothing on the hot path: ``jit`` wraps a signature's fast-path
 runner in ``recording_runner`` only if ``FUSEJIT_PROFILE`` (the ``profile`` setting) is
@@ -243,7 +242,7 @@ def _kernel_rows(exe: Any) -> list[tuple[str, str, tuple[str, ...], tuple[str, .
 
 
 def _bind_steps(exe: Any, arrays: list[np.ndarray]) -> list[tuple[Any, list[Any]]]:
-    """Each kernel's dispatcher with its argument list, bound as ``_run_stepwise`` binds
+    """Each kernel's entry point with its argument list, bound as ``_run_stepwise`` binds
     them: parameters, fresh outputs (or the donated parameter they are written into),
     constants and arena views."""
     flat: dict[tuple[str, Any], np.ndarray] = {("param", k): a.ravel() for k, a in enumerate(arrays)}
@@ -257,7 +256,7 @@ def _bind_steps(exe: Any, arrays: list[np.ndarray]) -> list[tuple[Any, list[Any]
     for st in exe._steps:
         argv = [views[r[1]] if r[0] == "buf" else flat[r] for r in st.array_refs]
         argv += [int(exe._dims[i]) for i in st.int_slots]
-        bound.append((st.dispatcher, argv))
+        bound.append((st.entry_point, argv))
     return bound
 
 

@@ -1309,7 +1309,8 @@ class Summary:
     seconds: float = 0.0
     status: Counter = field(default_factory=Counter)
     per_config: dict[str, Counter] = field(default_factory=dict)
-    kinds: dict[str, list[Result]] = field(default_factory=dict)
+    kinds: dict[str, list[int]] = field(default_factory=dict)  # failure kind: seeds
+    reports: dict[str, str] = field(default_factory=dict)  # failure kind: its first failure
     unsupported: Counter = field(default_factory=Counter)
     families: Counter = field(default_factory=Counter)
     grad_programs: int = 0
@@ -1332,7 +1333,28 @@ class Summary:
                 counts = self.per_config.setdefault(c, Counter())
                 counts["fail" if c in failing else "pass"] += 1
         if result.status == "mismatch":
-            self.kinds.setdefault(kind_of(result), []).append(result)
+            kind = kind_of(result)
+            self.kinds.setdefault(kind, []).append(result.program.seed)
+            self.reports.setdefault(kind, report(result))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"programs": self.programs, "seconds": self.seconds, "status": self.status,
+                "per_config": self.per_config, "kinds": self.kinds, "reports": self.reports,
+                "unsupported": self.unsupported, "families": self.families,
+                "grad_programs": self.grad_programs}
+
+    def merge(self, other: dict[str, Any]) -> None:
+        """Adds a summary (``to_json`` of another process's) to this one; ``seconds``
+        stays this campaign's wall time."""
+        self.programs += other["programs"]
+        self.grad_programs += other["grad_programs"]
+        for name in ("status", "unsupported", "families"):
+            getattr(self, name).update(other[name])
+        for c, counts in other["per_config"].items():
+            self.per_config.setdefault(c, Counter()).update(counts)
+        for kind, seeds in other["kinds"].items():
+            self.kinds.setdefault(kind, []).extend(seeds)
+            self.reports.setdefault(kind, other["reports"][kind])
 
     def text(self) -> str:
         rate = self.programs / self.seconds if self.seconds else 0.0
@@ -1352,9 +1374,8 @@ class Summary:
             lines.append("unsupported (NotImplementedError in eager fnp):")
             lines += [f"  {n:5}  {msg}" for msg, n in self.unsupported.most_common(10)]
         lines.append(f"failure kinds ({len(self.kinds)}):")
-        for kind, results in sorted(self.kinds.items(), key=lambda kv: -len(kv[1])):
-            seeds = ", ".join(str(r.program.seed) for r in results[:5])
-            lines.append(f"  {len(results):5}  {kind}   (seeds {seeds})")
+        for kind, seeds in sorted(self.kinds.items(), key=lambda kv: -len(kv[1])):
+            lines.append(f"  {len(seeds):5}  {kind}   (seeds {', '.join(map(str, sorted(seeds)[:5]))})")
         return "\n".join(lines)
 
 
@@ -1416,6 +1437,74 @@ def campaign(
     return summary
 
 
+# Programs per worker process: each chunk runs in a fresh interpreter, because Numba keeps
+# every compiled kernel of a process in memory (about 1 GB after a thousand programs).
+CHUNK = 200
+
+
+def parallel_campaign(count: int, seed: int, jobs: int, argv: list[str], *,
+                      time_limit: float | None = None, log: Callable[[str], None] = print) -> Summary:
+    """``campaign`` over ``jobs`` worker processes: seeds ``seed .. seed + count - 1`` in
+    chunks of ``CHUNK``, each a ``python -m fusejit.testing.fuzz`` run with the options in
+    ``argv``; their output is relayed and their summaries merged. Unless
+    ``FUSEJIT_CACHE_DIR`` is set, the workers share a temporary kernel cache, removed at
+    the end: thousands of random kernels do not belong in the user's cache."""
+    import concurrent.futures
+    import json
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+
+    env = dict(os.environ)
+    private_cache = None if env.get("FUSEJIT_CACHE_DIR") else tempfile.mkdtemp(prefix="fusejit-fuzz-cache-")
+    if private_cache:
+        env["FUSEJIT_CACHE_DIR"] = private_cache
+    summary = Summary()
+    t0 = time.perf_counter()
+    chunks = [(s, min(CHUNK, seed + count - s)) for s in range(seed, seed + count, CHUNK)]
+
+    def run_chunk(start: int, n: int) -> tuple[str, dict[str, Any] | None]:
+        left = None if time_limit is None else time_limit - (time.perf_counter() - t0)
+        if left is not None and left <= 0:
+            return "", None
+        with tempfile.TemporaryDirectory() as tmp:
+            path = f"{tmp}/summary.json"
+            cmd = [sys.executable, "-m", "fusejit.testing.fuzz", *argv, "--count", str(n), "--seed", str(start),
+                   "--jobs", "1", "--summary-json", path]
+            if left is not None:
+                cmd += ["--time-limit", str(left)]
+            done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)  # noqa: S603 - our own command
+            try:
+                with open(path, encoding="utf-8") as f:
+                    return done.stdout + done.stderr, json.load(f)
+            except (OSError, ValueError):
+                return done.stdout + done.stderr, None
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+            futures = [pool.submit(run_chunk, s, n) for s, n in chunks]
+            for (start, n), future in zip(chunks, futures, strict=True):
+                output, part = future.result()
+                if part is None:
+                    if output:
+                        log(f"worker for seeds {start}..{start + n - 1} failed:\n{output}")
+                        summary.status["fuzzer-error"] += 1
+                    continue
+                summary.merge(part)
+                summary.seconds = time.perf_counter() - t0
+                reports = "\n".join(line for line in output.splitlines() if not re.match(r"\[\d+/\d+\] ", line))
+                if reports.strip():
+                    log(reports.strip())
+                log(f"[{summary.programs}/{count}] {summary.programs / summary.seconds:.2f} programs/s, "
+                    f"status {dict(summary.status)}")  # fmt: skip
+    finally:
+        if private_cache:
+            shutil.rmtree(private_cache, ignore_errors=True)
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fusejit.testing.fuzz", description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=200, help="programs to run")
@@ -1427,6 +1516,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-limit", type=float, default=None, help="stop after this many seconds")
     parser.add_argument("--replay", type=int, default=None, help="run (and print) the program of one seed")
     parser.add_argument("--verbose", action="store_true", help="report every failure, not the first of a kind")
+    parser.add_argument("--jobs", type=int, default=1, help=f"worker processes ({CHUNK} programs each in turn)")
+    parser.add_argument("--summary-json", default=None, help="also write the summary to this file, as JSON")
     ns = parser.parse_args(argv)
     if ns.replay is not None:
         program = generate(ns.replay, ns.max_ops, ns.grad_fraction, ns.large_fraction)
@@ -1439,11 +1530,24 @@ def main(argv: list[str] | None = None) -> int:
         if result.status == "mismatch" and ns.shrink_budget:
             print(report(check(shrink(result, ns.shrink_budget).program)))
         return 0 if result.status != "mismatch" else 1
-    summary = campaign(ns.count, ns.seed, max_ops=ns.max_ops, grad_fraction=ns.grad_fraction, large_fraction=ns.large_fraction,
-                       shrink_budget=ns.shrink_budget, time_limit=ns.time_limit, verbose=ns.verbose)  # fmt: skip
-    print(summary.text())
+    if ns.jobs > 1:
+        options = [f"--max-ops={ns.max_ops}", f"--grad-fraction={ns.grad_fraction}",
+                   f"--large-fraction={ns.large_fraction}", f"--shrink-budget={ns.shrink_budget}"]
+        options += ["--verbose"] if ns.verbose else []
+        summary = parallel_campaign(ns.count, ns.seed, ns.jobs, options, time_limit=ns.time_limit)
+    else:
+        summary = campaign(ns.count, ns.seed, max_ops=ns.max_ops, grad_fraction=ns.grad_fraction,
+                           large_fraction=ns.large_fraction, shrink_budget=ns.shrink_budget,
+                           time_limit=ns.time_limit, verbose=ns.verbose)  # fmt: skip
+    if ns.summary_json:
+        import json
+
+        with open(ns.summary_json, "w", encoding="utf-8") as f:
+            json.dump(summary.to_json(), f)  # (for a parallel campaign, which prints the total)
+    else:
+        print(summary.text())
     new = [k for k in summary.kinds if not k.startswith("known:")]
-    return 1 if new else 0
+    return 1 if new or summary.status["fuzzer-error"] else 0
 
 
 if __name__ == "__main__":

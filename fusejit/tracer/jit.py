@@ -192,7 +192,8 @@ class Lowered:
 
     def _fast_runner(self) -> Callable[[tuple], Any]:
         """``run(args)`` for positional ndarray arguments of this signature (the leaves in
-        order); looks the executable's current entry point up on every call."""
+        order); looks the executable's runner up on every call (``FUSEJIT_DEBUG_NANS``
+        can change it)."""
         exe = self.executable()
         out_tree = self.out_tree
         if not hasattr(exe, "run"):

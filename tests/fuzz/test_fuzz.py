@@ -6,8 +6,6 @@ must find no failure that is not a known, classified bug. ``make fuzz`` runs man
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -178,12 +176,10 @@ def test_the_gradient_check_runs_on_a_smooth_program():
 
 def test_bounded_run_finds_no_new_failure():
     """A fixed set of programs through every configuration (deterministic by seed)."""
-    start = time.perf_counter()
     summary = fuzz.campaign(BOUNDED_COUNT, BOUNDED_SEED, max_ops=6, shrink_budget=0, log=None)
     print(summary.text())
     assert summary.programs == BOUNDED_COUNT
     assert summary.status["fuzzer-error"] == 0
-    new = {k: [r.program.seed for r in v] for k, v in summary.kinds.items() if not k.startswith("known:")}
-    details = "\n\n".join(fuzz.report(v[0]) for k, v in summary.kinds.items() if not k.startswith("known:"))
+    new = {k: seeds for k, seeds in summary.kinds.items() if not k.startswith("known:")}
+    details = "\n\n".join(summary.reports[k] for k in new)
     assert not new, f"new failure kinds {new}:\n{details}"
-    assert time.perf_counter() - start < 240
