@@ -117,7 +117,7 @@ class _Gen:
     def emit(self, prim: P.Primitive) -> None:
         """Appends one ``prim`` op (plus any sources its operands need)."""
         self.b.loc = self.draw(_locs)
-        outs = _EMITTERS.get(prim.name, _elementwise)(self, prim)
+        outs = EMITTERS[prim](self, prim)
         self.pool.extend(outs)
 
     def function(self, name: str, result_types: tuple[TensorType, ...] | None) -> Function:
@@ -294,13 +294,15 @@ def _custom_vjp_call(g: _Gen, prim: P.Primitive) -> tuple[Value, ...]:
     return g.b.emit(prim, tuple(inputs), {"fun": fun, "fwd": fwd, "bwd": bwd})
 
 
-_EMITTERS: dict[str, Callable[[_Gen, P.Primitive], tuple[Value, ...]]] = {
-    "select": _select, "convert": _convert, "broadcast_in_dim": _broadcast_in_dim,
-    "reshape": _reshape, "transpose": _transpose, "slice": _slice, "concatenate": _concatenate,
-    "pad": _pad, "reduce_sum": _reduce, "reduce_max": _reduce, "reduce_min": _reduce,
-    "argmax": _arg_reduce, "argmin": _arg_reduce, "dot_general": _dot_general, "gather": _gather,
-    "scatter_add": _scatter_add, "iota": _iota, "constant": _constant,
-    "custom_vjp_call": _custom_vjp_call,
+# How to draw an op of each primitive (``tests/test_rules.py`` checks none is missing).
+EMITTERS: dict[P.Primitive, Callable[[_Gen, P.Primitive], tuple[Value, ...]]] = {
+    **{p: _elementwise for p in P.UNARY_ELEMENTWISE + P.BINARY_ELEMENTWISE},
+    P.select: _select, P.convert: _convert, P.broadcast_in_dim: _broadcast_in_dim,
+    P.reshape: _reshape, P.transpose: _transpose, P.slice: _slice, P.concatenate: _concatenate,
+    P.pad: _pad, P.reduce_sum: _reduce, P.reduce_max: _reduce, P.reduce_min: _reduce,
+    P.argmax: _arg_reduce, P.argmin: _arg_reduce, P.dot_general: _dot_general, P.gather: _gather,
+    P.scatter_add: _scatter_add, P.iota: _iota, P.constant: _constant,
+    P.custom_vjp_call: _custom_vjp_call,
 }  # fmt: skip
 
 

@@ -150,7 +150,8 @@ def test_bad_implied_attribute() -> None:
 
 
 def test_unknown_primitive() -> None:
-    frob = Primitive("frobnicate", P.OpKind.ELEMENTWISE, 1, {}, lambda ts: ts, lambda x: (x,))
+    frob = Primitive(name="frobnicate", kind=P.OpKind.ELEMENTWISE, arity=1, attrs={},
+                     abstract_eval=lambda ts: ts, impl=lambda x: (x,))
     x, out = _value(name="x"), _value()
     _rejects(_fn((x,), [Op(frob, (x,), (out,), {}, LOC)], (out,)),
              "@f: op 0 (frobnicate at model.py:7): unknown primitive")
@@ -159,7 +160,8 @@ def test_unknown_primitive() -> None:
 def test_unregistered_lookalike_of_a_registered_primitive() -> None:
     # Rules are looked up on the primitive object, so a copy named "neg" would bypass
     # every rule registered on the real one.
-    fake_neg = Primitive("neg", P.OpKind.ELEMENTWISE, 1, {}, P.neg.abstract_eval, P.neg.impl)
+    fake_neg = Primitive(name="neg", kind=P.OpKind.ELEMENTWISE, arity=1, attrs={},
+                         abstract_eval=P.neg.abstract_eval, impl=P.neg.impl)
     x, out = _value(name="x"), _value()
     _rejects(_fn((x,), [Op(fake_neg, (x,), (out,), {})], (out,)), "op 0 (neg): unknown primitive")
 

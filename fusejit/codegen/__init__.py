@@ -3,7 +3,7 @@
 Modules: ``kernel.py`` (the target-neutral ``Kernel``: loop nests over flat buffers,
 scalar statements, ``Matmul``; the builder with CSE and loop-invariant hoisting),
 ``elemental.py`` (the elemental emitter: index expressions in, element expressions out),
-``rules.py`` (the rule of every primitive, registered on ``Primitive.codegen``),
+``rules.py`` (the rule of every primitive: ``CODEGEN_RULES``, keyed by primitive),
 ``lowering.py`` (``lower_group``/``can_lower``: legality and dispatch to the strategies in
 ``loops.py``, ``reductions.py`` and ``contraction.py``, sharing ``common.py``) and
 ``cpu.py`` (the CPU printer: a ``Kernel`` as a Numba module). A CUDA printer can reuse
@@ -76,7 +76,6 @@ recomputed).
 
 from __future__ import annotations
 
-from fusejit.codegen import rules as _rules  # noqa: F401 - registers Primitive.codegen
 from fusejit.codegen.kernel import Kernel, Unsupported
 from fusejit.codegen.lowering import LoweredKernel, can_lower, lower_group
 

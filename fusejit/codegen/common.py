@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fusejit import config
-from fusejit.codegen import rules as _rules  # noqa: F401 - registers Primitive.codegen
 from fusejit.codegen.elemental import Elem, Emitter, Index, linearize
 from fusejit.codegen.kernel import Kernel, KernelBuilder, Stmt, Unsupported, statements
+from fusejit.codegen.rules import CODEGEN_RULES
 from fusejit.ir.core import Op, Value
 from fusejit.ir.dtypes import DType
 from fusejit.ir.primitives import OpKind
@@ -116,7 +116,7 @@ class Arrays:
         return self.b.array(op.output.dtype, "const")
 
     def emitter(self, ops: dict[Value, Op], inputs: dict[Value, str], **kw: Any) -> Emitter:
-        em = Emitter(self.b, ops, inputs, **kw)
+        em = Emitter(self.b, ops, inputs, rules=CODEGEN_RULES, **kw)
         em.const_array = self.const  # type: ignore[method-assign]
         return em
 

@@ -18,7 +18,7 @@ the same element is computed once.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,8 +73,11 @@ class Emitter:
         inputs: dict[Value, str],
         provided: dict[Value, Provider] | None = None,
         allow_delinearize: bool = True,
+        *,
+        rules: Mapping[Any, Any],
     ) -> None:
         self.b = b
+        self.rules = rules  # the target's codegen rules (``fusejit.codegen.rules``)
         self.ops = ops
         self.inputs = inputs
         self.provided = provided or {}
@@ -131,7 +134,7 @@ class Emitter:
             elem = self.load(self.inputs[v], v, idx)
         elif v in self.ops:
             op = self.ops[v]
-            rule = op.prim.codegen
+            rule = self.rules.get(op.prim)
             if rule is None or rule.elemental is None:
                 raise Unsupported(f"{op.prim.name} cannot be computed per element inside this kernel")
             elem = rule.elemental(self, op, idx)

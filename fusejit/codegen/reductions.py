@@ -25,6 +25,7 @@ from fusejit.codegen.common import (
 )
 from fusejit.codegen.elemental import Elem, Emitter, Index, linearize
 from fusejit.codegen.kernel import NP_NAME, KernelBuilder, Unsupported
+from fusejit.codegen.rules import CODEGEN_RULES
 from fusejit.ir import primitives as P
 from fusejit.ir.core import Op, Value
 from fusejit.ir.dtypes import DType
@@ -77,7 +78,7 @@ SUM_BLOCK = 256
 
 
 def is_float_sum(op: Op) -> bool:
-    return op.prim.codegen.blocked and op.inputs[0].dtype.is_float
+    return CODEGEN_RULES[op.prim].blocked and op.inputs[0].dtype.is_float
 
 
 def total_dtype(op: Op) -> DType:
@@ -97,7 +98,7 @@ class Accumulators:
         self.block: dict[Value, str] = {}  # float sums: the current block's total
         self.reduces = reduces
         for op in reduces:
-            rule = op.prim.codegen
+            rule = CODEGEN_RULES[op.prim]
             self.acc[op.output] = self.b.define(em.const(rule.init(op.inputs[0].dtype), total_dtype(op)).expr)
             if rule.arg is not None:
                 self.best_index[op.output] = self.b.define("np.int64(0)")
@@ -133,10 +134,10 @@ class Accumulators:
         yield
         for op in sums:
             total = self.acc[op.output]
-            self.b.assign(total, op.prim.codegen.combine(self.em, total, self.block.pop(op.output), DType.f64))
+            self.b.assign(total, CODEGEN_RULES[op.prim].combine(self.em, total, self.block.pop(op.output), DType.f64))
 
     def update(self, op: Op, x: Elem, position: str | None = None) -> None:
-        rule = op.prim.codegen
+        rule = CODEGEN_RULES[op.prim]
         dt = op.inputs[0].dtype
         if rule.arg is None:
             if op.output in self.block:
@@ -173,7 +174,7 @@ def lower_reduce(ctx: Ctx) -> LoweredKernel:
     for v in side:
         if v.shape != in_shape:
             raise Unsupported("an output of a reduction kernel is neither in its input nor in its output space")
-    has_arg = any(op.prim.codegen.arg is not None for op in red.reduces)
+    has_arg = any(CODEGEN_RULES[op.prim].arg is not None for op in red.reduces)
     total = math.prod(in_shape)
     kept = [k for k in range(len(in_shape)) if k not in axes]
     # Unit axes take no loop, so the innermost loop runs over the last axis longer than 1.
@@ -285,7 +286,7 @@ def lower_reduce(ctx: Ctx) -> LoweredKernel:
         n_out = b.int_param(("out_total",), math.prod(out_shape))
         with b.loop(n_out, parallel=parallel) as f:
             for op in red.reduces:
-                init = op.prim.codegen.init(op.inputs[0].dtype)
+                init = CODEGEN_RULES[op.prim].init(op.inputs[0].dtype)
                 b.store(acc_arrays[op.output], f, em.const(init, total_dtype(op)).expr)
         last = len(in_shape) - 1
         dims: list[str] = []
@@ -300,7 +301,7 @@ def lower_reduce(ctx: Ctx) -> LoweredKernel:
                     arr = acc_arrays[op.output]
                     x = em.at(op.inputs[0], in_idx)
                     cur = b.load(arr, out_flat)
-                    b.store(arr, out_flat, op.prim.codegen.combine(em, cur, x.expr, total_dtype(op)))
+                    b.store(arr, out_flat, CODEGEN_RULES[op.prim].combine(em, cur, x.expr, total_dtype(op)))
                 for v in side:
                     store(b, outs[v], em.flat(in_idx), em.at(v, in_idx))
                 return
@@ -351,7 +352,7 @@ def lower_reduce(ctx: Ctx) -> LoweredKernel:
 def _fold_into_identity(em: Emitter, op: Op, idx: Index) -> Elem:
     """One element reduced on its own: ``identity + x`` (NumPy's sum of -0.0 is +0.0)."""
     x = em.at(op.inputs[0], idx)
-    rule, dt = op.prim.codegen, op.inputs[0].dtype
+    rule, dt = CODEGEN_RULES[op.prim], op.inputs[0].dtype
     if rule.arg is not None:
         return x
     return Elem(em.b.let(rule.combine(em, em.const(rule.init(dt), dt).expr, x.expr, dt)))
@@ -476,11 +477,6 @@ def lower_row(ctx: Ctx) -> LoweredKernel:
     return finish(ctx, b, arrays, em, "row", reduces[0].inputs[0].dtype, shape)
 
 
-# Ops costly enough that a row kernel stores their results for later passes instead of
-# recomputing them (softmax computes exp once, not twice).
-EXPENSIVE = frozenset({"exp", "log", "log1p", "expm1", "tanh", "logistic", "sin", "cos", "pow"})
-
-
 def max_threads() -> int:
     """The most threads a parallel kernel can run on (sizes per-thread scratch)."""
     import numba
@@ -513,12 +509,14 @@ def _row_stash_candidates(group: FusionGroup, ops: dict[Value, Op], shape: tuple
         if v.shape == shape:
             mark(v, n_pass + 1)
 
+    # Values costly enough (a transcendental on the way) that a row kernel stores them for
+    # later passes instead of recomputing them (softmax computes exp once, not twice).
     def expensive(v: Value, seen: set[int]) -> bool:
         op = ops.get(v)
         if op is None or id(op) not in members or op.prim.kind is OpKind.REDUCTION or id(op) in seen:
             return False
         seen.add(id(op))
-        return op.prim.name in EXPENSIVE or any(expensive(u, seen) for u in op.inputs)
+        return op.prim in P.TRANSCENDENTAL or any(expensive(u, seen) for u in op.inputs)
 
     chosen: dict[Value, int] = {}
     for v, ps in passes.items():

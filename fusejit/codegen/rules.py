@@ -1,4 +1,4 @@
-"""The codegen rule of every primitive (``Primitive.codegen``).
+"""The codegen rule of every primitive: ``CODEGEN_RULES``, keyed by ``Primitive``.
 
 A rule is a ``CodegenRule``; what it provides depends on the primitive's role:
 
@@ -188,44 +188,44 @@ def _floor_like(np_fn: str) -> CodegenRule:
     return _elementwise(lambda em, op, a: f"np.{np_fn}({a[0].expr})")
 
 
-ELEMENTWISE_RULES: dict[str, CodegenRule] = {
-    "neg": _unary_op("-"),
-    "abs": _elementwise(lambda em, op, a: f"abs({a[0].expr})"),
-    "sign": _elementwise(_sign),
-    "exp": _math("exp"),
-    "log": _math("log"),
-    "log1p": _math("log1p"),
-    "expm1": _math("expm1"),
-    "sqrt": _math("sqrt"),
-    "rsqrt": _math("rsqrt"),
-    "tanh": _math("tanh"),
-    "logistic": _math("logistic"),
-    "sin": _math("sin"),
-    "cos": _math("cos"),
-    "floor": _floor_like("floor"),
-    "ceil": _floor_like("ceil"),
-    "round": _floor_like("rint"),
-    "stop_gradient": _elementwise(lambda em, op, a: a[0]),
-    "not": _elementwise(_not),
-    "add": _binary_op("+"),
-    "sub": _binary_op("-"),
-    "mul": _binary_op("*"),
-    "div": _binary_op("/"),
-    "pow": _elementwise(_pow),
-    "floor_divide": _elementwise(_divmod("floor_divide", "//")),
-    "remainder": _elementwise(_divmod("remainder", "%")),
-    "max": _elementwise(_extremum("max")),
-    "min": _elementwise(_extremum("min")),
-    "eq": _compare("=="),
-    "ne": _compare("!="),
-    "lt": _compare("<"),
-    "le": _compare("<="),
-    "gt": _compare(">"),
-    "ge": _compare(">="),
-    "and": _elementwise(_logical("&", "and")),
-    "or": _elementwise(_logical("|", "or")),
-    "select": CodegenRule("elemental", elemental=_select),
-    "convert": _elementwise(_convert),
+ELEMENTWISE_RULES: dict[P.Primitive, CodegenRule] = {
+    P.neg: _unary_op("-"),
+    P.abs: _elementwise(lambda em, op, a: f"abs({a[0].expr})"),
+    P.sign: _elementwise(_sign),
+    P.exp: _math("exp"),
+    P.log: _math("log"),
+    P.log1p: _math("log1p"),
+    P.expm1: _math("expm1"),
+    P.sqrt: _math("sqrt"),
+    P.rsqrt: _math("rsqrt"),
+    P.tanh: _math("tanh"),
+    P.logistic: _math("logistic"),
+    P.sin: _math("sin"),
+    P.cos: _math("cos"),
+    P.floor: _floor_like("floor"),
+    P.ceil: _floor_like("ceil"),
+    P.round: _floor_like("rint"),
+    P.stop_gradient: _elementwise(lambda em, op, a: a[0]),
+    P.logical_not: _elementwise(_not),
+    P.add: _binary_op("+"),
+    P.sub: _binary_op("-"),
+    P.mul: _binary_op("*"),
+    P.div: _binary_op("/"),
+    P.pow: _elementwise(_pow),
+    P.floor_divide: _elementwise(_divmod("floor_divide", "//")),
+    P.remainder: _elementwise(_divmod("remainder", "%")),
+    P.max: _elementwise(_extremum("max")),
+    P.min: _elementwise(_extremum("min")),
+    P.eq: _compare("=="),
+    P.ne: _compare("!="),
+    P.lt: _compare("<"),
+    P.le: _compare("<="),
+    P.gt: _compare(">"),
+    P.ge: _compare(">="),
+    P.logical_and: _elementwise(_logical("&", "and")),
+    P.logical_or: _elementwise(_logical("|", "or")),
+    P.select: CodegenRule("elemental", elemental=_select),
+    P.convert: _elementwise(_convert),
 }
 
 
@@ -457,16 +457,16 @@ def _constant(em: Emitter, op: Op, idx: Index) -> Elem:
     return Elem(em.b.load(em.const_array(op), em.flat(idx)))
 
 
-LAYOUT_RULES: dict[str, CodegenRule] = {
-    "broadcast_in_dim": CodegenRule("elemental", elemental=_broadcast),
-    "reshape": CodegenRule("elemental", elemental=_reshape),
-    "transpose": CodegenRule("elemental", elemental=_transpose),
-    "slice": CodegenRule("elemental", elemental=_slice),
-    "pad": CodegenRule("elemental", elemental=_pad),
-    "concatenate": CodegenRule("elemental", elemental=_concatenate),
-    "gather": CodegenRule("elemental", elemental=_gather),
-    "iota": CodegenRule("elemental", elemental=_iota),
-    "constant": CodegenRule("elemental", elemental=_constant),
+LAYOUT_RULES: dict[P.Primitive, CodegenRule] = {
+    P.broadcast_in_dim: CodegenRule("elemental", elemental=_broadcast),
+    P.reshape: CodegenRule("elemental", elemental=_reshape),
+    P.transpose: CodegenRule("elemental", elemental=_transpose),
+    P.slice: CodegenRule("elemental", elemental=_slice),
+    P.pad: CodegenRule("elemental", elemental=_pad),
+    P.concatenate: CodegenRule("elemental", elemental=_concatenate),
+    P.gather: CodegenRule("elemental", elemental=_gather),
+    P.iota: CodegenRule("elemental", elemental=_iota),
+    P.constant: CodegenRule("elemental", elemental=_constant),
 }
 
 
@@ -497,13 +497,13 @@ def _extremum_combine(name: str) -> Callable[[Emitter, str, str, DType], str]:
     return combine
 
 
-REDUCTION_RULES: dict[str, CodegenRule] = {
-    "reduce_sum": CodegenRule("reduction", init=lambda dt: 0, combine=_sum_combine, blocked=True),
-    "reduce_max": CodegenRule("reduction", init=_lowest, combine=_extremum_combine("max")),
-    "reduce_min": CodegenRule("reduction", init=_highest, combine=_extremum_combine("min")),
+REDUCTION_RULES: dict[P.Primitive, CodegenRule] = {
+    P.reduce_sum: CodegenRule("reduction", init=lambda dt: 0, combine=_sum_combine, blocked=True),
+    P.reduce_max: CodegenRule("reduction", init=_lowest, combine=_extremum_combine("max")),
+    P.reduce_min: CodegenRule("reduction", init=_highest, combine=_extremum_combine("min")),
     # First index of the extremum; a NaN counts as the extremum (like NumPy).
-    "argmax": CodegenRule("reduction", init=_lowest, arg=">"),
-    "argmin": CodegenRule("reduction", init=_highest, arg="<"),
+    P.argmax: CodegenRule("reduction", init=_lowest, arg=">"),
+    P.argmin: CodegenRule("reduction", init=_highest, arg="<"),
 }
 
 
@@ -511,19 +511,11 @@ def _call_rule(em: Emitter, op: Op, idx: Index) -> Elem:
     raise Unsupported("custom_vjp_call is inlined by the simplifier before code generation")
 
 
-OTHER_RULES: dict[str, CodegenRule] = {
-    "dot_general": CodegenRule("contraction"),
-    "scatter_add": CodegenRule("scatter"),
-    "custom_vjp_call": CodegenRule("call", elemental=_call_rule),
+OTHER_RULES: dict[P.Primitive, CodegenRule] = {
+    P.dot_general: CodegenRule("contraction"),
+    P.scatter_add: CodegenRule("scatter"),
+    P.custom_vjp_call: CodegenRule("call", elemental=_call_rule),
 }
 
 
-def register() -> None:
-    """Fills ``Primitive.codegen`` of every primitive (idempotent)."""
-    table = {**ELEMENTWISE_RULES, **LAYOUT_RULES, **REDUCTION_RULES, **OTHER_RULES}
-    for name, prim in P.PRIMITIVES.items():
-        if name in table:
-            prim.codegen = table[name]
-
-
-register()
+CODEGEN_RULES: dict[P.Primitive, CodegenRule] = {**ELEMENTWISE_RULES, **LAYOUT_RULES, **REDUCTION_RULES, **OTHER_RULES}

@@ -8,7 +8,7 @@ from fusejit.ir.core import Function, Op, SourceLoc, Value
 from fusejit.ir.dtypes import DType
 from fusejit.ir.interpreter import IRRuntimeError, run_function
 from fusejit.ir.parser import IRParseError, parse
-from fusejit.ir.primitives import PRIMITIVES, IRTypeError, Primitive, missing_rules
+from fusejit.ir.primitives import PRIMITIVES, IRTypeError, Primitive
 from fusejit.ir.types import TensorType
 from fusejit.ir.verifier import VerificationError, verify
 
@@ -26,7 +26,6 @@ __all__ = [
     "TensorType",
     "Value",
     "VerificationError",
-    "missing_rules",
     "parse",
     "run_function",
     "verify",

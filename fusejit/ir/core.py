@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from fusejit.ir.types import TensorType
@@ -60,6 +61,10 @@ class Op:
     outputs: tuple[Value, ...]
     attrs: Mapping[str, AttrValue] = field(default_factory=dict)
     loc: SourceLoc | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.attrs, MappingProxyType):  # a read-only view of a private copy
+            object.__setattr__(self, "attrs", MappingProxyType(dict(self.attrs)))
 
     @property
     def output(self) -> Value:

@@ -1,10 +1,13 @@
 """The closed set of primitives, each declared once with its shape/dtype rule and eager
 NumPy implementation.
 
-A ``Primitive`` is the single object that every layer registers its rule against:
-``abstract_eval`` (types in -> types out) and ``impl`` (NumPy arrays in -> arrays out)
-are declared here; the autodiff transform fills ``vjp``/``jvp`` and the code generator
-fills ``codegen``. ``missing_rules()`` names every primitive that lacks one.
+A ``Primitive`` is an immutable declaration: its name, what it does to its iteration space
+(``OpKind``), its attributes, ``abstract_eval`` (types in -> types out) and ``impl``
+(NumPy arrays in -> arrays out). Every other layer keeps its own rule table keyed by the
+``Primitive`` object (autodiff's ``VJP_RULES``/``JVP_RULES``, codegen's ``CODEGEN_RULES``);
+nothing is filled in at import time, and ``tests/test_rules.py`` names every primitive a
+table lacks. Named sets of primitives (``RECOMPUTABLE``, ``TRANSCENDENTAL``) are the
+vocabulary the cost models share.
 
 IR ops are strict where NumPy is lenient: binary ops need equal shapes and dtypes
 (the tracer inserts ``broadcast_in_dim`` and ``convert``), so every rule stays simple.
@@ -15,8 +18,9 @@ from __future__ import annotations
 import builtins as _builtins  # primitives named abs/max/min/round/slice shadow builtins
 import enum
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -69,20 +73,21 @@ TypeRule = Callable[..., tuple[TensorType, ...]]
 ImplRule = Callable[..., tuple[np.ndarray, ...]]
 
 
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False, slots=True, kw_only=True)
 class Primitive:
-    """One IR operation and every rule registered against it."""
+    """One IR operation, declared once. Compared and hashed by identity: rule tables are
+    keyed by the object."""
 
     name: str
     kind: OpKind
     arity: int | None  # None: variadic (one or more inputs)
-    attrs: dict[str, AttrSpec]
-    abstract_eval: TypeRule
-    impl: ImplRule
+    attrs: Mapping[str, AttrSpec]
+    abstract_eval: TypeRule = field(repr=False)
+    impl: ImplRule = field(repr=False)
     dtypes: frozenset[DType] = ANY  # accepted dtypes of the (first) data input
-    vjp: Callable[..., Any] | None = field(default=None, repr=False)
-    jvp: Callable[..., Any] | None = field(default=None, repr=False)
-    codegen: Any | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "attrs", MappingProxyType(dict(self.attrs)))
 
     def __repr__(self) -> str:
         return f"Primitive({self.name})"
@@ -112,16 +117,6 @@ def _register(prim: Primitive) -> Primitive:
     assert prim.name not in PRIMITIVES, prim.name
     PRIMITIVES[prim.name] = prim
     return prim
-
-
-def missing_rules() -> dict[str, list[str]]:
-    """Each primitive that lacks a rule, with the names of the rules it lacks."""
-    missing: dict[str, list[str]] = {}
-    for prim in PRIMITIVES.values():
-        lacks = [r for r in ("vjp", "jvp", "codegen") if getattr(prim, r) is None]
-        if lacks:
-            missing[prim.name] = lacks
-    return missing
 
 
 # ---------------------------------------------------------------------------------------
@@ -201,7 +196,7 @@ def _elementwise(
     def impl(*xs: np.ndarray) -> tuple[np.ndarray, ...]:
         return (np_fn(*xs),)
 
-    return _register(Primitive(name, OpKind.ELEMENTWISE, arity, {}, rule, impl, dtypes))
+    return _register(Primitive(name=name, kind=OpKind.ELEMENTWISE, arity=arity, attrs={}, abstract_eval=rule, impl=impl, dtypes=dtypes))
 
 
 def _logistic(x: np.ndarray) -> np.ndarray:
@@ -264,13 +259,13 @@ def _select_rule(in_types: tuple[TensorType, ...]) -> tuple[TensorType, ...]:
 
 select = _register(
     Primitive(
-        "select",
-        OpKind.ELEMENTWISE,
-        3,
-        {},
-        _select_rule,
-        lambda p, a, b: (np.where(p, a, b),),
-        frozenset({DType.bool}),
+        name="select",
+        kind=OpKind.ELEMENTWISE,
+        arity=3,
+        attrs={},
+        abstract_eval=_select_rule,
+        impl=lambda p, a, b: (np.where(p, a, b),),
+        dtypes=frozenset({DType.bool}),
     )
 )
 
@@ -281,12 +276,12 @@ def _convert_rule(in_types: tuple[TensorType, ...], dtype: DType) -> tuple[Tenso
 
 convert = _register(
     Primitive(
-        "convert",
-        OpKind.ELEMENTWISE,
-        1,
-        {"dtype": AttrSpec(AttrKind.DTYPE)},
-        _convert_rule,
-        lambda x, dtype: (x.astype(dtype.np),),
+        name="convert",
+        kind=OpKind.ELEMENTWISE,
+        arity=1,
+        attrs={"dtype": AttrSpec(AttrKind.DTYPE)},
+        abstract_eval=_convert_rule,
+        impl=lambda x, dtype: (x.astype(dtype.np),),
     )
 )
 
@@ -327,12 +322,12 @@ def _broadcast_impl(x: np.ndarray, shape: tuple[int, ...], dims: tuple[int, ...]
 
 broadcast_in_dim = _register(
     Primitive(
-        "broadcast_in_dim",
-        OpKind.LAYOUT,
-        1,
-        {"shape": AttrSpec(AttrKind.INTS), "dims": AttrSpec(AttrKind.INTS)},
-        _broadcast_rule,
-        _broadcast_impl,
+        name="broadcast_in_dim",
+        kind=OpKind.LAYOUT,
+        arity=1,
+        attrs={"shape": AttrSpec(AttrKind.INTS), "dims": AttrSpec(AttrKind.INTS)},
+        abstract_eval=_broadcast_rule,
+        impl=_broadcast_impl,
     )
 )
 
@@ -346,12 +341,12 @@ def _reshape_rule(in_types: tuple[TensorType, ...], shape: tuple[int, ...]) -> t
 
 reshape = _register(
     Primitive(
-        "reshape",
-        OpKind.LAYOUT,
-        1,
-        {"shape": AttrSpec(AttrKind.INTS)},
-        _reshape_rule,
-        lambda x, shape: (x.reshape(shape),),
+        name="reshape",
+        kind=OpKind.LAYOUT,
+        arity=1,
+        attrs={"shape": AttrSpec(AttrKind.INTS)},
+        abstract_eval=_reshape_rule,
+        impl=lambda x, shape: (x.reshape(shape),),
     )
 )
 
@@ -365,12 +360,12 @@ def _transpose_rule(in_types: tuple[TensorType, ...], perm: tuple[int, ...]) -> 
 
 transpose = _register(
     Primitive(
-        "transpose",
-        OpKind.LAYOUT,
-        1,
-        {"perm": AttrSpec(AttrKind.INTS)},
-        _transpose_rule,
-        lambda x, perm: (np.transpose(x, perm),),
+        name="transpose",
+        kind=OpKind.LAYOUT,
+        arity=1,
+        attrs={"perm": AttrSpec(AttrKind.INTS)},
+        abstract_eval=_transpose_rule,
+        impl=lambda x, perm: (np.transpose(x, perm),),
     )
 )
 
@@ -394,12 +389,12 @@ def _slice_rule(
 
 slice = _register(  # noqa: A001
     Primitive(
-        "slice",
-        OpKind.LAYOUT,
-        1,
-        {n: AttrSpec(AttrKind.INTS) for n in ("start", "limit", "stride")},
-        _slice_rule,
-        lambda x, start, limit, stride: (
+        name="slice",
+        kind=OpKind.LAYOUT,
+        arity=1,
+        attrs={n: AttrSpec(AttrKind.INTS) for n in ("start", "limit", "stride")},
+        abstract_eval=_slice_rule,
+        impl=lambda x, start, limit, stride: (
             x[tuple(_builtins.slice(*a) for a in zip(start, limit, stride, strict=True))],
         ),
     )
@@ -424,12 +419,12 @@ def _concatenate_rule(in_types: tuple[TensorType, ...], axis: int) -> tuple[Tens
 
 concatenate = _register(
     Primitive(
-        "concatenate",
-        OpKind.LAYOUT,
-        None,
-        {"axis": AttrSpec(AttrKind.INT)},
-        _concatenate_rule,
-        lambda *xs, axis: (np.concatenate(xs, axis=axis),),
+        name="concatenate",
+        kind=OpKind.LAYOUT,
+        arity=None,
+        attrs={"axis": AttrSpec(AttrKind.INT)},
+        abstract_eval=_concatenate_rule,
+        impl=lambda *xs, axis: (np.concatenate(xs, axis=axis),),
     )
 )
 
@@ -445,12 +440,12 @@ def _pad_rule(
 
 pad = _register(
     Primitive(
-        "pad",
-        OpKind.LAYOUT,
-        1,
-        {"lo": AttrSpec(AttrKind.INTS), "hi": AttrSpec(AttrKind.INTS), "value": AttrSpec(AttrKind.SCALAR)},
-        _pad_rule,
-        lambda x, lo, hi, value: (
+        name="pad",
+        kind=OpKind.LAYOUT,
+        arity=1,
+        attrs={"lo": AttrSpec(AttrKind.INTS), "hi": AttrSpec(AttrKind.INTS), "value": AttrSpec(AttrKind.SCALAR)},
+        abstract_eval=_pad_rule,
+        impl=lambda x, lo, hi, value: (
             np.pad(x, list(zip(lo, hi, strict=True)), constant_values=x.dtype.type(value))
             if x.ndim else x.copy(),
         ),
@@ -474,7 +469,7 @@ def _reduce(name: str, np_fn: Callable[..., np.ndarray], dtypes: frozenset[DType
     def impl(x: np.ndarray, axes: tuple[int, ...]) -> tuple[np.ndarray]:
         return (np.asarray(np_fn(x, axis=axes)).astype(x.dtype, copy=False),)
 
-    return _register(Primitive(name, OpKind.REDUCTION, 1, {"axes": AttrSpec(AttrKind.INTS)}, rule, impl, dtypes))
+    return _register(Primitive(name=name, kind=OpKind.REDUCTION, arity=1, attrs={"axes": AttrSpec(AttrKind.INTS)}, abstract_eval=rule, impl=impl, dtypes=dtypes))
 
 
 reduce_sum = _reduce("reduce_sum", np.sum, NUMERIC)
@@ -493,7 +488,7 @@ def _arg_reduce(name: str, np_fn: Callable[..., np.ndarray]) -> Primitive:
     def impl(x: np.ndarray, axis: int) -> tuple[np.ndarray]:
         return (np.asarray(np_fn(x, axis=axis)).astype(np.int64, copy=False),)
 
-    return _register(Primitive(name, OpKind.REDUCTION, 1, {"axis": AttrSpec(AttrKind.INT)}, rule, impl, NUMERIC))
+    return _register(Primitive(name=name, kind=OpKind.REDUCTION, arity=1, attrs={"axis": AttrSpec(AttrKind.INT)}, abstract_eval=rule, impl=impl, dtypes=NUMERIC))
 
 
 argmax = _arg_reduce("argmax", np.argmax)
@@ -566,13 +561,13 @@ def _dot_general_impl(
 
 dot_general = _register(
     Primitive(
-        "dot_general",
-        OpKind.CONTRACTION,
-        2,
-        {"contract": AttrSpec(AttrKind.INTS_PAIR), "batch": AttrSpec(AttrKind.INTS_PAIR)},
-        _dot_general_rule,
-        _dot_general_impl,
-        NUMERIC,
+        name="dot_general",
+        kind=OpKind.CONTRACTION,
+        arity=2,
+        attrs={"contract": AttrSpec(AttrKind.INTS_PAIR), "batch": AttrSpec(AttrKind.INTS_PAIR)},
+        abstract_eval=_dot_general_rule,
+        impl=_dot_general_impl,
+        dtypes=NUMERIC,
     )
 )
 
@@ -602,15 +597,15 @@ def _gather_rule(in_types: tuple[TensorType, ...], axis: int) -> tuple[TensorTyp
 
 gather = _register(
     Primitive(
-        "gather",
-        OpKind.INDEXING,
-        2,
-        {"axis": AttrSpec(AttrKind.INT)},
-        _gather_rule,
-        lambda x, idx, axis: (
+        name="gather",
+        kind=OpKind.INDEXING,
+        arity=2,
+        attrs={"axis": AttrSpec(AttrKind.INT)},
+        abstract_eval=_gather_rule,
+        impl=lambda x, idx, axis: (
             np.take_along_axis(x, _normalize_indices(idx, x.shape[axis]), axis=axis),
         ),
-        NUMERIC | {DType.bool},
+        dtypes=NUMERIC | {DType.bool},
     )
 )
 
@@ -637,13 +632,13 @@ def _scatter_add_impl(upd: np.ndarray, idx: np.ndarray, axis: int, size: int) ->
 
 scatter_add = _register(
     Primitive(
-        "scatter_add",
-        OpKind.INDEXING,
-        2,
-        {"axis": AttrSpec(AttrKind.INT), "size": AttrSpec(AttrKind.INT)},
-        _scatter_add_rule,
-        _scatter_add_impl,
-        NUMERIC,
+        name="scatter_add",
+        kind=OpKind.INDEXING,
+        arity=2,
+        attrs={"axis": AttrSpec(AttrKind.INT), "size": AttrSpec(AttrKind.INT)},
+        abstract_eval=_scatter_add_rule,
+        impl=_scatter_add_impl,
+        dtypes=NUMERIC,
     )
 )
 
@@ -670,16 +665,16 @@ def _iota_impl(shape: tuple[int, ...], dimension: int, dtype: DType) -> tuple[np
 
 iota = _register(
     Primitive(
-        "iota",
-        OpKind.SOURCE,
-        0,
-        {
+        name="iota",
+        kind=OpKind.SOURCE,
+        arity=0,
+        attrs={
             "dimension": AttrSpec(AttrKind.INT),
             "shape": AttrSpec(AttrKind.INTS, implied_by_result=True),
             "dtype": AttrSpec(AttrKind.DTYPE, implied_by_result=True),
         },
-        _iota_rule,
-        _iota_impl,
+        abstract_eval=_iota_rule,
+        impl=_iota_impl,
     )
 )
 
@@ -718,16 +713,16 @@ def _constant_impl(value: Any, shape: tuple[int, ...], dtype: DType) -> tuple[np
 
 constant = _register(
     Primitive(
-        "constant",
-        OpKind.SOURCE,
-        0,
-        {
+        name="constant",
+        kind=OpKind.SOURCE,
+        arity=0,
+        attrs={
             "value": AttrSpec(AttrKind.SCALARS),
             "shape": AttrSpec(AttrKind.INTS, implied_by_result=True),
             "dtype": AttrSpec(AttrKind.DTYPE, implied_by_result=True),
         },
-        _constant_rule,
-        _constant_impl,
+        abstract_eval=_constant_rule,
+        impl=_constant_impl,
     )
 )
 
@@ -767,11 +762,22 @@ def _custom_vjp_impl(*xs: np.ndarray, fun: Any, fwd: Any, bwd: Any) -> tuple[np.
 
 custom_vjp_call = _register(
     Primitive(
-        "custom_vjp_call",
-        OpKind.CALL,
-        None,
-        {n: AttrSpec(AttrKind.FUNCTION) for n in ("fun", "fwd", "bwd")},
-        _custom_vjp_rule,
-        _custom_vjp_impl,
+        name="custom_vjp_call",
+        kind=OpKind.CALL,
+        arity=None,
+        attrs={n: AttrSpec(AttrKind.FUNCTION) for n in ("fun", "fwd", "bwd")},
+        abstract_eval=_custom_vjp_rule,
+        impl=_custom_vjp_impl,
     )
 )
+
+
+# ---------------------------------------------------------------------------------------
+# Named sets: the vocabulary the cost models of fusion and code generation share.
+
+# Cheap enough to recompute in every kernel that reads them: index arithmetic and trivial
+# arithmetic. Everything else (transcendentals, division, reductions, matmul) is computed
+# once and, if several kernels need it, stored.
+RECOMPUTABLE = frozenset({constant, iota, broadcast_in_dim, reshape, transpose, slice, convert, neg})
+# Calls into the math library: tens of instructions per element.
+TRANSCENDENTAL = frozenset({exp, log, log1p, expm1, tanh, logistic, sin, cos, pow})

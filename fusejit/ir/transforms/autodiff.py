@@ -74,6 +74,10 @@ Ct = Value | None  # a cotangent or tangent; None is a symbolic zero
 VjpRule = Callable[[Builder, Op, tuple[Ct, ...], tuple[bool, ...]], Sequence[Ct]]
 JvpRule = Callable[[Builder, Op, tuple[Ct, ...]], Sequence[Ct]]
 
+# The rule tables, keyed by primitive: each rule is entered below, next to its definition.
+VJP_RULES: dict[P.Primitive, VjpRule] = {}
+JVP_RULES: dict[P.Primitive, JvpRule] = {}
+
 
 class MissingRuleError(NotImplementedError):
     """A primitive on the differentiated path has no vjp/jvp rule."""
@@ -189,7 +193,7 @@ def reverse_mode(
     tape: list[Op] = []  # the ops to transpose, in forward order, in terms of new values
     for op in fn.ops:
         inputs = tuple(rename.get(v, v) for v in op.inputs)
-        is_active = any(v in active for v in inputs) and op.prim.vjp is not zero_vjp
+        is_active = any(v in active for v in inputs) and VJP_RULES.get(op.prim) is not zero_vjp
         if is_active and op.prim is P.custom_vjp_call:
             with b.at(op.loc):
                 outputs, residuals = _custom_vjp_call_forward(b, op, inputs)
@@ -230,7 +234,7 @@ def reverse_mode(
         if all(c is None for c in cts):
             continue
         needs = tuple(v in active for v in op.inputs)
-        rule = op.prim.vjp
+        rule = VJP_RULES.get(op.prim)
         if rule is None:
             raise _missing("vjp", op)
         with b.at(op.loc):
@@ -332,9 +336,9 @@ def jvp_function(fn: Function, wrt: Sequence[int] | None = None, *, name: str | 
     for op in fn.ops:
         b.ops.append(op)
         ts = tuple(tan.get(v) for v in op.inputs)
-        if all(t is None for t in ts) or op.prim.jvp is zero_jvp:
+        if all(t is None for t in ts) or JVP_RULES.get(op.prim) is zero_jvp:
             continue
-        rule = op.prim.jvp
+        rule = JVP_RULES.get(op.prim)
         if rule is None:
             raise _missing("jvp", op)
         with b.at(op.loc):
@@ -418,7 +422,7 @@ for _prim in (
     P.logical_and, P.logical_or,
     P.eq, P.ne, P.lt, P.le, P.gt, P.ge, P.argmax, P.argmin, P.iota, P.constant,
 ):  # fmt: skip
-    _prim.vjp, _prim.jvp = zero_vjp, zero_jvp
+    VJP_RULES[_prim], JVP_RULES[_prim] = zero_vjp, zero_jvp
 
 
 # ---------------------------------------------------------------------------------------
@@ -458,7 +462,7 @@ def _unary_rules(scale: UnaryScale) -> tuple[VjpRule, JvpRule]:
 
 
 for _prim, _scale in _UNARY_SCALES.items():
-    _prim.vjp, _prim.jvp = _unary_rules(_scale)
+    VJP_RULES[_prim], JVP_RULES[_prim] = _unary_rules(_scale)
 
 
 def _convert_vjp(b: Builder, op: Op, cts: tuple[Ct, ...], needs: tuple[bool, ...]) -> Sequence[Ct]:
@@ -475,7 +479,7 @@ def _convert_jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequence[Ct]:
     return (b.convert(t, op.output.dtype),)
 
 
-P.convert.vjp, P.convert.jvp = _convert_vjp, _convert_jvp
+VJP_RULES[P.convert], JVP_RULES[P.convert] = _convert_vjp, _convert_jvp
 
 
 # ---------------------------------------------------------------------------------------
@@ -619,15 +623,15 @@ def _select_jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequence[Ct]:
     return (b.op(P.select, pred, _or_zeros(b, ta, a), _or_zeros(b, tb, a)),)
 
 
-P.add.vjp, P.add.jvp = _add_vjp, _add_jvp
-P.sub.vjp, P.sub.jvp = _sub_vjp, _sub_jvp
-P.mul.vjp, P.mul.jvp = _mul_vjp, _mul_jvp
-P.div.vjp, P.div.jvp = _div_vjp, _div_jvp
-P.pow.vjp, P.pow.jvp = _pow_vjp, _pow_jvp
-P.max.vjp, P.max.jvp = _extremum_vjp, _extremum_jvp
-P.min.vjp, P.min.jvp = _extremum_vjp, _extremum_jvp
-P.select.vjp, P.select.jvp = _select_vjp, _select_jvp
-P.remainder.vjp, P.remainder.jvp = _remainder_vjp, _remainder_jvp
+VJP_RULES[P.add], JVP_RULES[P.add] = _add_vjp, _add_jvp
+VJP_RULES[P.sub], JVP_RULES[P.sub] = _sub_vjp, _sub_jvp
+VJP_RULES[P.mul], JVP_RULES[P.mul] = _mul_vjp, _mul_jvp
+VJP_RULES[P.div], JVP_RULES[P.div] = _div_vjp, _div_jvp
+VJP_RULES[P.pow], JVP_RULES[P.pow] = _pow_vjp, _pow_jvp
+VJP_RULES[P.max], JVP_RULES[P.max] = _extremum_vjp, _extremum_jvp
+VJP_RULES[P.min], JVP_RULES[P.min] = _extremum_vjp, _extremum_jvp
+VJP_RULES[P.select], JVP_RULES[P.select] = _select_vjp, _select_jvp
+VJP_RULES[P.remainder], JVP_RULES[P.remainder] = _remainder_vjp, _remainder_jvp
 
 
 # ---------------------------------------------------------------------------------------
@@ -736,12 +740,12 @@ def _concatenate_jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequence[C
     return (b.op(P.concatenate, *parts, axis=op.attrs["axis"]),)
 
 
-P.broadcast_in_dim.vjp, P.broadcast_in_dim.jvp = _broadcast_vjp, _linear_jvp
-P.reshape.vjp, P.reshape.jvp = _reshape_vjp, _linear_jvp
-P.transpose.vjp, P.transpose.jvp = _transpose_vjp, _linear_jvp
-P.slice.vjp, P.slice.jvp = _slice_vjp, _linear_jvp
-P.pad.vjp, P.pad.jvp = _pad_vjp, _pad_jvp
-P.concatenate.vjp, P.concatenate.jvp = _concatenate_vjp, _concatenate_jvp
+VJP_RULES[P.broadcast_in_dim], JVP_RULES[P.broadcast_in_dim] = _broadcast_vjp, _linear_jvp
+VJP_RULES[P.reshape], JVP_RULES[P.reshape] = _reshape_vjp, _linear_jvp
+VJP_RULES[P.transpose], JVP_RULES[P.transpose] = _transpose_vjp, _linear_jvp
+VJP_RULES[P.slice], JVP_RULES[P.slice] = _slice_vjp, _linear_jvp
+VJP_RULES[P.pad], JVP_RULES[P.pad] = _pad_vjp, _pad_jvp
+VJP_RULES[P.concatenate], JVP_RULES[P.concatenate] = _concatenate_vjp, _concatenate_jvp
 
 
 # ---------------------------------------------------------------------------------------
@@ -776,9 +780,9 @@ def _reduce_chooser_jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequenc
     return (_div(b, b.op(P.reduce_sum, _mul(b, t, mask), axes=op.attrs["axes"]), count),)
 
 
-P.reduce_sum.vjp, P.reduce_sum.jvp = _reduce_sum_vjp, _linear_jvp
-P.reduce_max.vjp, P.reduce_max.jvp = _reduce_chooser_vjp, _reduce_chooser_jvp
-P.reduce_min.vjp, P.reduce_min.jvp = _reduce_chooser_vjp, _reduce_chooser_jvp
+VJP_RULES[P.reduce_sum], JVP_RULES[P.reduce_sum] = _reduce_sum_vjp, _linear_jvp
+VJP_RULES[P.reduce_max], JVP_RULES[P.reduce_max] = _reduce_chooser_vjp, _reduce_chooser_jvp
+VJP_RULES[P.reduce_min], JVP_RULES[P.reduce_min] = _reduce_chooser_vjp, _reduce_chooser_jvp
 
 
 # ---------------------------------------------------------------------------------------
@@ -840,7 +844,7 @@ def _dot_general_jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequence[C
     )
 
 
-P.dot_general.vjp, P.dot_general.jvp = _dot_general_vjp, _dot_general_jvp
+VJP_RULES[P.dot_general], JVP_RULES[P.dot_general] = _dot_general_vjp, _dot_general_jvp
 
 
 # ---------------------------------------------------------------------------------------
@@ -858,8 +862,8 @@ def _scatter_add_vjp(b: Builder, op: Op, cts: tuple[Ct, ...], needs: tuple[bool,
     return (b.op(P.gather, g, idx, axis=op.attrs["axis"]), None)
 
 
-P.gather.vjp, P.gather.jvp = _gather_vjp, _linear_jvp
-P.scatter_add.vjp, P.scatter_add.jvp = _scatter_add_vjp, _linear_jvp
+VJP_RULES[P.gather], JVP_RULES[P.gather] = _gather_vjp, _linear_jvp
+VJP_RULES[P.scatter_add], JVP_RULES[P.scatter_add] = _scatter_add_vjp, _linear_jvp
 
 
 # ---------------------------------------------------------------------------------------
@@ -897,4 +901,4 @@ def _custom_vjp_call_jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequen
     return tuple(t if v.dtype.is_float else None for t, v in zip(outs[m:], op.outputs, strict=True))
 
 
-P.custom_vjp_call.vjp, P.custom_vjp_call.jvp = _custom_vjp_call_vjp, _custom_vjp_call_jvp
+VJP_RULES[P.custom_vjp_call], JVP_RULES[P.custom_vjp_call] = _custom_vjp_call_vjp, _custom_vjp_call_jvp

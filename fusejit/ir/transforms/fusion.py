@@ -87,12 +87,8 @@ class FusedFunction:
 
 @dataclass(frozen=True)
 class CostModel:
-    # Producers cheap enough to recompute in every kernel that reads them: index
-    # arithmetic and trivial arithmetic. Everything else (exp, log, tanh, pow, division,
-    # reductions, matmul) is computed once and, if several kernels need it, stored.
-    cheap: frozenset[str] = frozenset(
-        {"constant", "iota", "broadcast_in_dim", "reshape", "transpose", "slice", "convert", "neg"}
-    )
+    # Producers cheap enough to recompute in every kernel that reads them.
+    cheap: frozenset[P.Primitive] = P.RECOMPUTABLE
     # Kernel size bounds keep Numba's compile time sane (1,000 statements take seconds).
     max_ops: int = 96
     max_inputs: int = 24
@@ -257,7 +253,7 @@ def _absorb_producers(part: _Partition, g: _Group) -> None:
             owner = part.home.get(id(p))
             if all_inside and owner is None:
                 part.add(g, p, owned=True)
-            elif p.prim.name in COST.cheap:
+            elif p.prim in COST.cheap:
                 part.add(g, p, owned=False)
             else:
                 reason = (
