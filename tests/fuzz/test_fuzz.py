@@ -143,7 +143,7 @@ def test_shrink_keeps_the_failure(monkeypatch):
             out.outputs = tuple(o + 1 if o.dtype.kind == "f" else o for o in out.outputs)
         return out
 
-    monkeypatch.setattr(fuzz, "run_config", fake)
+    monkeypatch.setattr(fuzz.checking, "run_config", fake)  # where check() looks it up
     spec = InputSpec((3, 2), "float64", "F", seed=0)
     steps = (
         Step("v0", "fnp.exp(x0)", "unary:exp"),
