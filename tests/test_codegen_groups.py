@@ -119,7 +119,7 @@ def test_reduce_group_reading_a_reduction_elsewhere_is_refused():
         return b.op(P.transpose, b.op(P.broadcast_in_dim, s, shape=(4, 4), dims=(0,)), perm=(1, 0))
 
     fn = build([(F32, (4, 4))], body)
-    assert "iteration space" in can_lower(one_group(fn, "reduce")[0])
+    assert "another element" in can_lower(one_group(fn, "reduce")[0])
     assert "another element" in can_lower(one_group(fn, "row")[0])
 
 
@@ -255,8 +255,8 @@ def test_group_kinds_that_mix_strategies_are_refused():
         return b.op(P.reduce_sum, d, axes=(1,))
 
     fn = build([(F32, (3, 3)), (F32, (3, 3))], body)
-    assert "one dot_general" in can_lower(one_group(fn, "matmul")[0])
+    assert "reduce_sum cannot be fused into a matmul epilogue" in can_lower(one_group(fn, "matmul")[0])
     fn2 = build([(F32, (3, 3)), (I64, (3,))], lambda b, x, i: [
         b.op(P.scatter_add, x, b.op(P.broadcast_in_dim, i, shape=(3, 3), dims=(0,)), axis=0, size=2),
         b.op(P.reduce_sum, x, axes=(0,))])
-    assert "one scatter_add" in can_lower(one_group(fn2, "indexing")[0])
+    assert "scatter_add result as its only output" in can_lower(one_group(fn2, "indexing")[0])

@@ -18,8 +18,8 @@ RNG = np.random.default_rng(0)
 
 
 def fused(f, *args) -> FusedFunction:
-    """The kernels the CPU backend would compile for ``f`` (fusion checked against what
-    its code generator can lower), without compiling them."""
+    """The kernels the CPU backend would compile for ``f`` (fusion asking its code
+    generator's structural checks), without compiling them."""
     return partition(fj.jit(f, backend="interpret").lower(*args).optimized, fuse=True)
 
 
@@ -147,6 +147,61 @@ def test_random_programs_over_every_primitive_partition_validly(fn):
     from fusejit.ir.transforms.pipeline import optimize
 
     assert_valid_partition(fuse(optimize(fn)[0]))
+
+
+# Fusion decides legality from structure alone (the strategies' ``supports``); these check
+# that the code generator then lowers every group it made, which fusion never tries.
+
+
+def assert_every_group_lowers(result: FusedFunction) -> None:
+    from fusejit.codegen import can_lower
+
+    refused = [(g.kind, reason) for g in result.groups if (reason := can_lower(g)) is not None]
+    assert not refused, f"fusion made groups the code generator refuses: {refused}"
+
+
+def test_every_group_of_the_models_and_workloads_lowers():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
+    import workloads
+
+    for w in workloads.WORKLOADS:
+        for case in w.make("tiny"):
+            fn = fj.jit(case.fn, backend="interpret").lower(*case.args).optimized
+            assert_every_group_lowers(partition(fn, fuse=True))
+    params = nn.init_mlp(RNG, [8, 8, 8, 4])
+    x = RNG.standard_normal((16, 8)).astype(np.float32)
+    assert_every_group_lowers(fused(mlp_train_step, params, x, RNG.integers(0, 4, 16)))
+    assert_every_group_lowers(fused(fj.grad(lambda x: nn.max_pool2d(x, 2).sum()), np.ones((2, 3, 4, 4), np.float32)))
+
+
+@settings(max_examples=100, deadline=None)
+@given(random_elementwise_programs())
+def test_every_group_of_random_model_like_programs_lowers(fn):
+    assert_every_group_lowers(partition(fn, fuse=True))
+
+
+@settings(max_examples=100, deadline=None)
+@given(random_functions())
+def test_every_group_of_random_programs_over_every_primitive_lowers(fn):
+    from fusejit.ir.transforms.pipeline import optimize
+
+    assert_every_group_lowers(partition(optimize(fn)[0], fuse=True))
+
+
+def test_every_phase_reports_the_merges_it_refused():
+    params = nn.init_mlp(RNG, [8, 8, 8, 4])
+    x = RNG.standard_normal((16, 8)).astype(np.float32)
+    result = fused(mlp_train_step, params, x, RNG.integers(0, 4, 16))
+    from fusejit.ir.transforms.fusion import fusion_report
+
+    phases = {r.phase for r in result.refusals}
+    assert {"producers", "rows"} <= phases  # the cross-entropy's rows wait on the matmul
+    report = fusion_report(result)
+    for r in result.refusals:
+        assert f"[{r.phase}] {r.producer.prim.name}" in report
 
 
 def test_an_expensive_producer_read_by_two_kernels_is_computed_once_and_the_report_says_why():

@@ -4,8 +4,9 @@ Modules: ``kernel.py`` (the target-neutral ``Kernel``: loop nests over flat buff
 scalar statements, ``Matmul``; the builder with CSE and loop-invariant hoisting),
 ``elemental.py`` (the elemental emitter: index expressions in, element expressions out),
 ``rules.py`` (the rule of every primitive: ``CODEGEN_RULES``, keyed by primitive),
-``lowering.py`` (``lower_group``/``can_lower``: legality and dispatch to the strategies in
-``loops.py``, ``reductions.py`` and ``contraction.py``, sharing ``common.py``) and
+``lowering.py`` (``STRATEGIES``: one per ``GroupKind``, each a structural ``supports``
+check, which fusion asks, and a ``lower``, in ``loops.py``, ``reductions.py`` and
+``contraction.py``, sharing ``common.py``; ``lower_group`` dispatches) and
 ``cpu.py`` (the CPU printer: a ``Kernel`` as a Numba module). A CUDA printer can reuse
 everything but ``cpu.py``: only the mapping of ``parallel`` loops to threads, ``Matmul``
 and ``thread_id()`` are target-specific.
@@ -24,20 +25,22 @@ measured in ``bench/bench_backend.py prange``: below ~2**14 elements a serial lo
 and every prange adds ~0.5 s of compile time, so only large kernels get one). A new batch
 size that crosses the threshold therefore compiles a new (parallel) kernel.
 
-Legality contract (what ``can_lower(group)`` accepts; anything else gets a reason string).
+Legality contract (what ``supports(group)`` accepts; anything else gets a reason string).
 Every group: non-empty ops in a valid order; every operand is a group input or defined
 by an earlier op of the group; every output is defined by an op of the group; no
-``custom_vjp_call`` (inlined before code generation). "Loop ops" below are ELEMENTWISE,
-LAYOUT and SOURCE ops and ``gather``; a loop op may appear in several groups (it is
-recomputed).
+``custom_vjp_call`` (inlined before code generation); no ``concatenate``/``pad`` piece
+computed from math-library calls in the group (branches stop LLVM's vectorizer). "Loop
+ops" below are ELEMENTWISE, LAYOUT and SOURCE ops and ``gather``; a loop op may appear in
+several groups (it is recomputed). Lowering refuses a supported group only when its
+kernel would exceed ``MAX_KERNEL_SIZE`` statements; the runtime then splits it.
 
-``loop`` (also ``indexing`` or ``row``/``reduce`` groups without reductions)
+``loop``
     Only loop ops. All outputs have one shape, the iteration space. Values inside are never
     materialized: an op used at several indices (through transposes, slices, gathers) is
     recomputed at each. Outputs may include values that ops of the group also read.
 ``horizontal``
     ``parts`` are ``loop`` groups (any shapes) run one after another in one kernel.
-``reduce`` (also a ``loop``/``indexing`` group that contains reductions)
+``reduce``
     One or more ``reduce_sum/max/min``/``argmax/argmin`` with the same operand shape and
     axes, plus loop ops. Ops that do not depend on a reduction are producers (input
     fusion, read at the input index). Ops that depend on one form the epilogue: loop ops
@@ -77,6 +80,6 @@ recomputed).
 from __future__ import annotations
 
 from fusejit.codegen.kernel import Kernel, Unsupported
-from fusejit.codegen.lowering import LoweredKernel, can_lower, lower_group
+from fusejit.codegen.lowering import STRATEGIES, LoweredKernel, Strategy, can_lower, lower_group, supports
 
-__all__ = ["Kernel", "LoweredKernel", "Unsupported", "can_lower", "lower_group"]
+__all__ = ["STRATEGIES", "Kernel", "LoweredKernel", "Strategy", "Unsupported", "can_lower", "lower_group", "supports"]

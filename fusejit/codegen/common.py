@@ -10,13 +10,14 @@ from typing import Any
 
 from fusejit import config
 from fusejit.codegen.elemental import Elem, Emitter, Index, linearize
-from fusejit.codegen.kernel import Kernel, KernelBuilder, Stmt, Unsupported, statements
-from fusejit.codegen.rules import CODEGEN_RULES
+from fusejit.codegen.kernel import Kernel, KernelBuilder, Matmul, Stmt, Unsupported, statements
+from fusejit.codegen.rules import CODEGEN_RULES, calls_math
+from fusejit.ir import primitives as P
 from fusejit.ir.core import Op, Value
 from fusejit.ir.dtypes import DType
 from fusejit.ir.primitives import OpKind
 from fusejit.ir.printer import format_attr, printable_file
-from fusejit.ir.transforms.fusion import FusionGroup
+from fusejit.ir.transforms.fusion import FusionGroup, GroupKind
 
 LOOP_OPS = (OpKind.ELEMENTWISE, OpKind.LAYOUT, OpKind.SOURCE)
 # A full reduction (no kept axis) large enough for threads is split into this many
@@ -34,6 +35,58 @@ MAX_KERNEL_SIZE = 1500
 # Statements one inlined math-library call stands for (exp_f64 and log_f64 are 25-40
 # lines each, expm1_f64 and pow_f64 more).
 MATHLIB_CALL_SIZE = 40
+
+
+# ---------------------------------------------------------------------------------------
+# Structural support checks (what fusion asks; nothing is lowered)
+
+
+def reason_of(check: Callable[[], Any]) -> str | None:
+    """The message of the ``Unsupported`` that ``check()`` raises, or None: a strategy's
+    structural analysis, which its lowering runs first, doubles as its support check."""
+    try:
+        check()
+    except Unsupported as e:
+        return str(e) or "unsupported group"
+    return None
+
+
+def common_support(group: FusionGroup) -> str | None:
+    """What every kernel needs: ops, outputs they define, operands from the group."""
+    if not group.ops:
+        return "an empty group"
+    if not group.outputs:
+        return "a group without outputs"
+    defined = {v for op in group.ops for v in op.outputs}
+    if any(v not in defined for v in group.outputs):
+        return "a group output is not defined by one of its ops"
+    inputs = set(group.inputs)
+    for op in group.ops:
+        if op.prim.kind is OpKind.CALL:
+            return f"{op.prim.name} is inlined before code generation"
+        if any(v not in defined and v not in inputs for v in op.inputs):
+            return f"an operand of {op.prim.name} is neither a group input nor defined in the group"
+    return None
+
+
+def branch_support(group: FusionGroup) -> str | None:
+    """Concatenate and pad compute each piece in a branch; a piece whose producers in the
+    group call the math library is refused (``KernelBuilder.branch`` says why)."""
+    producer = {v: op for op in group.ops for v in op.outputs}
+    for op in group.ops:
+        if op.prim not in (P.concatenate, P.pad):
+            continue
+        stack, seen = list(op.inputs), set()
+        while stack:
+            p = producer.get(stack.pop())
+            if p is None or id(p) in seen:
+                continue
+            seen.add(id(p))
+            if calls_math(p):
+                return (f"a branch ({op.prim.name} piece) would compute {p.prim.name}; "
+                        "its producers are computed in kernels of their own")
+            stack.extend(p.inputs)
+    return None
 
 
 def kernel_size(block: list[Stmt], mathlib: set[str]) -> int:
@@ -64,12 +117,16 @@ class LoweredKernel:
 
     kernel: Kernel
     group: FusionGroup
-    kind: str
+    kind: GroupKind
     arrays: list[Any]
     ints: list[int]
     display_name: str
     identity_reads: frozenset[Value] = frozenset()
     inplace: dict[Value, Value] = field(default_factory=dict)
+
+    @property
+    def uses_blas(self) -> bool:
+        return any(isinstance(s, Matmul) for s in statements(self.kernel.body))
 
 
 @dataclass
@@ -141,20 +198,22 @@ def finish(
     b: KernelBuilder,
     arrays: Arrays,
     em: Emitter | None,
-    kind: str,
+    stem: str,
     dtype: DType,
     shape: tuple[int, ...],
     helpers: list[Kernel] | None = None,
     identity: frozenset[Value] = frozenset(),
 ) -> LoweredKernel:
-    name, display = kernel_names(kind, dtype, shape)
+    """The ``LoweredKernel`` of what ``b`` built, named ``<stem>_<dtype>_<rank>d`` (the
+    stem says how it was lowered: ``loop``, ``reduce_rows``, ``matmul_loop``...)."""
+    name, display = kernel_names(stem, dtype, shape)
     size = kernel_size(b.block, b.mathlib)
     if size > MAX_KERNEL_SIZE:
         raise Unsupported(f"the kernel would be too large to compile quickly ({size} statements after "
                           f"inlining, at most {MAX_KERNEL_SIZE})")
     kernel = Kernel(
         name=name,
-        kind=kind,
+        kind=stem,
         arrays=list(b.arrays),
         ints=list(b.ints),
         body=b.finish(),
@@ -164,7 +223,7 @@ def finish(
         helpers=helpers or [],
         doc=describe_ops(ctx.group, concrete=False),
     )
-    return LoweredKernel(kernel, ctx.group, kind, list(arrays.bound), list(b.int_values), display,
+    return LoweredKernel(kernel, ctx.group, ctx.group.kind, list(arrays.bound), list(b.int_values), display,
                          identity, dict(ctx.inplace))
 
 

@@ -14,6 +14,7 @@ from fusejit.codegen.common import (
     finish,
     kernel_names,
     provider_at,
+    reason_of,
     root_index,
     store,
 )
@@ -28,17 +29,28 @@ from fusejit.ir.transforms.fusion import FusionGroup
 # Matmul kernels: one dot_general through BLAS, then an elementwise epilogue
 
 
-def lower_matmul(ctx: Ctx) -> LoweredKernel:
-    group = ctx.group
-    dot = next(op for op in group.ops if op.prim is P.dot_general)
-    lhs, rhs = dot.inputs
+def matmul_support(group: FusionGroup) -> str | None:
+    return reason_of(lambda: _matmul_structure(group))
+
+
+def scatter_support(group: FusionGroup) -> str | None:
+    return reason_of(lambda: _scatter_structure(group))
+
+
+def _matmul_structure(group: FusionGroup) -> Op:
+    """The one dot_general of a matmul kernel, checked with its epilogue."""
+    dots = [op for op in group.ops if op.prim is P.dot_general]
+    if len(dots) != 1:
+        raise Unsupported("a matmul kernel holds one dot_general and elementwise ops")
+    (dot,) = dots
     d = dot.output
-    for v in (lhs, rhs):
+    for v in dot.inputs:
         if v not in group.inputs:
             raise Unsupported("a matmul kernel reads its operands from memory")
-    epilogue = [op for op in group.ops if op is not dot]
     dependent = {d}
-    for op in epilogue:
+    for op in group.ops:
+        if op is dot:
+            continue
         if op.prim.kind not in LOOP_OPS and op.prim is not P.gather:
             raise Unsupported(f"{op.prim.name} cannot be fused into a matmul epilogue")
         if any(v in dependent for v in op.inputs):
@@ -48,6 +60,14 @@ def lower_matmul(ctx: Ctx) -> LoweredKernel:
     for v in group.outputs:
         if v.shape != d.shape:
             raise Unsupported("the outputs of a matmul kernel have the product's shape")
+    return dot
+
+
+def lower_matmul(ctx: Ctx) -> LoweredKernel:
+    group = ctx.group
+    dot = _matmul_structure(group)
+    lhs, rhs = dot.inputs
+    d = dot.output
     if not d.dtype.is_float:
         return _lower_contraction_loop(ctx, dot)
     contract, batch = dot.attrs["contract"], dot.attrs["batch"]
@@ -225,15 +245,24 @@ def _lower_contraction_loop(ctx: Ctx, dot: Op) -> LoweredKernel:
 # scatter_add: a serial accumulation loop
 
 
-def lower_scatter(ctx: Ctx) -> LoweredKernel:
-    group = ctx.group
-    op = next(o for o in group.ops if o.prim is P.scatter_add)
-    out = op.output
-    if group.outputs != (out,):
+def _scatter_structure(group: FusionGroup) -> Op:
+    """The one scatter_add of an indexing kernel, checked with its producers."""
+    scatters = [o for o in group.ops if o.prim is P.scatter_add]
+    if len(scatters) != 1:
+        raise Unsupported("an indexing kernel holds one scatter_add and its producers")
+    (op,) = scatters
+    if group.outputs != (op.output,):
         raise Unsupported("an indexing kernel has the scatter_add result as its only output")
     for o in group.ops:
         if o is not op and o.prim.kind not in LOOP_OPS and o.prim is not P.gather:
             raise Unsupported(f"{o.prim.name} cannot feed a scatter_add in one kernel")
+    return op
+
+
+def lower_scatter(ctx: Ctx) -> LoweredKernel:
+    group = ctx.group
+    op = _scatter_structure(group)
+    out = op.output
     upd, ind = op.inputs
     axis = op.attrs["axis"]
     b = KernelBuilder()

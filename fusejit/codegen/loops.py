@@ -12,6 +12,8 @@ from fusejit.codegen.common import (
     Ctx,
     LoweredKernel,
     finish,
+    index_like,
+    reason_of,
     root_index,
     store,
 )
@@ -19,17 +21,34 @@ from fusejit.codegen.elemental import Emitter, Index, NeedDims
 from fusejit.codegen.kernel import ArrayParam, KernelBuilder, Unsupported
 from fusejit.ir import primitives as P
 from fusejit.ir.core import Value
-from fusejit.ir.primitives import OpKind
-from fusejit.ir.transforms.fusion import FusionGroup
+from fusejit.ir.transforms.fusion import FusionGroup, GroupKind
 
 # ---------------------------------------------------------------------------------------
 # Loop kernels (and horizontal groups of them)
 
 
+def loop_support(group: FusionGroup) -> str | None:
+    return reason_of(lambda: loop_outputs_space(group))
+
+
+def horizontal_support(group: FusionGroup) -> str | None:
+    if not group.parts:
+        return "a horizontal group lists its parts"
+    for part in group.parts:
+        if part.kind is not GroupKind.LOOP:
+            return "a horizontal kernel holds loop kernels only"
+        reason = loop_support(part)
+        if reason is not None:
+            return reason
+    return None
+
+
 def loop_outputs_space(group: FusionGroup) -> tuple[int, ...]:
-    shape = group.outputs[0].shape
+    """The iteration space: the outputs' shape (outputs may differ in unit axes only, which
+    leaves every element's linear index the same)."""
+    shape = max((v.shape for v in group.outputs), key=len)
     for v in group.outputs:
-        if v.shape != shape:
+        if [n for n in v.shape if n != 1] != [n for n in shape if n != 1]:
             raise Unsupported(f"loop kernel outputs have different shapes {shape} and {v.shape}")
     for op in group.ops:
         if op.prim.kind not in LOOP_OPS and op.prim is not P.gather:
@@ -53,14 +72,15 @@ def emit_loop_body(ctx: Ctx, b: KernelBuilder, arrays: Arrays, group: FusionGrou
         else:
             outs[v] = arrays.value(v, "out")
     em = arrays.emitter(ops, inputs, allow_delinearize=not flat_mode)
-    shape_exprs = tuple(em.size(group.outputs[0], k) for k in range(len(shape)))
+    base = next(v for v in group.outputs if v.shape == shape)
+    shape_exprs = tuple(em.size(base, k) for k in range(len(shape)))
     parallel = total >= ctx.threshold
 
     def body(idx: Index) -> None:
         flat = em.flat(idx)
         # Every element is computed before any is stored: an output written over an input
         # (donation) must not be seen by a later read of that input.
-        elems = [em.at(v, idx) for v in group.outputs]
+        elems = [em.at(v, idx if v.shape == shape else index_like(v.shape, idx, shape)) for v in group.outputs]
         for v, e in zip(group.outputs, elems, strict=True):
             store(b, outs[v], flat, e)
 
@@ -94,17 +114,11 @@ def lower_loop(ctx: Ctx) -> LoweredKernel:
 
 def lower_horizontal(ctx: Ctx) -> LoweredKernel:
     """Independent loop groups run one after another in one kernel."""
-    parts = ctx.group.parts or (ctx.group,)
     b = KernelBuilder()
     arrays = Arrays(b)
-    ems = []
-    for k, part in enumerate(parts):
-        if part.kind not in ("loop", "indexing") or any(op.prim.kind is OpKind.REDUCTION for op in part.ops):
-            raise Unsupported("a horizontal kernel holds loop kernels only")
-        pctx = Ctx(part, ctx.ops, ctx.threshold, {})
-        em, _ = emit_loop_body(pctx, b, arrays, part, flat_mode=False, part=k)
-        ems.append(em)
-    first = parts[0].outputs[0]
+    for k, part in enumerate(ctx.group.parts):
+        emit_loop_body(Ctx(part, ctx.ops, ctx.threshold, {}), b, arrays, part, flat_mode=False, part=k)
+    first = ctx.group.parts[0].outputs[0]
     return finish(ctx, b, arrays, None, "horizontal", first.dtype, first.shape)
 
 

@@ -20,6 +20,7 @@ from fusejit.codegen.common import (
     finish,
     index_like,
     provider_at,
+    reason_of,
     root_index,
     store,
 )
@@ -48,8 +49,18 @@ def reduced_axes(op: Op) -> tuple[int, ...]:
     return tuple(sorted(op.attrs["axes"])) if "axes" in op.attrs else (op.attrs["axis"],)
 
 
+def reduce_support(group: FusionGroup) -> str | None:
+    return reason_of(lambda: _reduce_outputs(group, _analyze_reductions(group)))
+
+
+def row_support(group: FusionGroup) -> str | None:
+    return reason_of(lambda: _row_structure(group))
+
+
 def _analyze_reductions(group: FusionGroup) -> _Reductions:
     reduces = [op for op in group.ops if op.prim.kind is OpKind.REDUCTION]
+    if not reduces:
+        raise Unsupported("a reduce kernel holds a reduction")
     shape = reduces[0].inputs[0].shape
     axes = reduced_axes(reduces[0])
     for op in reduces:
@@ -64,10 +75,24 @@ def _analyze_reductions(group: FusionGroup) -> _Reductions:
         if any(v in dependent for v in op.inputs):
             if op.prim.kind not in LOOP_OPS and op.prim is not P.gather:
                 raise Unsupported(f"{op.prim.name} cannot consume a reduction in this kernel")
+            _check_reads_in_place(op, dependent, rows=False)
             dependent.update(op.outputs)
         elif op.prim.kind not in LOOP_OPS and op.prim is not P.gather:
             raise Unsupported(f"{op.prim.name} cannot be fused into a reduction kernel")
     return _Reductions(reduces, shape, axes, dependent)
+
+
+def _check_reads_in_place(op: Op, dependent: set[Value], rows: bool) -> None:
+    """A reduction's result exists only at the element (in a row kernel: the row) being
+    computed: ``op`` may read values computed from it elementwise, through layout ops
+    that keep the linear index, or, in a row kernel, broadcast back over the row."""
+    if op.prim.kind is OpKind.ELEMENTWISE:
+        return
+    if op.prim in (P.reshape, P.transpose, P.broadcast_in_dim) and P.keeps_linear_order(op):
+        return
+    if rows and op.prim is P.broadcast_in_dim and op.attrs["dims"] == tuple(range(len(op.inputs[0].shape))):
+        return
+    raise Unsupported(f"{op.prim.name} reads a reduction's result at another element than the one being computed")
 
 
 # Float sums add SUM_BLOCK elements into a block total (in vector lanes), then the block
@@ -164,16 +189,22 @@ class Accumulators:
         return acc
 
 
+def _reduce_outputs(group: FusionGroup, red: _Reductions) -> tuple[list[Value], list[Value]]:
+    """The outputs in the reductions' input space (side) and in their output space (main)."""
+    side = [v for v in group.outputs if v not in red.dependent]
+    main = [v for v in group.outputs if v in red.dependent]
+    for v in side:
+        if v.shape != red.operand_shape:
+            raise Unsupported("an output of a reduction kernel is neither in its input nor in its output space")
+    return side, main
+
+
 def lower_reduce(ctx: Ctx) -> LoweredKernel:
     group = ctx.group
     red = _analyze_reductions(group)
     in_shape, axes = red.operand_shape, red.axes
     out_shape = tuple(n for k, n in enumerate(in_shape) if k not in axes)
-    side = [v for v in group.outputs if v not in red.dependent]
-    main = [v for v in group.outputs if v in red.dependent]
-    for v in side:
-        if v.shape != in_shape:
-            raise Unsupported("an output of a reduction kernel is neither in its input nor in its output space")
+    side, main = _reduce_outputs(group, red)
     has_arg = any(CODEGEN_RULES[op.prim].arg is not None for op in red.reduces)
     total = math.prod(in_shape)
     kept = [k for k in range(len(in_shape)) if k not in axes]
@@ -369,9 +400,11 @@ def _converted_load(em: Emitter, array: str, dtype: DType) -> Callable[[Index], 
 # Row kernels: reductions over trailing axes and their broadcast consumers
 
 
-def lower_row(ctx: Ctx) -> LoweredKernel:
-    group = ctx.group
+def _row_structure(group: FusionGroup) -> tuple[list[Op], tuple[int, ...], tuple[int, ...]]:
+    """The reductions of a row kernel, their input shape and their (trailing) axes."""
     reduces = [op for op in group.ops if op.prim.kind is OpKind.REDUCTION]
+    if not reduces:
+        raise Unsupported("a row kernel holds a reduction")
     shape = reduces[0].inputs[0].shape
     axes = reduced_axes(reduces[0])
     rank = len(shape)
@@ -380,9 +413,20 @@ def lower_row(ctx: Ctx) -> LoweredKernel:
     for op in reduces:
         if op.inputs[0].shape != shape or reduced_axes(op) != axes:
             raise Unsupported("the reductions of a row kernel must share their input shape and axes")
+    dependent = {op.output for op in reduces}
     for op in group.ops:
         if op.prim.kind not in LOOP_OPS and op.prim is not P.gather and op.prim.kind is not OpKind.REDUCTION:
             raise Unsupported(f"{op.prim.name} cannot be fused into a row kernel")
+        if op.prim.kind is not OpKind.REDUCTION and any(v in dependent for v in op.inputs):
+            _check_reads_in_place(op, dependent, rows=True)
+            dependent.update(op.outputs)
+    return reduces, shape, axes
+
+
+def lower_row(ctx: Ctx) -> LoweredKernel:
+    group = ctx.group
+    reduces, shape, axes = _row_structure(group)
+    rank = len(shape)
     nrow = rank - len(axes)
     row_shape = shape[:nrow]
     # Passes: a reduction runs after the reductions its operand depends on.

@@ -43,6 +43,7 @@ class CodegenRule:
     combine: Callable[[Emitter, str, str, DType], str] | None = None
     arg: str | None = None  # for argmax/argmin: the comparison that replaces the best
     blocked: bool = False  # a float sum: summed in blocks, float32 totals in float64
+    math: bool = False  # calls the math library on float operands (a structural fact for fusion)
 
 
 def _suffix(dtype: DType) -> str:
@@ -68,7 +69,7 @@ def _fold(em: Emitter, op: Op, args: list[Elem]) -> Elem:
 ExprFn = Callable[[Emitter, Op, list[Elem]], "str | Elem"]
 
 
-def _elementwise(expr_fn: ExprFn) -> CodegenRule:
+def _elementwise(expr_fn: ExprFn, math: bool = False) -> CodegenRule:
     def elemental(em: Emitter, op: Op, idx: Index) -> Elem:
         args = [em.at(v, idx) for v in op.inputs]
         if all(a.const is not None for a in args):
@@ -76,7 +77,7 @@ def _elementwise(expr_fn: ExprFn) -> CodegenRule:
         out = expr_fn(em, op, args)
         return out if isinstance(out, Elem) else em.let(out)
 
-    return CodegenRule("elemental", elemental=elemental)
+    return CodegenRule("elemental", elemental=elemental, math=math)
 
 
 def _math(name: str) -> CodegenRule:
@@ -84,7 +85,7 @@ def _math(name: str) -> CodegenRule:
         fn = em.b.math(f"{name}_{_suffix(op.output.dtype)}")
         return f"{fn}({', '.join(x.expr for x in a)})"
 
-    return _elementwise(expr)
+    return _elementwise(expr, math=True)
 
 
 def _unary_op(symbol: str) -> CodegenRule:
@@ -211,11 +212,11 @@ ELEMENTWISE_RULES: dict[P.Primitive, CodegenRule] = {
     P.sub: _binary_op("-"),
     P.mul: _binary_op("*"),
     P.div: _binary_op("/"),
-    P.pow: _elementwise(_pow),
-    P.floor_divide: _elementwise(_divmod("floor_divide", "//")),
-    P.remainder: _elementwise(_divmod("remainder", "%")),
-    P.max: _elementwise(_extremum("max")),
-    P.min: _elementwise(_extremum("min")),
+    P.pow: _elementwise(_pow, math=True),
+    P.floor_divide: _elementwise(_divmod("floor_divide", "//"), math=True),
+    P.remainder: _elementwise(_divmod("remainder", "%"), math=True),
+    P.max: _elementwise(_extremum("max"), math=True),
+    P.min: _elementwise(_extremum("min"), math=True),
     P.eq: _compare("=="),
     P.ne: _compare("!="),
     P.lt: _compare("<"),
@@ -519,3 +520,9 @@ OTHER_RULES: dict[P.Primitive, CodegenRule] = {
 
 
 CODEGEN_RULES: dict[P.Primitive, CodegenRule] = {**ELEMENTWISE_RULES, **LAYOUT_RULES, **REDUCTION_RULES, **OTHER_RULES}
+
+
+def calls_math(op: Op) -> bool:
+    """Whether ``op``'s element calls a math-library function."""
+    rule = CODEGEN_RULES.get(op.prim)
+    return rule is not None and rule.math and op.output.dtype.is_float

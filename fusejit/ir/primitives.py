@@ -781,3 +781,13 @@ custom_vjp_call = _register(
 RECOMPUTABLE = frozenset({constant, iota, broadcast_in_dim, reshape, transpose, slice, convert, neg})
 # Calls into the math library: tens of instructions per element.
 TRANSCENDENTAL = frozenset({exp, log, log1p, expm1, tanh, logistic, sin, cos, pow})
+
+
+def keeps_linear_order(op: Any) -> bool:
+    """Whether a layout op (reshape, transpose, broadcast_in_dim) leaves every element at
+    its linear index: it only inserts, removes or moves axes of length 1."""
+    x = op.inputs[0]
+    if op.prim is transpose:
+        moved = [p for p in op.attrs["perm"] if x.shape[p] != 1]
+        return moved == sorted(moved)
+    return [n for n in x.shape if n != 1] == [n for n in op.output.shape if n != 1]

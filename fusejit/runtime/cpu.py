@@ -44,8 +44,7 @@ from fusejit.codegen.lowering import LoweredKernel, Scratch, describe_ops, lower
 from fusejit.ir import primitives as P
 from fusejit.ir.core import Function, Op, Value
 from fusejit.ir.dtypes import DType, from_numpy
-from fusejit.ir.primitives import OpKind
-from fusejit.ir.transforms.fusion import FusedFunction, FusionGroup, make_group
+from fusejit.ir.transforms.fusion import FusedFunction, FusionGroup, GroupKind, group_kind_of, make_group
 from fusejit.runtime import blas, buffers
 from fusejit.runtime.cache import compile_dispatchers, load_module, module_name
 
@@ -114,16 +113,8 @@ def _is_alias(group: FusionGroup, results: set[Value]) -> bool:
     if op.prim in (P.reshape, P.stop_gradient, P.convert):
         return x.dtype == op.output.dtype
     if op.prim is P.broadcast_in_dim or op.prim is P.transpose:
-        return x.type.size == op.output.type.size and _same_linear_order(op)
+        return x.type.size == op.output.type.size and P.keeps_linear_order(op)
     return False
-
-
-def _same_linear_order(op: Op) -> bool:
-    x = op.inputs[0]
-    if op.prim is P.transpose:
-        moved = [p for p in op.attrs["perm"] if x.shape[p] != 1]
-        return moved == sorted(moved)
-    return [n for n in x.shape if n != 1] == [n for n in op.output.shape if n != 1]
 
 
 def lower_all(fused: FusedFunction, threshold: int | None = None) -> list[FusionGroup | LoweredKernel]:
@@ -139,14 +130,14 @@ def lower_all(fused: FusedFunction, threshold: int | None = None) -> list[Fusion
         try:
             out.append(lower_group(group, parallel_threshold=threshold))
         except Unsupported:
-            if len(group.ops) == 1 and group.kind != "horizontal":
+            if len(group.ops) == 1 and group.kind is not GroupKind.HORIZONTAL:
                 raise
-            parts = group.parts if group.kind == "horizontal" and group.parts else None
+            parts = group.parts if group.kind is GroupKind.HORIZONTAL and group.parts else None
             if parts:
                 subgroups = list(parts)
             else:  # one kernel per op (an op recomputed in several groups is computed again)
                 needed = set(results) | set(group.outputs)
-                subgroups = [make_group([op], needed, users, _kind_of(op)) for op in group.ops]
+                subgroups = [make_group([op], needed, users, group_kind_of(op)) for op in group.ops]
             out += lower_all(FusedFunction(fn, tuple(subgroups)), threshold)
     return out
 
@@ -173,12 +164,6 @@ def _gemm_flops(lk: LoweredKernel) -> int:
     _, (b, m, k), _, (_, _, n) = P.dot_general_as_matmul(
         dot.inputs[0].shape, dot.inputs[1].shape, dot.attrs["contract"], dot.attrs["batch"])
     return 2 * b * m * k * n
-
-
-def _kind_of(op: Op) -> str:
-    return {OpKind.REDUCTION: "reduce", OpKind.CONTRACTION: "matmul"}.get(
-        op.prim.kind, "indexing" if op.prim is P.scatter_add else "loop"
-    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -252,7 +237,7 @@ class CpuExecutable:
                     in_param[v] = params[p]
                     free.remove(p)
                     break
-                if last == s and kernels[s].kind == "loop" and p in kernels[s].identity_reads:
+                if last == s and kernels[s].kind is GroupKind.LOOP and p in kernels[s].identity_reads:
                     try:
                         kernels[s] = lower_group(kernels[s].group, inplace={**kernels[s].inplace, v: p})
                     except Unsupported:
@@ -329,7 +314,7 @@ class CpuExecutable:
         self._result_refs = [("param", params[r]) if r in params else ("out", self._outputs[r])
                              for r in fn.results]
         self.kernels = [self._info(st) for st in self._steps]
-        gemms = [_gemm_flops(st.lowered) for st in self._steps if st.lowered.kind == "matmul"]
+        gemms = [_gemm_flops(st.lowered) for st in self._steps if st.lowered.uses_blas]
         has_parallel = any(st.lowered.kernel.parallel or any(h.parallel for h in st.lowered.kernel.helpers)
                            for st in self._steps)
         self._blas_threads = blas.threads_for(has_parallel, max(gemms)) if gemms else None

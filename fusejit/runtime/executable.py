@@ -51,9 +51,9 @@ def partition(fn: Function, fuse: bool) -> FusedFunction:
     lower, when ``fuse``; else one op per kernel."""
     if not fuse:
         return one_op_per_group(fn)
-    from fusejit.codegen import can_lower
+    from fusejit.codegen import supports
 
-    return fusion.fuse(fn, legal=can_lower)
+    return fusion.fuse(fn, supports=supports)
 
 
 def compile_function(

@@ -14,12 +14,15 @@ in registers. ``fuse`` builds the groups in six phases, each a classic XLA fusio
    become one kernel with several outputs;
 5. horizontal fusion: independent loop kernels run in one call.
 
-Legality lives in ``_refusal`` and the cost model in ``COST``; each refused edge gets a
-reason string for the fusion report.
+Each phase *proposes* merges; a merge is *checked* (the size bound and the cost model in
+``COST``, no cycle between kernels, and the backend's structural ``supports(group)``,
+which never lowers anything) and then *made*. Every refusal, of every phase, is kept
+with its reason for the fusion report.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -29,23 +32,30 @@ from fusejit.ir.primitives import OpKind
 from fusejit.ir.printer import print_function
 
 
+class GroupKind(enum.StrEnum):
+    """What a fusion group is; each kind is lowered by one code-generation strategy."""
+
+    LOOP = "loop"  # elementwise/layout ops over the shape of the outputs
+    REDUCE = "reduce"  # reductions over one input space and the producers they read
+    ROW = "row"  # reductions over the innermost axes and the ops broadcasting them back
+    MATMUL = "matmul"  # one dot_general and an elementwise epilogue
+    INDEXING = "indexing"  # one scatter_add and its producers
+    HORIZONTAL = "horizontal"  # independent loop groups (``parts``) run in one call
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class FusionGroup:
     """Ops lowered as one kernel; ``inputs`` come from memory, ``outputs`` go to memory.
-
-    ``kind`` is ``"loop"`` (elementwise/layout ops over the shape of the outputs),
-    ``"reduce"`` (reductions over one input space and the producers they read),
-    ``"row"`` (reductions over the innermost axes and the ops broadcasting them back),
-    ``"matmul"`` (one dot_general and an elementwise epilogue), ``"indexing"``
-    (scatter_add) or ``"horizontal"`` (independent ``parts`` run in one call). An op may
-    appear in several groups when it is cheap enough to recompute (``duplicated``).
-    """
+    An op may appear in several groups when it is cheap enough to recompute."""
 
     ops: tuple[Op, ...]
     inputs: tuple[Value, ...]
     outputs: tuple[Value, ...]
-    kind: str = "loop"
+    kind: GroupKind = GroupKind.LOOP
     parts: tuple[FusionGroup, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", GroupKind(self.kind))  # accepts the kind's name
 
     @property
     def bytes_read(self) -> int:
@@ -58,15 +68,19 @@ class FusionGroup:
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
-    """A producer -> consumer edge left unfused, and the rule that refused it."""
+    """A merge a phase proposed and did not make, and why: ``producer`` and ``consumer``
+    are the ops of an edge between the two groups (for sibling and horizontal merges,
+    which have none, the first op of each group)."""
 
     producer: Op
     consumer: Op
     reason: str
+    phase: str = "producers"
 
     def __str__(self) -> str:
         where = f" at {self.producer.loc}" if self.producer.loc else ""
-        return f"{self.producer.prim.name}{where} -> {self.consumer.prim.name}: {self.reason}"
+        arrow = "->" if self.phase in ("producers", "rows", "epilogue") else "+"
+        return f"[{self.phase}] {self.producer.prim.name}{where} {arrow} {self.consumer.prim.name}: {self.reason}"
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -106,14 +120,15 @@ def _iteration_shape(op: Op) -> tuple[int, ...]:
     return op.output.shape
 
 
-def _root_kind(op: Op) -> str:
+def group_kind_of(op: Op) -> GroupKind:
+    """The kind of the group that ``op`` starts (or forms alone)."""
     if op.prim.kind is OpKind.REDUCTION:
-        return "reduce"
+        return GroupKind.REDUCE
     if op.prim.kind is OpKind.CONTRACTION:
-        return "matmul"
+        return GroupKind.MATMUL
     if op.prim is P.scatter_add:
-        return "indexing"
-    return "loop"
+        return GroupKind.INDEXING
+    return GroupKind.LOOP
 
 
 class _Group:
@@ -122,7 +137,7 @@ class _Group:
     __slots__ = ("kind", "owned", "copies", "shape")
 
     def __init__(self, root: Op) -> None:
-        self.kind = _root_kind(root)
+        self.kind = group_kind_of(root)
         self.owned: list[Op] = [root]
         self.copies: list[Op] = []  # cheap ops recomputed here but owned elsewhere
         self.shape = _iteration_shape(root)
@@ -138,7 +153,7 @@ class _Group:
 class _Partition:
     """Groups of one function and the graph facts the phases query."""
 
-    def __init__(self, fn: Function, legal: Callable[[FusionGroup], str | None] | None) -> None:
+    def __init__(self, fn: Function, supports: Callable[[FusionGroup], str | None] | None) -> None:
         self.fn = fn
         self.position = {id(op): i for i, op in enumerate(fn.ops)}
         self.producer = fn.producers()
@@ -147,17 +162,19 @@ class _Partition:
         self.home: dict[int, _Group] = {}
         self.readers: dict[int, list[_Group]] = {}  # op -> groups that contain it
         self.refusals: list[Refusal] = []
-        self.legal = legal
+        self.supports = supports
 
     # Graph queries ---------------------------------------------------------------------
     def consumers(self, g: _Group) -> list[_Group]:
-        """The groups that read a value ``g`` owns (copies read their own inputs)."""
+        """The groups that read a value ``g`` owns from memory (a group holding a copy of
+        its producer computes it itself)."""
         out: dict[int, _Group] = {}
         for op in g.owned:
+            computed_in = self.readers.get(id(op), ())
             for v in op.outputs:
                 for u in self.users.get(v, []):
                     for c in self.readers.get(id(u), ()):
-                        if c is not g and v in self.finish(c).inputs:
+                        if c is not g and all(c is not h for h in computed_in):
                             out[id(c)] = c
         return list(out.values())
 
@@ -197,10 +214,9 @@ class _Partition:
     def within_bounds(self, g: _Group, extra: int = 0) -> bool:
         return g.size() + extra <= COST.max_ops
 
-    def lowerable(self, g: _Group) -> str | None:
-        if self.legal is None:
-            return None
-        return self.legal(self.finish(g))
+    def unsupported(self, group: FusionGroup) -> str | None:
+        """Why the backend cannot lower ``group`` (a structural check), or None."""
+        return None if self.supports is None else self.supports(group)
 
     def finish(self, g: _Group, needed: set[Value] | None = None) -> FusionGroup:
         order = sorted(g.ops(), key=lambda op: self.position[id(op)])
@@ -222,7 +238,7 @@ class _Partition:
 
 def _refusal(part: _Partition, p: Op, g: _Group) -> str | None:
     """Why producer ``p`` cannot be fused into group ``g`` (None if it can)."""
-    if g.kind in ("matmul", "indexing"):
+    if g.kind in (GroupKind.MATMUL, GroupKind.INDEXING):
         return f"a {g.kind} kernel reads its operands from memory"
     if p.prim.kind not in _ABSORBABLE and p.prim is not P.gather:
         return {
@@ -286,7 +302,7 @@ def _rows_shape(g: _Group) -> tuple[int, ...] | None:
 
 
 def _row_capable(g: _Group) -> bool:
-    return g.kind == "loop" or (g.kind in ("reduce", "row") and _reduces_innermost(g))
+    return g.kind is GroupKind.LOOP or (g.kind in (GroupKind.REDUCE, GroupKind.ROW) and _reduces_innermost(g))
 
 
 def _row_fusion(part: _Partition, groups: list[_Group]) -> None:
@@ -307,28 +323,34 @@ def _row_fusion(part: _Partition, groups: list[_Group]) -> None:
                 if pg is None or pg is g or not _row_capable(pg):
                     continue
                 # Same rows, or a per-row epilogue (g runs over pg's reduced shape).
-                if pg.shape == g.shape or (g.kind == "loop" and _rows_shape(pg) == g.shape):
+                if pg.shape == g.shape or (g.kind is GroupKind.LOOP and _rows_shape(pg) == g.shape):
                     producers[id(pg)] = pg
             for pg in producers.values():
                 has_reduction = any(op.prim.kind is OpKind.REDUCTION for op in g.owned + pg.owned)
-                kind = "row" if has_reduction else "loop"
+                kind = GroupKind.ROW if has_reduction else GroupKind.LOOP
                 shape = pg.shape if len(pg.shape) > len(g.shape) else g.shape
-                if _try_merge(part, g, pg, kind, groups, shape):
+                if _try_merge(part, g, pg, kind, groups, "rows", shape):
                     merged_any = True
                     break
 
 
-def _try_merge(part: _Partition, a: _Group, b: _Group, kind: str, groups: list[_Group],
-               shape: tuple[int, ...] | None = None) -> bool:
+def _try_merge(part: _Partition, a: _Group, b: _Group, kind: GroupKind, groups: list[_Group],
+               phase: str, shape: tuple[int, ...] | None = None) -> bool:
     """Merges ``b`` into ``a`` (iterating over ``shape``, by default ``a``'s) if that
-    stays acyclic, bounded and lowerable."""
-    if not part.within_bounds(a, b.size()) or part.creates_cycle(a, b):
-        return False
-    trial = _Group(a.owned[0])
-    trial.kind, trial.shape = kind, shape or a.shape
-    trial.owned = a.owned + b.owned
-    trial.copies = a.copies + [op for op in b.copies if all(op is not c for c in a.copies)]
-    if part.lowerable(trial) is not None:
+    stays bounded, acyclic and supported; else records why not."""
+    reason = None
+    if not part.within_bounds(a, b.size()):
+        reason = f"kernel size bound ({COST.max_ops} ops) reached"
+    elif part.creates_cycle(a, b):
+        reason = "another kernel would both read one and feed the other"
+    else:
+        trial = _Group(a.owned[0])
+        trial.kind, trial.shape = kind, shape or a.shape
+        trial.owned = a.owned + b.owned
+        trial.copies = a.copies + [op for op in b.copies if all(op is not c for c in a.copies)]
+        reason = part.unsupported(part.finish(trial))
+    if reason is not None:
+        part.refusals.append(Refusal(*_edge(part, b, a), reason, phase))
         return False
     part.merge(a, b, kind)
     a.shape = trial.shape
@@ -336,15 +358,27 @@ def _try_merge(part: _Partition, a: _Group, b: _Group, kind: str, groups: list[_
     return True
 
 
+def _edge(part: _Partition, producer: _Group, consumer: _Group) -> tuple[Op, Op]:
+    """An op of ``producer`` and an op of ``consumer`` reading it (for sibling merges,
+    which have no such edge, the first op of each)."""
+    owned = set(map(id, producer.owned))
+    for op in consumer.ops():
+        for v in op.inputs:
+            p = part.producer.get(v)
+            if p is not None and id(p) in owned:
+                return p, op
+    return producer.owned[0], consumer.owned[0]
+
+
 def _epilogue_fusion(part: _Partition, groups: list[_Group]) -> None:
     """Phase 3: a matmul and the loop kernel consuming its result become one kernel."""
-    for m in [g for g in groups if g.kind == "matmul"]:
+    for m in [g for g in groups if g.kind is GroupKind.MATMUL]:
         (out,) = m.owned[0].outputs
         consumers = {id(part.home[id(u)]): part.home[id(u)] for u in part.users.get(out, [])}
-        loops = [c for c in consumers.values() if c.kind == "loop" and c.shape == out.shape]
+        loops = [c for c in consumers.values() if c.kind is GroupKind.LOOP and c.shape == out.shape]
         if len(loops) == 1 and len(m.owned) == 1:
             loop = loops[0]
-            if _try_merge(part, loop, m, "matmul", groups):
+            if _try_merge(part, loop, m, GroupKind.MATMUL, groups, "epilogue"):
                 # The matmul runs first; keep it as the group's first owned op.
                 loop.owned.sort(key=lambda op: op.prim is not P.dot_general)
 
@@ -356,7 +390,7 @@ def _reduced_axes(g: _Group) -> set[tuple[int, ...] | None]:
 def _sibling_fusion(part: _Partition, groups: list[_Group]) -> None:
     """Phase 4: kernels over the same iteration space (and, for reductions, the same
     axes) that read a common input merge. Only groups sharing an input are compared."""
-    for kind in ("loop", "reduce"):
+    for kind in (GroupKind.LOOP, GroupKind.REDUCE):
         candidates = [g for g in groups if g.kind == kind]
         readers: dict[Value, list[_Group]] = {}
         for g in candidates:
@@ -371,21 +405,21 @@ def _sibling_fusion(part: _Partition, groups: list[_Group]) -> None:
                 if b is not a and id(b) in live and b.shape == a.shape
             )
             for b in partners:
-                if id(b) in live and (kind == "loop" or _reduced_axes(a) == _reduced_axes(b)):
-                    if _try_merge(part, a, b, kind, groups):
+                if id(b) in live and (kind is GroupKind.LOOP or _reduced_axes(a) == _reduced_axes(b)):
+                    if _try_merge(part, a, b, kind, groups, "siblings"):
                         live.discard(id(b))
 
 
-def fuse(fn: Function, legal: Callable[[FusionGroup], str | None] | None = None) -> FusedFunction:
+def fuse(fn: Function, supports: Callable[[FusionGroup], str | None] | None = None) -> FusedFunction:
     """Partitions ``fn`` into fusion groups (see the module docstring).
 
-    ``legal(group)`` returns None if the backend can lower a candidate group, or why not;
-    no phase keeps a merge it refuses. Guarantees: every op is owned by exactly one
+    ``supports(group)`` returns None if the backend can lower a candidate group, or why
+    not, from the group's structure alone; no phase keeps a merge it refuses. Guarantees: every op is owned by exactly one
     group; groups are convex (no path leaves a group and re-enters it) and listed in a
     valid execution order; a group's outputs are exactly the values it owns that other
     groups or the function's results need.
     """
-    part = _Partition(fn, legal)
+    part = _Partition(fn, supports)
     groups: list[_Group] = []
     for op in reversed(fn.ops):
         if id(op) in part.home:
@@ -412,27 +446,70 @@ def fuse(fn: Function, legal: Callable[[FusionGroup], str | None] | None = None)
 
 def _finalize(part: _Partition, groups: list[_Group]) -> list[FusionGroup]:
     """Orders groups topologically and drops groups nobody needs (their ops were all
-    recomputed where they were used)."""
+    recomputed where they were used).
+
+    A group's outputs are only known now: a kernel recomputing a cheap op reads that op's
+    operands, which the op's owner must then store. When that gives the owner outputs its
+    kernel cannot write (another iteration space), the kernels that recompute an op
+    whose result the owner stores anyway read it instead; a group still unsupported
+    after that is split, one kernel per op, and the report says why."""
     while True:
         needed = set(part.fn.results)
         for g in groups:
             needed |= set(part.finish(g).inputs)
         live = [g for g in groups if any(v in needed for op in g.owned for v in op.outputs)]
-        if len(live) == len(groups):
+        if len(live) < len(groups):
+            groups = live
+            continue
+        changed = False
+        for g in groups:
+            reason = part.unsupported(part.finish(g, needed))
+            if reason is None:
+                continue
+            stored = {v for op in g.owned for v in op.outputs if v in needed}
+            for h in groups:
+                keep = [c for c in h.copies if part.home.get(id(c)) is not g or not set(c.outputs) & stored]
+                if len(keep) < len(h.copies):
+                    for c in h.copies:
+                        if all(c is not k for k in keep):
+                            part.readers[id(c)].remove(h)
+                    h.copies, changed = keep, True
+            if not changed and len(g.owned) + len(g.copies) > 1:
+                part.refusals.append(Refusal(g.owned[0], g.owned[-1], f"{reason}; split into one kernel per op",
+                                             "finalize"))
+                groups = _split(part, groups, g)
+                changed = True
+            if changed:
+                break
+        if not changed:
             break
-        groups = live
     by_position = sorted(groups, key=lambda g: min(part.position[id(op)] for op in g.owned))
     return _topological([part.finish(g, needed) for g in by_position])
 
 
-_HORIZONTAL_KINDS = ("loop", "reduce")
+def _split(part: _Partition, groups: list[_Group], g: _Group) -> list[_Group]:
+    """``groups`` with ``g`` replaced by one group per op it owns (its copies dropped)."""
+    singles = []
+    for op in g.owned:
+        part.readers[id(op)].remove(g)
+        single = _Group(op)
+        part.home[id(op)] = single
+        part.readers[id(op)].append(single)
+        singles.append(single)
+    for c in g.copies:
+        part.readers[id(c)].remove(g)
+    i = groups.index(g)
+    return groups[:i] + singles + groups[i + 1:]
+
+
 _HORIZONTAL_TRIES = 4
 
 
 def _horizontal_fusion(groups: list[FusionGroup], part: _Partition) -> list[FusionGroup]:
-    """Phase 5: loop kernels (optimizer updates) and reduce kernels (bias gradients) that
-    do not depend on each other run in one call, one bucket per kind. Groups with no path
-    between them can share a call wherever a topological order puts it."""
+    """Phase 5: loop kernels that do not depend on each other (optimizer updates) run in
+    one call. Groups with no path between them can share a call wherever a topological
+    order puts it. (Reduce kernels, bias gradients, are not proposed: a horizontal kernel
+    of reductions is a strategy the code generator does not have.)"""
     producer = {id(v): i for i, g in enumerate(groups) for v in g.outputs}
     ancestors: list[int] = []  # bit j of ancestors[i]: group i (transitively) reads group j
     for g in groups:
@@ -443,24 +520,22 @@ def _horizontal_fusion(groups: list[FusionGroup], part: _Partition) -> list[Fusi
                 bits |= ancestors[j] | (1 << j)
         ancestors.append(bits)
     buckets: list[list[int]] = []
-    by_kind: dict[str, list[list[int]]] = {}
     bucket_of: dict[int, list[int]] = {}
     for i, g in enumerate(groups):
-        if g.kind not in _HORIZONTAL_KINDS:
+        if g.kind is not GroupKind.LOOP:
             continue
-        same_kind = by_kind.setdefault(g.kind, [])
         # Only the latest few buckets are tried: it bounds the work on very wide graphs.
-        for bucket in same_kind[-_HORIZONTAL_TRIES:]:
+        for bucket in buckets[-_HORIZONTAL_TRIES:]:
             independent = all(not (ancestors[i] >> j) & 1 for j in bucket)
             if independent:  # members come earlier, so none of them can read group i
-                candidate = _horizontal([groups[j] for j in bucket + [i]])
-                if part.legal is None or part.legal(candidate) is None:
+                reason = part.unsupported(_horizontal([groups[j] for j in bucket + [i]]))
+                if reason is None:
                     bucket.append(i)
                     bucket_of[i] = bucket
                     break
+                part.refusals.append(Refusal(groups[bucket[0]].ops[0], g.ops[0], reason, "horizontal"))
         else:
             buckets.append([i])
-            same_kind.append(buckets[-1])
             bucket_of[i] = buckets[-1]
     merged: dict[int, FusionGroup] = {}
     for bucket in buckets:
@@ -482,7 +557,7 @@ def _horizontal(parts: list[FusionGroup]) -> FusionGroup:
         tuple(op for g in parts for op in g.ops),
         tuple(dict.fromkeys(v for g in parts for v in g.inputs)),
         tuple(v for g in parts for v in g.outputs),
-        "horizontal",
+        GroupKind.HORIZONTAL,
         tuple(parts),
     )
 
@@ -511,7 +586,7 @@ def _topological(units: list[FusionGroup]) -> list[FusionGroup]:
     return order
 
 
-def make_group(ops: list[Op], fn_results: set[Value], users: dict[Value, list[Op]], kind: str) -> FusionGroup:
+def make_group(ops: list[Op], fn_results: set[Value], users: dict[Value, list[Op]], kind: GroupKind) -> FusionGroup:
     """The group of ``ops``: inputs defined outside it, outputs needed outside it."""
     inside = {v for op in ops for v in op.outputs}
     member = set(map(id, ops))
@@ -533,7 +608,7 @@ def one_op_per_group(fn: Function) -> FusedFunction:
     """The unfused partition: every op is its own kernel."""
     users = fn.users()
     results = set(fn.results)
-    return FusedFunction(fn, tuple(make_group([op], results, users, _root_kind(op)) for op in fn.ops))
+    return FusedFunction(fn, tuple(make_group([op], results, users, group_kind_of(op)) for op in fn.ops))
 
 
 def print_fused(fused: FusedFunction) -> str:
