@@ -29,11 +29,12 @@ def compile_ir(fn: ir.Function, *, backend: str | None = None, fuse: bool = True
     """Compiles an IR function (for example one from ``fj.ir.parse``); the result is
     called with one NumPy array per parameter and returns a tuple of arrays."""
     from fusejit.ir.transforms.pipeline import optimize
-    from fusejit.runtime.executable import compile_function
+    from fusejit.runtime.executable import compile_function, partition
 
     ir.verify(fn)
     optimized, _ = optimize(fn, check=config.value("check_ir"))
-    executable = compile_function(optimized, backend=backend or config.value("backend"), fuse=fuse)
+    backend = backend or config.value("backend")
+    executable = compile_function(partition(optimized, fuse, backend), backend=backend)
 
     def run(*args: object) -> tuple:
         import numpy as np

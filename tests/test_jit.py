@@ -302,6 +302,17 @@ def test_lower_as_text_shows_each_stage() -> None:
         lowered.as_text("jaxpr")
 
 
+def test_the_fused_stage_and_fusion_report_compile_nothing() -> None:
+    from fusejit.runtime.cache import COUNTERS
+
+    before = COUNTERS.numba_compiles + COUNTERS.numba_cache_loads
+    lowered = fj.jit(lambda x: fnp.exp(x) @ x.T + 1.0).lower(f32(5, 4))
+    assert "// kernel 1: matmul" in lowered.as_text("fused")
+    assert "unfused edges" in lowered.fusion_report()
+    assert lowered._executable is None
+    assert COUNTERS.numba_compiles + COUNTERS.numba_cache_loads == before
+
+
 def test_lower_shares_the_cache_and_compile_runs() -> None:
     fun = Counted(loss)
     f = fj.jit(fun)

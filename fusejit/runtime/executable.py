@@ -46,9 +46,19 @@ class InterpretedExecutable:
         return ""
 
 
-def partition(fn: Function, fuse: bool) -> FusedFunction:
-    """The kernels of ``fn``: the fusion pass's groups, each one the code generator can
-    lower, when ``fuse``; else one op per kernel."""
+def partition(fn: Function, fuse: bool = True, backend: str = "cpu") -> FusedFunction:
+    """The kernels of an optimized ``fn`` on ``backend``, computed without compiling: the
+    fusion pass's groups (asking the code generator's structural ``supports``) when
+    ``fuse``, else one op per kernel. The interpreter runs ``fn`` itself, op by op; the
+    CPU backend inlines ``custom_vjp_call`` first (only its ``fun`` runs forward)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
+    if backend == "interpret":
+        return one_op_per_group(fn)
+    if any(op.prim is P.custom_vjp_call for op in fn.ops):
+        from fusejit.ir.transforms.inline import inline_calls
+
+        fn = inline_calls(fn)
     if not fuse:
         return one_op_per_group(fn)
     from fusejit.codegen import supports
@@ -57,28 +67,24 @@ def partition(fn: Function, fuse: bool) -> FusedFunction:
 
 
 def compile_function(
-    fn: Function,
+    fused: FusedFunction,
     *,
     backend: str = "interpret",
-    fuse: bool = True,
     donate_argnums: tuple[int, ...] = (),
     stages: Sequence[Any] = (),
     traced: Function | None = None,
 ) -> InterpretedExecutable | CpuExecutable:
-    """Compiles an optimized function for ``backend``.
+    """Compiles a partition (``partition(fn, fuse, backend)``) for ``backend``.
 
     ``donate_argnums`` are flat parameter indices whose buffers the executable may reuse
     for outputs. ``stages`` and ``traced`` (the pipeline's intermediate functions) are only
     used for ``FUSEJIT_DUMP``.
     """
+    fn = fused.function
     if backend == "interpret":
-        exe: Any = InterpretedExecutable(fn, one_op_per_group(fn))
+        exe: Any = InterpretedExecutable(fn, fused)
     elif backend == "cpu":
-        if any(op.prim is P.custom_vjp_call for op in fn.ops):
-            from fusejit.ir.transforms.inline import inline_calls
-
-            fn = inline_calls(fn)
-        exe = CpuExecutable(fn, partition(fn, fuse), donate_argnums)
+        exe = CpuExecutable(fn, fused, donate_argnums)
     else:
         raise ValueError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
     dump_dir = config.value("dump_dir")

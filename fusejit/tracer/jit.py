@@ -21,7 +21,7 @@ from fusejit.ir.core import Function
 from fusejit.ir.transforms.fusion import FusedFunction
 from fusejit.ir.transforms.pipeline import Stage, optimize
 from fusejit.ir.types import TensorType
-from fusejit.runtime.executable import compile_function
+from fusejit.runtime.executable import compile_function, partition
 from fusejit.tracer.pytree import LEAF, TreeDef, tree_flatten, tree_flatten_with_path, tree_unflatten
 from fusejit.tracer.tracing import (
     _TRACES,
@@ -140,6 +140,7 @@ class Lowered:
     in_types: tuple[TensorType, ...]
     donated: tuple[int, ...] = ()  # flat indices of leaves whose buffers may be reused
     _optimized: tuple[Function, list[Stage]] | None = None
+    _fused: FusedFunction | None = None
     _executable: Any = None
 
     @property
@@ -154,21 +155,24 @@ class Lowered:
         assert self._optimized is not None
         return self._optimized[1]
 
+    @property
+    def fused(self) -> FusedFunction:
+        """The partition into kernels (fused, or one op per kernel), computed without
+        compiling anything."""
+        if self._fused is None:
+            self._fused = partition(self.optimized, backend=self.jitted.backend, fuse=self.jitted.fuse)
+        return self._fused
+
     def executable(self) -> Any:
         if self._executable is None:
             self._executable = compile_function(
-                self.optimized,
+                self.fused,
                 backend=self.jitted.backend,
-                fuse=self.jitted.fuse,
                 donate_argnums=self.donated,
                 stages=self.stages,
                 traced=self.traced,
             )
         return self._executable
-
-    @property
-    def fused(self) -> FusedFunction:
-        return self.executable().fused
 
     def as_text(self, stage: str = "optimized") -> str:
         """The IR at ``stage``: ``"traced"``, ``"optimized"`` or ``"fused"``."""
