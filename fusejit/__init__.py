@@ -21,8 +21,7 @@ from fusejit.tracer.numpy_api import stop_gradient
 from fusejit.tracer.pytree import tree_flatten, tree_leaves, tree_map, tree_unflatten
 from fusejit.tracer.tracing import ConcretizationError, EscapedTracerError
 from fusejit.tracer.transformations import custom_vjp, grad, jvp, value_and_grad, vjp
-
-__version__ = "0.1.0"
+from fusejit.version import __version__ as __version__
 
 
 def compile_ir(fn: ir.Function, *, backend: str | None = None, fuse: bool = True):  # noqa: ANN201

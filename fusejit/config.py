@@ -8,9 +8,10 @@ variables are read when fusejit is imported.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 
@@ -48,6 +49,8 @@ SETTINGS = {
 }  # fmt: skip
 
 _values: dict[str, Any] = {}
+# A read-only live view of the values, for hot paths that cannot afford ``value()``'s lookup.
+LIVE: Mapping[str, Any] = MappingProxyType(_values)
 
 
 def _load_environment() -> None:

@@ -38,6 +38,7 @@ from types import ModuleType
 from typing import Any
 
 from fusejit import config
+from fusejit.version import __version__
 
 
 class CacheWarning(UserWarning):
@@ -76,7 +77,6 @@ def _version_key() -> str:
     import numpy
     from llvmlite import binding as llvm
 
-    import fusejit
     from fusejit.codegen import mathlib
 
     try:
@@ -84,11 +84,11 @@ def _version_key() -> str:
     except Exception:  # pragma: no cover - LLVM without host queries
         cpu = platform.machine()
     parts = [
-        fusejit.__version__, numba.__version__, llvmlite.__version__, numpy.__version__,
+        __version__, numba.__version__, llvmlite.__version__, numpy.__version__,
         platform.python_version(), platform.machine(), cpu, mathlib.SOURCE_HASH,
     ]  # fmt: skip
     digest = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
-    return f"v{fusejit.__version__}-{digest}"
+    return f"v{__version__}-{digest}"
 
 
 _VERSION_KEY: str | None = None

@@ -363,7 +363,7 @@ class CpuExecutable:
         fn = self.function
         ns: dict[str, Any] = {"empty": np.empty, "copy": np.array, "consumed": _consumed,
                               "check": check_not_consumed,
-                              "CONFIG": config._values, "generic": self._call_generic,
+                              "CONFIG": config.LIVE, "generic": self._call_generic,
                               "BLAS": blas._state, "use_blas": blas.use, "T": self._blas_threads}
         n = len(fn.params)
         lines = ["def run(args):", "    if consumed:", "        check(args)",

@@ -34,7 +34,7 @@ from fusejit.tracer.tracing import (
 )
 
 _SCALAR_TYPES = (bool, int, float)
-_CONFIG = config._values  # read directly on the hot path
+_CONFIG = config.LIVE  # read directly on the hot path
 
 
 def _leaf_signature(leaf: Any) -> Any:
