@@ -30,7 +30,7 @@ COLUMN_BLOCK = 256
 # A bound on a kernel's size after the math library is inlined: LLVM's time (and memory)
 # grows faster than the code, and a branch per concatenated piece copies the producers
 # of every piece (1,000 statements compiled in 3-8 s, 5,000 in 41 s). A group over the
-# bound is split, one kernel per op (``fusejit.runtime.cpu.lower_all``).
+# bound is split, one kernel per op (``fusejit.runtime.plan.lower_all``).
 MAX_KERNEL_SIZE = 1500
 # Statements one inlined math-library call stands for (exp_f64 and log_f64 are 25-40
 # lines each, expm1_f64 and pow_f64 more).

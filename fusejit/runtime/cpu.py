@@ -2,14 +2,10 @@
 
 Built once per signature:
 
-1. every fusion group is lowered (``fusejit.codegen.lower_group``); a group the code
-   generator refuses is split into one kernel per op, and a lone reshape (a view on flat
-   buffers) becomes an alias instead of a kernel;
-2. storage: parameters are the caller's arrays, results are fresh arrays allocated per
-   call (or a donated parameter's buffer, written in place when the kernel reads it only
-   at the element it writes), constant arrays are materialized once, every other value
-   and all kernel scratch live in one arena planned by value lifetimes
-   (``fusejit.runtime.buffers``), allocated once: the steady state allocates outputs only;
+1. the call plan (``fusejit.runtime.plan``): every group lowered, the storage of every
+   value (parameters, results, donated buffers, constants, one arena allocated once: the
+   steady state allocates outputs only), as data;
+2. every kernel compiled (or loaded from the disk cache) by Numba;
 3. calls go through a Python function generated for this executable (``_runner``: ravel
    the arguments, allocate the outputs, call each kernel's compiled entry point with
    the flat arrays and its sizes, return). Its text is what ``runner_source()`` and
@@ -23,6 +19,10 @@ average to compile one (4.7 s for 13 kernels: type inference of its array views 
 re-optimizing the linked kernels), which a first call cannot afford.
 ``FUSEJIT_DEBUG_NANS=1`` runs the kernels one by one and checks each one's outputs for
 NaN/inf.
+
+Threads: every call that runs more than one kernel over the shared arena holds the
+executable's lock around its kernels (a kernel holds the GIL anyway, so threads lose no
+parallelism); outputs are fresh per call, so nothing else is shared.
 """
 
 from __future__ import annotations
@@ -30,8 +30,7 @@ from __future__ import annotations
 import math
 import sys
 import threading
-import weakref
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,14 +38,15 @@ import numpy as np
 
 from fusejit import config
 from fusejit.codegen import cpu as cpu_printer
-from fusejit.codegen.kernel import Unsupported
-from fusejit.codegen.lowering import LoweredKernel, Scratch, describe_ops, lower_group
+from fusejit.codegen.lowering import LoweredKernel, describe_ops
 from fusejit.ir import primitives as P
 from fusejit.ir.core import Function, Op, Value
 from fusejit.ir.dtypes import DType, from_numpy
-from fusejit.ir.transforms.fusion import FusedFunction, FusionGroup, GroupKind, group_kind_of, make_group
-from fusejit.runtime import blas, buffers
+from fusejit.ir.transforms.fusion import FusedFunction
+from fusejit.runtime import blas, donation
 from fusejit.runtime.cache import compile_dispatchers, load_module, module_name
+from fusejit.runtime.donation import DonationError as DonationError  # re-exported
+from fusejit.runtime.plan import plan_call
 
 # Outputs at least this large are recycled once the caller drops them: a fresh large
 # array page-faults on first touch (glibc mmaps it), which halved an elementwise op's
@@ -61,10 +61,6 @@ def _numba_types() -> tuple[Any, dict[DType, Any]]:
                    DType.f32: types.float32, DType.f64: types.float64}
 
 
-class DonationError(ValueError):
-    """A donated array was passed again after a call consumed its buffer."""
-
-
 @dataclass(frozen=True, slots=True)
 class KernelInfo:
     """One kernel of an executable, as ``Compiled.kernels`` reports it."""
@@ -74,88 +70,6 @@ class KernelInfo:
     bytes_in: int
     bytes_out: int
     source: str = ""
-
-
-# Arrays whose buffers a call consumed (donated and not returned), by id; entries leave
-# when the array is garbage collected.
-_consumed: dict[int, str] = {}
-
-
-def _mark_consumed(arr: np.ndarray, message: str) -> None:
-    key = id(arr)
-    try:
-        weakref.finalize(arr, _consumed.pop, key, None)
-    except TypeError:  # pragma: no cover - every ndarray supports weak references
-        return
-    _consumed[key] = message
-
-
-def check_not_consumed(arrays: Sequence[Any]) -> None:
-    if _consumed:
-        for a in arrays:
-            msg = _consumed.get(id(a))
-            if msg is not None:
-                raise DonationError(msg)
-
-
-# ---------------------------------------------------------------------------------------
-# Lowering all groups
-
-
-def _is_alias(group: FusionGroup, results: set[Value]) -> bool:
-    """A lone op that only relabels a flat buffer (no kernel needed)."""
-    if len(group.ops) != 1:
-        return False
-    op = group.ops[0]
-    if op.output in results or not op.inputs:
-        return False
-    x = op.inputs[0]
-    if op.prim in (P.reshape, P.stop_gradient, P.convert):
-        return x.dtype == op.output.dtype
-    if op.prim is P.broadcast_in_dim or op.prim is P.transpose:
-        return x.type.size == op.output.type.size and P.keeps_linear_order(op)
-    return False
-
-
-def lower_all(fused: FusedFunction, threshold: int | None = None) -> list[FusionGroup | LoweredKernel]:
-    """Each group lowered (or kept as an alias group); refused groups split per op."""
-    fn = fused.function
-    results = set(fn.results)
-    users = fn.users()
-    out: list[FusionGroup | LoweredKernel] = []
-    for group in fused.groups:
-        if _is_alias(group, results):
-            out.append(group)
-            continue
-        try:
-            out.append(lower_group(group, parallel_threshold=threshold))
-        except Unsupported:
-            if len(group.ops) == 1 and group.kind is not GroupKind.HORIZONTAL:
-                raise
-            parts = group.parts if group.kind is GroupKind.HORIZONTAL and group.parts else None
-            if parts:
-                subgroups = list(parts)
-            else:  # one kernel per op (an op recomputed in several groups is computed again)
-                needed = set(results) | set(group.outputs)
-                subgroups = [make_group([op], needed, users, group_kind_of(op)) for op in group.ops]
-            out += lower_all(FusedFunction(fn, tuple(subgroups)), threshold)
-    return out
-
-
-def _distances(v: Value, producers: dict[Value, Op], limit: int = 64) -> dict[Value, int]:
-    """How many ops separate ``v`` from each value it is computed from (breadth first)."""
-    seen = {v: 0}
-    frontier = [v]
-    while frontier and len(seen) < limit:
-        nxt = []
-        for u in frontier:
-            op = producers.get(u)
-            for w in op.inputs if op is not None else ():
-                if w not in seen:
-                    seen[w] = seen[u] + 1
-                    nxt.append(w)
-        frontier = nxt
-    return seen
 
 
 def _gemm_flops(lk: LoweredKernel) -> int:
@@ -182,137 +96,32 @@ class _Step:
 
 
 class CpuExecutable:
-    """Runs a function's kernels through one compiled entry function (see module doc)."""
+    """Runs a function's kernels, each compiled by Numba, from one generated runner (see
+the module doc); ``call_plan`` is what it runs, as data."""
 
     def __init__(self, fn: Function, fused: FusedFunction, donate_argnums: Sequence[int] = (),
                  threshold: int | None = None) -> None:
         self.function = fn
         self.fused = fused
         self.donated = tuple(sorted(set(donate_argnums)))
-        items = lower_all(fused, threshold)
-        self._build(items)
-
-    # Construction -------------------------------------------------------------------
-    def _build(self, items: list[FusionGroup | LoweredKernel]) -> None:
-        fn = self.function
-        params = {p: k for k, p in enumerate(fn.params)}
-        result_values = list(dict.fromkeys(r for r in fn.results if r not in params))
-        self._outputs = {v: j for j, v in enumerate(result_values)}
-        aliases: dict[Value, Value] = {}
-        for item in items:
-            if isinstance(item, FusionGroup):
-                aliases[item.ops[0].output] = item.ops[0].inputs[0]
-
-        def root(v: Value) -> Value:
-            while v in aliases:
-                v = aliases[v]
-            return v
-
-        kernels = [it for it in items if isinstance(it, LoweredKernel)]
-        defined_at: dict[Value, int] = {}
-        last_read: dict[Value, int] = {}
-        for s, lk in enumerate(kernels):
-            for v in lk.group.outputs:
-                defined_at[v] = s
-            for v in lk.group.inputs:
-                last_read[root(v)] = s
-        for r in fn.results:
-            last_read[root(r)] = len(kernels)
-        # Donation: a result may take the buffer of a donated parameter of its size.
-        in_param: dict[Value, int] = {}
-        free = [fn.params[k] for k in self.donated if k < len(fn.params)]
-        producers = fn.producers()
-        for v in result_values:
-            if v not in defined_at or v in aliases:
-                continue
-            s = defined_at[v]
-            # Prefer the parameter the result is computed from most directly (``p - lr * g``
-            # goes into ``p``'s buffer), then the order of donate_argnums.
-            near = _distances(v, producers)
-            for p in sorted(free, key=lambda p: near.get(p, len(near) + 1)):
-                if p.dtype != v.dtype or p.type.size != v.type.size or p in fn.results:
-                    continue
-                last = last_read.get(p, -1)
-                if last < s:
-                    in_param[v] = params[p]
-                    free.remove(p)
-                    break
-                if last == s and kernels[s].kind is GroupKind.LOOP and p in kernels[s].identity_reads:
-                    try:
-                        kernels[s] = lower_group(kernels[s].group, inplace={**kernels[s].inplace, v: p})
-                    except Unsupported:
-                        continue
-                    in_param[v] = params[p]
-                    free.remove(p)
-                    break
-        self._in_param = in_param
-        # Storage of every value a kernel touches.
-        consts: list[Op] = []
-        const_index: dict[int, int] = {}
-
-        def ref(v: Any) -> tuple[str, Any]:
-            if isinstance(v, Op):
-                if id(v) not in const_index:
-                    const_index[id(v)] = len(consts)
-                    consts.append(v)
-                return ("const", const_index[id(v)])
-            r = root(v)
-            if r in params:
-                return ("param", params[r])
-            if r in in_param:
-                return ("param", in_param[r])
-            if r in self._outputs:
-                return ("out", self._outputs[r])
-            return ("buf", r)
-
-        steps: list[buffers.Step] = []
-        plan_refs: list[list[tuple[str, Any]]] = []
-        for s, lk in enumerate(kernels):
-            refs = []
-            scratch = []
-            for k, bound in enumerate(lk.arrays):
-                if isinstance(bound, Scratch):
-                    key = ("scratch", s, k)
-                    scratch.append((key, bound.size * bound.dtype.itemsize))
-                    refs.append(("buf", key))
-                else:
-                    refs.append(ref(bound))
-            defines = [(root(v), v.type.nbytes) for v in lk.group.outputs if ref(v)[0] == "buf"]
-            reads = [root(v) for v in lk.group.inputs if ref(v)[0] == "buf"]
-            steps.append(buffers.Step(defines, reads, scratch))
-            plan_refs.append(refs)
-        self.plan = buffers.plan(steps)
-        self._consts = [np.ascontiguousarray(np.asarray(op.prim.impl(**op.attrs)[0])).reshape(-1)
-                        for op in consts]
-        # The size array: arena slices first, then every kernel's ints.
-        buf_keys = list(dict.fromkeys(r[1] for refs in plan_refs for r in refs if r[0] == "buf"))
-        dims: list[int] = []
-        buf_slot: dict[Hashable, int] = {}
-        buf_dtype: dict[Hashable, Any] = {}
-        for refs, lk in zip(plan_refs, kernels, strict=True):
-            for r, param in zip(refs, lk.kernel.arrays, strict=True):
-                if r[0] == "buf":
-                    buf_dtype[r[1]] = param.dtype
-        for key in buf_keys:
-            iv = self.plan.slots[key]
-            buf_slot[key] = len(dims)
-            dims += [iv.offset, iv.offset + iv.nbytes]
-        self._steps: list[_Step] = []
-        for lk, refs in zip(kernels, plan_refs, strict=True):
-            source = cpu_printer.module_source(lk.kernel)
-            slots = list(range(len(dims), len(dims) + len(lk.ints)))
-            dims += lk.ints
-            self._steps.append(_Step(lk, module_name(source), source, None, (), refs, slots))
-        self._dims = np.array(dims, dtype=np.int64)
-        self._buf_slot = buf_slot
-        self._buf_name = {key: f"b{k}" for k, key in enumerate(buf_slot)}
-        self._buf_dtype = buf_dtype
-        self._arena = np.zeros(max(self.plan.arena_bytes, 1), dtype=np.uint8)
+        call = plan_call(fn, fused, self.donated, threshold)
+        self.call_plan = call
+        self.plan = call.arena
+        self._steps = []
+        for sp in call.steps:
+            source = cpu_printer.module_source(sp.lowered.kernel)
+            self._steps.append(_Step(sp.lowered, module_name(source), source, None, None, list(sp.refs),
+                                     list(sp.int_slots)))
+        self._dims = np.array(call.dims, dtype=np.int64)
+        self._consts = list(call.consts)
+        self._buf_slot = dict(call.buf_slot)
+        self._buf_name = {key: f"b{k}" for k, key in enumerate(call.buf_slot)}
+        self._buf_dtype = dict(call.buf_dtype)
+        self._arena = np.zeros(max(call.arena.arena_bytes, 1), dtype=np.uint8)
         self.arena_allocations = 1
-        self._out_specs = [(v.shape, v.dtype.np) for v in result_values]
-        self._out_in_param = [in_param.get(v) for v in result_values]
-        self._result_refs = [("param", params[r]) if r in params else ("out", self._outputs[r])
-                             for r in fn.results]
+        self._out_specs = list(call.out_specs)
+        self._out_in_param = list(call.out_in_param)
+        self._result_refs = list(call.result_refs)
         self.kernels = [self._info(st) for st in self._steps]
         gemms = [_gemm_flops(st.lowered) for st in self._steps if st.lowered.uses_blas]
         has_parallel = any(st.lowered.kernel.parallel or any(h.parallel for h in st.lowered.kernel.helpers)
@@ -361,8 +170,8 @@ class CpuExecutable:
         C-ordered array, else a C-ordered copy), allocates the outputs, calls each kernel
         in turn and returns the results."""
         fn = self.function
-        ns: dict[str, Any] = {"empty": np.empty, "copy": np.array, "consumed": _consumed,
-                              "check": check_not_consumed,
+        ns: dict[str, Any] = {"empty": np.empty, "copy": np.array, "consumed": donation.consumed,
+                              "check": donation.check_not_consumed,
                               "CONFIG": config.LIVE, "generic": self._call_generic,
                               "BLAS": blas._state, "use_blas": blas.use, "T": self._blas_threads}
         n = len(fn.params)
@@ -446,8 +255,8 @@ class CpuExecutable:
 
     def _call_generic_unlocked(self, args: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
         blas.use(self._blas_threads)
-        if _consumed:
-            check_not_consumed(args)
+        if donation.consumed:
+            donation.check_not_consumed(args)
         arrays = [a if a.flags.c_contiguous else np.ascontiguousarray(a) for a in args]
         if self.donated:
             arrays = self._prepare_donated(args, arrays)
@@ -481,7 +290,7 @@ class CpuExecutable:
         return arrays
 
     def _consume_one(self, a: np.ndarray, k: int) -> None:
-        _mark_consumed(a, (
+        donation.mark_consumed(a, (
             f"argument {k} of @{self.function.name} was donated (donate_argnums) and its "
             "buffer may have been reused by the call; pass a fresh array instead"))
 

@@ -1,0 +1,241 @@
+"""The call plan of a CPU executable, as data: what every kernel reads and writes.
+
+``plan_call`` lowers every fusion group (``lower_all``: a group the code generator
+refuses is split into one kernel per op, and a lone reshape, a view on flat buffers,
+becomes an alias instead of a kernel), then decides storage:
+
+* parameters are the caller's arrays; results are fresh arrays allocated per call, or a
+  donated parameter's buffer (``donate_argnums``), written in place when the kernel reads
+  it only at the element it writes;
+* constant arrays are materialized once;
+* every other value and all kernel scratch live in one arena, planned by value lifetimes
+  (``fusejit.runtime.buffers``).
+
+A kernel argument is a *ref*: ``("param", k)``, ``("out", j)`` (result ``j``),
+``("const", k)`` or ``("buf", key)`` (an arena slice); its sizes are slots of one int64
+array (``dims``), arena offsets first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fusejit.codegen.kernel import Unsupported
+from fusejit.codegen.lowering import LoweredKernel, Scratch, lower_group
+from fusejit.ir import primitives as P
+from fusejit.ir.core import Function, Op, Value
+from fusejit.ir.dtypes import DType
+from fusejit.ir.transforms.fusion import FusedFunction, FusionGroup, GroupKind, group_kind_of, make_group
+from fusejit.runtime import buffers
+
+Ref = tuple[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class StepPlan:
+    """One kernel call: its lowered kernel, a ref per array parameter and the ``dims``
+    slots of its int parameters."""
+
+    lowered: LoweredKernel
+    refs: tuple[Ref, ...]
+    int_slots: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CallPlan:
+    steps: tuple[StepPlan, ...]
+    arena: buffers.Plan
+    buf_slot: Mapping[Hashable, int]  # arena value -> its (start, stop) slots in dims
+    buf_dtype: Mapping[Hashable, DType]
+    dims: tuple[int, ...]
+    consts: tuple[np.ndarray, ...]  # flat, C-ordered
+    out_specs: tuple[tuple[tuple[int, ...], Any], ...]  # per result value: shape, NumPy dtype
+    out_in_param: tuple[int | None, ...]  # per result value: the donated parameter it is written into
+    result_refs: tuple[Ref, ...]  # per function result
+
+
+def plan_call(fn: Function, fused: FusedFunction, donated: Sequence[int], threshold: int | None = None) -> CallPlan:
+    """Lowers ``fused`` and plans every call of it (see the module docstring)."""
+    items = lower_all(fused, threshold)
+    params = {p: k for k, p in enumerate(fn.params)}
+    result_values = list(dict.fromkeys(r for r in fn.results if r not in params))
+    outputs = {v: j for j, v in enumerate(result_values)}
+    aliases: dict[Value, Value] = {}
+    for item in items:
+        if isinstance(item, FusionGroup):
+            aliases[item.ops[0].output] = item.ops[0].inputs[0]
+
+    def root(v: Value) -> Value:
+        while v in aliases:
+            v = aliases[v]
+        return v
+
+    kernels = [it for it in items if isinstance(it, LoweredKernel)]
+    in_param = _donations(fn, kernels, donated, result_values, aliases, root)
+    consts: list[Op] = []
+    const_index: dict[int, int] = {}
+
+    def ref(v: Any) -> Ref:
+        if isinstance(v, Op):
+            if id(v) not in const_index:
+                const_index[id(v)] = len(consts)
+                consts.append(v)
+            return ("const", const_index[id(v)])
+        r = root(v)
+        if r in params:
+            return ("param", params[r])
+        if r in in_param:
+            return ("param", in_param[r])
+        if r in outputs:
+            return ("out", outputs[r])
+        return ("buf", r)
+
+    steps: list[buffers.Step] = []
+    step_refs: list[list[Ref]] = []
+    for s, lk in enumerate(kernels):
+        refs = []
+        scratch = []
+        for k, bound in enumerate(lk.arrays):
+            if isinstance(bound, Scratch):
+                key = ("scratch", s, k)
+                scratch.append((key, bound.size * bound.dtype.itemsize))
+                refs.append(("buf", key))
+            else:
+                refs.append(ref(bound))
+        defines = [(root(v), v.type.nbytes) for v in lk.group.outputs if ref(v)[0] == "buf"]
+        reads = [root(v) for v in lk.group.inputs if ref(v)[0] == "buf"]
+        steps.append(buffers.Step(defines, reads, scratch))
+        step_refs.append(refs)
+    arena = buffers.plan(steps)
+    # The size array: arena slices first, then every kernel's ints.
+    buf_dtype: dict[Hashable, DType] = {}
+    for refs, lk in zip(step_refs, kernels, strict=True):
+        for r, param in zip(refs, lk.kernel.arrays, strict=True):
+            if r[0] == "buf":
+                buf_dtype[r[1]] = param.dtype
+    dims: list[int] = []
+    buf_slot: dict[Hashable, int] = {}
+    for key in dict.fromkeys(r[1] for refs in step_refs for r in refs if r[0] == "buf"):
+        iv = arena.slots[key]
+        buf_slot[key] = len(dims)
+        dims += [iv.offset, iv.offset + iv.nbytes]
+    plans = []
+    for lk, refs in zip(kernels, step_refs, strict=True):
+        plans.append(StepPlan(lk, tuple(refs), tuple(range(len(dims), len(dims) + len(lk.ints)))))
+        dims += lk.ints
+    return CallPlan(
+        steps=tuple(plans),
+        arena=arena,
+        buf_slot=buf_slot,
+        buf_dtype=buf_dtype,
+        dims=tuple(dims),
+        consts=tuple(np.ascontiguousarray(np.asarray(op.prim.impl(**op.attrs)[0])).reshape(-1) for op in consts),
+        out_specs=tuple((v.shape, v.dtype.np) for v in result_values),
+        out_in_param=tuple(in_param.get(v) for v in result_values),
+        result_refs=tuple(("param", params[r]) if r in params else ("out", outputs[r]) for r in fn.results),
+    )
+
+
+def _donations(fn: Function, kernels: list[LoweredKernel], donated: Sequence[int], result_values: list[Value],
+               aliases: dict[Value, Value], root: Any) -> dict[Value, int]:
+    """Which result takes the buffer of which donated parameter (of its dtype and size,
+    once the kernels before the one writing the result no longer read it); a loop
+    kernel reading the parameter only at the element it writes is lowered again to write
+    in place (``kernels`` is updated)."""
+    params = {p: k for k, p in enumerate(fn.params)}
+    defined_at: dict[Value, int] = {}
+    last_read: dict[Value, int] = {}
+    for s, lk in enumerate(kernels):
+        for v in lk.group.outputs:
+            defined_at[v] = s
+        for v in lk.group.inputs:
+            last_read[root(v)] = s
+    for r in fn.results:
+        last_read[root(r)] = len(kernels)
+    in_param: dict[Value, int] = {}
+    free = [fn.params[k] for k in sorted(set(donated)) if k < len(fn.params)]
+    producers = fn.producers()
+    for v in result_values:
+        if v not in defined_at or v in aliases:
+            continue
+        s = defined_at[v]
+        # Prefer the parameter the result is computed from most directly (``p - lr * g``
+        # goes into ``p``'s buffer), then the order of donate_argnums.
+        near = _distances(v, producers)
+        for p in sorted(free, key=lambda p: near.get(p, len(near) + 1)):
+            if p.dtype != v.dtype or p.type.size != v.type.size or p in fn.results:
+                continue
+            last = last_read.get(p, -1)
+            if last < s:
+                in_param[v] = params[p]
+                free.remove(p)
+                break
+            if last == s and kernels[s].kind is GroupKind.LOOP and p in kernels[s].identity_reads:
+                try:
+                    kernels[s] = lower_group(kernels[s].group, inplace={**kernels[s].inplace, v: p})
+                except Unsupported:
+                    continue
+                in_param[v] = params[p]
+                free.remove(p)
+                break
+    return in_param
+
+
+def _is_alias(group: FusionGroup, results: set[Value]) -> bool:
+    """A lone op that only relabels a flat buffer (no kernel needed)."""
+    if len(group.ops) != 1:
+        return False
+    op = group.ops[0]
+    if op.output in results or not op.inputs:
+        return False
+    x = op.inputs[0]
+    if op.prim in (P.reshape, P.stop_gradient, P.convert):
+        return x.dtype == op.output.dtype
+    if op.prim is P.broadcast_in_dim or op.prim is P.transpose:
+        return x.type.size == op.output.type.size and P.keeps_linear_order(op)
+    return False
+
+
+def lower_all(fused: FusedFunction, threshold: int | None = None) -> list[FusionGroup | LoweredKernel]:
+    """Each group lowered (or kept as an alias group); refused groups split per op."""
+    fn = fused.function
+    results = set(fn.results)
+    users = fn.users()
+    out: list[FusionGroup | LoweredKernel] = []
+    for group in fused.groups:
+        if _is_alias(group, results):
+            out.append(group)
+            continue
+        try:
+            out.append(lower_group(group, parallel_threshold=threshold))
+        except Unsupported:
+            if len(group.ops) == 1 and group.kind is not GroupKind.HORIZONTAL:
+                raise
+            parts = group.parts if group.kind is GroupKind.HORIZONTAL and group.parts else None
+            if parts:
+                subgroups = list(parts)
+            else:  # one kernel per op (an op recomputed in several groups is computed again)
+                needed = set(results) | set(group.outputs)
+                subgroups = [make_group([op], needed, users, group_kind_of(op)) for op in group.ops]
+            out += lower_all(FusedFunction(fn, tuple(subgroups)), threshold)
+    return out
+
+
+def _distances(v: Value, producers: dict[Value, Op], limit: int = 64) -> dict[Value, int]:
+    """How many ops separate ``v`` from each value it is computed from (breadth first)."""
+    seen = {v: 0}
+    frontier = [v]
+    while frontier and len(seen) < limit:
+        nxt = []
+        for u in frontier:
+            op = producers.get(u)
+            for w in op.inputs if op is not None else ():
+                if w not in seen:
+                    seen[w] = seen[u] + 1
+                    nxt.append(w)
+        frontier = nxt
+    return seen
