@@ -183,3 +183,16 @@ def test_bounded_run_finds_no_new_failure():
     new = {k: seeds for k, seeds in summary.kinds.items() if not k.startswith("known:")}
     details = "\n\n".join(summary.reports[k] for k in new)
     assert not new, f"new failure kinds {new}:\n{details}"
+
+
+def test_a_parallel_campaign_merges_its_workers_summaries(monkeypatch, tmp_path):
+    """``make fuzz`` runs chunks in worker processes: the merged summary counts every
+    program once, by configuration, as one process would."""
+    monkeypatch.setattr(fuzz.driver, "CHUNK", 2)
+    monkeypatch.setenv("FUSEJIT_CACHE_DIR", str(tmp_path))
+    logged = []
+    merged = fuzz.parallel_campaign(4, BOUNDED_SEED, 2, ["--max-ops=3", "--shrink-budget=0"], log=logged.append)
+    single = fuzz.campaign(4, BOUNDED_SEED, max_ops=3, shrink_budget=0, log=None)
+    assert merged.programs == 4 and merged.status == single.status
+    assert merged.per_config == single.per_config and merged.families == single.families
+    assert [line.split("]")[0] for line in logged if line.startswith("[")] == ["[2/4", "[4/4"]
