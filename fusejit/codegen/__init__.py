@@ -6,10 +6,11 @@ scalar statements, ``Matmul``; the builder with CSE and loop-invariant hoisting)
 ``rules.py`` (the rule of every primitive: ``CODEGEN_RULES``, keyed by primitive),
 ``lowering.py`` (``STRATEGIES``: one per ``GroupKind``, each a structural ``supports``
 check, which fusion asks, and a ``lower``, in ``loops.py``, ``reductions.py`` and
-``contraction.py``, sharing ``common.py``; ``lower_group`` dispatches) and
-``cpu.py`` (the CPU printer: a ``Kernel`` as a Numba module). A CUDA printer can reuse
-everything but ``cpu.py``: only the mapping of ``parallel`` loops to threads, ``Matmul``
-and ``thread_id()`` are target-specific.
+``contraction.py``, sharing ``common.py``; ``lower_on`` dispatches) and
+``cpu.py`` (the CPU printer: a ``Kernel`` as a Numba module) and ``target.py`` (a
+``Target``: rules, strategies, thread model, BLAS, printer; ``CPU`` is the first). A CUDA
+target reuses everything but ``cpu.py``: only the mapping of ``parallel`` loops to
+threads, ``Matmul`` and ``thread_id()`` are target-specific.
 
 Kernels work on flat C-ordered buffers; every size and offset is an int64 argument, while
 rank, dtypes, which axes are 1 (the broadcasting pattern) and the layout decisions are in
@@ -80,6 +81,8 @@ kernel would exceed ``MAX_KERNEL_SIZE`` statements; the runtime then splits it.
 from __future__ import annotations
 
 from fusejit.codegen.kernel import Kernel, Unsupported
-from fusejit.codegen.lowering import STRATEGIES, LoweredKernel, Strategy, can_lower, lower_group, supports
+from fusejit.codegen.lowering import STRATEGIES, LoweredKernel, Strategy
+from fusejit.codegen.target import CPU, Target, can_lower, lower_group, supports
 
-__all__ = ["STRATEGIES", "Kernel", "LoweredKernel", "Strategy", "Unsupported", "can_lower", "lower_group", "supports"]
+__all__ = ["CPU", "STRATEGIES", "Kernel", "LoweredKernel", "Strategy", "Target", "Unsupported", "can_lower",
+           "lower_group", "supports"]

@@ -8,10 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fusejit import config
 from fusejit.codegen.elemental import Elem, Emitter, Index, linearize
 from fusejit.codegen.kernel import Kernel, KernelBuilder, Matmul, Stmt, Unsupported, statements
-from fusejit.codegen.rules import CODEGEN_RULES, calls_math
+from fusejit.codegen.rules import calls_math
 from fusejit.ir import primitives as P
 from fusejit.ir.core import Op, Value
 from fusejit.ir.dtypes import DType
@@ -131,14 +130,17 @@ class LoweredKernel:
 
 @dataclass
 class Ctx:
+    """What a strategy lowers: the group, its ops by value, the target, the size from
+    which a loop runs on threads, and the outputs to write over an input (donation)."""
+
     group: FusionGroup
     ops: dict[Value, Op]
+    target: Any  # fusejit.codegen.target.Target
     threshold: int
     inplace: dict[Value, Value]
 
-
-def default_parallel_threshold() -> int:
-    return int(config.value("parallel_threshold"))
+    def arrays(self, b: KernelBuilder) -> Arrays:
+        return Arrays(b, self.target.rules)
 
 
 # ---------------------------------------------------------------------------------------
@@ -148,8 +150,9 @@ def default_parallel_threshold() -> int:
 class Arrays:
     """Array parameters of a kernel bound to values, in a fixed order."""
 
-    def __init__(self, b: KernelBuilder) -> None:
+    def __init__(self, b: KernelBuilder, rules: Any) -> None:
         self.b = b
+        self.rules = rules  # the target's codegen rules, for the emitters
         self.bound: list[Any] = []
         self.of: dict[Value, str] = {}
 
@@ -173,7 +176,7 @@ class Arrays:
         return self.b.array(op.output.dtype, "const")
 
     def emitter(self, ops: dict[Value, Op], inputs: dict[Value, str], **kw: Any) -> Emitter:
-        em = Emitter(self.b, ops, inputs, rules=CODEGEN_RULES, **kw)
+        em = Emitter(self.b, ops, inputs, rules=self.rules, **kw)
         em.const_array = self.const  # type: ignore[method-assign]
         return em
 

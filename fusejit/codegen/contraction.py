@@ -68,12 +68,12 @@ def lower_matmul(ctx: Ctx) -> LoweredKernel:
     dot = _matmul_structure(group)
     lhs, rhs = dot.inputs
     d = dot.output
-    if not d.dtype.is_float:
+    if not (d.dtype.is_float and ctx.target.blas):
         return _lower_contraction_loop(ctx, dot)
     contract, batch = dot.attrs["contract"], dot.attrs["batch"]
     lperm, (B, M, K), rperm, (_, _, N) = P.dot_general_as_matmul(lhs.shape, rhs.shape, contract, batch)
     b = KernelBuilder()
-    arrays = Arrays(b)
+    arrays = ctx.arrays(b)
     inputs = {v: arrays.value(v, "in") for v in group.inputs}
     outs = {v: arrays.value(v, "out") for v in group.outputs}
     em = arrays.emitter(ctx.ops, inputs)
@@ -149,7 +149,7 @@ def _epilogue_helper(ctx: Ctx, group: FusionGroup, d: Value, c_arr: str, arrays:
     inplace_out = next((v for v in outputs if arrays.of.get(v) == c_arr), None)
     for flat_mode in (True, False):
         b = KernelBuilder(const_prefix="e")
-        sub = Arrays(b)
+        sub = ctx.arrays(b)
         outs = {v: sub.value(v, "out") for v in outputs}
         in_names = {v: sub.value(v, "in") for v in group.inputs if v not in (d,)}
         if inplace_out is not None:
@@ -193,7 +193,7 @@ def _lower_contraction_loop(ctx: Ctx, dot: Op) -> LoweredKernel:
     d = dot.output
     (lc, rc), (lb, rb) = dot.attrs["contract"], dot.attrs["batch"]
     b = KernelBuilder()
-    arrays = Arrays(b)
+    arrays = ctx.arrays(b)
     inputs = {v: arrays.value(v, "in") for v in group.inputs}
     outs = {v: arrays.value(v, "out") for v in group.outputs}
     em = arrays.emitter(ctx.ops, inputs)
@@ -266,7 +266,7 @@ def lower_scatter(ctx: Ctx) -> LoweredKernel:
     upd, ind = op.inputs
     axis = op.attrs["axis"]
     b = KernelBuilder()
-    arrays = Arrays(b)
+    arrays = ctx.arrays(b)
     inputs = {v: arrays.value(v, "in") for v in group.inputs}
     o_arr = arrays.value(out, "out")
     em = arrays.emitter(ctx.ops, inputs)

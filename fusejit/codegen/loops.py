@@ -93,7 +93,7 @@ def lower_loop(ctx: Ctx) -> LoweredKernel:
     shape = loop_outputs_space(group)
     for flat_mode in (True, False):
         b = KernelBuilder()
-        arrays = Arrays(b)
+        arrays = ctx.arrays(b)
         try:
             em, _ = emit_loop_body(ctx, b, arrays, group, flat_mode)
         except NeedDims:
@@ -115,9 +115,9 @@ def lower_loop(ctx: Ctx) -> LoweredKernel:
 def lower_horizontal(ctx: Ctx) -> LoweredKernel:
     """Independent loop groups run one after another in one kernel."""
     b = KernelBuilder()
-    arrays = Arrays(b)
+    arrays = ctx.arrays(b)
     for k, part in enumerate(ctx.group.parts):
-        emit_loop_body(Ctx(part, ctx.ops, ctx.threshold, {}), b, arrays, part, flat_mode=False, part=k)
+        emit_loop_body(Ctx(part, ctx.ops, ctx.target, ctx.threshold, {}), b, arrays, part, flat_mode=False, part=k)
     first = ctx.group.parts[0].outputs[0]
     return finish(ctx, b, arrays, None, "horizontal", first.dtype, first.shape)
 

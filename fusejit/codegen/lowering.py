@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from fusejit.codegen.common import (
     Ctx,
@@ -19,7 +20,6 @@ from fusejit.codegen.common import (
     Scratch,
     branch_support,
     common_support,
-    default_parallel_threshold,
     describe_ops,
 )
 from fusejit.codegen.contraction import lower_matmul, lower_scatter, matmul_support, scatter_support
@@ -29,8 +29,7 @@ from fusejit.codegen.reductions import lower_reduce, lower_row, reduce_support, 
 from fusejit.ir.core import Op, Value
 from fusejit.ir.transforms.fusion import FusionGroup, GroupKind
 
-__all__ = ["STRATEGIES", "LoweredKernel", "Scratch", "Strategy", "can_lower", "describe_ops", "lower_group",
-           "supports"]
+__all__ = ["STRATEGIES", "LoweredKernel", "Scratch", "Strategy", "describe_ops", "lower_on", "supports_on"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,42 +52,31 @@ STRATEGIES: dict[GroupKind, Strategy] = {
 
 
 # ---------------------------------------------------------------------------------------
-# Entry points
+# Dispatch (a ``Target`` calls these with itself)
 
 
-def supports(group: FusionGroup) -> str | None:
-    """None if ``group``'s structure is one its strategy lowers, else why not. Lowering
-    may still refuse a supported group for its size after inlining (``MAX_KERNEL_SIZE``);
-    the runtime then splits it."""
-    strategy = STRATEGIES.get(group.kind)
+def supports_on(target: Any, group: FusionGroup) -> str | None:
+    """None if ``group``'s structure is one ``target``'s strategy for its kind lowers, else
+    why not. Lowering may still refuse a supported group for its size after inlining
+    (``MAX_KERNEL_SIZE``); the runtime then splits it."""
+    strategy = target.strategies.get(group.kind)
     if strategy is None:
-        return f"no strategy lowers {group.kind!r} groups"
+        return f"the {target.name} target has no strategy for '{group.kind}' groups"
     return common_support(group) or strategy.supports(group) or branch_support(group)
 
 
-def lower_group(
-    group: FusionGroup, *, parallel_threshold: int | None = None, inplace: dict[Value, Value] | None = None
-) -> LoweredKernel:
-    """Lowers ``group`` to a kernel; raises ``Unsupported`` naming the reason if it cannot.
+def lower_on(target: Any, group: FusionGroup, *, parallel_threshold: int | None = None,
+             inplace: dict[Value, Value] | None = None) -> LoweredKernel:
+    """Lowers ``group`` for ``target``; raises ``Unsupported`` naming the reason if it cannot.
 
     ``inplace`` asks that each output share the array of an input (a donated buffer);
     only loop kernels accept it, and only for inputs they read at the written element.
     """
-    reason = supports(group)
+    reason = supports_on(target, group)
     if reason is not None:
         raise Unsupported(reason)
     if inplace and group.kind is not GroupKind.LOOP:
         raise Unsupported(f"a {group.kind} kernel cannot write its output over an input")
-    threshold = default_parallel_threshold() if parallel_threshold is None else parallel_threshold
+    threshold = target.parallel_threshold() if parallel_threshold is None else parallel_threshold
     ops: dict[Value, Op] = {v: op for op in group.ops for v in op.outputs}
-    return STRATEGIES[group.kind].lower(Ctx(group, ops, threshold, dict(inplace or {})))
-
-
-def can_lower(group: FusionGroup) -> str | None:
-    """None if ``group`` lowers to a kernel, else why not: a whole lowering, for tests that
-    check that fusion's structural ``supports`` was right."""
-    try:
-        lower_group(group)
-    except Unsupported as e:
-        return str(e) or "unsupported group"
-    return None
+    return target.strategies[group.kind].lower(Ctx(group, ops, target, threshold, dict(inplace or {})))

@@ -14,7 +14,6 @@ from fusejit.codegen.common import (
     COLUMN_BLOCK,
     LOOP_OPS,
     SPLIT_CHUNKS,
-    Arrays,
     Ctx,
     LoweredKernel,
     finish,
@@ -221,7 +220,7 @@ def lower_reduce(ctx: Ctx) -> LoweredKernel:
     else:
         strategy = "cols"
     b = KernelBuilder()
-    arrays = Arrays(b)
+    arrays = ctx.arrays(b)
     ops = ctx.ops
     inputs = {v: arrays.value(v, "in") for v in group.inputs}
     outs = {v: arrays.value(v, "out") for v in group.outputs}
@@ -444,7 +443,7 @@ def lower_row(ctx: Ctx) -> LoweredKernel:
     full_outputs = [v for v in group.outputs if v.shape == shape]
     row_outputs = [v for v in group.outputs if v.shape != shape]
     b = KernelBuilder()
-    arrays = Arrays(b)
+    arrays = ctx.arrays(b)
     inputs = {v: arrays.value(v, "in") for v in group.inputs}
     outs = {v: arrays.value(v, "out") for v in group.outputs}
     em = arrays.emitter(ctx.ops, inputs)
@@ -453,7 +452,7 @@ def lower_row(ctx: Ctx) -> LoweredKernel:
     total = math.prod(shape)
     parallel = total >= ctx.threshold and math.prod(row_shape) > 1
     row_len = b.int_param(("row_len",), math.prod(shape[nrow:])) if math.prod(shape[nrow:]) != 1 else "1"
-    threads = max_threads()
+    threads = ctx.target.max_threads()
     rows_of_scratch = threads if parallel else 1
     stash_arrays = {v: arrays.scratch(v.dtype, rows_of_scratch * math.prod(shape[nrow:])) for v in stashed}
 
@@ -519,13 +518,6 @@ def lower_row(ctx: Ctx) -> LoweredKernel:
 
     root_index(em, b, row_exprs, False, parallel, ("rows",), math.prod(row_shape))(row_body)
     return finish(ctx, b, arrays, em, "row", reduces[0].inputs[0].dtype, shape)
-
-
-def max_threads() -> int:
-    """The most threads a parallel kernel can run on (sizes per-thread scratch)."""
-    import numba
-
-    return int(numba.config.NUMBA_NUM_THREADS)
 
 
 def _row_stash_candidates(group: FusionGroup, ops: dict[Value, Op], shape: tuple[int, ...],

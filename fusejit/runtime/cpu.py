@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 
 from fusejit import config
-from fusejit.codegen import cpu as cpu_printer
 from fusejit.codegen.lowering import LoweredKernel, describe_ops
+from fusejit.codegen.target import CPU
 from fusejit.ir import primitives as P
 from fusejit.ir.core import Function, Op, Value
 from fusejit.ir.dtypes import DType, from_numpy
@@ -109,7 +109,7 @@ the module doc); ``call_plan`` is what it runs, as data."""
         self.plan = call.arena
         self._steps = []
         for sp in call.steps:
-            source = cpu_printer.module_source(sp.lowered.kernel)
+            source = CPU.print_module(sp.lowered.kernel)
             self._steps.append(_Step(sp.lowered, module_name(source), source, None, None, list(sp.refs),
                                      list(sp.int_slots)))
         self._dims = np.array(call.dims, dtype=np.int64)

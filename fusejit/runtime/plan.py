@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from fusejit.codegen.kernel import Unsupported
-from fusejit.codegen.lowering import LoweredKernel, Scratch, lower_group
+from fusejit.codegen.lowering import LoweredKernel, Scratch
+from fusejit.codegen.target import CPU
 from fusejit.ir import primitives as P
 from fusejit.ir.core import Function, Op, Value
 from fusejit.ir.dtypes import DType
@@ -176,7 +177,7 @@ def _donations(fn: Function, kernels: list[LoweredKernel], donated: Sequence[int
                 break
             if last == s and kernels[s].kind is GroupKind.LOOP and p in kernels[s].identity_reads:
                 try:
-                    kernels[s] = lower_group(kernels[s].group, inplace={**kernels[s].inplace, v: p})
+                    kernels[s] = CPU.lower(kernels[s].group, inplace={**kernels[s].inplace, v: p})
                 except Unsupported:
                     continue
                 in_param[v] = params[p]
@@ -211,7 +212,7 @@ def lower_all(fused: FusedFunction, threshold: int | None = None) -> list[Fusion
             out.append(group)
             continue
         try:
-            out.append(lower_group(group, parallel_threshold=threshold))
+            out.append(CPU.lower(group, parallel_threshold=threshold))
         except Unsupported:
             if len(group.ops) == 1 and group.kind is not GroupKind.HORIZONTAL:
                 raise
