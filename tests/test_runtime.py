@@ -110,6 +110,19 @@ def test_runner_calls_every_kernel_and_matches_the_general_path():
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("fuse", [True, False])
+def test_after_the_first_call_nothing_compiles(fuse):
+    f = fj.jit(chain, fuse=fuse)
+    x, y = f32(6, 7), f32(6, 7)
+    f(x, y)
+    before = COUNTERS.snapshot()
+    for _ in range(3):
+        f(x, y)
+    after = COUNTERS.snapshot()
+    assert after["numba_compiles"] == before["numba_compiles"]
+    assert after["numba_cache_loads"] == before["numba_cache_loads"]
+
+
 def test_new_batch_size_compiles_no_numba_code():
     f = fj.jit(chain)
     for rows in (16, 16):
