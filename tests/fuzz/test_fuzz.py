@@ -25,7 +25,8 @@ from fusejit.testing.fuzz import (
 )
 
 BOUNDED_SEED = 20_000
-BOUNDED_COUNT = 60
+BOUNDED_COUNT = 50  # programs per chunk; the chunks run on separate test workers
+BOUNDED_CHUNKS = 5
 
 
 def test_the_same_seed_gives_the_same_program():
@@ -174,9 +175,11 @@ def test_the_gradient_check_runs_on_a_smooth_program():
     assert fuzz.check_grad(Program((spec,), steps, ("v1",), grad=True)) == []
 
 
-def test_bounded_run_finds_no_new_failure():
+@pytest.mark.parametrize("chunk", range(BOUNDED_CHUNKS))
+def test_bounded_run_finds_no_new_failure(chunk):
     """A fixed set of programs through every configuration (deterministic by seed)."""
-    summary = fuzz.campaign(BOUNDED_COUNT, BOUNDED_SEED, max_ops=6, shrink_budget=0, log=None)
+    seed = BOUNDED_SEED + chunk * BOUNDED_COUNT
+    summary = fuzz.campaign(BOUNDED_COUNT, seed, max_ops=6, shrink_budget=0, log=None)
     print(summary.text())
     assert summary.programs == BOUNDED_COUNT
     assert summary.status["fuzzer-error"] == 0
