@@ -32,7 +32,7 @@ f = fj.jit(lambda x, y: (fnp.tanh(x @ y) + 1.0, fnp.sum(fnp.exp(x), axis=0)))
 x = np.arange(12, dtype=np.float32).reshape(3, 4) / 10
 y = np.ones((4, 2), np.float32)
 a, b = f(x, y)
-a, b = f(x, y)  # the second call runs (and first compiles) the entry function
+a, b = f(x, y)  # the second call runs the executable's runner again
 print(json.dumps({"counters": COUNTERS.snapshot(), "a": a.tolist(), "b": b.tolist()}))
 """
 

@@ -1,5 +1,5 @@
-"""The CPU executable: buffer plan, steady-state allocation, donation, entry function,
-shape-generic reuse, FUSEJIT_DUMP and FUSEJIT_DEBUG_NANS."""
+"""The CPU executable: buffer plan, steady-state allocation, donation, the generated
+runner, shape-generic reuse, FUSEJIT_DUMP and FUSEJIT_DEBUG_NANS."""
 
 from __future__ import annotations
 

@@ -3,16 +3,19 @@
 A ``FusionGroup`` is the unit the code generator lowers to one kernel: its ops run in
 one loop nest (or, for a horizontal group, several independent nests in one call),
 reading ``inputs`` from memory once and writing ``outputs`` once; every other value lives
-in registers. ``fuse`` builds the groups in six phases, each a classic XLA fusion:
+in registers. ``fuse`` builds the groups in five phases, each a classic XLA fusion:
 
-1. loop and input fusion: walking consumers last-to-first, each kernel absorbs its
-   elementwise/layout producers (into a loop, or into a reduction's input expression);
-2. row fusion: a reduction over the innermost axes joins the consumers that broadcast its
-   result back over the same rows (softmax, layernorm, cross-entropy);
-3. epilogue fusion: the elementwise consumers of a matmul run right after the BLAS call;
-4. multi-output fusion: sibling kernels with the same iteration space and a shared input
-   become one kernel with several outputs;
-5. horizontal fusion: independent loop kernels run in one call.
+1. loop and input fusion (``producers`` in the report): walking consumers last-to-first,
+   each kernel absorbs its elementwise/layout producers (into a loop, or into a
+   reduction's input expression);
+2. row fusion (``rows``): a reduction over the innermost axes joins the consumers that
+   broadcast its result back over the same rows (softmax, layernorm, cross-entropy);
+3. epilogue fusion (``epilogue``): the elementwise consumers of a matmul run right after
+   the BLAS call;
+4. multi-output fusion (``siblings``): sibling kernels with the same iteration space and
+   a shared input become one kernel with several outputs;
+5. horizontal fusion (``horizontal``): independent loop kernels run in one call;
+then ``finalize`` fixes each group's outputs and splits a group its target refuses.
 
 Each phase *proposes* merges; a merge is *checked* (the size bound and the cost model in
 ``COST``, no cycle between kernels, and the backend's structural ``supports(group)``,

@@ -163,7 +163,8 @@ def parallel_campaign(count: int, seed: int, jobs: int, argv: list[str], *,
     chunks of ``CHUNK``, each a ``python -m fusejit.testing.fuzz`` run with the options in
     ``argv``; their output is relayed and their summaries merged. Unless
     ``FUSEJIT_CACHE_DIR`` is set, the workers share a temporary kernel cache, removed at
-    the end: thousands of random kernels do not belong in the user's cache."""
+    the end: thousands of random kernels do not belong in the user's cache. (Fewer than
+    ``jobs * CHUNK`` programs are split evenly over the workers.)"""
     import concurrent.futures
     import json
     import os
@@ -177,7 +178,8 @@ def parallel_campaign(count: int, seed: int, jobs: int, argv: list[str], *,
         env["FUSEJIT_CACHE_DIR"] = private_cache
     summary = Summary()
     t0 = time.perf_counter()
-    chunks = [(s, min(CHUNK, seed + count - s)) for s in range(seed, seed + count, CHUNK)]
+    size = max(1, min(CHUNK, -(-count // jobs)))
+    chunks = [(s, min(size, seed + count - s)) for s in range(seed, seed + count, size)]
 
     def run_chunk(start: int, n: int) -> tuple[str, dict[str, Any] | None]:
         left = None if time_limit is None else time_limit - (time.perf_counter() - t0)
@@ -186,7 +188,7 @@ def parallel_campaign(count: int, seed: int, jobs: int, argv: list[str], *,
         with tempfile.TemporaryDirectory() as tmp:
             path = f"{tmp}/summary.json"
             cmd = [sys.executable, "-m", "fusejit.testing.fuzz", *argv, "--count", str(n), "--seed", str(start),
-                   "--jobs", "1", "--summary-json", path]
+                   "--jobs", "1", "--summary-json", path, "--worker"]
             if left is not None:
                 cmd += ["--time-limit", str(left)]
             done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)  # noqa: S603 - our own command
@@ -220,27 +222,43 @@ def parallel_campaign(count: int, seed: int, jobs: int, argv: list[str], *,
     return summary
 
 
+def _seed(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a seed is a non-negative integer, not {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     package_doc = sys.modules[__package__].__doc__  # (the fuzzer's description is the package's docstring)
     parser = argparse.ArgumentParser(prog="python -m fusejit.testing.fuzz", description=package_doc.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=200, help="programs to run")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the first program")
-    parser.add_argument("--max-ops", type=int, default=8)
+    parser.add_argument("--seed", type=_seed, default=0, help="seed of the first program")
+    parser.add_argument("--max-ops", type=int, default=8, help="most steps in a program")
     parser.add_argument("--grad-fraction", type=float, default=0.1, help="share of programs with gradient checks")
     parser.add_argument("--large-fraction", type=float, default=0.03, help="share of programs over the threads threshold")
     parser.add_argument("--shrink-budget", type=int, default=30, help="re-runs per shrink (0: no shrinking)")
     parser.add_argument("--time-limit", type=float, default=None, help="stop after this many seconds")
-    parser.add_argument("--replay", type=int, default=None, help="run (and print) the program of one seed")
+    parser.add_argument("--replay", type=_seed, default=None,
+                        help="run (and print) the program of one seed; give the campaign's --max-ops, "
+                             "--grad-fraction and --large-fraction if it changed them")
     parser.add_argument("--verbose", action="store_true", help="report every failure, not the first of a kind")
-    parser.add_argument("--jobs", type=int, default=1, help=f"worker processes ({CHUNK} programs each in turn)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help=f"worker processes, each a fresh interpreter for every {CHUNK} programs")
     parser.add_argument("--summary-json", default=None, help="also write the summary to this file, as JSON")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a chunk of --jobs: no summary text
     ns = parser.parse_args(argv)
     if ns.replay is not None:
         program = generate(ns.replay, ns.max_ops, ns.grad_fraction, ns.large_fraction)
         result = check(program)
         result.known = classify(result)
+        for k, spec in enumerate(program.inputs):
+            print(f"# x{k}: {spec.dtype}{list(spec.shape)}, {spec.layout} layout"
+                  f"{', with nan/inf/-0.0' if spec.special else ''}")
         print(program.source())
-        print(f"status: {result.status} {result.note}")
+        compared = ", ".join(result.outcomes) or "none"
+        print(f"compared with NumPy: {compared}" + (" (and gradients)" if program.grad else ""))
+        print(f"status: {result.status}" + (f" ({result.note})" if result.note else ""))
         for m in result.mismatches:
             print(f"  {m}")
         if result.status == "mismatch" and ns.shrink_budget:
@@ -259,8 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         import json
 
         with open(ns.summary_json, "w", encoding="utf-8") as f:
-            json.dump(summary.to_json(), f)  # (for a parallel campaign, which prints the total)
-    else:
+            json.dump(summary.to_json(), f)
+    if not ns.worker:  # (a parallel campaign prints the merged total)
         print(summary.text())
     new = [k for k in summary.kinds if not k.startswith("known:")]
     return 1 if new or summary.status["fuzzer-error"] else 0
