@@ -214,3 +214,12 @@ def test_an_expensive_producer_read_by_two_kernels_is_computed_once_and_the_repo
     assert "tanh at" in fusion_report(result)
     assert any(r.producer.prim.name == "tanh" and "not cheap enough to recompute" in r.reason
                for r in result.refusals)
+
+
+def test_the_report_says_why_a_matmul_got_no_epilogue():
+    x, w = np.ones((8, 4), np.float32), np.ones((5, 4), np.float32)
+    from fusejit.ir.transforms.fusion import fusion_report
+
+    two_readers = fused(lambda x, w: (fnp.exp(x @ w.T), (x @ w.T).sum(axis=0) + 1.0), x, w)
+    assert "[epilogue] dot_general" in fusion_report(two_readers)
+    assert any(r.phase == "epilogue" and r.reason for r in two_readers.refusals)

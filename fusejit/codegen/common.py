@@ -15,7 +15,7 @@ from fusejit.ir import primitives as P
 from fusejit.ir.core import Op, Value
 from fusejit.ir.dtypes import DType
 from fusejit.ir.primitives import OpKind
-from fusejit.ir.printer import format_attr, printable_file
+from fusejit.ir.printer import format_attr, short_loc
 from fusejit.ir.transforms.fusion import FusionGroup, GroupKind
 
 LOOP_OPS = (OpKind.ELEMENTWISE, OpKind.LAYOUT, OpKind.SOURCE)
@@ -332,6 +332,6 @@ def describe_ops(group: FusionGroup, concrete: bool) -> list[str]:
             line += f"  {attrs}"
         line += f"  : {t.dtype}[{shape}]"
         if concrete and op.loc is not None:
-            line += f"  # {printable_file(op.loc.file)}:{int(op.loc.line)}"
+            line += f"  # {short_loc(op.loc)}"
         lines.append(line)
     return lines

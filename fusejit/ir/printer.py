@@ -20,7 +20,7 @@ import math
 import os
 import re
 
-from fusejit.ir.core import AttrValue, Function, Op, Value
+from fusejit.ir.core import AttrValue, Function, Op, SourceLoc, Value
 from fusejit.ir.dtypes import DType
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -84,11 +84,16 @@ def _print_one(fn: Function, names: _FunctionNames) -> str:
     comment_column = min(max((len(b) for b in bodies), default=0), _COMMENT_COLUMN_LIMIT) + 2
     for op, body in zip(fn.ops, bodies, strict=True):
         if op.loc is not None:
-            body = f"{body.ljust(comment_column)}# {printable_file(op.loc.file)}:{op.loc.line}"
+            body = f"{body.ljust(comment_column)}# {short_loc(op.loc)}"
         lines.append(body)
     lines.append(f"  return {', '.join(ref(r) for r in fn.results)}".rstrip())
     lines.append("}")
     return "\n".join(lines)
+
+
+def short_loc(loc: SourceLoc) -> str:
+    """``file.py:12``: how the IR text, kernel headers and the fusion report show a line."""
+    return f"{printable_file(loc.file)}:{int(loc.line)}"
 
 
 def printable_file(path: str) -> str:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from fusejit.ir import primitives as P
 from fusejit.ir.core import Function, Op, Value
 from fusejit.ir.primitives import OpKind
-from fusejit.ir.printer import print_function
+from fusejit.ir.printer import print_function, short_loc
 
 
 class GroupKind(enum.StrEnum):
@@ -81,7 +81,7 @@ class Refusal:
     phase: str = "producers"
 
     def __str__(self) -> str:
-        where = f" at {self.producer.loc}" if self.producer.loc else ""
+        where = f" at {short_loc(self.producer.loc)}" if self.producer.loc else ""
         arrow = "->" if self.phase in ("producers", "rows", "epilogue") else "+"
         return f"[{self.phase}] {self.producer.prim.name}{where} {arrow} {self.consumer.prim.name}: {self.reason}"
 
@@ -379,6 +379,14 @@ def _epilogue_fusion(part: _Partition, groups: list[_Group]) -> None:
         (out,) = m.owned[0].outputs
         consumers = {id(part.home[id(u)]): part.home[id(u)] for u in part.users.get(out, [])}
         loops = [c for c in consumers.values() if c.kind is GroupKind.LOOP and c.shape == out.shape]
+        for c in consumers.values():
+            if c.kind is not GroupKind.LOOP or c.shape != out.shape:
+                reason = f"an epilogue is a loop over the product's shape, not a {c.kind} kernel"
+            elif len(loops) > 1:
+                reason = f"the product is read by {len(loops)} loop kernels; an epilogue joins a lone one"
+            else:
+                continue
+            part.refusals.append(Refusal(*_edge(part, m, c), reason, "epilogue"))
         if len(loops) == 1 and len(m.owned) == 1:
             loop = loops[0]
             if _try_merge(part, loop, m, GroupKind.MATMUL, groups, "epilogue"):
@@ -640,7 +648,7 @@ def fusion_report(fused: FusedFunction) -> str:
         lines.append(f"kernel {k} ({g.kind}): reads {g.bytes_read} B, writes {g.bytes_written} B")
         for op in g.ops:
             lines.append(f"    {op.prim.name:18} {op.output.type if len(op.outputs) == 1 else ''}"
-                         f"{f'  # {op.loc}' if op.loc else ''}")
+                         f"{f'  # {short_loc(op.loc)}' if op.loc else ''}")
     unique = list(dict.fromkeys(str(r) for r in fused.refusals))
     lines.append(f"unfused edges: {len(unique)}")
     lines += [f"    {r}" for r in unique]
