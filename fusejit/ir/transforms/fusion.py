@@ -267,13 +267,17 @@ def _absorb_producers(part: _Partition, g: _Group) -> None:
             users = part.users.get(v, [])
             # Only owned users count: a recomputed (copied) user also runs in other
             # kernels, which then need this value too.
-            owned = set(map(id, g.owned))
-            all_inside = all(id(u) in owned for u in users) and v not in part.results
+            owned_ids = set(map(id, g.owned))
+            all_inside = all(id(u) in owned_ids for u in users) and v not in part.results
             owner = part.home.get(id(p))
-            if all_inside and owner is None:
-                part.add(g, p, owned=True)
-            elif p.prim in COST.cheap:
-                part.add(g, p, owned=False)
+            owned = all_inside and owner is None
+            if owned or p.prim in COST.cheap:
+                trial = _Group(g.owned[0])
+                trial.kind, trial.shape = g.kind, g.shape
+                trial.owned, trial.copies = (g.owned + [p], g.copies) if owned else (g.owned, g.copies + [p])
+                reason = part.unsupported(part.finish(trial))
+                if reason is None:
+                    part.add(g, p, owned=owned)
             else:
                 reason = (
                     f"{p.prim.name} is not cheap enough to recompute for its "
