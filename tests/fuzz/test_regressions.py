@@ -270,3 +270,17 @@ def test_the_gradient_of_math_on_a_concatenated_variance_compiles_in_seconds():
     e[1, 0, 2] = eps
     numeric = (loss(x1 + e) - loss(x1 - e)) / (2 * eps)
     np.testing.assert_allclose(lowered.compile()(x1)[1, 0, 2], numeric, rtol=1e-5, atol=1e-8)
+
+
+def test_a_group_split_after_fusion_keeps_the_ops_only_it_recomputed():
+    """Fuzz seed 977: fusion split a group whose late outputs had two shapes; a convert
+    it only recomputed (every reader recomputed it, so no kernel stored it) was dropped,
+    and planning the call failed with a KeyError."""
+
+    def program(x0):
+        v2 = fnp.broadcast_to(fnp.all(x0, axis=-3) >= x0, (1, 2, 5, 6))
+        return v2[:, [0, 0, -1]], fnp.astype(v2, fnp.float64)
+
+    x0 = np.random.default_rng(977).random((1, 5, 6)) > 0.5
+    for got, want in zip(fj.jit(program)(x0), _with_module(program, np)(x0), strict=True):
+        np.testing.assert_array_equal(got, want)

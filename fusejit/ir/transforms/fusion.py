@@ -503,16 +503,19 @@ def _finalize(part: _Partition, groups: list[_Group]) -> list[FusionGroup]:
 
 
 def _split(part: _Partition, groups: list[_Group], g: _Group) -> list[_Group]:
-    """``groups`` with ``g`` replaced by one group per op it owns (its copies dropped)."""
+    """``groups`` with ``g`` replaced by one group per op it holds: the ops it owns, and
+    the ops it recomputes whose owner is gone (every reader recomputed them)."""
+    live = set(map(id, groups))
     singles = []
-    for op in g.owned:
+    for op in g.owned + g.copies:
         part.readers[id(op)].remove(g)
+        home = part.home.get(id(op))
+        if home is not g and home is not None and id(home) in live:
+            continue  # a copy of an op another kernel stores: read from memory
         single = _Group(op)
         part.home[id(op)] = single
         part.readers[id(op)].append(single)
         singles.append(single)
-    for c in g.copies:
-        part.readers[id(c)].remove(g)
     i = groups.index(g)
     return groups[:i] + singles + groups[i + 1:]
 
