@@ -73,8 +73,7 @@ def branch_support(group: FusionGroup) -> str | None:
     if-convert or unswitch; with inlined math-library calls in the same kernel their
     compile time explodes (fuzzer seed 6394: sin, exp, tanh and cos of a concatenated
     value, two branches: over 10 minutes in LLVM, 1.9 s without them; earlier, tanh of
-    two exps inside a piece). So a kernel holds branches or math-library calls, not both;
-    ``KernelBuilder.branch`` still checks each branch it emits."""
+    two exps inside a piece). So a kernel holds branches or math-library calls, not both."""
     branch = next((op for op in group.ops if op.prim in (P.concatenate, P.pad)), None)
     math = next((op for op in group.ops if calls_math(op)), None)
     if branch is not None and math is not None:

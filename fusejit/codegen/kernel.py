@@ -398,12 +398,6 @@ class KernelBuilder:
             body.append(Let(out, value, depth))
             results.append(value)
             blocks.append(body)
-        called = [f for f in self.mathlib if any(f"{f}(" in _statement_text(t) for blk in blocks for t in blk)]
-        if called:
-            # LLVM's loop vectorizer if-converts the branches: with inlined math functions
-            # on both sides its compile time exploded (tanh of a stack of two exps: minutes).
-            raise Unsupported(f"a branch (concatenate/pad piece) would compute {sorted(called)[0]}; "
-                              "its producers are computed in kernels of their own")
         inner = max([self.expr_depth(cond)] + [_block_depth(b, self) for b in blocks])
         self.depth_of[out] = inner
         for b in blocks:
