@@ -79,6 +79,10 @@ VJP_RULES: dict[P.Primitive, VjpRule] = {}
 JVP_RULES: dict[P.Primitive, JvpRule] = {}
 
 
+def _define(prim: P.Primitive, vjp: VjpRule, jvp: JvpRule) -> None:
+    VJP_RULES[prim], JVP_RULES[prim] = vjp, jvp
+
+
 class MissingRuleError(NotImplementedError):
     """A primitive on the differentiated path has no vjp/jvp rule."""
 
@@ -422,7 +426,7 @@ for _prim in (
     P.logical_and, P.logical_or,
     P.eq, P.ne, P.lt, P.le, P.gt, P.ge, P.argmax, P.argmin, P.iota, P.constant,
 ):  # fmt: skip
-    VJP_RULES[_prim], JVP_RULES[_prim] = zero_vjp, zero_jvp
+    _define(_prim, zero_vjp, zero_jvp)
 
 
 # ---------------------------------------------------------------------------------------
@@ -462,7 +466,7 @@ def _unary_rules(scale: UnaryScale) -> tuple[VjpRule, JvpRule]:
 
 
 for _prim, _scale in _UNARY_SCALES.items():
-    VJP_RULES[_prim], JVP_RULES[_prim] = _unary_rules(_scale)
+    _define(_prim, *_unary_rules(_scale))
 
 
 def _convert_vjp(b: Builder, op: Op, cts: tuple[Ct, ...], needs: tuple[bool, ...]) -> Sequence[Ct]:
@@ -479,7 +483,7 @@ def _convert_jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequence[Ct]:
     return (b.convert(t, op.output.dtype),)
 
 
-VJP_RULES[P.convert], JVP_RULES[P.convert] = _convert_vjp, _convert_jvp
+_define(P.convert, _convert_vjp, _convert_jvp)
 
 
 # ---------------------------------------------------------------------------------------
@@ -623,15 +627,15 @@ def _select_jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequence[Ct]:
     return (b.op(P.select, pred, _or_zeros(b, ta, a), _or_zeros(b, tb, a)),)
 
 
-VJP_RULES[P.add], JVP_RULES[P.add] = _add_vjp, _add_jvp
-VJP_RULES[P.sub], JVP_RULES[P.sub] = _sub_vjp, _sub_jvp
-VJP_RULES[P.mul], JVP_RULES[P.mul] = _mul_vjp, _mul_jvp
-VJP_RULES[P.div], JVP_RULES[P.div] = _div_vjp, _div_jvp
-VJP_RULES[P.pow], JVP_RULES[P.pow] = _pow_vjp, _pow_jvp
-VJP_RULES[P.max], JVP_RULES[P.max] = _extremum_vjp, _extremum_jvp
-VJP_RULES[P.min], JVP_RULES[P.min] = _extremum_vjp, _extremum_jvp
-VJP_RULES[P.select], JVP_RULES[P.select] = _select_vjp, _select_jvp
-VJP_RULES[P.remainder], JVP_RULES[P.remainder] = _remainder_vjp, _remainder_jvp
+_define(P.add, _add_vjp, _add_jvp)
+_define(P.sub, _sub_vjp, _sub_jvp)
+_define(P.mul, _mul_vjp, _mul_jvp)
+_define(P.div, _div_vjp, _div_jvp)
+_define(P.pow, _pow_vjp, _pow_jvp)
+_define(P.max, _extremum_vjp, _extremum_jvp)
+_define(P.min, _extremum_vjp, _extremum_jvp)
+_define(P.select, _select_vjp, _select_jvp)
+_define(P.remainder, _remainder_vjp, _remainder_jvp)
 
 
 # ---------------------------------------------------------------------------------------
@@ -740,12 +744,12 @@ def _concatenate_jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequence[C
     return (b.op(P.concatenate, *parts, axis=op.attrs["axis"]),)
 
 
-VJP_RULES[P.broadcast_in_dim], JVP_RULES[P.broadcast_in_dim] = _broadcast_vjp, _linear_jvp
-VJP_RULES[P.reshape], JVP_RULES[P.reshape] = _reshape_vjp, _linear_jvp
-VJP_RULES[P.transpose], JVP_RULES[P.transpose] = _transpose_vjp, _linear_jvp
-VJP_RULES[P.slice], JVP_RULES[P.slice] = _slice_vjp, _linear_jvp
-VJP_RULES[P.pad], JVP_RULES[P.pad] = _pad_vjp, _pad_jvp
-VJP_RULES[P.concatenate], JVP_RULES[P.concatenate] = _concatenate_vjp, _concatenate_jvp
+_define(P.broadcast_in_dim, _broadcast_vjp, _linear_jvp)
+_define(P.reshape, _reshape_vjp, _linear_jvp)
+_define(P.transpose, _transpose_vjp, _linear_jvp)
+_define(P.slice, _slice_vjp, _linear_jvp)
+_define(P.pad, _pad_vjp, _pad_jvp)
+_define(P.concatenate, _concatenate_vjp, _concatenate_jvp)
 
 
 # ---------------------------------------------------------------------------------------
@@ -780,9 +784,9 @@ def _reduce_chooser_jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequenc
     return (_div(b, b.op(P.reduce_sum, _mul(b, t, mask), axes=op.attrs["axes"]), count),)
 
 
-VJP_RULES[P.reduce_sum], JVP_RULES[P.reduce_sum] = _reduce_sum_vjp, _linear_jvp
-VJP_RULES[P.reduce_max], JVP_RULES[P.reduce_max] = _reduce_chooser_vjp, _reduce_chooser_jvp
-VJP_RULES[P.reduce_min], JVP_RULES[P.reduce_min] = _reduce_chooser_vjp, _reduce_chooser_jvp
+_define(P.reduce_sum, _reduce_sum_vjp, _linear_jvp)
+_define(P.reduce_max, _reduce_chooser_vjp, _reduce_chooser_jvp)
+_define(P.reduce_min, _reduce_chooser_vjp, _reduce_chooser_jvp)
 
 
 # ---------------------------------------------------------------------------------------
@@ -844,7 +848,7 @@ def _dot_general_jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequence[C
     )
 
 
-VJP_RULES[P.dot_general], JVP_RULES[P.dot_general] = _dot_general_vjp, _dot_general_jvp
+_define(P.dot_general, _dot_general_vjp, _dot_general_jvp)
 
 
 # ---------------------------------------------------------------------------------------
@@ -862,8 +866,8 @@ def _scatter_add_vjp(b: Builder, op: Op, cts: tuple[Ct, ...], needs: tuple[bool,
     return (b.op(P.gather, g, idx, axis=op.attrs["axis"]), None)
 
 
-VJP_RULES[P.gather], JVP_RULES[P.gather] = _gather_vjp, _linear_jvp
-VJP_RULES[P.scatter_add], JVP_RULES[P.scatter_add] = _scatter_add_vjp, _linear_jvp
+_define(P.gather, _gather_vjp, _linear_jvp)
+_define(P.scatter_add, _scatter_add_vjp, _linear_jvp)
 
 
 # ---------------------------------------------------------------------------------------
@@ -901,4 +905,4 @@ def _custom_vjp_call_jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequen
     return tuple(t if v.dtype.is_float else None for t, v in zip(outs[m:], op.outputs, strict=True))
 
 
-VJP_RULES[P.custom_vjp_call], JVP_RULES[P.custom_vjp_call] = _custom_vjp_call_vjp, _custom_vjp_call_jvp
+_define(P.custom_vjp_call, _custom_vjp_call_vjp, _custom_vjp_call_jvp)
