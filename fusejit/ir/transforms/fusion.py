@@ -221,6 +221,15 @@ class _Partition:
         """Why the backend cannot lower ``group`` (a structural check), or None."""
         return None if self.supports is None else self.supports(group)
 
+    def trial(self, g: _Group, kind: GroupKind, shape: tuple[int, ...], owned: list[Op],
+              copies: list[Op]) -> FusionGroup:
+        """The group ``g`` would become with ``owned`` and ``copies`` added, as ``kind`` over
+        ``shape`` (nothing changes)."""
+        t = _Group(g.owned[0])
+        t.kind, t.shape = kind, shape
+        t.owned, t.copies = g.owned + owned, g.copies + copies
+        return self.finish(t)
+
     def finish(self, g: _Group, needed: set[Value] | None = None) -> FusionGroup:
         order = sorted(g.ops(), key=lambda op: self.position[id(op)])
         internal = {v for op in order for v in op.outputs}
@@ -272,10 +281,7 @@ def _absorb_producers(part: _Partition, g: _Group) -> None:
             owner = part.home.get(id(p))
             owned = all_inside and owner is None
             if owned or p.prim in COST.cheap:
-                trial = _Group(g.owned[0])
-                trial.kind, trial.shape = g.kind, g.shape
-                trial.owned, trial.copies = (g.owned + [p], g.copies) if owned else (g.owned, g.copies + [p])
-                reason = part.unsupported(part.finish(trial))
+                reason = part.unsupported(part.trial(g, g.kind, g.shape, [p] if owned else [], [] if owned else [p]))
                 if reason is None:
                     part.add(g, p, owned=owned)
             else:
@@ -351,16 +357,13 @@ def _try_merge(part: _Partition, a: _Group, b: _Group, kind: GroupKind, groups: 
     elif part.creates_cycle(a, b):
         reason = "another kernel would both read one and feed the other"
     else:
-        trial = _Group(a.owned[0])
-        trial.kind, trial.shape = kind, shape or a.shape
-        trial.owned = a.owned + b.owned
-        trial.copies = a.copies + [op for op in b.copies if all(op is not c for c in a.copies)]
-        reason = part.unsupported(part.finish(trial))
+        copies = [op for op in b.copies if all(op is not c for c in a.copies)]
+        reason = part.unsupported(part.trial(a, kind, shape or a.shape, b.owned, copies))
     if reason is not None:
         part.refusals.append(Refusal(*_edge(part, b, a), reason, phase))
         return False
     part.merge(a, b, kind)
-    a.shape = trial.shape
+    a.shape = shape or a.shape
     groups.remove(b)
     return True
 
