@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,7 @@ from fusejit.ir.transforms.fusion import FusedFunction
 from fusejit.ir.transforms.pipeline import Stage, optimize
 from fusejit.ir.types import TensorType
 from fusejit.runtime.executable import compile_function, partition
+from fusejit.tracer.inplace import InputMutationWarning, first_write
 from fusejit.tracer.pytree import LEAF, TreeDef, tree_flatten, tree_flatten_with_path, tree_unflatten
 from fusejit.tracer.tracing import (
     _TRACES,
@@ -261,6 +263,7 @@ class Jitted:
         self._fast: dict[Any, Callable[[tuple], Any]] = {}  # see __call__
         self._info = CacheInfo()
         self._last: _Signature | None = None
+        self._warned_inputs: set[str] = set()  # arguments whose mutation was warned about
 
     @property
     def backend(self) -> str:
@@ -385,7 +388,9 @@ class Jitted:
             call_args = [static_items[i] if i in static_items else next(it) for i in range(n)]
             call_kwargs = dict(dyn_kwargs)
             call_kwargs.update({k: v for k, v in static_items.items() if isinstance(k, str)})
-            return self.fun(*call_args, **call_kwargs)
+            out = self.fun(*call_args, **call_kwargs)
+            self._warn_about_mutated_inputs(leaf_values, [p for p, _ in path_leaves], donated)
+            return out
 
         name = sanitize_name(getattr(self.fun, "__name__", "fn"))
         fn, (out_tree, _), captured = trace_function(
@@ -400,6 +405,23 @@ class Jitted:
         self._info.reasons.append(reason)
         self._last = signature
         return Lowered(self, fn, out_tree, in_types, donated)
+
+    def _warn_about_mutated_inputs(self, params: Sequence[Any], paths: list[str], donated: tuple[int, ...]) -> None:
+        """Warns, once per argument, that writing into an argument that is not donated
+        leaves the caller's array as it was."""
+        for i, (param, path) in enumerate(zip(params, paths, strict=True)):
+            where = first_write(param)
+            if where is False or i in donated or path in self._warned_inputs:
+                continue
+            self._warned_inputs.add(path)
+            warnings.warn(
+                f"{getattr(self, '__name__', 'the jitted function')} writes into its argument {path}{f' (at {where})' if where else ''}, "
+                "which is not donated: the caller's array is not changed (jit works on its own copy "
+                "and returns new arrays). Return the updated array, and pass donate_argnums to let "
+                "the compiled code reuse the argument's buffer for it.",
+                InputMutationWarning,
+                stacklevel=4,
+            )
 
     def _why_retrace(self, new: _Signature) -> str:
         old = self._last

@@ -20,6 +20,7 @@ import numpy as np
 from fusejit.ir import primitives as P
 from fusejit.ir.dtypes import DType, from_numpy
 from fusejit.ir.primitives import IRTypeError
+from fusejit.tracer import inplace
 from fusejit.tracer.tracing import (
     TracedArray,
     bind,
@@ -72,17 +73,35 @@ def _dtype_of(x: Array) -> DType:
 
 
 def astype(x: Array, dtype: Any, copy: bool = True) -> Array:
-    """``x`` converted to ``dtype`` (a no-op when it already has it). Arrays are immutable
-    inside traces, so ``copy`` changes nothing. The result is strongly typed, like
-    ``np.float32(2.0)``."""
+    """``x`` converted to ``dtype``, a new array as in NumPy; with ``copy=False``, ``x``
+    itself when it already has that dtype (``np.asarray(x, dtype)``). The result
+    is strongly typed, like ``np.float32(2.0)``."""
     dt = from_numpy(dtype)
     if isinstance(x, TracedArray):
-        return x if x.value.dtype == dt else _with_weak(bind(P.convert, x, dtype=dt), False)
+        if x.value.dtype == dt:
+            return fresh(x) if copy else x
+        return _with_weak(bind(P.convert, x, dtype=dt), False)
     arr = np.asarray(x)
-    return arr if arr.dtype == dt.np else bind(P.convert, arr, dtype=dt)
+    if arr.dtype == dt.np:
+        return arr.copy() if copy else arr
+    return bind(P.convert, arr, dtype=dt)
+
+
+def fresh(x: Array) -> Array:
+    """A new array with ``x``'s contents (a traced copy costs nothing: it is the same SSA
+    value in a new handle, which later writes to ``x`` do not reach)."""
+    if isinstance(x, TracedArray):
+        return TracedArray(x.value, x.trace, x.weak)
+    return np.array(x)
 
 
 def broadcast_to(x: Array, shape: Sequence[int]) -> Array:
+    """A read-only view of ``x`` broadcast to ``shape``, as in NumPy."""
+    out = _broadcast(x, shape)
+    return out if out is x else inplace.view_of(x, out, inplace.Broadcast(shape_of(out)))
+
+
+def _broadcast(x: Array, shape: Sequence[int]) -> Array:
     shape = tuple(int(s) for s in shape)
     xs = shape_of(x)
     if xs == shape:
@@ -107,7 +126,7 @@ def _as_operand(x: Array) -> Array:
 def _prepare(x: Array, dt: DType, shape: tuple[int, ...]) -> Array:
     if not isinstance(x, TracedArray):
         x = np.asarray(x, dtype=dt.np)
-    return broadcast_to(astype(x, dt), shape)
+    return _broadcast(astype(x, dt), shape)
 
 
 def _elementwise(name: str, prim: P.Primitive, *xs: Array, dtype: DType | None = None) -> Array:
@@ -125,8 +144,8 @@ def _float_dtype(*xs: Array) -> DType:
 
 
 def _unary_float(name: str, prim: P.Primitive) -> Callable[[Array], Array]:
-    def fn(x: Array) -> Array:
-        return _elementwise(name, prim, x, dtype=_float_dtype(x))
+    def fn(x: Array, out: Array = None) -> Array:
+        return inplace.store(out, _elementwise(name, prim, x, dtype=_float_dtype(x)), name)
 
     fn.__name__ = fn.__qualname__ = name
     fn.__doc__ = f"Elementwise ``numpy.{name}``."
@@ -139,10 +158,9 @@ def _binary(
     """A NumPy binary ufunc; ``on_bool`` is the primitive NumPy's bool loop amounts to
     (``True + True`` is ``True``: add is logical or, multiply logical and)."""
 
-    def fn(x: Array, y: Array) -> Array:
-        if on_bool is not None and result_dtype(x, y).is_bool:
-            return _elementwise(name, on_bool, x, y)
-        return _elementwise(name, prim, x, y)
+    def fn(x: Array, y: Array, out: Array = None) -> Array:
+        use = on_bool if on_bool is not None and result_dtype(x, y).is_bool else prim
+        return inplace.store(out, _elementwise(name, use, x, y), name)
 
     fn.__name__ = fn.__qualname__ = name
     fn.__doc__ = f"Elementwise ``numpy.{name}`` with broadcasting and NumPy 2 promotion."
@@ -150,12 +168,12 @@ def _binary(
 
 
 def _comparison(name: str, prim: P.Primitive) -> Callable[[Array, Array], Array]:
-    def fn(x: Array, y: Array) -> Array:
+    def fn(x: Array, y: Array, out: Array = None) -> Array:
         dt = result_dtype(x, y)
         if dt.is_bool and dt not in prim.dtypes:
             dt = DType.i32  # False < True: order bools as 0 and 1
         shape = broadcast_shapes(name, shape_of(x), shape_of(y))
-        return bind(prim, _prepare(x, dt, shape), _prepare(y, dt, shape))
+        return inplace.store(out, bind(prim, _prepare(x, dt, shape), _prepare(y, dt, shape)), name)
 
     fn.__name__ = fn.__qualname__ = name
     fn.__doc__ = f"Elementwise ``numpy.{name}``; returns bool."
@@ -192,8 +210,8 @@ def _integral(name: str, prim: P.Primitive) -> Callable[[Array], Array]:
     """floor/ceil/trunc: integers and bools are already integral, and NumPy 2 keeps them."""
     as_float = _unary_float(name, prim)
 
-    def fn(x: Array) -> Array:
-        return _as_operand(x) if not _dtype_of(x).is_float else as_float(x)
+    def fn(x: Array, out: Array = None) -> Array:
+        return inplace.store(out, fresh(_as_operand(x)) if not _dtype_of(x).is_float else as_float(x), name)
 
     fn.__name__ = fn.__qualname__ = name
     fn.__doc__ = f"Elementwise ``numpy.{name}``."
@@ -207,7 +225,7 @@ ceil = _integral("ceil", P.ceil)
 def trunc(x: Array) -> Array:
     """Rounds toward zero."""
     if not _dtype_of(x).is_float:
-        return _as_operand(x)
+        return fresh(_as_operand(x))
     return where(less(x, 0), ceil(x), floor(x))
 
 
@@ -260,12 +278,12 @@ def negative(x: Array) -> Array:
 
 
 def positive(x: Array) -> Array:
-    return x
+    return fresh(x)
 
 
 def absolute(x: Array) -> Array:
     if _dtype_of(x).is_bool:
-        return x
+        return fresh(x)
     return _with_weak(bind(P.abs, _as_operand(x)), is_weak(x))
 
 
@@ -304,13 +322,15 @@ def _as_float(x: Array) -> Array:
     return astype(x, _float_dtype(x))
 
 
-def round(a: Array, decimals: int = 0) -> Array:  # noqa: A001 - NumPy's name
+def round(a: Array, decimals: int = 0, out: Array = None) -> Array:  # noqa: A001 - NumPy's name
     """Round half to even, like ``numpy.round``; integers keep their dtype (and only
     negative ``decimals`` change them: to tens, hundreds...)."""
+    if out is not None:
+        return inplace.store(out, round(a, decimals), "round", "unsafe")
     dt = _dtype_of(a)
     if not dt.is_float:
         if decimals >= 0:
-            return a
+            return fresh(a)
         scale = 10.0 ** (-decimals)
         return astype(multiply(rint(true_divide(a, scale)), scale), dt)
     if decimals == 0:
@@ -374,23 +394,28 @@ def where(condition: Array, x: Array = None, y: Array = None) -> Array:
         raise NotImplementedError("numpy.where with one argument (its shape depends on the data)")
     dt = result_dtype(x, y)
     shape = broadcast_shapes("where", shape_of(condition), shape_of(x), shape_of(y))
-    cond = broadcast_to(astype(condition, DType.bool), shape)
+    cond = _broadcast(astype(condition, DType.bool), shape)
     out = bind(P.select, _as_operand(cond), _prepare(x, dt, shape), _prepare(y, dt, shape))
     return _with_weak(out, is_weak(x, y))
 
 
+_select = where  # for functions whose where= argument hides this one
+
+
 def clip(
-    a: Array, a_min: Array = None, a_max: Array = None, *, min: Array = None, max: Array = None  # noqa: A002
+    a: Array, a_min: Array = None, a_max: Array = None, out: Array = None, *,
+    min: Array = None, max: Array = None,  # noqa: A002
 ) -> Array:
-    """``numpy.clip``: bounds by position (``a_min``/``a_max``) or by NumPy 2's names."""
+    """``numpy.clip``: bounds by position (``a_min``/``a_max``) or by NumPy 2's names;
+    ``out=`` as a ufunc's (same-kind casting)."""
     a_min = min if a_min is None else a_min
     a_max = max if a_max is None else a_max
-    out = a
+    result = a
     if a_min is not None:
-        out = maximum(out, a_min)
+        result = maximum(result, a_min)
     if a_max is not None:
-        out = minimum(out, a_max)
-    return out
+        result = minimum(result, a_max)
+    return inplace.store(out, fresh(a) if result is a else result, "clip")
 
 
 def stop_gradient(x: Array) -> Array:
@@ -423,7 +448,9 @@ def _keep(out: Array, shape: tuple[int, ...], axes: tuple[int, ...], keepdims: b
     return reshape(out, tuple(1 if i in axes else n for i, n in enumerate(shape)))
 
 
-def sum(a: Array, axis: Any = None, dtype: Any = None, keepdims: bool = False) -> Array:  # noqa: A001
+def sum(a: Array, axis: Any = None, dtype: Any = None, out: Array = None, keepdims: bool = False) -> Array:  # noqa: A001
+    if out is not None:
+        return inplace.store(out, sum(a, axis, dtype, keepdims=keepdims), "sum", "unsafe")
     a = _as_operand(a)
     dt = from_numpy(dtype) if dtype is not None else _dtype_of(a)
     if dtype is None and not dt.is_float:
@@ -433,7 +460,9 @@ def sum(a: Array, axis: Any = None, dtype: Any = None, keepdims: bool = False) -
     return _keep(out, shape_of(a), axes, keepdims)
 
 
-def mean(a: Array, axis: Any = None, dtype: Any = None, keepdims: bool = False) -> Array:
+def mean(a: Array, axis: Any = None, dtype: Any = None, out: Array = None, keepdims: bool = False) -> Array:
+    if out is not None:
+        return inplace.store(out, mean(a, axis, dtype, keepdims=keepdims), "mean", "unsafe")
     a = _as_operand(a)
     dt = from_numpy(dtype) if dtype is not None else _float_dtype(a)
     axes = _axes(axis, len(shape_of(a)), "mean")
@@ -442,7 +471,10 @@ def mean(a: Array, axis: Any = None, dtype: Any = None, keepdims: bool = False) 
     return true_divide(total, float(count))
 
 
-def var(a: Array, axis: Any = None, dtype: Any = None, ddof: int = 0, keepdims: bool = False) -> Array:
+def var(a: Array, axis: Any = None, dtype: Any = None, out: Array = None, ddof: int = 0,
+        keepdims: bool = False) -> Array:
+    if out is not None:
+        return inplace.store(out, var(a, axis, dtype, ddof=ddof, keepdims=keepdims), "var", "unsafe")
     a = _as_operand(a)
     axes = _axes(axis, len(shape_of(a)), "var")
     count = math.prod(shape_of(a)[i] for i in axes)
@@ -451,12 +483,16 @@ def var(a: Array, axis: Any = None, dtype: Any = None, ddof: int = 0, keepdims: 
     return true_divide(total, float(builtins.max(count - ddof, 0)))
 
 
-def std(a: Array, axis: Any = None, dtype: Any = None, ddof: int = 0, keepdims: bool = False) -> Array:
-    return sqrt(var(a, axis=axis, dtype=dtype, ddof=ddof, keepdims=keepdims))
+def std(a: Array, axis: Any = None, dtype: Any = None, out: Array = None, ddof: int = 0,
+        keepdims: bool = False) -> Array:
+    result = sqrt(var(a, axis=axis, dtype=dtype, ddof=ddof, keepdims=keepdims))
+    return inplace.store(out, result, "std", "unsafe")
 
 
 def _extremum(prim: P.Primitive, name: str) -> Callable[..., Array]:
-    def fn(a: Array, axis: Any = None, keepdims: bool = False) -> Array:
+    def fn(a: Array, axis: Any = None, out: Array = None, keepdims: bool = False) -> Array:
+        if out is not None:
+            return inplace.store(out, fn(a, axis, keepdims=keepdims), name, "unsafe")
         a = _as_operand(a)
         axes = _axes(axis, len(shape_of(a)), name)
         if builtins.any(shape_of(a)[k] == 0 for k in axes):
@@ -478,7 +514,9 @@ min = amin = _extremum(P.reduce_min, "min")  # noqa: A001
 def _logical_reduction(extremum: Callable[..., Array], identity: bool, name: str) -> Callable[..., Array]:
     """``any``/``all``: the max/min of booleans, and ``identity`` over zero-size axes."""
 
-    def fn(a: Array, axis: Any = None, keepdims: bool = False) -> Array:
+    def fn(a: Array, axis: Any = None, out: Array = None, keepdims: bool = False) -> Array:
+        if out is not None:
+            return inplace.store(out, fn(a, axis, keepdims=keepdims), name, "unsafe")
         a = astype(_as_operand(a), DType.bool)
         shape = shape_of(a)
         axes = _axes(axis, len(shape), name)
@@ -496,7 +534,9 @@ any = _logical_reduction(max, False, "any")  # noqa: A001
 
 
 def _arg_extremum(prim: P.Primitive, name: str) -> Callable[..., Array]:
-    def fn(a: Array, axis: int | None = None, keepdims: bool = False) -> Array:
+    def fn(a: Array, axis: int | None = None, out: Array = None, keepdims: bool = False) -> Array:
+        if out is not None:
+            return inplace.store(out, fn(a, axis, keepdims=keepdims), name, "unsafe")
         a = _as_operand(a)
         if _dtype_of(a).is_bool:
             a = astype(a, DType.i32)
@@ -541,7 +581,7 @@ def reshape(a: Array, shape: Any, order: str = "C") -> Array:
     new = _normalize_shape(shape, math.prod(shape_of(a)))
     if new == shape_of(a):
         return a
-    return _with_weak(bind(P.reshape, a, shape=new), is_weak(a))
+    return inplace.view_of(a, _with_weak(bind(P.reshape, a, shape=new), is_weak(a)), inplace.Reshape(new))
 
 
 def ravel(a: Array) -> Array:
@@ -559,7 +599,7 @@ def transpose(a: Array, axes: Any = None) -> Array:
         raise _fail(f"transpose: axes {axes} don't match an array of dimension {ndim}")
     if perm == tuple(range(ndim)):
         return a
-    return _with_weak(bind(P.transpose, a, perm=perm), is_weak(a))
+    return inplace.view_of(a, _with_weak(bind(P.transpose, a, perm=perm), is_weak(a)), inplace.Transpose(perm))
 
 
 def moveaxis(a: Array, source: Any, destination: Any) -> Array:
@@ -627,8 +667,8 @@ def flip(m: Array, axis: Any = None) -> Array:
 
 
 def copy(a: Array) -> Array:
-    """Arrays inside traces are immutable, so a copy is the array itself."""
-    return _as_operand(a)
+    """A new array with ``a``'s contents, which writes to ``a`` do not change."""
+    return fresh(_as_operand(a))
 
 
 def shape(a: Array) -> tuple[int, ...]:
@@ -656,7 +696,9 @@ def result_type(*arrays_and_dtypes: Any) -> np.dtype:
     return np.result_type(*proxies)
 
 
-def concatenate(arrays: Sequence[Array], axis: int | None = 0) -> Array:
+def concatenate(arrays: Sequence[Array], axis: int | None = 0, out: Array = None) -> Array:
+    if out is not None:
+        return inplace.store(out, concatenate(arrays, axis), "concatenate")
     arrays = list(arrays)
     if not arrays:
         raise _fail("concatenate: need at least one array to concatenate")
@@ -722,22 +764,131 @@ def _slice_or_reverse(a: Array, ax: int, start: int, stop: int, step: int) -> Ar
     return take(a, indices, axis=ax)
 
 
-def getitem(a: Array, key: Any) -> Array:
-    """NumPy basic indexing (ints, slices, None, Ellipsis) and one integer-array index.
-
-    As in NumPy, the integer-array index's dimensions replace its axis when every
-    integer index (scalar or array) is next to it, and move to the front otherwise.
-    """
-    a = _as_operand(a)
+def expand_key(ndim: int, key: Any) -> tuple:
+    """An index as a tuple with its Ellipsis expanded and ``range``s as integer arrays;
+    raises ``IndexError`` for more indices than axes."""
     key = key if isinstance(key, tuple) else (key,)
+    key = tuple(np.asarray(k, dtype=np.int64) if isinstance(k, range) else k for k in key)
+    # A concrete boolean mask is the integer indices of its True elements.
+    key = builtins.sum((tuple(np.nonzero(k)) if _is_concrete_mask(k) else (k,) for k in key), ())
     if builtins.sum(1 for k in key if k is Ellipsis) > 1:
         raise IndexError("an index can only have a single ellipsis ('...')")
     if builtins.any(k is Ellipsis for k in key):
         i = next(i for i, k in enumerate(key) if k is Ellipsis)
         used = builtins.sum(1 for k in key if k is not None and k is not Ellipsis)
-        key = key[:i] + (builtins.slice(None),) * (len(shape_of(a)) - used) + key[i + 1 :]
-    if builtins.sum(1 for k in key if k is not None) > len(shape_of(a)):
-        raise _index_error(f"too many indices for an array of dimension {len(shape_of(a))}")
+        key = key[:i] + (builtins.slice(None),) * (ndim - used) + key[i + 1 :]
+    if builtins.sum(1 for k in key if k is not None) > ndim:
+        raise _index_error(f"too many indices for an array of dimension {ndim}")
+    return key
+
+
+def _is_concrete_mask(k: Any) -> bool:
+    return isinstance(k, (list, np.ndarray)) and np.asarray(k).dtype == np.bool_ and np.ndim(k) > 0
+
+
+def is_array_index(k: Any) -> bool:
+    return isinstance(k, (TracedArray, list, np.ndarray))
+
+
+def is_basic_key(key: tuple) -> bool:
+    """Whether an expanded key selects a view (ints, slices and None only)."""
+    return not builtins.any(is_array_index(k) or isinstance(k, (bool, np.bool_)) for k in key)
+
+
+def getitem(a: Array, key: Any) -> Array:
+    """NumPy basic indexing (ints, slices, None, Ellipsis) and integer-array indexing.
+
+    As in NumPy, the integer-array indices' dimensions replace their axes when every
+    integer index (scalar or array) is next to the others, and move to the front
+    otherwise. A basic index of a traced array is a view: writes through it update the
+    array (``fusejit.tracer.inplace``).
+    """
+    a = _as_operand(a)
+    key = expand_key(len(shape_of(a)), key)
+    out = index_value(a, key)
+    return inplace.view_of(a, out, inplace.Index(key)) if is_basic_key(key) else out
+
+
+def merge_array_indices(a: Array, key: tuple) -> tuple[Array, tuple, tuple[int, ...], tuple[int, ...]]:
+    """Several integer-array indices as one: the indexed axes are moved next to each other
+    (to the front when NumPy would put the result's index dimensions there), merged
+    into one axis by a reshape, and indexed by the flat index. Returns the merged array,
+    the key with one array, the transpose applied to ``a`` and the shape before merging
+    (what a write through the merged array needs to undo it)."""
+    if builtins.any(k is None for k in key):
+        raise NotImplementedError("indexing with several integer arrays and None (np.newaxis)")
+    # Scalar integers count as array indices next to arrays (NumPy's advanced indexing).
+    key = tuple(np.asarray(k) if isinstance(k, (int, np.integer)) and not isinstance(k, bool) else k for k in key)
+    positions = [i for i, k in enumerate(key) if is_array_index(k)]
+    shape = shape_of(a)
+    rest = [i for i in range(len(shape)) if i not in positions]
+    if positions == list(range(positions[0], positions[-1] + 1)):
+        perm = tuple(range(len(shape)))
+    else:
+        perm = tuple(positions + rest)
+        key = tuple(key[i] for i in positions) + tuple(key[i] for i in rest if i < len(key))
+        positions = list(range(len(positions)))
+    moved = transpose(a, perm)
+    moved_shape = shape_of(moved)
+    first, sizes = positions[0], [moved_shape[i] for i in positions]
+    arrays = [key[i] if isinstance(key[i], TracedArray) else np.asarray(key[i]) for i in positions]
+    for idx in arrays:
+        if _dtype_of(idx).is_bool:
+            raise NotImplementedError("boolean mask indexing (its shape depends on the data)")
+        if not _dtype_of(idx).is_int:
+            raise IndexError(f"arrays used as indices must be of integer type, not {_dtype_of(idx)}")
+    normalized = []
+    for idx, n in zip(arrays, sizes, strict=True):
+        if isinstance(idx, TracedArray):  # clamped, as gather does
+            idx = astype(idx, DType.i64, copy=False)
+            normalized.append(clip(where(less(idx, 0), add(idx, n), idx), 0, builtins.max(n - 1, 0)))
+            continue
+        bad = (idx < -n) | (idx >= n)
+        if np.any(bad):
+            raise _index_error(f"index {int(idx[bad].flat[0])} is out of bounds for axis with size {n}")
+        normalized.append(np.where(idx < 0, idx + n, idx).astype(np.int64))
+    if builtins.any(isinstance(idx, TracedArray) for idx in normalized):
+        flat = None
+        for idx, n in zip(normalized, sizes, strict=True):
+            flat = idx if flat is None else add(multiply(flat, n), idx)
+    else:
+        flat = np.ravel_multi_index(tuple(normalized), sizes)
+    merged = reshape(moved, moved_shape[:first] + (math.prod(sizes),) + moved_shape[first + len(sizes):])
+    return merged, key[:first] + (flat,) + key[first + len(sizes):], perm, moved_shape
+
+
+def lane_index(shape: tuple[int, ...], key: tuple) -> tuple[int, int] | None:
+    """For a key ``(..., range(n), ..., idx, ...)`` that picks one position ``idx[i]`` along
+    one axis for each lane ``i`` of another (``probs[range(N), y]``): the positions of
+    the lane and the index in the key; None for other keys. Other entries are ``:``."""
+    arrays = [i for i, k in enumerate(key) if is_array_index(k)]
+    if len(arrays) != 2 or builtins.any(
+        k != builtins.slice(None) for i, k in enumerate(key) if i not in arrays
+    ):
+        return None
+    for lane, other in ((arrays[0], arrays[1]), (arrays[1], arrays[0])):
+        lanes, idx = key[lane], key[other]
+        if isinstance(lanes, TracedArray) or not isinstance(idx, TracedArray) or len(shape_of(idx)) != 1:
+            continue
+        if np.array_equal(np.asarray(lanes), np.arange(shape[lane])) and _dtype_of(idx).is_int:
+            return (lane, other) if shape_of(idx)[0] == shape[lane] else None
+    return None
+
+
+def index_value(a: Array, key: tuple) -> Array:
+    """``a[key]`` for an expanded key, as a new value (``getitem`` makes basic ones views)."""
+    lanes = lane_index(shape_of(a), key)
+    if lanes is not None:  # one gather along the indexed axis
+        lane, other = lanes
+        along = [1] * len(shape_of(a))
+        along[lane] = shape_of(a)[lane]
+        picked = take_along_axis(a, reshape(key[other], tuple(along)), axis=other)
+        picked = squeeze(picked, other)
+        front = 0 if builtins.abs(lane - other) > 1 else builtins.min(lane, other)  # where NumPy puts it
+        return moveaxis(picked, lane if lane < other else lane - 1, front)
+    if builtins.sum(1 for k in key if is_array_index(k)) > 1:
+        merged, key, _, _ = merge_array_indices(a, key)
+        return index_value(merged, key)
     out, axis, out_shape, array_index = a, 0, [], None
     integer_positions = []  # where in the key the scalar and array integer indices are
     for pos, k in enumerate(key):
@@ -758,14 +909,12 @@ def getitem(a: Array, key: Any) -> Array:
             out = _slice_or_reverse(out, axis, i % n, i % n + 1, 1)
             out_shape.append(("drop", axis))
             integer_positions.append(pos)
-        elif isinstance(k, (TracedArray, list, np.ndarray)):
+        elif is_array_index(k):
             idx = k if isinstance(k, TracedArray) else np.asarray(k)
             if _dtype_of(idx).is_bool:
                 raise NotImplementedError("boolean mask indexing (its shape depends on the data)")
             if not _dtype_of(idx).is_int:
                 raise IndexError(f"arrays used as indices must be of integer type, not {_dtype_of(idx)}")
-            if array_index is not None:
-                raise NotImplementedError("indexing with more than one integer array")
             array_index = (axis, idx)
             out_shape.append(("array", axis))
             integer_positions.append(pos)
@@ -801,8 +950,10 @@ def _index_error(message: str) -> IndexError:
     return IndexError(f"{message}{f' (at {loc})' if loc else ''}")
 
 
-def take(a: Array, indices: Array, axis: int | None = None) -> Array:
+def take(a: Array, indices: Array, axis: int | None = None, out: Array = None) -> Array:
     """``numpy.take``: out-of-range indices are clamped, negative ones count from the end."""
+    if out is not None:
+        return inplace.store(out, take(a, indices, axis), "take", "unsafe")
     a = _as_operand(a)
     if axis is None:
         a, axis = ravel(a), 0
@@ -817,11 +968,11 @@ def take(a: Array, indices: Array, axis: int | None = None) -> Array:
     # Line up operand and indices on out_shape: the operand gets size-1 axes where the
     # indices go, the indices get size-1 axes for the operand's other axes.
     x = reshape(a, pre + (shape[ax],) + (1,) * builtins.max(len(ishape) - 1, 0) + post)
-    x = broadcast_to(x, pre + (shape[ax],) + ishape[1:] + post) if ishape else x
+    x = _broadcast(x, pre + (shape[ax],) + ishape[1:] + post) if ishape else x
     i = reshape(idx, (1,) * len(pre) + (ishape or (1,)) + (1,) * len(post))
-    i = broadcast_to(i, pre + (ishape or (1,)) + post)
+    i = _broadcast(i, pre + (ishape or (1,)) + post)
     if not ishape:
-        x = broadcast_to(x, pre + (shape[ax],) + post)
+        x = _broadcast(x, pre + (shape[ax],) + post)
     out = bind(P.gather, x, i, axis=ax)
     return reshape(out, out_shape)
 
@@ -836,8 +987,8 @@ def take_along_axis(arr: Array, indices: Array, axis: int) -> Array:
         "take_along_axis", tuple(1 if i == ax else n for i, n in enumerate(shape)),
         tuple(1 if i == ax else n for i, n in enumerate(ishape)),
     )
-    a = broadcast_to(a, tuple(shape[ax] if i == ax else n for i, n in enumerate(common)))
-    idx = broadcast_to(idx, tuple(ishape[ax] if i == ax else n for i, n in enumerate(common)))
+    a = _broadcast(a, tuple(shape[ax] if i == ax else n for i, n in enumerate(common)))
+    idx = _broadcast(idx, tuple(ishape[ax] if i == ax else n for i, n in enumerate(common)))
     return bind(P.gather, a, idx, axis=ax)
 
 
@@ -852,8 +1003,10 @@ def _dot(a: Array, b: Array, contract: tuple, batch: tuple = ((), ())) -> Array:
     return bind(P.dot_general, astype(_as_operand(a), dt), astype(_as_operand(b), dt), contract=contract, batch=batch)
 
 
-def matmul(a: Array, b: Array) -> Array:
+def matmul(a: Array, b: Array, out: Array = None) -> Array:
     """``a @ b`` with NumPy's rules for 1-d operands and broadcast batch dimensions."""
+    if out is not None:
+        return inplace.store(out, matmul(a, b), "matmul")
     sa, sb = shape_of(a), shape_of(b)
     if not sa or not sb:
         raise _fail("matmul: operands must not be scalars")
@@ -868,8 +1021,8 @@ def matmul(a: Array, b: Array) -> Array:
         return squeeze(matmul(reshape(a, (1, sa[0])), b), -2)
     batch = broadcast_shapes("matmul", sa[:-2], sb[:-2])
     _check_contract(sa, sb, len(sa) - 1, len(sb) - 2)
-    a = broadcast_to(a, batch + sa[-2:])
-    b = broadcast_to(b, batch + sb[-2:])
+    a = _broadcast(a, batch + sa[-2:])
+    b = _broadcast(b, batch + sb[-2:])
     nb = len(batch)
     bd = tuple(range(nb))
     return _dot(a, b, ((nb + 1,), (nb,)), (bd, bd))
@@ -880,7 +1033,9 @@ def _check_contract(sa: tuple[int, ...], sb: tuple[int, ...], ia: int, ib: int) 
         raise _fail(f"matmul: contracted dimensions differ: shapes {sa} and {sb} ({sa[ia]} != {sb[ib]})")
 
 
-def dot(a: Array, b: Array) -> Array:
+def dot(a: Array, b: Array, out: Array = None) -> Array:
+    if out is not None:  # NumPy takes only an out of exactly the result's dtype and shape
+        return inplace.store(out, dot(a, b), "dot", "exact")
     sa, sb = shape_of(a), shape_of(b)
     if not sa or not sb:  # numpy.dot makes a Python scalar an array: not weak (NEP 50)
         return multiply(*(np.asarray(x) if isinstance(x, (bool, int, float)) else x for x in (a, b)))
@@ -963,22 +1118,22 @@ def einsum(subscripts: str, *operands: Array, optimize: Any = False) -> Array:
 
 def asarray(a: Array, dtype: Any = None) -> Array:
     out = _as_operand(a)
-    return out if dtype is None else astype(out, dtype)
+    return out if dtype is None else astype(out, dtype, copy=False)
 
 
 def array(a: Array, dtype: Any = None) -> Array:
     if isinstance(a, (list, tuple)) and builtins.any(isinstance(x, TracedArray) for x in a):
         return stack([asarray(x) for x in a]) if dtype is None else astype(stack(list(a)), dtype)
-    return asarray(np.array(a) if not isinstance(a, TracedArray) else a, dtype)
+    return fresh(asarray(a, dtype)) if isinstance(a, TracedArray) else asarray(np.array(a), dtype)
 
 
 def full(shape: Any, fill_value: Any, dtype: Any = None) -> Array:
     shape = _normalize_shape(shape, math.prod((shape,) if isinstance(shape, int) else shape))
     dt = from_numpy(dtype) if dtype is not None else _dtype_of(fill_value)
     if isinstance(fill_value, TracedArray):
-        return broadcast_to(astype(fill_value, dt), shape)
+        return fresh(_broadcast(astype(fill_value, dt), shape))
     value = bind(P.constant, value=P.constant_value(fill_value, dt), shape=(), dtype=dt)
-    return broadcast_to(value, shape)
+    return fresh(_broadcast(value, shape))
 
 
 def zeros(shape: Any, dtype: Any = float) -> Array:
@@ -1021,6 +1176,25 @@ def eye(n: int, m: int | None = None, dtype: Any = float) -> Array:
     return astype(equal(rows, cols), dtype)
 
 
+def copyto(dst: Array, src: Array, casting: str = "same_kind", where: Array = True) -> None:  # noqa: A002
+    """``numpy.copyto``: ``src`` broadcast into ``dst`` (where ``where`` is True), with
+    NumPy's casting rule; a traced ``dst`` is updated functionally
+    (``fusejit.tracer.inplace``)."""
+    if where is not True:
+        src = _select(where, src, dst)
+    inplace.store(dst, src, "copyto", casting)
+
+
+def empty(shape: Any, dtype: Any = float) -> Array:
+    """An array to be written before it is read: zeros (whose writes the simplifier turns
+    into the written values)."""
+    return zeros(shape, dtype)
+
+
+def empty_like(a: Array, dtype: Any = None) -> Array:
+    return zeros_like(a, dtype)
+
+
 def linspace(start: float, stop: float, num: int = 50, endpoint: bool = True, dtype: Any = None) -> Array:
     return asarray(np.linspace(start, stop, num, endpoint=endpoint), dtype)
 
@@ -1048,22 +1222,37 @@ _UFUNC_REDUCTIONS = {
 
 
 def apply_ufunc(ufunc: np.ufunc, method: str, inputs: tuple, kwargs: dict[str, Any]) -> Array:
+    """A NumPy ufunc call on traced values. ``out=`` (and ``a += b``, which NumPy runs as
+    ``np.add(a, b, out=a)``) stores the result into ``out`` with the ufunc's same-kind
+    casting, ``where=`` (with ``out``) keeps ``out``'s elements where it is False."""
     name = f"numpy.{ufunc.__name__}" + ("" if method == "__call__" else f".{method}")
-    if kwargs.get("out") is not None:
-        raise NotImplementedError(
-            f"{name} with out= (an in-place update such as `array += traced`) cannot be traced: "
-            "arrays inside a trace are immutable; write `array = array + traced` instead"
-        )
-    kwargs = {k: v for k, v in kwargs.items() if k != "out"}
+    out, where_ = kwargs.get("out"), kwargs.get("where", True)
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("out", "where")}
     unsupported = set(kwargs) - {"axis", "keepdims", "dtype"} if method == "reduce" else set(kwargs)
     if unsupported:
         raise NotImplementedError(f"{name} with arguments {sorted(unsupported)} has no fusejit rule")
+    if where_ is not True and (out is None or method != "__call__"):
+        raise NotImplementedError(f"{name} with arguments ['where'] has no fusejit rule without out= "
+                                  "(the other elements would be unspecified)")
     if method == "__call__" and ufunc in _UFUNCS:
-        return _UFUNCS[ufunc](*inputs)
-    if method == "reduce" and ufunc in _UFUNC_REDUCTIONS:
+        result = _UFUNCS[ufunc](*inputs)
+    elif method == "reduce" and ufunc in _UFUNC_REDUCTIONS:
         kwargs.setdefault("axis", 0)
-        return _UFUNC_REDUCTIONS[ufunc](*inputs, **kwargs)
-    raise NotImplementedError(f"{name} has no fusejit rule (it cannot be traced)")
+        result = _UFUNC_REDUCTIONS[ufunc](*inputs, **kwargs)
+    elif method == "at" and ufunc in (np.add, np.subtract):
+        a, key, *values = inputs
+        (value,) = values or (1,)
+        inplace.accumulate_at(a, key, negative(value) if ufunc is np.subtract else value, name)
+        return None
+    else:
+        raise NotImplementedError(f"{name} has no fusejit rule (it cannot be traced)")
+    if out is None:
+        return result
+    (out,) = out if isinstance(out, tuple) else (out,)
+    if where_ is not True:
+        result = where(where_, result, out)
+    return inplace.store(out, result, name, "unsafe" if method == "reduce" else "same_kind",
+                         first_operand=inputs[0] if inputs else None)
 
 
 # NumPy functions (keyed by the function object, so that numpy.linalg.norm is not taken
@@ -1075,7 +1264,7 @@ _ARRAY_FUNCTIONS: dict[Callable[..., Any], Callable[..., Any]] = {
         "transpose moveaxis swapaxes expand_dims squeeze concatenate stack vstack hstack pad "
         "take take_along_axis matmul dot inner outer tensordot einsum broadcast_to zeros_like "
         "ones_like full_like round around atleast_1d atleast_2d flip copy shape ndim size "
-        "result_type astype"
+        "result_type astype copyto"
     ).split()
     if hasattr(np, name)
 }
@@ -1101,6 +1290,7 @@ _NOT_EXPORTED = {
     "annotations", "Any", "Array", "Callable", "Sequence", "DType", "IRTypeError", "TracedArray",
     "bind", "is_weak", "operand_dtype", "result_dtype", "shape_of", "user_source_loc",
     "from_numpy", "apply_ufunc", "apply_array_function", "getitem", "broadcast_shapes",
+    "fresh", "expand_key", "is_array_index", "is_basic_key", "merge_array_indices", "index_value",
 }  # fmt: skip
 __all__ = [
     n for n, v in list(globals().items())

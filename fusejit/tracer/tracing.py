@@ -77,6 +77,8 @@ class Trace:
         self.params: list[Value] = []
         self.captured: dict[int, tuple[TracedArray, Value]] = {}
         self.active = True
+        # id of a written root array -> the line of its first write (fusejit.tracer.inplace)
+        self.first_writes: dict[int, SourceLoc | None] = {}
 
     def new_param(self, type_: TensorType, name: str | None, weak: bool = False) -> TracedArray:
         v = Value(type_, name)
@@ -286,21 +288,36 @@ def is_weak(*xs: Any) -> bool:
 
 
 class TracedArray:
-    """A value inside a trace: it has a static shape and dtype but no data.
+    """An array inside a trace: it has a static shape and dtype but no data.
 
     It behaves like a NumPy array for everything that does not need the data: Python
     operators, indexing, ``.T``, ``.reshape``, ``.sum`` and NumPy's ufunc and function
     protocols all record IR. Asking for its data (``if x:``, ``float(x)``) raises
     ``ConcretizationError``.
+
+    It is a mutable handle on an immutable SSA value: an in-place update (``x[i] = v``,
+    ``x += y``, ``out=x``) records the new contents and points the handle at them; a view
+    (``x[1:3]``, ``x.T``) follows its root array's writes (``fusejit.tracer.inplace``).
     """
 
-    __slots__ = ("value", "trace", "weak")
+    __slots__ = ("_value", "trace", "weak", "_view", "_version")
     __array_priority__ = 1000  # NumPy defers binary operators to us
 
     def __init__(self, value: Value, trace: Trace, weak: bool = False) -> None:
-        self.value = value
+        self._value = value
         self.trace = trace
         self.weak = weak
+        self._view: Any = None  # an inplace.View when this array views another one
+        self._version = 0  # writes to this array so far (a root's count dates its views)
+
+    @property
+    def value(self) -> Value:
+        """The IR value of the current contents (a view stale after a write to its root
+        is recomputed first)."""
+        view = self._view
+        if view is not None and view.version != view.root._version:
+            self._value = view.read()
+        return self._value
 
     # Static facts ----------------------------------------------------------------------
     @property
@@ -369,7 +386,10 @@ class TracedArray:
         raise self._concrete(".tolist()")
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        raise self._concrete("converting a traced value to a NumPy array (np.asarray)")
+        raise self._concrete(
+            "converting a traced value to a NumPy array (np.asarray, or storing it into a NumPy "
+            "array: create that array with fusejit.numpy, e.g. fnp.zeros, inside the traced function)"
+        )
 
     def __iter__(self):  # noqa: ANN204 - iterating unrolls the first axis, like NumPy
         if not self.shape:
@@ -377,9 +397,28 @@ class TracedArray:
         return (self[i] for i in range(self.shape[0]))
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        raise TypeError(
-            "traced arrays are immutable: build a new array instead "
-            "(fnp.where, fnp.concatenate, fnp.pad)"
+        inplace.setitem(self, key, value)
+
+    # In-place operators: NumPy's `a += b` is `np.add(a, b, out=a)`, same-kind casting.
+    def __iadd__(self, o: Any) -> Any: return fnp.apply_ufunc(np.add, "__call__", (self, o), {"out": self})
+    def __isub__(self, o: Any) -> Any: return fnp.apply_ufunc(np.subtract, "__call__", (self, o), {"out": self})
+    def __imul__(self, o: Any) -> Any: return fnp.apply_ufunc(np.multiply, "__call__", (self, o), {"out": self})
+    def __itruediv__(self, o: Any) -> Any: return fnp.apply_ufunc(np.divide, "__call__", (self, o), {"out": self})
+    def __ifloordiv__(self, o: Any) -> Any: return fnp.apply_ufunc(np.floor_divide, "__call__", (self, o), {"out": self})
+    def __imod__(self, o: Any) -> Any: return fnp.apply_ufunc(np.remainder, "__call__", (self, o), {"out": self})
+    def __ipow__(self, o: Any) -> Any: return fnp.apply_ufunc(np.power, "__call__", (self, o), {"out": self})
+    def __imatmul__(self, o: Any) -> Any: return fnp.apply_ufunc(np.matmul, "__call__", (self, o), {"out": self})
+    def __iand__(self, o: Any) -> Any: return fnp.apply_ufunc(np.bitwise_and, "__call__", (self, o), {"out": self})
+    def __ior__(self, o: Any) -> Any: return fnp.apply_ufunc(np.bitwise_or, "__call__", (self, o), {"out": self})
+    def __ixor__(self, o: Any) -> Any: return fnp.apply_ufunc(np.bitwise_xor, "__call__", (self, o), {"out": self})
+
+    def fill(self, value: Any) -> None:
+        inplace.fill(self, value)
+
+    def sort(self, axis: int = -1, kind: Any = None, order: Any = None) -> None:
+        loc = user_source_loc()
+        raise NotImplementedError(
+            f"ndarray.sort has no fusejit rule: there is no sort primitive{f' (at {loc})' if loc else ''}"
         )
 
     def __hash__(self) -> int:
@@ -403,7 +442,7 @@ class TracedArray:
     def __matmul__(self, o: Any) -> Any: return fnp.matmul(self, o)
     def __rmatmul__(self, o: Any) -> Any: return fnp.matmul(o, self)
     def __neg__(self) -> Any: return fnp.negative(self)
-    def __pos__(self) -> Any: return self
+    def __pos__(self) -> Any: return fnp.positive(self)
     def __abs__(self) -> Any: return fnp.abs(self)
     def __invert__(self) -> Any: return fnp.invert(self)
     def __and__(self, o: Any) -> Any: return fnp.bitwise_and(self, o)
@@ -439,7 +478,7 @@ class TracedArray:
         return fnp.swapaxes(self, axis1, axis2)
 
     def astype(self, dtype: Any, copy: bool = True) -> Any:
-        return fnp.astype(self, dtype)
+        return fnp.astype(self, dtype, copy=copy)
 
     def sum(self, axis: Any = None, dtype: Any = None, keepdims: bool = False) -> Any:
         return fnp.sum(self, axis=axis, dtype=dtype, keepdims=keepdims)
@@ -471,17 +510,17 @@ class TracedArray:
     def argmin(self, axis: Any = None) -> Any:
         return fnp.argmin(self, axis=axis)
 
-    def clip(self, a_min: Any = None, a_max: Any = None) -> Any:
-        return fnp.clip(self, a_min, a_max)
+    def clip(self, a_min: Any = None, a_max: Any = None, out: Any = None) -> Any:
+        return fnp.clip(self, a_min, a_max, out)
 
     def ravel(self) -> Any:
         return fnp.ravel(self)
 
     def copy(self) -> Any:
-        return self
+        return fnp.copy(self)
 
     def flatten(self) -> Any:
-        return fnp.ravel(self)
+        return fnp.copy(fnp.ravel(self))
 
     def squeeze(self, axis: Any = None) -> Any:
         return fnp.squeeze(self, axis)
@@ -500,4 +539,5 @@ class TracedArray:
         return fnp.apply_array_function(func, args, kwargs)
 
 
+from fusejit.tracer import inplace  # noqa: E402 - so does inplace
 from fusejit.tracer import numpy_api as fnp  # noqa: E402 - numpy_api builds on this module

@@ -141,6 +141,12 @@ def _identities(op: Op, producer: dict[Value, Op], b: Builder) -> Value | None:
         return inner.inputs[0]
     if p is P.select and op.inputs[1] is op.inputs[2]:
         return op.inputs[1]
+    if p is P.select and _is(op.inputs[1], producer, 1) and _is(op.inputs[2], producer, 0):
+        return b.convert(x, op.output.dtype)  # a one-hot: True is 1, False is 0
+    if p is P.select and (fill := scalar_constant(op.inputs[2], producer)) is not None:
+        filled = _filled_spread(op.inputs[0], op.inputs[1], fill, producer, b)
+        if filled is not None:
+            return filled
     if p is P.stop_gradient:
         return x  # differentiation happened at trace time; from here on it is the identity
     if p is P.convert and op.attrs["dtype"] == x.dtype:
@@ -148,6 +154,31 @@ def _identities(op: Op, producer: dict[Value, Op], b: Builder) -> Value | None:
     if p is P.scatter_add and x.shape[op.attrs["axis"]] == 1:
         return _one_hot_scatter(op, b)
     return None
+
+
+def _filled_spread(mask: Value, data: Value, fill: Any, producer: dict[Value, Op], b: Builder) -> Value | None:
+    """``select(mask, data, fill)`` without the select, when ``mask`` is ``True`` placed by
+    the same pads (reshapes, slices) that place ``data``, with ``False`` around: ``data``
+    with its pads filled with ``fill``. This is what a write into a fresh constant buffer
+    (``buf = np.zeros(n); buf[2:5] = v``) traces to (``fusejit.tracer.inplace``): the
+    buffer disappears and the written values are padded with the buffer's value."""
+    if scalar_constant(mask, producer) is True:
+        return data
+    m, d = producer.get(mask), producer.get(data)
+    if m is None or d is None or m.prim is not d.prim or m.prim not in (P.pad, P.reshape, P.slice):
+        return None
+    if m.prim is P.pad:
+        if m.attrs["value"] is not False or (m.attrs["lo"], m.attrs["hi"]) != (d.attrs["lo"], d.attrs["hi"]):
+            return None
+    elif dict(m.attrs) != dict(d.attrs):
+        return None
+    inner = _filled_spread(m.inputs[0], d.inputs[0], fill, producer, b)
+    if inner is None:
+        return None
+    attrs = dict(d.attrs)
+    if m.prim is P.pad:
+        attrs["value"] = P.constant_value(fill, data.dtype)
+    return b.op(d.prim, inner, **attrs)
 
 
 def _one_hot_scatter(op: Op, b: Builder) -> Value:
@@ -259,7 +290,7 @@ def _absorb_transposes(op: Op, producer: dict[Value, Op], b: Builder) -> Value |
 
 def simplify_algebra(fn: Function) -> Function:
     """Removes identities (``x*1``, ``x-0``, ``--x``, ``x/1``, same-dtype converts,
-    ``stop_gradient``), strength-reduces small integer powers and divisions by powers of
+    ``stop_gradient``, selects over a constant of values placed by pads), strength-reduces small integer powers and divisions by powers of
     two; never changes NaN/inf results or signs of zero."""
     return rewrite(fn, [_identities])
 
