@@ -21,6 +21,7 @@ from fusejit.tracer.numpy_api import stop_gradient
 from fusejit.tracer.pytree import tree_flatten, tree_leaves, tree_map, tree_unflatten
 from fusejit.tracer.tracing import ConcretizationError, EscapedTracerError
 from fusejit.tracer.transformations import custom_vjp, grad, jvp, value_and_grad, vjp
+from fusejit.tracer.vmap import hessian, jacfwd, jacrev, vmap
 from fusejit.version import __version__ as __version__
 
 
@@ -65,7 +66,10 @@ __all__ = [
     "custom_vjp",
     "grad",
     "gradcheck",
+    "hessian",
     "ir",
+    "jacfwd",
+    "jacrev",
     "jit",
     "jvp",
     "make_ir",
@@ -77,4 +81,5 @@ __all__ = [
     "tree_unflatten",
     "value_and_grad",
     "vjp",
+    "vmap",
 ]

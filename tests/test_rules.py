@@ -12,6 +12,7 @@ from test_primitives import CASES, TESTED_ELSEWHERE
 from fusejit.codegen.rules import CODEGEN_RULES
 from fusejit.ir import primitives as P
 from fusejit.ir.transforms.autodiff import JVP_RULES, VJP_RULES
+from fusejit.ir.transforms.batching import BATCH_RULES
 
 ELEMENTWISE = {p for p in P.PRIMITIVES.values() if p.kind is P.OpKind.ELEMENTWISE}
 
@@ -19,6 +20,7 @@ TABLES = {
     # table: (the primitives it has a rule for, the primitives it must cover)
     "autodiff VJP_RULES": (set(VJP_RULES), set(P.PRIMITIVES.values())),
     "autodiff JVP_RULES": (set(JVP_RULES), set(P.PRIMITIVES.values())),
+    "batching BATCH_RULES": (set(BATCH_RULES), set(P.PRIMITIVES.values())),
     "codegen CODEGEN_RULES": (set(CODEGEN_RULES), set(P.PRIMITIVES.values())),
     "tests/test_primitives.py CASES": (
         {P.PRIMITIVES[n] for n in CASES if n in P.PRIMITIVES} | {P.PRIMITIVES[n] for n in TESTED_ELSEWHERE},

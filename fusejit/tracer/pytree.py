@@ -144,3 +144,26 @@ def tree_map(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
 
 def tree_leaves(tree: Any) -> list[Any]:
     return tree_flatten(tree)[0]
+
+
+def broadcast_prefix(
+    prefix: Any, tree: Any, is_prefix_leaf: Callable[[Any], bool], path: str = ""
+) -> list[Any]:
+    """One entry of ``prefix`` per leaf of ``tree``, in ``tree_flatten`` order.
+
+    ``prefix`` is a tree whose structure is a prefix of ``tree``'s: where ``prefix`` has
+    a leaf (``is_prefix_leaf``, which may accept containers such as ``None``), that leaf
+    stands for every leaf of ``tree`` below it. Raises ``ValueError`` naming the path
+    (``path`` is prepended) where ``prefix`` has a container that ``tree`` lacks.
+    """
+    if is_prefix_leaf(prefix):
+        return [prefix] * len(tree_flatten(tree)[0])
+    mine, theirs = _children(prefix), _children(tree)
+    if mine is None or theirs is None or mine[:2] != theirs[:2] or len(mine[2]) != len(theirs[2]):
+        _, want = tree_flatten(prefix)
+        _, got = tree_flatten(tree)
+        raise ValueError(f"{path or 'the value'} has structure {got}; {want} is not a prefix of it")
+    out: list[Any] = []
+    for (step, p), (_, t) in zip(mine[2], theirs[2], strict=True):
+        out += broadcast_prefix(p, t, is_prefix_leaf, path + step)
+    return out

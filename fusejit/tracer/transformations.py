@@ -118,17 +118,9 @@ def _trace(
             types.append(typed[0])
             weak.append(typed[1])
     all_leaves = [x for _, x in path_leaves]
-
-    def flat_fun(*values: Any) -> Any:
-        leaves = list(all_leaves)
-        for j, v in zip(dyn_index, values, strict=True):
-            leaves[j] = v
-        a, kw = tree_unflatten(treedef, leaves)
-        return fun(*a, **kw)
-
     paths = [path_leaves[j][0] for j in dyn_index]
     fn, (out_tree, out_weak), captured = trace_function(
-        flat_fun,
+        flat_function(fun, treedef, all_leaves, dyn_index),
         types,
         name=sanitize_name(_fun_name(fun)),
         param_names=[sanitize_name(p) for p in paths],
@@ -138,6 +130,22 @@ def _trace(
         fn, out_tree, out_weak, [all_leaves[j] for j in dyn_index], paths, weak,
         [owner[j] for j in dyn_index], captured, arg_trees, arg_leaves,
     )  # fmt: skip
+
+
+def flat_function(
+    fun: Callable[..., Any], treedef: TreeDef, all_leaves: list[Any], dyn_index: list[int]
+) -> Callable[..., Any]:
+    """``fun`` called on the pytree ``(args, kwargs)`` that ``treedef`` and ``all_leaves``
+    describe, as a function of the leaves at positions ``dyn_index`` alone."""
+
+    def flat_fun(*values: Any) -> Any:
+        leaves = list(all_leaves)
+        for j, v in zip(dyn_index, values, strict=True):
+            leaves[j] = v
+        a, kw = tree_unflatten(treedef, leaves)
+        return fun(*a, **kw)
+
+    return flat_fun
 
 
 def _with_weak(values: Sequence[Any], weak: Sequence[bool]) -> list[Any]:
