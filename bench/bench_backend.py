@@ -284,7 +284,7 @@ def calls() -> None:
 
 def prange() -> None:
     print("\n== serial vs prange: y = tanh(x) * 2 and y = x * 3 (float32)")
-    from fusejit.codegen.mathlib import tanh_f32
+    from fusejit.codegen.cpu.mathlib import tanh_f32
 
     c = np.float32(2)
 

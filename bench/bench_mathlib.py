@@ -1,4 +1,4 @@
-"""Benchmarks fusejit.codegen.mathlib against NumPy and against Numba calling the C library.
+"""Benchmarks fusejit.codegen.cpu.mathlib against NumPy and against Numba calling the C library.
 
     python bench/bench_mathlib.py              # timing table, 4M float32 elements
     python bench/bench_mathlib.py --accuracy   # max ULP error table (exhaustive for float32)
@@ -25,7 +25,7 @@ from functools import partial
 import numba
 import numpy as np
 
-from fusejit.codegen import mathlib as M
+from fusejit.codegen.cpu import mathlib as M
 
 F32_ONE = np.float32(1.0)
 

@@ -15,7 +15,7 @@ import pytest
 
 from fusejit import config
 from fusejit.codegen import can_lower, lower_group
-from fusejit.codegen.cpu import module_source
+from fusejit.codegen.cpu.printer import module_source
 from fusejit.ir import Builder, DType, Function, SourceLoc, TensorType, Value
 from fusejit.ir import primitives as P
 from fusejit.ir.interpreter import run_function

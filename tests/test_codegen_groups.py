@@ -8,7 +8,7 @@ from test_codegen import F32, F64, I32, I64, RNG, build, check, data, noncontigu
 
 from fusejit import config
 from fusejit.codegen import can_lower, lower_group
-from fusejit.codegen.cpu import module_source
+from fusejit.codegen.cpu.printer import module_source
 from fusejit.ir import primitives as P
 from fusejit.ir.transforms.fusion import FusionGroup, make_group
 

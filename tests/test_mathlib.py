@@ -1,4 +1,4 @@
-"""fusejit.codegen.mathlib: accuracy in ULPs against NumPy, edge cases, types, vectorization.
+"""fusejit.codegen.cpu.mathlib: accuracy in ULPs against NumPy, edge cases, types, vectorization.
 
 The references are NumPy in a wider type (float64 for the float32 functions, long double
 for the float64 ones), so an error is that of the function alone. Each function is
@@ -19,7 +19,7 @@ import numba
 import numpy as np
 import pytest
 
-from fusejit.codegen import mathlib as M
+from fusejit.codegen.cpu import mathlib as M
 
 UNARY = ["exp", "log", "log1p", "expm1", "tanh", "logistic", "sin", "cos", "sqrt", "rsqrt"]
 BINARY = ["pow", "maximum", "minimum", "maxnum", "minnum"]
@@ -375,7 +375,7 @@ def test_functions_table_is_complete():
 
 KERNEL_SOURCE = """
 import numba
-from fusejit.codegen.mathlib import tanh_f32, maximum_f32  # mathlib {tag}
+from fusejit.codegen.cpu.mathlib import tanh_f32, maximum_f32  # mathlib {tag}
 
 @numba.njit(cache=True, error_model="numpy", fastmath={{"contract", "reassoc"}})
 def kernel(x, out):

@@ -1,24 +1,26 @@
-"""Code generation: a fusion group -> a target-neutral kernel -> Numba source.
+"""Code generation: a fusion group -> a kernel in the kernel IR -> a target's source.
 
-Modules: ``kernel.py`` (the target-neutral ``Kernel``: loop nests over flat buffers,
-scalar statements, ``Matmul``; the builder with CSE and loop-invariant hoisting),
+Modules: ``exprs.py`` (typed scalar expressions: variables, constants, operators, loads,
+math-library calls), ``kernel.py`` (the kernel IR: statements, loop nests over flat
+buffers, ``Matmul``; the builder with CSE and loop-invariant hoisting on the nodes),
 ``elemental.py`` (the elemental emitter: index expressions in, element expressions out),
 ``rules.py`` (the rule of every primitive: ``CODEGEN_RULES``, keyed by primitive),
 ``lowering.py`` (``STRATEGIES``: one per ``GroupKind``, each a structural ``supports``
 check, which fusion asks, and a ``lower``, in ``loops.py``, ``reductions.py`` and
-``contraction.py``, sharing ``common.py``; ``lower_on`` dispatches) and
-``cpu.py`` (the CPU printer: a ``Kernel`` as a Numba module) and ``target.py`` (a
-``Target``: rules, strategies, thread model, BLAS, printer; ``CPU`` is the first). A CUDA
-target reuses everything but ``cpu.py``: only the mapping of ``parallel`` loops to
-threads, ``Matmul`` and ``thread_id()`` are target-specific.
+``contraction.py``, sharing ``common.py``; ``lower_on`` dispatches), ``target.py`` (a
+``Target``: rules, strategies, thread model, BLAS, printer; ``CPU`` is the first) and
+``cpu/`` (the CPU printer, which alone spells Numba, its vectorizable math library and
+the decorator of generated functions). A CUDA target reuses everything but ``cpu/``: it
+prints the same kernels, mapping ``parallel`` loops, ``Matmul``, ``ThreadId`` and the math
+calls to its own.
 
 Kernels work on flat C-ordered buffers; every size and offset is an int64 argument, while
 rank, dtypes, which axes are 1 (the broadcasting pattern) and the layout decisions are in
 the source, so a new batch size reuses the compiled kernel. Transcendentals call the
-vectorizable ``fusejit.codegen.mathlib``; float32 stays float32 (typed ``np.float32``
+vectorizable ``fusejit.codegen.cpu.mathlib``; float32 stays float32 (typed ``np.float32``
 constants, accumulators in the input dtype, int32 arithmetic wrapped back from Numba's
-int64); ``error_model='numpy'``; fast-math ``contract`` everywhere and ``reassoc`` in
-reduction kernels (so sums vectorize), never ``nnan``/``ninf``.
+int64); ``error_model='numpy'``; no fast-math flags (float sums vectorize through the
+math library's one reassociable add, ``accumulate``).
 
 Threads: the outermost loop of a kernel becomes a ``prange`` only when its iteration
 space has at least ``config parallel_threshold`` elements (default 2**18 = 262,144;

@@ -3,13 +3,13 @@ parameter bookkeeping, loop nests over an index space, kernel names and header l
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fusejit.codegen.elemental import Elem, Emitter, Index, linearize
-from fusejit.codegen.kernel import Kernel, KernelBuilder, Matmul, Stmt, Unsupported, statements
+from fusejit.codegen.elemental import Emitter, Index, linearize
+from fusejit.codegen.exprs import ONE, ZERO, Expr, MathCall, walk
+from fusejit.codegen.kernel import Kernel, KernelBuilder, Matmul, Stmt, Unsupported, expressions, statements
 from fusejit.codegen.rules import calls_math
 from fusejit.ir import primitives as P
 from fusejit.ir.core import Op, Value
@@ -82,11 +82,11 @@ def branch_support(group: FusionGroup) -> str | None:
     return None
 
 
-def kernel_size(block: list[Stmt], mathlib: set[str]) -> int:
+def kernel_size(block: list[Stmt]) -> int:
     """Statements in ``block``, counting each call of a math-library function as
     ``MATHLIB_CALL_SIZE`` (a loop body counts once: it is compiled once)."""
-    calls = re.compile(rf"\b(?:{'|'.join(map(re.escape, sorted(mathlib))) or '(?!)'})\(")
-    return sum(1 + MATHLIB_CALL_SIZE * len(calls.findall(getattr(s, "expr", ""))) for s in statements(block))
+    return sum(1 + MATHLIB_CALL_SIZE * sum(isinstance(n, MathCall) for e in expressions(s) for n in walk(e))
+               for s in statements(block))
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +204,7 @@ def finish(
     """The ``LoweredKernel`` of what ``b`` built, named ``<stem>_<dtype>_<rank>d`` (the
     stem says how it was lowered: ``loop``, ``reduce_rows``, ``matmul_loop``...)."""
     name, display = kernel_names(stem, dtype, shape)
-    size = kernel_size(b.block, b.mathlib)
+    size = kernel_size(b.block)
     if size > MAX_KERNEL_SIZE:
         raise Unsupported(f"the kernel would be too large to compile quickly ({size} statements after "
                           f"inlining, at most {MAX_KERNEL_SIZE})")
@@ -214,8 +214,6 @@ def finish(
         arrays=list(b.arrays),
         ints=list(b.ints),
         body=b.finish(),
-        consts=dict(b.consts),
-        mathlib=set(b.mathlib),
         parallel=b.parallel,
         helpers=helpers or [],
         doc=describe_ops(ctx.group, concrete=False),
@@ -224,22 +222,22 @@ def finish(
                          identity, dict(ctx.inplace))
 
 
-def root_index(em: Emitter, b: KernelBuilder, shape_exprs: tuple[str, ...], flat_mode: bool,
+def root_index(em: Emitter, b: KernelBuilder, shape_exprs: tuple[Expr, ...], flat_mode: bool,
                 parallel: bool, total_key: Any, total: int) -> Callable[[Callable[[Index], None]], None]:
     """Runs ``body(index)`` inside a loop (nest) over ``shape_exprs``."""
 
     def run(body: Callable[[Index], None]) -> None:
-        if all(s == "1" for s in shape_exprs):
-            body(Index(shape_exprs, tuple("0" for _ in shape_exprs), "0"))
+        if all(s == ONE for s in shape_exprs):
+            body(Index(shape_exprs, tuple(ZERO for _ in shape_exprs), ZERO))
             return
         if flat_mode:
-            nonunit = [s for s in shape_exprs if s != "1"]
+            nonunit = [s for s in shape_exprs if s != ONE]
             n = nonunit[0] if len(nonunit) == 1 else b.int_param(total_key, total)
             with b.loop(n, parallel=parallel) as i:
                 em.root_flat = i
                 body(Index(shape_exprs, None, i))
             return
-        dims: list[str] = []
+        dims: list[Expr] = []
 
         def nest(k: int) -> None:
             if k == len(shape_exprs):
@@ -247,12 +245,12 @@ def root_index(em: Emitter, b: KernelBuilder, shape_exprs: tuple[str, ...], flat
                 em.root_flat = flat
                 body(Index(shape_exprs, tuple(dims), flat))
                 return
-            if shape_exprs[k] == "1":
-                dims.append("0")
+            if shape_exprs[k] == ONE:
+                dims.append(ZERO)
                 nest(k + 1)
                 dims.pop()
                 return
-            first = all(s == "1" for s in shape_exprs[:k])
+            first = all(s == ONE for s in shape_exprs[:k])
             with b.loop(shape_exprs[k], parallel=parallel and first) as i:
                 dims.append(i)
                 nest(k + 1)
@@ -270,8 +268,8 @@ def index_like(shape: tuple[int, ...], base: Index, base_shape: tuple[int, ...])
     v_nonunit = [k for k, n in enumerate(shape) if n != 1]
     if [base_shape[k] for k in b_nonunit] != [shape[k] for k in v_nonunit]:
         raise Unsupported(f"an output of shape {shape} is not in the iteration space {base_shape}")
-    sh = ["1"] * len(shape)
-    dims = ["0"] * len(shape)
+    sh: list[Expr] = [ONE] * len(shape)
+    dims: list[Expr] = [ZERO] * len(shape)
     for vk, bk in zip(v_nonunit, b_nonunit, strict=True):
         sh[vk] = base.shape[bk]
         if base.dims is not None:
@@ -279,17 +277,15 @@ def index_like(shape: tuple[int, ...], base: Index, base_shape: tuple[int, ...])
     return Index(tuple(sh), tuple(dims) if base.dims is not None else None, base.flat)
 
 
-def provider_at(em: Emitter, var: str, flat: str, what: str) -> Callable[[Index], Elem]:
-    def provide(idx: Index) -> Elem:
+def provider_at(em: Emitter, value: Expr, flat: Expr, what: str) -> Callable[[Index], Expr]:
+    """Provides ``value`` as the element at linear index ``flat`` (an accumulator's result)."""
+
+    def provide(idx: Index) -> Expr:
         if em.flat(idx) != flat:
             raise Unsupported(f"{what} is read at another element than the one being computed")
-        return Elem(var)
+        return value
 
     return provide
-
-
-def store(b: KernelBuilder, array: str, flat: str, elem: Elem) -> None:
-    b.store(array, flat, elem.expr)
 
 
 # ---------------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 
-from fusejit.codegen import rules
 from fusejit.codegen.common import (
     LOOP_OPS,
     Arrays,
@@ -16,10 +15,11 @@ from fusejit.codegen.common import (
     provider_at,
     reason_of,
     root_index,
-    store,
 )
 from fusejit.codegen.elemental import Emitter, Index, NeedDims, linearize
-from fusejit.codegen.kernel import ArrayParam, Call, Kernel, KernelBuilder, Matmul, Unsupported
+from fusejit.codegen.exprs import ONE, ZERO, Binary, BinaryOp, Expr, add
+from fusejit.codegen.kernel import Call, Kernel, KernelBuilder, Matmul, Unsupported
+from fusejit.codegen.rules import clamped_index
 from fusejit.ir import primitives as P
 from fusejit.ir.core import Op, Value
 from fusejit.ir.primitives import OpKind
@@ -77,7 +77,7 @@ def lower_matmul(ctx: Ctx) -> LoweredKernel:
     inputs = {v: arrays.value(v, "in") for v in group.inputs}
     outs = {v: arrays.value(v, "out") for v in group.outputs}
     em = arrays.emitter(ctx.ops, inputs)
-    sizes = {k: ("1" if n == 1 else b.int_param(("mm", k), n)) for k, n in (("B", B), ("M", M), ("K", K), ("N", N))}
+    sizes: dict[str, Expr] = {k: (ONE if n == 1 else b.int_param(("mm", k), n)) for k, n in (("B", B), ("M", M), ("K", K), ("N", N))}
     (lc, rc), (lb, rb) = contract, batch
     nb = len(lb)
 
@@ -96,16 +96,16 @@ def lower_matmul(ctx: Ctx) -> LoweredKernel:
         scratch = arrays.scratch(v.dtype, math.prod(v.shape))
         exprs = em.shape_of(v)
         canon = tuple(exprs[p] for p in perm)
-        dims = [""] * len(perm)
+        dims: list[Expr] = [ZERO] * len(perm)
 
         def nest(k: int) -> None:
             if k == len(perm):
                 src = Index(exprs, tuple(dims))
                 dst = linearize(b, tuple(dims[p] for p in perm), canon)
-                b.store(scratch, dst, em.at(v, src).expr)
+                b.store(scratch, dst, em.at(v, src))
                 return
-            if canon[k] == "1":
-                dims[perm[k]] = "0"
+            if canon[k] == ONE:
+                dims[perm[k]] = ZERO
                 nest(k + 1)
                 return
             with b.loop(canon[k]) as i:
@@ -131,13 +131,13 @@ def lower_matmul(ctx: Ctx) -> LoweredKernel:
     if rest:
         helper, args = _epilogue_helper(ctx, group, d, c_arr, arrays, b)
         helpers.append(helper)
-        b.emit(Call(helper.name, args))
+        b.emit(Call(helper.name, *args))
     return finish(ctx, b, arrays, em, "matmul", d.dtype, (M, K, N) if B == 1 else (B, M, K, N),
                    helpers)
 
 
 def _epilogue_helper(ctx: Ctx, group: FusionGroup, d: Value, c_arr: str, arrays: Arrays,
-                     outer: KernelBuilder) -> tuple[Kernel, tuple[str, ...]]:
+                     outer: KernelBuilder) -> tuple[Kernel, tuple[tuple[str, ...], tuple[Expr, ...]]]:
     """The epilogue as a loop kernel of its own (parallel when large: BLAS runs serially
     in the caller, never inside a parallel region). Returns it and the caller's
     arguments for it (the same buffers; its ints become the caller's ints)."""
@@ -148,14 +148,13 @@ def _epilogue_helper(ctx: Ctx, group: FusionGroup, d: Value, c_arr: str, arrays:
     # The product may live in an output's array: read there, then overwritten in place.
     inplace_out = next((v for v in outputs if arrays.of.get(v) == c_arr), None)
     for flat_mode in (True, False):
-        b = KernelBuilder(const_prefix="e")
+        b = KernelBuilder()
         sub = ctx.arrays(b)
         outs = {v: sub.value(v, "out") for v in outputs}
         in_names = {v: sub.value(v, "in") for v in group.inputs if v not in (d,)}
         if inplace_out is not None:
             in_names[d] = outs[inplace_out]
-            k = [a.name for a in b.arrays].index(outs[inplace_out])
-            b.arrays[k] = ArrayParam(outs[inplace_out], d.dtype, "inout")
+            b.set_role(outs[inplace_out], "inout")
         else:
             in_names[d] = sub.value(d, "in")
         em = sub.emitter(ops, in_names, allow_delinearize=not flat_mode)
@@ -165,7 +164,7 @@ def _epilogue_helper(ctx: Ctx, group: FusionGroup, d: Value, c_arr: str, arrays:
             flat = em.flat(idx)
             values = [(v, em.at(v, idx)) for v in outputs]  # every read before any write
             for v, e in values:
-                b.store(outs[v], flat, e.expr)
+                b.store(outs[v], flat, e)
 
         try:
             root_index(em, b, exprs, flat_mode, total >= ctx.threshold, ("total",), total)(body)
@@ -173,17 +172,15 @@ def _epilogue_helper(ctx: Ctx, group: FusionGroup, d: Value, c_arr: str, arrays:
             continue
         break
     name, _ = kernel_names("epilogue", outputs[0].dtype, d.shape)
-    helper = Kernel(name, "epilogue", list(b.arrays), list(b.ints), b.finish(), dict(b.consts),
-                    set(b.mathlib), b.parallel)
+    helper = Kernel(name, "epilogue", list(b.arrays), list(b.ints), b.finish(), b.parallel)
     args: list[str] = []
     for bound in sub.bound:
         if isinstance(bound, Value):
             args.append(c_arr if bound is d else arrays.of.get(bound) or arrays.value(bound, "in"))
         else:  # a constant array of the epilogue
             args.append(arrays.const(bound))
-    for k, value in enumerate(b.int_values):
-        args.append(outer.int_param(("epilogue", k), value))
-    return helper, tuple(args)
+    ints = tuple(outer.int_param(("epilogue", k), value) for k, value in enumerate(b.int_values))
+    return helper, (tuple(args), ints)
 
 
 def _lower_contraction_loop(ctx: Ctx, dot: Op) -> LoweredKernel:
@@ -204,7 +201,8 @@ def _lower_contraction_loop(ctx: Ctx, dot: Op) -> LoweredKernel:
 
     def body(out_idx: Index) -> None:
         od = em.dims(out_idx)
-        ld, rd = [""] * len(lhs.shape), [""] * len(rhs.shape)
+        ld: list[Expr] = [ZERO] * len(lhs.shape)
+        rd: list[Expr] = [ZERO] * len(rhs.shape)
         pos = 0
         for a, c in zip(lb, rb, strict=True):
             ld[a] = rd[c] = od[pos]
@@ -215,16 +213,16 @@ def _lower_contraction_loop(ctx: Ctx, dot: Op) -> LoweredKernel:
         for a in rfree:
             rd[a] = od[pos]
             pos += 1
-        acc = b.define(em.const(0, d.dtype).expr)
+        acc = b.define(em.const(0, d.dtype))
 
         def nest(k: int) -> None:
             if k == len(lc):
                 x = em.at(lhs, Index(lx, tuple(ld)))
                 y = em.at(rhs, Index(rx, tuple(rd)))
-                b.assign(acc, rules.wrap(f"{acc} + {x.expr} * {y.expr}", d.dtype))
+                b.assign(acc, add(acc, Binary(BinaryOp.MUL, x, y, d.dtype)))
                 return
-            if lx[lc[k]] == "1":
-                ld[lc[k]] = rd[rc[k]] = "0"
+            if lx[lc[k]] == ONE:
+                ld[lc[k]] = rd[rc[k]] = ZERO
                 nest(k + 1)
                 return
             with b.loop(lx[lc[k]]) as i:
@@ -235,7 +233,7 @@ def _lower_contraction_loop(ctx: Ctx, dot: Op) -> LoweredKernel:
         flat = em.flat(out_idx)
         em.provided[d] = provider_at(em, acc, flat, "dot_general")
         for v in group.outputs:
-            store(b, outs[v], flat, em.at(v, out_idx))
+            b.store(outs[v], flat, em.at(v, out_idx))
 
     root_index(em, b, out_exprs, False, False, ("total",), math.prod(d.shape))(body)
     return finish(ctx, b, arrays, em, "matmul_loop", d.dtype, d.shape)
@@ -270,9 +268,9 @@ def lower_scatter(ctx: Ctx) -> LoweredKernel:
     inputs = {v: arrays.value(v, "in") for v in group.inputs}
     o_arr = arrays.value(out, "out")
     em = arrays.emitter(ctx.ops, inputs)
-    n_out = b.int_param(("out_total",), out.type.size) if out.type.size != 1 else "1"
+    n_out = b.int_param(("out_total",), out.type.size) if out.type.size != 1 else ONE
     with b.loop(n_out) as f:
-        b.store(o_arr, f, em.const(0, out.dtype).expr)
+        b.store(o_arr, f, em.const(0, out.dtype))
     u_exprs = em.shape_of(upd)
     n = em.size(out, axis)
     o_exprs = u_exprs[:axis] + (n,) + u_exprs[axis + 1 :]
@@ -280,13 +278,10 @@ def lower_scatter(ctx: Ctx) -> LoweredKernel:
     def body(idx: Index) -> None:
         dims = em.dims(idx)
         u = em.at(upd, idx)
-        raw = em.at(ind, idx)
-        j = b.let(f"np.int64({raw.expr})")
-        j = b.let(f"{j} + {n} if {j} < 0 else {j}")
-        j = b.let(f"min(max({j}, 0), {n} - 1)") if n != "1" else "0"
+        j = clamped_index(b, em.at(ind, idx), n)
         target = linearize(b, dims[:axis] + (j,) + dims[axis + 1 :], o_exprs)
         cur = b.load(o_arr, target)
-        b.store(o_arr, target, rules.wrap(f"{cur} + {u.expr}", out.dtype))
+        b.store(o_arr, target, Binary(BinaryOp.ADD, cur, u, out.dtype))
 
     root_index(em, b, u_exprs, False, False, ("total",), upd.type.size)(body)
     return finish(ctx, b, arrays, em, "scatter_add", out.dtype, upd.shape)

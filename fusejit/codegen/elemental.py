@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from fusejit.codegen.exprs import ONE, ZERO, Const, Expr, add, floordiv, mod, mul
 from fusejit.codegen.kernel import KernelBuilder, Unsupported
 from fusejit.ir.core import Op, Value
 from fusejit.ir.dtypes import DType
@@ -33,27 +34,18 @@ class NeedDims(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Index:
-    """An element of a value: ``shape`` holds size expressions (``"1"`` for unit axes),
+    """An element of a value: ``shape`` holds size expressions (``ONE`` for unit axes),
     ``dims`` the per-axis index expressions, ``flat`` the linear index expression."""
 
-    shape: tuple[str, ...]
-    dims: tuple[str, ...] | None = None
-    flat: str | None = None
+    shape: tuple[Expr, ...]
+    dims: tuple[Expr, ...] | None = None
+    flat: Expr | None = None
 
     def key(self) -> tuple[Any, ...]:
         return ("d", self.dims) if self.dims is not None else ("f", self.flat)
 
 
-@dataclass(frozen=True, slots=True)
-class Elem:
-    """A scalar: an expression (a variable, constant name or literal) and, when it is a
-    compile-time constant, its Python value (for folding and strength reduction)."""
-
-    expr: str
-    const: Any = None
-
-
-Provider = Callable[[Index], "Elem | None"]  # None: not provided at this index
+Provider = Callable[[Index], "Expr | None"]  # None: not provided at this index
 
 
 class Emitter:
@@ -63,7 +55,9 @@ class Emitter:
     maps values a kernel computes itself (accumulators, a GEMM result) to providers;
     ``ops`` maps the values the group's ops define to those ops. ``allow_delinearize``:
     when False, a rule that needs ``dims`` of an index known only by ``flat`` raises
-    ``NeedDims``; when True the dims are computed by division.
+    ``NeedDims``; when True the dims are computed by division. An element is an
+    expression: a variable, or a ``Const`` when it is known at compile time (rules fold
+    and strength-reduce those).
     """
 
     def __init__(
@@ -83,36 +77,36 @@ class Emitter:
         self.provided = provided or {}
         self.allow_delinearize = allow_delinearize
         self.identity_reads: dict[Value, bool] = {}  # input -> read only at the root flat index
-        self.root_flat: str | None = None
+        self.root_flat: Expr | None = None
 
     # Sizes ----------------------------------------------------------------------------
-    def size(self, v: Value, axis: int) -> str:
-        """The size expression of ``v``'s axis: ``"1"`` when it is 1, else an int parameter."""
+    def size(self, v: Value, axis: int) -> Expr:
+        """The size of ``v``'s axis: ``ONE`` when it is 1, else an int parameter."""
         n = v.shape[axis]
-        return "1" if n == 1 else self.b.int_param(("size", id(v), axis), n)
+        return ONE if n == 1 else self.b.int_param(("size", id(v), axis), n)
 
-    def shape_of(self, v: Value) -> tuple[str, ...]:
+    def shape_of(self, v: Value) -> tuple[Expr, ...]:
         return tuple(self.size(v, k) for k in range(len(v.shape)))
 
-    def offset(self, key: Any, value: int) -> str:
-        """An int parameter for an offset attribute (``"0"`` when it is 0)."""
-        return "0" if value == 0 else self.b.int_param(key, value)
+    def offset(self, key: Any, value: int) -> Expr:
+        """An int parameter for an offset attribute (``ZERO`` when it is 0)."""
+        return ZERO if value == 0 else self.b.int_param(key, value)
 
     # Index arithmetic -------------------------------------------------------------------
-    def flat(self, idx: Index) -> str:
+    def flat(self, idx: Index) -> Expr:
         if idx.flat is not None:
             return idx.flat
         assert idx.dims is not None
         return linearize(self.b, idx.dims, idx.shape)
 
-    def dims(self, idx: Index) -> tuple[str, ...]:
+    def dims(self, idx: Index) -> tuple[Expr, ...]:
         if idx.dims is not None:
             return idx.dims
         assert idx.flat is not None
-        if all(s == "1" for s in idx.shape):
-            return tuple("0" for _ in idx.shape)
-        if sum(s != "1" for s in idx.shape) == 1:
-            return tuple("0" if s == "1" else idx.flat for s in idx.shape)
+        if all(s == ONE for s in idx.shape):
+            return tuple(ZERO for _ in idx.shape)
+        if sum(s != ONE for s in idx.shape) == 1:
+            return tuple(ZERO if s == ONE else idx.flat for s in idx.shape)
         if not self.allow_delinearize:
             raise NeedDims()
         return delinearize(self.b, idx.flat, idx.shape)
@@ -121,12 +115,12 @@ class Emitter:
         return idx if idx.flat is not None else Index(idx.shape, idx.dims, self.flat(idx))
 
     # Elements ---------------------------------------------------------------------------
-    def at(self, v: Value, idx: Index) -> Elem:
+    def at(self, v: Value, idx: Index) -> Expr:
         """The element ``idx`` of ``v`` (emitting whatever statements it needs)."""
         key = ("elem", id(v), idx.key())
         found = self.b.lookup(key)
         if found is not None:
-            return found  # type: ignore[return-value]
+            return found
         elem = self.provided[v](idx) if v in self.provided else None
         if elem is not None:
             pass
@@ -140,53 +134,52 @@ class Emitter:
             elem = rule.elemental(self, op, idx)
         else:  # pragma: no cover - make_group guarantees every operand is defined
             raise Unsupported("a value is neither an input nor defined in the group")
-        self.b.remember(key, elem)  # type: ignore[arg-type]
+        self.b.remember(key, elem)
         return elem
 
-    def load(self, array: str, v: Value, idx: Index) -> Elem:
+    def load(self, array: str, v: Value, idx: Index) -> Expr:
         flat = self.flat(idx)
         identity = self.root_flat is not None and flat == self.root_flat
         self.identity_reads[v] = self.identity_reads.get(v, True) and identity
-        return Elem(self.b.load(array, flat))
+        return self.b.load(array, flat)
 
     def const_array(self, op: Op) -> str:
         """The array parameter holding a constant op's data (the lowering binds it)."""
         raise Unsupported("constant arrays need an array binding")
 
-    def let(self, expr: str) -> Elem:
-        return Elem(self.b.let(expr))
+    def let(self, expr: Expr) -> Expr:
+        return self.b.let(expr)
 
-    def const(self, value: Any, dtype: DType) -> Elem:
-        value = dtype.np.type(value).item()
-        return Elem(self.b.const(value, dtype), value)
+    def const(self, value: Any, dtype: DType) -> Const:
+        return self.b.const(value, dtype)
 
 
-def linearize(b: KernelBuilder, dims: tuple[str, ...], shape: tuple[str, ...]) -> str:
+def linearize(b: KernelBuilder, dims: tuple[Expr, ...], shape: tuple[Expr, ...]) -> Expr:
     """The row-major linear index of ``dims`` in ``shape`` (unit axes contribute nothing)."""
-    flat: str | None = None
+    flat: Expr | None = None
     for d, s in zip(dims, shape, strict=True):
-        if s == "1":
+        if s == ONE:
             continue
         if flat is None:
             flat = d
         else:
-            scaled = b.let(f"{flat} * {s}")
-            flat = b.let(f"{scaled} + {d}") if d != "0" else scaled
-    return flat if flat is not None else "0"
+            scaled = b.let(mul(flat, s))
+            flat = b.let(add(scaled, d)) if d != ZERO else scaled
+    return flat if flat is not None else ZERO
 
 
-def delinearize(b: KernelBuilder, flat: str, shape: tuple[str, ...]) -> tuple[str, ...]:
+def delinearize(b: KernelBuilder, flat: Expr, shape: tuple[Expr, ...]) -> tuple[Expr, ...]:
     """Per-axis indices of the linear index ``flat`` in ``shape``."""
-    dims: list[str] = []
+    dims: list[Expr] = []
     rest = flat
-    nonunit = [k for k, s in enumerate(shape) if s != "1"]
+    nonunit = [k for k, s in enumerate(shape) if s != ONE]
     for k in reversed(range(len(shape))):
         s = shape[k]
-        if s == "1":
-            dims.append("0")
+        if s == ONE:
+            dims.append(ZERO)
         elif k == nonunit[0]:
             dims.append(rest)
         else:
-            dims.append(b.let(f"{rest} % {s}"))
-            rest = b.let(f"{rest} // {s}")
+            dims.append(b.let(mod(rest, s)))
+            rest = b.let(floordiv(rest, s))
     return tuple(reversed(dims))

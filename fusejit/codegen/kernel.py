@@ -1,19 +1,17 @@
-"""The target-neutral description of a kernel, and the builder that emits it.
+"""The kernel IR: statements over typed expressions, kernels, and the builder that emits them.
 
 A ``Kernel`` is a function over flat (1-d, C-contiguous) arrays and int64 sizes whose body
 is a small tree of statements: ``Let`` (define a scalar), ``Assign`` (update an
 accumulator), ``Store`` (write an array element), ``If``, ``Loop`` (``parallel`` marks the
-loop a backend may distribute over threads) and ``Matmul`` (a batched GEMM on array
-views). Expressions are Python expression strings over identifiers this module generates
-(``v3``, ``n0``, ``c1``, ``a0``...), typed constants and scalar math-library calls, so the
-same description prints as Numba CPU source (``fusejit.codegen.cpu``) and, later, as
-numba-cuda source, where only the mapping of loops to threads differs.
-
-Nothing from IR text or user input is ever pasted into an expression: identifiers come
-from counters, constants are printed from typed numbers (``constant_expr``).
+loop a target may distribute over threads), ``Matmul`` (a batched GEMM on array views) and
+``Call`` (a helper kernel of the same module). Scalars are typed expression nodes
+(``fusejit.codegen.exprs``); a target's printer turns a kernel into source
+(``fusejit.codegen.cpu`` for Numba on the CPU). Names come from counters (``v3``, ``n0``,
+``a1``...) and constants are typed numbers: nothing from IR text or user input is ever
+pasted into a kernel.
 
 ``KernelBuilder`` keeps the statements in scopes, deduplicates identical expressions
-(common subexpression elimination on the text) and hoists loop-invariant statements: every
+(common subexpression elimination on the nodes) and hoists loop-invariant statements: every
 variable has a *depth* (the loop nesting its value depends on), and when a loop closes,
 each ``Let``/``If`` of its body whose depth is lower than the loop's moves in front of it.
 Memory is not a value: a load from an array the loop stores into stays in the loop (with
@@ -23,13 +21,12 @@ otherwise reuse (a column reduction's accumulator is read, updated and read agai
 
 from __future__ import annotations
 
-import math
-import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from fusejit.codegen.exprs import ATOMS, INDEX, ZERO, Const, Expr, Load, MathCall, Var, var_names, walk
 from fusejit.ir.dtypes import DType
 
 
@@ -45,8 +42,8 @@ class Unsupported(Exception):
 class Let:
     """``var = expr`` (the one definition of ``var``)."""
 
-    var: str
-    expr: str
+    var: Var
+    expr: Expr
     depth: int
 
 
@@ -54,24 +51,24 @@ class Let:
 class Assign:
     """``var = expr`` for a variable defined earlier (accumulators); never hoisted."""
 
-    var: str
-    expr: str
+    var: Var
+    expr: Expr
 
 
 @dataclass(slots=True)
 class Store:
-    """``array[index] = expr``."""
+    """``array[index] = value``."""
 
     array: str
-    index: str
-    expr: str
+    index: Expr
+    value: Expr
 
 
 @dataclass(slots=True)
 class If:
     """``if cond: then else: orelse``; hoisted as one unit."""
 
-    cond: str
+    cond: Expr
     then: list[Any]
     orelse: list[Any]
     depth: int
@@ -80,11 +77,11 @@ class If:
 @dataclass(slots=True)
 class Loop:
     """``for var in range(start, stop)``; ``parallel``: iterations are independent and the
-    backend may run them on threads."""
+    target may run them on threads."""
 
-    var: str
-    start: str
-    stop: str
+    var: Var
+    start: Expr
+    stop: Expr
     body: list[Any]
     parallel: bool = False
 
@@ -93,33 +90,61 @@ class Loop:
 class Matmul:
     """``out[b] = lhs[b] @ rhs[b]`` for ``b < batch`` on flat arrays viewed as
     ``[batch, m, k]`` (``[batch, k, m]`` when ``lhs_t``) and ``[batch, k, n]`` (``[batch, n, k]``
-    when ``rhs_t``); ``out`` is ``[batch, m, n]``. A backend calls BLAS (serially)."""
+    when ``rhs_t``); ``out`` is ``[batch, m, n]``. A target calls BLAS (serially)."""
 
     lhs: str
     rhs: str
     out: str
-    batch: str
-    m: str
-    k: str
-    n: str
+    batch: Expr
+    m: Expr
+    k: Expr
+    n: Expr
     lhs_t: bool
     rhs_t: bool
 
 
 @dataclass(slots=True)
 class Call:
-    """Calls a helper kernel of the same module: ``helper(*args)``."""
+    """Calls a helper kernel of the same module: ``helper(*arrays, *ints)``."""
 
     helper: str
-    args: tuple[str, ...]
+    arrays: tuple[str, ...]
+    ints: tuple[Expr, ...]
 
 
-@dataclass(slots=True)
-class Comment:
-    text: str
+Stmt = Let | Assign | Store | If | Loop | Matmul | Call
 
 
-Stmt = Let | Assign | Store | If | Loop | Matmul | Call | Comment
+def expressions(s: Stmt) -> tuple[Expr, ...]:
+    """The expressions ``s`` itself reads (not those of nested statements)."""
+    if isinstance(s, Let | Assign):
+        return (s.expr,)
+    if isinstance(s, Store):
+        return (s.index, s.value)
+    if isinstance(s, If):
+        return (s.cond,)
+    if isinstance(s, Loop):
+        return (s.start, s.stop)
+    if isinstance(s, Matmul):
+        return (s.batch, s.m, s.k, s.n)
+    return s.ints
+
+
+def statements(block: list[Stmt]) -> Iterator[Stmt]:
+    """Every statement of ``block`` and of the blocks nested in it, outer first."""
+    for s in block:
+        yield s
+        if isinstance(s, Loop):
+            yield from statements(s.body)
+        elif isinstance(s, If):
+            yield from statements(s.then + s.orelse)
+
+
+def nodes(block: list[Stmt]) -> Iterator[Expr]:
+    """Every expression node of ``block``, in statement order."""
+    for s in statements(block):
+        for e in expressions(s):
+            yield from walk(e)
 
 
 # ---------------------------------------------------------------------------------------
@@ -145,94 +170,51 @@ class Kernel:
     name: str
     kind: str
     arrays: list[ArrayParam]
-    ints: list[str]
+    ints: list[Var]
     body: list[Stmt]
-    consts: dict[str, str] = field(default_factory=dict)  # global name -> typed expression
-    mathlib: set[str] = field(default_factory=set)
     parallel: bool = False
     helpers: list[Kernel] = field(default_factory=list)
     doc: list[str] = field(default_factory=list)  # shape-free op lines for the header
 
     @property
     def params(self) -> list[str]:
-        return [a.name for a in self.arrays] + list(self.ints)
+        return [a.name for a in self.arrays] + [v.name for v in self.ints]
 
-    def all_consts(self) -> dict[str, str]:
-        out: dict[str, str] = {}
-        for h in self.helpers:
-            out.update(h.all_consts())
-        out.update(self.consts)
-        return out
+    def functions(self) -> list[Kernel]:
+        """The helpers, then this kernel (the order a module defines them in)."""
+        return [f for h in self.helpers for f in h.functions()] + [self]
 
-    def all_mathlib(self) -> set[str]:
-        return set().union(self.mathlib, *(h.all_mathlib() for h in self.helpers))
+    def constants(self) -> list[Const]:
+        """The distinct constants of the module, in order of first use."""
+        return list(dict.fromkeys(n for f in self.functions() for n in nodes(f.body) if isinstance(n, Const)))
 
-
-# ---------------------------------------------------------------------------------------
-# Typed constants
-
-
-NP_NAME = {DType.bool: "np.bool_", DType.i32: "np.int32", DType.i64: "np.int64",
-           DType.f32: "np.float32", DType.f64: "np.float64"}  # fmt: skip
-
-
-def subscript(array: str, index: str) -> str:
-    """``array[idx(index)]``: ``idx`` marks a non-negative index (every index the code
-    generator makes is one). The CPU printer defines it as ``np.uint64``: Numba then skips
-    the negative-index wraparound, whose branch stopped loops inside ``prange`` bodies
-    from vectorizing (2-2.5x slower per thread, ``bench/bench_backend.py``)."""
-    return f"{array}[idx({index})]"
-
-
-def constant_expr(value: bool | int | float, dtype: DType) -> str:
-    """The source of a typed scalar constant: ``np.float32(0.5)``, ``np.float64('nan')``.
-
-    The number is normalized through ``dtype`` first (so the text is exactly the value the
-    IR means) and printed from its numeric value, never from a string of the IR.
-    """
-    scalar = dtype.np.type(value).item()
-    if dtype.is_bool:
-        return f"np.bool_({bool(scalar)!r})"
-    if dtype.is_int:
-        return f"{NP_NAME[dtype]}({int(scalar)})"
-    f = float(scalar)
-    if math.isnan(f):
-        text = "'nan'"
-    elif math.isinf(f):
-        text = "'inf'" if f > 0 else "'-inf'"
-    else:
-        text = repr(f)
-    return f"{NP_NAME[dtype]}({text})"
+    def math_calls(self) -> set[tuple[str, DType]]:
+        """The math-library functions the module calls, as (name, dtype)."""
+        return {(n.fn, n.dtype) for f in self.functions() for n in nodes(f.body) if isinstance(n, MathCall)}
 
 
 # ---------------------------------------------------------------------------------------
 # The builder
 
-_IDENT = re.compile(r"\b[a-z]+[0-9]+\b")
-
 
 class KernelBuilder:
     """Emits statements into nested scopes with CSE and loop-invariant hoisting.
 
-    Names: ``a<k>`` arrays, ``n<k>`` int parameters, ``c<k>`` constants, ``v<k>`` scalars,
-    ``i<k>`` loop indices. ``int_param(key, value)`` dedupes parameters by a symbolic key
-    and records the concrete value the runtime passes.
+    Names: ``a<k>`` arrays, ``n<k>`` int parameters, ``v<k>`` scalars, ``r<k>``
+    accumulators, ``i<k>`` loop indices. ``int_param(key, value)`` dedupes parameters by a
+    symbolic key and records the concrete value the runtime passes.
     """
 
-    def __init__(self, const_prefix: str = "c") -> None:
-        self.const_prefix = const_prefix
+    def __init__(self) -> None:
         self.arrays: list[ArrayParam] = []
-        self.ints: list[str] = []
+        self.ints: list[Var] = []
         self.int_values: list[int] = []
-        self._int_keys: dict[Any, str] = {}
-        self.consts: dict[str, str] = {}
-        self._const_names: dict[str, str] = {}
-        self.mathlib: set[str] = set()
+        self._int_keys: dict[Any, Var] = {}
         self.depth_of: dict[str, int] = {}
         self._counter = 0
         self._loops = 0
         # Scopes: (statements, cse table, loop depth of the scope)
-        self._scopes: list[tuple[list[Stmt], dict[Any, str], int]] = [([], {}, 0)]
+        self._scopes: list[tuple[list[Stmt], dict[Any, Any], int]] = [([], {}, 0)]
         self.parallel = False
         self._loaded_from: dict[str, str] = {}  # variable -> the array its load reads
 
@@ -244,34 +226,30 @@ class KernelBuilder:
     def array(self, dtype: DType, role: str) -> str:
         name = f"a{len(self.arrays)}"
         self.arrays.append(ArrayParam(name, dtype, role))
-        self.depth_of[name] = 0
         return name
 
-    def int_param(self, key: Any, value: int) -> str:
+    def set_role(self, name: str, role: str) -> None:
+        """Gives array parameter ``name`` another role (an input also written: ``inout``)."""
+        k = [a.name for a in self.arrays].index(name)
+        self.arrays[k] = ArrayParam(name, self.arrays[k].dtype, role)
+
+    def dtype_of(self, array: str) -> DType:
+        return next(a.dtype for a in self.arrays if a.name == array)
+
+    def int_param(self, key: Any, value: int) -> Var:
         """An int64 parameter for ``key`` (a size or an offset), passed ``value`` at run time."""
-        name = self._int_keys.get(key)
-        if name is None:
-            name = f"n{len(self.ints)}"
-            self._int_keys[key] = name
-            self.ints.append(name)
+        var = self._int_keys.get(key)
+        if var is None:
+            var = Var(f"n{len(self.ints)}", INDEX)
+            self._int_keys[key] = var
+            self.ints.append(var)
             self.int_values.append(int(value))
-            self.depth_of[name] = 0
-        return name
+            self.depth_of[var.name] = 0
+        return var
 
-    def const(self, value: bool | int | float, dtype: DType) -> str:
-        expr = constant_expr(value, dtype)
-        name = self._const_names.get(expr)
-        if name is None:
-            name = f"{self.const_prefix}{len(self.consts)}"
-            self._const_names[expr] = name
-            self.consts[name] = expr
-            self.depth_of[name] = 0
-        return name
-
-    def math(self, fn: str) -> str:
-        """A math-library function by its full name (``exp_f32``)."""
-        self.mathlib.add(fn)
-        return fn
+    @staticmethod
+    def const(value: bool | int | float, dtype: DType) -> Const:
+        return Const.of(value, dtype)
 
     # Scopes -------------------------------------------------------------------------
     @property
@@ -282,66 +260,67 @@ class KernelBuilder:
     def depth(self) -> int:
         return self._scopes[-1][2]
 
-    def expr_depth(self, expr: str) -> int:
-        return max((self.depth_of.get(name, 0) for name in _IDENT.findall(expr)), default=0)
+    def expr_depth(self, expr: Expr) -> int:
+        return max((self.depth_of.get(name, 0) for name in var_names(expr)), default=0)
 
-    def lookup(self, key: Any) -> str | None:
+    def lookup(self, key: Any) -> Any:
         for _, table, _ in reversed(self._scopes):
             if key in table:
                 return table[key]
         return None
 
-    def remember(self, key: Any, var: str) -> None:
-        self._scopes[-1][1][key] = var
+    def remember(self, key: Any, value: Any) -> None:
+        self._scopes[-1][1][key] = value
 
-    def let(self, expr: str) -> str:
-        """A variable holding ``expr`` (an existing one if the same text is in scope)."""
-        if _IDENT.fullmatch(expr) or _is_literal(expr):
+    def let(self, expr: Expr) -> Expr:
+        """A variable holding ``expr`` (an existing one if the same expression is in scope);
+        variables and constants are returned as they are."""
+        if isinstance(expr, ATOMS):
             return expr
         found = self.lookup(("expr", expr))
         if found is not None:
             return found
-        var = self.fresh()
+        var = Var(self.fresh(), expr.dtype)
         depth = self.expr_depth(expr)
-        self.depth_of[var] = depth
+        self.depth_of[var.name] = depth
         self.block.append(Let(var, expr, depth))
         self.remember(("expr", expr), var)
         return var
 
-    def define(self, expr: str, depth: int | None = None) -> str:
+    def define(self, expr: Expr, depth: int | None = None) -> Var:
         """A new mutable variable initialized to ``expr`` (an accumulator)."""
-        var = self.fresh("r")
+        var = Var(self.fresh("r"), expr.dtype)
         d = self.depth if depth is None else depth
-        self.depth_of[var] = d
+        self.depth_of[var.name] = d
         self.block.append(Let(var, expr, d))
         return var
 
-    def assign(self, var: str, expr: str) -> None:
+    def assign(self, var: Var, expr: Expr) -> None:
         self.block.append(Assign(var, expr))
 
-    def store(self, array: str, index: str, expr: str) -> None:
-        self.block.append(Store(array, index, expr))
+    def store(self, array: str, index: Expr, value: Expr) -> None:
+        self.block.append(Store(array, index, value))
         for _, table, _ in self._scopes:
-            for key in [k for k, v in table.items() if self._loaded_from.get(v) == array]:
+            for key in [k for k, v in table.items() if isinstance(v, Var) and self._loaded_from.get(v.name) == array]:
                 del table[key]
 
-    def load(self, array: str, index: str) -> str:
+    def load(self, array: str, index: Expr) -> Expr:
         """A variable holding ``array[index]`` (as the array is now)."""
-        var = self.let(subscript(array, index))
-        self._loaded_from.setdefault(var, array)
+        var = self.let(Load(array, index, self.dtype_of(array)))
+        self._loaded_from.setdefault(var.name, array)  # type: ignore[union-attr]
         return var
 
     def emit(self, stmt: Stmt) -> None:
         self.block.append(stmt)
 
     @contextmanager
-    def loop(self, stop: str, start: str = "0", parallel: bool = False) -> Iterator[str]:
+    def loop(self, stop: Expr, start: Expr = ZERO, parallel: bool = False) -> Iterator[Var]:
         """``for i in range(start, stop)``: yields the index variable; statements emitted
         inside go to the body; loop-invariant ones are hoisted when the loop closes."""
-        var = f"i{self._loops}"
+        var = Var(f"i{self._loops}", INDEX)
         self._loops += 1
         depth = self.depth + 1
-        self.depth_of[var] = depth
+        self.depth_of[var.name] = depth
         body: list[Stmt] = []
         self._scopes.append((body, {}, depth))
         try:
@@ -353,7 +332,7 @@ class KernelBuilder:
         # Hoisted definitions stay visible to the CSE of the enclosing scope.
         hoisted_vars = {s.var for s in hoisted if isinstance(s, Let)}
         for key, v in table.items():
-            if getattr(v, "expr", v) in hoisted_vars:
+            if v in hoisted_vars:
                 self.remember(key, v)
         self.block.append(Loop(var, start, stop, kept, parallel))
         if parallel:
@@ -368,8 +347,8 @@ class KernelBuilder:
         hoisted: list[Stmt] = []
         kept: list[Stmt] = []
         for s in body:
-            if isinstance(s, (Let, If)) and s.depth < depth:
-                names = set(_IDENT.findall(_statement_text(s)))
+            if isinstance(s, Let | If) and s.depth < depth:
+                names = set().union(*(var_names(e) for e in _read_expressions(s)))
                 loads = {self._loaded_from[n] for n in _defined_vars(s) | names if n in self._loaded_from}
                 if not (names & staying) and not (loads & written):
                     hoisted.append(s)
@@ -381,13 +360,13 @@ class KernelBuilder:
             kept.append(s)
         return hoisted, kept
 
-    def branch(self, cond: str, then_fn: Any, else_fn: Any) -> str:
+    def branch(self, cond: Expr, then_fn: Callable[[], Expr], else_fn: Callable[[], Expr]) -> Var:
         """``t = then_fn() if cond else else_fn()`` as an ``if`` statement (each side's
         statements run only on its branch, so guarded loads stay in bounds)."""
-        out = self.fresh()
+        name = self.fresh()
         depth = self.depth
-        results = []
-        blocks = []
+        results: list[Expr] = []
+        blocks: list[list[Stmt]] = []
         for fn in (then_fn, else_fn):
             body: list[Stmt] = []
             self._scopes.append((body, {}, depth))
@@ -395,11 +374,13 @@ class KernelBuilder:
                 value = fn()
             finally:
                 self._scopes.pop()
-            body.append(Let(out, value, depth))
             results.append(value)
             blocks.append(body)
+        out = Var(name, results[0].dtype)
+        for body, value in zip(blocks, results, strict=True):
+            body.append(Let(out, value, depth))
         inner = max([self.expr_depth(cond)] + [_block_depth(b, self) for b in blocks])
-        self.depth_of[out] = inner
+        self.depth_of[name] = inner
         for b in blocks:
             b[-1].depth = inner
         self.block.append(If(cond, blocks[0], blocks[1], inner))
@@ -408,16 +389,6 @@ class KernelBuilder:
     def finish(self) -> list[Stmt]:
         assert len(self._scopes) == 1
         return self._scopes[0][0]
-
-
-def statements(block: list[Stmt]) -> Iterator[Stmt]:
-    """Every statement of ``block`` and of the blocks nested in it, outer first."""
-    for s in block:
-        yield s
-        if isinstance(s, Loop):
-            yield from statements(s.body)
-        elif isinstance(s, If):
-            yield from statements(s.then + s.orelse)
 
 
 def _stored_arrays(block: list[Stmt]) -> set[str]:
@@ -429,22 +400,22 @@ def _stored_arrays(block: list[Stmt]) -> set[str]:
         elif isinstance(s, Matmul):
             out.add(s.out)
         elif isinstance(s, Call):
-            out.update(s.args)
+            out.update(s.arrays)
     return out
 
 
 def _assigned_vars(block: list[Stmt]) -> set[str]:
     """The variables a block updates with ``Assign``."""
-    return {s.var for s in statements(block) if isinstance(s, Assign)}
+    return {s.var.name for s in statements(block) if isinstance(s, Assign)}
 
 
 def _defined_vars(s: Stmt) -> set[str]:
-    return {t.var for t in statements([s]) if isinstance(t, Let)}
+    return {t.var.name for t in statements([s]) if isinstance(t, Let)}
 
 
-def _statement_text(s: Stmt) -> str:
+def _read_expressions(s: Stmt) -> list[Expr]:
     """The expressions a hoisting candidate reads (an ``If``'s condition and branches)."""
-    return " ".join(t.cond if isinstance(t, If) else getattr(t, "expr", "") for t in statements([s]))
+    return [e for t in statements([s]) for e in expressions(t)]
 
 
 def _block_depth(block: list[Stmt], b: KernelBuilder) -> int:
@@ -455,7 +426,3 @@ def _block_depth(block: list[Stmt], b: KernelBuilder) -> int:
         elif isinstance(s, If):
             depth = max(depth, s.depth)
     return depth
-
-
-def _is_literal(expr: str) -> bool:
-    return bool(re.fullmatch(r"-?[0-9]+", expr))

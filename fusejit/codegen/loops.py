@@ -15,10 +15,9 @@ from fusejit.codegen.common import (
     index_like,
     reason_of,
     root_index,
-    store,
 )
 from fusejit.codegen.elemental import Emitter, Index, NeedDims
-from fusejit.codegen.kernel import ArrayParam, KernelBuilder, Unsupported
+from fusejit.codegen.kernel import KernelBuilder, Unsupported
 from fusejit.ir import primitives as P
 from fusejit.ir.core import Value
 from fusejit.ir.transforms.fusion import FusionGroup, GroupKind
@@ -82,7 +81,7 @@ def emit_loop_body(ctx: Ctx, b: KernelBuilder, arrays: Arrays, group: FusionGrou
         # (donation) must not be seen by a later read of that input.
         elems = [em.at(v, idx if v.shape == shape else index_like(v.shape, idx, shape)) for v in group.outputs]
         for v, e in zip(group.outputs, elems, strict=True):
-            store(b, outs[v], flat, e)
+            b.store(outs[v], flat, e)
 
     root_index(em, b, shape_exprs, flat_mode, parallel, ("total", part), total)(body)
     return em, total
@@ -104,9 +103,7 @@ def lower_loop(ctx: Ctx) -> LoweredKernel:
                 raise Unsupported("an in-place output's input is read at other elements")
         # Roles: an input sharing an output's array is "inout".
         for src in ctx.inplace.values():
-            name = arrays.of[src]
-            k = [a.name for a in b.arrays].index(name)
-            b.arrays[k] = ArrayParam(name, src.dtype, "inout")
+            b.set_role(arrays.of[src], "inout")
         return finish(ctx, b, arrays, em, "loop", group.outputs[0].dtype, shape,
                        identity=identity)
     raise AssertionError("a loop nest always has the dims it needs")  # pragma: no cover

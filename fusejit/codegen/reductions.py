@@ -21,10 +21,27 @@ from fusejit.codegen.common import (
     provider_at,
     reason_of,
     root_index,
-    store,
 )
-from fusejit.codegen.elemental import Elem, Emitter, Index, linearize
-from fusejit.codegen.kernel import NP_NAME, KernelBuilder, Unsupported
+from fusejit.codegen.elemental import Emitter, Index, linearize
+from fusejit.codegen.exprs import (
+    INDEX,
+    ONE,
+    ZERO,
+    BinaryOp,
+    Cast,
+    Expr,
+    Lit,
+    ThreadId,
+    Var,
+    add,
+    binary,
+    floordiv,
+    minimum,
+    mul,
+    select,
+    sub,
+)
+from fusejit.codegen.kernel import KernelBuilder, Unsupported
 from fusejit.codegen.rules import CODEGEN_RULES
 from fusejit.ir import primitives as P
 from fusejit.ir.core import Op, Value
@@ -117,18 +134,18 @@ class Accumulators:
     def __init__(self, em: Emitter, reduces: list[Op]) -> None:
         self.em = em
         self.b = em.b
-        self.acc: dict[Value, str] = {}
-        self.best_index: dict[Value, str] = {}
-        self.block: dict[Value, str] = {}  # float sums: the current block's total
+        self.acc: dict[Value, Var] = {}
+        self.best_index: dict[Value, Var] = {}
+        self.block: dict[Value, Var] = {}  # float sums: the current block's total
         self.reduces = reduces
         for op in reduces:
             rule = CODEGEN_RULES[op.prim]
-            self.acc[op.output] = self.b.define(em.const(rule.init(op.inputs[0].dtype), total_dtype(op)).expr)
+            self.acc[op.output] = self.b.define(em.const(rule.init(op.inputs[0].dtype), total_dtype(op)))
             if rule.arg is not None:
-                self.best_index[op.output] = self.b.define("np.int64(0)")
+                self.best_index[op.output] = self.b.define(Cast(ZERO, INDEX))
 
     @contextmanager
-    def loop(self, length: int, stop: str, start: str = "0") -> Iterator[str]:
+    def loop(self, length: int, stop: Expr, start: Expr = ZERO) -> Iterator[Var]:
         """``for i in range(start, stop)`` over ``length`` reduced elements (yields ``i``):
         float sums add into a block total in the data's dtype (a vectorizable loop), then
         into the running total; a loop over more than ``SUM_BLOCK`` elements is split into
@@ -144,23 +161,23 @@ class Accumulators:
                 with b.loop(stop, start=start) as i:
                     yield i
             return
-        count = b.let(f"({stop} - {start} + {SUM_BLOCK - 1}) // {SUM_BLOCK}")
+        count = b.let(floordiv(add(sub(stop, start), Lit(SUM_BLOCK - 1)), Lit(SUM_BLOCK)))
         with b.loop(count) as blk:
-            lo = b.let(f"{start} + {blk} * {SUM_BLOCK}")
-            hi = b.let(f"min({lo} + {SUM_BLOCK}, {stop})")
+            lo = b.let(add(start, mul(blk, Lit(SUM_BLOCK))))
+            hi = b.let(minimum(add(lo, Lit(SUM_BLOCK)), stop))
             with self._block_totals(sums), b.loop(hi, start=lo) as i:
                 yield i
 
     @contextmanager
     def _block_totals(self, sums: list[Op]) -> Iterator[None]:
         for op in sums:
-            self.block[op.output] = self.b.define(self.em.const(0, op.inputs[0].dtype).expr)
+            self.block[op.output] = self.b.define(self.em.const(0, op.inputs[0].dtype))
         yield
         for op in sums:
             total = self.acc[op.output]
-            self.b.assign(total, CODEGEN_RULES[op.prim].combine(self.em, total, self.block.pop(op.output), DType.f64))
+            self.b.assign(total, CODEGEN_RULES[op.prim].combine(total, self.block.pop(op.output), DType.f64))
 
-    def update(self, op: Op, x: Elem, position: str | None = None) -> None:
+    def update(self, op: Op, x: Expr, position: Expr | None = None) -> None:
         rule = CODEGEN_RULES[op.prim]
         dt = op.inputs[0].dtype
         if rule.arg is None:
@@ -168,23 +185,25 @@ class Accumulators:
                 acc, acc_dtype = self.block[op.output], dt
             else:
                 acc, acc_dtype = self.acc[op.output], total_dtype(op)
-            self.b.assign(acc, rule.combine(self.em, acc, x.expr, acc_dtype))
+            self.b.assign(acc, rule.combine(acc, x, acc_dtype))
             return
         acc = self.acc[op.output]
-        better = f"{x.expr} {rule.arg} {acc}"
+        better = binary(rule.arg, x, acc)
         if dt.is_float:  # the first NaN wins, like np.argmax
-            better = f"({better}) | (({x.expr} != {x.expr}) & ({acc} == {acc}))"
+            first_nan = binary(BinaryOp.AND, binary(BinaryOp.NE, x, x), binary(BinaryOp.EQ, acc, acc))
+            better = binary(BinaryOp.OR, better, first_nan)
         cond = self.b.let(better)
-        self.b.assign(acc, f"{x.expr} if {cond} else {acc}")
-        self.b.assign(self.best_index[op.output], f"{position or '0'} if {cond} else {self.best_index[op.output]}")
+        self.b.assign(acc, select(cond, x, acc))
+        best = self.best_index[op.output]
+        self.b.assign(best, select(cond, position if position is not None else ZERO, best))
 
-    def result(self, op: Op) -> str:
+    def result(self, op: Op) -> Expr:
         """The reduction's value, in its output dtype."""
         if op.output in self.best_index:
             return self.best_index[op.output]
         acc = self.acc[op.output]
         if total_dtype(op) != op.output.dtype:
-            return self.b.let(f"{NP_NAME[op.output.dtype]}({acc})")
+            return self.b.let(Cast(acc, op.output.dtype))
         return acc
 
 
@@ -234,15 +253,15 @@ def lower_reduce(ctx: Ctx) -> LoweredKernel:
     def store_outputs(out_idx: Index) -> None:
         flat = em.flat(out_idx)
         for v in main:
-            store(b, outs[v], flat, em.at(v, index_like(v.shape, out_idx, out_shape)))
+            b.store(outs[v], flat, em.at(v, index_like(v.shape, out_idx, out_shape)))
 
-    def visit(acc: Accumulators, in_idx: Index, position: str | None) -> None:
+    def visit(acc: Accumulators, in_idx: Index, position: Expr | None) -> None:
         for op in red.reduces:
             acc.update(op, em.at(op.inputs[0], in_idx), position)
         if side:
             flat = em.flat(in_idx)
             for v in side:
-                store(b, outs[v], flat, em.at(v, in_idx))
+                b.store(outs[v], flat, em.at(v, in_idx))
 
     if not axes:  # a reduction over no axes folds each element into the identity
         for op in red.reduces:
@@ -251,7 +270,7 @@ def lower_reduce(ctx: Ctx) -> LoweredKernel:
         def identity(idx: Index) -> None:
             store_outputs(idx)
             for v in side:
-                store(b, outs[v], em.flat(idx), em.at(v, idx))
+                b.store(outs[v], em.flat(idx), em.at(v, idx))
 
         root_index(em, b, in_exprs, False, parallel, ("total",), total)(identity)
     elif strategy == "rows":
@@ -259,9 +278,9 @@ def lower_reduce(ctx: Ctx) -> LoweredKernel:
 
         def outer(out_idx: Index) -> None:
             acc = Accumulators(em, red.reduces)
-            dims: dict[int, str] = {k: d for k, d in zip(kept, out_idx.dims or (), strict=False)}
+            dims: dict[int, Expr] = {k: d for k, d in zip(kept, out_idx.dims or (), strict=False)}
 
-            looped = [j for j, k in enumerate(axes) if in_exprs[k] != "1"]
+            looped = [j for j, k in enumerate(axes) if in_exprs[k] != ONE]
 
             def inner(j: int) -> None:
                 if j == len(axes):
@@ -269,8 +288,8 @@ def lower_reduce(ctx: Ctx) -> LoweredKernel:
                     visit(acc, Index(in_exprs, all_dims), dims[axis_of_arg])
                     return
                 k = axes[j]
-                if in_exprs[k] == "1":
-                    dims[k] = "0"
+                if in_exprs[k] == ONE:
+                    dims[k] = ZERO
                     inner(j + 1)
                     return
                 loop = partial(acc.loop, in_shape[k]) if j == looped[-1] else b.loop
@@ -289,22 +308,21 @@ def lower_reduce(ctx: Ctx) -> LoweredKernel:
         chunk = b.int_param(("chunk",), -(-total // SPLIT_CHUNKS))
         n = b.int_param(("total",), total)
         parts = {op.output: arrays.scratch(total_dtype(op), SPLIT_CHUNKS) for op in red.reduces}
-        with b.loop(str(SPLIT_CHUNKS), parallel=True) as c:
-            lo = b.let(f"{c} * {chunk}")
-            hi = b.let(f"min({lo} + {chunk}, {n})")
+        with b.loop(Lit(SPLIT_CHUNKS), parallel=True) as c:
+            lo = b.let(mul(c, chunk))
+            hi = b.let(minimum(add(lo, chunk), n))
             acc = Accumulators(em, red.reduces)
             with acc.loop(-(-total // SPLIT_CHUNKS), hi, start=lo) as f:
                 visit(acc, Index(in_exprs, None, f), None)
             for op in red.reduces:
                 b.store(parts[op.output], c, acc.acc[op.output])
         total_acc = Accumulators(em, red.reduces)
-        with b.loop(str(SPLIT_CHUNKS)) as c:
+        with b.loop(Lit(SPLIT_CHUNKS)) as c:
             for op in red.reduces:
-                x = Elem(b.load(parts[op.output], c))
-                total_acc.update(op, x)
-        out_idx = Index(out_exprs, tuple("0" for _ in out_exprs), "0")
+                total_acc.update(op, b.load(parts[op.output], c))
+        out_idx = Index(out_exprs, tuple(ZERO for _ in out_exprs), ZERO)
         for op in red.reduces:
-            em.provided[op.output] = provider_at(em, total_acc.result(op), "0", op.prim.name)
+            em.provided[op.output] = provider_at(em, total_acc.result(op), ZERO, op.prim.name)
         store_outputs(out_idx)
     else:  # cols: accumulate into arrays in the input's memory order
         # (one accumulator per column: float32 sums add into float64 columns)
@@ -317,13 +335,13 @@ def lower_reduce(ctx: Ctx) -> LoweredKernel:
         with b.loop(n_out, parallel=parallel) as f:
             for op in red.reduces:
                 init = CODEGEN_RULES[op.prim].init(op.inputs[0].dtype)
-                b.store(acc_arrays[op.output], f, em.const(init, total_dtype(op)).expr)
+                b.store(acc_arrays[op.output], f, em.const(init, total_dtype(op)))
         last = len(in_shape) - 1
-        dims: list[str] = []
+        dims: list[Expr] = []
         blocked = parallel and axes[0] == 0 and len(in_shape) > 1
-        outer_parallel = parallel and not blocked and 0 not in axes and in_exprs[0] != "1"
+        outer_parallel = parallel and not blocked and 0 not in axes and in_exprs[0] != ONE
 
-        def nest(k: int, lo: str | None, hi: str | None) -> None:
+        def nest(k: int, lo: Expr | None, hi: Expr | None) -> None:
             if k == len(in_shape):
                 in_idx = Index(in_exprs, tuple(dims))
                 out_flat = linearize(b, tuple(dims[j] for j in kept), out_exprs)
@@ -331,16 +349,16 @@ def lower_reduce(ctx: Ctx) -> LoweredKernel:
                     arr = acc_arrays[op.output]
                     x = em.at(op.inputs[0], in_idx)
                     cur = b.load(arr, out_flat)
-                    b.store(arr, out_flat, CODEGEN_RULES[op.prim].combine(em, cur, x.expr, total_dtype(op)))
+                    b.store(arr, out_flat, CODEGEN_RULES[op.prim].combine(cur, x, total_dtype(op)))
                 for v in side:
-                    store(b, outs[v], em.flat(in_idx), em.at(v, in_idx))
+                    b.store(outs[v], em.flat(in_idx), em.at(v, in_idx))
                 return
-            if in_exprs[k] == "1":
-                dims.append("0")
+            if in_exprs[k] == ONE:
+                dims.append(ZERO)
                 nest(k + 1, lo, hi)
                 dims.pop()
                 return
-            if k == last and lo is not None:
+            if k == last and lo is not None and hi is not None:
                 ctxm = b.loop(hi, start=lo)
             else:
                 ctxm = b.loop(in_exprs[k], parallel=outer_parallel and k == 0)
@@ -351,10 +369,10 @@ def lower_reduce(ctx: Ctx) -> LoweredKernel:
 
         if blocked:
             width = in_exprs[last]
-            nb = b.let(f"({width} + {COLUMN_BLOCK - 1}) // {COLUMN_BLOCK}")
+            nb = b.let(floordiv(add(width, Lit(COLUMN_BLOCK - 1)), Lit(COLUMN_BLOCK)))
             with b.loop(nb, parallel=True) as blk:
-                lo = b.let(f"{blk} * {COLUMN_BLOCK}")
-                hi = b.let(f"min({lo} + {COLUMN_BLOCK}, {width})")
+                lo = b.let(mul(blk, Lit(COLUMN_BLOCK)))
+                hi = b.let(minimum(add(lo, Lit(COLUMN_BLOCK)), width))
                 nest(0, lo, hi)
         else:
             nest(0, None, None)
@@ -372,25 +390,25 @@ def lower_reduce(ctx: Ctx) -> LoweredKernel:
             def epilogue(idx: Index) -> None:
                 flat = em2.flat(idx)
                 for v in epilogue_outputs:
-                    store(b, outs[v], flat, em2.at(v, index_like(v.shape, idx, out_shape)))
+                    b.store(outs[v], flat, em2.at(v, index_like(v.shape, idx, out_shape)))
 
             out_size = math.prod(out_shape)
             root_index(em2, b, out_exprs, False, out_size >= ctx.threshold, ("out_total",), out_size)(epilogue)
     return finish(ctx, b, arrays, em, kind, dtype, in_shape)
 
 
-def _fold_into_identity(em: Emitter, op: Op, idx: Index) -> Elem:
+def _fold_into_identity(em: Emitter, op: Op, idx: Index) -> Expr:
     """One element reduced on its own: ``identity + x`` (NumPy's sum of -0.0 is +0.0)."""
     x = em.at(op.inputs[0], idx)
     rule, dt = CODEGEN_RULES[op.prim], op.inputs[0].dtype
     if rule.arg is not None:
         return x
-    return Elem(em.b.let(rule.combine(em, em.const(rule.init(dt), dt).expr, x.expr, dt)))
+    return em.b.let(rule.combine(em.const(rule.init(dt), dt), x, dt))
 
 
-def _converted_load(em: Emitter, array: str, dtype: DType) -> Callable[[Index], Elem]:
-    def provide(idx: Index) -> Elem:
-        return Elem(em.b.let(f"{NP_NAME[dtype]}({em.b.load(array, em.flat(idx))})"))
+def _converted_load(em: Emitter, array: str, dtype: DType) -> Callable[[Index], Expr]:
+    def provide(idx: Index) -> Expr:
+        return em.b.let(Cast(em.b.load(array, em.flat(idx)), dtype))
 
     return provide
 
@@ -451,7 +469,7 @@ def lower_row(ctx: Ctx) -> LoweredKernel:
     row_exprs = exprs[:nrow]
     total = math.prod(shape)
     parallel = total >= ctx.threshold and math.prod(row_shape) > 1
-    row_len = b.int_param(("row_len",), math.prod(shape[nrow:])) if math.prod(shape[nrow:]) != 1 else "1"
+    row_len = b.int_param(("row_len",), math.prod(shape[nrow:])) if math.prod(shape[nrow:]) != 1 else ONE
     threads = ctx.target.max_threads()
     rows_of_scratch = threads if parallel else 1
     stash_arrays = {v: arrays.scratch(v.dtype, rows_of_scratch * math.prod(shape[nrow:])) for v in stashed}
@@ -463,15 +481,15 @@ def lower_row(ctx: Ctx) -> LoweredKernel:
         def over_row(fn: Callable[[Index], None], acc: Accumulators | None = None) -> None:
             """Calls ``fn`` at every element of the row; ``acc`` runs the innermost loop."""
             dims = list(q)
-            innermost = max((k for k in range(nrow, rank) if exprs[k] != "1"), default=None)
+            innermost = max((k for k in range(nrow, rank) if exprs[k] != ONE), default=None)
 
             def nest(k: int) -> None:
                 if k == rank:
                     idx = Index(exprs, tuple(dims))
                     fn(Index(exprs, tuple(dims), em.flat(idx)))
                     return
-                if exprs[k] == "1":
-                    dims.append("0")
+                if exprs[k] == ONE:
+                    dims.append(ZERO)
                     nest(k + 1)
                     dims.pop()
                     return
@@ -483,14 +501,12 @@ def lower_row(ctx: Ctx) -> LoweredKernel:
 
             nest(nrow)
 
-        base = None
+        base: Expr = ZERO  # serial: one row (asking for the thread needs a threading layer)
         if stashed and parallel:  # this thread's row of scratch
-            tid = b.define("thread_id()")
-            base = b.let(f"{tid} * {row_len}")
-        elif stashed:  # serial: one row (thread_id() needs Numba's threading layer loaded)
-            base = "0"
+            tid = b.define(ThreadId())
+            base = b.let(mul(tid, row_len))
 
-        def in_row(idx: Index) -> str:
+        def in_row(idx: Index) -> Expr:
             assert idx.dims is not None
             return linearize(b, idx.dims[nrow:], exprs[nrow:])
 
@@ -503,7 +519,7 @@ def lower_row(ctx: Ctx) -> LoweredKernel:
                 for op in now:
                     acc.update(op, em.at(op.inputs[0], idx), idx.dims[rank - 1] if idx.dims else None)
                 for v in stash_now:
-                    b.store(stash_arrays[v], b.let(f"{base} + {in_row(idx)}"), em.at(v, idx).expr)
+                    b.store(stash_arrays[v], b.let(add(base, in_row(idx))), em.at(v, idx))
 
             over_row(visit, acc)
             for op in now:
@@ -512,9 +528,9 @@ def lower_row(ctx: Ctx) -> LoweredKernel:
                 em.provided[v] = _stash_provider(em, b, stash_arrays[v], base, q, in_row)
         for v in row_outputs:
             idx = index_like(v.shape, row, row_shape)
-            store(b, outs[v], row_flat, em.at(v, idx))
+            b.store(outs[v], row_flat, em.at(v, idx))
         if full_outputs:
-            over_row(lambda idx: [store(b, outs[v], idx.flat, em.at(v, idx)) for v in full_outputs])
+            over_row(lambda idx: [b.store(outs[v], em.flat(idx), em.at(v, idx)) for v in full_outputs])
 
     root_index(em, b, row_exprs, False, parallel, ("rows",), math.prod(row_shape))(row_body)
     return finish(ctx, b, arrays, em, "row", reduces[0].inputs[0].dtype, shape)
@@ -570,14 +586,14 @@ def _only_through(v: Value, chosen: dict[Value, int], group: FusionGroup, ops: d
     ) and not any(op.prim.kind is OpKind.REDUCTION for op in users)
 
 
-def _stash_provider(em: Emitter, b: KernelBuilder, array: str, base: str | None, q: tuple[str, ...],
-                    in_row: Callable[[Index], str]) -> Callable[[Index], Elem | None]:
+def _stash_provider(em: Emitter, b: KernelBuilder, array: str, base: Expr, q: tuple[Expr, ...],
+                    in_row: Callable[[Index], Expr]) -> Callable[[Index], Expr | None]:
     """Reads a stashed value when asked for an element of the current row."""
 
-    def provide(idx: Index) -> Elem | None:
+    def provide(idx: Index) -> Expr | None:
         if idx.dims is None or tuple(idx.dims[: len(q)]) != tuple(q):
             return None  # another row: compute it
-        return Elem(b.load(array, f"{base} + {in_row(idx)}"))
+        return b.load(array, add(base, in_row(idx)))
 
     return provide
 

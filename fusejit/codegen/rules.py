@@ -6,7 +6,7 @@ A rule is a ``CodegenRule``; what it provides depends on the primitive's role:
   returns the element ``idx`` of the op's output (see ``fusejit.codegen.elemental``):
   elementwise rules combine their operands' elements at the same index, layout rules
   rewrite the index, sources compute it from the index.
-* ``reduction``: ``init(dtype)`` (the identity), ``combine(em, acc, x, dtype)`` (the
+* ``reduction``: ``init(dtype)`` (the identity), ``combine(acc, x, dtype)`` (the
   expression that folds element ``x`` into accumulator ``acc`` of ``dtype``) and
   ``blocked`` for sums, which accumulate in blocks and float32 totals in float64
   (``fusejit.codegen.reductions``); argmax/argmin are ``arg`` reductions that also track
@@ -15,21 +15,42 @@ A rule is a ``CodegenRule``; what it provides depends on the primitive's role:
   strategies in ``fusejit.codegen.lowering``.
 * ``call`` (custom_vjp_call): never reaches a backend (the simplifier inlines it).
 
-Every Numba typing pitfall is handled here once: int32 arithmetic is computed in int64
-by Numba and wrapped back (``np.int32(a + b)``), float32 constants are ``np.float32``
-globals, transcendentals call the vectorizable ``fusejit.codegen.mathlib``.
+Rules build typed expressions (``fusejit.codegen.exprs``); how a target spells them (int32
+wraparound, typed constants, the math library) is its printer's business.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from fusejit.codegen.elemental import Elem, Emitter, Index, delinearize, linearize
-from fusejit.codegen.kernel import NP_NAME, Unsupported
+from fusejit.codegen.elemental import Emitter, Index, delinearize, linearize
+from fusejit.codegen.exprs import (
+    INDEX,
+    ONE,
+    ZERO,
+    Binary,
+    BinaryOp,
+    Cast,
+    Expr,
+    Lit,
+    MathCall,
+    Unary,
+    UnaryOp,
+    add,
+    binary,
+    const_value,
+    maximum,
+    minimum,
+    mul,
+    select,
+    sub,
+)
+from fusejit.codegen.kernel import KernelBuilder, Unsupported
 from fusejit.ir import primitives as P
 from fusejit.ir.core import Op
 from fusejit.ir.dtypes import DType
@@ -38,26 +59,17 @@ from fusejit.ir.dtypes import DType
 @dataclass(frozen=True, slots=True)
 class CodegenRule:
     role: str  # "elemental" | "reduction" | "contraction" | "scatter" | "call"
-    elemental: Callable[[Emitter, Op, Index], Elem] | None = None
+    elemental: Callable[[Emitter, Op, Index], Expr] | None = None
     init: Callable[[DType], Any] | None = None
-    combine: Callable[[Emitter, str, str, DType], str] | None = None
-    arg: str | None = None  # for argmax/argmin: the comparison that replaces the best
+    combine: Callable[[Expr, Expr, DType], Expr] | None = None
+    arg: BinaryOp | None = None  # for argmax/argmin: the comparison that replaces the best
     blocked: bool = False  # a float sum: summed in blocks, float32 totals in float64
     math: bool = False  # calls the math library on float operands (a structural fact for fusion)
 
 
-def _suffix(dtype: DType) -> str:
-    return {DType.f32: "f32", DType.f64: "f64"}[dtype]
-
-
-def wrap(expr: str, dtype: DType) -> str:
-    """``expr`` converted to ``dtype`` where Numba would compute it wider (int32)."""
-    return f"np.int32({expr})" if dtype is DType.i32 else expr
-
-
-def _fold(em: Emitter, op: Op, args: list[Elem]) -> Elem:
+def _fold(em: Emitter, op: Op, args: list[Expr]) -> Expr:
     """Evaluates an op on constant operands with its NumPy rule (exact IR semantics)."""
-    arrays = [np.asarray(a.const, dtype=v.dtype.np) for a, v in zip(args, op.inputs, strict=True)]
+    arrays = [np.asarray(const_value(a), dtype=v.dtype.np) for a, v in zip(args, op.inputs, strict=True)]
     with np.errstate(all="ignore"):
         (out,) = op.prim.impl(*arrays, **op.attrs)
     return em.const(np.asarray(out).item(), op.output.dtype)
@@ -66,132 +78,104 @@ def _fold(em: Emitter, op: Op, args: list[Elem]) -> Elem:
 # ---------------------------------------------------------------------------------------
 # Elementwise
 
-ExprFn = Callable[[Emitter, Op, list[Elem]], "str | Elem"]
+ExprFn = Callable[[Emitter, Op, list[Expr]], Expr]
 
 
 def _elementwise(expr_fn: ExprFn, math: bool = False) -> CodegenRule:
-    def elemental(em: Emitter, op: Op, idx: Index) -> Elem:
+    def elemental(em: Emitter, op: Op, idx: Index) -> Expr:
         args = [em.at(v, idx) for v in op.inputs]
-        if all(a.const is not None for a in args):
+        if all(const_value(a) is not None for a in args):
             return _fold(em, op, args)
-        out = expr_fn(em, op, args)
-        return out if isinstance(out, Elem) else em.let(out)
+        return em.let(expr_fn(em, op, args))
 
     return CodegenRule("elemental", elemental=elemental, math=math)
 
 
 def _math(name: str) -> CodegenRule:
-    def expr(em: Emitter, op: Op, a: list[Elem]) -> str:
-        fn = em.b.math(f"{name}_{_suffix(op.output.dtype)}")
-        return f"{fn}({', '.join(x.expr for x in a)})"
-
-    return _elementwise(expr, math=True)
+    return _elementwise(lambda em, op, a: MathCall(name, tuple(a), op.output.dtype), math=True)
 
 
-def _unary_op(symbol: str) -> CodegenRule:
-    return _elementwise(lambda em, op, a: wrap(f"{symbol}{a[0].expr}", op.output.dtype))
+def _unary(uop: UnaryOp) -> CodegenRule:
+    return _elementwise(lambda em, op, a: Unary(uop, a[0], op.output.dtype))
 
 
-def _binary_op(symbol: str) -> CodegenRule:
-    return _elementwise(lambda em, op, a: wrap(f"{a[0].expr} {symbol} {a[1].expr}", op.output.dtype))
+def _binary(bop: BinaryOp) -> CodegenRule:
+    return _elementwise(lambda em, op, a: Binary(bop, a[0], a[1], op.output.dtype))
 
 
-def _compare(symbol: str) -> CodegenRule:
-    return _elementwise(lambda em, op, a: f"{a[0].expr} {symbol} {a[1].expr}")
-
-
-def _sign(em: Emitter, op: Op, a: list[Elem]) -> str:
+def _sign(em: Emitter, op: Op, a: list[Expr]) -> Expr:
     dt = op.output.dtype
-    x = a[0].expr
-    one, minus, zero = (em.const(v, dt).expr for v in (1, -1, 0))
+    x = a[0]
+    one, minus, zero = (em.const(v, dt) for v in (1, -1, 0))
+    inner = zero
     if dt.is_float:  # np.sign: nan stays nan, -0.0 gives +0.0
-        return f"{one} if {x} > {zero} else ({minus} if {x} < {zero} else ({x} if {x} != {x} else {zero}))"
-    return f"{one} if {x} > {zero} else ({minus} if {x} < {zero} else {zero})"
+        inner = select(binary(BinaryOp.NE, x, x), x, zero)
+    return select(binary(BinaryOp.GT, x, zero), one, select(binary(BinaryOp.LT, x, zero), minus, inner))
 
 
-def _not(em: Emitter, op: Op, a: list[Elem]) -> str:
-    if op.output.dtype.is_bool:
-        return f"not {a[0].expr}"
-    return wrap(f"~{a[0].expr}", op.output.dtype)
-
-
-def _logical(symbol: str, word: str) -> ExprFn:
-    def expr(em: Emitter, op: Op, a: list[Elem]) -> str:
-        if op.output.dtype.is_bool:
-            return f"{a[0].expr} {symbol} {a[1].expr}"
-        return wrap(f"{a[0].expr} {symbol} {a[1].expr}", op.output.dtype)
-
-    return expr
-
-
-def _extremum(name: str) -> ExprFn:
-    def expr(em: Emitter, op: Op, a: list[Elem]) -> str:
+def _extremum(name: str, int_op: BinaryOp) -> ExprFn:
+    def expr(em: Emitter, op: Op, a: list[Expr]) -> Expr:
         dt = op.output.dtype
         if dt.is_float:  # NaN-propagating like np.maximum, and vectorizable
-            return f"{em.b.math(f'{name}imum_{_suffix(dt)}')}({a[0].expr}, {a[1].expr})"
-        return f"{name}({a[0].expr}, {a[1].expr})"
+            return MathCall(name, (a[0], a[1]), dt)
+        return Binary(int_op, a[0], a[1], dt)
 
     return expr
 
 
-def _pow(em: Emitter, op: Op, a: list[Elem]) -> str | Elem:
+def _pow(em: Emitter, op: Op, a: list[Expr]) -> Expr:
     x, y = a
     dt = op.output.dtype
-    if y.const is not None:  # strength reduction: NumPy's own x**3 is a scalar powf loop
-        if y.const == 1:
+    exponent = const_value(y)
+    if exponent is not None:  # strength reduction: NumPy's own x**3 is a scalar powf loop
+        if exponent == 1:
             return x
-        if y.const == 2:
-            return f"{x.expr} * {x.expr}"
-        if y.const == 3:
-            sq = em.let(f"{x.expr} * {x.expr}").expr
-            return f"{sq} * {x.expr}"
-        if y.const == -1:
-            return f"{em.const(1, dt).expr} / {x.expr}"
-        if y.const == 0.5:  # what NumPy's scalar-exponent fast path computes
-            return f"{em.b.math('sqrt_' + _suffix(dt))}({x.expr})"
-    return f"{em.b.math('pow_' + _suffix(dt))}({x.expr}, {y.expr})"
+        if exponent == 2:
+            return mul(x, x)
+        if exponent == 3:
+            return mul(em.let(mul(x, x)), x)
+        if exponent == -1:
+            return Binary(BinaryOp.DIV, em.const(1, dt), x, dt)
+        if exponent == 0.5:  # what NumPy's scalar-exponent fast path computes
+            return MathCall("sqrt", (x,), dt)
+    return MathCall("pow", (x, y), dt)
 
 
-def _divmod(name: str, int_symbol: str) -> ExprFn:
-    """floor_divide/remainder: the math library's NumPy algorithm for floats; Numba's
-    integer ``//`` and ``%`` already round down (and give 0 for a zero divisor, as NumPy)."""
+def _divmod(name: str, int_op: BinaryOp) -> ExprFn:
+    """floor_divide/remainder: the math library's NumPy algorithm for floats; integer
+    ``FLOORDIV``/``MOD`` already round down (and give 0 for a zero divisor, as NumPy)."""
 
-    def expr(em: Emitter, op: Op, a: list[Elem]) -> str:
+    def expr(em: Emitter, op: Op, a: list[Expr]) -> Expr:
         dt = op.output.dtype
         if dt.is_float:
-            return f"{em.b.math(f'{name}_{_suffix(dt)}')}({a[0].expr}, {a[1].expr})"
-        return wrap(f"{a[0].expr} {int_symbol} {a[1].expr}", dt)
+            return MathCall(name, (a[0], a[1]), dt)
+        return Binary(int_op, a[0], a[1], dt)
 
     return expr
 
 
-def _select(em: Emitter, op: Op, idx: Index) -> Elem:
+def _select(em: Emitter, op: Op, idx: Index) -> Expr:
     pred = em.at(op.inputs[0], idx)
-    if pred.const is not None:
-        return em.at(op.inputs[1] if pred.const else op.inputs[2], idx)
+    if const_value(pred) is not None:
+        return em.at(op.inputs[1] if const_value(pred) else op.inputs[2], idx)
     t, f = em.at(op.inputs[1], idx), em.at(op.inputs[2], idx)
-    if t.const is not None and f.const is not None and t.const == f.const:
+    if const_value(t) is not None and const_value(f) is not None and const_value(t) == const_value(f):
         return t
-    return em.let(f"{t.expr} if {pred.expr} else {f.expr}")
+    return em.let(select(pred, t, f))
 
 
-def _convert(em: Emitter, op: Op, a: list[Elem]) -> str | Elem:
+def _convert(em: Emitter, op: Op, a: list[Expr]) -> Expr:
     src, dst = op.inputs[0].dtype, op.output.dtype
-    x = a[0].expr
     if src == dst:
         return a[0]
     if dst.is_bool:
-        return f"{x} != {em.const(0, src).expr}"
-    return f"{NP_NAME[dst]}({x})"
-
-
-def _floor_like(np_fn: str) -> CodegenRule:
-    return _elementwise(lambda em, op, a: f"np.{np_fn}({a[0].expr})")
+        return binary(BinaryOp.NE, a[0], em.const(0, src))
+    return Cast(a[0], dst)
 
 
 ELEMENTWISE_RULES: dict[P.Primitive, CodegenRule] = {
-    P.neg: _unary_op("-"),
-    P.abs: _elementwise(lambda em, op, a: f"abs({a[0].expr})"),
+    P.neg: _unary(UnaryOp.NEG),
+    P.abs: _unary(UnaryOp.ABS),
     P.sign: _elementwise(_sign),
     P.exp: _math("exp"),
     P.log: _math("log"),
@@ -203,28 +187,28 @@ ELEMENTWISE_RULES: dict[P.Primitive, CodegenRule] = {
     P.logistic: _math("logistic"),
     P.sin: _math("sin"),
     P.cos: _math("cos"),
-    P.floor: _floor_like("floor"),
-    P.ceil: _floor_like("ceil"),
-    P.round: _floor_like("rint"),
+    P.floor: _unary(UnaryOp.FLOOR),
+    P.ceil: _unary(UnaryOp.CEIL),
+    P.round: _unary(UnaryOp.RINT),
     P.stop_gradient: _elementwise(lambda em, op, a: a[0]),
-    P.logical_not: _elementwise(_not),
-    P.add: _binary_op("+"),
-    P.sub: _binary_op("-"),
-    P.mul: _binary_op("*"),
-    P.div: _binary_op("/"),
+    P.logical_not: _unary(UnaryOp.NOT),
+    P.add: _binary(BinaryOp.ADD),
+    P.sub: _binary(BinaryOp.SUB),
+    P.mul: _binary(BinaryOp.MUL),
+    P.div: _binary(BinaryOp.DIV),
     P.pow: _elementwise(_pow, math=True),
-    P.floor_divide: _elementwise(_divmod("floor_divide", "//"), math=True),
-    P.remainder: _elementwise(_divmod("remainder", "%"), math=True),
-    P.max: _elementwise(_extremum("max"), math=True),
-    P.min: _elementwise(_extremum("min"), math=True),
-    P.eq: _compare("=="),
-    P.ne: _compare("!="),
-    P.lt: _compare("<"),
-    P.le: _compare("<="),
-    P.gt: _compare(">"),
-    P.ge: _compare(">="),
-    P.logical_and: _elementwise(_logical("&", "and")),
-    P.logical_or: _elementwise(_logical("|", "or")),
+    P.floor_divide: _elementwise(_divmod("floor_divide", BinaryOp.FLOORDIV), math=True),
+    P.remainder: _elementwise(_divmod("remainder", BinaryOp.MOD), math=True),
+    P.max: _elementwise(_extremum("maximum", BinaryOp.MAX), math=True),
+    P.min: _elementwise(_extremum("minimum", BinaryOp.MIN), math=True),
+    P.eq: _binary(BinaryOp.EQ),
+    P.ne: _binary(BinaryOp.NE),
+    P.lt: _binary(BinaryOp.LT),
+    P.le: _binary(BinaryOp.LE),
+    P.gt: _binary(BinaryOp.GT),
+    P.ge: _binary(BinaryOp.GE),
+    P.logical_and: _binary(BinaryOp.AND),
+    P.logical_or: _binary(BinaryOp.OR),
     P.select: CodegenRule("elemental", elemental=_select),
     P.convert: _elementwise(_convert),
 }
@@ -234,13 +218,13 @@ ELEMENTWISE_RULES: dict[P.Primitive, CodegenRule] = {
 # Layout: each rule maps the output index to an operand index.
 
 
-def _broadcast(em: Emitter, op: Op, idx: Index) -> Elem:
+def _broadcast(em: Emitter, op: Op, idx: Index) -> Expr:
     (x,) = op.inputs
     out_shape, dims = op.attrs["shape"], op.attrs["dims"]
     xs = x.shape
     if all(n == 1 for n in xs):
-        return em.at(x, Index(("1",) * len(xs), ("0",) * len(xs), "0"))
-    xshape = tuple("1" if xs[i] == 1 else idx.shape[d] for i, d in enumerate(dims))
+        return em.at(x, Index((ONE,) * len(xs), (ZERO,) * len(xs), ZERO))
+    xshape = tuple(ONE if xs[i] == 1 else idx.shape[d] for i, d in enumerate(dims))
     # Only unit axes inserted: the same linear index addresses the operand.
     if all(out_shape[d] == 1 for d in range(len(out_shape)) if d not in dims) and all(
         xs[i] == out_shape[d] for i, d in enumerate(dims)
@@ -248,11 +232,11 @@ def _broadcast(em: Emitter, op: Op, idx: Index) -> Elem:
         xdims = None if idx.dims is None else tuple(idx.dims[d] for d in dims)
         return em.at(x, Index(xshape, xdims, idx.flat))
     out_dims = em.dims(idx)
-    xdims = tuple("0" if xs[i] == 1 else out_dims[d] for i, d in enumerate(dims))
+    xdims = tuple(ZERO if xs[i] == 1 else out_dims[d] for i, d in enumerate(dims))
     return em.at(x, Index(xshape, xdims))
 
 
-def _reshape(em: Emitter, op: Op, idx: Index) -> Elem:
+def _reshape(em: Emitter, op: Op, idx: Index) -> Expr:
     (x,) = op.inputs
     out = op.output
     xs, os_ = x.shape, out.shape
@@ -260,8 +244,8 @@ def _reshape(em: Emitter, op: Op, idx: Index) -> Elem:
     o_nonunit = [k for k, n in enumerate(os_) if n != 1]
     if [xs[k] for k in x_nonunit] == [os_[k] for k in o_nonunit]:
         # Only unit axes inserted or removed: axes correspond one to one.
-        xshape = ["1"] * len(xs)
-        xdims = None if idx.dims is None else ["0"] * len(xs)
+        xshape: list[Expr] = [ONE] * len(xs)
+        xdims: list[Expr] | None = None if idx.dims is None else [ZERO] * len(xs)
         for xk, ok in zip(x_nonunit, o_nonunit, strict=True):
             xshape[xk] = idx.shape[ok]
             if xdims is not None and idx.dims is not None:
@@ -272,7 +256,7 @@ def _reshape(em: Emitter, op: Op, idx: Index) -> Elem:
         return em.at(x, Index(em.shape_of(x), None, em.flat(idx)))
     # Axes split or merged group by group: only the split axes need a division.
     xshape = list(em.shape_of(x))
-    xdims = [""] * len(xs)
+    xdims: list[Expr] = [ZERO] * len(xs)
     for x_axes, o_axes in groups:
         if len(x_axes) == 1 and len(o_axes) == 1:
             xdims[x_axes[0]] = idx.dims[o_axes[0]]
@@ -317,28 +301,28 @@ def reshape_groups(src: tuple[int, ...], dst: tuple[int, ...]) -> list[tuple[lis
     return groups
 
 
-def _transpose(em: Emitter, op: Op, idx: Index) -> Elem:
+def _transpose(em: Emitter, op: Op, idx: Index) -> Expr:
     (x,) = op.inputs
     perm = op.attrs["perm"]
-    xshape = [""] * len(perm)
+    xshape: list[Expr] = [ONE] * len(perm)
     for k, p in enumerate(perm):
         xshape[p] = idx.shape[k]
     moved = [p for p in perm if x.shape[p] != 1]
     if moved == sorted(moved):  # only unit axes move: the linear index is unchanged
         xdims = None
         if idx.dims is not None:
-            xdims = [""] * len(perm)
+            xdims = [ZERO] * len(perm)
             for k, p in enumerate(perm):
                 xdims[p] = idx.dims[k]
         return em.at(x, Index(tuple(xshape), None if xdims is None else tuple(xdims), idx.flat))
     out_dims = em.dims(idx)
-    xdims = [""] * len(perm)
+    xdims = [ZERO] * len(perm)
     for k, p in enumerate(perm):
         xdims[p] = out_dims[k]
     return em.at(x, Index(tuple(xshape), tuple(xdims)))
 
 
-def _slice(em: Emitter, op: Op, idx: Index) -> Elem:
+def _slice(em: Emitter, op: Op, idx: Index) -> Expr:
     (x,) = op.inputs
     start, stride = op.attrs["start"], op.attrs["stride"]
     out = op.output
@@ -356,13 +340,13 @@ def _slice(em: Emitter, op: Op, idx: Index) -> Elem:
         if out.shape[k] == 1:
             xdims.append(em.offset(("slice", id(op), k), s))
             continue
-        term = out_dims[k] if st == 1 else em.b.let(f"{out_dims[k]} * {st}")
+        term = out_dims[k] if st == 1 else em.b.let(mul(out_dims[k], Lit(st)))
         off = em.offset(("slice", id(op), k), s)
-        xdims.append(term if off == "0" else em.b.let(f"{off} + {term}"))
+        xdims.append(term if off == ZERO else em.b.let(add(off, term)))
     return em.at(x, Index(tuple(xshape), tuple(xdims)))
 
 
-def _pad(em: Emitter, op: Op, idx: Index) -> Elem:
+def _pad(em: Emitter, op: Op, idx: Index) -> Expr:
     (x,) = op.inputs
     lo, hi, value = op.attrs["lo"], op.attrs["hi"], op.attrs["value"]
     dt = op.output.dtype
@@ -380,20 +364,19 @@ def _pad(em: Emitter, op: Op, idx: Index) -> Elem:
             continue
         n = em.size(x, k)
         off = em.offset(("pad", id(op), k), lo[k])
-        j = out_dims[k] if off == "0" else em.b.let(f"{out_dims[k]} - {off}")
+        j = out_dims[k] if off == ZERO else em.b.let(sub(out_dims[k], off))
         if lo[k]:
-            conds.append(f"({j} >= 0)")
+            conds.append(binary(BinaryOp.GE, j, ZERO))
         if hi[k]:
-            conds.append(f"({j} < {n})")
+            conds.append(binary(BinaryOp.LT, j, n))
         xdims.append(j)
         xshape.append(n)
     inner = Index(tuple(xshape), tuple(xdims))
-    cond = em.b.let(" & ".join(conds))
-    var = em.b.branch(cond, lambda: em.at(x, inner).expr, lambda: pad_value.expr)
-    return Elem(var)
+    cond = em.b.let(functools.reduce(lambda p, q: binary(BinaryOp.AND, p, q), conds))
+    return em.b.branch(cond, lambda: em.at(x, inner), lambda: pad_value)
 
 
-def _concatenate(em: Emitter, op: Op, idx: Index) -> Elem:
+def _concatenate(em: Emitter, op: Op, idx: Index) -> Expr:
     axis = op.attrs["axis"]
     parts = [x for x in op.inputs if x.shape[axis] != 0]
     if not parts:  # an empty result: no element is ever read
@@ -404,34 +387,31 @@ def _concatenate(em: Emitter, op: Op, idx: Index) -> Elem:
             return em.at(only, idx)
     out_dims = em.dims(idx)
     a = out_dims[axis]
-    offsets = ["0"]
+    offsets: list[Expr] = [ZERO]
     for x in parts[:-1]:
         n = em.size(x, axis)
-        offsets.append(n if offsets[-1] == "0" else em.b.let(f"{offsets[-1]} + {n}"))
+        offsets.append(n if offsets[-1] == ZERO else em.b.let(add(offsets[-1], n)))
 
-    def piece(k: int) -> str:
+    def piece(k: int) -> Expr:
         x = parts[k]
-        j = a if offsets[k] == "0" else em.b.let(f"{a} - {offsets[k]}")
+        j = a if offsets[k] == ZERO else em.b.let(sub(a, offsets[k]))
         dims = out_dims[:axis] + (j,) + out_dims[axis + 1 :]
         shape = idx.shape[:axis] + (em.size(x, axis),) + idx.shape[axis + 1 :]
-        return em.at(x, Index(shape, dims)).expr
+        return em.at(x, Index(shape, dims))
 
-    def chain(k: int) -> str:
+    def chain(k: int) -> Expr:
         if k == len(parts) - 1:
             return piece(k)
-        return em.b.branch(em.b.let(f"{a} < {offsets[k + 1]}"), lambda: piece(k), lambda: chain(k + 1))
+        return em.b.branch(em.b.let(binary(BinaryOp.LT, a, offsets[k + 1])), lambda: piece(k), lambda: chain(k + 1))
 
-    return Elem(chain(0))
+    return chain(0)
 
 
-def _gather(em: Emitter, op: Op, idx: Index) -> Elem:
+def _gather(em: Emitter, op: Op, idx: Index) -> Expr:
     x, ind = op.inputs
     axis = op.attrs["axis"]
     n = em.size(x, axis)
-    raw = em.at(ind, idx).expr
-    j = em.b.let(f"np.int64({raw})")
-    j = em.b.let(f"{j} + {n} if {j} < 0 else {j}")
-    j = em.b.let(f"min(max({j}, 0), {n} - 1)") if n != "1" else "0"
+    j = clamped_index(em.b, em.at(ind, idx), n)
     if len(x.shape) == 1:
         return em.at(x, Index((n,), (j,), j))
     out_dims = em.dims(idx)
@@ -440,22 +420,30 @@ def _gather(em: Emitter, op: Op, idx: Index) -> Elem:
     return em.at(x, Index(shape, dims))
 
 
-def _iota(em: Emitter, op: Op, idx: Index) -> Elem:
+def clamped_index(b: KernelBuilder, raw: Expr, n: Expr) -> Expr:
+    """An index operand as a position along an axis of size ``n``: a negative one counts
+    from the end, one out of range is clamped (JAX's default gather/scatter mode)."""
+    j = b.let(Cast(raw, INDEX))
+    j = b.let(select(binary(BinaryOp.LT, j, ZERO), add(j, n), j))
+    return b.let(minimum(maximum(j, ZERO), sub(n, ONE))) if n != ONE else ZERO
+
+
+def _iota(em: Emitter, op: Op, idx: Index) -> Expr:
     d = em.dims(idx)[op.attrs["dimension"]]
     dt = op.output.dtype
-    if d == "0":
+    if d == ZERO:
         return em.const(0, dt)
-    return em.let(f"{NP_NAME[dt]}({d})")
+    return em.let(Cast(d, dt))
 
 
-def _constant(em: Emitter, op: Op, idx: Index) -> Elem:
+def _constant(em: Emitter, op: Op, idx: Index) -> Expr:
     value = op.attrs["value"]
     dt = op.output.dtype
     if not isinstance(value, tuple):
         return em.const(value, dt)
     if len(value) == 1:
         return em.const(value[0], dt)
-    return Elem(em.b.load(em.const_array(op), em.flat(idx)))
+    return em.b.load(em.const_array(op), em.flat(idx))
 
 
 LAYOUT_RULES: dict[P.Primitive, CodegenRule] = {
@@ -483,32 +471,32 @@ def _highest(dtype: DType) -> Any:
     return np.inf if dtype.is_float else int(np.iinfo(dtype.np).max)
 
 
-def _sum_combine(em: Emitter, acc: str, x: str, dtype: DType) -> str:
+def _sum_combine(acc: Expr, x: Expr, dtype: DType) -> Expr:
     if dtype.is_float:  # the one reassociable add: the sum vectorizes, nothing else changes
-        return f"{em.b.math(f'accumulate_{_suffix(dtype)}')}({acc}, {x})"
-    return wrap(f"{acc} + {x}", dtype)
+        return MathCall("accumulate", (acc, x), dtype)
+    return Binary(BinaryOp.ADD, acc, x, dtype)
 
 
-def _extremum_combine(name: str) -> Callable[[Emitter, str, str, DType], str]:
-    def combine(em: Emitter, acc: str, x: str, dtype: DType) -> str:
+def _extremum_combine(name: str, int_op: BinaryOp) -> Callable[[Expr, Expr, DType], Expr]:
+    def combine(acc: Expr, x: Expr, dtype: DType) -> Expr:
         if dtype.is_float:
-            return f"{em.b.math(f'{name}imum_{_suffix(dtype)}')}({acc}, {x})"
-        return f"{name}({acc}, {x})"
+            return MathCall(name, (acc, x), dtype)
+        return Binary(int_op, acc, x, dtype)
 
     return combine
 
 
 REDUCTION_RULES: dict[P.Primitive, CodegenRule] = {
     P.reduce_sum: CodegenRule("reduction", init=lambda dt: 0, combine=_sum_combine, blocked=True),
-    P.reduce_max: CodegenRule("reduction", init=_lowest, combine=_extremum_combine("max")),
-    P.reduce_min: CodegenRule("reduction", init=_highest, combine=_extremum_combine("min")),
+    P.reduce_max: CodegenRule("reduction", init=_lowest, combine=_extremum_combine("maximum", BinaryOp.MAX)),
+    P.reduce_min: CodegenRule("reduction", init=_highest, combine=_extremum_combine("minimum", BinaryOp.MIN)),
     # First index of the extremum; a NaN counts as the extremum (like NumPy).
-    P.argmax: CodegenRule("reduction", init=_lowest, arg=">"),
-    P.argmin: CodegenRule("reduction", init=_highest, arg="<"),
+    P.argmax: CodegenRule("reduction", init=_lowest, arg=BinaryOp.GT),
+    P.argmin: CodegenRule("reduction", init=_highest, arg=BinaryOp.LT),
 }
 
 
-def _call_rule(em: Emitter, op: Op, idx: Index) -> Elem:
+def _call_rule(em: Emitter, op: Op, idx: Index) -> Expr:
     raise Unsupported("custom_vjp_call is inlined by the simplifier before code generation")
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fusejit import config
-from fusejit.codegen import cpu as cpu_printer
+from fusejit.codegen.cpu import printer as cpu_printer
 from fusejit.codegen.kernel import Kernel, Unsupported
 from fusejit.codegen.lowering import STRATEGIES, LoweredKernel, Strategy, lower_on, supports_on
 from fusejit.codegen.rules import CODEGEN_RULES, CodegenRule

@@ -77,7 +77,7 @@ def _version_key() -> str:
     import numpy
     from llvmlite import binding as llvm
 
-    from fusejit.codegen import mathlib
+    from fusejit.codegen.cpu import mathlib
 
     try:
         cpu = llvm.get_host_cpu_name() + ":" + llvm.get_host_cpu_features().flatten()

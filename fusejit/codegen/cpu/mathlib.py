@@ -18,7 +18,7 @@ Using it
 the float64 version. ``FUNCTIONS[(name, "float32" | "float64")]`` maps names for the
 code generator, ``MAX_ULP`` holds the accuracy table below. A generated kernel::
 
-    from fusejit.codegen.mathlib import tanh_f32, maximum_f32  # SOURCE_HASH in a comment
+    from fusejit.codegen.cpu.mathlib import tanh_f32, maximum_f32  # SOURCE_HASH in a comment
 
     @numba.njit(cache=True, error_model="numpy")  # no fast-math flag
     def kernel(x, out, n):

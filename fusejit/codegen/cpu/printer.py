@@ -1,0 +1,209 @@
+"""The CPU printer: a ``Kernel`` as the source of a Numba module.
+
+This is the one place that spells Numba: ``parallel`` loops print as ``prange`` (and make
+the function ``parallel=True``), a ``Matmul`` prints as ``np.dot`` on reshaped views (BLAS
+through SciPy, in a serial function), math-library calls name the vectorizable
+``fusejit.codegen.cpu.mathlib`` functions, constants become typed module globals
+(``np.float32(0.5)``: a bare literal would be float64 and promote the arithmetic), int32
+arithmetic is wrapped back into int32 (Numba computes it in int64), and subscripts go
+through ``idx`` (``np.uint64``): Numba then skips the negative-index wraparound, whose
+branch stopped loops inside ``prange`` bodies from vectorizing (2-2.5x slower per thread,
+``bench/bench_backend.py``). Every function is compiled by ``kernel_jit``.
+
+A module's text depends only on the kernel (no shapes, no source lines, no file names):
+it is content-addressed, so identical kernels share one compiled module across
+functions, batch sizes and processes.
+"""
+
+from __future__ import annotations
+
+import math
+
+from fusejit.codegen.cpu import mathlib
+from fusejit.codegen.exprs import (
+    ATOMS,
+    Binary,
+    BinaryOp,
+    Cast,
+    Const,
+    Expr,
+    Lit,
+    Load,
+    MathCall,
+    Select,
+    ThreadId,
+    Unary,
+    UnaryOp,
+    Var,
+)
+from fusejit.codegen.kernel import Assign, Call, If, Kernel, Let, Loop, Matmul, Stmt, Store
+from fusejit.ir.dtypes import DType
+
+NP_NAME = {DType.bool: "np.bool_", DType.i32: "np.int32", DType.i64: "np.int64",
+           DType.f32: "np.float32", DType.f64: "np.float64"}  # fmt: skip
+
+_SYMBOL = {
+    BinaryOp.ADD: "+", BinaryOp.SUB: "-", BinaryOp.MUL: "*", BinaryOp.DIV: "/",
+    BinaryOp.FLOORDIV: "//", BinaryOp.MOD: "%", BinaryOp.AND: "&", BinaryOp.OR: "|",
+    BinaryOp.EQ: "==", BinaryOp.NE: "!=", BinaryOp.LT: "<", BinaryOp.LE: "<=",
+    BinaryOp.GT: ">", BinaryOp.GE: ">=",
+}  # fmt: skip
+# Operators whose int32 result Numba computes as int64: printed wrapped in np.int32(...).
+_WIDENED = frozenset({BinaryOp.ADD, BinaryOp.SUB, BinaryOp.MUL, BinaryOp.DIV, BinaryOp.FLOORDIV,
+                      BinaryOp.MOD, BinaryOp.AND, BinaryOp.OR})
+_ROUNDING = {UnaryOp.FLOOR: "np.floor", UnaryOp.CEIL: "np.ceil", UnaryOp.RINT: "np.rint"}
+
+
+def math_function(fn: str, dtype: DType) -> str:
+    """The math library's name of ``fn`` at ``dtype``: ``exp_f32``."""
+    return f"{fn}_{ {DType.f32: 'f32', DType.f64: 'f64'}[dtype]}"
+
+
+def constant_source(c: Const) -> str:
+    """A typed constant from its numeric value (never from a string of the IR):
+    ``np.float32(0.5)``, ``np.float64('nan')``, ``np.int32(-3)``, ``np.bool_(True)``."""
+    if c.dtype.is_bool:
+        return f"np.bool_({bool(c.value)!r})"
+    if c.dtype.is_int:
+        return f"{NP_NAME[c.dtype]}({int(c.value)})"
+    f = float(c.value)
+    if math.isnan(f):
+        text = "'nan'"
+    elif math.isinf(f):
+        text = "'inf'" if f > 0 else "'-inf'"
+    else:
+        text = repr(f)
+    return f"{NP_NAME[c.dtype]}({text})"
+
+
+class _Printer:
+    def __init__(self, kernel: Kernel) -> None:
+        self.const_names = {c: f"c{k}" for k, c in enumerate(kernel.constants())}
+
+    # Expressions ------------------------------------------------------------------------
+    def expr(self, e: Expr) -> str:
+        if isinstance(e, Var):
+            return e.name
+        if isinstance(e, Lit):
+            return str(e.value)
+        if isinstance(e, Const):
+            return self.const_names[e]
+        if isinstance(e, Load):
+            return f"{e.array}[idx({self.expr(e.index)})]"
+        if isinstance(e, Cast):
+            return f"{NP_NAME[e.dtype]}({self.expr(e.x)})"
+        if isinstance(e, MathCall):
+            return f"{math_function(e.fn, e.dtype)}({', '.join(self.expr(a) for a in e.args)})"
+        if isinstance(e, ThreadId):
+            return "thread_id()"
+        if isinstance(e, Select):
+            return f"{self.operand(e.then)} if {self.operand(e.cond)} else {self.operand(e.orelse)}"
+        if isinstance(e, Unary):
+            return self.unary(e)
+        assert isinstance(e, Binary), e
+        a, b = self.expr(e.a), self.expr(e.b)
+        if e.op in (BinaryOp.MIN, BinaryOp.MAX):
+            return f"{e.op.value}({a}, {b})"
+        text = f"{self.operand(e.a)} {_SYMBOL[e.op]} {self.operand(e.b)}"
+        return f"np.int32({text})" if e.dtype is DType.i32 and e.op in _WIDENED else text
+
+    def unary(self, e: Unary) -> str:
+        x = self.operand(e.x)
+        if e.op is UnaryOp.ABS:
+            return f"abs({self.expr(e.x)})"
+        if e.op in _ROUNDING:
+            return f"{_ROUNDING[e.op]}({self.expr(e.x)})"
+        if e.op is UnaryOp.NOT and e.dtype.is_bool:
+            return f"not {x}"
+        text = f"-{x}" if e.op is UnaryOp.NEG else f"~{x}"
+        return f"np.int32({text})" if e.dtype is DType.i32 else text
+
+    def operand(self, e: Expr) -> str:
+        """``e`` as an operand of an operator: parenthesized unless it is atomic or a call."""
+        text = self.expr(e)
+        if isinstance(e, ATOMS + (Load, Cast, MathCall, ThreadId)) or text.startswith("np.int32("):
+            return text
+        if isinstance(e, Binary) and e.op in (BinaryOp.MIN, BinaryOp.MAX):
+            return text
+        if isinstance(e, Unary) and e.op in (UnaryOp.ABS,) + tuple(_ROUNDING):
+            return text
+        return f"({text})"
+
+    # Statements -------------------------------------------------------------------------
+    def function(self, kernel: Kernel, helper: bool = False) -> list[str]:
+        lines = [
+            f"@kernel_jit(parallel={kernel.parallel!r}{', helper=True' if helper else ''})",
+            f"def {kernel.name}({', '.join(kernel.params)}):",
+        ]
+        return lines + (self.block(kernel.body, 1) or ["    pass"])
+
+    def block(self, stmts: list[Stmt], depth: int) -> list[str]:
+        pad = "    " * depth
+        out: list[str] = []
+        for s in stmts:
+            if isinstance(s, Let | Assign):
+                out.append(f"{pad}{s.var.name} = {self.expr(s.expr)}")
+            elif isinstance(s, Store):
+                out.append(f"{pad}{s.array}[idx({self.expr(s.index)})] = {self.expr(s.value)}")
+            elif isinstance(s, Loop):
+                rng = "prange" if s.parallel else "range"
+                stop = self.expr(s.stop)
+                bounds = stop if s.start == Lit(0) else f"{self.expr(s.start)}, {stop}"
+                out.append(f"{pad}for {s.var.name} in {rng}({bounds}):")
+                out += self.block(s.body, depth + 1) or [f"{pad}    pass"]
+            elif isinstance(s, If):
+                out.append(f"{pad}if {self.expr(s.cond)}:")
+                out += self.block(s.then, depth + 1) or [f"{pad}    pass"]
+                out.append(f"{pad}else:")
+                out += self.block(s.orelse, depth + 1) or [f"{pad}    pass"]
+            elif isinstance(s, Matmul):
+                out += self.matmul(s, pad)
+            elif isinstance(s, Call):
+                args = list(s.arrays) + [self.expr(e) for e in s.ints]
+                out.append(f"{pad}{s.helper}({', '.join(args)})")
+            else:  # pragma: no cover
+                raise TypeError(f"unknown statement {s!r}")
+        return out
+
+    def matmul(self, s: Matmul, pad: str) -> list[str]:
+        """``np.dot`` on 2-d views (transposed views are F-ordered; BLAS takes them as is)."""
+        m, k, n, batch = (self.expr(e) for e in (s.m, s.k, s.n, s.batch))
+        lhs_shape = (k, m) if s.lhs_t else (m, k)
+        rhs_shape = (n, k) if s.rhs_t else (k, n)
+        lt = ".T" if s.lhs_t else ""
+        rt = ".T" if s.rhs_t else ""
+        if s.batch == Lit(1):
+            return [
+                f"{pad}np.dot({s.lhs}.reshape(({lhs_shape[0]}, {lhs_shape[1]})){lt}, "
+                f"{s.rhs}.reshape(({rhs_shape[0]}, {rhs_shape[1]})){rt}, {s.out}.reshape(({m}, {n})))"
+            ]
+        return [
+            f"{pad}mm_a = {s.lhs}.reshape(({batch}, {lhs_shape[0]}, {lhs_shape[1]}))",
+            f"{pad}mm_b = {s.rhs}.reshape(({batch}, {rhs_shape[0]}, {rhs_shape[1]}))",
+            f"{pad}mm_c = {s.out}.reshape(({batch}, {m}, {n}))",
+            f"{pad}for mm_i in range({batch}):",
+            f"{pad}    np.dot(mm_a[mm_i]{lt}, mm_b[mm_i]{rt}, mm_c[mm_i])",
+        ]
+
+
+def module_source(kernel: Kernel) -> str:
+    """The Numba source of ``kernel`` and its helpers (one module)."""
+    p = _Printer(kernel)
+    lines = [f"# fusejit kernel {kernel.name} ({kernel.kind})"]
+    lines += [f"#   {d}" for d in kernel.doc]
+    lines += [
+        f"# math library {mathlib.SOURCE_HASH}",
+        "import numpy as np",
+        "from numba import get_thread_id as thread_id, prange",
+        "from fusejit.codegen.cpu import kernel_jit",
+    ]
+    funcs = sorted(math_function(fn, dt) for fn, dt in kernel.math_calls())
+    if funcs:
+        lines.append(f"from fusejit.codegen.cpu.mathlib import {', '.join(funcs)}")
+    lines += ["", "idx = np.uint64  # array indices are never negative: no wraparound code"]
+    for c, name in p.const_names.items():
+        lines.append(f"{name} = {constant_source(c)}")
+    for helper in kernel.helpers:
+        lines += ["", ""] + p.function(helper, helper=True)
+    lines += ["", ""] + p.function(kernel)
+    return "\n".join(lines) + "\n"
