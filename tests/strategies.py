@@ -255,6 +255,12 @@ def _scatter_add(g: _Gen, prim: P.Primitive) -> tuple[Value, ...]:
     return (g.b.op(prim, upd, idx, axis=axis, size=size),)
 
 
+def _cumsum(g: _Gen, prim: P.Primitive) -> tuple[Value, ...]:
+    x = g.operand(prim.dtypes, min_rank=1)
+    axis = g.draw(st.integers(0, x.type.ndim - 1))
+    return (g.b.op(prim, x, axis=axis, reverse=g.draw(st.booleans())),)
+
+
 def _iota(g: _Gen, prim: P.Primitive) -> tuple[Value, ...]:
     shape = g.shape(min_rank=1)
     dtype = g.draw(st.sampled_from(sorted(P.NUMERIC, key=str)))
@@ -301,7 +307,7 @@ EMITTERS: dict[P.Primitive, Callable[[_Gen, P.Primitive], tuple[Value, ...]]] = 
     P.reshape: _reshape, P.transpose: _transpose, P.slice: _slice, P.concatenate: _concatenate,
     P.pad: _pad, P.reduce_sum: _reduce, P.reduce_max: _reduce, P.reduce_min: _reduce,
     P.argmax: _arg_reduce, P.argmin: _arg_reduce, P.dot_general: _dot_general, P.gather: _gather,
-    P.scatter_add: _scatter_add, P.iota: _iota, P.constant: _constant,
+    P.scatter_add: _scatter_add, P.cumsum: _cumsum, P.iota: _iota, P.constant: _constant,
     P.custom_vjp_call: _custom_vjp_call,
 }  # fmt: skip
 

@@ -148,6 +148,8 @@ ONE_ARG = {
         (2, 3),
     ),
     "gather": (lambda x: bind(P.gather, x, np.array([[0, 5], [-1, 1]]), axis=1), (2, 3)),
+    "cumsum": (lambda x: bind(P.cumsum, x, axis=1, reverse=False) * fnp.arange(4.0), (3, 4)),
+    "cumsum_reverse": (lambda x: bind(P.cumsum, x, axis=0, reverse=True) ** 2, (3, 4)),
     "astype_f32_f64": (lambda x: x.astype(np.float32).astype(np.float64) * 2, (3,)),
     "astype_int": (lambda x: x * x.astype(np.int64), (3,)),
     "clip": (lambda x: fnp.clip(x, -0.5, 0.5) * x, (6,)),

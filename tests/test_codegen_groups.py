@@ -253,7 +253,7 @@ def test_scatter_add_of_a_fused_producer():
 
     fn = build([(F32, (3, 5)), (I64, (3, 5))], body)
     idx = RNG.integers(-3, 4, size=(3, 5))
-    check(fn, [data(F32, (3, 5), special=False), idx], one_group(fn, "indexing"))
+    check(fn, [data(F32, (3, 5), special=False), idx], one_group(fn, "kernel"))
 
 
 def test_group_kinds_that_mix_strategies_are_refused():
@@ -266,4 +266,26 @@ def test_group_kinds_that_mix_strategies_are_refused():
     fn2 = build([(F32, (3, 3)), (I64, (3,))], lambda b, x, i: [
         b.op(P.scatter_add, x, b.op(P.broadcast_in_dim, i, shape=(3, 3), dims=(0,)), axis=0, size=2),
         b.op(P.reduce_sum, x, axes=(0,))])
-    assert "scatter_add result as its only output" in can_lower(one_group(fn2, "indexing")[0])
+    assert "scatter_add result as its only output" in can_lower(one_group(fn2, "kernel")[0])
+
+
+# ---------------------------------------------------------------------------------------
+# kernels of their own
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize(("dtype", "shape", "axis"), [
+    (F32, (4, 5, 6), 1), (F64, (3, 700), 1), (I32, (6, 2), 0), (F32, (1, 9), 0), (I64, (3, 0), 0),
+])  # fmt: skip
+def test_cumsum_kernel_sums_in_order_along_the_axis(dtype, shape, axis, reverse):
+    fn = build([(dtype, shape)], lambda b, x: b.op(P.cumsum, x, axis=axis, reverse=reverse))
+    x = data(dtype, shape, special=False)
+    check(fn, [x], one_group(fn, "kernel"))
+    check(fn, [noncontiguous(x)], one_group(fn, "kernel"))
+
+
+def test_cumsum_kernel_runs_outer_rows_on_threads_when_large():
+    fn = build([(F64, (64, 50, 3))], lambda b, x: b.op(P.cumsum, x, axis=1, reverse=True))
+    with config.override(parallel_threshold=1000):
+        exe = check(fn, [data(F64, (64, 50, 3), special=False)], one_group(fn, "kernel"))
+    assert "prange" in exe.kernel_source()

@@ -188,6 +188,21 @@ def test_reductions_of_each_dtype(dtype: Any) -> None:
         check(lambda m, a, name=name: getattr(m, name)(a, axis=1), x)
 
 
+@pytest.mark.parametrize("axis", [None, 0, 1, -1])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32, np.bool_])
+def test_cumsum_like_numpy(axis: Any, dtype: Any) -> None:
+    x = rand(3, 4, 5, dtype=dtype)
+    check(lambda m, a: m.cumsum(a, axis=axis), x)
+    check(lambda m, a: a.cumsum(axis=axis, dtype=np.float64) * 2, x)
+    check(lambda m, a: m.cumsum(a[:, ::2], axis=axis), x)  # a strided view
+
+
+def test_cumsum_gradient_is_a_reversed_cumsum() -> None:
+    x = rand(4, 6)
+    fj.gradcheck(lambda a: (fnp.cumsum(a, axis=1) ** 2).sum(), (x,))
+    fj.gradcheck(lambda a: (fnp.cumsum(a) * fnp.arange(24.0)).sum(), (x,))
+
+
 @pytest.mark.parametrize("ddof", [0, 1, 2])
 def test_var_and_std_with_ddof(ddof: int) -> None:
     x = rand(4, 5)

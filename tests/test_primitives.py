@@ -330,6 +330,27 @@ def scatter_add_cases(dtype: DType) -> list[Case]:
     return out
 
 
+def cumsum_cases(dtype: DType) -> list[Case]:
+    """Running sums in the operand's dtype, in order (NumPy's add.accumulate), from
+    either end, along every kind of axis, including empty and unit ones."""
+    out = []
+    for label, shape, axis in [
+        ("vector", (7,), 0),
+        ("0-size", (0,), 0),
+        ("leading axis", (5, 3), 0),
+        ("middle axis", (2, 6, 3), 1),
+        ("last axis", (2, 3, 6), 2),
+        ("unit axis", (4, 1, 3), 1),
+        ("empty rows", (3, 0), 0),
+    ]:
+        x = data(shape, dtype)
+        forward = np.add.accumulate(x, axis=axis, dtype=dtype.np)
+        backward = np.flip(np.add.accumulate(np.flip(x, axis), axis=axis, dtype=dtype.np), axis)
+        out.append(Case(label, (x,), {"axis": axis, "reverse": False}, forward))
+        out.append(Case(f"{label}, reversed", (x,), {"axis": axis, "reverse": True}, backward))
+    return out
+
+
 def iota_cases(dtype: DType) -> list[Case]:
     out = []
     for shape, dimension in [((4,), 0), ((2, 3), 0), ((2, 3), 1), ((0,), 0), ((1,), 0), ((2, 0, 3), 2)]:
@@ -404,6 +425,7 @@ CASES: dict[str, Callable[[DType], list[Case]]] = {
     "dot_general": dot_general_cases,
     "gather": gather_cases,
     "scatter_add": scatter_add_cases,
+    "cumsum": cumsum_cases,
     "iota": iota_cases,
     "constant": constant_cases,
 }

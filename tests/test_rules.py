@@ -9,7 +9,7 @@ import strategies
 from test_codegen import BINARY, UNARY
 from test_primitives import CASES, TESTED_ELSEWHERE
 
-from fusejit.codegen.rules import CODEGEN_RULES
+from fusejit.codegen.lowering import CODEGEN_RULES
 from fusejit.ir import primitives as P
 from fusejit.ir.transforms.autodiff import JVP_RULES, VJP_RULES
 from fusejit.ir.transforms.batching import BATCH_RULES
@@ -22,6 +22,10 @@ TABLES = {
     "autodiff JVP_RULES": (set(JVP_RULES), set(P.PRIMITIVES.values())),
     "batching BATCH_RULES": (set(BATCH_RULES), set(P.PRIMITIVES.values())),
     "codegen CODEGEN_RULES": (set(CODEGEN_RULES), set(P.PRIMITIVES.values())),
+    "codegen kernel strategies (CodegenRule.kernel)": (
+        {p for p, rule in CODEGEN_RULES.items() if rule.kernel is not None},
+        {p for p in P.PRIMITIVES.values() if p.kind is P.OpKind.KERNEL},
+    ),
     "tests/test_primitives.py CASES": (
         {P.PRIMITIVES[n] for n in CASES if n in P.PRIMITIVES} | {P.PRIMITIVES[n] for n in TESTED_ELSEWHERE},
         set(P.PRIMITIVES.values()),

@@ -90,6 +90,15 @@ def kernel_size(block: list[Stmt]) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class Strategy:
+    """How one kind of group becomes a kernel: ``supports(group)`` is the structural check
+    fusion asks (None, or why not; it lowers nothing), ``lower(ctx)`` builds the kernel."""
+
+    supports: Callable[[FusionGroup], str | None]
+    lower: Callable[[Ctx], LoweredKernel]
+
+
+@dataclass(frozen=True, slots=True)
 class Scratch:
     """Temporary memory a kernel needs for the duration of the call."""
 

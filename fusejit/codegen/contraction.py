@@ -10,6 +10,7 @@ from fusejit.codegen.common import (
     Arrays,
     Ctx,
     LoweredKernel,
+    Strategy,
     finish,
     kernel_names,
     provider_at,
@@ -19,7 +20,7 @@ from fusejit.codegen.common import (
 from fusejit.codegen.elemental import Emitter, Index, NeedDims, linearize
 from fusejit.codegen.exprs import ONE, ZERO, Binary, BinaryOp, Expr, add
 from fusejit.codegen.kernel import Call, Kernel, KernelBuilder, Matmul, Unsupported
-from fusejit.codegen.rules import clamped_index
+from fusejit.codegen.rules import CodegenRule, clamped_index
 from fusejit.ir import primitives as P
 from fusejit.ir.core import Op, Value
 from fusejit.ir.primitives import OpKind
@@ -31,10 +32,6 @@ from fusejit.ir.transforms.fusion import FusionGroup
 
 def matmul_support(group: FusionGroup) -> str | None:
     return reason_of(lambda: _matmul_structure(group))
-
-
-def scatter_support(group: FusionGroup) -> str | None:
-    return reason_of(lambda: _scatter_structure(group))
 
 
 def _matmul_structure(group: FusionGroup) -> Op:
@@ -243,6 +240,10 @@ def _lower_contraction_loop(ctx: Ctx, dot: Op) -> LoweredKernel:
 # scatter_add: a serial accumulation loop
 
 
+def scatter_support(group: FusionGroup) -> str | None:
+    return reason_of(lambda: _scatter_structure(group))
+
+
 def _scatter_structure(group: FusionGroup) -> Op:
     """The one scatter_add of an indexing kernel, checked with its producers."""
     scatters = [o for o in group.ops if o.prim is P.scatter_add]
@@ -287,3 +288,4 @@ def lower_scatter(ctx: Ctx) -> LoweredKernel:
     return finish(ctx, b, arrays, em, "scatter_add", out.dtype, upd.shape)
 
 
+KERNEL_RULES = {P.scatter_add: CodegenRule("kernel", kernel=Strategy(scatter_support, lower_scatter))}

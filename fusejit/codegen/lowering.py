@@ -10,35 +10,68 @@ a value's buffer, scratch memory, a materialized constant, or an integer.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
+from fusejit.codegen import scan
 from fusejit.codegen.common import (
     Ctx,
     LoweredKernel,
     Scratch,
+    Strategy,
     branch_support,
     common_support,
     describe_ops,
 )
-from fusejit.codegen.contraction import lower_matmul, lower_scatter, matmul_support, scatter_support
+from fusejit.codegen.contraction import KERNEL_RULES as SCATTER_RULES
+from fusejit.codegen.contraction import lower_matmul, matmul_support
 from fusejit.codegen.kernel import Unsupported
 from fusejit.codegen.loops import horizontal_support, loop_support, lower_horizontal, lower_loop
 from fusejit.codegen.reductions import lower_reduce, lower_row, reduce_support, row_support
+from fusejit.codegen.rules import ELEMENTWISE_RULES, LAYOUT_RULES, REDUCTION_RULES, CodegenRule
+from fusejit.ir import primitives as P
 from fusejit.ir.core import Op, Value
+from fusejit.ir.primitives import OpKind
 from fusejit.ir.transforms.fusion import FusionGroup, GroupKind
 
-__all__ = ["STRATEGIES", "LoweredKernel", "Scratch", "Strategy", "describe_ops", "lower_on", "supports_on"]
+__all__ = ["CODEGEN_RULES", "STRATEGIES", "LoweredKernel", "Scratch", "Strategy", "describe_ops", "lower_on",
+           "supports_on"]
 
 
-@dataclass(frozen=True, slots=True)
-class Strategy:
-    """How one kind of group becomes a kernel: ``supports(group)`` is the structural check
-    fusion asks (None, or why not; it lowers nothing), ``lower(ctx)`` builds the kernel."""
+def _inlined(em: object, op: Op, idx: object) -> None:
+    raise Unsupported("custom_vjp_call is inlined by the simplifier before code generation")
 
-    supports: Callable[[FusionGroup], str | None]
-    lower: Callable[[Ctx], LoweredKernel]
+
+# The codegen rule of every primitive. A primitive with a kernel of its own brings its
+# rule from its strategy module (one line here).
+CODEGEN_RULES: dict[P.Primitive, CodegenRule] = {
+    **ELEMENTWISE_RULES,
+    **LAYOUT_RULES,
+    **REDUCTION_RULES,
+    P.dot_general: CodegenRule("contraction"),
+    P.custom_vjp_call: CodegenRule("call", elemental=_inlined),
+    **SCATTER_RULES,
+    **scan.KERNEL_RULES,
+}
+
+
+def _own_kernel(ctx_or_group: Ctx | FusionGroup) -> Op:
+    group = ctx_or_group.group if isinstance(ctx_or_group, Ctx) else ctx_or_group
+    owners = [op for op in group.ops if op.prim.kind is OpKind.KERNEL]
+    if len(owners) != 1:
+        raise Unsupported("a kernel group holds one op with a kernel of its own")
+    return owners[0]
+
+
+def _kernel_support(group: FusionGroup) -> str | None:
+    try:
+        op = _own_kernel(group)
+    except Unsupported as e:
+        return str(e)
+    return CODEGEN_RULES[op.prim].kernel.supports(group)
+
+
+def _lower_kernel(ctx: Ctx) -> LoweredKernel:
+    return ctx.target.rules[_own_kernel(ctx).prim].kernel.lower(ctx)
 
 
 STRATEGIES: dict[GroupKind, Strategy] = {
@@ -47,7 +80,7 @@ STRATEGIES: dict[GroupKind, Strategy] = {
     GroupKind.REDUCE: Strategy(reduce_support, lower_reduce),
     GroupKind.ROW: Strategy(row_support, lower_row),
     GroupKind.MATMUL: Strategy(matmul_support, lower_matmul),
-    GroupKind.INDEXING: Strategy(scatter_support, lower_scatter),
+    GroupKind.KERNEL: Strategy(_kernel_support, _lower_kernel),  # the op's rule's own strategy
 }
 
 

@@ -42,7 +42,7 @@ from fusejit.codegen.exprs import (
     sub,
 )
 from fusejit.codegen.kernel import KernelBuilder, Unsupported
-from fusejit.codegen.rules import CODEGEN_RULES
+from fusejit.codegen.rules import REDUCTION_RULES
 from fusejit.ir import primitives as P
 from fusejit.ir.core import Op, Value
 from fusejit.ir.dtypes import DType
@@ -119,7 +119,7 @@ SUM_BLOCK = 256
 
 
 def is_float_sum(op: Op) -> bool:
-    return CODEGEN_RULES[op.prim].blocked and op.inputs[0].dtype.is_float
+    return REDUCTION_RULES[op.prim].blocked and op.inputs[0].dtype.is_float
 
 
 def total_dtype(op: Op) -> DType:
@@ -139,7 +139,7 @@ class Accumulators:
         self.block: dict[Value, Var] = {}  # float sums: the current block's total
         self.reduces = reduces
         for op in reduces:
-            rule = CODEGEN_RULES[op.prim]
+            rule = REDUCTION_RULES[op.prim]
             self.acc[op.output] = self.b.define(em.const(rule.init(op.inputs[0].dtype), total_dtype(op)))
             if rule.arg is not None:
                 self.best_index[op.output] = self.b.define(Cast(ZERO, INDEX))
@@ -175,10 +175,10 @@ class Accumulators:
         yield
         for op in sums:
             total = self.acc[op.output]
-            self.b.assign(total, CODEGEN_RULES[op.prim].combine(total, self.block.pop(op.output), DType.f64))
+            self.b.assign(total, REDUCTION_RULES[op.prim].combine(total, self.block.pop(op.output), DType.f64))
 
     def update(self, op: Op, x: Expr, position: Expr | None = None) -> None:
-        rule = CODEGEN_RULES[op.prim]
+        rule = REDUCTION_RULES[op.prim]
         dt = op.inputs[0].dtype
         if rule.arg is None:
             if op.output in self.block:
@@ -223,7 +223,7 @@ def lower_reduce(ctx: Ctx) -> LoweredKernel:
     in_shape, axes = red.operand_shape, red.axes
     out_shape = tuple(n for k, n in enumerate(in_shape) if k not in axes)
     side, main = _reduce_outputs(group, red)
-    has_arg = any(CODEGEN_RULES[op.prim].arg is not None for op in red.reduces)
+    has_arg = any(REDUCTION_RULES[op.prim].arg is not None for op in red.reduces)
     total = math.prod(in_shape)
     kept = [k for k in range(len(in_shape)) if k not in axes]
     # Unit axes take no loop, so the innermost loop runs over the last axis longer than 1.
@@ -334,7 +334,7 @@ def lower_reduce(ctx: Ctx) -> LoweredKernel:
         n_out = b.int_param(("out_total",), math.prod(out_shape))
         with b.loop(n_out, parallel=parallel) as f:
             for op in red.reduces:
-                init = CODEGEN_RULES[op.prim].init(op.inputs[0].dtype)
+                init = REDUCTION_RULES[op.prim].init(op.inputs[0].dtype)
                 b.store(acc_arrays[op.output], f, em.const(init, total_dtype(op)))
         last = len(in_shape) - 1
         dims: list[Expr] = []
@@ -349,7 +349,7 @@ def lower_reduce(ctx: Ctx) -> LoweredKernel:
                     arr = acc_arrays[op.output]
                     x = em.at(op.inputs[0], in_idx)
                     cur = b.load(arr, out_flat)
-                    b.store(arr, out_flat, CODEGEN_RULES[op.prim].combine(cur, x, total_dtype(op)))
+                    b.store(arr, out_flat, REDUCTION_RULES[op.prim].combine(cur, x, total_dtype(op)))
                 for v in side:
                     b.store(outs[v], em.flat(in_idx), em.at(v, in_idx))
                 return
@@ -400,7 +400,7 @@ def lower_reduce(ctx: Ctx) -> LoweredKernel:
 def _fold_into_identity(em: Emitter, op: Op, idx: Index) -> Expr:
     """One element reduced on its own: ``identity + x`` (NumPy's sum of -0.0 is +0.0)."""
     x = em.at(op.inputs[0], idx)
-    rule, dt = CODEGEN_RULES[op.prim], op.inputs[0].dtype
+    rule, dt = REDUCTION_RULES[op.prim], op.inputs[0].dtype
     if rule.arg is not None:
         return x
     return em.b.let(rule.combine(em.const(rule.init(dt), dt), x, dt))

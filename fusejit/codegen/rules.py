@@ -1,4 +1,4 @@
-"""The codegen rule of every primitive: ``CODEGEN_RULES``, keyed by ``Primitive``.
+"""The codegen rules of primitives, keyed by ``Primitive``.
 
 A rule is a ``CodegenRule``; what it provides depends on the primitive's role:
 
@@ -11,9 +11,13 @@ A rule is a ``CodegenRule``; what it provides depends on the primitive's role:
   ``blocked`` for sums, which accumulate in blocks and float32 totals in float64
   (``fusejit.codegen.reductions``); argmax/argmin are ``arg`` reductions that also track
   an index.
-* ``contraction`` (dot_general), ``scatter`` (scatter_add): lowered by whole-group
-  strategies in ``fusejit.codegen.lowering``.
+* ``contraction`` (dot_general): lowered by the matmul strategy.
+* ``kernel`` (scatter_add, cumsum): ``kernel`` is the primitive's own ``Strategy``; its
+  rule sits beside it (``contraction.KERNEL_RULES``, ``scan.KERNEL_RULES``).
 * ``call`` (custom_vjp_call): never reaches a backend (the simplifier inlines it).
+
+This module holds the elemental and reduction rules; ``fusejit.codegen.lowering``
+assembles ``CODEGEN_RULES`` from them and the strategy modules' rules.
 
 Rules build typed expressions (``fusejit.codegen.exprs``); how a target spells them (int32
 wraparound, typed constants, the math library) is its printer's business.
@@ -50,7 +54,7 @@ from fusejit.codegen.exprs import (
     select,
     sub,
 )
-from fusejit.codegen.kernel import KernelBuilder, Unsupported
+from fusejit.codegen.kernel import KernelBuilder
 from fusejit.ir import primitives as P
 from fusejit.ir.core import Op
 from fusejit.ir.dtypes import DType
@@ -58,13 +62,14 @@ from fusejit.ir.dtypes import DType
 
 @dataclass(frozen=True, slots=True)
 class CodegenRule:
-    role: str  # "elemental" | "reduction" | "contraction" | "scatter" | "call"
+    role: str  # "elemental" | "reduction" | "contraction" | "kernel" | "call"
     elemental: Callable[[Emitter, Op, Index], Expr] | None = None
     init: Callable[[DType], Any] | None = None
     combine: Callable[[Expr, Expr, DType], Expr] | None = None
     arg: BinaryOp | None = None  # for argmax/argmin: the comparison that replaces the best
     blocked: bool = False  # a float sum: summed in blocks, float32 totals in float64
     math: bool = False  # calls the math library on float operands (a structural fact for fusion)
+    kernel: Any = None  # the primitive's own ``Strategy`` (role "kernel")
 
 
 def _fold(em: Emitter, op: Op, args: list[Expr]) -> Expr:
@@ -496,21 +501,7 @@ REDUCTION_RULES: dict[P.Primitive, CodegenRule] = {
 }
 
 
-def _call_rule(em: Emitter, op: Op, idx: Index) -> Expr:
-    raise Unsupported("custom_vjp_call is inlined by the simplifier before code generation")
-
-
-OTHER_RULES: dict[P.Primitive, CodegenRule] = {
-    P.dot_general: CodegenRule("contraction"),
-    P.scatter_add: CodegenRule("scatter"),
-    P.custom_vjp_call: CodegenRule("call", elemental=_call_rule),
-}
-
-
-CODEGEN_RULES: dict[P.Primitive, CodegenRule] = {**ELEMENTWISE_RULES, **LAYOUT_RULES, **REDUCTION_RULES, **OTHER_RULES}
-
-
 def calls_math(op: Op) -> bool:
     """Whether ``op``'s element calls a math-library function."""
-    rule = CODEGEN_RULES.get(op.prim)
+    rule = ELEMENTWISE_RULES.get(op.prim)
     return rule is not None and rule.math and op.output.dtype.is_float

@@ -17,8 +17,8 @@ from typing import Any
 from fusejit import config
 from fusejit.codegen.cpu import printer as cpu_printer
 from fusejit.codegen.kernel import Kernel, Unsupported
-from fusejit.codegen.lowering import STRATEGIES, LoweredKernel, Strategy, lower_on, supports_on
-from fusejit.codegen.rules import CODEGEN_RULES, CodegenRule
+from fusejit.codegen.lowering import CODEGEN_RULES, STRATEGIES, LoweredKernel, Strategy, lower_on, supports_on
+from fusejit.codegen.rules import CodegenRule
 from fusejit.ir.core import Value
 from fusejit.ir.primitives import Primitive
 from fusejit.ir.transforms.fusion import FusionGroup, GroupKind

@@ -40,13 +40,15 @@ class OpKind(enum.Enum):
     LAYOUT = "layout"  # moves or broadcasts elements: reshape, transpose, slice, pad, ...
     REDUCTION = "reduction"  # reduces axes: reduce_sum/max/min, argmax/argmin
     CONTRACTION = "contraction"  # dot_general (BLAS)
-    INDEXING = "indexing"  # data-dependent addressing: gather, scatter_add
+    INDEXING = "indexing"  # data-dependent addressing, per element: gather
+    KERNEL = "kernel"  # lowered by a kernel strategy of its own: scatter_add, cumsum
     SOURCE = "source"  # no inputs: constant, iota
     CALL = "call"  # calls nested functions: custom_vjp_call
 
 
 class AttrKind(enum.Enum):
     INT = "int"
+    BOOL = "bool"
     INTS = "ints"  # tuple of ints (shapes, axes, permutations)
     INTS_PAIR = "ints_pair"  # ((lhs ints), (rhs ints)) for dot_general
     DTYPE = "dtype"
@@ -139,6 +141,8 @@ def check_attr(prim: str, key: str, kind: AttrKind, value: Any) -> None:
 
     if kind is AttrKind.INT and not is_int(value):
         raise bad("an int")
+    if kind is AttrKind.BOOL and type(value) is not bool:
+        raise bad("True or False")
     if kind is AttrKind.INTS and not is_ints(value):
         raise bad("a tuple of ints")
     if kind is AttrKind.INTS_PAIR and not (
@@ -633,11 +637,39 @@ def _scatter_add_impl(upd: np.ndarray, idx: np.ndarray, axis: int, size: int) ->
 scatter_add = _register(
     Primitive(
         name="scatter_add",
-        kind=OpKind.INDEXING,
+        kind=OpKind.KERNEL,
         arity=2,
         attrs={"axis": AttrSpec(AttrKind.INT), "size": AttrSpec(AttrKind.INT)},
         abstract_eval=_scatter_add_rule,
         impl=_scatter_add_impl,
+        dtypes=NUMERIC,
+    )
+)
+
+
+
+def _cumsum_rule(in_types: tuple[TensorType, ...], axis: int, reverse: bool) -> tuple[TensorType, ...]:
+    (x,) = in_types
+    _check_axes("cumsum", (axis,), x.ndim, "axis")
+    return (x,)
+
+
+def _cumsum_impl(x: np.ndarray, axis: int, reverse: bool) -> tuple[np.ndarray]:
+    if reverse:
+        return (np.flip(np.cumsum(np.flip(x, axis), axis=axis, dtype=x.dtype), axis),)
+    return (np.cumsum(x, axis=axis, dtype=x.dtype),)
+
+
+# Inclusive running sums along ``axis``, in the operand's dtype, from the last element
+# when ``reverse`` (JAX's ``lax.cumsum``): float sums accumulate in order, as NumPy's.
+cumsum = _register(
+    Primitive(
+        name="cumsum",
+        kind=OpKind.KERNEL,
+        arity=1,
+        attrs={"axis": AttrSpec(AttrKind.INT), "reverse": AttrSpec(AttrKind.BOOL)},
+        abstract_eval=_cumsum_rule,
+        impl=_cumsum_impl,
         dtypes=NUMERIC,
     )
 )

@@ -460,6 +460,22 @@ def sum(a: Array, axis: Any = None, dtype: Any = None, out: Array = None, keepdi
     return _keep(out, shape_of(a), axes, keepdims)
 
 
+def cumsum(a: Array, axis: Any = None, dtype: Any = None, out: Array = None) -> Array:
+    """NumPy's ``cumsum``: running sums along ``axis`` (of the flattened array when None),
+    in ``dtype`` (bools and small ints in the default int, like NumPy). One kernel of its
+    own (``fusejit.codegen.scan``); float sums accumulate in order, exactly as NumPy's."""
+    if out is not None:
+        return inplace.store(out, cumsum(a, axis, dtype), "cumsum", "unsafe")
+    a = _as_operand(a)
+    dt = from_numpy(dtype) if dtype is not None else _dtype_of(a)
+    if dtype is None and not dt.is_float:
+        dt = DType.i64
+    if axis is None:
+        a, axis = ravel(a), 0
+    (axis,) = _axes(axis, len(shape_of(a)), "cumsum")
+    return bind(P.cumsum, astype(a, dt), axis=axis, reverse=False)
+
+
 def mean(a: Array, axis: Any = None, dtype: Any = None, out: Array = None, keepdims: bool = False) -> Array:
     if out is not None:
         return inplace.store(out, mean(a, axis, dtype, keepdims=keepdims), "mean", "unsafe")
@@ -1260,7 +1276,7 @@ def apply_ufunc(ufunc: np.ufunc, method: str, inputs: tuple, kwargs: dict[str, A
 _ARRAY_FUNCTIONS: dict[Callable[..., Any], Callable[..., Any]] = {
     getattr(np, name): globals()[name]
     for name in (
-        "sum mean var std max min amax amin argmax argmin all any clip where reshape ravel "
+        "sum cumsum mean var std max min amax amin argmax argmin all any clip where reshape ravel "
         "transpose moveaxis swapaxes expand_dims squeeze concatenate stack vstack hstack pad "
         "take take_along_axis matmul dot inner outer tensordot einsum broadcast_to zeros_like "
         "ones_like full_like round around atleast_1d atleast_2d flip copy shape ndim size "

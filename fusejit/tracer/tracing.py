@@ -480,6 +480,9 @@ class TracedArray:
     def astype(self, dtype: Any, copy: bool = True) -> Any:
         return fnp.astype(self, dtype, copy=copy)
 
+    def cumsum(self, axis: Any = None, dtype: Any = None) -> Any:
+        return fnp.cumsum(self, axis, dtype)
+
     def sum(self, axis: Any = None, dtype: Any = None, keepdims: bool = False) -> Any:
         return fnp.sum(self, axis=axis, dtype=dtype, keepdims=keepdims)
 

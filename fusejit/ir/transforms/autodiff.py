@@ -870,6 +870,16 @@ _define(P.gather, _gather_vjp, _linear_jvp)
 _define(P.scatter_add, _scatter_add_vjp, _linear_jvp)
 
 
+def _cumsum_vjp(b: Builder, op: Op, cts: tuple[Ct, ...], needs: tuple[bool, ...]) -> Sequence[Ct]:
+    """Each input element adds into every later running sum: the cotangent is the running
+    sum of the output cotangents from the other end."""
+    (g,) = cts
+    return (b.op(P.cumsum, g, axis=op.attrs["axis"], reverse=not op.attrs["reverse"]),)
+
+
+_define(P.cumsum, _cumsum_vjp, _linear_jvp)
+
+
 # ---------------------------------------------------------------------------------------
 # Rules: custom_vjp_call. Reverse mode inlines ``fwd`` in the forward sweep (see
 # ``reverse_mode``); the op the vjp rule sees has the call's operands followed by the

@@ -248,6 +248,7 @@ for _prim in (P.reduce_sum, P.reduce_max, P.reduce_min):
     BATCH_RULES[_prim] = _with_attrs(lambda a, n: {"axes": _shift(a["axes"])})
 BATCH_RULES[P.argmax] = _with_attrs(lambda a, n: {"axis": a["axis"] + 1})
 BATCH_RULES[P.argmin] = _with_attrs(lambda a, n: {"axis": a["axis"] + 1})
+BATCH_RULES[P.cumsum] = _with_attrs(lambda a, n: {**a, "axis": a["axis"] + 1})
 
 
 # ---------------------------------------------------------------------------------------

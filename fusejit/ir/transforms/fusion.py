@@ -42,7 +42,7 @@ class GroupKind(enum.StrEnum):
     REDUCE = "reduce"  # reductions over one input space and the producers they read
     ROW = "row"  # reductions over the innermost axes and the ops broadcasting them back
     MATMUL = "matmul"  # one dot_general and an elementwise epilogue
-    INDEXING = "indexing"  # one scatter_add and its producers
+    KERNEL = "kernel"  # one op lowered by its primitive's own kernel (scatter_add, cumsum)
     HORIZONTAL = "horizontal"  # independent loop groups (``parts``) run in one call
 
 
@@ -129,8 +129,8 @@ def group_kind_of(op: Op) -> GroupKind:
         return GroupKind.REDUCE
     if op.prim.kind is OpKind.CONTRACTION:
         return GroupKind.MATMUL
-    if op.prim is P.scatter_add:
-        return GroupKind.INDEXING
+    if op.prim.kind is OpKind.KERNEL:
+        return GroupKind.KERNEL
     return GroupKind.LOOP
 
 
@@ -250,8 +250,10 @@ class _Partition:
 
 def _refusal(part: _Partition, p: Op, g: _Group) -> str | None:
     """Why producer ``p`` cannot be fused into group ``g`` (None if it can)."""
-    if g.kind in (GroupKind.MATMUL, GroupKind.INDEXING):
-        return f"a {g.kind} kernel reads its operands from memory"
+    if g.kind is GroupKind.MATMUL:
+        return "a matmul kernel reads its operands from memory"
+    if g.kind is GroupKind.KERNEL:
+        return f"{g.owned[0].prim.name}'s own kernel reads its operands from memory"
     if p.prim.kind not in _ABSORBABLE and p.prim is not P.gather:
         return {
             OpKind.REDUCTION: "a reduction's result is materialized (row fusion may still join it)",

@@ -1,0 +1,96 @@
+"""Scan kernels: ``cumsum``, a running sum along one axis.
+
+The operand is viewed as ``[outer, n, inner]`` (the axes before, at and after the scanned
+one). For each outer index, the first row along the axis is copied, then row ``k`` is
+row ``k - 1`` of the output plus row ``k`` of the operand (from the other end when
+``reverse``): the inner loop runs over contiguous elements with no dependence between
+them (it vectorizes), and float sums accumulate in order, exactly as NumPy's
+``add.accumulate``. Outer indices are independent and run on threads when the array is
+large.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from fusejit.codegen.common import Ctx, LoweredKernel, Strategy, finish, reason_of
+from fusejit.codegen.elemental import linearize
+from fusejit.codegen.exprs import ONE, ZERO, Expr, add, minimum, sub
+from fusejit.codegen.kernel import KernelBuilder, Unsupported
+from fusejit.codegen.rules import CodegenRule
+from fusejit.ir import primitives as P
+from fusejit.ir.core import Op
+from fusejit.ir.transforms.fusion import FusionGroup
+
+
+def _scan_structure(group: FusionGroup) -> Op:
+    """The one cumsum of a scan kernel, which reads its operand from memory."""
+    if len(group.ops) != 1 or group.ops[0].prim is not P.cumsum:
+        raise Unsupported("a scan kernel holds one cumsum")
+    (op,) = group.ops
+    if op.inputs[0] not in group.inputs or group.outputs != (op.output,):
+        raise Unsupported("a scan kernel reads its operand from memory and writes its result")
+    return op
+
+
+def scan_support(group: FusionGroup) -> str | None:
+    return reason_of(lambda: _scan_structure(group))
+
+
+def lower_cumsum(ctx: Ctx) -> LoweredKernel:
+    op = _scan_structure(ctx.group)
+    (x,), out = op.inputs, op.output
+    axis, reverse = op.attrs["axis"], op.attrs["reverse"]
+    shape = x.shape
+    b = KernelBuilder()
+    arrays = ctx.arrays(b)
+    src, dst = arrays.value(x, "in"), arrays.value(out, "out")
+
+    def size(key: str, n: int) -> Expr:
+        return ONE if n == 1 else b.int_param((key,), n)
+
+    outer = size("outer", math.prod(shape[:axis]))
+    n = size("n", shape[axis])
+    inner = size("inner", math.prod(shape[axis + 1 :]))
+    space = (outer, n, inner)
+    parallel = math.prod(shape) >= ctx.threshold and outer != ONE
+
+    def rows(o: Expr, first: bool) -> None:
+        """The first row along the axis (a loop of at most one iteration: none when the
+        axis is empty), or every later one."""
+        count = (ONE if n == ONE else minimum(n, ONE)) if first else b.let(sub(n, ONE))
+        with b.loop(count) as j:
+            k = j if first else add(j, ONE)
+            if reverse:
+                k = b.let(sub(sub(n, ONE), k))
+            prev = None if first else b.let(add(k, ONE) if reverse else sub(k, ONE))
+
+            def element(i: Expr) -> None:
+                at = linearize(b, (o, k, i), space)
+                x_k = b.load(src, at)
+                if prev is None:
+                    b.store(dst, at, x_k)
+                else:
+                    before = b.load(dst, linearize(b, (o, prev, i), space))
+                    b.store(dst, at, b.let(add(before, x_k)))
+
+            each(inner, element)
+
+    def each(count: Expr, body: Callable[[Expr], None], parallel: bool = False) -> None:
+        if count == ONE:
+            body(ZERO)
+            return
+        with b.loop(count, parallel=parallel) as i:
+            body(i)
+
+    def scan_outer(o: Expr) -> None:
+        rows(o, first=True)
+        if n != ONE:
+            rows(o, first=False)
+
+    each(outer, scan_outer, parallel)
+    return finish(ctx, b, arrays, None, "cumsum", x.dtype, shape)
+
+
+KERNEL_RULES = {P.cumsum: CodegenRule("kernel", kernel=Strategy(scan_support, lower_cumsum))}
