@@ -16,10 +16,41 @@ import numpy as np
 import fusejit as fj
 import fusejit.numpy as fnp
 from fusejit import config
-from fusejit.runtime import cache
+from fusejit.runtime import cache, timings
 from fusejit.runtime.cache import COUNTERS, CacheWarning
 
 REPO = Path(__file__).resolve().parent.parent
+
+def dense_relu(x, w, b):
+    return fnp.maximum(x @ w + b, 0.0)
+
+
+def test_compile_times_name_every_stage_and_kernel_and_where_it_came_from(tmp_path):
+    x, w, b = np.ones((16, 8), np.float32), np.ones((8, 4), np.float32), np.zeros(4, np.float32)
+    with config.override(cache=True, cache_dir=str(tmp_path)):
+        f = fj.jit(dense_relu)
+        compiled = f.lower(x, w, b).compile()
+        f(x, w, b)
+    info = f.cache_info()
+    (times,) = info.compile_times
+    assert times is compiled.compile_times
+    assert [k.name for k in times.kernels] == [k.name for k in compiled.kernels]
+    assert {k.origin for k in times.kernels} <= set(timings.KernelOrigin)
+    assert times.total >= times.kernel_seconds + times.lower + times.trace > 0
+    assert "compile " in str(info) and all(k.name in str(times) for k in compiled.kernels)
+
+
+def test_two_functions_with_the_same_layer_share_its_kernels(tmp_path):
+    """The second function's kernels are the first's (content-addressed, shape-generic):
+    nothing is compiled again, not even for another batch size."""
+    w, b = np.ones((8, 4), np.float32), np.zeros(4, np.float32)
+    with config.override(cache=True, cache_dir=str(tmp_path)):
+        fj.jit(dense_relu)(np.ones((16, 8), np.float32), w, b)
+        other = fj.jit(lambda x, w, b: fnp.maximum(x @ w + b, 0.0))
+        other(np.ones((32, 8), np.float32), w, b)
+    (times,) = other.cache_info().compile_times
+    assert times.kernels and times.count(timings.KernelOrigin.COMPILED) == 0
+
 
 SCRIPT = """
 import json

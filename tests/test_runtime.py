@@ -253,6 +253,8 @@ def test_dump_writes_every_stage_and_kernel(tmp_path):
     names = sorted(p.name for p in directory.iterdir())
     assert names[0].startswith("00_traced") and any(n.endswith("_fused.ir") for n in names)
     assert any("eliminate_dead_code" in n for n in names) and "runner.py" in names
+    times = (directory / "compile_times.txt").read_text()
+    assert all(info.name in times for info in compiled.kernels) and "numba start-up" in times
     kernels = sorted((directory / "kernels").iterdir())
     assert len(kernels) == len(compiled.kernels)
     for path, info in zip(kernels, compiled.kernels, strict=True):

@@ -31,6 +31,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -252,6 +253,25 @@ def _reachable(main: Any, generated_only: bool) -> list[Any]:
         if isinstance(obj, Dispatcher) and (not generated_only or obj.py_func.__module__.startswith("fj_")):
             found[id(obj)] = obj
     return list(found.values())
+
+
+_numba_started = False
+
+
+def start_numba() -> float:
+    """Loads Numba's typing and target registries (once per process, whether kernels
+    are then compiled or loaded from the disk cache); returns the seconds it took."""
+    global _numba_started
+    if _numba_started:
+        return 0.0
+    from numba.core.registry import cpu_target
+
+    start = time.perf_counter()
+    with _lock:
+        cpu_target.target_context.refresh()
+        cpu_target.typing_context.refresh()
+        _numba_started = True
+    return time.perf_counter() - start
 
 
 def compile_dispatchers(main: Any, signature: tuple[Any, ...]) -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from fusejit import config
+from fusejit.codegen.kernel import Matmul, statements
 from fusejit.codegen.lowering import LoweredKernel, describe_ops
 from fusejit.codegen.target import CPU
 from fusejit.ir import primitives as P
@@ -44,9 +46,10 @@ from fusejit.ir.core import Function, Op, Value
 from fusejit.ir.dtypes import DType, from_numpy
 from fusejit.ir.transforms.fusion import FusedFunction
 from fusejit.runtime import blas, donation
-from fusejit.runtime.cache import compile_dispatchers, load_module, module_name
+from fusejit.runtime.cache import COUNTERS, compile_dispatchers, load_module, module_name, start_numba
 from fusejit.runtime.donation import DonationError as DonationError  # re-exported
 from fusejit.runtime.plan import plan_call
+from fusejit.runtime.timings import CompileTimes, KernelOrigin, KernelTime
 
 # Outputs at least this large are recycled once the caller drops them: a fresh large
 # array page-faults on first touch (glibc mmaps it), which halved an elementwise op's
@@ -73,8 +76,17 @@ class KernelInfo:
 
 
 def _gemm_flops(lk: LoweredKernel) -> int:
-    """2*B*M*K*N of a matmul kernel's dot_general."""
-    dot = next(op for op in lk.group.ops if op.prim is P.dot_general)
+    """2*B*M*K*N of a matmul kernel's dot_general; for another kernel calling BLAS (a
+    conv as im2col + GEMM), of its largest GEMM statement."""
+    dot = next((op for op in lk.group.ops if op.prim is P.dot_general), None)
+    if dot is None:
+        value = dict(zip((v.name for v in lk.kernel.ints), lk.ints, strict=True))
+
+        def size(e: Any) -> int:
+            return value[e.name] if hasattr(e, "name") else int(e.value)
+
+        return max(2 * size(s.batch) * size(s.m) * size(s.k) * size(s.n)
+                   for s in statements(lk.kernel.body) if isinstance(s, Matmul))
     _, (b, m, k), _, (_, _, n) = P.dot_general_as_matmul(
         dot.inputs[0].shape, dot.inputs[1].shape, dot.attrs["contract"], dot.attrs["batch"])
     return 2 * b * m * k * n
@@ -104,6 +116,8 @@ the module doc); ``call_plan`` is what it runs, as data."""
         self.function = fn
         self.fused = fused
         self.donated = tuple(sorted(set(donate_argnums)))
+        self.compile_times = CompileTimes()
+        start = time.perf_counter()
         call = plan_call(fn, fused, self.donated, threshold)
         self.call_plan = call
         self.plan = call.arena
@@ -112,6 +126,7 @@ the module doc); ``call_plan`` is what it runs, as data."""
             source = CPU.print_module(sp.lowered.kernel)
             self._steps.append(_Step(sp.lowered, module_name(source), source, None, None, list(sp.refs),
                                      list(sp.int_slots)))
+        self.compile_times.lower = time.perf_counter() - start
         self._dims = np.array(call.dims, dtype=np.int64)
         self._consts = list(call.consts)
         self._buf_slot = dict(call.buf_slot)
@@ -146,12 +161,19 @@ the module doc); ``call_plan`` is what it runs, as data."""
     def _compile(self) -> None:
         """Loads (compiling or reading Numba's cache) every kernel."""
         types, nbt = _numba_types()
+        self.compile_times.startup = start_numba()
         for st in self._steps:
+            start, compiles = time.perf_counter(), COUNTERS.numba_compiles
             st.dispatcher = getattr(load_module(st.source), st.lowered.kernel.name)
             sig = tuple(types.Array(nbt[a.dtype], 1, "C") for a in st.lowered.kernel.arrays)
             sig += (types.int64,) * len(st.lowered.kernel.ints)
+            origin = KernelOrigin.MEMORY if sig in st.dispatcher.overloads else KernelOrigin.DISK
             compile_dispatchers(st.dispatcher, sig)
+            if COUNTERS.numba_compiles != compiles:
+                origin = KernelOrigin.COMPILED
             st.entry_point = st.dispatcher.overloads[sig].entry_point
+            self.compile_times.kernels.append(
+                KernelTime(st.lowered.display_name, time.perf_counter() - start, origin))
         self._views = {}
         for key, slot in self._buf_slot.items():
             dtype = self._buf_dtype[key].np

@@ -3,8 +3,9 @@
 Each compilation gets a directory ``<dir>/<NNN>_<function name>/`` holding
 ``00_traced.ir``, one ``NN_<pass>.ir`` per pipeline stage (stamped with the pass and its
 time), ``NN_fused.ir`` (the partition into kernels), ``kernels/<kernel>.py`` (each
-kernel's source as ``Compiled.kernel_source()`` shows it) and ``runner.py`` (the Python
-function every call runs).
+kernel's source as ``Compiled.kernel_source()`` shows it), ``runner.py`` (the Python
+function every call runs) and ``compile_times.txt`` (seconds per stage and per kernel,
+``fusejit.runtime.timings``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def _safe(name: str) -> str:
 
 def dump_compilation(
     root: str, fn: Function, exe: Any, *, stages: Sequence[Any] = (), traced: Function | None = None,
-    backend: str = "cpu",
+    backend: str = "cpu", times: Any = None,
 ) -> Path:
     """Writes one compilation's files; returns its directory."""
     with _lock:
@@ -57,6 +58,8 @@ def dump_compilation(
         k += 1
     files.append((f"{k:02d}_fused.ir", f"// stage: fused ({backend} backend)\n{exe.fused}"))
     files.append(("fusion_report.txt", fusion_report(exe.fused)))
+    if times is not None:
+        files.append(("compile_times.txt", f"{times}\n"))
     for path, text in files:
         (directory / path).write_text(text, encoding="utf-8")
     kernels = getattr(exe, "kernels", [])

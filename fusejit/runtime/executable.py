@@ -27,6 +27,7 @@ from fusejit.ir.interpreter import run_function
 from fusejit.ir.transforms import fusion
 from fusejit.ir.transforms.fusion import FusedFunction, one_op_per_group
 from fusejit.runtime.cpu import CpuExecutable, DonationError, KernelInfo  # noqa: F401 - re-exported
+from fusejit.runtime.timings import CompileTimes
 
 BACKENDS = ("interpret", "cpu")
 
@@ -73,23 +74,28 @@ def compile_function(
     donate_argnums: tuple[int, ...] = (),
     stages: Sequence[Any] = (),
     traced: Function | None = None,
+    times: CompileTimes | None = None,
 ) -> InterpretedExecutable | CpuExecutable:
     """Compiles a partition (``partition(fn, fuse, backend)``) for ``backend``.
 
     ``donate_argnums`` are flat parameter indices whose buffers the executable may reuse
     for outputs. ``stages`` and ``traced`` (the pipeline's intermediate functions) are only
-    used for ``FUSEJIT_DUMP``.
+    used for ``FUSEJIT_DUMP``. ``times``, when given, receives the lowering and per-kernel
+    compile times (the earlier stages' times already in it are dumped with them).
     """
     fn = fused.function
     if backend == "interpret":
         exe: Any = InterpretedExecutable(fn, fused)
     elif backend == "cpu":
         exe = CpuExecutable(fn, fused, donate_argnums)
+        if times is not None:
+            times.lower, times.startup = exe.compile_times.lower, exe.compile_times.startup
+            times.kernels = list(exe.compile_times.kernels)
     else:
         raise ValueError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
     dump_dir = config.value("dump_dir")
     if dump_dir:
         from fusejit.runtime.debug import dump_compilation
 
-        dump_compilation(dump_dir, fn, exe, stages=stages, traced=traced, backend=backend)
+        dump_compilation(dump_dir, fn, exe, stages=stages, traced=traced, backend=backend, times=times)
     return exe

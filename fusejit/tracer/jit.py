@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from fusejit.ir.transforms.fusion import FusedFunction
 from fusejit.ir.transforms.pipeline import Stage, optimize
 from fusejit.ir.types import TensorType
 from fusejit.runtime.executable import compile_function, partition
+from fusejit.runtime.timings import CompileTimes
 from fusejit.tracer.inplace import InputMutationWarning, first_write
 from fusejit.tracer.pytree import LEAF, TreeDef, tree_flatten, tree_flatten_with_path, tree_unflatten
 from fusejit.tracer.tracing import (
@@ -75,15 +77,21 @@ def _leaf_type(path: str, leaf: Any) -> tuple[TensorType, bool]:
 
 @dataclass
 class CacheInfo:
-    """Hits and misses of a jitted function's cache, and why each miss retraced."""
+    """Hits and misses of a jitted function's cache, why each miss retraced, and where
+    each miss's compilation spent its time (``compile_times[k]``, filled in as the stages
+    run: a ``fusejit.runtime.timings.CompileTimes``)."""
 
     hits: int = 0
     misses: int = 0
     reasons: list[str] = field(default_factory=list)
+    compile_times: list[CompileTimes] = field(default_factory=list)
 
     def __str__(self) -> str:
         lines = [f"hits={self.hits} misses={self.misses}"]
-        lines += [f"  miss {i + 1}: {r}" for i, r in enumerate(self.reasons)]
+        for i, r in enumerate(self.reasons):
+            lines.append(f"  miss {i + 1}: {r}")
+            if i < len(self.compile_times):
+                lines.append(f"    compile {self.compile_times[i].summary()}")
         return "\n".join(lines)
 
 
@@ -131,6 +139,11 @@ class Compiled:
     def kernels(self) -> list[Any]:
         return list(self.executable.kernels)
 
+    @property
+    def compile_times(self) -> CompileTimes:
+        """Seconds per stage and per kernel of this compilation."""
+        return self.lowered.times
+
 
 @dataclass(eq=False)
 class Lowered:
@@ -144,11 +157,14 @@ class Lowered:
     _optimized: tuple[Function, list[Stage]] | None = None
     _fused: FusedFunction | None = None
     _executable: Any = None
+    times: CompileTimes = field(default_factory=CompileTimes)  # filled in stage by stage
 
     @property
     def optimized(self) -> Function:
         if self._optimized is None:
+            start = time.perf_counter()
             self._optimized = optimize(self.traced, check=config.value("check_ir"))
+            self.times.optimize = time.perf_counter() - start
         return self._optimized[0]
 
     @property
@@ -162,18 +178,23 @@ class Lowered:
         """The partition into kernels (fused, or one op per kernel), computed without
         compiling anything."""
         if self._fused is None:
-            self._fused = partition(self.optimized, backend=self.jitted.backend, fuse=self.jitted.fuse)
+            optimized = self.optimized
+            start = time.perf_counter()
+            self._fused = partition(optimized, backend=self.jitted.backend, fuse=self.jitted.fuse)
+            self.times.fuse = time.perf_counter() - start
         return self._fused
 
     def executable(self) -> Any:
         if self._executable is None:
-            self._executable = compile_function(
+            exe = compile_function(
                 self.fused,
                 backend=self.jitted.backend,
                 donate_argnums=self.donated,
                 stages=self.stages,
                 traced=self.traced,
+                times=self.times,
             )
+            self._executable = exe
         return self._executable
 
     def as_text(self, stage: str = "optimized") -> str:
@@ -393,6 +414,7 @@ class Jitted:
             return out
 
         name = sanitize_name(getattr(self.fun, "__name__", "fn"))
+        start = time.perf_counter()
         fn, (out_tree, _), captured = trace_function(
             flat_fun,
             in_types,
@@ -402,9 +424,12 @@ class Jitted:
         )
         assert not captured, "a top-level trace captures no outer values"
         # Recorded only once tracing succeeded: each reason belongs to a counted miss.
+        lowered = Lowered(self, fn, out_tree, in_types, donated)
+        lowered.times.trace = time.perf_counter() - start
         self._info.reasons.append(reason)
+        self._info.compile_times.append(lowered.times)
         self._last = signature
-        return Lowered(self, fn, out_tree, in_types, donated)
+        return lowered
 
     def _warn_about_mutated_inputs(self, params: Sequence[Any], paths: list[str], donated: tuple[int, ...]) -> None:
         """Warns, once per argument, that writing into an argument that is not donated
@@ -460,7 +485,8 @@ class Jitted:
         return self._cache[key]
 
     def cache_info(self) -> CacheInfo:
-        return CacheInfo(self._info.hits, self._info.misses, list(self._info.reasons))
+        return CacheInfo(self._info.hits, self._info.misses, list(self._info.reasons),
+                         list(self._info.compile_times))
 
     def clear_cache(self) -> None:
         self._cache.clear()
