@@ -6,3 +6,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+# Kernels compile in this process unless a test asks for compile workers: tests count
+# compilations per process, and pytest-xdist already runs one process per core.
+import os  # noqa: E402
+
+os.environ.setdefault("FUSEJIT_COMPILE_WORKERS", "0")

@@ -52,6 +52,45 @@ def test_two_functions_with_the_same_layer_share_its_kernels(tmp_path):
     assert times.kernels and times.count(timings.KernelOrigin.COMPILED) == 0
 
 
+def test_compile_workers_compile_uncached_kernels_into_the_shared_cache(tmp_path):
+    """With a worker, kernels the cache lacks are compiled in parallel (some by the worker,
+    loaded from the disk cache here) and the results are those of compiling here."""
+    from fusejit.runtime import compile_pool
+
+    def step(w1, w2, x):  # constants no other test uses: kernels no process has compiled
+        h = fnp.tanh(x @ w1 * 1.2345)
+        return fnp.exp(h @ w2 - 0.6789).sum(axis=1), (h * h * 2.3456).mean(axis=0)
+
+    rng = np.random.default_rng(0)
+    args = (rng.standard_normal((6, 5), np.float32), rng.standard_normal((5, 3), np.float32),
+            rng.standard_normal((4, 6), np.float32))
+    try:
+        with config.override(cache=True, cache_dir=str(tmp_path), compile_workers="1"):
+            f = fj.jit(step)
+            pooled = f(*args)
+    finally:
+        compile_pool.shutdown()
+    for a, b in zip(fj.jit(step, backend="interpret")(*args), pooled, strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-6)
+    (times,) = f.cache_info().compile_times
+    origins = [k.origin for k in times.kernels]
+    assert timings.KernelOrigin.WORKER in origins or timings.KernelOrigin.DISK in origins, times
+    assert list(tmp_path.rglob("*.nbi")), "the worker wrote Numba's cache"
+
+
+def test_a_worker_answers_an_error_for_a_kernel_it_cannot_compile(tmp_path, monkeypatch, capsys):
+    """The caller then compiles that kernel itself (``compile_in_parallel``)."""
+    import io
+
+    from fusejit.runtime import compile_worker
+
+    request = {"source": "x = (", "kernel": "k", "arrays": ["float32"], "ints": 1, "cache_dir": str(tmp_path)}
+    monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps(request) + "\n"))
+    compile_worker.main()
+    reply = json.loads(capsys.readouterr().out)
+    assert reply["ok"] is False and "SyntaxError" in reply["error"]
+
+
 SCRIPT = """
 import json
 import numpy as np

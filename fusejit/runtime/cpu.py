@@ -45,8 +45,15 @@ from fusejit.ir import primitives as P
 from fusejit.ir.core import Function, Op, Value
 from fusejit.ir.dtypes import DType, from_numpy
 from fusejit.ir.transforms.fusion import FusedFunction
-from fusejit.runtime import blas, donation
-from fusejit.runtime.cache import COUNTERS, compile_dispatchers, load_module, module_name, start_numba
+from fusejit.runtime import blas, compile_pool, donation
+from fusejit.runtime.cache import (
+    COUNTERS,
+    compile_dispatchers,
+    load_module,
+    module_directory,
+    module_name,
+    start_numba,
+)
 from fusejit.runtime.donation import DonationError as DonationError  # re-exported
 from fusejit.runtime.plan import plan_call
 from fusejit.runtime.timings import CompileTimes, KernelOrigin, KernelTime
@@ -159,27 +166,64 @@ the module doc); ``call_plan`` is what it runs, as data."""
         return self._buf_name[key]
 
     def _compile(self) -> None:
-        """Loads (compiling or reading Numba's cache) every kernel."""
-        types, nbt = _numba_types()
+        """Loads (compiling or reading Numba's cache) every kernel; kernels the disk cache
+        lacks are compiled in parallel by worker processes when there are several
+        (``fusejit.runtime.compile_pool``)."""
+        jobs, steps = self._parallel_jobs()
+        if jobs:
+            compile_pool.start_workers()  # they start up while this process starts Numba
         self.compile_times.startup = start_numba()
-        for st in self._steps:
-            start, compiles = time.perf_counter(), COUNTERS.numba_compiles
-            st.dispatcher = getattr(load_module(st.source), st.lowered.kernel.name)
-            sig = tuple(types.Array(nbt[a.dtype], 1, "C") for a in st.lowered.kernel.arrays)
-            sig += (types.int64,) * len(st.lowered.kernel.ints)
-            origin = KernelOrigin.MEMORY if sig in st.dispatcher.overloads else KernelOrigin.DISK
-            compile_dispatchers(st.dispatcher, sig)
-            if COUNTERS.numba_compiles != compiles:
-                origin = KernelOrigin.COMPILED
-            st.entry_point = st.dispatcher.overloads[sig].entry_point
-            self.compile_times.kernels.append(
-                KernelTime(st.lowered.display_name, time.perf_counter() - start, origin))
+        times: dict[int, KernelTime] = {}
+        by_workers: set[int] = set()
+        if jobs:
+            root = str(module_directory()[0].parent)
+            done = compile_pool.compile_in_parallel(jobs, lambda j: times.update({steps[j]: self._load(steps[j])}),
+                                                    root)
+            by_workers = {steps[j] for j in done}
+        for k in range(len(self._steps)):
+            if k not in times:
+                times[k] = self._load(k, KernelOrigin.WORKER if k in by_workers else None)
+        self.compile_times.kernels = [times[k] for k in range(len(self._steps))]
         self._views = {}
         for key, slot in self._buf_slot.items():
             dtype = self._buf_dtype[key].np
             self._views[key] = self._arena[self._dims[slot]:self._dims[slot + 1]].view(dtype)
         runner = self._runner()
         self.run = self._call_generic if config.value("debug_nans") else runner
+
+    def _parallel_jobs(self) -> tuple[list[compile_pool.CompileJob], list[int]]:
+        """The kernels (one per distinct module) that neither this process nor the disk
+        cache has, as jobs for the compile workers, with their step indices; none unless
+        there are at least two and workers are allowed."""
+        directory, disk = module_directory()
+        if not disk or compile_pool.worker_count() == 0:
+            return [], []
+        jobs, steps, seen = [], [], set()
+        for k, st in enumerate(self._steps):
+            if st.module in seen or st.module in sys.modules or (directory / f"{st.module}.py").exists():
+                continue
+            seen.add(st.module)
+            kernel = st.lowered.kernel
+            jobs.append(compile_pool.CompileJob(st.source, kernel.name, tuple(a.dtype.np.name for a in kernel.arrays),
+                                                len(kernel.ints)))
+            steps.append(k)
+        return (jobs, steps) if len(jobs) >= 2 else ([], [])
+
+    def _load(self, k: int, origin: KernelOrigin | None = None) -> KernelTime:
+        """Loads step ``k``'s kernel, compiling it unless this process or the disk cache
+        has it; ``origin`` overrides where the timing says it came from."""
+        types, nbt = _numba_types()
+        st = self._steps[k]
+        start, compiles = time.perf_counter(), COUNTERS.numba_compiles
+        st.dispatcher = getattr(load_module(st.source), st.lowered.kernel.name)
+        sig = tuple(types.Array(nbt[a.dtype], 1, "C") for a in st.lowered.kernel.arrays)
+        sig += (types.int64,) * len(st.lowered.kernel.ints)
+        found = KernelOrigin.MEMORY if sig in st.dispatcher.overloads else (origin or KernelOrigin.DISK)
+        compile_dispatchers(st.dispatcher, sig)
+        if COUNTERS.numba_compiles != compiles:
+            found = KernelOrigin.COMPILED
+        st.entry_point = st.dispatcher.overloads[sig].entry_point
+        return KernelTime(st.lowered.display_name, time.perf_counter() - start, found)
 
     # Calls ----------------------------------------------------------------------------
     def __call__(self, args: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:

@@ -19,6 +19,7 @@ class KernelOrigin(StrEnum):
     COMPILED = "compiled"  # Numba compiled it in this call
     DISK = "disk"  # loaded from Numba's on-disk cache
     MEMORY = "memory"  # already compiled in this process (an identical kernel elsewhere)
+    WORKER = "worker"  # compiled by a compile worker process, then loaded from the disk cache
 
 
 @dataclass(frozen=True, slots=True)

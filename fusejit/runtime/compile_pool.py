@@ -1,0 +1,155 @@
+"""Compiling a function's kernels in parallel, in worker processes that share the disk cache.
+
+Numba compiles one function at a time per process (its compiler holds a lock and the GIL),
+and a cold compilation of a training step is a dozen kernels at 0.1-1 s each. When the
+disk cache is on, each kernel the cache lacks can instead be compiled by a worker process
+(``python -m fusejit.runtime.compile_worker``), which writes the module and Numba's
+machine code into the same cache directory; the caller then loads it from there in a few
+milliseconds. The caller compiles too: it takes kernels from the front of the list while
+the workers take them from the back, so nothing waits for a worker that is still starting,
+and a kernel a worker failed to compile is simply compiled by the caller.
+
+Workers are separate interpreters started with ``subprocess`` (not ``multiprocessing``,
+which would re-run an unguarded user script) and kept for the life of the process; they
+talk JSON lines over pipes. ``config compile_workers`` sets how many (``auto``: one per
+CPU beyond the first, at most 4; ``0``: none).
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fusejit import config
+
+MAX_AUTO_WORKERS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class CompileJob:
+    """One kernel to compile: its module source, function name and argument types."""
+
+    source: str
+    kernel: str
+    arrays: tuple[str, ...]  # NumPy dtype names of the flat array parameters
+    ints: int  # int64 parameters after them
+
+    def request(self, cache_root: str) -> str:
+        return json.dumps({"source": self.source, "kernel": self.kernel, "arrays": list(self.arrays),
+                           "ints": self.ints, "cache_dir": cache_root}) + "\n"
+
+
+def worker_count() -> int:
+    """How many workers ``config compile_workers`` asks for on this machine."""
+    setting = str(config.value("compile_workers")).strip().lower()
+    if setting == "auto":
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover - not Linux
+            cpus = os.cpu_count() or 1
+        return max(0, min(cpus - 1, MAX_AUTO_WORKERS))
+    return max(0, int(setting))
+
+
+class _Worker:
+    def __init__(self) -> None:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fusejit.runtime.compile_worker"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            text=True, env=env,
+        )
+
+    def run(self, job: CompileJob, cache_root: str) -> dict[str, Any] | None:
+        """The worker's reply to ``job``, or None if it is gone."""
+        try:
+            assert self.proc.stdin is not None and self.proc.stdout is not None
+            self.proc.stdin.write(job.request(cache_root))
+            self.proc.stdin.flush()
+            line = self.proc.stdout.readline()
+            return json.loads(line) if line else None
+        except (OSError, ValueError):
+            return None
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close(self) -> None:
+        try:
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+            self.proc.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+
+
+_workers: list[_Worker] = []
+_pool_lock = threading.Lock()
+
+
+def _ensure_workers(n: int) -> list[_Worker]:
+    with _pool_lock:
+        _workers[:] = [w for w in _workers if w.alive()]
+        while len(_workers) < n:
+            if not _workers:
+                atexit.register(shutdown)
+            _workers.append(_Worker())
+        return list(_workers[:n])
+
+
+def start_workers() -> None:
+    """Starts the workers ``config compile_workers`` asks for (they take ~1 s to import
+    Numba and fusejit, during which the caller goes on)."""
+    _ensure_workers(worker_count())
+
+
+def shutdown() -> None:
+    """Stops the workers (at exit, or to release them early)."""
+    with _pool_lock:
+        for w in _workers:
+            w.close()
+        _workers.clear()
+
+
+def compile_in_parallel(jobs: Sequence[CompileJob], compile_here: Callable[[int], None],
+                        cache_root: str) -> set[int]:
+    """Compiles ``jobs``: this process calls ``compile_here(k)`` for jobs taken from the
+    front while the workers compile jobs from the back into the disk cache under
+    ``cache_root``. Returns the indices the workers compiled (the caller then loads them
+    from the cache; one a worker failed is compiled when the caller loads it)."""
+    todo = deque(range(len(jobs)))
+    lock = threading.Lock()
+    done_by_workers: set[int] = set()
+
+    def feed(worker: _Worker) -> None:
+        while True:
+            with lock:
+                if not todo:
+                    return
+                k = todo.pop()
+            reply = worker.run(jobs[k], cache_root)
+            if reply is None:
+                return  # the worker died: the caller compiles this kernel when it loads it
+            if reply.get("ok"):
+                done_by_workers.add(k)
+
+    feeders = [threading.Thread(target=feed, args=(w,), daemon=True) for w in _ensure_workers(worker_count())]
+    for t in feeders:
+        t.start()
+    while True:
+        with lock:
+            if not todo:
+                break
+            k = todo.popleft()
+        compile_here(k)
+    for t in feeders:
+        t.join()
+    return done_by_workers

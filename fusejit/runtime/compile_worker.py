@@ -1,0 +1,42 @@
+"""A compile worker (``python -m fusejit.runtime.compile_worker``; see ``compile_pool``).
+
+Reads one JSON request per line on stdin (a kernel module's source, the kernel's name,
+its argument types and the cache directory), compiles the kernel into the disk cache, and
+answers one JSON line on stdout: ``{"ok": true, "compiled": <bool>}`` or ``{"ok": false,
+"error": "..."}``. Exits at the end of its input.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def compile_request(request: dict) -> dict:
+    import numpy as np
+    from numba import types
+    from numba.np.numpy_support import from_dtype
+
+    from fusejit import config
+    from fusejit.runtime.cache import COUNTERS, compile_dispatchers, load_module
+
+    with config.override(cache=True, cache_dir=request["cache_dir"]):
+        dispatcher = getattr(load_module(request["source"]), request["kernel"])
+        before = COUNTERS.numba_compiles
+        sig = tuple(types.Array(from_dtype(np.dtype(name)), 1, "C") for name in request["arrays"])
+        compile_dispatchers(dispatcher, sig + (types.int64,) * int(request["ints"]))
+    return {"ok": True, "compiled": COUNTERS.numba_compiles > before}
+
+
+def main() -> None:
+    for line in sys.stdin:
+        try:
+            reply = compile_request(json.loads(line))
+        except Exception as e:  # reported to the caller, which then compiles the kernel itself
+            reply = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
