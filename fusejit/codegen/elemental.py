@@ -155,7 +155,11 @@ class Emitter:
 
 
 def linearize(b: KernelBuilder, dims: tuple[Expr, ...], shape: tuple[Expr, ...]) -> Expr:
-    """The row-major linear index of ``dims`` in ``shape`` (unit axes contribute nothing)."""
+    """The row-major linear index of ``dims`` in ``shape`` (unit axes contribute nothing);
+    the index they were computed from when they are ``delinearize``'s result."""
+    known = b.lookup(("linear", tuple(dims), tuple(shape)))
+    if known is not None:
+        return known
     flat: Expr | None = None
     for d, s in zip(dims, shape, strict=True):
         if s == ONE:
@@ -182,4 +186,7 @@ def delinearize(b: KernelBuilder, flat: Expr, shape: tuple[Expr, ...]) -> tuple[
         else:
             dims.append(b.let(mod(rest, s)))
             rest = b.let(floordiv(rest, s))
-    return tuple(reversed(dims))
+    out = tuple(reversed(dims))
+    # linearize(out, shape) is ``flat`` again (the leading axis keeps the quotient whole).
+    b.remember(("linear", out, tuple(shape)), flat)
+    return out
