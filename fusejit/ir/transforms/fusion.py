@@ -635,18 +635,23 @@ def one_op_per_group(fn: Function) -> FusedFunction:
 
 
 def print_fused(fused: FusedFunction) -> str:
-    """The function's text with each kernel's ops under a ``// kernel`` header (ops
-    recomputed in several kernels are listed in each)."""
+    """The function's text with each kernel's ops under a ``// kernel`` header. An op
+    recomputed in several kernels is defined in the first and shown as a
+    ``// recomputed:`` comment in the others, so the text parses back (``fj.ir.parse``)."""
     text = print_function(fused.function).splitlines()
     n = len(fused.function.ops)
     line_of = {id(op): line for op, line in zip(fused.function.ops, text[1 : 1 + n], strict=True)}
     out = [text[0]]
+    printed: set[int] = set()
     for k, group in enumerate(fused.groups):
         out.append(
             f"  // kernel {k}: {group.kind}, {len(group.ops)} ops, "
             f"reads {group.bytes_read} B, writes {group.bytes_written} B"
         )
-        out.extend(line_of[id(op)] for op in group.ops)
+        for op in group.ops:
+            line = line_of[id(op)]
+            out.append(f"  // recomputed: {line.strip()}" if id(op) in printed else line)
+            printed.add(id(op))
     out.extend(text[1 + n :])
     return "\n".join(out) + "\n"
 
