@@ -384,7 +384,7 @@ def test_errors_name_the_argument_and_say_what_is_wrong() -> None:
         fj.vmap(f, out_axes=None)(x, x)
     with pytest.raises(ValueError, match=r"out_axes 3 of output\[1\] is out of range"):
         fj.vmap(lambda x: (x, x), out_axes=(0, 3))(x)
-    with pytest.raises(ValueError, match=r"argument s is out of range: it has shape \(\) \(rank 0\)"):
+    with pytest.raises(ValueError, match=r"argument s is a scalar, which has no axis to map; give it in_axes None"):
         fj.vmap(lambda s: s)(2.0)
     with pytest.raises(TypeError, match="argument s is a str, which cannot be mapped"):
         fj.vmap(lambda s: s)("abc")

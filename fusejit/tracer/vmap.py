@@ -155,6 +155,9 @@ def _vmap_call(
                 f"vmap of {name}: argument {path} is a {type(leaf).__name__}, which cannot be mapped"
             )
         t, w = typed
+        if axis is not None and t.ndim == 0:
+            raise ValueError(f"vmap of {name}: argument {path} is a scalar, which has no axis to map; "
+                             "give it in_axes None")
         if axis is not None:
             ax = axis + t.ndim if axis < 0 else axis
             if not 0 <= ax < t.ndim:
@@ -185,7 +188,7 @@ def _vmap_call(
         batched = batch_function(fn, in_dims + [None] * len(captured), size, out_dims, name=f"{fn.name}_vmap")
     except BatchedResultError as e:
         raise ValueError(
-            f"vmap of {name}: output {out_paths[e.index]} depends on the mapped axis, but its "
+            f"vmap of {name}: {_output_named(out_paths[e.index])} depends on the mapped axis, but its "
             "out_axes entry is None (give it an axis, or make it independent of the mapped arguments)"
         ) from None
     outs = eval_function(batched, *dynamic, *captured)
@@ -380,3 +383,7 @@ def hessian(fun: Callable[..., Any], argnums: int | Sequence[int] = 0) -> Callab
 
 
 __all__ = ["hessian", "jacfwd", "jacrev", "vmap"]
+
+
+def _output_named(path: str) -> str:
+    return "the output" if path == "output" else f"output {path}"
