@@ -78,6 +78,33 @@ def test_compile_workers_compile_uncached_kernels_into_the_shared_cache(tmp_path
     assert list(tmp_path.rglob("*.nbi")), "the worker wrote Numba's cache"
 
 
+def test_background_compilation_answers_on_the_interpreter_then_switches_to_the_kernels(tmp_path):
+    from fusejit.runtime import compile_pool
+
+    def step(w, x):  # constants no other test uses
+        h = fnp.tanh(x @ w * 1.4142)
+        return (h * h).sum(axis=1) - 0.5772
+
+    rng = np.random.default_rng(1)
+    w, x = rng.standard_normal((5, 3), np.float32), rng.standard_normal((4, 5), np.float32)
+    try:
+        with config.override(cache=True, cache_dir=str(tmp_path), compile="background", compile_workers="1"):
+            f = fj.jit(step)
+            early = f(w, x)  # a worker is still starting: the interpreter answers
+            exe = f.lower(w, x).executable()
+            assert exe.interpreted_calls >= 1
+            exe.wait(timeout=600)
+            late = f(w, x)
+    finally:
+        compile_pool.shutdown()
+    assert exe.ready and exe.interpreted_calls >= 1
+    np.testing.assert_allclose(late, early, rtol=2e-6, atol=1e-6)
+    (times,) = f.cache_info().compile_times
+    assert times.interpreted_calls == exe.interpreted_calls and "interpreted meanwhile" in str(f.cache_info())
+    assert times.kernels and times.count(timings.KernelOrigin.COMPILED) == 0  # all by the worker
+    assert [k.name for k in exe.kernels] == [k.name for k in times.kernels]
+
+
 def test_a_worker_answers_an_error_for_a_kernel_it_cannot_compile(tmp_path, monkeypatch, capsys):
     """The caller then compiles that kernel itself (``compile_in_parallel``)."""
     import io

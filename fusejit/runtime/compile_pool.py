@@ -119,12 +119,13 @@ def shutdown() -> None:
         _workers.clear()
 
 
-def compile_in_parallel(jobs: Sequence[CompileJob], compile_here: Callable[[int], None],
+def compile_in_parallel(jobs: Sequence[CompileJob], compile_here: Callable[[int], None] | None,
                         cache_root: str) -> set[int]:
     """Compiles ``jobs``: this process calls ``compile_here(k)`` for jobs taken from the
-    front while the workers compile jobs from the back into the disk cache under
-    ``cache_root``. Returns the indices the workers compiled (the caller then loads them
-    from the cache; one a worker failed is compiled when the caller loads it)."""
+    front (unless it is None: the workers do them all) while the workers compile jobs
+    from the back into the disk cache under ``cache_root``. Returns the indices the
+    workers compiled (the caller then loads them from the cache; one a worker failed is
+    compiled when the caller loads it)."""
     todo = deque(range(len(jobs)))
     lock = threading.Lock()
     done_by_workers: set[int] = set()
@@ -144,7 +145,7 @@ def compile_in_parallel(jobs: Sequence[CompileJob], compile_here: Callable[[int]
     feeders = [threading.Thread(target=feed, args=(w,), daemon=True) for w in _ensure_workers(worker_count())]
     for t in feeders:
         t.start()
-    while True:
+    while compile_here is not None:
         with lock:
             if not todo:
                 break

@@ -119,7 +119,7 @@ class CpuExecutable:
 the module doc); ``call_plan`` is what it runs, as data."""
 
     def __init__(self, fn: Function, fused: FusedFunction, donate_argnums: Sequence[int] = (),
-                 threshold: int | None = None) -> None:
+                 threshold: int | None = None, *, workers_only: bool = False) -> None:
         self.function = fn
         self.fused = fused
         self.donated = tuple(sorted(set(donate_argnums)))
@@ -151,7 +151,7 @@ the module doc); ``call_plan`` is what it runs, as data."""
         self._blas_threads = blas.threads_for(has_parallel, max(gemms)) if gemms else None
         self._lock = threading.RLock()
         self.run: Any = None
-        self._compile()
+        self._compile(workers_only)
 
     def _ref_name(self, r: tuple[str, Any]) -> str:
         """The name of a kernel argument in the runner."""
@@ -165,11 +165,12 @@ the module doc); ``call_plan`` is what it runs, as data."""
             return f"cc{key}"
         return self._buf_name[key]
 
-    def _compile(self) -> None:
+    def _compile(self, workers_only: bool = False) -> None:
         """Loads (compiling or reading Numba's cache) every kernel; kernels the disk cache
         lacks are compiled in parallel by worker processes when there are several
-        (``fusejit.runtime.compile_pool``)."""
-        jobs, steps = self._parallel_jobs()
+        (``fusejit.runtime.compile_pool``), or all by them when ``workers_only`` (a
+        background compilation, which leaves this process's GIL to the caller)."""
+        jobs, steps = self._parallel_jobs(1 if workers_only else 2)
         if jobs:
             compile_pool.start_workers()  # they start up while this process starts Numba
         self.compile_times.startup = start_numba()
@@ -177,8 +178,8 @@ the module doc); ``call_plan`` is what it runs, as data."""
         by_workers: set[int] = set()
         if jobs:
             root = str(module_directory()[0].parent)
-            done = compile_pool.compile_in_parallel(jobs, lambda j: times.update({steps[j]: self._load(steps[j])}),
-                                                    root)
+            here = None if workers_only else (lambda j: times.update({steps[j]: self._load(steps[j])}))
+            done = compile_pool.compile_in_parallel(jobs, here, root)
             by_workers = {steps[j] for j in done}
         for k in range(len(self._steps)):
             if k not in times:
@@ -191,10 +192,10 @@ the module doc); ``call_plan`` is what it runs, as data."""
         runner = self._runner()
         self.run = self._call_generic if config.value("debug_nans") else runner
 
-    def _parallel_jobs(self) -> tuple[list[compile_pool.CompileJob], list[int]]:
+    def _parallel_jobs(self, at_least: int) -> tuple[list[compile_pool.CompileJob], list[int]]:
         """The kernels (one per distinct module) that neither this process nor the disk
         cache has, as jobs for the compile workers, with their step indices; none unless
-        there are at least two and workers are allowed."""
+        there are ``at_least`` and workers are allowed."""
         directory, disk = module_directory()
         if not disk or compile_pool.worker_count() == 0:
             return [], []
@@ -207,7 +208,7 @@ the module doc); ``call_plan`` is what it runs, as data."""
             jobs.append(compile_pool.CompileJob(st.source, kernel.name, tuple(a.dtype.np.name for a in kernel.arrays),
                                                 len(kernel.ints)))
             steps.append(k)
-        return (jobs, steps) if len(jobs) >= 2 else ([], [])
+        return (jobs, steps) if len(jobs) >= at_least else ([], [])
 
     def _load(self, k: int, origin: KernelOrigin | None = None) -> KernelTime:
         """Loads step ``k``'s kernel, compiling it unless this process or the disk cache

@@ -75,8 +75,10 @@ def compile_function(
     stages: Sequence[Any] = (),
     traced: Function | None = None,
     times: CompileTimes | None = None,
-) -> InterpretedExecutable | CpuExecutable:
-    """Compiles a partition (``partition(fn, fuse, backend)``) for ``backend``.
+) -> Any:
+    """Compiles a partition (``partition(fn, fuse, backend)``) for ``backend``: an
+    ``InterpretedExecutable``, a ``CpuExecutable``, or with ``config compile =
+    "background"`` a ``fusejit.runtime.background.BackgroundExecutable``.
 
     ``donate_argnums`` are flat parameter indices whose buffers the executable may reuse
     for outputs. ``stages`` and ``traced`` (the pipeline's intermediate functions) are only
@@ -84,6 +86,18 @@ def compile_function(
     compile times (the earlier stages' times already in it are dumped with them).
     """
     fn = fused.function
+    dump_dir = config.value("dump_dir")
+
+    def dump(exe: Any) -> None:
+        if dump_dir:
+            from fusejit.runtime.debug import dump_compilation
+
+            dump_compilation(dump_dir, fn, exe, stages=stages, traced=traced, backend=backend, times=times)
+
+    if backend == "cpu" and config.value("compile") == "background":
+        from fusejit.runtime.background import BackgroundExecutable
+
+        return BackgroundExecutable(fused, donate_argnums, times, on_ready=dump)
     if backend == "interpret":
         exe: Any = InterpretedExecutable(fn, fused)
     elif backend == "cpu":
@@ -93,9 +107,5 @@ def compile_function(
             times.kernels = list(exe.compile_times.kernels)
     else:
         raise ValueError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
-    dump_dir = config.value("dump_dir")
-    if dump_dir:
-        from fusejit.runtime.debug import dump_compilation
-
-        dump_compilation(dump_dir, fn, exe, stages=stages, traced=traced, backend=backend, times=times)
+    dump(exe)
     return exe

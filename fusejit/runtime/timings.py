@@ -39,6 +39,7 @@ class CompileTimes:
     lower: float = 0.0
     startup: float = 0.0  # Numba's one-time start-up, paid by the first compilation of a process
     kernels: list[KernelTime] = field(default_factory=list)
+    interpreted_calls: int = 0  # background compilation: calls answered by the interpreter meanwhile
 
     @property
     def kernel_seconds(self) -> float:
@@ -54,10 +55,12 @@ class CompileTimes:
     def summary(self) -> str:
         """One line: ``2.41 s = trace 0.03 + optimize 0.01 + ... (10 kernels: 8 compiled...)``."""
         origins = ", ".join(f"{self.count(o)} {o}" for o in KernelOrigin if self.count(o))
+        background = (f"; in the background, {self.interpreted_calls} calls interpreted meanwhile"
+                      if self.interpreted_calls else "")
         return (f"{self.total:.3f} s = trace {self.trace:.3f} + optimize {self.optimize:.3f} + fuse "
                 f"{self.fuse:.3f} + lower {self.lower:.3f} + numba start-up {self.startup:.3f} + kernels "
                 f"{self.kernel_seconds:.3f} "
-                f"({len(self.kernels)} kernels{': ' + origins if origins else ''})")
+                f"({len(self.kernels)} kernels{': ' + origins if origins else ''}{background})")
 
     def __str__(self) -> str:
         lines = [self.summary()]
