@@ -44,6 +44,8 @@ SETTINGS = {
         Setting("check_ir", "FUSEJIT_CHECK_IR", False, _flag, "Verify the IR after every pass."),
         Setting("parallel_threshold", "FUSEJIT_PARALLEL_THRESHOLD", 1 << 18, int, "CPU kernels over at least this many elements use threads (prange)."),
         Setting("profile", "FUSEJIT_PROFILE", False, _flag, "Print the per-kernel profile of every jitted function at exit."),
+        Setting("log_compiles", "FUSEJIT_LOG_COMPILES", False, _flag, "Log one line per compilation: function, signature, reason, time per stage, kernels."),
+        Setting("retrace_limit", "FUSEJIT_RETRACE_LIMIT", 8, int, "Warn (RetraceWarning) when a jitted function is traced more often than this."),
         Setting("compile", "FUSEJIT_COMPILE", "sync", str, "sync: a call waits for its kernels; background: calls run on the interpreter until they are compiled."),
         Setting("compile_workers", "FUSEJIT_COMPILE_WORKERS", "auto", str, "Worker processes compiling uncached kernels in parallel: auto (CPUs - 1, at most 4) or a number; 0 for none."),
         Setting("blas_threads", "FUSEJIT_BLAS_THREADS", "auto", str, "BLAS threads for GEMMs: auto (1 beside parallel kernels) or a number."),

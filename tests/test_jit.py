@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from collections import namedtuple
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import pytest
 
 import fusejit as fj
 import fusejit.numpy as fnp
+from fusejit import config
 from fusejit.tracer import jit as jit_module
 from fusejit.tracer import numpy_api, tracing
 
@@ -464,3 +466,43 @@ def test_jit_decorator_with_options() -> None:
 
     assert f.backend == "interpret"
     np.testing.assert_allclose(f(f32(2), n=3), 3 * f32(2))
+
+
+def test_compile_log_has_one_line_per_compilation_with_reason_and_times(caplog) -> None:
+    f = fj.jit(lambda x, w: fnp.tanh(x @ w).sum())
+    w = f32(4, 3)
+    with config.override(log_compiles=True), caplog.at_level("INFO", logger="fusejit.compile"):
+        f(f32(5, 4), w)
+        f(f32(5, 4), w)  # a hit: no line
+        f(f32(6, 4), w)
+    lines = [r.getMessage() for r in caplog.records if r.name == "fusejit.compile"]
+    assert len(lines) == 2
+    assert lines[0].startswith("fusejit: compiled lambda(x: f32[5,4], w: f32[4,3]) [first call] in ")
+    assert "[argument x: shape (6, 4) was (5, 4)]" in lines[1] and "kernels" in lines[1]
+
+
+def test_a_function_traced_more_than_the_retrace_limit_warns_once() -> None:
+    from fusejit.tracer.jit import RetraceWarning
+
+    f = fj.jit(lambda x: x * 2.0)
+    with config.override(retrace_limit=2), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for n in range(1, 6):
+            f(f32(n))
+    retraces = [w for w in caught if issubclass(w.category, RetraceWarning)]
+    assert len(retraces) == 1 and "traced 3 times" in str(retraces[0].message)
+    assert "argument x: shape (3,) was (2,)" in str(retraces[0].message)
+
+
+def test_repr_of_a_traced_value_names_its_type_op_and_line() -> None:
+    seen = []
+
+    def f(x):
+        y = fnp.tanh(x)
+        seen.append((repr(x), repr(y)))
+        return y
+
+    fj.jit(f)(f32(3))
+    x_repr, y_repr = seen[0]
+    assert x_repr == "TracedArray(f32[3] parameter x in 'f')"
+    assert y_repr.startswith("TracedArray(f32[3] tanh at test_jit.py:") and y_repr.endswith(" in 'f')")

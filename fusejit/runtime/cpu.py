@@ -71,6 +71,32 @@ def _numba_types() -> tuple[Any, dict[DType, Any]]:
                    DType.f32: types.float32, DType.f64: types.float64}
 
 
+class _Progress:
+    """``fusejit: compiling f: kernel 7 of 30`` on a terminal's stderr, once a
+    compilation has taken more than ``PROGRESS_AFTER`` seconds."""
+
+    PROGRESS_AFTER = 2.0
+
+    def __init__(self, name: str, total: int) -> None:
+        self.name, self.total, self.count = name, total, 0
+        self.start = time.perf_counter()
+        self.shown = False
+        self.tty = sys.stderr is not None and sys.stderr.isatty()
+
+    def step(self, t: KernelTime) -> KernelTime:
+        self.count += 1
+        if self.tty and time.perf_counter() - self.start > self.PROGRESS_AFTER:
+            sys.stderr.write(f"\rfusejit: compiling {self.name}: kernel {self.count} of {self.total}")
+            sys.stderr.flush()
+            self.shown = True
+        return t
+
+    def done(self) -> None:
+        if self.shown:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
 @dataclass(frozen=True, slots=True)
 class KernelInfo:
     """One kernel of an executable, as ``Compiled.kernels`` reports it."""
@@ -174,16 +200,18 @@ the module doc); ``call_plan`` is what it runs, as data."""
         if jobs:
             compile_pool.start_workers()  # they start up while this process starts Numba
         self.compile_times.startup = start_numba()
+        progress = _Progress(self.function.name, len(self._steps))
         times: dict[int, KernelTime] = {}
         by_workers: set[int] = set()
         if jobs:
             root = str(module_directory()[0].parent)
-            here = None if workers_only else (lambda j: times.update({steps[j]: self._load(steps[j])}))
+            here = None if workers_only else (lambda j: times.update({steps[j]: progress.step(self._load(steps[j]))}))
             done = compile_pool.compile_in_parallel(jobs, here, root)
             by_workers = {steps[j] for j in done}
         for k in range(len(self._steps)):
             if k not in times:
-                times[k] = self._load(k, KernelOrigin.WORKER if k in by_workers else None)
+                times[k] = progress.step(self._load(k, KernelOrigin.WORKER if k in by_workers else None))
+        progress.done()
         self.compile_times.kernels = [times[k] for k in range(len(self._steps))]
         self._views = {}
         for key, slot in self._buf_slot.items():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -73,6 +74,22 @@ def _leaf_type(path: str, leaf: Any) -> tuple[TensorType, bool]:
             "pass arrays, or mark the argument static with static_argnums/static_argnames"
         )
     return typed
+
+
+class RetraceWarning(UserWarning):
+    """A jitted function was traced more than ``config retrace_limit`` times."""
+
+
+def _compile_logger() -> logging.Logger:
+    """The ``fusejit.compile`` logger, printing to stderr unless the application set up
+    logging itself."""
+    logger = logging.getLogger("fusejit.compile")
+    if not logger.hasHandlers():
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    return logger
 
 
 @dataclass
@@ -214,6 +231,15 @@ class Lowered:
 
         return fusion_report(self.fused)
 
+    def describe(self) -> str:
+        """One line: the function, its signature, why it was traced and where the
+        compilation's time went (``FUSEJIT_LOG_COMPILES``)."""
+        params = ", ".join(f"{p.name or f'arg{k}'}: {p.type}" for k, p in enumerate(self.traced.params))
+        reasons = self.jitted._info.reasons
+        k = next((i for i, t in enumerate(self.jitted._info.compile_times) if t is self.times), None)
+        why = f" [{reasons[k]}]" if k is not None and k < len(reasons) else ""
+        return f"{self.traced.name}({params}){why} in {self.times.summary()}"
+
     def compile(self) -> Compiled:
         return Compiled(self, self.executable())
 
@@ -322,6 +348,10 @@ class Jitted:
             lowered = self._lower(args, kwargs)
             self._cache[key] = lowered
             self._info.misses += 1
+            self._warn_if_retraced_too_often()
+            lowered.executable()
+            if config.value("log_compiles"):
+                _compile_logger().info("fusejit: compiled %s", lowered.describe())
         else:
             self._info.hits += 1
         if not kwargs and not static_key and all(type(a) is np.ndarray for a in args):
@@ -430,6 +460,21 @@ class Jitted:
         self._info.compile_times.append(lowered.times)
         self._last = signature
         return lowered
+
+    def _warn_if_retraced_too_often(self) -> None:
+        """Like torch's recompile limit: a function traced more than ``config
+        retrace_limit`` times probably gets a new shape or static value on most calls."""
+        limit = int(config.value("retrace_limit"))
+        if self._info.misses == limit + 1:
+            recent = "; ".join(self._info.reasons[-3:])
+            warnings.warn(
+                f"{getattr(self, '__name__', 'a jitted function')} was traced {self._info.misses} times "
+                f"(FUSEJIT_RETRACE_LIMIT={limit}); each new shape, dtype or static value compiles "
+                f"again. Latest reasons: {recent}. Pad batches to a few sizes, or pass changing "
+                "Python values as arrays instead of static arguments.",
+                RetraceWarning,
+                stacklevel=3,
+            )
 
     def _warn_about_mutated_inputs(self, params: Sequence[Any], paths: list[str], donated: tuple[int, ...]) -> None:
         """Warns, once per argument, that writing into an argument that is not donated
