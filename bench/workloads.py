@@ -1,4 +1,4 @@
-"""The benchmark workloads W1-W7, each written once in plain NumPy style.
+"""The benchmark workloads W1-W9, each written once in plain NumPy style.
 
 Each entry of ``WORKLOADS`` is a ``Workload`` whose ``make(size)`` returns its ``Case``
 list (W1 has two: gelu on 4M and 16M elements). A case holds
@@ -413,7 +413,7 @@ def _jnp() -> Any:
 
 def cnn_loss(params: Any, x: Any, labels: Any) -> Any:
     """conv 3x3 1->16 (pad 1), relu, 2x2 max-pool, linear 256->10, cross-entropy."""
-    h = fj.nn.conv2d(x, params["conv_w"], params["conv_b"], padding=1)  # im2col + one matmul
+    h = fj.nn.conv2d(x, params["conv_w"], params["conv_b"], padding=1)  # one conv primitive
     h = fj.nn.max_pool2d(np.maximum(h, 0.0), 2)
     logits = fj.nn.linear(h.reshape(h.shape[0], -1), params["fc_w"], params["fc_b"])
     return cross_entropy_fn(np)(logits, labels)
@@ -457,8 +457,179 @@ def make_cnn(size: str) -> list[Case]:
     return [Case("W7", f"CNN step b{batch}", sgd_step_fn(cnn_loss), args, carry=_train_carry,
                  jax=lambda: _jax_train_port(_jax_cnn_loss, args),
                  torch=lambda compiled: _torch_train_port(_torch_cnn_loss, args, compiled),
-                 note="8x8 images, conv 3x3 1->16 via fj.nn.conv2d (im2col inside), max-pool, linear; "
+                 note="8x8 images, conv 3x3 1->16 (the conv primitive), max-pool, linear; "
                       "eager = value_and_grad without jit")]
+
+
+# --------------------------------------------------------------------------------------
+# W8 the demo's digits CNN (Adam) and W9 a CIFAR-shaped CNN (SGD with momentum)
+
+
+def _fj_conv(x: Any, w: Any, b: Any) -> Any:
+    return fj.nn.conv2d(x, w, b, padding=1)
+
+
+def _fj_pool(h: Any) -> Any:
+    return fj.nn.max_pool2d(h, 2)
+
+
+def _jax_conv(x: Any, w: Any, b: Any) -> Any:
+    import jax
+
+    h = jax.lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NCHW", "OIHW", "NCHW"))
+    return h + b.reshape(1, -1, 1, 1)
+
+
+def _jax_pool(h: Any) -> Any:
+    n, c, hh, ww = h.shape
+    return h.reshape(n, c, hh // 2, 2, ww // 2, 2).max(axis=(3, 5))
+
+
+def conv_net_loss_fn(xp: Any, conv: Callable[..., Any], pool: Callable[..., Any], layers: int) -> Callable[..., Any]:
+    """``layers`` x (conv 3x3 pad 1, relu, 2x2 max-pool), then linear, cross-entropy."""
+    cross_entropy = cross_entropy_fn(xp)
+
+    def conv_net_loss(params: Any, x: Any, labels: Any) -> Any:
+        h = x
+        for i in range(layers):
+            h = pool(xp.maximum(conv(h, params[f"conv{i}_w"], params[f"conv{i}_b"]), 0.0))
+        logits = h.reshape(h.shape[0], -1) @ params["fc_w"].T + params["fc_b"]
+        return cross_entropy(logits, labels)
+
+    return conv_net_loss
+
+
+def _conv_net_params(rng: np.random.Generator, channels: tuple[int, ...], flat: int) -> dict[str, np.ndarray]:
+    params = {}
+    for i, (cin, cout) in enumerate(zip(channels[:-1], channels[1:], strict=True)):
+        params[f"conv{i}_w"] = _f32(rng, cout, cin, 3, 3, scale=math.sqrt(2.0 / (9 * cin)))
+        params[f"conv{i}_b"] = np.zeros(cout, np.float32)
+    params["fc_w"] = _f32(rng, 10, flat, scale=math.sqrt(1.0 / flat))
+    params["fc_b"] = np.zeros(10, np.float32)
+    return params
+
+
+def adam_step_fn(loss: Callable[..., Any], value_and_grad: Any, tree_map: Any, xp: Any,
+                 lr: float = 1e-3) -> Callable[..., Any]:
+    """``step((params, m, v, t), x, labels) -> (state, loss)``: value_and_grad, then Adam."""
+
+    def train_step(state: Any, x: Any, labels: Any) -> Any:
+        params, m, v, t = state
+        value, grads = value_and_grad(loss)(params, x, labels)
+        t = t + 1.0
+        m = tree_map(lambda m, g: 0.9 * m + 0.1 * g, m, grads)
+        v = tree_map(lambda v, g: 0.999 * v + 0.001 * (g * g), v, grads)
+        c1, c2 = 1.0 - 0.9**t, 1.0 - 0.999**t
+        params = tree_map(lambda p, m, v: p - lr * (m / c1) / (xp.sqrt(v / c2) + 1e-8), params, m, v)
+        return (params, m, v, t), value
+
+    return train_step
+
+
+def momentum_step_fn(loss: Callable[..., Any], value_and_grad: Any, tree_map: Any,
+                     lr: float = LR) -> Callable[..., Any]:
+    """``step((params, velocity), x, labels) -> (state, loss)``: SGD with momentum 0.9."""
+
+    def train_step(state: Any, x: Any, labels: Any) -> Any:
+        params, velocity = state
+        value, grads = value_and_grad(loss)(params, x, labels)
+        velocity = tree_map(lambda u, g: 0.9 * u + g, velocity, grads)
+        return (tree_map(lambda p, u: p - lr * u, params, velocity), velocity), value
+
+    return train_step
+
+
+def _jax_tools() -> tuple[Any, Any, Any]:
+    import jax
+
+    return jax.value_and_grad, jax.tree_util.tree_map, _jnp()
+
+
+def _torch_conv_net_loss(layers: int) -> Callable[..., Any]:
+    def loss(params: Any, x: Any, labels: Any) -> Any:
+        import torch.nn.functional as F  # noqa: N812
+
+        h = x
+        for i in range(layers):
+            h = F.max_pool2d(F.conv2d(h, params[f"conv{i}_w"], params[f"conv{i}_b"], padding=1).relu(), 2)
+        return _torch_cross_entropy(F.linear(h.flatten(1), params["fc_w"], params["fc_b"]), labels)
+
+    return loss
+
+
+def _torch_optim_port(loss: Callable[..., Any], params: Any, x: Any, labels: Any, compiled: bool,
+                      optimizer: str) -> Port:
+    """Autograd through ``loss`` and a ``torch.optim`` step (Adam, or SGD with momentum)."""
+    import torch
+
+    tparams, tx, tlabels = _torch_tensors((params, x, labels))
+    tparams = {k: v.requires_grad_(True) for k, v in tparams.items()}
+    loss_fn = torch.compile(loss) if compiled else loss
+    if optimizer == "adam":
+        opt = torch.optim.Adam(list(tparams.values()), lr=1e-3)
+    else:
+        opt = torch.optim.SGD(list(tparams.values()), lr=LR, momentum=0.9)
+
+    def train_step(state: Any, x: Any, labels: Any) -> Any:
+        """Returns the optimizer state in the NumPy version's structure (for the check)."""
+        params = state[0]
+        opt.zero_grad(set_to_none=True)
+        value = loss_fn(params, x, labels)
+        value.backward()
+        opt.step()
+        slots = {k: opt.state[p] for k, p in params.items()}
+        if optimizer == "adam":
+            step = next(iter(slots.values()))["step"]
+            state = (params, {k: s["exp_avg"] for k, s in slots.items()},
+                     {k: s["exp_avg_sq"] for k, s in slots.items()}, step)
+        else:
+            state = (params, {k: s["momentum_buffer"] for k, s in slots.items()})
+        return state, value.detach()
+
+    return Port(train_step, ((tparams,), tx, tlabels), carry=_train_carry)
+
+def make_digits_cnn(size: str) -> list[Case]:
+    _check_size(size)
+    batch = {"tiny": 4, "small": 64, "full": 64}[size]
+    rng = _rng()
+    params = _conv_net_params(rng, (1, 32, 64), 64 * 2 * 2)
+    zeros = fj.tree_map(np.zeros_like, params)
+    state = (params, zeros, fj.tree_map(np.zeros_like, params), np.zeros((), np.float32))
+    args = (state, _f32(rng, batch, 1, 8, 8), rng.integers(0, 10, batch))
+    loss = conv_net_loss_fn(np, _fj_conv, _fj_pool, 2)
+
+    def jax_port() -> Port:
+        vg, tm, jnp = _jax_tools()
+        return Port(adam_step_fn(conv_net_loss_fn(jnp, _jax_conv, _jax_pool, 2), vg, tm, jnp), _jax_arrays(args),
+                    carry=_train_carry)
+
+    return [Case("W8", f"digits CNN step b{batch}", adam_step_fn(loss, fj.value_and_grad, fj.tree_map, np), args,
+                 carry=_train_carry, jax=jax_port,
+                 torch=lambda compiled: _torch_optim_port(_torch_conv_net_loss(2), params, args[1], args[2], compiled,
+                                                          "adam"),
+                 note="the demo's model: 8x8x1, conv 1->32->64 (relu, max-pool each), linear 256->10, Adam")]
+
+
+def make_cifar_cnn(size: str) -> list[Case]:
+    _check_size(size)
+    batch = {"tiny": 2, "small": 16, "full": 64}[size]
+    side = {"tiny": 8, "small": 32, "full": 32}[size]
+    rng = _rng()
+    params = _conv_net_params(rng, (3, 32, 64, 128), 128 * (side // 8) ** 2)
+    state = (params, fj.tree_map(np.zeros_like, params))
+    args = (state, _f32(rng, batch, 3, side, side), rng.integers(0, 10, batch))
+    loss = conv_net_loss_fn(np, _fj_conv, _fj_pool, 3)
+
+    def jax_port() -> Port:
+        vg, tm, jnp = _jax_tools()
+        return Port(momentum_step_fn(conv_net_loss_fn(jnp, _jax_conv, _jax_pool, 3), vg, tm), _jax_arrays(args),
+                    carry=_train_carry)
+
+    return [Case("W9", f"CIFAR CNN step b{batch}", momentum_step_fn(loss, fj.value_and_grad, fj.tree_map), args,
+                 carry=_train_carry, jax=jax_port, rtol=1e-2, atol=1e-4,
+                 torch=lambda compiled: _torch_optim_port(_torch_conv_net_loss(3), params, args[1], args[2], compiled,
+                                                          "sgd"),
+                 note=f"{side}x{side}x3, conv 3->32->64->128 (relu, max-pool each), linear, SGD momentum 0.9")]
 
 
 # --------------------------------------------------------------------------------------
@@ -485,6 +656,8 @@ WORKLOADS = [
     Workload("W5", "MLP training step, batch 512, 64-256-256-10", make_mlp),
     Workload("W6", "per-call overhead of x*2+1 on 16 elements", make_overhead),
     Workload("W7", "small CNN training step, 8x8 images, batch 256", make_cnn),
+    Workload("W8", "the demo's digits CNN training step (Adam), batch 64", make_digits_cnn),
+    Workload("W9", "CIFAR-shaped CNN training step (SGD with momentum), batch 64", make_cifar_cnn),
 ]
 
 

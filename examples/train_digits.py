@@ -6,9 +6,12 @@
 
 Data: the 1,797 8x8 digit images that ship inside scikit-learn (``load_digits``, nothing
 is downloaded), split 80/20 with a fixed seed. Model: conv 3x3 (32) -> relu -> max-pool 2,
-conv 3x3 (64) -> relu -> max-pool 2, linear 256 -> 10, built with ``fj.nn``; loss:
-cross-entropy; optimizer: ``fj.optim.adam`` with a cosine-decaying learning rate; augmentation: ``fj.augment.random_affine``
-(small rotations, scalings and shifts; no flips, which turn a 2 into an S-like shape).
+conv 3x3 (64) -> relu -> max-pool 2, dropout 0.25, linear 256 -> 10, built with ``fj.nn``;
+loss: cross-entropy; optimizer: ``fj.optim.adam`` with a ``fj.optim.cosine_decay`` schedule
+(a short warmup, then a cosine to 0); augmentation: ``fj.augment.random_affine`` (small
+rotations, scalings and shifts; no flips, which turn a 2 into an S-like shape). The dropout
+mask of step k comes from ``fj.random.fold_in(key, k)`` inside the jitted step: it is
+computed in the kernel that applies it and never stored.
 
 ``train_step`` (value_and_grad of the loss and the Adam update) is one ``fj.jit``
 function: its first call traces it to IR, differentiates the IR, optimizes and fuses it
@@ -39,31 +42,42 @@ MODEL = {
 }
 
 
-def model(params, images):
-    """Logits [N, 10] of images [N, 1, 8, 8] (float32)."""
+DROPOUT = 0.25
+
+
+def model(params, images, key=None):
+    """Logits [N, 10] of images [N, 1, 8, 8] (float32); with a ``key``, in training mode
+    (dropout before the head)."""
     h = nn.conv2d(images, params["conv1"]["w"], params["conv1"]["b"], padding=1)  # [N, 32, 8, 8]
     h = nn.max_pool2d(nn.relu(h), 2)  # [N, 32, 4, 4]
     h = nn.conv2d(h, params["conv2"]["w"], params["conv2"]["b"], padding=1)  # [N, 64, 4, 4]
     h = nn.max_pool2d(nn.relu(h), 2)  # [N, 64, 2, 2]
     h = fnp.reshape(h, (h.shape[0], -1))
+    h = nn.dropout(h, DROPOUT, key, deterministic=key is None)
     return nn.linear(h, params["head"]["w"], params["head"]["b"])
 
 
-def loss_fn(params, images, labels):
-    logits = model(params, images)
+def loss_fn(params, images, labels, key):
+    logits = model(params, images, key)
     return nn.cross_entropy(logits, labels), logits
 
 
-def make_train_step(base_lr: float, total_steps: int):
-    """The training step, with Adam's learning rate decaying from ``base_lr`` to 0 over
-    ``total_steps`` steps (cosine), computed inside the step from the optimizer's count."""
+def make_optimizer(base_lr: float, total_steps: int):
+    """Adam whose learning rate warms up over the first 5% of the steps, then decays from
+    ``base_lr`` to 0 (cosine): a schedule of the step count kept in the optimizer state."""
+    return fj.optim.adam(fj.optim.cosine_decay(base_lr, total_steps, warmup_steps=total_steps // 20))
 
-    def train_step(params, opt_state, images, labels):
+
+def make_train_step(base_lr: float, total_steps: int):
+    """The training step: the learning rate and the dropout key are computed inside the
+    step from the optimizer's count."""
+    optimizer = make_optimizer(base_lr, total_steps)
+
+    def train_step(params, opt_state, images, labels, key):
         """One step: loss and gradients, then the Adam update; all of it one jitted call."""
-        (loss, logits), grads = fj.value_and_grad(loss_fn, has_aux=True)(params, images, labels)
-        progress = fnp.minimum(opt_state["count"] / total_steps, 1.0)
-        lr = base_lr * 0.5 * (1.0 + fnp.cos(np.pi * progress))
-        params, opt_state = fj.optim.adam(lr).update(grads, opt_state, params)
+        step_key = fj.random.fold_in(key, opt_state["count"])
+        (loss, logits), grads = fj.value_and_grad(loss_fn, has_aux=True)(params, images, labels, step_key)
+        params, opt_state = optimizer.update(grads, opt_state, params)
         return params, opt_state, loss, nn.accuracy(logits, labels)
 
     return train_step
@@ -165,8 +179,9 @@ def main(argv=None) -> int:
     steps_per_epoch = len(x_train) // batch  # the last partial batch is dropped: one signature
     if max_steps:
         steps_per_epoch = min(steps_per_epoch, max_steps)
-    opt_state = fj.optim.adam(args.lr).init(params)
+    opt_state = make_optimizer(args.lr, epochs * steps_per_epoch).init(params)
     train_step = fj.jit(make_train_step(args.lr, epochs * steps_per_epoch))
+    dropout_key = fj.random.key(args.seed)
     evaluate = fj.jit(eval_step)
     print(f"digits: {len(x_train)} training and {len(x_test)} test images of 8x8; "
           f"CNN with {nn.param_count(params):,} parameters; batch {batch}, {epochs} epoch{'s' * (epochs != 1)} of "
@@ -176,7 +191,7 @@ def main(argv=None) -> int:
     before = {p.name for p in dump_root.iterdir()}
     start = time.perf_counter()
     with fj.config.override(dump_dir=str(dump_root)):
-        compiled = train_step.lower(params, opt_state, x_train[:batch], y_train[:batch]).compile()
+        compiled = train_step.lower(params, opt_state, x_train[:batch], y_train[:batch], dropout_key).compile()
     train_compile_s = time.perf_counter() - start
     start = time.perf_counter()
     evaluate.lower(params, x_test, y_test).compile()
@@ -198,7 +213,7 @@ def main(argv=None) -> int:
             if not args.no_augment:
                 images = fj.augment.random_affine(images, rng, max_rotation=10.0, scale=(0.9, 1.1),
                                                   max_translation=0.1)
-            params, opt_state, loss, acc = train_step(params, opt_state, images, labels)
+            params, opt_state, loss, acc = train_step(params, opt_state, images, labels, dropout_key)
             history["loss"].append(float(loss))
             hits.append(float(acc))
             bar.update(1)
@@ -224,10 +239,11 @@ def main(argv=None) -> int:
     # One training step three ways, on the batch shape the loop used.
     images, labels = x_train[:batch], y_train[:batch]
     print("\ncomparing one training step (NumPy eager runs the same code without jit) ...", flush=True)
-    comparison = fj.compare(train_step, params, opt_state, images, labels, repeat=3 if args.quick else None)
+    comparison = fj.compare(train_step, params, opt_state, images, labels, dropout_key,
+                            repeat=3 if args.quick else None)
     print(comparison)
 
-    profile = compiled.profile(params, opt_state, images, labels, repeat=3 if args.quick else None)
+    profile = compiled.profile(params, opt_state, images, labels, dropout_key, repeat=3 if args.quick else None)
     trace_path = profile.to_chrome_trace(out / "train_step_trace.json")
     print(f"\nwhere the fused step's time goes (compiled.profile(...); all kernels: print(profile)):\n"
           f"{profile.table(top=5)}")

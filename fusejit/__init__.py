@@ -11,14 +11,15 @@
 from __future__ import annotations
 
 # The library on top, importable as fj.nn, fj.optim and fj.augment (after the core).
-from fusejit import augment, config, ir, nn, optim  # noqa: E402
+from fusejit import augment, config, ir, nn, optim, random  # noqa: E402
 from fusejit.comparison import Comparison, compare, profile
 from fusejit.ir import IRParseError, IRTypeError
 from fusejit.runtime.profile import Profile
+from fusejit.saving import load, save
 from fusejit.tracer.gradcheck import GradcheckError, gradcheck
 from fusejit.tracer.jit import CacheInfo, Compiled, Jitted, Lowered, jit, make_ir
 from fusejit.tracer.numpy_api import stop_gradient
-from fusejit.tracer.pytree import tree_flatten, tree_leaves, tree_map, tree_unflatten
+from fusejit.tracer.pytree import tree_flatten, tree_flatten_with_path, tree_leaves, tree_map, tree_unflatten
 from fusejit.tracer.tracing import ConcretizationError, EscapedTracerError
 from fusejit.tracer.transformations import custom_vjp, grad, jvp, value_and_grad, vjp
 from fusejit.tracer.vmap import hessian, jacfwd, jacrev, vmap
@@ -49,6 +50,7 @@ __all__ = [
     "augment",
     "nn",
     "optim",
+    "random",
     "CacheInfo",
     "Comparison",
     "Compiled",
@@ -72,10 +74,13 @@ __all__ = [
     "jacrev",
     "jit",
     "jvp",
+    "load",
     "make_ir",
     "profile",
+    "save",
     "stop_gradient",
     "tree_flatten",
+    "tree_flatten_with_path",
     "tree_leaves",
     "tree_map",
     "tree_unflatten",

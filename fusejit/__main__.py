@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub.add_parser(
         "bench",
-        help="benchmark workloads W1-W7: NumPy eager vs fusejit unfused/fused (vs JAX, PyTorch); "
+        help="benchmark workloads W1-W9: NumPy eager vs fusejit unfused/fused (vs JAX, PyTorch); "
         "'fusejit bench --help' for options",
         add_help=False,
     )

@@ -211,8 +211,8 @@ def _pad(g: _Gen, prim: P.Primitive) -> tuple[Value, ...]:
 
 def _reduce(g: _Gen, prim: P.Primitive) -> tuple[Value, ...]:
     x = g.operand(prim.dtypes)
-    # Only reduce_sum has an identity, so the others never reduce a zero-size axis.
-    allowed = [a for a in range(x.type.ndim) if prim is P.reduce_sum or x.shape[a]]
+    # Only reduce_sum and reduce_prod have an identity: the others never reduce a zero-size axis.
+    allowed = [a for a in range(x.type.ndim) if prim in (P.reduce_sum, P.reduce_prod) or x.shape[a]]
     axes = g.draw(st.permutations(allowed))[: g.draw(st.integers(0, len(allowed)))]
     return (g.b.op(prim, x, axes=tuple(axes)),)
 
@@ -261,11 +261,57 @@ def _cumsum(g: _Gen, prim: P.Primitive) -> tuple[Value, ...]:
     return (g.b.op(prim, x, axis=axis, reverse=g.draw(st.booleans())),)
 
 
+def _conv(g: _Gen, prim: P.Primitive) -> tuple[Value, ...]:
+    groups = g.draw(st.integers(1, 2))
+    rank = g.draw(st.integers(3, 4))
+    lhs = g.operand(prim.dtypes, where=lambda v: v.type.ndim == rank and v.shape[1] % groups == 0)
+    if lhs.type.ndim != rank or lhs.shape[1] % groups:
+        lhs = g.operand(frozenset({lhs.dtype}), (g.draw(st.integers(0, 2)), groups * g.draw(st.integers(0, 2)))
+                        + tuple(g.draw(st.integers(0, 3)) for _ in range(rank - 2)))
+    nsp = rank - 2
+    window = tuple(g.draw(st.integers(1, 3)) for _ in range(nsp))
+    rhs = g.operand(frozenset({lhs.dtype}), (groups * g.draw(st.integers(0, 2)), lhs.shape[1] // groups) + window)
+    ints = st.lists(st.integers(-1, 2), min_size=nsp, max_size=nsp).map(tuple)
+    positive = st.lists(st.integers(1, 2), min_size=nsp, max_size=nsp).map(tuple)
+    return (g.b.op(prim, lhs, rhs, strides=g.draw(positive), lo=g.draw(ints), hi=g.draw(ints),
+                   lhs_dilation=g.draw(positive), rhs_dilation=g.draw(positive), groups=groups),)
+
+
+def _pool_attrs(g: _Gen, shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    n = len(shape)
+    return {
+        "window": tuple(g.draw(st.integers(1, 3)) for _ in range(n)),
+        "strides": tuple(g.draw(st.integers(1, 2)) for _ in range(n)),
+        "lo": tuple(g.draw(st.integers(-1, 1)) for _ in range(n)),
+        "hi": tuple(g.draw(st.integers(-1, 1)) for _ in range(n)),
+    }
+
+
+def _pool(g: _Gen, prim: P.Primitive) -> tuple[Value, ...]:
+    x = g.operand(prim.dtypes)
+    attrs = _pool_attrs(g, x.shape)
+    if prim is P.avg_pool_scatter:
+        out = P.pool_output_shape(x.shape, **attrs)
+        return (g.b.op(prim, g.operand(frozenset({x.dtype}), out), **attrs, shape=x.shape),)
+    if prim is P.max_pool_gather:
+        return (g.b.op(prim, x, g.operand(frozenset({x.dtype}), x.shape), **attrs),)
+    if prim is P.max_pool_scatter:
+        out = P.pool_output_shape(x.shape, **attrs)
+        return (g.b.op(prim, x, g.operand(frozenset({x.dtype}), out), **attrs),)
+    return (g.b.op(prim, x, **attrs),)
+
+
 def _iota(g: _Gen, prim: P.Primitive) -> tuple[Value, ...]:
     shape = g.shape(min_rank=1)
     dtype = g.draw(st.sampled_from(sorted(P.NUMERIC, key=str)))
     dimension = g.draw(st.integers(0, len(shape) - 1))
     return (g.b.op(prim, shape=shape, dimension=dimension, dtype=dtype),)
+
+
+def _threefry(g: _Gen, prim: P.Primitive) -> tuple[Value, ...]:
+    x = g.operand(prim.dtypes)
+    others = [g.operand(prim.dtypes, x.shape) for _ in range(3)]
+    return (g.b.op(prim, x, *others, word=g.draw(st.integers(0, 1))),)
 
 
 def _constant(g: _Gen, prim: P.Primitive) -> tuple[Value, ...]:
@@ -306,9 +352,12 @@ EMITTERS: dict[P.Primitive, Callable[[_Gen, P.Primitive], tuple[Value, ...]]] = 
     P.select: _select, P.convert: _convert, P.broadcast_in_dim: _broadcast_in_dim,
     P.reshape: _reshape, P.transpose: _transpose, P.slice: _slice, P.concatenate: _concatenate,
     P.pad: _pad, P.reduce_sum: _reduce, P.reduce_max: _reduce, P.reduce_min: _reduce,
+    P.reduce_prod: _reduce, P.cumprod: _cumsum,
     P.argmax: _arg_reduce, P.argmin: _arg_reduce, P.dot_general: _dot_general, P.gather: _gather,
     P.scatter_add: _scatter_add, P.cumsum: _cumsum, P.iota: _iota, P.constant: _constant,
-    P.custom_vjp_call: _custom_vjp_call,
+    P.custom_vjp_call: _custom_vjp_call, P.conv: _conv, P.max_pool: _pool, P.avg_pool: _pool,
+    P.max_pool_gather: _pool, P.max_pool_scatter: _pool, P.avg_pool_scatter: _pool,
+    P.threefry2x32: _threefry,
 }  # fmt: skip
 
 

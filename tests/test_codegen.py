@@ -110,7 +110,7 @@ UNARY = {
 }  # fmt: skip
 BINARY = {
     "float": ["add", "sub", "mul", "div", "pow", "floor_divide", "remainder", "max", "min", "eq", "ne", "lt",
-              "le", "gt", "ge"],
+              "le", "gt", "ge", "atan2"],
     "int": ["add", "sub", "mul", "floor_divide", "remainder", "max", "min", "eq", "ne", "lt", "le", "gt", "ge",
             "and", "or"],
     "bool": ["eq", "ne", "and", "or"],

@@ -22,12 +22,12 @@ import pytest
 from fusejit.codegen.cpu import mathlib as M
 
 UNARY = ["exp", "log", "log1p", "expm1", "tanh", "logistic", "sin", "cos", "sqrt", "rsqrt"]
-BINARY = ["pow", "maximum", "minimum", "maxnum", "minnum"]
+BINARY = ["pow", "maximum", "minimum", "maxnum", "minnum", "atan2"]
 DTYPES = ["float32", "float64"]
 # float64 versions that call the C library (scalar, not vectorized).
 LIBM = {("sin", "float64"), ("cos", "float64"), ("pow", "float64")}
 # float32 versions that use float64 arithmetic inside on purpose (see the module docstring).
-USES_FLOAT64 = {"sin", "cos", "pow"}
+USES_FLOAT64 = {"sin", "cos", "pow", "atan2"}
 LONGDOUBLE_IS_WIDER = np.finfo(np.longdouble).nmant > np.finfo(np.float64).nmant
 
 REFERENCES = M.NUMPY_REFERENCE
@@ -428,3 +428,39 @@ def test_source_hash_follows_the_file():
     import hashlib
 
     assert M.SOURCE_HASH == hashlib.sha256(Path(M.__file__).read_bytes()).hexdigest()[:16]
+
+
+ATAN2_SPECIALS = [0.0, -0.0, 1.0, -1.0, 2.5, -2.5, 1e-30, -1e-30, 1e30, np.inf, -np.inf, np.nan]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_atan2_ulp_error(dtype):
+    """Random bit patterns (the whole range of both operands), normal pairs, x = 1 (the
+    arctan of fusejit.numpy) and y << x."""
+    if dtype == "float64" and not LONGDOUBLE_IS_WIDER:
+        pytest.skip("needs a long double wider than float64 as the reference")
+    rng = np.random.default_rng(3)
+    n = 1 << 17
+    bits = np.uint32 if dtype == "float32" else np.uint64
+    x = rng.integers(0, np.iinfo(bits).max, n, dtype=bits, endpoint=True).view(dtype)
+    y = rng.integers(0, np.iinfo(bits).max, n, dtype=bits, endpoint=True).view(dtype)
+    nx, ny = rng.standard_normal(n).astype(dtype), rng.standard_normal(n).astype(dtype)
+    xs = np.concatenate([x, nx, np.ones(n, dtype), nx])
+    ys = np.concatenate([y, ny, ny * 100, nx * np.dtype(dtype).type(1e-3)])
+    got = apply("atan2", ys, xs)
+    ref = reference("atan2", ys, xs)
+    assert_within("atan2", dtype, ys, ulp_errors(got, ref), got, ref)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_atan2_special_values_follow_numpy(dtype):
+    """C99 atan2: signed zeros (atan2(+-0, -0) = +-pi), infinities (atan2(inf, -inf) =
+    3pi/4), NaN in either operand."""
+    pairs = np.array([(a, b) for a in ATAN2_SPECIALS for b in ATAN2_SPECIALS], dtype=dtype)
+    y, x = pairs[:, 0].copy(), pairs[:, 1].copy()
+    got = apply("atan2", y, x)
+    expected = np.arctan2(y, x)
+    assert np.array_equal(np.isnan(got), np.isnan(expected))
+    number = ~np.isnan(expected)
+    assert np.array_equal(np.signbit(got[number]), np.signbit(expected[number]))
+    np.testing.assert_allclose(got[number], expected[number], rtol=np.finfo(dtype).eps, atol=0)

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import conv_reference
 import numpy as np
 import pytest
 
@@ -330,25 +331,32 @@ def scatter_add_cases(dtype: DType) -> list[Case]:
     return out
 
 
-def cumsum_cases(dtype: DType) -> list[Case]:
-    """Running sums in the operand's dtype, in order (NumPy's add.accumulate), from
-    either end, along every kind of axis, including empty and unit ones."""
-    out = []
-    for label, shape, axis in [
-        ("vector", (7,), 0),
-        ("0-size", (0,), 0),
-        ("leading axis", (5, 3), 0),
-        ("middle axis", (2, 6, 3), 1),
-        ("last axis", (2, 3, 6), 2),
-        ("unit axis", (4, 1, 3), 1),
-        ("empty rows", (3, 0), 0),
-    ]:
-        x = data(shape, dtype)
-        forward = np.add.accumulate(x, axis=axis, dtype=dtype.np)
-        backward = np.flip(np.add.accumulate(np.flip(x, axis), axis=axis, dtype=dtype.np), axis)
-        out.append(Case(label, (x,), {"axis": axis, "reverse": False}, forward))
-        out.append(Case(f"{label}, reversed", (x,), {"axis": axis, "reverse": True}, backward))
-    return out
+def scan_cases(ufunc: np.ufunc, with_zero: bool = False) -> Callable[[DType], list[Case]]:
+    """Running sums (products) in the operand's dtype, in order (NumPy's add.accumulate,
+    multiply.accumulate), from either end, along every kind of axis, including empty and
+    unit ones; ``with_zero`` puts a zero into the operand (it stops the products)."""
+
+    def cases(dtype: DType) -> list[Case]:
+        out = []
+        for label, shape, axis in [
+            ("vector", (7,), 0),
+            ("0-size", (0,), 0),
+            ("leading axis", (5, 3), 0),
+            ("middle axis", (2, 6, 3), 1),
+            ("last axis", (2, 3, 6), 2),
+            ("unit axis", (4, 1, 3), 1),
+            ("empty rows", (3, 0), 0),
+        ]:
+            x = data(shape, dtype)
+            if with_zero and x.size > 4:
+                x.flat[3] = 0
+            forward = ufunc.accumulate(x, axis=axis, dtype=dtype.np)
+            backward = np.flip(ufunc.accumulate(np.flip(x, axis), axis=axis, dtype=dtype.np), axis)
+            out.append(Case(label, (x,), {"axis": axis, "reverse": False}, forward))
+            out.append(Case(f"{label}, reversed", (x,), {"axis": axis, "reverse": True}, backward))
+        return out
+
+    return cases
 
 
 def iota_cases(dtype: DType) -> list[Case]:
@@ -371,6 +379,100 @@ def constant_cases(dtype: DType) -> list[Case]:
     out.append(Case("(2,3) from a tuple", (), {"value": values, "shape": (2, 3), "dtype": dtype},
                     np.array(values, dtype.np).reshape(2, 3)))  # fmt: skip
     return out
+
+
+def _threefry_reference(k0: int, k1: int, x0: int, x1: int) -> tuple[int, int]:
+    """Threefry-2x32 (20 rounds) from the Random123 specification, on Python ints."""
+    m = 0xFFFFFFFF
+    ks = (k0 & m, k1 & m, (k0 ^ k1 ^ 0x1BD11BDA) & m)
+    x = [(x0 + ks[0]) & m, (x1 + ks[1]) & m]
+    rotations = ((13, 15, 26, 6), (17, 29, 16, 24))
+    for i in range(5):
+        for r in rotations[i % 2]:
+            x[0] = (x[0] + x[1]) & m
+            x[1] = (((x[1] << r) | (x[1] >> (32 - r))) & m) ^ x[0]
+        x[0] = (x[0] + ks[(i + 1) % 3]) & m
+        x[1] = (x[1] + ks[(i + 2) % 3] + i + 1) & m
+    return x[0], x[1]
+
+
+def threefry_cases(dtype: DType) -> list[Case]:
+    """The Random123 known answers, then int64 operands of every sign and size (taken
+    modulo 2**32), on ordinary, 0-d and 0-size shapes; both output words."""
+    kat = np.array([[0, 0, 0, 0], [2**32 - 1] * 4, [0x13198A2E, 0x03707344, 0x243F6A88, 0x85A308D3]]).T
+    rng = np.random.default_rng(14)
+    out = []
+    for label, operands in [("known answers", tuple(kat)),
+                            *[(f"{shape}", tuple(rng.integers(-2**40, 2**40, shape) for _ in range(4)))
+                              for shape in [(2, 3), (), (0,), (1, 3, 1)]]]:  # fmt: skip
+        flat = [np.ravel(o) for o in operands]
+        words = np.array([_threefry_reference(*(int(f[i]) for f in flat)) for i in range(flat[0].size)],
+                         dtype=np.int64).reshape(-1, 2)
+        for word in (0, 1):
+            expected = words[:, word].reshape(operands[0].shape)
+            out.append(Case(f"{label} word {word}", operands, {"word": word}, expected))
+    return out
+
+
+def quarters(shape: tuple[int, ...], dtype: DType, seed: int = 0) -> np.ndarray:
+    """Multiples of 1/4 in [-2, 2]: sums of a few products are exact in any order."""
+    return (np.round(data(shape, dtype, seed=seed) * 4) / 4).astype(dtype.np)
+
+
+def conv_cases(dtype: DType) -> list[Case]:
+    """Against a loop over each output element (``tests/conv_reference.py``): strides,
+    padding (negative: cropping), both dilations, groups, 1-d and 2-d, batch 1, empty."""
+    out = []
+    for label, xs, ws, s, lo, hi, ld, rd, g in [
+        ("1-d", (2, 3, 7), (4, 3, 3), (1,), (0,), (0,), (1,), (1,), 1),
+        ("1-d strided, padded, dilated", (1, 2, 9), (3, 2, 2), (2,), (2,), (1,), (1,), (3,), 1),
+        ("2-d same padding", (2, 2, 5, 4), (3, 2, 3, 3), (1, 1), (1, 1), (1, 1), (1, 1), (1, 1), 1),
+        ("2-d groups, strides", (1, 4, 6, 7), (6, 2, 2, 3), (2, 1), (0, 1), (1, 0), (1, 1), (1, 2), 2),
+        ("2-d lhs dilation, cropping", (2, 2, 4, 3), (2, 2, 2, 2), (1, 2), (-1, 1), (1, -1), (2, 3), (1, 1), 1),
+        ("depthwise", (1, 3, 5, 5), (3, 1, 3, 3), (1, 1), (1, 1), (1, 1), (1, 1), (1, 1), 3),
+        ("window larger than input", (1, 1, 2), (1, 1, 3), (1,), (0,), (0,), (1,), (1,), 1),
+        ("empty batch", (0, 2, 4, 4), (3, 2, 2, 2), (1, 1), (0, 0), (0, 0), (1, 1), (1, 1), 1),
+    ]:
+        x, w = quarters(xs, dtype), quarters(ws, dtype, seed=1)
+        attrs = {"strides": s, "lo": lo, "hi": hi, "lhs_dilation": ld, "rhs_dilation": rd, "groups": g}
+        out.append(Case(label, (x, w), attrs, conv_reference.conv(x, w, **attrs)))
+    return out
+
+
+POOL_ATTRS = [
+    ("2-d 2x2", (2, 3, 4, 6), (1, 1, 2, 2), (1, 1, 2, 2), (0, 0, 0, 0), (0, 0, 0, 0)),
+    ("2-d overlapping, padded", (1, 2, 5, 5), (1, 1, 3, 3), (1, 1, 2, 2), (0, 0, 1, 1), (0, 0, 1, 1)),
+    ("1-d odd size, cropped", (2, 1, 7), (1, 1, 2), (1, 1, 2), (0, 0, -1), (0, 0, 0)),
+    ("all axes", (3, 4), (2, 2), (1, 2), (1, 0), (0, 1)),
+    ("window of padding", (1, 3), (1, 2), (1, 2), (0, 2), (0, 2)),
+    ("empty", (0, 2, 4), (1, 1, 2), (1, 1, 2), (0, 0, 0), (0, 0, 0)),
+]
+
+
+def pool_cases(prim_name: str) -> Callable[[DType], list[Case]]:
+    def cases(dtype: DType) -> list[Case]:
+        out = []
+        for label, shape, window, strides, lo, hi in POOL_ATTRS:
+            attrs = {"window": window, "strides": strides, "lo": lo, "hi": hi}
+            x = quarters(shape, dtype)  # with ties: the first largest wins
+            pooled = conv_reference.pool_shape(shape, window, strides, lo, hi)
+            if prim_name == "max_pool":
+                out.append(Case(label, (x,), attrs, conv_reference.max_pool(x, **attrs)))
+            elif prim_name == "avg_pool":
+                out.append(Case(label, (x,), attrs, conv_reference.avg_pool(x, **attrs)))
+            elif prim_name == "max_pool_gather":
+                t = data(shape, dtype, seed=2)
+                out.append(Case(label, (x, t), attrs, conv_reference.max_pool_gather(x, t, **attrs)))
+            elif prim_name == "max_pool_scatter":
+                g = quarters(pooled, dtype, seed=3)
+                out.append(Case(label, (x, g), attrs, conv_reference.max_pool_scatter(x, g, **attrs)))
+            else:
+                g = quarters(pooled, dtype, seed=3)
+                out.append(Case(label, (g,), {**attrs, "shape": shape},
+                                conv_reference.avg_pool_scatter(g, **attrs, shape=shape)))
+        return out
+
+    return cases
 
 
 CASES: dict[str, Callable[[DType], list[Case]]] = {
@@ -399,6 +501,7 @@ CASES: dict[str, Callable[[DType], list[Case]]] = {
     "pow": binary(np.power, positive_lhs=True),
     "floor_divide": binary(np.floor_divide),
     "remainder": binary(np.remainder),
+    "atan2": binary(np.arctan2),
     "max": binary(np.maximum),
     "min": binary(np.minimum),
     "eq": binary(np.equal),
@@ -420,14 +523,23 @@ CASES: dict[str, Callable[[DType], list[Case]]] = {
     "reduce_sum": reduce_cases(reduce_sum, empty_ok=True),
     "reduce_max": reduce_cases(np.max, empty_ok=False),
     "reduce_min": reduce_cases(np.min, empty_ok=False),
+    "reduce_prod": reduce_cases(np.prod, empty_ok=True),
     "argmax": arg_reduce_cases(np.argmax),
     "argmin": arg_reduce_cases(np.argmin),
     "dot_general": dot_general_cases,
     "gather": gather_cases,
     "scatter_add": scatter_add_cases,
-    "cumsum": cumsum_cases,
+    "cumsum": scan_cases(np.add),
+    "cumprod": scan_cases(np.multiply, with_zero=True),
     "iota": iota_cases,
     "constant": constant_cases,
+    "conv": conv_cases,
+    "max_pool": pool_cases("max_pool"),
+    "avg_pool": pool_cases("avg_pool"),
+    "max_pool_gather": pool_cases("max_pool_gather"),
+    "max_pool_scatter": pool_cases("max_pool_scatter"),
+    "avg_pool_scatter": pool_cases("avg_pool_scatter"),
+    "threefry2x32": threefry_cases,
 }
 
 

@@ -73,9 +73,11 @@ def branch_support(group: FusionGroup) -> str | None:
     if-convert or unswitch; with inlined math-library calls in the same kernel their
     compile time explodes (fuzzer seed 6394: sin, exp, tanh and cos of a concatenated
     value, two branches: over 10 minutes in LLVM, 1.9 s without them; earlier, tanh of
-    two exps inside a piece). So a kernel holds branches or math-library calls, not both."""
+    two exps inside a piece). So a kernel holds branches or math-library calls, not both.
+    Threefry's 170 integer statements count as such calls: the two words of a random
+    key concatenated took LLVM minutes as well."""
     branch = next((op for op in group.ops if op.prim in (P.concatenate, P.pad)), None)
-    math = next((op for op in group.ops if calls_math(op)), None)
+    math = next((op for op in group.ops if calls_math(op) or op.prim is P.threefry2x32), None)
     if branch is not None and math is not None:
         return (f"a kernel holding {branch.prim.name} pieces would also compute {math.prim.name}; "
                 "LLVM takes minutes to compile that")

@@ -13,8 +13,9 @@ Semantics a printer must keep: arithmetic in ``dtype`` (int32 wraps around like 
 ``DIV`` is true division of floats, ``FLOORDIV``/``MOD`` of integers round toward minus
 infinity (a zero divisor gives 0, as NumPy), ``MIN``/``MAX`` are integer (index) min/max
 (floats go through the math library, which propagates NaN like ``np.maximum``), ``AND``/
-``OR``/``NOT`` are logical on bools and bitwise on integers, ``FLOOR``/``CEIL``/``RINT``
-round floats like NumPy.
+``OR``/``NOT`` are logical on bools and bitwise on integers, ``XOR``/``SHL``/``SHR`` are
+bitwise on integers (``SHR`` is arithmetic; the random-bit generator shifts only
+nonnegative int64 values), ``FLOOR``/``CEIL``/``RINT`` round floats like NumPy.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ class BinaryOp(StrEnum):
     MOD = "mod"
     AND = "and"
     OR = "or"
+    XOR = "xor"
+    SHL = "shl"
+    SHR = "shr"
     MIN = "min"
     MAX = "max"
     EQ = "eq"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fusejit.codegen import scan
+from fusejit.codegen import conv, pool, scan
 from fusejit.codegen.common import (
     Ctx,
     LoweredKernel,
@@ -51,6 +51,8 @@ CODEGEN_RULES: dict[P.Primitive, CodegenRule] = {
     P.custom_vjp_call: CodegenRule("call", elemental=_inlined),
     **SCATTER_RULES,
     **scan.KERNEL_RULES,
+    **conv.KERNEL_RULES,
+    **pool.KERNEL_RULES,
 }
 
 

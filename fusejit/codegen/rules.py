@@ -169,6 +169,30 @@ def _select(em: Emitter, op: Op, idx: Index) -> Expr:
     return em.let(select(pred, t, f))
 
 
+def _threefry(em: Emitter, op: Op, a: list[Expr]) -> Expr:
+    """Threefry-2x32 unrolled into int64 statements on 32-bit words (the cipher itself is
+    ``P.threefry2x32_words``, shared with the NumPy rule); ``let`` shares the statements
+    between the ops that take word 0 and word 1 of one counter."""
+    i64 = DType.i64
+    mask = em.const(0xFFFFFFFF, i64)
+
+    def word(x: Expr) -> Expr:
+        return em.let(Binary(BinaryOp.AND, x, mask, i64))
+
+    def rotl(x: Expr, r: int) -> Expr:
+        high = word(Binary(BinaryOp.SHL, x, em.const(r, i64), i64))
+        return em.let(Binary(BinaryOp.OR, high, Binary(BinaryOp.SHR, x, em.const(32 - r, i64), i64), i64))
+
+    words = P.threefry2x32_words(
+        *(word(x) for x in a),
+        add=lambda x, y: word(Binary(BinaryOp.ADD, x, y, i64)),
+        rotl=rotl,
+        xor=lambda x, y: em.let(Binary(BinaryOp.XOR, x, y, i64)),
+        const=lambda v: em.const(v, i64),
+    )
+    return words[op.attrs["word"]]
+
+
 def _convert(em: Emitter, op: Op, a: list[Expr]) -> Expr:
     src, dst = op.inputs[0].dtype, op.output.dtype
     if src == dst:
@@ -206,6 +230,7 @@ ELEMENTWISE_RULES: dict[P.Primitive, CodegenRule] = {
     P.remainder: _elementwise(_divmod("remainder", BinaryOp.MOD), math=True),
     P.max: _elementwise(_extremum("maximum", BinaryOp.MAX), math=True),
     P.min: _elementwise(_extremum("minimum", BinaryOp.MIN), math=True),
+    P.atan2: _math("atan2"),
     P.eq: _binary(BinaryOp.EQ),
     P.ne: _binary(BinaryOp.NE),
     P.lt: _binary(BinaryOp.LT),
@@ -216,6 +241,7 @@ ELEMENTWISE_RULES: dict[P.Primitive, CodegenRule] = {
     P.logical_or: _binary(BinaryOp.OR),
     P.select: CodegenRule("elemental", elemental=_select),
     P.convert: _elementwise(_convert),
+    P.threefry2x32: _elementwise(_threefry),
 }
 
 
@@ -495,6 +521,7 @@ REDUCTION_RULES: dict[P.Primitive, CodegenRule] = {
     P.reduce_sum: CodegenRule("reduction", init=lambda dt: 0, combine=_sum_combine, blocked=True),
     P.reduce_max: CodegenRule("reduction", init=_lowest, combine=_extremum_combine("maximum", BinaryOp.MAX)),
     P.reduce_min: CodegenRule("reduction", init=_highest, combine=_extremum_combine("minimum", BinaryOp.MIN)),
+    P.reduce_prod: CodegenRule("reduction", init=lambda dt: 1, combine=lambda acc, x, dt: Binary(BinaryOp.MUL, acc, x, dt)),
     # First index of the extremum; a NaN counts as the extremum (like NumPy).
     P.argmax: CodegenRule("reduction", init=_lowest, arg=BinaryOp.GT),
     P.argmin: CodegenRule("reduction", init=_highest, arg=BinaryOp.LT),

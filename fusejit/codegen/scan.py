@@ -1,11 +1,11 @@
-"""Scan kernels: ``cumsum``, a running sum along one axis.
+"""Scan kernels: ``cumsum`` and ``cumprod``, a running sum or product along one axis.
 
 The operand is viewed as ``[outer, n, inner]`` (the axes before, at and after the scanned
 one). For each outer index, the first row along the axis is copied, then row ``k`` is
-row ``k - 1`` of the output plus row ``k`` of the operand (from the other end when
+row ``k - 1`` of the output plus (times) row ``k`` of the operand (from the other end when
 ``reverse``): the inner loop runs over contiguous elements with no dependence between
-them (it vectorizes), and float sums accumulate in order, exactly as NumPy's
-``add.accumulate``. Outer indices are independent and run on threads when the array is
+them (it vectorizes), and float sums and products accumulate in order, exactly as NumPy's
+``add.accumulate`` and ``multiply.accumulate``. Outer indices are independent and run on threads when the array is
 large.
 """
 
@@ -16,18 +16,20 @@ from collections.abc import Callable
 
 from fusejit.codegen.common import Ctx, LoweredKernel, Strategy, finish, reason_of
 from fusejit.codegen.elemental import linearize
-from fusejit.codegen.exprs import ONE, ZERO, Expr, add, minimum, sub
+from fusejit.codegen.exprs import ONE, ZERO, Expr, add, minimum, mul, sub
 from fusejit.codegen.kernel import KernelBuilder, Unsupported
 from fusejit.codegen.rules import CodegenRule
 from fusejit.ir import primitives as P
 from fusejit.ir.core import Op
 from fusejit.ir.transforms.fusion import FusionGroup
 
+_COMBINE: dict[P.Primitive, Callable[[Expr, Expr], Expr]] = {P.cumsum: add, P.cumprod: mul}
+
 
 def _scan_structure(group: FusionGroup) -> Op:
-    """The one cumsum of a scan kernel, which reads its operand from memory."""
-    if len(group.ops) != 1 or group.ops[0].prim is not P.cumsum:
-        raise Unsupported("a scan kernel holds one cumsum")
+    """The one cumsum or cumprod of a scan kernel, which reads its operand from memory."""
+    if len(group.ops) != 1 or group.ops[0].prim not in _COMBINE:
+        raise Unsupported("a scan kernel holds one cumsum or cumprod")
     (op,) = group.ops
     if op.inputs[0] not in group.inputs or group.outputs != (op.output,):
         raise Unsupported("a scan kernel reads its operand from memory and writes its result")
@@ -39,7 +41,9 @@ def scan_support(group: FusionGroup) -> str | None:
 
 
 def lower_cumsum(ctx: Ctx) -> LoweredKernel:
+    """A cumsum or cumprod (the same loops, another combining operator)."""
     op = _scan_structure(ctx.group)
+    combine = _COMBINE[op.prim]
     (x,), out = op.inputs, op.output
     axis, reverse = op.attrs["axis"], op.attrs["reverse"]
     shape = x.shape
@@ -73,7 +77,7 @@ def lower_cumsum(ctx: Ctx) -> LoweredKernel:
                     b.store(dst, at, x_k)
                 else:
                     before = b.load(dst, linearize(b, (o, prev, i), space))
-                    b.store(dst, at, b.let(add(before, x_k)))
+                    b.store(dst, at, b.let(combine(before, x_k)))
 
             each(inner, element)
 
@@ -90,7 +94,8 @@ def lower_cumsum(ctx: Ctx) -> LoweredKernel:
             rows(o, first=False)
 
     each(outer, scan_outer, parallel)
-    return finish(ctx, b, arrays, None, "cumsum", x.dtype, shape)
+    return finish(ctx, b, arrays, None, op.prim.name, x.dtype, shape)
 
 
-KERNEL_RULES = {P.cumsum: CodegenRule("kernel", kernel=Strategy(scan_support, lower_cumsum))}
+_SCAN = CodegenRule("kernel", kernel=Strategy(scan_support, lower_cumsum))
+KERNEL_RULES = {P.cumsum: _SCAN, P.cumprod: _SCAN}

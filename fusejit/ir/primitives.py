@@ -236,6 +236,8 @@ sub = _elementwise("sub", 2, np.subtract, NUMERIC)
 mul = _elementwise("mul", 2, np.multiply, NUMERIC)
 div = _elementwise("div", 2, np.divide, FLOATS)
 pow = _elementwise("pow", 2, np.power, FLOATS)  # noqa: A001
+# The angle of the point (x, y) = (second, first operand), in [-pi, pi]: np.arctan2.
+atan2 = _elementwise("atan2", 2, np.arctan2, FLOATS)
 # NumPy's floor division and remainder (the divisor's sign), for ints and floats alike.
 floor_divide = _elementwise("floor_divide", 2, np.floor_divide, NUMERIC)
 remainder = _elementwise("remainder", 2, np.remainder, NUMERIC)
@@ -295,7 +297,7 @@ UNARY_ELEMENTWISE = (
 )  # fmt: skip
 BINARY_ELEMENTWISE = (
     add, sub, mul, div, pow, floor_divide, remainder, max, min, eq, ne, lt, le, gt, ge,
-    logical_and, logical_or,
+    logical_and, logical_or, atan2,
 )  # fmt: skip
 
 # ---------------------------------------------------------------------------------------
@@ -466,7 +468,7 @@ def _reduce(name: str, np_fn: Callable[..., np.ndarray], dtypes: frozenset[DType
     def rule(in_types: tuple[TensorType, ...], axes: tuple[int, ...]) -> tuple[TensorType, ...]:
         (x,) = in_types
         _check_axes(name, axes, x.ndim)
-        if name != "reduce_sum" and any(x.shape[a] == 0 for a in axes):
+        if name not in ("reduce_sum", "reduce_prod") and any(x.shape[a] == 0 for a in axes):
             raise IRTypeError(f"{name}: zero-size axis in {x.shape} has no identity")
         return (x.with_shape(tuple(n for i, n in enumerate(x.shape) if i not in axes)),)
 
@@ -479,6 +481,7 @@ def _reduce(name: str, np_fn: Callable[..., np.ndarray], dtypes: frozenset[DType
 reduce_sum = _reduce("reduce_sum", np.sum, NUMERIC)
 reduce_max = _reduce("reduce_max", np.max, NUMERIC)
 reduce_min = _reduce("reduce_min", np.min, NUMERIC)
+reduce_prod = _reduce("reduce_prod", np.prod, NUMERIC)  # in the operand's dtype; empty: 1
 
 
 def _arg_reduce(name: str, np_fn: Callable[..., np.ndarray]) -> Primitive:
@@ -654,24 +657,291 @@ def _cumsum_rule(in_types: tuple[TensorType, ...], axis: int, reverse: bool) -> 
     return (x,)
 
 
-def _cumsum_impl(x: np.ndarray, axis: int, reverse: bool) -> tuple[np.ndarray]:
-    if reverse:
-        return (np.flip(np.cumsum(np.flip(x, axis), axis=axis, dtype=x.dtype), axis),)
-    return (np.cumsum(x, axis=axis, dtype=x.dtype),)
+def _scan_primitive(name: str, np_fn: Callable[..., np.ndarray]) -> Primitive:
+    """An inclusive scan along ``axis``, in the operand's dtype, from the last element when
+    ``reverse`` (JAX's ``lax.cumsum``): float sums and products accumulate in order, as
+    NumPy's ``add.accumulate``/``multiply.accumulate``; one kernel of its own each."""
 
+    def impl(x: np.ndarray, axis: int, reverse: bool) -> tuple[np.ndarray]:
+        if reverse:
+            return (np.flip(np_fn(np.flip(x, axis), axis=axis, dtype=x.dtype), axis),)
+        return (np_fn(x, axis=axis, dtype=x.dtype),)
 
-# Inclusive running sums along ``axis``, in the operand's dtype, from the last element
-# when ``reverse`` (JAX's ``lax.cumsum``): float sums accumulate in order, as NumPy's.
-cumsum = _register(
-    Primitive(
-        name="cumsum",
-        kind=OpKind.KERNEL,
-        arity=1,
-        attrs={"axis": AttrSpec(AttrKind.INT), "reverse": AttrSpec(AttrKind.BOOL)},
-        abstract_eval=_cumsum_rule,
-        impl=_cumsum_impl,
-        dtypes=NUMERIC,
+    return _register(
+        Primitive(
+            name=name,
+            kind=OpKind.KERNEL,
+            arity=1,
+            attrs={"axis": AttrSpec(AttrKind.INT), "reverse": AttrSpec(AttrKind.BOOL)},
+            abstract_eval=_cumsum_rule,
+            impl=impl,
+            dtypes=NUMERIC,
+        )
     )
+
+
+cumsum = _scan_primitive("cumsum", np.cumsum)
+cumprod = _scan_primitive("cumprod", np.cumprod)
+
+# ---------------------------------------------------------------------------------------
+# Convolution and pooling (windowed ops), each lowered by its own kernel
+# (``fusejit.codegen.conv``, ``fusejit.codegen.pool``).
+#
+# ``conv`` is JAX's ``conv_general_dilated`` in NC<spatial> / OI<spatial> layout (PyTorch's
+# NCHW/OIHW): lhs ``[N, C, *S]``, rhs ``[O, C // groups, *K]``, result ``[N, O, *P]``. Along
+# spatial axis ``i`` the lhs is dilated (``lhs_dilation[i] - 1`` zeros between elements),
+# padded with ``lo[i]``/``hi[i]`` zeros (negative: cropped), and each output position ``p``
+# reads positions ``p * strides[i] + k * rhs_dilation[i]`` of that, ``k < K[i]``. It is a
+# cross-correlation (no kernel flip). Output channel ``o`` reads input channels of group
+# ``o // (O // groups)``.
+#
+# The pools are reduce-window ops over *every* axis (window 1 on the batch and channel
+# axes for NCHW pooling): ``max_pool`` pads with -inf, ``avg_pool`` with zeros that count
+# in the average (PyTorch's default). Their derivatives are ops of their own: the
+# max-pool cotangent goes to one position per window, the *first* largest element in
+# row-major window order (``max_pool_scatter``), the max-pool tangent is read from that
+# position (``max_pool_gather``: the two are each other's transposes), and the average's
+# transpose spreads each window's cotangent over it (``avg_pool_scatter``). A window
+# entirely in the padding has no position: it adds nothing, and gathers 0.
+
+
+def dilated_size(n: int, dilation: int) -> int:
+    """Elements of an axis of ``n`` elements with ``dilation - 1`` zeros between them."""
+    return 0 if n == 0 else 1 + dilation * (n - 1)
+
+
+def window_count(n: int, window: int, stride: int) -> int:
+    """Positions of a window of ``window`` elements sliding by ``stride`` over ``n``."""
+    return 0 if n < window else (n - window) // stride + 1
+
+
+def _check_spatial(prim: str, nsp: int, **attrs: tuple[int, ...]) -> None:
+    for key, value in attrs.items():
+        if len(value) != nsp:
+            raise IRTypeError(f"{prim}: {key}={value} needs one entry per spatial axis ({nsp})")
+        if key in ("strides", "lhs_dilation", "rhs_dilation", "window") and any(v < 1 for v in value):
+            raise IRTypeError(f"{prim}: {key}={value} must be positive")
+
+
+def conv_output_shape(lhs: tuple[int, ...], rhs: tuple[int, ...], strides: tuple[int, ...],
+                      lo: tuple[int, ...], hi: tuple[int, ...], lhs_dilation: tuple[int, ...],
+                      rhs_dilation: tuple[int, ...]) -> tuple[int, ...]:
+    spatial = []
+    for i, n in enumerate(lhs[2:]):
+        padded = dilated_size(n, lhs_dilation[i]) + lo[i] + hi[i]
+        spatial.append(window_count(padded, dilated_size(rhs[2 + i], rhs_dilation[i]), strides[i]))
+    return (lhs[0], rhs[0], *spatial)
+
+
+def _conv_rule(in_types: tuple[TensorType, ...], strides: tuple[int, ...], lo: tuple[int, ...],
+               hi: tuple[int, ...], lhs_dilation: tuple[int, ...], rhs_dilation: tuple[int, ...],
+               groups: int) -> tuple[TensorType, ...]:
+    lhs, rhs = in_types
+    if lhs.dtype != rhs.dtype:
+        raise IRTypeError(f"conv: operand dtypes {lhs.dtype} and {rhs.dtype} differ")
+    if lhs.ndim < 3 or rhs.ndim != lhs.ndim:
+        raise IRTypeError(f"conv: operands {lhs.shape} and {rhs.shape} must be [N, C, *spatial] and "
+                          "[O, C/groups, *window] with at least one spatial axis")
+    nsp = lhs.ndim - 2
+    _check_spatial("conv", nsp, strides=strides, lo=lo, hi=hi, lhs_dilation=lhs_dilation,
+                   rhs_dilation=rhs_dilation)
+    if groups < 1 or lhs.shape[1] != rhs.shape[1] * groups or rhs.shape[0] % groups:
+        raise IRTypeError(f"conv: {groups} groups do not divide {lhs.shape[1]} input channels into "
+                          f"groups of {rhs.shape[1]} and {rhs.shape[0]} output channels")
+    if any(k < 1 for k in rhs.shape[2:]):
+        raise IRTypeError(f"conv: window {rhs.shape[2:]} must not be empty")
+    return (lhs.with_shape(conv_output_shape(lhs.shape, rhs.shape, strides, lo, hi, lhs_dilation,
+                                             rhs_dilation)),)
+
+
+def _window_view(x: np.ndarray, lo: tuple[int, ...], hi: tuple[int, ...], fill: Any) -> np.ndarray:
+    """``x`` padded with ``fill`` (negative amounts crop)."""
+    if x.ndim == 0:
+        return x
+    x = np.pad(x, [(_builtins.max(a, 0), _builtins.max(b, 0)) for a, b in zip(lo, hi, strict=True)],
+               constant_values=fill)
+    return x[tuple(_builtins.slice(-_builtins.min(a, 0), n + _builtins.min(b, 0))
+                   for a, b, n in zip(lo, hi, x.shape, strict=True))]
+
+
+def _conv_impl(lhs: np.ndarray, rhs: np.ndarray, strides: tuple[int, ...], lo: tuple[int, ...],
+               hi: tuple[int, ...], lhs_dilation: tuple[int, ...], rhs_dilation: tuple[int, ...],
+               groups: int) -> tuple[np.ndarray]:
+    out_shape = conv_output_shape(lhs.shape, rhs.shape, strides, lo, hi, lhs_dilation, rhs_dilation)
+    n, c = lhs.shape[:2]
+    o, cg = rhs.shape[:2]
+    nsp = lhs.ndim - 2
+    dilated = np.zeros((n, c, *(dilated_size(s, d) for s, d in zip(lhs.shape[2:], lhs_dilation, strict=True))),
+                       lhs.dtype)
+    dilated[(Ellipsis, *(_builtins.slice(None, None, d) for d in lhs_dilation))] = lhs
+    x = _window_view(dilated, (0, 0, *lo), (0, 0, *hi), 0)
+    x = x.reshape(n, groups, cg, *x.shape[2:])
+    w = rhs.reshape(groups, o // groups, cg, *rhs.shape[2:])
+    out = np.zeros((n, groups, o // groups, *out_shape[2:]), lhs.dtype)
+    for k in np.ndindex(*rhs.shape[2:]):
+        taps = tuple(_builtins.slice(k[i] * rhs_dilation[i], k[i] * rhs_dilation[i] + (p - 1) * strides[i] + 1,
+                                     strides[i]) if p else _builtins.slice(0, 0)
+                     for i, p in enumerate(out_shape[2:]))
+        patch = x[(Ellipsis, *taps)]  # [n, groups, cg, *P]
+        out += np.einsum("ngc...,goc->ngo...", patch, w[(Ellipsis, *k)]).astype(lhs.dtype, copy=False)
+    del nsp
+    return (out.reshape(out_shape),)
+
+
+conv = _register(
+    Primitive(
+        name="conv",
+        kind=OpKind.KERNEL,
+        arity=2,
+        attrs={
+            "strides": AttrSpec(AttrKind.INTS),
+            "lo": AttrSpec(AttrKind.INTS),
+            "hi": AttrSpec(AttrKind.INTS),
+            "lhs_dilation": AttrSpec(AttrKind.INTS),
+            "rhs_dilation": AttrSpec(AttrKind.INTS),
+            "groups": AttrSpec(AttrKind.INT),
+        },
+        abstract_eval=_conv_rule,
+        impl=_conv_impl,
+        dtypes=FLOATS,
+    )
+)
+
+
+def pool_output_shape(shape: tuple[int, ...], window: tuple[int, ...], strides: tuple[int, ...],
+                      lo: tuple[int, ...], hi: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(window_count(n + a + b, k, s) for n, k, s, a, b in zip(shape, window, strides, lo, hi, strict=True))
+
+
+def _check_pool(prim: str, shape: tuple[int, ...], window: tuple[int, ...], strides: tuple[int, ...],
+                lo: tuple[int, ...], hi: tuple[int, ...]) -> tuple[int, ...]:
+    _check_spatial(prim, len(shape), window=window, strides=strides, lo=lo, hi=hi)
+    return pool_output_shape(shape, window, strides, lo, hi)
+
+
+def _pool_rule(in_types: tuple[TensorType, ...], window: tuple[int, ...], strides: tuple[int, ...],
+               lo: tuple[int, ...], hi: tuple[int, ...]) -> tuple[TensorType, ...]:
+    (x,) = in_types
+    return (x.with_shape(_check_pool("pool", x.shape, window, strides, lo, hi)),)
+
+
+def _windows_of(x: np.ndarray, window: tuple[int, ...], strides: tuple[int, ...], lo: tuple[int, ...],
+                hi: tuple[int, ...], fill: Any) -> tuple[np.ndarray, tuple[int, ...]]:
+    """``[*out, *window]``: every window of the padded ``x`` (a copy), and the out shape."""
+    out = pool_output_shape(x.shape, window, strides, lo, hi)
+    padded = _window_view(x, lo, hi, fill)
+    views = np.empty(out + window, x.dtype)
+    for k in np.ndindex(*window):
+        views[(Ellipsis, *k)] = padded[tuple(_builtins.slice(k[i], k[i] + (p - 1) * strides[i] + 1, strides[i])
+                                             if p else _builtins.slice(0, 0) for i, p in enumerate(out))]
+    return views, out
+
+
+def _max_pool_impl(x: np.ndarray, window: tuple[int, ...], strides: tuple[int, ...], lo: tuple[int, ...],
+                   hi: tuple[int, ...]) -> tuple[np.ndarray]:
+    views, out = _windows_of(x, window, strides, lo, hi, -np.inf)
+    return (np.max(views.reshape(out + (math.prod(window),)), axis=-1, initial=-np.inf),)
+
+
+def _avg_pool_impl(x: np.ndarray, window: tuple[int, ...], strides: tuple[int, ...], lo: tuple[int, ...],
+                   hi: tuple[int, ...]) -> tuple[np.ndarray]:
+    views, out = _windows_of(x, window, strides, lo, hi, 0)
+    total = np.sum(views.reshape(out + (math.prod(window),)), axis=-1, dtype=x.dtype)
+    return (total / x.dtype.type(math.prod(window)),)
+
+
+_POOL_ATTRS = {k: AttrSpec(AttrKind.INTS) for k in ("window", "strides", "lo", "hi")}
+
+max_pool = _register(Primitive(name="max_pool", kind=OpKind.KERNEL, arity=1, attrs=_POOL_ATTRS,
+                               abstract_eval=_pool_rule, impl=_max_pool_impl, dtypes=FLOATS))
+avg_pool = _register(Primitive(name="avg_pool", kind=OpKind.KERNEL, arity=1, attrs=_POOL_ATTRS,
+                               abstract_eval=_pool_rule, impl=_avg_pool_impl, dtypes=FLOATS))
+
+
+def max_pool_positions(x: np.ndarray, window: tuple[int, ...], strides: tuple[int, ...], lo: tuple[int, ...],
+                       hi: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """For every window: the flat index into ``x`` of its first largest element (a NaN
+    counts as largest), and whether it has one (False: the window is all padding)."""
+    flat = np.arange(x.size, dtype=np.int64).reshape(x.shape)
+    views, out = _windows_of(x, window, strides, lo, hi, -np.inf)
+    where, _ = _windows_of(flat, window, strides, lo, hi, -1)
+    views, where = views.reshape(out + (math.prod(window),)), where.reshape(out + (math.prod(window),))
+    real = where >= 0
+    nan = np.isnan(views) & real
+    top = np.max(np.where(real, views, -np.inf), axis=-1, initial=-np.inf, keepdims=True)
+    chosen = np.where(nan.any(axis=-1, keepdims=True), nan, real & (views == top))
+    first = np.argmax(chosen, axis=-1)[..., None] if chosen.shape[-1] else np.zeros(out + (1,), np.int64)
+    has = np.take_along_axis(chosen, first, axis=-1)[..., 0] if chosen.shape[-1] else np.zeros(out, bool)
+    pos = np.take_along_axis(where, first, axis=-1)[..., 0] if chosen.shape[-1] else np.zeros(out, np.int64)
+    return np.where(has, pos, 0), has
+
+
+def _max_pool_pair_rule(prim: str) -> TypeRule:
+    def rule(in_types: tuple[TensorType, ...], window: tuple[int, ...], strides: tuple[int, ...],
+             lo: tuple[int, ...], hi: tuple[int, ...]) -> tuple[TensorType, ...]:
+        x, t = in_types
+        if t.dtype != x.dtype:
+            raise IRTypeError(f"{prim}: operand dtypes {x.dtype} and {t.dtype} differ")
+        out = _check_pool(prim, x.shape, window, strides, lo, hi)
+        expected = x.shape if prim == "max_pool_gather" else out
+        if t.shape != expected:
+            raise IRTypeError(f"{prim}: second operand {t.shape} must have shape {expected}")
+        return (x.with_shape(out if prim == "max_pool_gather" else x.shape),)
+
+    return rule
+
+
+def _max_pool_gather_impl(x: np.ndarray, t: np.ndarray, window: tuple[int, ...], strides: tuple[int, ...],
+                          lo: tuple[int, ...], hi: tuple[int, ...]) -> tuple[np.ndarray]:
+    pos, valid = max_pool_positions(x, window, strides, lo, hi)
+    picked = t.reshape(-1)[np.where(valid, pos, 0)] if t.size else np.zeros(pos.shape, t.dtype)
+    return (np.where(valid, picked, t.dtype.type(0)).astype(t.dtype),)
+
+
+def _max_pool_scatter_impl(x: np.ndarray, g: np.ndarray, window: tuple[int, ...], strides: tuple[int, ...],
+                           lo: tuple[int, ...], hi: tuple[int, ...]) -> tuple[np.ndarray]:
+    pos, valid = max_pool_positions(x, window, strides, lo, hi)
+    out = np.zeros(x.size, x.dtype)
+    np.add.at(out, pos[valid], g[valid])
+    return (out.reshape(x.shape),)
+
+
+# The tangent at each window's chosen position (``[*out]``), and the cotangent of a
+# max_pool added at those positions (``x``'s shape).
+max_pool_gather = _register(Primitive(name="max_pool_gather", kind=OpKind.KERNEL, arity=2, attrs=_POOL_ATTRS,
+                                      abstract_eval=_max_pool_pair_rule("max_pool_gather"),
+                                      impl=_max_pool_gather_impl, dtypes=FLOATS))
+max_pool_scatter = _register(Primitive(name="max_pool_scatter", kind=OpKind.KERNEL, arity=2, attrs=_POOL_ATTRS,
+                                       abstract_eval=_max_pool_pair_rule("max_pool_scatter"),
+                                       impl=_max_pool_scatter_impl, dtypes=FLOATS))
+
+
+def _avg_pool_scatter_rule(in_types: tuple[TensorType, ...], window: tuple[int, ...], strides: tuple[int, ...],
+                           lo: tuple[int, ...], hi: tuple[int, ...], shape: tuple[int, ...]) -> tuple[TensorType, ...]:
+    (g,) = in_types
+    _check_shape("avg_pool_scatter", shape)
+    out = _check_pool("avg_pool_scatter", shape, window, strides, lo, hi)
+    if g.shape != out:
+        raise IRTypeError(f"avg_pool_scatter: cotangent {g.shape} is not the pooled shape {out} of {shape}")
+    return (g.with_shape(shape),)
+
+
+def _avg_pool_scatter_impl(g: np.ndarray, window: tuple[int, ...], strides: tuple[int, ...],
+                           lo: tuple[int, ...], hi: tuple[int, ...], shape: tuple[int, ...]) -> tuple[np.ndarray]:
+    flat = np.arange(math.prod(shape), dtype=np.int64).reshape(shape)
+    where, out = _windows_of(flat, window, strides, lo, hi, -1)
+    share = np.broadcast_to((g / g.dtype.type(math.prod(window)))[(Ellipsis,) + (None,) * len(window)], where.shape)
+    result = np.zeros(math.prod(shape), g.dtype)
+    np.add.at(result, where[where >= 0], share[where >= 0])
+    return (result.reshape(shape),)
+
+
+# The transpose of avg_pool: each window's cotangent, divided by the window's size, added
+# to every element of ``shape`` in the window.
+avg_pool_scatter = _register(
+    Primitive(name="avg_pool_scatter", kind=OpKind.KERNEL, arity=1,
+              attrs={**_POOL_ATTRS, "shape": AttrSpec(AttrKind.INTS)},
+              abstract_eval=_avg_pool_scatter_rule, impl=_avg_pool_scatter_impl, dtypes=FLOATS)
 )
 
 # ---------------------------------------------------------------------------------------
@@ -767,6 +1037,67 @@ def constant_value(value: Any, dtype: DType) -> Any:
 
 
 # ---------------------------------------------------------------------------------------
+# Random bits: the Threefry-2x32 block cipher (20 rounds; Salmon et al., "Parallel random
+# numbers: as easy as 1, 2, 3", SC 2011; JAX's generator). Elementwise: each element of
+# the output enciphers its own counter ``(x0, x1)`` under its own key ``(k0, k1)``, so a
+# fused kernel computes random bits from the key and the element's index and no array
+# of bits need exist. Words are 32-bit unsigned numbers held in int64 (operands are
+# taken modulo 2**32); ``word`` picks the first (0) or second (1) output word.
+
+THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+THREEFRY_PARITY = 0x1BD11BDA
+
+
+def threefry2x32_words(k0: Any, k1: Any, x0: Any, x1: Any, *, add: Callable[[Any, Any], Any],
+                       rotl: Callable[[Any, int], Any], xor: Callable[[Any, Any], Any],
+                       const: Callable[[int], Any]) -> tuple[Any, Any]:
+    """The cipher, written once over abstract 32-bit word operations (NumPy ``uint32``
+    arrays here, kernel expressions in the codegen rule): the two output words."""
+    ks = (k0, k1, xor(xor(k0, k1), const(THREEFRY_PARITY)))
+    x0, x1 = add(x0, ks[0]), add(x1, ks[1])
+    for i in range(5):
+        for r in THREEFRY_ROTATIONS[i % 2]:
+            x0 = add(x0, x1)
+            x1 = xor(rotl(x1, r), x0)
+        x0 = add(x0, ks[(i + 1) % 3])
+        x1 = add(x1, add(ks[(i + 2) % 3], const(i + 1)))
+    return x0, x1
+
+
+def _threefry_rule(in_types: tuple[TensorType, ...], word: int) -> tuple[TensorType, ...]:
+    if word not in (0, 1):
+        raise IRTypeError(f"threefry2x32: word={word} must be 0 or 1")
+    return (_same_types("threefry2x32", in_types),)
+
+
+def _threefry_impl(k0: np.ndarray, k1: np.ndarray, x0: np.ndarray, x1: np.ndarray, word: int) -> tuple[np.ndarray]:
+    u32 = np.uint32
+
+    def rotl(x: np.ndarray, r: int) -> np.ndarray:
+        return (x << u32(r)) | (x >> u32(32 - r))
+
+    with np.errstate(over="ignore"):  # additions wrap around modulo 2**32
+        words = threefry2x32_words(
+            *(np.asarray(a).astype(u32) for a in (k0, k1, x0, x1)),
+            add=np.add, rotl=rotl, xor=np.bitwise_xor, const=u32,
+        )
+    return (np.asarray(words[word]).astype(np.int64),)
+
+
+threefry2x32 = _register(
+    Primitive(
+        name="threefry2x32",
+        kind=OpKind.ELEMENTWISE,
+        arity=4,  # key words k0, k1, counter words x0, x1
+        attrs={"word": AttrSpec(AttrKind.INT)},
+        abstract_eval=_threefry_rule,
+        impl=_threefry_impl,
+        dtypes=frozenset({DType.i64}),
+    )
+)
+
+
+# ---------------------------------------------------------------------------------------
 # A call with a user-defined derivative (fj.custom_vjp). ``fun`` computes the outputs;
 # ``fwd`` computes the outputs followed by residuals; ``bwd`` maps residuals followed by
 # output cotangents to one cotangent per input. The simplifier inlines ``fun`` once
@@ -810,9 +1141,12 @@ custom_vjp_call = _register(
 # Cheap enough to recompute in every kernel that reads them: index arithmetic and trivial
 # arithmetic. Everything else (transcendentals, division, reductions, matmul) is computed
 # once and, if several kernels need it, stored.
+# Kernels of their own that run the elementwise consumers of their result (bias,
+# activation) as an epilogue, like a matmul's.
+TAKES_EPILOGUE = frozenset({conv})
 RECOMPUTABLE = frozenset({constant, iota, broadcast_in_dim, reshape, transpose, slice, convert, neg})
 # Calls into the math library: tens of instructions per element.
-TRANSCENDENTAL = frozenset({exp, log, log1p, expm1, tanh, logistic, sin, cos, pow})
+TRANSCENDENTAL = frozenset({exp, log, log1p, expm1, tanh, logistic, sin, cos, pow, atan2})
 
 
 def keeps_linear_order(op: Any) -> bool:

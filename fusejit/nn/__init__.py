@@ -8,6 +8,16 @@ Parameters are plain pytrees (dicts of arrays).
 
 from __future__ import annotations
 
+from fusejit.nn.conv import avg_pool1d, avg_pool2d, conv1d, conv2d, max_pool1d, max_pool2d
+from fusejit.nn.functional import (
+    dropout,
+    embedding,
+    init_embedding,
+    init_multi_head_attention,
+    logsumexp,
+    multi_head_attention,
+    one_hot,
+)
 from fusejit.nn.init import (
     Conv2d,
     Linear,
@@ -21,13 +31,10 @@ from fusejit.nn.init import (
 )
 from fusejit.nn.layers import (
     accuracy,
-    avg_pool2d,
-    conv2d,
     cross_entropy,
     gelu,
     linear,
     log_softmax,
-    max_pool2d,
     mse,
     relu,
     sigmoid,
@@ -36,10 +43,19 @@ from fusejit.nn.layers import (
 )
 
 __all__ = [
+    "dropout",
+    "embedding",
+    "init_embedding",
+    "init_multi_head_attention",
+    "logsumexp",
+    "multi_head_attention",
+    "one_hot",
     "Conv2d",
     "Linear",
     "accuracy",
+    "avg_pool1d",
     "avg_pool2d",
+    "conv1d",
     "conv2d",
     "cross_entropy",
     "gelu",
@@ -51,6 +67,7 @@ __all__ = [
     "init_model",
     "linear",
     "log_softmax",
+    "max_pool1d",
     "max_pool2d",
     "mse",
     "param_count",

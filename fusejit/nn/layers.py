@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any
 
@@ -20,7 +19,9 @@ def linear(x: Array, w: Array, b: Array | None = None) -> Array:
 
 
 def relu(x: Array) -> Array:
-    return fnp.maximum(x, 0)
+    """``max(x, 0)`` whose derivative at 0 is 0 (PyTorch's and JAX's convention; a
+    ``maximum`` would split the tie 0.5/0.5); NaN stays NaN."""
+    return fnp.where(x <= 0, 0, x)
 
 
 def gelu(x: Array) -> Array:
@@ -58,64 +59,6 @@ def cross_entropy(logits: Array, labels: Array) -> Array:
 def mse(prediction: Array, target: Array) -> Array:
     diff = prediction - target
     return fnp.mean(diff * diff)
-
-
-def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-
-def _windows(x: Array, kernel: tuple[int, int], stride: tuple[int, int]) -> tuple[list[Array], int, int]:
-    """The ``kh*kw`` strided views of ``x`` [N,C,H,W], one per kernel offset."""
-    _, _, h, w = x.shape
-    ho = (h - kernel[0]) // stride[0] + 1
-    wo = (w - kernel[1]) // stride[1] + 1
-    views = [
-        x[:, :, i : i + stride[0] * (ho - 1) + 1 : stride[0], j : j + stride[1] * (wo - 1) + 1 : stride[1]]
-        for i in range(kernel[0])
-        for j in range(kernel[1])
-    ]
-    return views, ho, wo
-
-
-def conv2d(x: Array, w: Array, b: Array | None = None, stride: int | tuple[int, int] = 1,
-           padding: int | tuple[int, int] = 0) -> Array:
-    """2-d convolution (cross-correlation, as in PyTorch) of NCHW ``x`` with OIHW ``w``,
-    as im2col: the ``kh*kw`` shifted views stacked, then one matmul."""
-    n, c, _, _ = x.shape
-    o, ci, kh, kw = w.shape
-    if ci != c:
-        raise ValueError(f"conv2d: input has {c} channels, weight expects {ci}")
-    ph, pw = _pair(padding)
-    if ph or pw:
-        x = fnp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    views, ho, wo = _windows(x, (kh, kw), _pair(stride))
-    cols = fnp.stack(views, axis=2)  # [N, C, kh*kw, Ho, Wo]
-    cols = fnp.reshape(cols, (n, c * kh * kw, ho * wo))
-    out = fnp.einsum("ok,nkp->nop", fnp.reshape(w, (o, c * kh * kw)), cols)
-    out = fnp.reshape(out, (n, o, ho, wo))
-    return out if b is None else out + fnp.reshape(b, (1, o, 1, 1))
-
-
-def _pool(x: Array, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None,
-          reduce: Any, combine: Any) -> Array:
-    """Pooling over ``kernel_size`` windows: ``reduce`` over the window axes of a reshape
-    when windows tile the image, else ``combine`` of the strided views (one per offset)."""
-    kernel = _pair(kernel_size)
-    stride = _pair(stride) if stride is not None else kernel
-    n, c, h, w = x.shape
-    if stride == kernel and h % kernel[0] == 0 and w % kernel[1] == 0:
-        blocks = fnp.reshape(x, (n, c, h // kernel[0], kernel[0], w // kernel[1], kernel[1]))
-        return reduce(blocks, axis=(3, 5))
-    views, _, _ = _windows(x, kernel, stride)
-    return combine(views)
-
-
-def max_pool2d(x: Array, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None) -> Array:
-    return _pool(x, kernel_size, stride, fnp.max, lambda views: functools.reduce(fnp.maximum, views))
-
-
-def avg_pool2d(x: Array, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None) -> Array:
-    return _pool(x, kernel_size, stride, fnp.mean, lambda views: functools.reduce(fnp.add, views) / float(len(views)))
 
 
 def accuracy(logits: Array, labels: Array) -> Array:

@@ -48,6 +48,16 @@ def _fail(message: str) -> IRTypeError:
     return IRTypeError(f"{message}{f' (at {loc})' if loc else ''}")
 
 
+def _boolean_mask_error() -> NotImplementedError:
+    """Reading ``a[mask]`` (so also ``a[mask] *= 3``): the result's shape depends on the data."""
+    loc = user_source_loc()
+    return NotImplementedError(
+        "boolean mask indexing (its shape depends on the data)"
+        f"{f' at {loc}' if loc else ''}: select instead, e.g. fnp.where(mask, a * 3, a) for "
+        "a[mask] *= 3 (assigning a[mask] = value works)"
+    )
+
+
 def broadcast_shapes(name: str, *shapes: tuple[int, ...]) -> tuple[int, ...]:
     """NumPy's broadcast of ``shapes``; the error names the op ``name`` and every shape."""
     first = tuple(shapes[0])
@@ -850,7 +860,7 @@ def merge_array_indices(a: Array, key: tuple) -> tuple[Array, tuple, tuple[int, 
     arrays = [key[i] if isinstance(key[i], TracedArray) else np.asarray(key[i]) for i in positions]
     for idx in arrays:
         if _dtype_of(idx).is_bool:
-            raise NotImplementedError("boolean mask indexing (its shape depends on the data)")
+            raise _boolean_mask_error()
         if not _dtype_of(idx).is_int:
             raise IndexError(f"arrays used as indices must be of integer type, not {_dtype_of(idx)}")
     normalized = []
@@ -928,7 +938,7 @@ def index_value(a: Array, key: tuple) -> Array:
         elif is_array_index(k):
             idx = k if isinstance(k, TracedArray) else np.asarray(k)
             if _dtype_of(idx).is_bool:
-                raise NotImplementedError("boolean mask indexing (its shape depends on the data)")
+                raise _boolean_mask_error()
             if not _dtype_of(idx).is_int:
                 raise IndexError(f"arrays used as indices must be of integer type, not {_dtype_of(idx)}")
             array_index = (axis, idx)
@@ -1062,6 +1072,8 @@ def dot(a: Array, b: Array, out: Array = None) -> Array:
 
 def inner(a: Array, b: Array) -> Array:
     sa, sb = shape_of(a), shape_of(b)
+    if not sa or not sb:  # a scalar operand: a product, as numpy.inner (not weak, as dot)
+        return dot(a, b)
     _check_contract(sa, sb, len(sa) - 1, len(sb) - 1)
     return _dot(a, b, ((len(sa) - 1,), (len(sb) - 1,)))
 
@@ -1084,10 +1096,28 @@ def tensordot(a: Array, b: Array, axes: Any = 2) -> Array:
     return _dot(a, b, (tuple(ia), tuple(ib)))
 
 
+def _einsum_sublists(first: Array, *rest: Any) -> tuple[str, tuple[Array, ...]]:
+    """NumPy's sublist form (operand, [axis labels], operand, [labels], ..., [output
+    labels]) as a subscripts string and the operands; labels are ints (or Ellipsis)."""
+    args = (first, *rest)
+    pairs, output = args[: len(args) // 2 * 2], args[len(args) // 2 * 2 :]
+
+    def letters(labels: Sequence[Any]) -> str:
+        return "".join("..." if k is Ellipsis else string.ascii_letters[operator.index(k)] for k in labels)
+
+    operands = tuple(pairs[0::2])
+    spec = ",".join(letters(s) for s in pairs[1::2])
+    if output:
+        spec += "->" + letters(output[0])
+    return spec, operands
+
+
 def einsum(subscripts: str, *operands: Array, optimize: Any = False) -> Array:
     """``numpy.einsum`` for one or two operands without repeated indices in one operand.
     (``optimize`` is accepted for NumPy compatibility: a two-operand contraction has only
-    one order.)"""
+    one order.) The sublist form ``einsum(a, [0, 1], b, [1, 2], [0, 2])`` is accepted."""
+    if not isinstance(subscripts, str):
+        subscripts, operands = _einsum_sublists(subscripts, *operands)
     spec = subscripts.replace(" ", "")
     if "." in spec:
         raise NotImplementedError("numpy.einsum with ellipsis")
@@ -1296,9 +1326,14 @@ def apply_array_function(func: Callable[..., Any], args: tuple, kwargs: dict[str
     return rule(*args, **kwargs)
 
 
+class UnsupportedNumPyName(AttributeError, NotImplementedError):
+    """A NumPy name that ``fusejit.numpy`` does not have: an ``AttributeError`` (so that
+    ``hasattr``/``getattr(fnp, name, None)`` work) that is also a ``NotImplementedError``."""
+
+
 def __getattr__(name: str) -> Any:
     if not name.startswith("_") and hasattr(np, name):
-        raise NotImplementedError(f"numpy.{name} is not supported by fusejit.numpy")
+        raise UnsupportedNumPyName(f"numpy.{name} is not supported by fusejit.numpy")
     raise AttributeError(f"module 'fusejit.numpy' has no attribute {name!r}")
 
 
@@ -1307,8 +1342,16 @@ _NOT_EXPORTED = {
     "bind", "is_weak", "operand_dtype", "result_dtype", "shape_of", "user_source_loc",
     "from_numpy", "apply_ufunc", "apply_array_function", "getitem", "broadcast_shapes",
     "fresh", "expand_key", "is_array_index", "is_basic_key", "merge_array_indices", "index_value",
+    "UnsupportedNumPyName",
 }  # fmt: skip
 __all__ = [
     n for n, v in list(globals().items())
     if not n.startswith("_") and n not in _NOT_EXPORTED and type(v).__name__ != "module"
 ]  # fmt: skip
+
+# The functions composed from the ones above (fusejit.tracer.numpy_ext, which imports this
+# module) join the dispatch tables; fusejit.numpy exports both modules' names.
+from fusejit.tracer import numpy_ext as _ext  # noqa: E402
+
+_UFUNCS.update(_ext.UFUNCS)
+_ARRAY_FUNCTIONS.update(_ext.ARRAY_FUNCTIONS)

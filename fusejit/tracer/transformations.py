@@ -240,10 +240,12 @@ def _grad_call(
     outs = eval_function(gfn, *traced.args)
     n_out = len(traced.fn.results) if keep else 0
     out = tree_unflatten(traced.out_tree, _with_weak(outs[:n_out], traced.out_weak)) if keep else None
+    # The gradients come in parameter order; argnums may ask for another, e.g. (3, 1).
     grads = iter(_with_weak(outs[n_out:], [traced.dynamic_weak[k] for k in wrt]))
-    per_arg = tuple(
-        tree_unflatten(traced.arg_trees[i], [next(grads) for _ in traced.arg_leaves[i]]) for i in diff
-    )
+    by_arg = {
+        i: tree_unflatten(traced.arg_trees[i], [next(grads) for _ in traced.arg_leaves[i]]) for i in sorted(diff)
+    }
+    per_arg = tuple(by_arg[i] for i in diff)
     return out, per_arg if not isinstance(argnums, int) else per_arg[0]
 
 

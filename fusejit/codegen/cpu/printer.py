@@ -45,12 +45,13 @@ NP_NAME = {DType.bool: "np.bool_", DType.i32: "np.int32", DType.i64: "np.int64",
 _SYMBOL = {
     BinaryOp.ADD: "+", BinaryOp.SUB: "-", BinaryOp.MUL: "*", BinaryOp.DIV: "/",
     BinaryOp.FLOORDIV: "//", BinaryOp.MOD: "%", BinaryOp.AND: "&", BinaryOp.OR: "|",
+    BinaryOp.XOR: "^", BinaryOp.SHL: "<<", BinaryOp.SHR: ">>",
     BinaryOp.EQ: "==", BinaryOp.NE: "!=", BinaryOp.LT: "<", BinaryOp.LE: "<=",
     BinaryOp.GT: ">", BinaryOp.GE: ">=",
 }  # fmt: skip
 # Operators whose int32 result Numba computes as int64: printed wrapped in np.int32(...).
 _WIDENED = frozenset({BinaryOp.ADD, BinaryOp.SUB, BinaryOp.MUL, BinaryOp.DIV, BinaryOp.FLOORDIV,
-                      BinaryOp.MOD, BinaryOp.AND, BinaryOp.OR})
+                      BinaryOp.MOD, BinaryOp.AND, BinaryOp.OR, BinaryOp.XOR, BinaryOp.SHL})
 _ROUNDING = {UnaryOp.FLOOR: "np.floor", UnaryOp.CEIL: "np.ceil", UnaryOp.RINT: "np.rint"}
 
 

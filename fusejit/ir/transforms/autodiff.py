@@ -62,12 +62,14 @@ mode the jvp of its ``fun`` is inlined. Integer inputs of any op get no gradient
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from fusejit.ir import primitives as P
 from fusejit.ir.builder import Builder
 from fusejit.ir.core import Function, Op, SourceLoc, Value
+from fusejit.ir.dtypes import DType
 from fusejit.ir.transforms.dce import eliminate_dead_code
 
 Ct = Value | None  # a cotangent or tangent; None is a symbolic zero
@@ -427,6 +429,7 @@ for _prim in (
     P.eq, P.ne, P.lt, P.le, P.gt, P.ge, P.argmax, P.argmin, P.iota, P.constant,
 ):  # fmt: skip
     _define(_prim, zero_vjp, zero_jvp)
+_define(P.threefry2x32, zero_vjp, zero_jvp)  # integer random bits
 
 
 # ---------------------------------------------------------------------------------------
@@ -541,9 +544,12 @@ def _div_jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequence[Ct]:
 
 
 def _pow_dx(b: Builder, x: Value, y: Value) -> Value:
-    """dz/dx of z = x^y: y x^(y-1), and 0 where y == 0 (not 0 * inf at x = 0)."""
-    d = _mul(b, y, b.op(P.pow, x, _sub(b, y, _c(b, 1, y))))
-    return b.op(P.select, b.op(P.eq, y, _c(b, 0, y)), _c(b, 0, y), d)
+    """dz/dx of z = x^y: y x^(y-1), and 0 where y == 0 (not 0 * inf at x = 0). The branch
+    not taken computes x^0 there, so that its own derivative (grad of grad) is finite too."""
+    zero = b.op(P.eq, y, _c(b, 0, y))
+    safe = b.op(P.select, zero, _c(b, 1, y), y)
+    d = _mul(b, y, b.op(P.pow, x, _sub(b, safe, _c(b, 1, y))))
+    return b.op(P.select, zero, _c(b, 0, y), d)
 
 
 def _pow_dy(b: Builder, x: Value, z: Value) -> Value:
@@ -636,6 +642,28 @@ _define(P.max, _extremum_vjp, _extremum_jvp)
 _define(P.min, _extremum_vjp, _extremum_jvp)
 _define(P.select, _select_vjp, _select_jvp)
 _define(P.remainder, _remainder_vjp, _remainder_jvp)
+
+
+def _atan2_scales(b: Builder, op: Op) -> tuple[Value, Value]:
+    """For z = atan2(y, x): (dz/dy, dz/dx) = (x, -y) / (x^2 + y^2)."""
+    y, x = op.inputs
+    r2 = _add(b, _mul(b, x, x), _mul(b, y, y))
+    return _div(b, x, r2), _neg(b, _div(b, y, r2))
+
+
+def _atan2_vjp(b: Builder, op: Op, cts: tuple[Ct, ...], needs: tuple[bool, ...]) -> Sequence[Ct]:
+    (g,) = cts
+    dy, dx = _atan2_scales(b, op)
+    return (_mul(b, g, dy) if needs[0] else None, _mul(b, g, dx) if needs[1] else None)
+
+
+def _atan2_jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequence[Ct]:
+    ty, tx = tangents
+    dy, dx = _atan2_scales(b, op)
+    return (_add_any(b, _mul(b, ty, dy) if ty is not None else None, _mul(b, tx, dx) if tx is not None else None),)
+
+
+_define(P.atan2, _atan2_vjp, _atan2_jvp)
 
 
 # ---------------------------------------------------------------------------------------
@@ -836,19 +864,20 @@ def _dot_general_vjp(b: Builder, op: Op, cts: tuple[Ct, ...], needs: tuple[bool,
     return (d_lhs, d_rhs)
 
 
-def _dot_general_jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequence[Ct]:
+def _bilinear_jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequence[Ct]:
+    """For ops linear in each of two operands (dot_general, conv): op(t1, y) + op(x, t2)."""
     (tl, tr), (lhs, rhs) = tangents, op.inputs
     attrs = dict(op.attrs)
     return (
         _add_any(
             b,
-            b.op(P.dot_general, tl, rhs, **attrs) if tl is not None else None,
-            b.op(P.dot_general, lhs, tr, **attrs) if tr is not None else None,
+            b.op(op.prim, tl, rhs, **attrs) if tl is not None else None,
+            b.op(op.prim, lhs, tr, **attrs) if tr is not None else None,
         ),
     )
 
 
-_define(P.dot_general, _dot_general_vjp, _dot_general_jvp)
+_define(P.dot_general, _dot_general_vjp, _bilinear_jvp)
 
 
 # ---------------------------------------------------------------------------------------
@@ -878,6 +907,227 @@ def _cumsum_vjp(b: Builder, op: Op, cts: tuple[Ct, ...], needs: tuple[bool, ...]
 
 
 _define(P.cumsum, _cumsum_vjp, _linear_jvp)
+
+
+# ---------------------------------------------------------------------------------------
+# Rules: products. No rule divides by the operand: zeros get their exact derivatives
+# (the product of the other factors), and the rules are differentiable again.
+
+
+def _shifted_scan(b: Builder, x: Value, axis: int, reverse: bool) -> Value:
+    """The exclusive running product along ``axis``: the product of the elements before
+    each one (after it, when ``reverse``), 1 for the first."""
+    n, nd = x.shape[axis], x.type.ndim
+    inclusive = b.op(P.cumprod, x, axis=axis, reverse=reverse)
+    one = P.constant_value(1, x.dtype)
+    at = tuple(1 if i == axis else 0 for i in range(nd))
+    none = (0,) * nd
+    padded = b.op(P.pad, inclusive, lo=none if reverse else at, hi=at if reverse else none, value=one)
+    start = at if reverse else none
+    limit = tuple(n + 1 if reverse and i == axis else (n if i == axis else x.shape[i]) for i in range(nd))
+    return b.op(P.slice, padded, start=start, limit=limit, stride=(1,) * nd)
+
+
+def _others_product(b: Builder, op: Op) -> Value:
+    """For z = reduce_prod(x, axes): the product of the other elements of each element's
+    reduction, x's shape (exclusive running products from both ends of the flattened
+    reduced axes)."""
+    (x,), axes = op.inputs, op.attrs["axes"]
+    kept = _keep_axes(x.type.ndim, axes)
+    perm = kept + tuple(axes)
+    moved = b.op(P.transpose, x, perm=perm) if perm != tuple(range(len(perm))) else x
+    kept_shape = tuple(x.shape[a] for a in kept)
+    flat_shape = kept_shape + (math.prod(x.shape[a] for a in axes),)
+    flat = b.op(P.reshape, moved, shape=flat_shape) if flat_shape != moved.shape else moved
+    last = len(flat_shape) - 1
+    others = _mul(b, _shifted_scan(b, flat, last, False), _shifted_scan(b, flat, last, True))
+    if flat_shape != moved.shape:
+        others = b.op(P.reshape, others, shape=moved.shape)
+    if perm != tuple(range(len(perm))):
+        others = b.op(P.transpose, others, perm=tuple(perm.index(a) for a in range(len(perm))))
+    return others
+
+
+def _reduce_prod_vjp(b: Builder, op: Op, cts: tuple[Ct, ...], needs: tuple[bool, ...]) -> Sequence[Ct]:
+    (x,), (g,) = op.inputs, cts
+    g = b.broadcast(g, x.shape, _keep_axes(x.type.ndim, op.attrs["axes"]))
+    return (_mul(b, g, _others_product(b, op)),)
+
+
+def _reduce_prod_jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequence[Ct]:
+    (t,) = tangents
+    if t is None:
+        return (None,)
+    return (b.op(P.reduce_sum, _mul(b, t, _others_product(b, op)), axes=op.attrs["axes"]),)
+
+
+def _cumprod_parts(b: Builder, op: Op) -> tuple[Value, Value, Value, Value]:
+    """For y = cumprod(x): (before, first, x with its first zero set to 1, x with zeros
+    set to 1), where ``before`` marks the elements before the first zero along the axis
+    and ``first`` the first zero. Up to the first zero the usual y/x derivative holds;
+    the first zero's derivative is the running product with that factor left out; past
+    it every derivative is zero."""
+    (x,), axis, reverse = op.inputs, op.attrs["axis"], op.attrs["reverse"]
+    zero = b.op(P.eq, x, _c(b, 0, x))
+    count = b.op(P.cumsum, b.convert(zero, DType.i64), axis=axis, reverse=reverse)
+    before = b.op(P.eq, count, b.full_like(0, count))
+    first = b.op(P.logical_and, zero, b.op(P.eq, count, b.full_like(1, count)))
+    ones = _c(b, 1, x)
+    return before, first, b.op(P.select, first, ones, x), b.op(P.select, zero, ones, x)
+
+
+def _cumprod_vjp(b: Builder, op: Op, cts: tuple[Ct, ...], needs: tuple[bool, ...]) -> Sequence[Ct]:
+    (g,), y = cts, op.output
+    axis, reverse = op.attrs["axis"], op.attrs["reverse"]
+    before, first, x_first_one, x_safe = _cumprod_parts(b, op)
+    # sum over later outputs k of g_k dy_k/dx_i (the other end of the scan)
+    later = b.op(P.cumsum, _mul(b, g, y), axis=axis, reverse=not reverse)
+    y_without_first = b.op(P.cumprod, x_first_one, axis=axis, reverse=reverse)
+    at_first = b.op(P.cumsum, _mul(b, g, y_without_first), axis=axis, reverse=not reverse)
+    zeros = _c(b, 0, g)
+    return (b.op(P.select, before, _div(b, later, x_safe), b.op(P.select, first, at_first, zeros)),)
+
+
+def _cumprod_jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequence[Ct]:
+    (t,), y = tangents, op.output
+    if t is None:
+        return (None,)
+    axis, reverse = op.attrs["axis"], op.attrs["reverse"]
+    before, first, x_first_one, x_safe = _cumprod_parts(b, op)
+    up_to_zero = _mul(b, y, b.op(P.cumsum, _div(b, t, x_safe), axis=axis, reverse=reverse))
+    # from the first zero on, only its own tangent moves the product (times the others)
+    t_first = b.op(P.cumsum, b.op(P.select, first, t, _c(b, 0, t)), axis=axis, reverse=reverse)
+    from_zero = _mul(b, t_first, b.op(P.cumprod, x_first_one, axis=axis, reverse=reverse))
+    return (b.op(P.select, before, up_to_zero, from_zero),)
+
+
+_define(P.reduce_prod, _reduce_prod_vjp, _reduce_prod_jvp)
+_define(P.cumprod, _cumprod_vjp, _cumprod_jvp)
+
+
+# ---------------------------------------------------------------------------------------
+# Rules: convolution and pooling. A conv is bilinear; both of its transposes are convs
+# again (JAX's ``_conv_general_dilated_transpose_lhs/rhs``): the input gradient
+# convolves the output cotangent with the spatially flipped kernel, input and output
+# channels swapped within each group (the forward strides become lhs dilation); the
+# kernel gradient convolves the input, batch and channel axes swapped, with the
+# cotangent as the window (the forward strides become rhs dilation). Feature groups stay
+# feature groups: the group axis moves onto the axis the transposed conv contracts.
+
+
+def _conv_attrs(op: Op) -> tuple[tuple[int, ...], ...]:
+    a = op.attrs
+    return a["strides"], a["lo"], a["hi"], a["lhs_dilation"], a["rhs_dilation"]
+
+
+def _flip_spatial(b: Builder, w: Value) -> Value:
+    """``w`` reversed along every axis after the first two (a gather per axis)."""
+    for axis in range(2, w.type.ndim):
+        n = w.shape[axis]
+        if n == 1:
+            continue
+        ramp = b.op(P.iota, shape=w.shape, dimension=axis, dtype=P.DType.i64)
+        idx = b.op(P.sub, b.full_like(n - 1, ramp), ramp)
+        w = b.op(P.gather, w, idx, axis=axis)
+    return w
+
+
+def _conv_lhs_transpose(b: Builder, op: Op, g: Value) -> Value:
+    lhs, rhs = op.inputs
+    strides, lo, _, ldil, rdil = _conv_attrs(op)
+    groups = op.attrs["groups"]
+    o, cg, *window = rhs.shape
+    c = lhs.shape[1]
+    # [O, Cg, *K] -> [G, Og, Cg, *K] -> [G, Cg, Og, *K] -> [C, Og, *K], flipped.
+    w = b.reshape(rhs, (groups, o // groups, cg, *window))
+    w = b.op(P.transpose, w, perm=(0, 2, 1, *range(3, w.type.ndim)))
+    w = _flip_spatial(b, b.reshape(w, (c, o // groups, *window)))
+    pad_lo, pad_hi = [], []
+    for i, n in enumerate(lhs.shape[2:]):
+        k = P.dilated_size(window[i], rdil[i])
+        before = k - lo[i] - 1
+        pad_lo.append(before)
+        pad_hi.append(P.dilated_size(n, ldil[i]) + k - 1 - P.dilated_size(g.shape[2 + i], strides[i]) - before)
+    return b.op(P.conv, g, w, strides=ldil, lo=tuple(pad_lo), hi=tuple(pad_hi), lhs_dilation=strides,
+                rhs_dilation=rdil, groups=groups)
+
+
+def _conv_rhs_transpose(b: Builder, op: Op, g: Value) -> Value:
+    lhs, rhs = op.inputs
+    strides, lo, _, ldil, rdil = _conv_attrs(op)
+    groups = op.attrs["groups"]
+    n, c, *spatial = lhs.shape
+    o, cg, *window = rhs.shape
+    out_spatial = g.shape[2:]
+    nsp = len(spatial)
+    # lhs [N, G*Cg, *S] -> [Cg, G*N, *S]; cotangent [N, G*Og, *P] -> [G*Og, N, *P].
+    x = b.reshape(lhs, (n, groups, cg, *spatial))
+    x = b.reshape(b.op(P.transpose, x, perm=(2, 1, 0, *range(3, 3 + nsp))), (cg, groups * n, *spatial))
+    gt = b.reshape(g, (n, groups, o // groups, *out_spatial))
+    gt = b.reshape(b.op(P.transpose, gt, perm=(1, 2, 0, *range(3, 3 + nsp))), (o, n, *out_spatial))
+    pad_hi = tuple(
+        P.dilated_size(out_spatial[i], strides[i]) - P.dilated_size(spatial[i], ldil[i])
+        + P.dilated_size(window[i], rdil[i]) - lo[i] - 1
+        for i in range(nsp)
+    )
+    d = b.op(P.conv, x, gt, strides=rdil, lo=lo, hi=pad_hi, lhs_dilation=ldil, rhs_dilation=strides,
+             groups=groups)  # [Cg, O, *K]
+    return b.op(P.transpose, d, perm=(1, 0, *range(2, 2 + nsp)))
+
+
+def _conv_vjp(b: Builder, op: Op, cts: tuple[Ct, ...], needs: tuple[bool, ...]) -> Sequence[Ct]:
+    (g,) = cts
+    if g is None or g.type.size == 0:
+        return (None, None)
+    return (_conv_lhs_transpose(b, op, g) if needs[0] else None,
+            _conv_rhs_transpose(b, op, g) if needs[1] else None)
+
+
+_define(P.conv, _conv_vjp, _bilinear_jvp)
+
+
+def _pool_attrs(op: Op) -> dict:
+    return {k: op.attrs[k] for k in ("window", "strides", "lo", "hi")}
+
+
+def _max_pool_vjp(b: Builder, op: Op, cts: tuple[Ct, ...], needs: tuple[bool, ...]) -> Sequence[Ct]:
+    """The cotangent goes to one element per window: its first largest."""
+    return (b.op(P.max_pool_scatter, op.inputs[0], cts[0], **_pool_attrs(op)),)
+
+
+def _max_pool_jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequence[Ct]:
+    (t,) = tangents
+    return (None,) if t is None else (b.op(P.max_pool_gather, op.inputs[0], t, **_pool_attrs(op)),)
+
+
+def _max_pool_pair_vjp(other: P.Primitive) -> VjpRule:
+    """max_pool_gather and max_pool_scatter are linear in their second operand and each
+    other's transposes; the positions they use are piecewise constant in the first."""
+
+    def vjp(b: Builder, op: Op, cts: tuple[Ct, ...], needs: tuple[bool, ...]) -> Sequence[Ct]:
+        return (None, b.op(other, op.inputs[0], cts[0], **_pool_attrs(op)))
+
+    return vjp
+
+
+def _second_operand_jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequence[Ct]:
+    t = tangents[1]
+    return (None,) if t is None else b.emit(op.prim, (op.inputs[0], t), dict(op.attrs))
+
+
+def _avg_pool_vjp(b: Builder, op: Op, cts: tuple[Ct, ...], needs: tuple[bool, ...]) -> Sequence[Ct]:
+    return (b.op(P.avg_pool_scatter, cts[0], **_pool_attrs(op), shape=op.inputs[0].shape),)
+
+
+def _avg_pool_scatter_vjp(b: Builder, op: Op, cts: tuple[Ct, ...], needs: tuple[bool, ...]) -> Sequence[Ct]:
+    return (b.op(P.avg_pool, cts[0], **_pool_attrs(op)),)
+
+
+_define(P.max_pool, _max_pool_vjp, _max_pool_jvp)
+_define(P.max_pool_gather, _max_pool_pair_vjp(P.max_pool_scatter), _second_operand_jvp)
+_define(P.max_pool_scatter, _max_pool_pair_vjp(P.max_pool_gather), _second_operand_jvp)
+_define(P.avg_pool, _avg_pool_vjp, _linear_jvp)
+_define(P.avg_pool_scatter, _avg_pool_scatter_vjp, _linear_jvp)
 
 
 # ---------------------------------------------------------------------------------------

@@ -220,6 +220,9 @@ def _elementwise_rule(
 
 for _prim in P.UNARY_ELEMENTWISE + P.BINARY_ELEMENTWISE + (P.select, P.convert):
     BATCH_RULES[_prim] = _elementwise_rule
+# Random bits: a batched key or counter is one more elementwise operand; the bits of an
+# example depend only on its own key and counters, as in the unbatched function.
+BATCH_RULES[P.threefry2x32] = _elementwise_rule
 
 
 # ---------------------------------------------------------------------------------------
@@ -244,11 +247,12 @@ BATCH_RULES[P.slice] = _with_attrs(
     lambda a, n: {"start": (0,) + a["start"], "limit": (n,) + a["limit"], "stride": (1,) + a["stride"]}
 )
 BATCH_RULES[P.pad] = _with_attrs(lambda a, n: {**a, "lo": (0,) + a["lo"], "hi": (0,) + a["hi"]})
-for _prim in (P.reduce_sum, P.reduce_max, P.reduce_min):
+for _prim in (P.reduce_sum, P.reduce_max, P.reduce_min, P.reduce_prod):
     BATCH_RULES[_prim] = _with_attrs(lambda a, n: {"axes": _shift(a["axes"])})
 BATCH_RULES[P.argmax] = _with_attrs(lambda a, n: {"axis": a["axis"] + 1})
 BATCH_RULES[P.argmin] = _with_attrs(lambda a, n: {"axis": a["axis"] + 1})
 BATCH_RULES[P.cumsum] = _with_attrs(lambda a, n: {**a, "axis": a["axis"] + 1})
+BATCH_RULES[P.cumprod] = _with_attrs(lambda a, n: {**a, "axis": a["axis"] + 1})
 
 
 # ---------------------------------------------------------------------------------------
@@ -318,6 +322,61 @@ def _scatter_add_rule(
 
 BATCH_RULES[P.gather] = _gather_rule
 BATCH_RULES[P.scatter_add] = _scatter_add_rule
+
+
+# ---------------------------------------------------------------------------------------
+# Rules: convolution and pooling. Examples of a conv's lhs alone fold into its batch
+# axis; examples of the kernel become feature groups (each example's kernel reads its
+# own copy of the input channels), which is also how both batched operands go.
+
+
+def _conv_rule(
+    b: Builder, op: Op, args: tuple[Value, ...], batched: tuple[bool, ...], size: int
+) -> Sequence[Batched]:
+    lhs, rhs = args
+    attrs = dict(op.attrs)
+    if not batched[1]:
+        n, *rest = lhs.shape[1:]
+        out = b.op(P.conv, b.reshape(lhs, (size * n, *rest)), rhs, **attrs)
+        return [(b.reshape(out, (size, n) + out.shape[1:]), True)]
+    groups = attrs["groups"]
+    if size == 0:  # no examples: no kernels to turn into groups
+        spatial = {k: attrs[k] for k in ("strides", "lo", "hi", "lhs_dilation", "rhs_dilation")}
+        shape = P.conv_output_shape(lhs.shape[1:] if batched[0] else lhs.shape, rhs.shape[1:], **spatial)
+        return [(b.constant(0, lhs.dtype, (0, *shape)), True)]
+    if not batched[0]:
+        lhs = _broadcast_batch(b, lhs, size)
+    _, n, c, *spatial = lhs.shape
+    _, o, cg, *window = rhs.shape
+    # lhs [B, N, C, *S] -> [N, B*C, *S]; rhs [B, O, Cg, *K] -> [B*O, Cg, *K], B*groups groups.
+    x = b.reshape(_move_axis(b, lhs, 0, 1), (n, size * c, *spatial))
+    w = b.reshape(rhs, (size * o, cg, *window))
+    out = b.op(P.conv, x, w, **{**attrs, "groups": size * groups})
+    out = b.reshape(out, (n, size, o) + out.shape[2:])
+    return [(_move_axis(b, out, 1, 0), True)]
+
+
+def _pool_attrs_batched(a: dict, n: int) -> dict:
+    return {**a, "window": (1,) + a["window"], "strides": (1,) + a["strides"], "lo": (0,) + a["lo"],
+            "hi": (0,) + a["hi"]}
+
+
+def _pool_pair_rule(
+    b: Builder, op: Op, args: tuple[Value, ...], batched: tuple[bool, ...], size: int
+) -> Sequence[Batched]:
+    # The positions depend on the first operand: each example needs both.
+    x, t = _materialize(b, args, batched, size)
+    return [(b.op(op.prim, x, t, **_pool_attrs_batched(dict(op.attrs), size)), True)]
+
+
+BATCH_RULES[P.conv] = _conv_rule
+BATCH_RULES[P.max_pool] = _with_attrs(_pool_attrs_batched)
+BATCH_RULES[P.avg_pool] = _with_attrs(_pool_attrs_batched)
+BATCH_RULES[P.avg_pool_scatter] = _with_attrs(
+    lambda a, n: {**_pool_attrs_batched(a, n), "shape": (n,) + a["shape"]}
+)
+BATCH_RULES[P.max_pool_gather] = _pool_pair_rule
+BATCH_RULES[P.max_pool_scatter] = _pool_pair_rule
 
 # Sources have no operands: they are never batched (the driver keeps them unchanged).
 BATCH_RULES[P.constant] = keep_unbatched

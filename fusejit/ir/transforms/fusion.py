@@ -10,8 +10,8 @@ in registers. ``fuse`` builds the groups in five phases, each a classic XLA fusi
    reduction's input expression);
 2. row fusion (``rows``): a reduction over the innermost axes joins the consumers that
    broadcast its result back over the same rows (softmax, layernorm, cross-entropy);
-3. epilogue fusion (``epilogue``): the elementwise consumers of a matmul run right after
-   the BLAS call;
+3. epilogue fusion (``epilogue``): the elementwise consumers of a matmul (or of a conv,
+   ``P.TAKES_EPILOGUE``) run right after the BLAS call, on the result in registers;
 4. multi-output fusion (``siblings``): sibling kernels with the same iteration space and
    a shared input become one kernel with several outputs;
 5. horizontal fusion (``horizontal``): independent loop kernels run in one call;
@@ -382,10 +382,18 @@ def _edge(part: _Partition, producer: _Group, consumer: _Group) -> tuple[Op, Op]
     return producer.owned[0], consumer.owned[0]
 
 
+def _takes_epilogue(g: _Group) -> bool:
+    """A matmul, or a kernel of its own whose primitive runs an elementwise epilogue
+    (``P.TAKES_EPILOGUE``: conv)."""
+    return g.kind is GroupKind.MATMUL or (g.kind is GroupKind.KERNEL and g.owned[0].prim in P.TAKES_EPILOGUE)
+
+
 def _epilogue_fusion(part: _Partition, groups: list[_Group]) -> None:
-    """Phase 3: a matmul and the loop kernel consuming its result become one kernel."""
-    for m in [g for g in groups if g.kind is GroupKind.MATMUL]:
-        (out,) = m.owned[0].outputs
+    """Phase 3: a matmul (or a conv) and the loop kernel consuming its result become one
+    kernel."""
+    for m in [g for g in groups if _takes_epilogue(g)]:
+        root = m.owned[0]
+        (out,) = root.outputs
         consumers = {id(part.home[id(u)]): part.home[id(u)] for u in part.users.get(out, [])}
         loops = [c for c in consumers.values() if c.kind is GroupKind.LOOP and c.shape == out.shape]
         for c in consumers.values():
@@ -398,9 +406,9 @@ def _epilogue_fusion(part: _Partition, groups: list[_Group]) -> None:
             part.refusals.append(Refusal(*_edge(part, m, c), reason, "epilogue"))
         if len(loops) == 1 and len(m.owned) == 1:
             loop = loops[0]
-            if _try_merge(part, loop, m, GroupKind.MATMUL, groups, "epilogue"):
-                # The matmul runs first; keep it as the group's first owned op.
-                loop.owned.sort(key=lambda op: op.prim is not P.dot_general)
+            if _try_merge(part, loop, m, m.kind, groups, "epilogue"):
+                # The matmul (conv) runs first; keep it as the group's first owned op.
+                loop.owned.sort(key=lambda op: op is not root)
 
 
 def _reduced_axes(g: _Group) -> set[tuple[int, ...] | None]:

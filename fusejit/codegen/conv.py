@@ -1,0 +1,457 @@
+"""Convolution kernels: ``conv`` as direct loops or as im2col plus a GEMM.
+
+Both read the operands from memory and write the ``[N, O, *P]`` result; positions are
+computed in the *dilated* input (``q = p * stride + k * rhs_dilation - lo``), which holds
+an input element where ``q`` is a multiple of ``lhs_dilation`` inside ``[0, dilated
+size)`` and a zero elsewhere (padding, holes).
+
+* **Direct** (``conv_direct``): for each (sample, output channel) plane, each input
+  channel of its group and each window offset, one weight is multiplied into the
+  output plane. The valid output range of every axis is computed from the offset, so the
+  innermost loop runs over contiguous output elements without bounds checks (it
+  vectorizes); planes run on threads when the work is large. Used for contractions
+  (``Cg * prod(K)``) of a few elements and where the target has no BLAS.
+* **im2col + GEMM** (``conv_gemm``): a chunk of samples is unfolded into a scratch
+  matrix ``cols[G, Cg * prod(K), chunk * prod(P)]`` (zeros at padding), one batched GEMM
+  per chunk multiplies the weights ``[G, Og, Cg * prod(K)]`` by it into a scratch
+  result, which is copied into the output's ``[N, O, P]`` order (through the fused
+  epilogue). Chunks keep the scratch within ``GEMM_CHUNK_ELEMENTS`` (it stays in cache,
+  and memory does not grow with the batch). Rows of ``cols`` are filled as zeros, a
+  strided copy, zeros: no bounds check per element.
+
+``DIRECT_MAX_CONTRACTION`` is where the choice flips (measured with
+``bench/bench_conv.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from fusejit.codegen import exprs as ex
+from fusejit.codegen.common import (
+    LOOP_OPS,
+    Arrays,
+    Ctx,
+    LoweredKernel,
+    Strategy,
+    finish,
+    provider_at,
+    reason_of,
+)
+from fusejit.codegen.elemental import Emitter, Index, linearize
+from fusejit.codegen.exprs import ONE, ZERO, BinaryOp, Expr, Lit, binary, maximum, minimum, select
+from fusejit.codegen.kernel import KernelBuilder, Matmul, Unsupported
+from fusejit.codegen.rules import CodegenRule
+from fusejit.ir import primitives as P
+from fusejit.ir.core import Op, Value
+from fusejit.ir.dtypes import DType
+from fusejit.ir.primitives import OpKind
+from fusejit.ir.transforms.fusion import FusionGroup
+
+# Index arithmetic that folds identities (``x * 1``, ``x + 0``, ``x // 1``) and literals,
+# so that generated kernels read like hand-written ones.
+
+
+def _fold(a: Expr, b: Expr, fn: Callable[[int, int], int]) -> Expr | None:
+    return Lit(fn(a.value, b.value)) if isinstance(a, Lit) and isinstance(b, Lit) else None
+
+
+def mul(a: Expr, b: Expr) -> Expr:
+    if ZERO in (a, b):
+        return ZERO
+    return b if a == ONE else a if b == ONE else _fold(a, b, int.__mul__) or ex.mul(a, b)
+
+
+def add(a: Expr, b: Expr) -> Expr:
+    return b if a == ZERO else a if b == ZERO else _fold(a, b, int.__add__) or ex.add(a, b)
+
+
+def sub(a: Expr, b: Expr) -> Expr:
+    return a if b == ZERO else _fold(a, b, int.__sub__) or ex.sub(a, b)
+
+
+def floordiv(a: Expr, b: Expr) -> Expr:
+    return a if b == ONE else _fold(a, b, int.__floordiv__) or ex.floordiv(a, b)
+
+
+def mod(a: Expr, b: Expr) -> Expr:
+    return ZERO if b == ONE else _fold(a, b, int.__mod__) or ex.mod(a, b)
+
+
+@contextmanager
+def _each(b: KernelBuilder, n: Expr, parallel: bool = False) -> Iterator[Expr]:
+    """``for i in range(n)``, or just ``i = 0`` when ``n`` is one."""
+    if n == ONE:
+        yield ZERO
+        return
+    with b.loop(n, parallel=parallel) as i:
+        yield i
+
+
+# The contraction length (input channels per group times window elements) up to which
+# the direct loops beat im2col + GEMM. Measured (``bench/bench_conv.py``, 1 thread, 3x3
+# windows, batch 64, float32): GEMM won at every length tried, from 9 (1 input channel:
+# 0.26 ms vs 0.79 ms for 64x1x8x8 -> 32) to 576 (32 ms vs 224 ms), so direct loops are
+# left to targets without BLAS and to contractions of a few elements.
+DIRECT_MAX_CONTRACTION = 4
+# Output rows at least this long are filled as zeros, a strided copy, zeros; shorter ones
+# (small images) through a table of input offsets, in one loop per sample.
+FILL_ROW_MIN = 16
+# The im2col scratch of one chunk of samples holds at most this many elements.
+GEMM_CHUNK_ELEMENTS = 1 << 19
+
+
+def _conv_structure(group: FusionGroup) -> Op:
+    """The one conv of a conv kernel, which reads its operands from memory, checked with
+    its epilogue: elementwise ops on the result (and layout/source ops feeding them)."""
+    convs = [op for op in group.ops if op.prim is P.conv]
+    if len(convs) != 1:
+        raise Unsupported("a conv kernel holds one conv and its elementwise epilogue")
+    (op,) = convs
+    if any(v not in group.inputs for v in op.inputs):
+        raise Unsupported("a conv kernel reads its operands from memory")
+    dependent = {op.output}
+    for other in group.ops:
+        if other is op:
+            continue
+        if other.prim.kind not in LOOP_OPS:
+            raise Unsupported(f"{other.prim.name} cannot be fused into a conv epilogue")
+        if any(v in dependent for v in other.inputs):
+            if other.prim.kind is not OpKind.ELEMENTWISE:
+                raise Unsupported("a conv epilogue reads the conv's result elementwise only")
+            dependent.update(other.outputs)
+    if any(v.shape != op.output.shape for v in group.outputs):
+        raise Unsupported("the outputs of a conv kernel have the conv's shape")
+    return op
+
+
+def conv_support(group: FusionGroup) -> str | None:
+    return reason_of(lambda: _conv_structure(group))
+
+
+def uses_gemm(op: Op, blas: bool) -> bool:
+    """Whether ``op`` is lowered as im2col + GEMM (else as direct loops)."""
+    lhs, rhs = op.inputs
+    contraction = math.prod(rhs.shape[1:])
+    return blas and lhs.dtype.is_float and contraction > DIRECT_MAX_CONTRACTION and op.output.type.size > 0
+
+
+class _Shapes:
+    """The conv's sizes as kernel expressions (int parameters, ``ONE`` for unit sizes)."""
+
+    def __init__(self, b: KernelBuilder, op: Op) -> None:
+        lhs, rhs = op.inputs
+        a = op.attrs
+        self.b = b
+        self.nsp = lhs.type.ndim - 2
+        self.groups = a["groups"]
+        self.strides = a["strides"]
+        self.lo = a["lo"]
+        self.ldil = a["lhs_dilation"]
+        self.rdil = a["rhs_dilation"]
+        self.window = rhs.shape[2:]
+        n, c, *spatial = lhs.shape
+        o, cg = rhs.shape[:2]
+        self.N, self.C, self.O, self.Cg = (self.size(k, v) for k, v in (("N", n), ("C", c), ("O", o), ("Cg", cg)))
+        self.Og = self.size("Og", o // self.groups)
+        self.S = tuple(self.size(("S", i), v) for i, v in enumerate(spatial))
+        self.Sd = tuple(self.size(("Sd", i), P.dilated_size(v, self.ldil[i])) for i, v in enumerate(spatial))
+        self.P = tuple(self.size(("P", i), v) for i, v in enumerate(op.output.shape[2:]))
+        self.K = tuple(self.size(("K", i), v) for i, v in enumerate(self.window))
+        self.SS = self.size("SS", math.prod(spatial))
+        self.PP = self.size("PP", math.prod(op.output.shape[2:]))
+        self.KK = self.size("KK", math.prod(self.window))
+
+    def size(self, key: object, n: int) -> Expr:
+        return ONE if n == 1 else self.b.int_param(("conv", key), n)
+
+    def dilated_position(self, i: int, p: Expr, k: Expr) -> Expr:
+        """``p * stride + k * rhs_dilation - lo`` along spatial axis ``i``."""
+        b = self.b
+        q = b.let(mul(p, Lit(self.strides[i]))) if self.strides[i] != 1 else p
+        if k != ZERO:
+            q = b.let(add(q, b.let(mul(k, Lit(self.rdil[i]))) if self.rdil[i] != 1 else k))
+        return b.let(sub(q, Lit(self.lo[i]))) if self.lo[i] != 0 else q
+
+    def input_element(self, i: int, q: Expr, clamp: bool = True) -> tuple[Expr, Expr]:
+        """The input index along axis ``i`` at dilated position ``q`` (clamped into range
+        unless ``q`` is known to be inside) and the condition that an element (not padding
+        or a hole) is there."""
+        b = self.b
+        inside = b.let(binary(BinaryOp.AND, binary(BinaryOp.GE, q, ZERO), binary(BinaryOp.LT, q, self.Sd[i])))
+        d = self.ldil[i]
+        if d != 1:
+            inside = b.let(binary(BinaryOp.AND, inside, binary(BinaryOp.EQ, mod(q, Lit(d)), ZERO)))
+            q = b.let(floordiv(q, Lit(d)))
+        if not clamp:
+            return q, inside
+        last = sub(self.S[i], ONE)
+        return b.let(minimum(maximum(q, ZERO), last)) if self.S[i] != ONE else ZERO, inside
+
+
+def lower_conv(ctx: Ctx) -> LoweredKernel:
+    op = _conv_structure(ctx.group)
+    b = KernelBuilder()
+    arrays = ctx.arrays(b)
+    epi = _Epilogue(ctx, b, arrays, op)
+    lower = _lower_gemm if uses_gemm(op, ctx.target.blas) else _lower_direct
+    stem = lower(ctx, op, b, arrays, epi, _Shapes(b, op))
+    return finish(ctx, b, arrays, epi.em, stem, op.output.dtype, op.output.shape)
+
+
+def loop_nest(b: KernelBuilder, sizes: tuple[Expr, ...], body: Callable[[tuple[Expr, ...]], None],
+              starts: tuple[Expr, ...] | None = None, parallel: bool = False) -> None:
+    """``body(indices)`` inside loops over ``sizes`` (from ``starts``); unit sizes from 0
+    get no loop; ``parallel``: the outermost loop may run on threads."""
+    dims: list[Expr] = []
+
+    def level(k: int) -> None:
+        if k == len(sizes):
+            body(tuple(dims))
+            return
+        start = ZERO if starts is None else starts[k]
+        if sizes[k] == ONE and start == ZERO:
+            dims.append(ZERO)
+            level(k + 1)
+            dims.pop()
+            return
+        with b.loop(sizes[k], start=start, parallel=parallel and not dims) as i:
+            dims.append(i)
+            level(k + 1)
+            dims.pop()
+
+    level(0)
+
+
+class _Epilogue:
+    """Writes the group's outputs at one element of the conv's result: the result itself,
+    or the elementwise ops fused after it (bias, activation), read from registers."""
+
+    def __init__(self, ctx: Ctx, b: KernelBuilder, arrays: Arrays, op: Op) -> None:
+        group = ctx.group
+        self.b, self.d = b, op.output
+        inputs = {v: arrays.value(v, "in") for v in group.inputs}
+        self.outs: dict[Value, str] = {v: arrays.value(v, "out") for v in group.outputs}
+        self.em: Emitter = arrays.emitter(ctx.ops, inputs)
+        self.inputs = inputs
+        self.shape = self.em.shape_of(self.d)
+        self.plain = group.outputs == (self.d,)  # no epilogue: the result is the output
+
+    def accumulator(self, arrays: Arrays) -> str:
+        """An array of the result's size to accumulate in: the result's own output, else
+        another output of its dtype (each element is read before it is overwritten), else
+        scratch."""
+        if self.d in self.outs:
+            return self.outs[self.d]
+        same = [v for v in self.outs if v.dtype == self.d.dtype]
+        return self.outs[same[0]] if same else arrays.scratch(self.d.dtype, self.d.type.size)
+
+    def store(self, dims: tuple[Expr, ...], flat: Expr, value: Expr) -> None:
+        if self.plain:
+            self.b.store(self.outs[self.d], flat, value)
+            return
+        self.em.provided[self.d] = provider_at(self.em, value, flat, "conv")
+        idx = Index(self.shape, dims, flat)
+        values = [(v, self.em.at(v, idx)) for v in self.outs]  # every read before any write
+        for v, e in values:
+            self.b.store(self.outs[v], flat, e)
+
+
+def _lower_direct(ctx: Ctx, op: Op, b: KernelBuilder, arrays: Arrays, epi: _Epilogue, s: _Shapes) -> str:
+    lhs, rhs = op.inputs
+    out = op.output
+    xa, wa = epi.inputs[lhs], epi.inputs[rhs]
+    oa = epi.accumulator(arrays)
+    dt = out.dtype
+    zero = b.const(0, dt)
+    planes = math.prod(out.shape[:2])
+    work = out.type.size * math.prod(rhs.shape[1:])
+    parallel = work >= ctx.threshold and planes > 1
+    n_planes = s.size("planes", planes)
+
+    with _each(b, n_planes, parallel=parallel) as plane:
+        n = b.let(floordiv(plane, s.O)) if s.O != ONE else plane
+        o = b.let(mod(plane, s.O)) if s.O != ONE else ZERO
+        g = b.let(floordiv(o, s.Og)) if s.groups > 1 else ZERO
+        out_base = b.let(mul(plane, s.PP)) if s.PP != ONE else plane
+        with _each(b, s.PP) as p:
+            b.store(oa, b.let(add(out_base, p)), zero)
+        with _each(b, s.Cg) as c:
+            ci = b.let(add(b.let(mul(g, s.Cg)), c)) if s.groups > 1 else c
+            x_base = b.let(mul(b.let(add(b.let(mul(n, s.C)), ci)), s.SS))
+            w_base = b.let(mul(b.let(add(b.let(mul(o, s.Cg)), c)), s.KK))
+
+            def offset(k: tuple[Expr, ...]) -> None:
+                wv = b.load(wa, b.let(add(w_base, linearize(b, k, s.K))))
+                # Output positions whose dilated input position is inside the input.
+                starts, stops = [], []
+                for i in range(s.nsp):
+                    base = s.dilated_position(i, ZERO, k[i])  # position of output 0
+                    st = Lit(s.strides[i])
+                    # first p with base + p*st >= 0; last with base + p*st <= Sd - 1
+                    first = b.let(maximum(ZERO, sub(ZERO, floordiv(base, st))))
+                    stop = b.let(minimum(s.P[i], add(floordiv(sub(sub(s.Sd[i], ONE), base), st), ONE)))
+                    starts.append(first)
+                    stops.append(stop)
+
+                def point(p: tuple[Expr, ...]) -> None:
+                    at = b.let(add(out_base, linearize(b, p, s.P)))
+                    inside: Expr | None = None
+                    idx = []
+                    for i in range(s.nsp):
+                        q = s.dilated_position(i, p[i], k[i])
+                        if s.ldil[i] == 1:
+                            idx.append(q)
+                            continue
+                        j, ok = s.input_element(i, q, clamp=False)
+                        idx.append(j)
+                        inside = ok if inside is None else b.let(binary(BinaryOp.AND, inside, ok))
+                    xv = b.load(xa, b.let(add(x_base, linearize(b, tuple(idx), s.S))))
+                    if inside is not None:
+                        xv = b.let(select(inside, xv, zero))
+                    cur = b.load(oa, at)
+                    b.store(oa, at, b.let(add(cur, b.let(mul(xv, wv)))))
+
+                loop_nest(b, tuple(stops), point, tuple(starts))
+
+            loop_nest(b, s.K, offset)
+        if not (epi.plain and oa == epi.outs[out]):
+
+            def finish_point(p: tuple[Expr, ...]) -> None:
+                at = b.let(add(out_base, linearize(b, p, s.P)))
+                epi.store((n, o, *p), at, b.load(oa, at))
+
+            loop_nest(b, s.P, finish_point)
+    return "conv_direct"
+
+
+def _lower_gemm(ctx: Ctx, op: Op, b: KernelBuilder, arrays: Arrays, epi: _Epilogue, s: _Shapes) -> str:
+    lhs, rhs = op.inputs
+    out = op.output
+    xa, wa = epi.inputs[lhs], epi.inputs[rhs]
+    dt = out.dtype
+    zero = b.const(0, dt)
+    n_total, c_total = lhs.shape[:2]
+    o_total = rhs.shape[0]
+    per_sample_cols = math.prod(rhs.shape[1:]) * s.groups * math.prod(out.shape[2:])
+    chunk = max(1, min(n_total, GEMM_CHUNK_ELEMENTS // max(per_sample_cols, 1)))
+    chunks = -(-n_total // chunk)
+    width = chunk * math.prod(out.shape[2:])  # columns of one chunk's matrices
+    cols = arrays.scratch(dt, c_total * math.prod(rhs.shape[2:]) * width)
+    res = arrays.scratch(dt, o_total * width)
+    nb = s.size("chunk", chunk)
+    ncol = s.size("width", width)
+    contraction = s.size("contraction", math.prod(rhs.shape[1:]))
+
+    # Short rows (small images) or dilated inputs: the offset of each (window offset,
+    # output position) in an input plane, -1 for padding and holes, computed once.
+    table = None
+    if out.shape[-1] < FILL_ROW_MIN or any(d != 1 for d in s.ldil):
+        table = arrays.scratch(DType.i64, math.prod(rhs.shape[2:]) * math.prod(out.shape[2:]))
+        _offset_table(b, s, table)
+    with _each(b, s.size("chunks", chunks)) as j:
+        n0 = b.let(mul(j, nb)) if nb != ONE else j
+        count = b.let(minimum(nb, sub(s.N, n0))) if nb != ONE else ONE
+        # cols[(ci, k), i * PP + p] = x[n0 + i, ci, position(p, k)] or 0
+        with _each(b, s.C) as ci:
+
+            def offset(k: tuple[Expr, ...]) -> None:
+                row = b.let(add(b.let(mul(ci, s.KK)), linearize(b, k, s.K)))
+                row_base = b.let(mul(row, ncol))
+
+                def sample(i: Expr) -> None:
+                    x_base = b.let(mul(b.let(add(b.let(mul(b.let(add(n0, i)), s.C)), ci)), s.SS))
+                    col_base = b.let(add(row_base, b.let(mul(i, s.PP)))) if s.PP != ONE else b.let(add(row_base, i))
+
+                    if table is None:
+                        loop_nest(b, s.P[:-1], lambda outer: _fill_row(b, s, xa, cols, x_base, col_base, outer, k,
+                                                                    zero))
+                        return
+                    # one long loop over the sample's positions, through the offset table
+                    k_base = b.let(mul(linearize(b, k, s.K), s.PP))
+                    with _each(b, s.PP) as p:
+                        j = b.load(table, b.let(add(k_base, p)))
+                        xv = b.load(xa, b.let(add(x_base, maximum(j, ZERO))))
+                        b.store(cols, b.let(add(col_base, p)), b.let(select(binary(BinaryOp.GE, j, ZERO), xv, zero)))
+
+                if count == ONE:
+                    sample(ZERO)
+                else:
+                    with _each(b, count) as i:
+                        sample(i)
+
+            loop_nest(b, s.K, offset)
+        # res[g, og, i * PP + p] = w[g, og, :] @ cols[g, :, i * PP + p]
+        b.emit(Matmul(wa, cols, res, Lit(s.groups), s.Og, contraction, ncol, False, False))
+        # out[n0 + i, o, p] = epilogue(res[o, i * PP + p])
+        with _each(b, count) as i:
+            n = b.let(add(n0, i))
+            with _each(b, s.O) as o:
+                src = b.let(add(b.let(mul(o, ncol)), b.let(mul(i, s.PP)) if s.PP != ONE else i))
+                dst = b.let(mul(b.let(add(b.let(mul(n, s.O)), o)), s.PP))
+
+                def copy(p: tuple[Expr, ...]) -> None:
+                    at = linearize(b, p, s.P)
+                    epi.store((n, o, *p), b.let(add(dst, at)), b.load(res, b.let(add(src, at))))
+
+                loop_nest(b, s.P, copy)
+    return "conv_gemm"
+
+
+def _offset_table(b: KernelBuilder, s: _Shapes, table: str) -> None:
+    """``table[k, p]``: where output position ``p`` reads an input plane at window offset
+    ``k`` (a linear index), or -1 where it reads padding or a hole."""
+
+    def offset(k: tuple[Expr, ...]) -> None:
+        k_base = b.let(mul(linearize(b, k, s.K), s.PP))
+
+        def point(p: tuple[Expr, ...]) -> None:
+            inside: Expr | None = None
+            idx = []
+            for d in range(s.nsp):
+                jd, ok = s.input_element(d, s.dilated_position(d, p[d], k[d]))
+                idx.append(jd)
+                inside = ok if inside is None else b.let(binary(BinaryOp.AND, inside, ok))
+            at = linearize(b, tuple(idx), s.S)
+            b.store(table, b.let(add(k_base, linearize(b, p, s.P))), b.let(select(inside, at, Lit(-1))))
+
+        loop_nest(b, s.P, point)
+
+    loop_nest(b, s.K, offset)
+
+
+def _fill_row(b: KernelBuilder, s: _Shapes, xa: str, cols: str, x_base: Expr, col_base: Expr,
+              outer: tuple[Expr, ...], k: tuple[Expr, ...], zero: Expr) -> None:
+    """One row of the im2col matrix along the last spatial axis (no lhs dilation): zeros
+    before and after the range of output positions that read the input, and in between a
+    strided copy whose index is affine in the loop variable (it vectorizes)."""
+    last = s.nsp - 1
+    inside: Expr | None = None
+    idx = []
+    for d in range(last):
+        q = s.dilated_position(d, outer[d], k[d])
+        ok = b.let(binary(BinaryOp.AND, binary(BinaryOp.GE, q, ZERO), binary(BinaryOp.LT, q, s.S[d])))
+        inside = ok if inside is None else b.let(binary(BinaryOp.AND, inside, ok))
+        idx.append(q)
+    base = s.dilated_position(last, ZERO, k[last])
+    st = Lit(s.strides[last])
+    width = s.P[last]
+    first = b.let(minimum(maximum(ZERO, sub(ZERO, floordiv(base, st))), width))
+    stop = b.let(maximum(first, minimum(width, add(floordiv(sub(sub(s.S[last], ONE), base), st), ONE))))
+    if inside is not None:
+        first = b.let(select(inside, first, width))
+        stop = b.let(select(inside, stop, width))
+    row_out = b.let(add(col_base, mul(linearize(b, outer, s.P[:-1]), width)))
+    row_in = b.let(add(x_base, mul(linearize(b, tuple(idx), s.S[:-1]), s.S[last])))
+    with b.loop(first) as p:
+        b.store(cols, b.let(add(row_out, p)), zero)
+    with b.loop(stop, start=first) as p:
+        q = b.let(add(mul(p, st), base))
+        b.store(cols, b.let(add(row_out, p)), b.load(xa, b.let(add(row_in, q))))
+    with b.loop(width, start=stop) as p:
+        b.store(cols, b.let(add(row_out, p)), zero)
+
+
+KERNEL_RULES = {P.conv: CodegenRule("kernel", kernel=Strategy(conv_support, lower_conv))}

@@ -1,0 +1,244 @@
+"""Pooling kernels: ``max_pool``, ``avg_pool`` and their derivatives, as loop nests.
+
+A pool is a reduce-window over every axis. Forward kernels (``max_pool``, ``avg_pool``,
+``max_pool_gather``) loop over the output and, inside, over the window's offsets (axes
+with a window of one have no loop); a position outside the operand (padding) reads the
+fill: -inf for max, 0 for the average, and is never chosen. ``max_pool_gather`` and
+``max_pool_scatter`` choose the first largest element of each window in row-major window
+order (a NaN counts as largest, as for ``np.argmax``): ``gather`` reads the tangent there,
+``scatter`` zeroes its output and adds each window's cotangent there. ``avg_pool_scatter``
+is written in gather form: each element sums the cotangents of the windows that contain
+it (a range per axis), so no two iterations write the same element.
+
+The outermost loop runs on threads when the work is large; for ``max_pool_scatter``
+only when that axis is not pooled (window 1, stride 1, no padding), so that no two
+threads add into the same element.
+"""
+
+from __future__ import annotations
+
+import math
+
+from fusejit.codegen.common import Ctx, LoweredKernel, Strategy, finish, reason_of
+from fusejit.codegen.conv import loop_nest
+from fusejit.codegen.elemental import linearize
+from fusejit.codegen.exprs import (
+    ONE,
+    ZERO,
+    BinaryOp,
+    Expr,
+    Lit,
+    MathCall,
+    add,
+    binary,
+    floordiv,
+    maximum,
+    minimum,
+    mul,
+    select,
+    sub,
+)
+from fusejit.codegen.kernel import KernelBuilder, Unsupported
+from fusejit.codegen.rules import CodegenRule
+from fusejit.ir import primitives as P
+from fusejit.ir.core import Op
+from fusejit.ir.transforms.fusion import FusionGroup
+
+POOL_PRIMITIVES = (P.max_pool, P.avg_pool, P.max_pool_gather, P.max_pool_scatter, P.avg_pool_scatter)
+
+
+def _pool_structure(group: FusionGroup) -> Op:
+    """The one pooling op of a pool kernel, which reads its operands from memory."""
+    if len(group.ops) != 1 or group.ops[0].prim not in POOL_PRIMITIVES:
+        raise Unsupported("a pool kernel holds one pooling op")
+    (op,) = group.ops
+    if any(v not in group.inputs for v in op.inputs) or group.outputs != (op.output,):
+        raise Unsupported("a pool kernel reads its operands from memory and writes its result")
+    return op
+
+
+def pool_support(group: FusionGroup) -> str | None:
+    return reason_of(lambda: _pool_structure(group))
+
+
+class _Window:
+    """Sizes and attributes of one pooling op as kernel expressions."""
+
+    def __init__(self, b: KernelBuilder, op: Op) -> None:
+        self.b = b
+        a = op.attrs
+        self.window, self.strides, self.lo = a["window"], a["strides"], a["lo"]
+        in_shape = a["shape"] if op.prim is P.avg_pool_scatter else op.inputs[0].shape
+        out_shape = P.pool_output_shape(in_shape, a["window"], a["strides"], a["lo"], a["hi"])
+        self.in_shape, self.out_shape = in_shape, out_shape
+        self.X = tuple(self.size(("X", i), n) for i, n in enumerate(in_shape))
+        self.Y = tuple(self.size(("Y", i), n) for i, n in enumerate(out_shape))
+
+    def size(self, key: object, n: int) -> Expr:
+        return ONE if n == 1 else self.b.int_param(("pool", key), n)
+
+    def position(self, i: int, y: Expr, k: Expr) -> Expr:
+        """The operand index ``y * stride + k - lo`` along axis ``i``."""
+        b = self.b
+        q = b.let(mul(y, Lit(self.strides[i]))) if self.strides[i] != 1 else y
+        if k != ZERO:
+            q = b.let(add(q, k))
+        return b.let(sub(q, Lit(self.lo[i]))) if self.lo[i] != 0 else q
+
+    def padded(self, i: int) -> bool:
+        """Whether axis ``i`` can reach outside the operand."""
+        return self.window[i] > 1 or self.lo[i] != 0 or self.strides[i] != 1 or self.out_shape[i] != self.in_shape[i]
+
+
+def _scan_window(b: KernelBuilder, w: _Window, y: tuple[Expr, ...], visit) -> None:
+    """Calls ``visit(flat, inside)`` for each offset of the window at output ``y``:
+    ``flat`` the operand's linear index (clamped into range), ``inside`` whether it is in
+    the operand (None: always)."""
+    offsets = tuple(Lit(k) if k > 1 else ONE for k in w.window)
+
+    def at(k: tuple[Expr, ...]) -> None:
+        inside: Expr | None = None
+        idx = []
+        for i in range(len(w.X)):
+            q = w.position(i, y[i], k[i])
+            if not w.padded(i):
+                idx.append(q)
+                continue
+            ok = b.let(binary(BinaryOp.AND, binary(BinaryOp.GE, q, ZERO), binary(BinaryOp.LT, q, w.X[i])))
+            inside = ok if inside is None else b.let(binary(BinaryOp.AND, inside, ok))
+            idx.append(b.let(minimum(maximum(q, ZERO), sub(w.X[i], ONE))) if w.X[i] != ONE else ZERO)
+        visit(linearize(b, tuple(idx), w.X), inside)
+
+    loop_nest(b, offsets, at)
+
+
+def _first_largest(b: KernelBuilder, w: _Window, xa: str, y: tuple[Expr, ...], dt) -> tuple[Expr, Expr]:
+    """(the flat position of the window's first largest element, -1 if none; its value)."""
+    best = b.define(b.const(-math.inf, dt))
+    where = b.define(Lit(-1))
+
+    def visit(flat: Expr, inside: Expr | None) -> None:
+        v = b.load(xa, flat)
+        nan = binary(BinaryOp.AND, binary(BinaryOp.NE, v, v), binary(BinaryOp.EQ, best, best))
+        better = binary(BinaryOp.OR, binary(BinaryOp.OR, binary(BinaryOp.LT, where, ZERO),
+                                             binary(BinaryOp.GT, v, best)), nan)
+        if inside is not None:
+            better = binary(BinaryOp.AND, inside, better)
+        take = b.let(better)
+        b.assign(best, select(take, v, best))
+        b.assign(where, select(take, flat, where))
+
+    _scan_window(b, w, y, visit)
+    return where, best
+
+
+def lower_pool(ctx: Ctx) -> LoweredKernel:
+    op = _pool_structure(ctx.group)
+    if op.prim is P.avg_pool_scatter:
+        return _lower_avg_scatter(ctx, op)
+    if op.prim is P.max_pool_scatter:
+        return _lower_max_scatter(ctx, op)
+    b = KernelBuilder()
+    arrays = ctx.arrays(b)
+    xa = arrays.value(op.inputs[0], "in")
+    ta = arrays.value(op.inputs[1], "in") if op.prim is P.max_pool_gather else None
+    oa = arrays.value(op.output, "out")
+    w = _Window(b, op)
+    dt = op.output.dtype
+    parallel = op.output.type.size * math.prod(w.window) >= ctx.threshold
+    fill = -math.inf if op.prim is P.max_pool else 0
+
+    def element(y: tuple[Expr, ...]) -> None:
+        at = linearize(b, y, w.Y)
+        if op.prim is P.max_pool_gather:
+            where, _ = _first_largest(b, w, xa, y, dt)
+            found = b.let(binary(BinaryOp.GE, where, ZERO))
+            tv = b.load(ta, b.let(maximum(where, ZERO)))
+            b.store(oa, at, b.let(select(found, tv, b.const(0, dt))))
+            return
+        acc = b.define(b.const(fill, dt))
+
+        def visit(flat: Expr, inside: Expr | None) -> None:
+            v = b.load(xa, flat)
+            if inside is not None:
+                v = b.let(select(inside, v, b.const(fill, dt)))
+            if op.prim is P.max_pool:
+                b.assign(acc, MathCall("maximum", (acc, v), dt))
+            else:
+                b.assign(acc, binary(BinaryOp.ADD, acc, v))
+
+        _scan_window(b, w, y, visit)
+        if op.prim is P.avg_pool:
+            b.store(oa, at, b.let(binary(BinaryOp.DIV, acc, b.const(math.prod(w.window), dt))))
+        else:
+            b.store(oa, at, acc)
+
+    loop_nest(b, w.Y, element, parallel=parallel)
+    return finish(ctx, b, arrays, None, op.prim.name, dt, op.output.shape)
+
+
+def _lower_max_scatter(ctx: Ctx, op: Op) -> LoweredKernel:
+    x, g = op.inputs
+    b = KernelBuilder()
+    arrays = ctx.arrays(b)
+    xa, ga, oa = arrays.value(x, "in"), arrays.value(g, "in"), arrays.value(op.output, "out")
+    w = _Window(b, op)
+    dt = op.output.dtype
+    zero = b.const(0, dt)
+    with b.loop(w.size("total", x.type.size)) as f:
+        b.store(oa, f, zero)
+    first_free = bool(w.X) and not w.padded(0) and w.Y[0] != ONE
+    parallel = first_free and g.type.size * math.prod(w.window) >= ctx.threshold
+
+    def element(y: tuple[Expr, ...]) -> None:
+        where, _ = _first_largest(b, w, xa, y, dt)
+        found = b.let(binary(BinaryOp.GE, where, ZERO))
+        # A window with no element adds 0 at its first clamped position (in its own slice
+        # along the first axis: never another thread's).
+        home = tuple(b.let(minimum(maximum(w.position(i, y[i], ZERO), ZERO), sub(w.X[i], ONE)))
+                     if w.X[i] != ONE else ZERO for i in range(len(w.X)))
+        target = b.let(select(found, where, linearize(b, home, w.X)))
+        gv = b.load(ga, linearize(b, y, w.Y))
+        cur = b.load(oa, target)
+        b.store(oa, target, b.let(binary(BinaryOp.ADD, cur, b.let(select(found, gv, zero)))))
+
+    loop_nest(b, w.Y, element, parallel=parallel)
+    return finish(ctx, b, arrays, None, "max_pool_scatter", dt, x.shape)
+
+
+def _lower_avg_scatter(ctx: Ctx, op: Op) -> LoweredKernel:
+    (g,) = op.inputs
+    out = op.output
+    b = KernelBuilder()
+    arrays = ctx.arrays(b)
+    ga, oa = arrays.value(g, "in"), arrays.value(out, "out")
+    w = _Window(b, op)
+    dt = out.dtype
+    parallel = out.type.size * math.prod(w.window) >= ctx.threshold
+
+    def element(h: tuple[Expr, ...]) -> None:
+        acc = b.define(b.const(0, dt))
+        starts, stops = [], []
+        for i in range(len(w.X)):
+            if not w.padded(i):
+                starts.append(h[i])
+                stops.append(b.let(add(h[i], ONE)))
+                continue
+            # windows y with y * s - lo <= h < y * s - lo + k
+            top = b.let(add(h[i], Lit(w.lo[i])))
+            st = Lit(w.strides[i])
+            starts.append(b.let(maximum(ZERO, sub(ZERO, floordiv(sub(Lit(w.window[i] - 1), top), st)))))
+            stops.append(b.let(minimum(w.Y[i], add(floordiv(top, st), ONE))))
+
+        def visit(y: tuple[Expr, ...]) -> None:
+            b.assign(acc, binary(BinaryOp.ADD, acc, b.load(ga, linearize(b, y, w.Y))))
+
+        loop_nest(b, tuple(stops), visit, starts=tuple(starts))
+        scale = b.const(math.prod(w.window), dt)
+        b.store(oa, linearize(b, h, w.X), b.let(binary(BinaryOp.DIV, acc, scale)))
+
+    loop_nest(b, w.X, element, parallel=parallel)
+    return finish(ctx, b, arrays, None, "avg_pool_scatter", dt, out.shape)
+
+
+KERNEL_RULES = {p: CodegenRule("kernel", kernel=Strategy(pool_support, lower_pool)) for p in POOL_PRIMITIVES}

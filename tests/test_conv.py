@@ -1,0 +1,249 @@
+"""Convolution and pooling: compiled kernels against a direct NumPy reference, gradients
+against finite differences, fused == unfused == eager on CNN chains, batching, and the
+kernel structure (counts and strategies, never timings)."""
+
+from __future__ import annotations
+
+import conv_reference
+import numpy as np
+import pytest
+
+import fusejit as fj
+import fusejit.numpy as fnp
+from fusejit import nn
+from fusejit.codegen import conv as conv_codegen
+from fusejit.ir import primitives as P
+from fusejit.tracer.tracing import bind
+
+RNG = np.random.default_rng(11)
+
+# (label, lhs shape, rhs shape, strides, lo, hi, lhs_dilation, rhs_dilation, groups)
+CONVS = [
+    ("1-d plain", (2, 3, 9), (4, 3, 3), (1,), (0,), (0,), (1,), (1,), 1),
+    ("1-d stride 2, padded", (1, 2, 10), (3, 2, 4), (2,), (2,), (1,), (1,), (1,), 1),
+    ("1-d rhs dilation, batch 1", (1, 4, 11), (2, 4, 3), (1,), (1,), (3,), (1,), (2,), 1),
+    ("1-d lhs dilation, cropped", (2, 2, 5), (2, 2, 2), (1,), (-1,), (1,), (3,), (1,), 1),
+    ("2-d same padding, odd sizes", (2, 3, 7, 5), (4, 3, 3, 3), (1, 1), (1, 1), (1, 1), (1, 1), (1, 1), 1),
+    ("2-d strides, asymmetric padding", (1, 2, 9, 8), (3, 2, 3, 2), (2, 3), (0, 2), (1, 0), (1, 1), (1, 1), 1),
+    ("2-d groups", (2, 4, 6, 6), (6, 2, 3, 3), (1, 1), (1, 1), (1, 1), (1, 1), (1, 1), 2),
+    ("2-d depthwise, dilated", (1, 3, 7, 7), (3, 1, 3, 3), (1, 1), (2, 2), (2, 2), (1, 1), (2, 2), 3),
+    ("2-d all at once", (2, 4, 5, 6), (4, 2, 2, 3), (2, 1), (1, 0), (2, 1), (2, 1), (1, 2), 2),
+    ("2-d many channels (im2col)", (2, 8, 6, 5), (16, 8, 3, 3), (1, 1), (1, 1), (1, 1), (1, 1), (1, 1), 1),
+    ("2-d many channels, strided, groups", (1, 12, 7, 7), (8, 6, 3, 3), (2, 2), (1, 1), (0, 0), (1, 1), (1, 1), 2),
+]
+
+
+def _attrs(case):
+    _, _, _, s, lo, hi, ld, rd, g = case
+    return {"strides": s, "lo": lo, "hi": hi, "lhs_dilation": ld, "rhs_dilation": rd, "groups": g}
+
+
+def _conv(attrs):
+    return lambda x, w: bind(P.conv, x, w, **attrs)
+
+
+@pytest.fixture(params=["direct", "gemm"])
+def strategy(request, monkeypatch):
+    """Each conv kernel strategy in turn (the choice is read when a kernel is lowered)."""
+    monkeypatch.setattr(conv_codegen, "DIRECT_MAX_CONTRACTION", 10**9 if request.param == "direct" else 0)
+    return request.param
+
+
+@pytest.mark.parametrize("case", CONVS, ids=[c[0] for c in CONVS])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compiled_conv_matches_a_direct_loop(case, dtype, strategy):
+    x = RNG.standard_normal(case[1]).astype(dtype)
+    w = RNG.standard_normal(case[2]).astype(dtype)
+    attrs = _attrs(case)
+    expected = conv_reference.conv(x, w, **attrs)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for fuse in (True, False):
+        compiled = fj.jit(_conv(attrs), fuse=fuse).lower(x, w).compile()
+        assert [k.name.split("_f")[0] for k in compiled.kernels] == [f"conv_{strategy}"]
+        out = compiled(x, w)
+        assert out.dtype == dtype and out.shape == expected.shape
+        np.testing.assert_allclose(out, expected, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("case", CONVS, ids=[c[0] for c in CONVS])
+def test_conv_gradients_match_finite_differences(case):
+    x = RNG.standard_normal(case[1])
+    w = RNG.standard_normal(case[2])
+    attrs = _attrs(case)
+    weights = RNG.standard_normal(conv_reference.conv(x, w, **attrs).shape)
+
+    def loss(x, w):
+        return fnp.sum(bind(P.conv, x, w, **attrs) * weights)
+
+    assert fj.gradcheck(loss, (x, w))
+    compiled = fj.jit(fj.grad(loss, argnums=(0, 1)))(x, w)
+    eager = fj.grad(loss, argnums=(0, 1))(x, w)
+    for c, e in zip(compiled, eager, strict=True):
+        np.testing.assert_allclose(c, e, rtol=1e-10, atol=1e-10)
+
+
+def test_default_strategy_is_gemm_except_for_tiny_contractions():
+    x, w1 = np.ones((2, 1, 6, 6), np.float32), np.ones((4, 1, 2, 2), np.float32)
+    w9 = np.ones((4, 1, 3, 3), np.float32)
+    conv = fj.jit(lambda x, w: nn.conv2d(x, w))
+    assert conv.lower(x, w1).compile().kernels[0].name.startswith("conv_direct")  # 4 products per output
+    assert conv.lower(x, w9).compile().kernels[0].name.startswith("conv_gemm")  # 9: GEMM measured faster
+
+
+@pytest.mark.parametrize("case", CONVS[:6], ids=[c[0] for c in CONVS[:6]])
+def test_conv_jvp_is_the_sum_of_two_convs(case):
+    x, w = RNG.standard_normal(case[1]), RNG.standard_normal(case[2])
+    tx, tw = RNG.standard_normal(case[1]), RNG.standard_normal(case[2])
+    attrs = _attrs(case)
+    _, tangent = fj.jvp(_conv(attrs), (x, w), (tx, tw))
+    eps = 1e-6
+    numeric = (conv_reference.conv(x + eps * tx, w + eps * tw, **attrs)
+               - conv_reference.conv(x - eps * tx, w - eps * tw, **attrs)) / (2 * eps)
+    np.testing.assert_allclose(tangent, numeric, rtol=1e-6, atol=1e-6)
+
+
+# (label, shape, window, strides, lo, hi)
+POOLS = [
+    ("2x2 tiles", (2, 3, 6, 4), (1, 1, 2, 2), (1, 1, 2, 2), (0, 0, 0, 0), (0, 0, 0, 0)),
+    ("3x3 stride 2 padded, odd", (1, 2, 7, 5), (1, 1, 3, 3), (1, 1, 2, 2), (0, 0, 1, 1), (0, 0, 1, 1)),
+    ("overlapping stride 1", (2, 1, 5, 5), (1, 1, 2, 3), (1, 1, 1, 1), (0, 0, 0, 0), (0, 0, 0, 0)),
+    ("1-d cropped", (2, 2, 9), (1, 1, 3), (1, 1, 2), (0, 0, -1), (0, 0, 1)),
+    ("every axis pooled", (4, 5), (2, 2), (2, 1), (1, 0), (0, 1)),
+]
+
+
+def _pool_attrs(case):
+    _, _, window, strides, lo, hi = case
+    return {"window": window, "strides": strides, "lo": lo, "hi": hi}
+
+
+@pytest.mark.parametrize("case", POOLS, ids=[c[0] for c in POOLS])
+@pytest.mark.parametrize("prim", [P.max_pool, P.avg_pool], ids=["max", "avg"])
+def test_compiled_pools_and_their_gradients_match_direct_loops(case, prim):
+    x = np.round(RNG.standard_normal(case[1]) * 2).astype(np.float32)  # many ties
+    attrs = _pool_attrs(case)
+    ref = conv_reference.max_pool if prim is P.max_pool else conv_reference.avg_pool
+    np.testing.assert_allclose(fj.jit(lambda x: bind(prim, x, **attrs))(x), ref(x, **attrs), rtol=1e-6)
+    g = np.round(RNG.standard_normal(conv_reference.pool_shape(x.shape, **attrs)) * 4).astype(np.float32)
+    grad = fj.jit(fj.grad(lambda x: fnp.sum(bind(prim, x, **attrs) * g)))(x)
+    if prim is P.max_pool:
+        expected = conv_reference.max_pool_scatter(x, g, **attrs)
+    else:
+        expected = conv_reference.avg_pool_scatter(g, **attrs, shape=x.shape)
+    np.testing.assert_allclose(grad, expected, rtol=1e-6, atol=1e-6)
+    x64 = RNG.standard_normal(case[1])  # no ties: finite differences are valid
+    assert fj.gradcheck(lambda x: fnp.sum(bind(prim, x, **attrs) * g.astype(np.float64)), (x64,))
+
+
+def test_max_pool_gradient_goes_to_the_first_of_tied_elements():
+    x = np.array([[[[1.0, 3.0], [3.0, 0.0]]]], np.float32)  # the 3s tie
+    for grad in (fj.grad(lambda x: nn.max_pool2d(x, 2).sum()), fj.jit(fj.grad(lambda x: nn.max_pool2d(x, 2).sum()))):
+        np.testing.assert_array_equal(grad(x), [[[[0.0, 1.0], [0.0, 0.0]]]])
+
+
+@pytest.mark.parametrize("case", POOLS[:3], ids=[c[0] for c in POOLS[:3]])
+def test_max_pool_derivative_ops_are_each_others_transposes(case):
+    x = RNG.standard_normal(case[1])
+    attrs = _pool_attrs(case)
+    t = RNG.standard_normal(x.shape)
+    _, tangent = fj.jvp(lambda x: bind(P.max_pool, x, **attrs), (x,), (t,))
+    np.testing.assert_allclose(tangent, conv_reference.max_pool_gather(x, t, **attrs))
+    # <scatter(g), t> == <g, gather(t)>, and second derivatives through both
+    g = RNG.standard_normal(tangent.shape)
+    lhs = np.sum(bind(P.max_pool_scatter, x, g, **attrs) * t)
+    np.testing.assert_allclose(lhs, np.sum(g * bind(P.max_pool_gather, x, t, **attrs)))
+    assert fj.gradcheck(lambda g: fnp.sum(bind(P.max_pool_scatter, x, g, **attrs) ** 2), (g,))
+    assert fj.gradcheck(lambda t: fnp.sum(bind(P.max_pool_gather, x, t, **attrs) ** 2), (t,))
+
+
+def _cnn(x, w1, b1, w2, b2):
+    h = nn.max_pool2d(nn.relu(nn.conv2d(x, w1, b1, padding=1)), 2)
+    h = nn.avg_pool2d(nn.relu(nn.conv2d(h, w2, b2, stride=1, padding=1)), 2, stride=1)
+    return h
+
+
+def _cnn_params(cin=1, c1=4, c2=12, size=8, n=3, dtype=np.float32):
+    return (RNG.standard_normal((n, cin, size, size)).astype(dtype),
+            (RNG.standard_normal((c1, cin, 3, 3)) / 3).astype(dtype), RNG.standard_normal(c1).astype(dtype),
+            (RNG.standard_normal((c2, c1, 3, 3)) / 6).astype(dtype), RNG.standard_normal(c2).astype(dtype))
+
+
+def test_conv_bias_relu_pool_chain_fused_equals_unfused_equals_eager():
+    args = _cnn_params()
+    eager = _cnn(*args)
+    np.testing.assert_allclose(fj.jit(_cnn)(*args), eager, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(fj.jit(_cnn, fuse=False)(*args), eager, rtol=1e-5, atol=1e-5)
+
+    def loss(w1, b1, w2, b2, x):
+        return fnp.sum(_cnn(x, w1, b1, w2, b2) ** 2)
+
+    grads = fj.grad(loss, argnums=(0, 1, 2, 3))
+    x, *params = args
+    expected = grads(*params, x)
+    for fuse in (True, False):
+        for got, want in zip(fj.jit(grads, fuse=fuse)(*params, x), expected, strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    assert fj.gradcheck(loss, (*(p.astype(np.float64) for p in params), x.astype(np.float64)))
+
+
+def test_conv_bias_relu_is_one_kernel_with_either_strategy(strategy):
+    for cin, cout in [(1, 8), (8, 16)]:
+        x = RNG.standard_normal((2, cin, 6, 6)).astype(np.float32)
+        w = RNG.standard_normal((cout, cin, 3, 3)).astype(np.float32)
+        b = RNG.standard_normal(cout).astype(np.float32)
+        compiled = fj.jit(lambda x, w, b: nn.relu(nn.conv2d(x, w, b, padding=1))).lower(x, w, b).compile()
+        (kernel,) = compiled.kernels
+        gemm = strategy == "gemm"
+        assert kernel.name.startswith("conv_gemm" if gemm else "conv_direct"), kernel.name
+        assert {"conv", "add"} <= {op.split()[0] for op in kernel.ops}
+        source = compiled.kernel_source()
+        assert ("np.dot" in source) == gemm
+
+
+def test_a_cnn_layer_with_pooling_is_two_kernels_and_the_report_says_why():
+    x, w1, b1, *_ = _cnn_params(cin=3, c1=8)
+    layer = fj.jit(lambda x, w, b: nn.max_pool2d(nn.relu(nn.conv2d(x, w, b, padding=1)), 2))
+    lowered = layer.lower(x, w1, b1)
+    assert [k.name.split("_f32")[0] for k in lowered.compile().kernels] == ["conv_gemm", "max_pool"]
+    assert "max_pool's own kernel reads its operands from memory" in lowered.fusion_report()
+
+
+def test_conv_ir_prints_and_parses_back():
+    args = _cnn_params()
+    text = fj.jit(fj.grad(lambda *a: fnp.sum(_cnn(*a)), argnums=1)).lower(*args).as_text("optimized")
+    for name in ("conv", "max_pool_scatter", "avg_pool_scatter"):
+        assert f" {name} " in text
+    assert str(fj.ir.parse(text)) == text
+
+
+def test_vmap_of_conv_over_inputs_kernels_or_both():
+    x = RNG.standard_normal((4, 2, 6, 5, 5))
+    w = RNG.standard_normal((4, 6, 3, 3, 3))
+    f = lambda x, w: nn.conv2d(x, w, padding=1, groups=2)  # noqa: E731
+    for in_axes in [(0, None), (None, 0), (0, 0)]:
+        xs = x if in_axes[0] == 0 else x[0]
+        ws = w if in_axes[1] == 0 else w[0]
+        out = fj.jit(fj.vmap(f, in_axes=in_axes))(xs, ws)
+        expected = np.stack([f(x[i] if in_axes[0] == 0 else xs, w[i] if in_axes[1] == 0 else ws) for i in range(4)])
+        np.testing.assert_allclose(out, expected, rtol=1e-10)
+    none = fj.vmap(f, in_axes=(None, 0))(x[0], w[:0])  # no examples: no kernels to group
+    assert none.shape == (0, 2, 6, 5, 5)
+    pooled = fj.vmap(lambda x: nn.max_pool2d(x, 2, padding=1))(x)
+    np.testing.assert_array_equal(pooled, np.stack([nn.max_pool2d(x[i], 2, padding=1) for i in range(4)]))
+
+
+def test_nn_layers_bind_one_primitive_each_with_pytorch_arguments():
+    x = RNG.standard_normal((2, 4, 9)).astype(np.float32)
+    w = RNG.standard_normal((6, 2, 3)).astype(np.float32)
+    fn = fj.make_ir(lambda x, w: nn.conv1d(x, w, stride=2, padding=1, dilation=2, groups=2))(x, w)
+    (op,) = [op for op in fn.ops if op.prim is P.conv]
+    assert dict(op.attrs) == {"strides": (2,), "lo": (1,), "hi": (1,), "lhs_dilation": (1,), "rhs_dilation": (2,),
+                              "groups": 2}
+    out = nn.conv1d(x, w, stride=2, padding=1, dilation=2, groups=2)
+    np.testing.assert_allclose(out, conv_reference.conv(x, w, **dict(op.attrs)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(nn.max_pool1d(x, 3, stride=2, padding=1),
+                                  conv_reference.max_pool(x, (1, 1, 3), (1, 1, 2), (0, 0, 1), (0, 0, 1)))
+    np.testing.assert_allclose(nn.avg_pool1d(x, 2), conv_reference.avg_pool(x, (1, 1, 2), (1, 1, 2), (0,) * 3, (0,) * 3),
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match="channels"):
+        nn.conv2d(np.ones((1, 3, 4, 4), np.float32), np.ones((2, 2, 3, 3), np.float32))
