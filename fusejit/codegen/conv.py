@@ -29,7 +29,6 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from fusejit.codegen import exprs as ex
 from fusejit.codegen.common import (
     LOOP_OPS,
     Arrays,
@@ -41,7 +40,22 @@ from fusejit.codegen.common import (
     reason_of,
 )
 from fusejit.codegen.elemental import Emitter, Index, linearize
-from fusejit.codegen.exprs import ONE, ZERO, BinaryOp, Expr, Lit, binary, maximum, minimum, select
+from fusejit.codegen.exprs import (
+    ONE,
+    ZERO,
+    BinaryOp,
+    Expr,
+    Lit,
+    add,
+    binary,
+    floordiv,
+    maximum,
+    minimum,
+    mod,
+    mul,
+    select,
+    sub,
+)
 from fusejit.codegen.kernel import KernelBuilder, Matmul, Unsupported
 from fusejit.codegen.rules import CodegenRule
 from fusejit.ir import primitives as P
@@ -49,35 +63,6 @@ from fusejit.ir.core import Op, Value
 from fusejit.ir.dtypes import DType
 from fusejit.ir.primitives import OpKind
 from fusejit.ir.transforms.fusion import FusionGroup
-
-# Index arithmetic that folds identities (``x * 1``, ``x + 0``, ``x // 1``) and literals,
-# so that generated kernels read like hand-written ones.
-
-
-def _fold(a: Expr, b: Expr, fn: Callable[[int, int], int]) -> Expr | None:
-    return Lit(fn(a.value, b.value)) if isinstance(a, Lit) and isinstance(b, Lit) else None
-
-
-def mul(a: Expr, b: Expr) -> Expr:
-    if ZERO in (a, b):
-        return ZERO
-    return b if a == ONE else a if b == ONE else _fold(a, b, int.__mul__) or ex.mul(a, b)
-
-
-def add(a: Expr, b: Expr) -> Expr:
-    return b if a == ZERO else a if b == ZERO else _fold(a, b, int.__add__) or ex.add(a, b)
-
-
-def sub(a: Expr, b: Expr) -> Expr:
-    return a if b == ZERO else _fold(a, b, int.__sub__) or ex.sub(a, b)
-
-
-def floordiv(a: Expr, b: Expr) -> Expr:
-    return a if b == ONE else _fold(a, b, int.__floordiv__) or ex.floordiv(a, b)
-
-
-def mod(a: Expr, b: Expr) -> Expr:
-    return ZERO if b == ONE else _fold(a, b, int.__mod__) or ex.mod(a, b)
 
 
 @contextmanager

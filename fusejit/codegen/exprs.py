@@ -20,7 +20,8 @@ nonnegative int64 values), ``FLOOR``/``CEIL``/``RINT`` round floats like NumPy.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import operator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -182,24 +183,39 @@ def binary(op: BinaryOp, a: Expr, b: Expr) -> Binary:
     return Binary(op, a, b, b.dtype if isinstance(a, Lit) else a.dtype)
 
 
-def add(a: Expr, b: Expr) -> Binary:
-    return binary(BinaryOp.ADD, a, b)
+# Index arithmetic folds identities (``x + 0``, ``x * 1``, ``x // 1``) and literals, so
+# that generated kernels read like hand-written ones (integer indices only: a float
+# constant is a ``Const``, never a ``Lit``).
 
 
-def sub(a: Expr, b: Expr) -> Binary:
-    return binary(BinaryOp.SUB, a, b)
+def _literal(a: Expr, b: Expr, fn: Callable[[int, int], int]) -> Expr | None:
+    return Lit(fn(a.value, b.value)) if isinstance(a, Lit) and isinstance(b, Lit) else None
 
 
-def mul(a: Expr, b: Expr) -> Binary:
-    return binary(BinaryOp.MUL, a, b)
+def add(a: Expr, b: Expr) -> Expr:
+    if a == ZERO:
+        return b
+    return a if b == ZERO else _literal(a, b, operator.add) or binary(BinaryOp.ADD, a, b)
 
 
-def floordiv(a: Expr, b: Expr) -> Binary:
-    return binary(BinaryOp.FLOORDIV, a, b)
+def sub(a: Expr, b: Expr) -> Expr:
+    return a if b == ZERO else _literal(a, b, operator.sub) or binary(BinaryOp.SUB, a, b)
 
 
-def mod(a: Expr, b: Expr) -> Binary:
-    return binary(BinaryOp.MOD, a, b)
+def mul(a: Expr, b: Expr) -> Expr:
+    if ZERO in (a, b):
+        return ZERO
+    if a == ONE:
+        return b
+    return a if b == ONE else _literal(a, b, operator.mul) or binary(BinaryOp.MUL, a, b)
+
+
+def floordiv(a: Expr, b: Expr) -> Expr:
+    return a if b == ONE else _literal(a, b, operator.floordiv) or binary(BinaryOp.FLOORDIV, a, b)
+
+
+def mod(a: Expr, b: Expr) -> Expr:
+    return ZERO if b == ONE else _literal(a, b, operator.mod) or binary(BinaryOp.MOD, a, b)
 
 
 def minimum(a: Expr, b: Expr) -> Binary:
