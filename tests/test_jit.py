@@ -506,3 +506,11 @@ def test_repr_of_a_traced_value_names_its_type_op_and_line() -> None:
     x_repr, y_repr = seen[0]
     assert x_repr == "TracedArray(f32[3] parameter x in 'f')"
     assert y_repr.startswith("TracedArray(f32[3] tanh at test_jit.py:") and y_repr.endswith(" in 'f')")
+
+
+def test_compiled_kernels_print_one_line_each_and_keep_the_source_on_demand() -> None:
+    compiled = fj.jit(lambda x, w: fnp.tanh(x @ w + 1.0).sum(axis=1)).lower(f32(4, 3), f32(3, 5)).compile()
+    text = repr(compiled.kernels)
+    assert text.count("<kernel ") == len(compiled.kernels) == 2 and "\n" not in text and "def " not in text
+    assert "<kernel matmul_f32_4x3x5: dot_general; reads 108 B, writes 80 B>" in text
+    assert all("@kernel_jit" in k.source for k in compiled.kernels)

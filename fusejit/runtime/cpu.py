@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -105,7 +105,12 @@ class KernelInfo:
     ops: tuple[str, ...]
     bytes_in: int
     bytes_out: int
-    source: str = ""
+    source: str = field(default="", repr=False)  # the kernel's module: print(info.source)
+
+    def __repr__(self) -> str:
+        names = [op.split(" at ")[0] for op in self.ops]  # entries read "tanh at train.py:12"
+        shown = ", ".join(names[:4]) + (f", ... ({len(names)} ops)" if len(names) > 4 else "")
+        return f"<kernel {self.name}: {shown}; reads {self.bytes_in} B, writes {self.bytes_out} B>"
 
 
 def _gemm_flops(lk: LoweredKernel) -> int:
