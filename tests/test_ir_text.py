@@ -85,6 +85,20 @@ def _inputs(fn: Function, seed: int) -> list[np.ndarray]:
     return arrays
 
 
+@settings(_SETTINGS, max_examples=60)
+@given(random_functions())
+def test_the_fused_text_of_any_program_parses_back_to_the_same_function(fn: Function) -> None:
+    """Ops recomputed in several kernels are defined once in the fused text (the repeats
+    are comments): parsing it gives the function's ops again, each once."""
+    from fusejit.runtime.executable import partition
+
+    fused = partition(fn)  # custom_vjp_call inlined, then fused for the CPU
+    kept = list({id(op): op for g in fused.groups for op in g.ops}.values())  # dead ops have no kernel
+    parsed = verify(parse(str(fused)))
+    assert len(parsed.ops) == len(kept) and len(parsed.results) == len(fused.function.results)
+    assert sorted(op.prim.name for op in parsed.ops) == sorted(op.prim.name for op in kept)
+
+
 @settings(_SETTINGS, max_examples=100)
 @given(random_functions(), st.integers(0, 2**32 - 1))
 def test_parsed_function_verifies_and_runs_like_the_original(fn: Function, seed: int) -> None:
