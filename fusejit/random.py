@@ -126,9 +126,10 @@ def randint(key: Array, shape: Sequence[int], minval: Any, maxval: Any, dtype: A
     k1, k2 = _split_pair(key)
     higher, lower = bits(k1, shape), bits(k2, shape)
     span = fnp.where(fnp.less_equal(hi, lo), 1, fnp.subtract(hi, lo))
+    # uint32 arithmetic as in JAX: every product and sum wraps around modulo 2**32 (so
+    # the multiplier is 0 for spans above 2**16, where (2**16)**2 wraps to 0).
     multiplier = fnp.remainder(fnp.full(shape, 2**16, np.int64), span)
-    multiplier = fnp.remainder(fnp.multiply(multiplier, multiplier), span)
-    # uint32 arithmetic as in JAX: the product and the sum wrap around modulo 2**32.
+    multiplier = fnp.remainder(fnp.bitwise_and(fnp.multiply(multiplier, multiplier), _WORD), span)
     offset = fnp.bitwise_and(fnp.multiply(fnp.remainder(higher, span), multiplier), _WORD)
     offset = fnp.bitwise_and(fnp.add(offset, fnp.remainder(lower, span)), _WORD)
     return fnp.astype(fnp.add(lo, fnp.remainder(offset, span)), dt.np)

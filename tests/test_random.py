@@ -60,6 +60,9 @@ def test_keys_bits_uniform_randint_and_permutation_equal_jax_bit_for_bit():
         np.testing.assert_array_equal(fr.uniform(k, (4, 7)), np.asarray(jax.random.uniform(jk, (4, 7))))
         np.testing.assert_array_equal(fr.randint(k, (50,), -3, 1000),
                                       np.asarray(jax.random.randint(jk, (50,), -3, 1000)))
+        for lo, hi in ((0, 65536), (0, 65537), (0, 100_000), (-5, 1_000_003), (0, 2**31 - 1)):  # spans past 2**16
+            np.testing.assert_array_equal(fr.randint(k, (40,), lo, hi),
+                                          np.asarray(jax.random.randint(jk, (40,), lo, hi)), err_msg=f"{lo}, {hi}")
         np.testing.assert_array_equal(fr.bernoulli(k, 0.3, (40,)), np.asarray(jax.random.bernoulli(jk, 0.3, (40,))))
         for n in (1, 17, 2000):  # 2000 elements take two rounds of shuffling
             np.testing.assert_array_equal(fr.permutation(k, n), np.asarray(jax.random.permutation(jk, n)))
