@@ -247,3 +247,23 @@ def test_nn_layers_bind_one_primitive_each_with_pytorch_arguments():
                                rtol=1e-6)
     with pytest.raises(ValueError, match="channels"):
         nn.conv2d(np.ones((1, 3, 4, 4), np.float32), np.ones((2, 2, 3, 3), np.float32))
+
+
+def test_conv_padding_same_and_valid_follow_pytorch():
+    """'same' keeps the size at stride 1 (an odd total puts the extra zero after), 'valid'
+    pads nothing; anything else names the accepted values."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 7, 6))
+    w = rng.standard_normal((4, 3, 4, 3))  # an even kernel: total padding 3 along the first axis
+    y = nn.conv2d(x, w, padding="same", dilation=(1, 2))
+    assert y.shape == (2, 4, 7, 6)
+    want = conv_reference.conv(x, w, (1, 1), (1, 2), (2, 2), (1, 1), (1, 2), 1)
+    np.testing.assert_allclose(fj.jit(lambda x, w: nn.conv2d(x, w, padding="same", dilation=(1, 2)))(x, w), want,
+                               rtol=1e-10)
+    np.testing.assert_allclose(y, want, rtol=1e-10)
+    np.testing.assert_allclose(nn.conv1d(x[:, :, 0], w[:, :, 0], padding="valid"),
+                               conv_reference.conv(x[:, :, 0], w[:, :, 0], (1,), (0,), (0,), (1,), (1,), 1), rtol=1e-10)
+    with pytest.raises(ValueError, match="padding='same' needs stride 1"):
+        nn.conv2d(x, w, stride=2, padding="same")
+    with pytest.raises(ValueError, match="must be an int, a tuple of ints, 'valid' or 'same'"):
+        nn.conv2d(x, w, padding="full")

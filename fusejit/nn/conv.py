@@ -27,14 +27,32 @@ def _tuple(v: IntOrTuple, n: int, what: str) -> tuple[int, ...]:
     return out
 
 
+def _conv_padding(padding: IntOrTuple | str, strides: tuple[int, ...], dilations: tuple[int, ...],
+                  kernel: tuple[int, ...], name: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Zeros before and after each spatial axis: ``padding`` per axis (both sides), or
+    PyTorch's ``"valid"`` (none) and ``"same"`` (stride 1: the output has the input's
+    size; an odd total puts the extra zero after, as PyTorch does)."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0,) * len(kernel), (0,) * len(kernel)
+        if padding != "same":
+            raise ValueError(f"{name}: padding={padding!r} must be an int, a tuple of ints, 'valid' or 'same'")
+        if any(s != 1 for s in strides):
+            raise ValueError(f"{name}: padding='same' needs stride 1 (as in PyTorch), got stride={strides}")
+        total = [d * (k - 1) for d, k in zip(dilations, kernel, strict=True)]
+        return tuple(t // 2 for t in total), tuple(t - t // 2 for t in total)
+    pad = _tuple(padding, len(kernel), "padding")
+    return pad, pad
+
+
 def _as_array(x: Array) -> Array:
     return x if hasattr(x, "shape") and hasattr(x, "dtype") else fnp.asarray(x)
 
 
-def conv(x: Array, w: Array, b: Array | None, stride: IntOrTuple, padding: IntOrTuple, dilation: IntOrTuple,
+def conv(x: Array, w: Array, b: Array | None, stride: IntOrTuple, padding: IntOrTuple | str, dilation: IntOrTuple,
          groups: int, nsp: int, name: str) -> Array:
     """The ``nsp``-d convolution of ``x`` [N, C, *S] with ``w`` [O, C // groups, *K], plus
-    ``b`` [O]; ``padding`` zeros on both sides of each spatial axis."""
+    ``b`` [O]; ``padding`` zeros on both sides of each spatial axis, or ``"valid"``/``"same"``."""
     x, w = _as_array(x), _as_array(w)
     if len(x.shape) != nsp + 2 or len(w.shape) != nsp + 2:
         raise ValueError(f"{name}: input {tuple(x.shape)} and weight {tuple(w.shape)} must have {nsp + 2} axes")
@@ -43,21 +61,22 @@ def conv(x: Array, w: Array, b: Array | None, stride: IntOrTuple, padding: IntOr
     if x.dtype != w.dtype:
         common = fnp.result_type(x, w)
         x, w = fnp.astype(x, common), fnp.astype(w, common)
-    pad = _tuple(padding, nsp, "padding")
-    y = bind(P.conv, x, w, strides=_tuple(stride, nsp, "stride"), lo=pad, hi=pad, lhs_dilation=(1,) * nsp,
-             rhs_dilation=_tuple(dilation, nsp, "dilation"), groups=int(groups))
+    strides, dilations = _tuple(stride, nsp, "stride"), _tuple(dilation, nsp, "dilation")
+    lo, hi = _conv_padding(padding, strides, dilations, tuple(w.shape[2:]), name)
+    y = bind(P.conv, x, w, strides=strides, lo=lo, hi=hi, lhs_dilation=(1,) * nsp, rhs_dilation=dilations,
+             groups=int(groups))
     if b is None:
         return y
     return y + fnp.reshape(b, (1, w.shape[0]) + (1,) * nsp)
 
 
-def conv1d(x: Array, w: Array, b: Array | None = None, stride: IntOrTuple = 1, padding: IntOrTuple = 0,
+def conv1d(x: Array, w: Array, b: Array | None = None, stride: IntOrTuple = 1, padding: IntOrTuple | str = 0,
            dilation: IntOrTuple = 1, groups: int = 1) -> Array:
     """1-d convolution (cross-correlation, as PyTorch's) of NCW ``x`` with OIW ``w``."""
     return conv(x, w, b, stride, padding, dilation, groups, 1, "conv1d")
 
 
-def conv2d(x: Array, w: Array, b: Array | None = None, stride: IntOrTuple = 1, padding: IntOrTuple = 0,
+def conv2d(x: Array, w: Array, b: Array | None = None, stride: IntOrTuple = 1, padding: IntOrTuple | str = 0,
            dilation: IntOrTuple = 1, groups: int = 1) -> Array:
     """2-d convolution (cross-correlation, as PyTorch's) of NCHW ``x`` with OIHW ``w``."""
     return conv(x, w, b, stride, padding, dilation, groups, 2, "conv2d")
