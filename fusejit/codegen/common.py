@@ -272,6 +272,30 @@ def root_index(em: Emitter, b: KernelBuilder, shape_exprs: tuple[Expr, ...], fla
     return run
 
 
+def loop_nest(b: KernelBuilder, sizes: tuple[Expr, ...], body: Callable[[tuple[Expr, ...]], None],
+              starts: tuple[Expr, ...] | None = None, parallel: bool = False) -> None:
+    """``body(indices)`` inside loops over ``sizes`` (from ``starts``); unit sizes from 0
+    get no loop; ``parallel``: the outermost loop may run on threads."""
+    dims: list[Expr] = []
+
+    def level(k: int) -> None:
+        if k == len(sizes):
+            body(tuple(dims))
+            return
+        start = ZERO if starts is None else starts[k]
+        if sizes[k] == ONE and start == ZERO:
+            dims.append(ZERO)
+            level(k + 1)
+            dims.pop()
+            return
+        with b.loop(sizes[k], start=start, parallel=parallel and not dims) as i:
+            dims.append(i)
+            level(k + 1)
+            dims.pop()
+
+    level(0)
+
+
 def index_like(shape: tuple[int, ...], base: Index, base_shape: tuple[int, ...]) -> Index:
     """An index into a value of ``shape`` whose non-unit axes are those of ``base``'s value
     (a reshape that only inserts or removes unit axes): same linear index."""

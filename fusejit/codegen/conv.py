@@ -26,8 +26,6 @@ size)`` and a zero elsewhere (padding, holes).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 
 from fusejit.codegen.common import (
     LOOP_OPS,
@@ -36,6 +34,7 @@ from fusejit.codegen.common import (
     LoweredKernel,
     Strategy,
     finish,
+    loop_nest,
     provider_at,
     reason_of,
 )
@@ -63,17 +62,6 @@ from fusejit.ir.core import Op, Value
 from fusejit.ir.dtypes import DType
 from fusejit.ir.primitives import OpKind
 from fusejit.ir.transforms.fusion import FusionGroup
-
-
-@contextmanager
-def _each(b: KernelBuilder, n: Expr, parallel: bool = False) -> Iterator[Expr]:
-    """``for i in range(n)``, or just ``i = 0`` when ``n`` is one."""
-    if n == ONE:
-        yield ZERO
-        return
-    with b.loop(n, parallel=parallel) as i:
-        yield i
-
 
 # The contraction length (input channels per group times window elements) up to which
 # the direct loops beat im2col + GEMM. Measured (``bench/bench_conv.py``, 1 thread, 3x3
@@ -150,15 +138,13 @@ class _Shapes:
         self.KK = self.size("KK", math.prod(self.window))
 
     def size(self, key: object, n: int) -> Expr:
-        return ONE if n == 1 else self.b.int_param(("conv", key), n)
+        return self.b.size(("conv", key), n)
 
     def dilated_position(self, i: int, p: Expr, k: Expr) -> Expr:
         """``p * stride + k * rhs_dilation - lo`` along spatial axis ``i``."""
-        b = self.b
-        q = b.let(mul(p, Lit(self.strides[i]))) if self.strides[i] != 1 else p
-        if k != ZERO:
-            q = b.let(add(q, b.let(mul(k, Lit(self.rdil[i]))) if self.rdil[i] != 1 else k))
-        return b.let(sub(q, Lit(self.lo[i]))) if self.lo[i] != 0 else q
+        b = self.b  # the index constructors fold the identities (stride 1, k = 0, lo = 0)
+        q = b.let(add(b.let(mul(p, Lit(self.strides[i]))), b.let(mul(k, Lit(self.rdil[i])))))
+        return b.let(sub(q, Lit(self.lo[i])))
 
     def input_element(self, i: int, q: Expr, clamp: bool = True) -> tuple[Expr, Expr]:
         """The input index along axis ``i`` at dilated position ``q`` (clamped into range
@@ -184,30 +170,6 @@ def lower_conv(ctx: Ctx) -> LoweredKernel:
     lower = _lower_gemm if uses_gemm(op, ctx.target.blas) else _lower_direct
     stem = lower(ctx, op, b, arrays, epi, _Shapes(b, op))
     return finish(ctx, b, arrays, epi.em, stem, op.output.dtype, op.output.shape)
-
-
-def loop_nest(b: KernelBuilder, sizes: tuple[Expr, ...], body: Callable[[tuple[Expr, ...]], None],
-              starts: tuple[Expr, ...] | None = None, parallel: bool = False) -> None:
-    """``body(indices)`` inside loops over ``sizes`` (from ``starts``); unit sizes from 0
-    get no loop; ``parallel``: the outermost loop may run on threads."""
-    dims: list[Expr] = []
-
-    def level(k: int) -> None:
-        if k == len(sizes):
-            body(tuple(dims))
-            return
-        start = ZERO if starts is None else starts[k]
-        if sizes[k] == ONE and start == ZERO:
-            dims.append(ZERO)
-            level(k + 1)
-            dims.pop()
-            return
-        with b.loop(sizes[k], start=start, parallel=parallel and not dims) as i:
-            dims.append(i)
-            level(k + 1)
-            dims.pop()
-
-    level(0)
 
 
 class _Epilogue:
@@ -256,14 +218,14 @@ def _lower_direct(ctx: Ctx, op: Op, b: KernelBuilder, arrays: Arrays, epi: _Epil
     parallel = work >= ctx.threshold and planes > 1
     n_planes = s.size("planes", planes)
 
-    with _each(b, n_planes, parallel=parallel) as plane:
+    with b.each(n_planes, parallel=parallel) as plane:
         n = b.let(floordiv(plane, s.O)) if s.O != ONE else plane
         o = b.let(mod(plane, s.O)) if s.O != ONE else ZERO
         g = b.let(floordiv(o, s.Og)) if s.groups > 1 else ZERO
         out_base = b.let(mul(plane, s.PP)) if s.PP != ONE else plane
-        with _each(b, s.PP) as p:
+        with b.each(s.PP) as p:
             b.store(oa, b.let(add(out_base, p)), zero)
-        with _each(b, s.Cg) as c:
+        with b.each(s.Cg) as c:
             ci = b.let(add(b.let(mul(g, s.Cg)), c)) if s.groups > 1 else c
             x_base = b.let(mul(b.let(add(b.let(mul(n, s.C)), ci)), s.SS))
             w_base = b.let(mul(b.let(add(b.let(mul(o, s.Cg)), c)), s.KK))
@@ -336,11 +298,11 @@ def _lower_gemm(ctx: Ctx, op: Op, b: KernelBuilder, arrays: Arrays, epi: _Epilog
     if out.shape[-1] < FILL_ROW_MIN or any(d != 1 for d in s.ldil):
         table = arrays.scratch(DType.i64, math.prod(rhs.shape[2:]) * math.prod(out.shape[2:]))
         _offset_table(b, s, table)
-    with _each(b, s.size("chunks", chunks)) as j:
+    with b.each(s.size("chunks", chunks)) as j:
         n0 = b.let(mul(j, nb)) if nb != ONE else j
         count = b.let(minimum(nb, sub(s.N, n0))) if nb != ONE else ONE
         # cols[(ci, k), i * PP + p] = x[n0 + i, ci, position(p, k)] or 0
-        with _each(b, s.C) as ci:
+        with b.each(s.C) as ci:
 
             def offset(k: tuple[Expr, ...]) -> None:
                 row = b.let(add(b.let(mul(ci, s.KK)), linearize(b, k, s.K)))
@@ -356,7 +318,7 @@ def _lower_gemm(ctx: Ctx, op: Op, b: KernelBuilder, arrays: Arrays, epi: _Epilog
                         return
                     # one long loop over the sample's positions, through the offset table
                     k_base = b.let(mul(linearize(b, k, s.K), s.PP))
-                    with _each(b, s.PP) as p:
+                    with b.each(s.PP) as p:
                         j = b.load(table, b.let(add(k_base, p)))
                         xv = b.load(xa, b.let(add(x_base, maximum(j, ZERO))))
                         b.store(cols, b.let(add(col_base, p)), b.let(select(binary(BinaryOp.GE, j, ZERO), xv, zero)))
@@ -364,16 +326,16 @@ def _lower_gemm(ctx: Ctx, op: Op, b: KernelBuilder, arrays: Arrays, epi: _Epilog
                 if count == ONE:
                     sample(ZERO)
                 else:
-                    with _each(b, count) as i:
+                    with b.each(count) as i:
                         sample(i)
 
             loop_nest(b, s.K, offset)
         # res[g, og, i * PP + p] = w[g, og, :] @ cols[g, :, i * PP + p]
         b.emit(Matmul(wa, cols, res, Lit(s.groups), s.Og, contraction, ncol, False, False))
         # out[n0 + i, o, p] = epilogue(res[o, i * PP + p])
-        with _each(b, count) as i:
+        with b.each(count) as i:
             n = b.let(add(n0, i))
-            with _each(b, s.O) as o:
+            with b.each(s.O) as o:
                 src = b.let(add(b.let(mul(o, ncol)), b.let(mul(i, s.PP)) if s.PP != ONE else i))
                 dst = b.let(mul(b.let(add(b.let(mul(n, s.O)), o)), s.PP))
 

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from fusejit.codegen.exprs import ATOMS, INDEX, ZERO, Const, Expr, Load, MathCall, Var, var_names, walk
+from fusejit.codegen.exprs import ATOMS, INDEX, ONE, ZERO, Const, Expr, Load, MathCall, Var, var_names, walk
 from fusejit.ir.dtypes import DType
 
 
@@ -247,6 +247,11 @@ class KernelBuilder:
             self.depth_of[var.name] = 0
         return var
 
+    def size(self, key: Any, n: int) -> Expr:
+        """A size known when lowering: ``ONE`` when it is 1 (no parameter, no loop), else
+        the int parameter for ``key``."""
+        return ONE if n == 1 else self.int_param(key, n)
+
     @staticmethod
     def const(value: bool | int | float, dtype: DType) -> Const:
         return Const.of(value, dtype)
@@ -337,6 +342,15 @@ class KernelBuilder:
         self.block.append(Loop(var, start, stop, kept, parallel))
         if parallel:
             self.parallel = True
+
+    @contextmanager
+    def each(self, n: Expr, parallel: bool = False) -> Iterator[Expr]:
+        """``for i in range(n)``, or just ``i = 0`` when ``n`` is one."""
+        if n == ONE:
+            yield ZERO
+            return
+        with self.loop(n, parallel=parallel) as i:
+            yield i
 
     def _split_invariant(self, body: list[Stmt], depth: int) -> tuple[list[Stmt], list[Stmt]]:
         """The statements of a closing loop's body that can move in front of it, and the

@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import math
 
-from fusejit.codegen.common import Ctx, LoweredKernel, Strategy, finish, reason_of
-from fusejit.codegen.conv import loop_nest
+from fusejit.codegen.common import Ctx, LoweredKernel, Strategy, finish, loop_nest, reason_of
 from fusejit.codegen.elemental import linearize
 from fusejit.codegen.exprs import (
     ONE,
@@ -75,15 +74,12 @@ class _Window:
         self.Y = tuple(self.size(("Y", i), n) for i, n in enumerate(out_shape))
 
     def size(self, key: object, n: int) -> Expr:
-        return ONE if n == 1 else self.b.int_param(("pool", key), n)
+        return self.b.size(("pool", key), n)
 
     def position(self, i: int, y: Expr, k: Expr) -> Expr:
         """The operand index ``y * stride + k - lo`` along axis ``i``."""
-        b = self.b
-        q = b.let(mul(y, Lit(self.strides[i]))) if self.strides[i] != 1 else y
-        if k != ZERO:
-            q = b.let(add(q, k))
-        return b.let(sub(q, Lit(self.lo[i]))) if self.lo[i] != 0 else q
+        b = self.b  # the index constructors fold the identities (stride 1, k = 0, lo = 0)
+        return b.let(sub(b.let(add(b.let(mul(y, Lit(self.strides[i]))), k)), Lit(self.lo[i])))
 
     def padded(self, i: int) -> bool:
         """Whether axis ``i`` can reach outside the operand."""

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from fusejit.codegen.common import Ctx, LoweredKernel, Strategy, finish, reason_of
 from fusejit.codegen.elemental import linearize
-from fusejit.codegen.exprs import ONE, ZERO, Expr, add, minimum, mul, sub
+from fusejit.codegen.exprs import ONE, Expr, add, minimum, mul, sub
 from fusejit.codegen.kernel import KernelBuilder, Unsupported
 from fusejit.codegen.rules import CodegenRule
 from fusejit.ir import primitives as P
@@ -51,12 +51,9 @@ def lower_cumsum(ctx: Ctx) -> LoweredKernel:
     arrays = ctx.arrays(b)
     src, dst = arrays.value(x, "in"), arrays.value(out, "out")
 
-    def size(key: str, n: int) -> Expr:
-        return ONE if n == 1 else b.int_param((key,), n)
-
-    outer = size("outer", math.prod(shape[:axis]))
-    n = size("n", shape[axis])
-    inner = size("inner", math.prod(shape[axis + 1 :]))
+    outer = b.size("outer", math.prod(shape[:axis]))
+    n = b.size("n", shape[axis])
+    inner = b.size("inner", math.prod(shape[axis + 1 :]))
     space = (outer, n, inner)
     parallel = math.prod(shape) >= ctx.threshold and outer != ONE
 
@@ -70,7 +67,7 @@ def lower_cumsum(ctx: Ctx) -> LoweredKernel:
                 k = b.let(sub(sub(n, ONE), k))
             prev = None if first else b.let(add(k, ONE) if reverse else sub(k, ONE))
 
-            def element(i: Expr) -> None:
+            with b.each(inner) as i:
                 at = linearize(b, (o, k, i), space)
                 x_k = b.load(src, at)
                 if prev is None:
@@ -79,21 +76,10 @@ def lower_cumsum(ctx: Ctx) -> LoweredKernel:
                     before = b.load(dst, linearize(b, (o, prev, i), space))
                     b.store(dst, at, b.let(combine(before, x_k)))
 
-            each(inner, element)
-
-    def each(count: Expr, body: Callable[[Expr], None], parallel: bool = False) -> None:
-        if count == ONE:
-            body(ZERO)
-            return
-        with b.loop(count, parallel=parallel) as i:
-            body(i)
-
-    def scan_outer(o: Expr) -> None:
+    with b.each(outer, parallel) as o:
         rows(o, first=True)
         if n != ONE:
             rows(o, first=False)
-
-    each(outer, scan_outer, parallel)
     return finish(ctx, b, arrays, None, op.prim.name, x.dtype, shape)
 
 

@@ -770,7 +770,6 @@ def _conv_impl(lhs: np.ndarray, rhs: np.ndarray, strides: tuple[int, ...], lo: t
     out_shape = conv_output_shape(lhs.shape, rhs.shape, strides, lo, hi, lhs_dilation, rhs_dilation)
     n, c = lhs.shape[:2]
     o, cg = rhs.shape[:2]
-    nsp = lhs.ndim - 2
     dilated = np.zeros((n, c, *(dilated_size(s, d) for s, d in zip(lhs.shape[2:], lhs_dilation, strict=True))),
                        lhs.dtype)
     dilated[(Ellipsis, *(_builtins.slice(None, None, d) for d in lhs_dilation))] = lhs
@@ -784,7 +783,6 @@ def _conv_impl(lhs: np.ndarray, rhs: np.ndarray, strides: tuple[int, ...], lo: t
                      for i, p in enumerate(out_shape[2:]))
         patch = x[(Ellipsis, *taps)]  # [n, groups, cg, *P]
         out += np.einsum("ngc...,goc->ngo...", patch, w[(Ellipsis, *k)]).astype(lhs.dtype, copy=False)
-    del nsp
     return (out.reshape(out_shape),)
 
 
