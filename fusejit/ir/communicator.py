@@ -1,0 +1,211 @@
+"""The process group the collective primitives run over: one process, or MPI's world.
+
+The collective primitives (``fusejit.ir.collectives``) mean "combine this value across
+every process of the job"; their reference rules, which the interpreter runs and the
+runtime's host rules reuse, need the job's processes, so the communicator sits with the
+IR at the bottom of the layers. It is chosen once per process by ``world()``:
+
+* launched by an MPI launcher with more than one process (``mpiexec``/``mpirun`` of
+  MPICH or Open MPI, Slurm's ``srun --mpi=pmi2|pmix``: the environment names a rank and
+  size): ``MpiWorld`` over ``mpi4py``'s ``COMM_WORLD``, imported only then (the
+  optional ``distributed`` extra);
+* otherwise ``SingleProcess``: rank 0 of 1, where every collective is the identity, so
+  the same script runs alone.
+
+Every collective first agrees on what it is about to do: the first time a process
+runs a collective of a given kind, dtype, shape and attributes, the ranks compare a hash
+of that description (one 16-byte ``Allreduce``); if any rank differs, every rank raises
+``CollectiveMismatchError`` listing what each rank called, instead of exchanging
+mismatched buffers (which hangs or corrupts memory). Later calls of the same description
+send one message. ``STATS`` counts the MPI calls and the payload bytes this process sent.
+
+Failure: ``MpiWorld`` installs a ``sys.excepthook`` that prints the exception with the
+rank and calls ``MPI_Abort``: an exception on one rank ends the whole job instead of
+leaving the other ranks blocked in their next collective.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import threading
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+# Environment variables that MPI launchers set in every process they start: the job's
+# size (MPICH's Hydra and Slurm's PMI-2: PMI_SIZE; Open MPI: OMPI_COMM_WORLD_SIZE;
+# MVAPICH: MV2_COMM_WORLD_SIZE) or, for PMIx launchers, a rank.
+_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+_RANK_ONLY_VARIABLES = ("PMIX_RANK",)
+
+class CollectiveMismatchError(RuntimeError):
+    """The ranks of a job called different collectives (kind, dtype, shape or
+    attributes) at the same point of their programs."""
+
+
+class DistributedSetupError(RuntimeError):
+    """The job cannot run its collectives: MPI is missing, or a program compiled for one
+    number of processes runs on another."""
+
+
+@dataclass
+class CommStats:
+    """What this process sent: MPI calls (agreement checks included) and payload bytes."""
+
+    calls: int = 0
+    bytes_sent: int = 0
+    checks: int = 0
+
+    def reset(self) -> None:
+        self.calls = self.bytes_sent = self.checks = 0
+
+
+STATS = CommStats()
+
+
+def launched_by_mpi() -> bool:
+    """Whether an MPI launcher started this process as one of several."""
+    for name in _SIZE_VARIABLES:
+        value = os.environ.get(name, "")
+        if value.isdigit() and int(value) > 1:
+            return True
+    return any(name in os.environ for name in _RANK_ONLY_VARIABLES)
+
+
+class SingleProcess:
+    """Rank 0 of a job of one process: every collective returns its operand."""
+
+    rank = 0
+    size = 1
+
+    def allreduce(self, buf: np.ndarray, op: str, what: str) -> None:
+        """Combines ``buf`` over the ranks in place (here: leaves it)."""
+
+    def allgather(self, x: np.ndarray, out: np.ndarray, what: str) -> None:
+        out[...] = x.reshape(out.shape)
+
+    def reduce_scatter(self, x: np.ndarray, out: np.ndarray, what: str) -> None:
+        out[...] = x.reshape(out.shape)
+
+    def bcast(self, buf: np.ndarray, root: int, what: str) -> None:
+        """Overwrites ``buf`` with the root's (here: leaves it)."""
+
+
+class MpiWorld:
+    """Collectives on mpi4py's ``COMM_WORLD``: blocking, on contiguous NumPy buffers,
+    each preceded the first time by the agreement check (module docstring)."""
+
+    def __init__(self) -> None:
+        try:
+            from mpi4py import MPI
+        except ImportError as e:
+            raise DistributedSetupError(
+                "this process was started by an MPI launcher, but mpi4py is not installed: "
+                "pip install 'fusejit[distributed]' (mpi4py and an MPI library)"
+            ) from e
+        self.MPI = MPI
+        self.comm = MPI.COMM_WORLD
+        self.rank = self.comm.Get_rank()
+        self.size = self.comm.Get_size()
+        self._agreed: set[str] = set()
+        self._lock = threading.Lock()
+        self._ops = {"sum": MPI.SUM, "max": MPI.MAX}
+        _install_abort_hook(self)
+
+    def _agree(self, what: str) -> None:
+        """Raises ``CollectiveMismatchError`` on every rank unless all ranks are about to
+        run the collective ``what`` (checked once per distinct ``what``)."""
+        if what in self._agreed:
+            return
+        digest = int.from_bytes(hashlib.blake2b(what.encode(), digest_size=7).digest(), "little")
+        both = np.array([digest, -digest], dtype=np.int64)
+        self.comm.Allreduce(self.MPI.IN_PLACE, both, op=self.MPI.MAX)
+        STATS.calls += 1
+        STATS.checks += 1
+        if both[0] != digest or -both[1] != digest:
+            calls = self.comm.allgather(what)
+            listing = "; ".join(f"rank {r}: {c}" for r, c in enumerate(calls))
+            raise CollectiveMismatchError(
+                f"the ranks called different collectives at the same point of their programs "
+                f"(a shape or dtype that depends on the rank, or diverging control flow): {listing}"
+            )
+        self._agreed.add(what)
+
+    def _sent(self, nbytes: int) -> None:
+        STATS.calls += 1
+        STATS.bytes_sent += nbytes
+
+    def allreduce(self, buf: np.ndarray, op: str, what: str) -> None:
+        with self._lock:
+            self._agree(what)
+            self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self._ops[op])
+            self._sent(buf.nbytes)
+
+    def allgather(self, x: np.ndarray, out: np.ndarray, what: str) -> None:
+        with self._lock:
+            self._agree(what)
+            self.comm.Allgather(np.ascontiguousarray(x), out)
+            self._sent(x.nbytes)
+
+    def reduce_scatter(self, x: np.ndarray, out: np.ndarray, what: str) -> None:
+        with self._lock:
+            self._agree(what)
+            self.comm.Reduce_scatter_block(np.ascontiguousarray(x), out, op=self.MPI.SUM)
+            self._sent(x.nbytes)
+
+    def bcast(self, buf: np.ndarray, root: int, what: str) -> None:
+        with self._lock:
+            self._agree(what)
+            self.comm.Bcast(buf, root=root)
+            self._sent(buf.nbytes if self.rank == root else 0)
+
+    def abort(self, code: int = 1) -> None:
+        self.comm.Abort(code)
+
+
+def _install_abort_hook(world: MpiWorld) -> None:
+    """An uncaught exception on any rank prints it with the rank and aborts the job."""
+    previous = sys.excepthook
+
+    def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        text = "".join(traceback.format_exception(kind, value, tb))
+        sys.stderr.write(f"fusejit.distributed: rank {world.rank} of {world.size} failed; aborting the job\n"
+                         f"{text}")
+        sys.stderr.flush()
+        if kind is KeyboardInterrupt:
+            previous(kind, value, tb)
+        world.abort(1)
+
+    sys.excepthook = hook
+
+
+_WORLD: SingleProcess | MpiWorld | None = None
+_WORLD_LOCK = threading.Lock()
+
+
+def world() -> SingleProcess | MpiWorld:
+    """This process's communicator, chosen on first use (module docstring); raises
+    ``DistributedSetupError`` when an MPI launcher started this process and mpi4py is
+    missing."""
+    global _WORLD
+    if _WORLD is None:
+        with _WORLD_LOCK:
+            if _WORLD is None:
+                _WORLD = MpiWorld() if launched_by_mpi() else SingleProcess()
+    return _WORLD
+
+
+def check_size(prim: str, size: int) -> SingleProcess | MpiWorld:
+    """The communicator, after checking that it has the ``size`` processes an op's
+    shapes were computed for."""
+    w = world()
+    if w.size != size:
+        raise DistributedSetupError(
+            f"{prim} was traced for {size} processes but the job has {w.size}: "
+            "trace it after fj.distributed.initialize(), under the same launcher"
+        )
+    return w

@@ -1,0 +1,127 @@
+"""Host ops: primitives the runtime runs between kernels, on concrete host arrays.
+
+Some primitives are not kernels: a collective over MPI, a print or a Python callback,
+a LAPACK call. Their primitive is declared with ``kind=OpKind.HOST``; then
+
+* fusion gives each such op a group of its own (``GroupKind.HOST``; the fusion report
+  says "<op> runs on the host between kernels" for every edge to it), and nothing is
+  lowered for it (``codegen.lowering.host_support``);
+* the call plan (``fusejit.runtime.plan``) gives its inputs and outputs buffers like any
+  kernel's (arena, parameters, results), and the CPU runner calls its rule in program
+  order, between the kernels before and after it;
+* no pass evaluates it at compile time (constant folding skips ``OpKind.HOST``);
+* the interpreter runs the primitive's ``impl``, as for any op: keep the two in step
+  (the collectives' ``impl`` and rule call the same function).
+
+Adding one is one entry in ``HOST_RULES``::
+
+    HOST_RULES[P.my_op] = HostRule(lambda inputs, attrs: (np.linalg.inv(inputs[0]),))
+
+``HostRule.run(inputs, attrs)`` gets one array per operand, of the operand's IR shape
+and dtype (C-ordered; treat them as read-only), and the op's attributes; it returns one
+array per output (any memory: the runtime copies it into the output's buffer, in the
+output's dtype). ``inplace=((o, i),)`` lets it write output ``o`` over operand ``i``
+instead: it then gets, as operand ``i``, an array it may overwrite (the output's own
+buffer when the plan could place the output in the operand's dead buffer, else a copy
+of the operand made in the output's buffer) and returns that same array: MPI's in-place
+``Allreduce`` works so, with no copy in the steady state. An exception from a rule gets
+a note naming the op and its source line and propagates unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fusejit.ir import collectives as C
+from fusejit.ir import primitives as P
+from fusejit.ir.core import Op
+from fusejit.ir.host_callbacks import run_callback
+from fusejit.ir.transforms.fusion import FusionGroup, GroupKind
+
+HostFn = Callable[[tuple[np.ndarray, ...], Mapping[str, Any]], Sequence[np.ndarray]]
+
+
+@dataclass(frozen=True, slots=True)
+class HostRule:
+    """How the runtime runs one host primitive (module docstring)."""
+
+    run: HostFn
+    inplace: tuple[tuple[int, int], ...] = ()  # (output, operand) pairs that may share a buffer
+
+
+HOST_RULES: dict[P.Primitive, HostRule] = {
+    P.psum: HostRule(lambda xs, a: (C.allreduce_into(xs[0], "sum", "psum"),), inplace=((0, 0),)),
+    P.pmax: HostRule(lambda xs, a: (C.allreduce_into(xs[0], "max", "pmax"),), inplace=((0, 0),)),
+    P.all_gather: HostRule(lambda xs, a: (C.gather_along(xs[0], a["axis"], a["size"]),)),
+    P.psum_scatter: HostRule(lambda xs, a: (C.scatter_sum_along(xs[0], a["axis"], a["size"]),)),
+    P.pbroadcast: HostRule(lambda xs, a: (C.broadcast_into(xs[0], a["root"]),), inplace=((0, 0),)),
+    P.axis_index: HostRule(lambda xs, a: (C.rank_value(),)),
+    P.debug_callback: HostRule(lambda xs, a: run_callback(xs, a["callback"], a["token"], a["batch"])),  # fj.debug
+    # LAPACK (fusejit.ir.linalg): the rule is the primitive's impl, as the interpreter runs it
+    **{p: HostRule(lambda xs, a, p=p: p.impl(*xs, **a)) for p in P.LINALG},
+}
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class HostCall:
+    """A host group in a call plan, in program order among the kernels."""
+
+    group: FusionGroup
+
+    @property
+    def op(self) -> Op:
+        return self.group.ops[0]
+
+    @property
+    def kind(self) -> GroupKind:
+        return GroupKind.HOST
+
+    @property
+    def rule(self) -> HostRule:
+        rule = HOST_RULES.get(self.op.prim)
+        if rule is None:
+            raise NotImplementedError(f"host op {self.op.prim.name} has no rule in fusejit.runtime.host_ops.HOST_RULES")
+        return rule
+
+    @property
+    def display_name(self) -> str:
+        return f"host_{self.op.prim.name}"
+
+
+def host_runner(call: HostCall, shared: frozenset[int] = frozenset()) -> Callable[[Sequence[np.ndarray],
+                                                                                   Sequence[np.ndarray]], None]:
+    """A function ``run(inputs, outputs)`` that runs ``call``'s rule on flat ``inputs``
+    and leaves its results in the flat ``outputs`` (buffers from the call plan).
+    ``shared``: the outputs the plan placed in their operand's buffer (the same memory:
+    nothing is copied for them)."""
+    op, rule = call.op, call.rule
+    in_shapes = tuple(v.shape for v in op.inputs)
+    out_shapes = tuple(v.shape for v in op.outputs)
+    copies = tuple((o, i) for o, i in rule.inplace if o not in shared)
+    run_rule, attrs, inplace = rule.run, op.attrs, rule.inplace
+    where = f"while executing host op {op.prim.name}{f' at {op.loc}' if op.loc else ''}"
+
+    def run(inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> None:
+        args = [a.reshape(s) for a, s in zip(inputs, in_shapes, strict=True)]
+        dests = [a.reshape(s) for a, s in zip(outputs, out_shapes, strict=True)]
+        for o, i in copies:
+            np.copyto(dests[o], args[i])
+        for o, i in inplace:
+            args[i] = dests[o]
+        try:
+            results = run_rule(tuple(args), attrs)
+        except Exception as e:
+            e.add_note(where)
+            raise
+        if len(results) != len(dests):
+            raise RuntimeError(f"host rule of {op.prim.name} returned {len(results)} arrays for {len(dests)} "
+                               "outputs")
+        for o, (r, d) in enumerate(zip(results, dests, strict=True)):
+            if not (inplace and any(o == k and r is d for k, _ in inplace)):
+                np.copyto(d, np.asarray(r).reshape(d.shape), casting="unsafe")
+
+    return run

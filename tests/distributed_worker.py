@@ -1,0 +1,147 @@
+"""Run by ``tests/test_distributed.py`` under ``mpiexec -n 2``: every rank checks its
+collectives, their derivatives and a few training steps against single-process
+references computed from every rank's data, then prints ``OK <rank>``.
+
+    mpiexec -n 2 python tests/distributed_worker.py check    # the checks
+    mpiexec -n 2 python tests/distributed_worker.py abort    # rank 1 raises mid-job
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+import fusejit as fj
+import fusejit.numpy as fnp
+from fusejit import distributed as D
+
+
+def collectives(n: int, r: int) -> dict:
+    """name -> (the collective on this rank's value, its reference on the stacked values
+    of every rank, as rank ``r`` sees it)."""
+    return {
+        "psum": (D.psum, lambda s: fnp.sum(s, axis=0)),
+        "pmean": (D.pmean, lambda s: fnp.mean(s, axis=0)),
+        "pmax": (D.pmax, lambda s: fnp.max(s, axis=0)),
+        "all_gather": (lambda x: D.all_gather(x, axis=1), lambda s: fnp.concatenate([s[k] for k in range(n)], axis=1)),
+        "psum_scatter": (lambda x: D.psum_scatter(x, axis=1), lambda s: fnp.sum(s, axis=0)[:, 2 * r:2 * r + 2]),
+        "broadcast": (lambda x: D.broadcast(x, root=1), lambda s: s[1]),
+    }
+
+
+def check_values(n: int, r: int, xs: np.ndarray) -> None:
+    for name, (op, ref) in collectives(n, r).items():
+        expected = np.asarray(ref(xs))
+        for how, fn in (("eager", op), ("jit", fj.jit(op)), ("unfused", fj.jit(op, fuse=False)),
+                        ("interpreted", fj.jit(op, backend="interpret"))):
+            got = fn(xs[r])
+            np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6, err_msg=f"{name} {how} on rank {r}")
+            assert got.dtype == expected.dtype, (name, how, got.dtype)
+    # An operand read after the collective keeps its value (no in-place Allreduce over it).
+    got = fj.jit(lambda x: (D.psum(fnp.exp(x)) * 2.0, D.psum(fnp.tanh(x)) + fnp.tanh(x)))(xs[r])
+    np.testing.assert_allclose(got[0], 2 * np.exp(xs).sum(0), rtol=1e-5)
+    np.testing.assert_allclose(got[1], np.tanh(xs).sum(0) + np.tanh(xs[r]), rtol=1e-5, atol=1e-6)
+
+
+def check_derivatives(n: int, r: int, xs: np.ndarray) -> None:
+    """The objective is the sum of every rank's: rank r's gradient must equal the
+    gradient of the summed reference with respect to rank r's copy of ``w``; its jvp, the
+    reference's jvp of rank r's term with every rank's tangent."""
+    vs = np.random.default_rng(7).standard_normal((n,) + np.asarray(collectives(n, 0)["all_gather"][1](xs)).shape)
+    w = np.linspace(0.5, 1.5, xs[0].size, dtype=np.float32).reshape(xs[0].shape)
+    ws = np.stack([w * (1 + 0.1 * k) for k in range(n)]).astype(np.float32)
+    ts = np.random.default_rng(8).standard_normal(ws.shape).astype(np.float32)
+    for name, (op, _) in collectives(n, r).items():
+        def term(out, k):  # noqa: ANN001, ANN202
+            v = vs[k][tuple(slice(0, m) for m in out.shape)].astype(np.float32)
+            return fnp.sum(fnp.tanh(out) * v)
+
+        def mine(w, op=op):  # noqa: ANN001, ANN202
+            return term(op(w * xs[r]), r)
+
+        def reference(ws, k, name=name):  # noqa: ANN001, ANN202
+            _, ref = collectives(n, k)[name]
+            return term(ref(ws * xs), k)
+
+        def total(ws):  # noqa: ANN001, ANN202
+            return sum(reference(ws, k) for k in range(n))
+
+        grad = fj.jit(fj.grad(mine))(ws[r])
+        np.testing.assert_allclose(grad, fj.grad(total)(ws)[r], rtol=2e-5, atol=1e-6, err_msg=f"grad of {name}")
+        _, tangent = fj.jvp(mine, (ws[r],), (ts[r],))
+        _, expected = fj.jvp(lambda ws: reference(ws, r), (ws,), (ts,))  # noqa: B023
+        np.testing.assert_allclose(tangent, expected, rtol=2e-5, atol=1e-6, err_msg=f"jvp of {name}")
+
+
+def check_training(n: int, r: int) -> None:
+    """Three SGD steps of an MLP: n ranks with batch 8/n each equal one process with
+    batch 8, and each distributed step sends one message (its gradients' bucket)."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((32, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 32).astype(np.int32)
+    params = {"w1": rng.standard_normal((5, 16)).astype(np.float32) * 0.5, "b1": np.zeros(16, np.float32),
+              "w2": rng.standard_normal((16, 3)).astype(np.float32) * 0.5, "b2": np.zeros(3, np.float32)}
+    params = D.broadcast_params(params)
+
+    def loss(p, x, y):  # noqa: ANN001, ANN202
+        h = fj.nn.relu(x @ p["w1"] + p["b1"])
+        return fj.nn.cross_entropy(h @ p["w2"] + p["b2"], y)
+
+    def step(p, x, y, distributed):  # noqa: ANN001, ANN202
+        g = fj.grad(loss)(p, x, y)
+        if distributed:
+            g = D.pmean(g)
+        return fj.tree_map(lambda a, b: a - 0.5 * b, p, g)
+
+    jitted = fj.jit(step, static_argnums=3)
+    mine, alone = params, params
+    order = np.random.default_rng([11, 0]).permutation(len(x))
+    calls = []
+    for s, idx in enumerate(D.shard_batches(len(x), 8, seed=11)):
+        if s == 3:
+            break
+        before = D.stats().calls
+        mine = jitted(mine, x[idx], y[idx], True)
+        calls.append(D.stats().calls - before)
+        whole = order[8 * s:8 * s + 8]
+        alone = jitted(alone, x[whole], y[whole], False)
+    for k in params:
+        np.testing.assert_allclose(mine[k], alone[k], rtol=1e-5, atol=1e-6, err_msg=f"{k} after 3 steps")
+    assert calls[1:] == [1, 1], f"MPI calls per step: {calls}"
+    report = jitted.lower(params, x[:8 // n], y[:8 // n], True).fusion_report()
+    assert report.count("(host)") == 1, report
+
+
+def check_mismatch(n: int, r: int) -> None:
+    try:
+        fj.jit(D.psum)(np.ones(r + 2, np.float32))
+    except D.CollectiveMismatchError as e:
+        text = str(e) + "".join(getattr(e, "__notes__", []))
+        for k in range(n):
+            assert f"rank {k}: psum f32[{k + 2}]" in text, text
+        assert "while executing host op psum" in text, text
+    else:
+        raise AssertionError("mismatched shapes were not detected")
+
+
+def main(case: str) -> int:
+    D.initialize()
+    n, r = D.size(), D.rank()
+    assert n == 2, f"run under mpiexec -n 2, not {n} processes"
+    if case == "abort":
+        if r == 1:
+            raise RuntimeError("boom from rank 1")
+        D.psum(np.ones(3))  # rank 0 waits here until rank 1's failure ends the job
+        return 0
+    xs = np.random.default_rng(5).standard_normal((n, 3, 4)).astype(np.float32)
+    check_values(n, r, xs)
+    check_derivatives(n, r, xs)
+    check_training(n, r)
+    check_mismatch(n, r)
+    print(f"OK {r}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
