@@ -1,0 +1,340 @@
+"""The CUDA target: every primitive, random fused programs and a training step on the GPU
+backend against NumPy and the CPU, the launch structure of the printed kernels, device
+arrays, and every kernel kind compiled to PTX.
+
+Here they run on Numba's CUDA simulator (``tests/conftest.py`` sets
+``NUMBA_ENABLE_CUDASIM=1``: each GPU thread is a Python thread, so the shapes stay tiny);
+``bench/gpu_check.sh`` runs the same file on a GPU with the simulator off. The PTX test
+compiles the generated modules with NVVM in a subprocess without the simulator, which needs
+the CUDA toolkit (NVVM and NVRTC) but no GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba.cuda")
+
+from test_primitives import CASES, assert_matches_numpy, dtypes_of  # noqa: E402
+
+import fusejit as fj  # noqa: E402
+import fusejit.numpy as fnp  # noqa: E402
+from fusejit.codegen.cuda.printer import phases  # noqa: E402
+from fusejit.codegen.target import CUDA  # noqa: E402
+from fusejit.ir import PRIMITIVES  # noqa: E402
+from fusejit.testing.fuzz.checking import check  # noqa: E402
+from fusejit.testing.fuzz.generator import generate  # noqa: E402
+from fusejit.tracer.tracing import bind  # noqa: E402
+
+SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+
+
+def cuda_jit(fn: Any, **kw: Any) -> Any:
+    return fj.jit(fn, backend="cuda", **kw)
+
+
+# ---------------------------------------------------------------------------------------
+# Values
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_every_primitive_on_the_cuda_backend_matches_numpy(name: str) -> None:
+    prim = PRIMITIVES[name]
+    for dtype in dtypes_of(name):
+        for case in CASES[name](dtype):
+
+            def one_op(*xs: Any, attrs: dict[str, Any] = case.attrs) -> Any:
+                return bind(prim, *xs, **attrs)
+
+            out = cuda_jit(one_op)(*case.operands)
+            assert isinstance(out, fj.DeviceArray)
+            assert_matches_numpy(out, case.expected, f"{name}[{dtype}] {case.label} (cuda)")
+
+
+def test_random_fused_programs_on_the_cuda_backend_match_numpy() -> None:
+    failures = []
+    checked = 0
+    for seed in range(40):
+        program = generate(seed, max_ops=6, grad_fraction=0.0, large_fraction=0.0)
+        result = check(program, configs=("cuda",), pairs=False)
+        if result.status == "ok":
+            checked += 1
+        elif result.status == "mismatch":
+            failures.append((seed, [f"{m.category}: {m.detail}" for m in result.mismatches]))
+    assert not failures, failures
+    assert checked >= 25
+
+
+def mlp_step(params: dict[str, Any], x: Any, y: Any) -> tuple[Any, dict[str, Any]]:
+    def loss(p: dict[str, Any]) -> Any:
+        h = fnp.tanh(x @ p["w1"] + p["b1"])
+        logits = h @ p["w2"]
+        logits = logits - logits.max(axis=1, keepdims=True)
+        logp = logits - fnp.log(fnp.exp(logits).sum(axis=1, keepdims=True))
+        return -(logp * y).sum() / x.shape[0]
+
+    value, grads = fj.value_and_grad(loss)(params)
+    return value, {k: params[k] - 0.1 * grads[k] for k in params}
+
+
+def test_a_training_step_on_the_gpu_equals_the_cpu_and_keeps_parameters_on_the_device() -> None:
+    rng = np.random.default_rng(0)
+    params = {"w1": rng.standard_normal((6, 8)) * 0.3, "b1": np.zeros(8), "w2": rng.standard_normal((8, 3)) * 0.3}
+    x = rng.standard_normal((5, 6))
+    y = np.eye(3)[rng.integers(0, 3, 5)]
+    cpu_step, gpu_step = fj.jit(mlp_step), cuda_jit(mlp_step)
+    cpu_params, gpu_params = params, fj.device_put(params)
+    for _ in range(3):
+        cpu_loss, cpu_params = cpu_step(cpu_params, x, y)
+        gpu_loss, gpu_params = gpu_step(gpu_params, x, y)
+        np.testing.assert_allclose(float(gpu_loss), cpu_loss, rtol=1e-12)
+    assert all(isinstance(v, fj.DeviceArray) for v in gpu_params.values())
+    for k in params:
+        np.testing.assert_allclose(np.asarray(gpu_params[k]), cpu_params[k], rtol=1e-12, atol=1e-14)
+    assert gpu_step.cache_info().misses == 1  # device arrays in, the same executable
+
+
+def test_cnn_gradients_on_the_gpu_equal_the_cpus() -> None:
+    """Convolution and pooling forward and backward (the weight gradient and the pooling
+    gradient accumulate with atomic adds on the GPU)."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 2, 6, 6))
+    w = rng.standard_normal((3, 2, 3, 3))
+
+    def loss(w: Any, x: Any) -> Any:
+        return (fj.nn.max_pool2d(fnp.tanh(fj.nn.conv2d(x, w, padding=1)), 2) ** 2).sum()
+
+    grad = fj.grad(loss, argnums=(0, 1))
+    for got, want in zip(cuda_jit(grad)(w, x), fj.jit(grad)(w, x), strict=True):
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-12, atol=1e-12)
+
+
+def test_a_memory_accumulation_becomes_an_atomic_add_and_its_loop_runs_on_the_grid() -> None:
+    def f(x: Any, i: Any) -> Any:
+        return fj.grad(lambda v: fnp.take(v, i).sum())(x)
+
+    kernels = kernels_of(f, np.ones(5), np.array([1, 1, 3]))
+    sources = "\n".join(CUDA.print_module(k) for k in kernels)
+    assert "cuda.atomic.add(" in sources
+    launches = [ph for k in kernels for ph in phases(k)[1]]
+    assert all(ph.loops for ph in launches)  # no one-thread launch left
+
+
+def test_host_ops_run_between_the_launches_in_program_order() -> None:
+    seen: list[float] = []
+
+    def f(x: Any) -> Any:
+        y = fnp.exp(x)
+        fj.debug.callback(lambda v: seen.append(float(v.sum())), y)
+        return fj.distributed.psum(y * 2.0)  # one process: the identity
+
+    out = cuda_jit(f)(np.zeros(3))
+    np.testing.assert_array_equal(np.asarray(out), np.full(3, 2.0))
+    assert seen == [3.0]
+
+
+def test_loops_on_the_cuda_backend_are_refused_naming_the_op() -> None:
+    def f(h: Any, xs: Any) -> Any:
+        return fj.lax.scan(lambda c, x: (c + x, c), h, xs)
+
+    with pytest.raises(NotImplementedError, match="does not run scan yet"):
+        cuda_jit(f)(np.zeros(3), np.ones((4, 3)))
+
+
+def test_device_arrays_round_trip_and_report_shape_dtype_and_device() -> None:
+    host = np.arange(12, dtype=np.float32).reshape(3, 4)
+    dev = fj.device_put(host)
+    assert (dev.shape, dev.dtype, dev.ndim, dev.size, dev.device) == ((3, 4), np.float32, 2, 12, "cuda")
+    np.testing.assert_array_equal(np.asarray(dev), host)
+    np.testing.assert_array_equal(fj.device_put(dev, "cpu"), host)
+    assert fj.device_put(dev) is dev
+    assert repr(dev) == "DeviceArray(float32[3, 4], cuda)"
+    assert "cuda" in fj.devices()
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        fj.device_put(host, "tpu")
+
+
+def test_a_donated_device_array_is_reused_and_then_unusable() -> None:
+    x = fj.device_put(np.ones(8))
+    out = cuda_jit(lambda a: a * 2.0, donate_argnums=0)(x)
+    np.testing.assert_array_equal(np.asarray(out), np.full(8, 2.0))
+    with pytest.raises(RuntimeError, match="donated"):
+        np.asarray(x)
+
+
+def test_an_argument_returned_as_is_is_a_copy_on_the_device() -> None:
+    x = fj.device_put(np.arange(3.0))
+    a, b = cuda_jit(lambda v: (v, v + 1))(x)
+    assert a is not x and a.buffer is not x.buffer
+    np.testing.assert_array_equal(np.asarray(a), np.arange(3.0))
+
+
+def test_a_result_the_caller_dropped_is_reused_and_one_it_holds_is_not_overwritten() -> None:
+    f = cuda_jit(lambda a: a + 1.0)
+    x = fj.device_put(np.zeros(4))
+    held = f(x)
+    buffer = f(x).buffer  # this result is dropped at once
+    again = f(x)
+    assert again.buffer is buffer and held.buffer is not buffer
+    np.testing.assert_array_equal(np.asarray(held), np.ones(4))
+
+
+def test_asking_for_cuda_without_a_gpu_names_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from numba import cuda
+
+    from fusejit.runtime import devices
+
+    monkeypatch.setattr(cuda, "is_available", lambda: False)
+    monkeypatch.setattr(devices, "_usable", [])
+    with pytest.raises(fj.CudaUnavailableError, match="NUMBA_ENABLE_CUDASIM=1"):
+        cuda_jit(lambda a: a + 1)(np.ones(3))
+    assert fj.devices() == ["cpu"]
+
+
+# ---------------------------------------------------------------------------------------
+# Launch structure
+
+
+def kernels_of(fn: Any, *args: Any) -> list[Any]:
+    lowered = fj.jit(fn, backend="cuda").lower(*args)
+    return [CUDA.lower(g).kernel for g in lowered.fused.groups]
+
+
+def test_an_elementwise_nest_is_one_flat_launch_over_every_element() -> None:
+    (kernel,) = kernels_of(lambda a, b: fnp.tanh(a * b), np.ones((4, 5)), np.ones((1, 5)))
+    _, launches = phases(kernel)
+    assert len(launches) == 1
+    assert sum(1 for lp in launches[0].loops) == 2  # rows and columns collapsed
+
+
+def test_a_full_reduction_is_a_grid_launch_then_one_thread_combining_the_partials() -> None:
+    (kernel,) = kernels_of(lambda a: a.sum(), np.ones((4, 5)))
+    _, launches = phases(kernel)
+    assert [bool(ph.loops) for ph in launches] == [True, False]
+
+
+def test_a_softmax_row_is_shared_by_a_block_with_its_max_and_sum_combined_in_shared_memory() -> None:
+    (kernel,) = kernels_of(lambda a: fnp.exp(a - a.max(axis=1, keepdims=True)) / fnp.exp(a).sum(axis=1, keepdims=True),
+                           np.ones((4, 5), np.float32))
+    _, launches = phases(kernel)
+    assert len(launches) == 1 and len(launches[0].loops) == 1
+    assert sorted(r.combine.fn for r in launches[0].reductions) == ["accumulate", "maximum"]
+    assert "cuda.shared.array(" in CUDA.print_module(kernel)
+
+
+def test_a_column_sum_is_a_thread_per_column_not_shared_by_a_block() -> None:
+    (kernel,) = kernels_of(lambda a: a.sum(axis=0), np.ones((6, 5), np.float32))
+    launches = [ph for ph in phases(kernel)[1] if ph.loops and ph.reductions is None]
+    assert launches and all(ph.reductions is None for ph in phases(kernel)[1])
+
+
+def test_an_argmax_row_keeps_one_thread_per_row() -> None:
+    (kernel,) = kernels_of(lambda a: fnp.argmax(a, axis=1), np.ones((4, 5), np.float32))
+    (launch,) = phases(kernel)[1]
+    assert launch.reductions is None
+
+
+def test_a_small_matmul_is_one_launch_with_its_epilogue_and_a_large_one_a_gemm() -> None:
+    (small,) = kernels_of(lambda a, b: fnp.maximum(a @ b, 0.0), np.ones((4, 3)), np.ones((3, 5)))
+    (launch,) = phases(small)[1]
+    assert len(launch.loops) == 2  # a thread per output element, the max fused in
+    n = 1024  # 2 n**3 flops: at CUDA.blas_min_flops
+    lowered = fj.jit(lambda a, b: fnp.maximum(a @ b, 0.0), backend="cuda").lower(
+        np.ones((n, n), np.float32), np.ones((n, n), np.float32))
+    (group,) = lowered.fused.groups
+    launches = phases(CUDA.lower(group).kernel)[1]
+    assert launches[0].matmul is not None and launches[1].call is not None
+
+
+@pytest.mark.parametrize(("a_t", "b_t"), [(False, False), (True, False), (False, True), (True, True)])
+def test_the_gemm_of_every_layout_and_a_batch_equals_numpy(a_t: bool, b_t: bool) -> None:
+    from numba import cuda
+
+    from fusejit.codegen.cuda.gemm import gemm
+
+    rng = np.random.default_rng(3)
+    batch, m, k, n = 2, 3, 4, 5
+    a = rng.standard_normal((batch, k, m) if a_t else (batch, m, k))
+    b = rng.standard_normal((batch, n, k) if b_t else (batch, k, n))
+    c = cuda.device_array(batch * m * n)
+    gemm(cuda.to_device(a.ravel()), cuda.to_device(b.ravel()), c, batch, m, k, n, a_t, b_t)
+    want = (a.transpose(0, 2, 1) if a_t else a) @ (b.transpose(0, 2, 1) if b_t else b)
+    np.testing.assert_allclose(c.copy_to_host().reshape(batch, m, n), want, rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------
+# PTX
+
+PTX_SCRIPT = textwrap.dedent("""
+    import importlib.util, json, sys, types as pytypes
+    from numba import cuda, types
+    from numba.cuda import dispatcher
+    from numba.cuda.dispatcher import CUDADispatcher
+    # Device functions (the math library) compile for the current device's compute
+    # capability, and there is no device here: name a Hopper one.
+    dispatcher.get_current_device = lambda: pytypes.SimpleNamespace(compute_capability=(9, 0))
+    NB = {"bool": types.boolean, "int32": types.int32, "int64": types.int64,
+          "float32": types.float32, "float64": types.float64}
+    done = 0
+    for path, arrays, nints in json.load(sys.stdin):
+        spec = importlib.util.spec_from_file_location(f"ptx_{done}", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        sig = tuple(NB[a][::1] for a in arrays) + (types.int64,) * nints
+        for name, obj in vars(mod).items():
+            if isinstance(obj, CUDADispatcher) and obj.py_func.__module__ == mod.__name__:
+                if obj.py_func.__code__.co_argcount == len(sig):
+                    cuda.compile_ptx(obj.py_func, sig, cc=(9, 0))
+                    done += 1
+    from fusejit.codegen.cuda.gemm import _gemm_kernel  # the GEMM without CuPy
+    for dt in (types.float32, types.float64):
+        cuda.compile_ptx(_gemm_kernel.py_func, (dt[::1], dt[::1], dt[::1]) + (types.int64,) * 4
+                         + (types.boolean, types.boolean, dt), cc=(9, 0))
+    print(done)
+""")
+
+
+def _nvvm_found() -> bool:
+    probe = "from numba import cuda, types; cuda.compile_ptx(lambda a: None, (types.float32[::1],), cc=(9, 0))"
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "0"}
+    return subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, timeout=120).returncode == 0
+
+
+@pytest.mark.skipif(not SIMULATED, reason="on a GPU the kernels are compiled by running them")
+def test_every_kernel_kind_compiles_to_ptx(tmp_path: Any) -> None:
+    if not _nvvm_found():
+        pytest.skip("no CUDA toolkit to compile PTX with (NVVM and NVRTC)")
+    rng = np.random.default_rng(1)
+    x, w = rng.standard_normal((4, 6)).astype(np.float32), rng.standard_normal((6, 3)).astype(np.float32)
+    programs = [
+        (lambda a, b: fnp.maximum(a @ b, 0.0).sum(axis=0), (x, w)),  # matmul, epilogue, column sums
+        (lambda a: fnp.exp(a - a.max(axis=1, keepdims=True)) / 3.0, (x,)),  # row kernel
+        (lambda a: (fnp.tanh(a) ** 2).sum(), (x.astype(np.float64),)),  # full reduction, float64
+        (lambda a: fnp.cumsum(a, axis=1), (x,)),  # scan kernel
+        (lambda a: fj.grad(lambda v: fnp.take(v, np.array([0, 2, 2])).sum())(a), (x[0],)),  # scatter
+        (lambda a: fnp.concatenate([a, -a], axis=0)[::2] % 1.5, (x,)),  # layout, remainder
+        (lambda a: fnp.floor(a) + fnp.ceil(a) * fnp.round(a) + a // 0.3, (x, )),  # rounding
+        (lambda a: fnp.argmax(a, axis=1) + fnp.arange(4), (x,)),  # int64 argmax
+        (lambda a: fj.nn.max_pool2d(fj.nn.conv2d(a, np.ones((2, 1, 3, 3), np.float32)), 2),
+         (rng.standard_normal((2, 1, 6, 6)).astype(np.float32),)),  # conv, pool
+    ]
+    jobs = []
+    for k, (fn, args) in enumerate(programs):
+        for group in fj.jit(fn, backend="cuda").lower(*args).fused.groups:
+            kernel = CUDA.lower(group).kernel
+            path = tmp_path / f"m{k}_{len(jobs)}.py"
+            path.write_text(CUDA.print_module(kernel))
+            jobs.append((str(path), [a.dtype.np.name for a in kernel.arrays], len(kernel.ints)))
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "0"}
+    proc = subprocess.run([sys.executable, "-c", PTX_SCRIPT], input=json.dumps(jobs), env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert int(proc.stdout.split()[-1]) >= len(jobs)
