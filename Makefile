@@ -1,6 +1,8 @@
 # `make demo` and `make test` set everything up on a fresh machine: they create .venv and
 # install the project into it once (a second run installs nothing). Both install the `demo`
-# extra (scikit-learn, tqdm, matplotlib), so the tests of the demo run too.
+# extra (scikit-learn, tqdm, matplotlib), so the tests of the demo run too, and the
+# `distributed` extra (mpi4py, MPICH's mpiexec), so the 2-process MPI tests run, and the
+# `cuda` extra, so the CUDA backend's tests run on Numba's CUDA simulator.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -11,7 +13,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,demo]'
+	$(PY) -m pip install --quiet -e '.[dev,demo,distributed,cuda]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -1,6 +1,6 @@
 """``fusejit bench``: runs the workloads of ``workloads.py`` in every configuration.
 
-    fusejit bench [W1 ... W9] [--size full|small|tiny] [--quick] [--json F] [--plot F.png]
+    fusejit bench [W1 ... W10] [--size full|small|tiny] [--quick] [--json F] [--plot F.png]
     python -m fusejit bench ...        python bench/harness.py ...
 
 How a run goes (``bench/README.md`` says how to read the numbers):
@@ -102,10 +102,10 @@ class Options:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="fusejit bench",
-        description="Benchmark workloads W1-W9: NumPy eager vs fusejit unfused vs fusejit fused "
+        description="Benchmark workloads W1-W10: NumPy eager vs fusejit unfused vs fusejit fused "
         "(vs JAX jit, PyTorch eager and torch.compile when installed). See bench/README.md.",
     )
-    p.add_argument("workloads", nargs="*", metavar="WORKLOAD", help="W1 ... W9 or a word of a title (default: all)")
+    p.add_argument("workloads", nargs="*", metavar="WORKLOAD", help="W1 ... W10 or a word of a title (default: all)")
     p.add_argument("--size", default="full", choices=("full", "small", "tiny"), help="problem sizes (default: full)")
     p.add_argument("--quick", action="store_true", help="fewer warm-ups and repetitions")
     p.add_argument("--json", type=Path, default=RESULTS_DIR / "bench.json", help="write the results here")

@@ -1,4 +1,4 @@
-"""The benchmark workloads W1-W9, each written once in plain NumPy style.
+"""The benchmark workloads W1-W10, each written once in plain NumPy style.
 
 Each entry of ``WORKLOADS`` is a ``Workload`` whose ``make(size)`` returns its ``Case``
 list (W1 has two: gelu on 4M and 16M elements). A case holds
@@ -633,6 +633,88 @@ def make_cifar_cnn(size: str) -> list[Case]:
 
 
 # --------------------------------------------------------------------------------------
+# W10 GRU training step: a recurrent network over T steps, one scan (not unrolled)
+
+GRU_INPUT = 32
+
+
+def gru_loss_fn(xp: Any, scan: Callable[..., Any]) -> Callable[..., Any]:
+    """Cross-entropy of a linear head on the last hidden state of a GRU (PyTorch's gate
+    equations) run over ``xs`` [T, batch, input] by ``scan`` (``fj.lax.scan`` or
+    ``jax.lax.scan``), with ``xp``'s math."""
+
+    def sigmoid(x: Any) -> Any:
+        return 1.0 / (1.0 + xp.exp(-x))
+
+    def loss(params: Any, xs: Any, labels: Any) -> Any:
+        hidden = params["w_hh"].shape[1]
+
+        def step(h: Any, x: Any) -> Any:
+            gi = x @ params["w_ih"].T + params["b_ih"]
+            gh = h @ params["w_hh"].T + params["b_hh"]
+            r = sigmoid(gi[:, :hidden] + gh[:, :hidden])
+            z = sigmoid(gi[:, hidden : 2 * hidden] + gh[:, hidden : 2 * hidden])
+            n = xp.tanh(gi[:, 2 * hidden :] + r * gh[:, 2 * hidden :])
+            return (1.0 - z) * n + z * h, None
+
+        h, _ = scan(step, xp.zeros((xs.shape[1], hidden), xs.dtype), xs)
+        return cross_entropy_fn(xp)(h @ params["fc_w"].T + params["fc_b"], labels)
+
+    loss.__name__ = "gru_loss"
+    return loss
+
+
+def _torch_gru_loss(params: Any, xs: Any, labels: Any) -> Any:
+    """The same model through ``torch.nn.GRU`` (its fused kernels), weights from ``params``."""
+    import torch
+
+    hidden = params["w_hh"].shape[1]
+    gru = _torch_gru_module(xs.shape[2], hidden)
+    weights = {"weight_ih_l0": params["w_ih"], "weight_hh_l0": params["w_hh"], "bias_ih_l0": params["b_ih"],
+               "bias_hh_l0": params["b_hh"]}
+    _, h = torch.func.functional_call(gru, weights, (xs,))
+    return _torch_cross_entropy(h[0] @ params["fc_w"].T + params["fc_b"], labels)
+
+
+_TORCH_GRUS: dict[tuple[int, int], Any] = {}
+
+
+def _torch_gru_module(inputs: int, hidden: int) -> Any:
+    import torch
+
+    if (inputs, hidden) not in _TORCH_GRUS:
+        _TORCH_GRUS[inputs, hidden] = torch.nn.GRU(inputs, hidden)
+    return _TORCH_GRUS[inputs, hidden]
+
+
+def make_gru(size: str) -> list[Case]:
+    _check_size(size)
+    batch, hidden = {"tiny": (4, 8), "small": (64, 128), "full": (64, 128)}[size]
+    lengths = {"tiny": (3,), "small": (16,), "full": (16, 128)}[size]
+    cases = []
+    for steps in lengths:
+        rng = _rng()
+        bound = 1.0 / math.sqrt(hidden)  # PyTorch's initialisation
+        params = {name: rng.uniform(-bound, bound, shape).astype(np.float32) for name, shape in (
+            ("w_ih", (3 * hidden, GRU_INPUT)), ("w_hh", (3 * hidden, hidden)), ("b_ih", (3 * hidden,)),
+            ("b_hh", (3 * hidden,)), ("fc_w", (10, hidden)), ("fc_b", (10,)))}
+        xs = _f32(rng, steps, batch, GRU_INPUT)
+        args = (params, xs, rng.integers(0, 10, batch))
+
+        def jax_port(args: tuple = args) -> Port:
+            import jax
+
+            return _jax_train_port(gru_loss_fn(_jnp(), jax.lax.scan), args)
+
+        cases.append(Case("W10", f"GRU step T{steps}", sgd_step_fn(gru_loss_fn(np, fj.lax.scan)), args,
+                          carry=_train_carry, jax=jax_port,
+                          torch=lambda compiled, args=args: _torch_train_port(_torch_gru_loss, args, compiled),
+                          note=f"GRU {GRU_INPUT}->{hidden} over T={steps} (one scan), linear head, cross-entropy, "
+                               "SGD; torch: nn.GRU"))
+    return cases
+
+
+# --------------------------------------------------------------------------------------
 # W6 per-call overhead
 
 
@@ -658,6 +740,7 @@ WORKLOADS = [
     Workload("W7", "small CNN training step, 8x8 images, batch 256", make_cnn),
     Workload("W8", "the demo's digits CNN training step (Adam), batch 64", make_digits_cnn),
     Workload("W9", "CIFAR-shaped CNN training step (SGD with momentum), batch 64", make_cifar_cnn),
+    Workload("W10", "GRU training step, hidden 128, batch 64, T 16 and 128 (fj.lax.scan)", make_gru),
 ]
 
 

@@ -11,15 +11,18 @@
 from __future__ import annotations
 
 # The library on top, importable as fj.nn, fj.optim and fj.augment (after the core).
-from fusejit import augment, config, ir, nn, optim, random  # noqa: E402
+from fusejit import augment, config, debug, distributed, ir, lax, nn, optim, random  # noqa: E402
 from fusejit.comparison import Comparison, compare, profile
 from fusejit.ir import IRParseError, IRTypeError
+from fusejit.runtime.devices import CudaUnavailableError, DeviceArray, devices
 from fusejit.runtime.profile import Profile
 from fusejit.saving import load, save
+from fusejit.tracer.device_put import device_put
 from fusejit.tracer.gradcheck import GradcheckError, gradcheck
 from fusejit.tracer.jit import CacheInfo, Compiled, Jitted, Lowered, jit, make_ir
 from fusejit.tracer.numpy_api import stop_gradient
 from fusejit.tracer.pytree import tree_flatten, tree_flatten_with_path, tree_leaves, tree_map, tree_unflatten
+from fusejit.tracer.scopes import named_scope
 from fusejit.tracer.tracing import ConcretizationError, EscapedTracerError
 from fusejit.tracer.transformations import custom_vjp, grad, jvp, value_and_grad, vjp
 from fusejit.tracer.vmap import hessian, jacfwd, jacrev, vmap
@@ -35,7 +38,7 @@ def compile_ir(fn: ir.Function, *, backend: str | None = None, fuse: bool = True
     ir.verify(fn)
     optimized, _ = optimize(fn, check=config.value("check_ir"))
     backend = backend or config.value("backend")
-    executable = compile_function(partition(optimized, fuse, backend), backend=backend)
+    executable = compile_function(partition(optimized, fuse, backend), backend=backend, fuse=fuse)
 
     def run(*args: object) -> tuple:
         import numpy as np
@@ -48,6 +51,9 @@ def compile_ir(fn: ir.Function, *, backend: str | None = None, fuse: bool = True
 
 __all__ = [
     "augment",
+    "debug",
+    "distributed",
+    "lax",
     "nn",
     "optim",
     "random",
@@ -55,6 +61,8 @@ __all__ = [
     "Comparison",
     "Compiled",
     "ConcretizationError",
+    "CudaUnavailableError",
+    "DeviceArray",
     "EscapedTracerError",
     "GradcheckError",
     "IRParseError",
@@ -66,6 +74,8 @@ __all__ = [
     "compile_ir",
     "config",
     "custom_vjp",
+    "device_put",
+    "devices",
     "grad",
     "gradcheck",
     "hessian",
@@ -76,6 +86,7 @@ __all__ = [
     "jvp",
     "load",
     "make_ir",
+    "named_scope",
     "profile",
     "save",
     "stop_gradient",

@@ -68,13 +68,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub.add_parser(
         "bench",
-        help="benchmark workloads W1-W9: NumPy eager vs fusejit unfused/fused (vs JAX, PyTorch); "
+        help="benchmark workloads W1-W10: NumPy eager vs fusejit unfused/fused (vs JAX, PyTorch); "
         "'fusejit bench --help' for options",
         add_help=False,
     )
+    sub.add_parser("coverage", help="print which NumPy functions fusejit.numpy supports (docs/numpy_coverage.md)")
     args, rest = parser.parse_known_args(argv)
     if args.command == "demo":
         return demo(rest)
+    if args.command == "coverage":
+        from fusejit.tracer.numpy_coverage import markdown
+
+        sys.stdout.write(markdown())
+        return 0
     return bench(rest)
 
 

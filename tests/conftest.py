@@ -12,3 +12,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 import os  # noqa: E402
 
 os.environ.setdefault("FUSEJIT_COMPILE_WORKERS", "0")
+# The CUDA tests run on Numba's CUDA simulator unless told otherwise (bench/gpu_check.sh
+# sets 0 on a GPU machine); Numba reads this when it is first imported.
+os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")

@@ -31,6 +31,7 @@ import numpy as np
 from fusejit.ir import DType, Function, SourceLoc, TensorType, Value
 from fusejit.ir import primitives as P
 from fusejit.ir.builder import Builder
+from fusejit.ir.host_callbacks import register_callback
 
 ALL_DTYPES = tuple(DType)
 INT_DTYPES = frozenset({DType.i32, DType.i64})
@@ -43,9 +44,14 @@ ODD_FILE_NAMES = (
 PARAM_NAMES = (None, "x", "x", "w", "arg0", "arg1", "y_", "0bad", "é", "return", "func")
 FUNCTION_NAMES = ("f", "f", "fun", "fwd", "bwd", "<lambda>", "main", "fn", "fn_1", "f_1")
 
+# fj.named_scope paths and derivative markers (bwd of, jvp of) print after/before the line.
+SCOPES = ("", "", "conv1", "block1/conv", "a.b-c/<lambda>[0]", "ünï/x_1")
+DERIVED = ((), (), ("bwd",), ("jvp",), ("jvp", "bwd"), ("bwd", "bwd"))
+
 _locs = st.one_of(
     st.none(),
-    st.builds(SourceLoc, st.sampled_from(ODD_FILE_NAMES), st.integers(0, 10_000)),
+    st.builds(SourceLoc, st.sampled_from(ODD_FILE_NAMES), st.integers(0, 10_000), st.sampled_from(SCOPES),
+              st.sampled_from(DERIVED)),
 )
 
 
@@ -325,8 +331,9 @@ def _types(g: _Gen, max_size: int) -> tuple[TensorType, ...]:
 
 def _nested(g: _Gen, params: tuple[TensorType, ...], results: tuple[TensorType, ...]) -> Function:
     inner = _Gen(g.draw, g.depth + 1, params)
-    # Deeper functions may only call custom_vjp_call twice removed, to stay small.
-    prims = [p for p in P.PRIMITIVES.values() if p is not P.custom_vjp_call or inner.depth < 2]
+    # Deeper functions may only call nested functions (custom_vjp_call, loops, branches)
+    # twice removed, to stay small.
+    prims = [p for p in P.PRIMITIVES.values() if p.kind is not P.OpKind.CALL or inner.depth < 2]
     for _ in range(g.draw(st.integers(0, 3))):
         inner.emit(g.draw(st.sampled_from(prims)))
     return inner.function(g.draw(st.sampled_from(FUNCTION_NAMES)), results)
@@ -346,6 +353,90 @@ def _custom_vjp_call(g: _Gen, prim: P.Primitive) -> tuple[Value, ...]:
     return g.b.emit(prim, tuple(inputs), {"fun": fun, "fwd": fwd, "bwd": bwd})
 
 
+def _scan(g: _Gen, prim: P.Primitive) -> tuple[Value, ...]:
+    consts = [g.operand(P.ANY) for _ in range(g.draw(st.integers(0, 1)))]
+    carry = [g.operand(P.ANY) for _ in range(g.draw(st.integers(0 if consts else 1, 2)))]
+    xs = [g.operand(P.ANY, min_rank=1) for _ in range(g.draw(st.integers(0, 1)))]
+    length = xs[0].shape[0] if xs else g.draw(st.integers(0, 2))
+    xs += [g.operand(P.ANY, shape=(length,) + g.shape(max_rank=1)) for _ in range(g.draw(st.integers(0, 1)))]
+    slices = tuple(v.type.with_shape(v.shape[1:]) for v in xs)
+    carry_types = tuple(v.type for v in carry)
+    body = _nested(g, tuple(v.type for v in consts) + carry_types + slices, carry_types + _types(g, 1))
+    return g.b.emit(prim, (*consts, *carry, *xs), {"body": body, "length": length, "reverse": g.draw(st.booleans()),
+                                                   "num_consts": len(consts), "num_carry": len(carry)})
+
+
+def _cond(g: _Gen, prim: P.Primitive) -> tuple[Value, ...]:
+    index = g.operand(frozenset({DType.i32}), shape=())
+    operands = [g.operand(P.ANY) for _ in range(g.draw(st.integers(0, 2)))]
+    in_types, out_types = tuple(v.type for v in operands), _types(g, 2)
+    branches = tuple(_nested(g, in_types, out_types) for _ in range(g.draw(st.integers(1, 3))))
+    return g.b.emit(prim, (index, *operands), {"branches": branches})
+
+
+def _while_loop(g: _Gen, prim: P.Primitive) -> tuple[Value, ...]:
+    """A loop that ends: the carry starts with a counter the body increments and the
+    cond compares with a small bound."""
+    cond_consts = [g.operand(P.ANY) for _ in range(g.draw(st.integers(0, 1)))]
+    body_consts = [g.operand(P.ANY) for _ in range(g.draw(st.integers(0, 1)))]
+    counter = g.b.constant(g.draw(st.integers(-1, 3)), DType.i32)
+    carry = [counter] + [g.operand(P.ANY) for _ in range(g.draw(st.integers(0, 2)))]
+    carry_types = tuple(v.type for v in carry)
+
+    def counting(fn: Function, n_consts: int, result: Callable[[Builder, Value], tuple[Value, ...]]) -> Function:
+        b = Builder()
+        b.ops = list(fn.ops)
+        return b.function(fn.name, fn.params, result(b, fn.params[n_consts]) + fn.results)
+
+    nc, nb = len(cond_consts), len(body_consts)
+    cond = counting(_nested(g, tuple(v.type for v in cond_consts) + carry_types, ()), nc,
+                    lambda b, i: (b.op(P.lt, i, b.constant(g.draw(st.integers(0, 3)), DType.i32)),))
+    body = counting(_nested(g, tuple(v.type for v in body_consts) + carry_types, carry_types[1:]), nb,
+                    lambda b, i: (b.op(P.add, i, b.constant(1, DType.i32)),))
+    return g.b.emit(prim, (*cond_consts, *body_consts, *carry),
+                    {"cond": cond, "body": body, "cond_nconsts": nc, "body_nconsts": nb})
+
+
+def _collective(g: _Gen, prim: P.Primitive) -> tuple[Value, ...]:
+    """Collectives over the one process a test runs in (size 1, root 0): identities,
+    so drawn functions still run."""
+    if prim is P.axis_index:
+        return (g.b.op(prim),)
+    if prim in (P.all_gather, P.psum_scatter):
+        x = g.operand(prim.dtypes, min_rank=1)
+        return (g.b.op(prim, x, axis=g.draw(st.integers(0, x.type.ndim - 1)), size=1),)
+    x = g.operand(prim.dtypes)
+    return (g.b.op(prim, x, root=0) if prim is P.pbroadcast else g.b.op(prim, x),)
+
+
+_NO_CALLBACK = register_callback(lambda values: None)
+
+
+def _debug_callback(g: _Gen, prim: P.Primitive) -> tuple[Value, ...]:
+    """A callback (doing nothing) of 1-2 values, after a token or not."""
+    values = [g.operand(prim.dtypes) for _ in range(g.draw(st.integers(1, 2)))]
+    token = g.draw(st.booleans())
+    if token:
+        values.insert(0, g.operand(frozenset({DType.bool}), ()))
+    return (g.b.op(prim, *values, callback=_NO_CALLBACK, token=token, batch=()),)
+
+
+def _linalg(g: _Gen, prim: P.Primitive) -> tuple[Value, ...]:
+    """A linear-algebra op over 0-2 leading axes and matrices of order 0-3 (any values:
+    where LAPACK fails the result is NaN; qr's matrices are not wide: it has no
+    derivative for those)."""
+    dtypes = frozenset({g.draw(st.sampled_from(sorted(prim.dtypes, key=str)))})
+    batch = g.shape(max_rank=2)
+    n = g.draw(st.integers(0, 3))
+    cols = g.draw(st.integers(0, 3)) if prim is P.svd else g.draw(st.integers(0, n)) if prim is P.qr else n
+    a = g.operand(dtypes, batch + (n, cols))
+    if prim in (P.solve, P.triangular_solve):
+        rhs = g.operand(dtypes, batch + (n, g.draw(st.integers(0, 3))))
+        attrs = {} if prim is P.solve else {"lower": g.draw(st.booleans()), "transpose_a": g.draw(st.booleans())}
+        return (g.b.op(prim, a, rhs, **attrs),)
+    return tuple(g.b.emit(prim, (a,), {}))
+
+
 # How to draw an op of each primitive (``tests/test_rules.py`` checks none is missing).
 EMITTERS: dict[P.Primitive, Callable[[_Gen, P.Primitive], tuple[Value, ...]]] = {
     **{p: _elementwise for p in P.UNARY_ELEMENTWISE + P.BINARY_ELEMENTWISE},
@@ -357,7 +448,10 @@ EMITTERS: dict[P.Primitive, Callable[[_Gen, P.Primitive], tuple[Value, ...]]] = 
     P.scatter_add: _scatter_add, P.cumsum: _cumsum, P.iota: _iota, P.constant: _constant,
     P.custom_vjp_call: _custom_vjp_call, P.conv: _conv, P.max_pool: _pool, P.avg_pool: _pool,
     P.max_pool_gather: _pool, P.max_pool_scatter: _pool, P.avg_pool_scatter: _pool,
-    P.threefry2x32: _threefry,
+    P.threefry2x32: _threefry, P.scan: _scan, P.cond: _cond, P.while_loop: _while_loop,
+    **{p: _collective for p in P.COLLECTIVES},
+    P.debug_callback: _debug_callback,
+    **{p: _linalg for p in P.LINALG},
 }  # fmt: skip
 
 

@@ -50,7 +50,7 @@ def _steps(fn, case, n: int = 2) -> list:  # noqa: ANN001
 
 
 def test_every_workload_has_tiny_cases() -> None:
-    assert [w.key for w in workloads.WORKLOADS] == [f"W{i}" for i in range(1, 10)]
+    assert [w.key for w in workloads.WORKLOADS] == [f"W{i}" for i in range(1, 11)]
     assert {c.key for c in CASES} == {w.key for w in workloads.WORKLOADS}
     assert len([c for c in CASES if c.key == "W1"]) == 2  # two gelu sizes
 
@@ -71,7 +71,7 @@ def test_fusejit_matches_numpy_eager(case, config: str) -> None:  # noqa: ANN001
 def test_numpy_eager_is_real_numpy() -> None:
     """The eager baseline of W1-W4 and W6 is NumPy itself: no tracer, no fusejit arrays."""
     for case in CASES:
-        if case.key in ("W5", "W7", "W8", "W9"):  # training steps: eager means value_and_grad without jit
+        if case.key in ("W5", "W7", "W8", "W9", "W10"):  # training steps: eager means value_and_grad without jit
             continue
         for leaf in harness._leaves(case.fn(*harness.copy_args(case.args))):
             assert type(leaf) in (np.ndarray, np.float32), (case.label, type(leaf))
@@ -83,7 +83,7 @@ def test_bytes_moved_of_memory_bound_cases() -> None:
     assert by_key["W4"].bytes_moved == 7 * 4 * (4 << 20)  # read p, m, v, g; write p, m, v
     gelu_4m, gelu_16m = workloads.make_gelu("tiny")
     assert gelu_4m.bytes_moved == 2 * 4 * 1000
-    assert all(c.bytes_moved is None for c in CASES if c.key in ("W5", "W6", "W7", "W8", "W9"))
+    assert all(c.bytes_moved is None for c in CASES if c.key in ("W5", "W6", "W7", "W8", "W9", "W10"))
 
 
 def test_compare() -> None:
@@ -99,7 +99,7 @@ def test_compare() -> None:
 
 def test_select() -> None:
     assert [w.key for w in workloads.select(["w5", "gelu", "W1"])] == ["W1", "W5"]
-    assert len(workloads.select(None)) == 9
+    assert len(workloads.select(None)) == 10
     with pytest.raises(SystemExit, match="unknown workload"):
         workloads.select(["W99"])
 

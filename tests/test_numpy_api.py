@@ -365,6 +365,15 @@ EINSUMS = [
     ("ij,kj", [(3, 4), (5, 4)]),  # implicit output: the indices seen once, sorted
     ("ij,jk->ki", [(3, 4), (4, 5)]),
     ("ij,ij->i", [(3, 4), (3, 4)]),
+    ("ij,jk,kl->il", [(2, 3), (3, 4), (4, 5)]),  # three operands, left to right
+    ("bij,bjk,bkl->bl", [(2, 3, 4), (2, 4, 5), (2, 5, 6)]),
+    ("a,b,c->abc", [(2,), (3,), (4,)]),
+    ("ii->i", [(3, 3)]),  # a repeated index: the diagonal
+    ("ii", [(3, 3)]),  # the trace
+    ("iij,jk->ik", [(3, 3, 4), (4, 2)]),
+    ("...ij,...jk->...ik", [(2, 3, 4), (4, 5)]),  # ellipses broadcast, right-aligned
+    ("...ij,...jk", [(6, 2, 3, 4), (1, 4, 5)]),
+    ("i...->...", [(3, 4, 5)]),
 ]
 
 
@@ -372,6 +381,22 @@ EINSUMS = [
 def test_einsum_common_forms(spec: str, shapes: list) -> None:
     check(lambda m, *xs: m.einsum(spec, *xs), *(rand(*s) for s in shapes))
     check(lambda m, *xs: m.einsum(spec, *xs, optimize=True), *(rand(*s) for s in shapes))
+
+
+def test_einsum_gradients_through_three_operands_and_a_diagonal() -> None:
+    a = np.random.default_rng(5).standard_normal((3, 3))
+    fj.gradcheck(lambda x: fnp.einsum("ii,ij,jk->k", x, x, x).sum(), (a,))
+
+
+@pytest.mark.parametrize(("spec", "shapes", "message"), [
+    ("ij,jk->q", [(2, 3), (3, 4)], "names one no operand has"),
+    ("ij,j", [(2, 3), (4,)], "do not broadcast"),
+    ("i..j", [(3,)], "invalid subscript"),
+    ("ij", [(3,)], "does not match operand shape"),
+])
+def test_einsum_errors_name_the_problem(spec: str, shapes: list, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        fnp.einsum(spec, *(rand(*s) for s in shapes))
 
 
 # ---------------------------------------------------------------------------------------

@@ -355,3 +355,50 @@ def test_float_floor_divide_and_remainder_follow_numpy() -> None:
 def test_grad_of_a_one_element_non_scalar_output_is_refused_clearly() -> None:
     with pytest.raises(TypeError, match=r"output has shape \(1,\).*needs a scalar output"):
         fj.grad(lambda x: x * 2.0)(np.ones(1))
+
+
+def test_partition_puts_kth_in_place_with_smaller_before_and_larger_after() -> None:
+    a = np.random.default_rng(6).standard_normal((4, 7))
+    for fn in (fnp.partition, fj.jit(lambda x: np.partition(x, 3, axis=1))):
+        out = np.asarray(fn(a, 3, axis=1) if fn is fnp.partition else fn(a))
+        want = np.partition(a, 3, axis=1)
+        np.testing.assert_array_equal(out[:, 3], want[:, 3])
+        assert (out[:, :3] <= out[:, 3:4]).all() and (out[:, 4:] >= out[:, 3:4]).all()
+    idx = np.asarray(fj.jit(lambda x: fnp.argpartition(x, 2))(a[0]))
+    assert a[0][idx][2] == np.partition(a[0], 2)[2]
+    with pytest.raises(ValueError, match="kth"):
+        fnp.partition(a, 9, axis=1)
+
+
+def test_r_and_c_concatenate_traced_pieces_slices_and_scalars() -> None:
+    x, y = np.array([3.0, 1.0]), np.arange(3.0)
+    got = fj.jit(lambda a, b: (fnp.r_[a, b, 0:3, 7.0], fnp.c_[b, b], fnp.c_[np.ones((3, 2)), b]))(x, y)
+    for g, w in zip(got, (np.r_[x, y, 0:3, 7.0], np.c_[y, y], np.c_[np.ones((3, 2)), y]), strict=True):
+        assert_same(g, w, "r_/c_")
+
+
+def test_where_with_one_argument_is_nonzero_when_concrete_and_refused_when_traced() -> None:
+    cond = np.array([[True, False], [False, True]])
+    for g, w in zip(fnp.where(cond), np.where(cond), strict=True):
+        assert_same(g, w, "where(cond)")
+    with pytest.raises(NotImplementedError, match="depends on the data"):
+        fj.jit(lambda c: fnp.where(c))(cond)
+
+
+def test_the_coverage_document_agrees_with_the_code() -> None:
+    """docs/numpy_coverage.md is `python -m fusejit coverage`'s output: every NumPy name it
+    lists has the status the code gives it now, and every name supported now is listed
+    (names another NumPy version lacks are not compared)."""
+    from pathlib import Path
+
+    from fusejit.tracer.numpy_coverage import coverage
+
+    text = (Path(__file__).parent.parent / "docs" / "numpy_coverage.md").read_text()
+    listed = dict(line.split(" | ", 1) for line in (row.strip("| ") for row in text.splitlines()
+                                                     if row.startswith("| `")))
+    listed = {name.strip("`"): status for name, status in listed.items()}
+    now = coverage()
+    stale = {n: (listed[n], now[n]) for n in listed.keys() & now.keys() if listed[n] != now[n]}
+    assert not stale, f"regenerate docs/numpy_coverage.md (python -m fusejit coverage): {stale}"
+    missing = [n for n, s in now.items() if s != "refused" and n not in listed]
+    assert not missing, f"regenerate docs/numpy_coverage.md: {missing} are supported but not listed"

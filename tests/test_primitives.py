@@ -33,7 +33,10 @@ from fusejit.ir import primitives as P
 from fusejit.tracer.tracing import bind
 
 # custom_vjp_call holds nested functions; its own tests are with the autodiff transform.
-TESTED_ELSEWHERE = {"custom_vjp_call"}
+TESTED_ELSEWHERE = {"custom_vjp_call", "scan", "while_loop", "cond"}  # tests/test_control_flow.py
+TESTED_ELSEWHERE |= {p.name for p in P.COLLECTIVES}  # tests/test_distributed.py
+TESTED_ELSEWHERE |= {"debug_callback"}  # tests/test_debugging.py
+TESTED_ELSEWHERE |= {p.name for p in P.LINALG}  # tests/test_linalg.py (against NumPy/SciPy)
 ALL_DTYPES = (DType.bool, DType.i32, DType.i64, DType.f32, DType.f64)
 NUMERIC = (DType.i32, DType.i64, DType.f32, DType.f64)
 # 0-d, size-1, 0-size, and ordinary shapes.

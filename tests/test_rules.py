@@ -13,6 +13,7 @@ from fusejit.codegen.lowering import CODEGEN_RULES
 from fusejit.ir import primitives as P
 from fusejit.ir.transforms.autodiff import JVP_RULES, VJP_RULES
 from fusejit.ir.transforms.batching import BATCH_RULES
+from fusejit.runtime.host_ops import HOST_RULES
 
 ELEMENTWISE = {p for p in P.PRIMITIVES.values() if p.kind is P.OpKind.ELEMENTWISE}
 
@@ -31,6 +32,7 @@ TABLES = {
         set(P.PRIMITIVES.values()),
     ),
     "tests/strategies.py EMITTERS": (set(strategies.EMITTERS), set(P.PRIMITIVES.values())),
+    "runtime HOST_RULES (host ops)": (set(HOST_RULES), {p for p in P.PRIMITIVES.values() if p.kind is P.OpKind.HOST}),
     "tests/test_codegen.py UNARY/BINARY": (
         {P.PRIMITIVES[n] for table in (UNARY, BINARY) for names in table.values() for n in names},
         # select and convert have their own tests there, threefry2x32 in tests/test_random.py

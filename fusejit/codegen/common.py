@@ -19,10 +19,11 @@ from fusejit.ir.printer import format_attr, short_loc
 from fusejit.ir.transforms.fusion import FusionGroup, GroupKind
 
 LOOP_OPS = (OpKind.ELEMENTWISE, OpKind.LAYOUT, OpKind.SOURCE)
-# A full reduction (no kept axis) large enough for threads is split into this many
-# chunks whose partial results are combined serially.
+# The CPU's defaults (``Target.split_chunks``, ``Target.column_block``): a full
+# reduction (no kept axis) large enough for threads is split into this many chunks whose
+# partial results are combined serially; column reductions distribute blocks of this many
+# columns over threads.
 SPLIT_CHUNKS = 64
-# Column reductions distribute blocks of this many columns over threads.
 COLUMN_BLOCK = 256
 
 

@@ -65,10 +65,10 @@ def lower_matmul(ctx: Ctx) -> LoweredKernel:
     dot = _matmul_structure(group)
     lhs, rhs = dot.inputs
     d = dot.output
-    if not (d.dtype.is_float and ctx.target.blas):
-        return _lower_contraction_loop(ctx, dot)
     contract, batch = dot.attrs["contract"], dot.attrs["batch"]
     lperm, (B, M, K), rperm, (_, _, N) = P.dot_general_as_matmul(lhs.shape, rhs.shape, contract, batch)
+    if not (d.dtype.is_float and ctx.target.blas) or 2 * B * M * K * N < ctx.target.blas_min_flops:
+        return _lower_contraction_loop(ctx, dot)
     b = KernelBuilder()
     arrays = ctx.arrays(b)
     inputs = {v: arrays.value(v, "in") for v in group.inputs}

@@ -167,7 +167,7 @@ def lower_conv(ctx: Ctx) -> LoweredKernel:
     b = KernelBuilder()
     arrays = ctx.arrays(b)
     epi = _Epilogue(ctx, b, arrays, op)
-    lower = _lower_gemm if uses_gemm(op, ctx.target.blas) else _lower_direct
+    lower = _lower_gemm if uses_gemm(op, ctx.target.blas and ctx.target.gemm_in_loops) else _lower_direct
     stem = lower(ctx, op, b, arrays, epi, _Shapes(b, op))
     return finish(ctx, b, arrays, epi.em, stem, op.output.dtype, op.output.shape)
 

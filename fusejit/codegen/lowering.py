@@ -41,6 +41,21 @@ def _inlined(em: object, op: Op, idx: object) -> None:
     raise Unsupported("custom_vjp_call is inlined by the simplifier before code generation")
 
 
+def _on_host(em: object, op: Op, idx: object) -> None:
+    raise Unsupported(f"{op.prim.name} runs on the host between kernels (fusejit.runtime.host_ops)")
+
+
+def _driven(em: object, op: Op, idx: object) -> None:
+    raise Unsupported(f"{op.prim.name} runs its nested functions' kernels from a driver (fusejit.runtime.control)")
+
+
+def host_support(group: FusionGroup) -> str | None:
+    """A host group is one host op, which the runtime runs itself (nothing is lowered)."""
+    if len(group.ops) != 1 or group.ops[0].prim.kind is not OpKind.HOST:
+        return "a host group holds exactly one host op"
+    return None
+
+
 # The codegen rule of every primitive. A primitive with a kernel of its own brings its
 # rule from its strategy module (one line here).
 CODEGEN_RULES: dict[P.Primitive, CodegenRule] = {
@@ -49,6 +64,10 @@ CODEGEN_RULES: dict[P.Primitive, CodegenRule] = {
     **REDUCTION_RULES,
     P.dot_general: CodegenRule("contraction"),
     P.custom_vjp_call: CodegenRule("call", elemental=_inlined),
+    **{prim: CodegenRule("call", elemental=_driven) for prim in P.CONTROL_FLOW},
+    **{prim: CodegenRule("host", elemental=_on_host) for prim in P.COLLECTIVES},
+    P.debug_callback: CodegenRule("host", elemental=_on_host),
+    **{prim: CodegenRule("host", elemental=_on_host) for prim in P.LINALG},
     **SCATTER_RULES,
     **scan.KERNEL_RULES,
     **conv.KERNEL_RULES,
@@ -94,6 +113,8 @@ def supports_on(target: Any, group: FusionGroup) -> str | None:
     """None if ``group``'s structure is one ``target``'s strategy for its kind lowers, else
     why not. Lowering may still refuse a supported group for its size after inlining
     (``MAX_KERNEL_SIZE``); the runtime then splits it."""
+    if group.kind is GroupKind.HOST:
+        return host_support(group)
     strategy = target.strategies.get(group.kind)
     if strategy is None:
         return f"the {target.name} target has no strategy for '{group.kind}' groups"

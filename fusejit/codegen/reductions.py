@@ -11,9 +11,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from fusejit.codegen.common import (
-    COLUMN_BLOCK,
     LOOP_OPS,
-    SPLIT_CHUNKS,
     Ctx,
     LoweredKernel,
     finish,
@@ -131,8 +129,9 @@ class Accumulators:
     """The accumulators of a set of reductions over one index space. ``loop`` runs the
     innermost loop over the reduced elements, in blocks when a float sum is among them."""
 
-    def __init__(self, em: Emitter, reduces: list[Op]) -> None:
+    def __init__(self, em: Emitter, reduces: list[Op], sum_block: int = SUM_BLOCK) -> None:
         self.em = em
+        self.sum_block = sum_block  # the target's (``Target.sum_block``)
         self.b = em.b
         self.acc: dict[Value, Var] = {}
         self.best_index: dict[Value, Var] = {}
@@ -149,22 +148,23 @@ class Accumulators:
         """``for i in range(start, stop)`` over ``length`` reduced elements (yields ``i``):
         float sums add into a block total in the data's dtype (a vectorizable loop), then
         into the running total; a loop over more than ``SUM_BLOCK`` elements is split into
-        blocks of that many."""
+        blocks of that many (the target's ``sum_block``)."""
         sums = [op for op in self.reduces if is_float_sum(op)]
         if not sums:
             with self.b.loop(stop, start=start) as i:
                 yield i
             return
         b = self.b
-        if length <= SUM_BLOCK:
+        if length <= self.sum_block:
             with self._block_totals(sums):
                 with b.loop(stop, start=start) as i:
                     yield i
             return
-        count = b.let(floordiv(add(sub(stop, start), Lit(SUM_BLOCK - 1)), Lit(SUM_BLOCK)))
+        block = self.sum_block
+        count = b.let(floordiv(add(sub(stop, start), Lit(block - 1)), Lit(block)))
         with b.loop(count) as blk:
-            lo = b.let(add(start, mul(blk, Lit(SUM_BLOCK))))
-            hi = b.let(minimum(add(lo, Lit(SUM_BLOCK)), stop))
+            lo = b.let(add(start, mul(blk, Lit(block))))
+            hi = b.let(minimum(add(lo, Lit(block)), stop))
             with self._block_totals(sums), b.loop(hi, start=lo) as i:
                 yield i
 
@@ -277,7 +277,7 @@ def lower_reduce(ctx: Ctx) -> LoweredKernel:
         axis_of_arg = axes[-1]
 
         def outer(out_idx: Index) -> None:
-            acc = Accumulators(em, red.reduces)
+            acc = Accumulators(em, red.reduces, ctx.target.sum_block)
             dims: dict[int, Expr] = {k: d for k, d in zip(kept, out_idx.dims or (), strict=False)}
 
             looped = [j for j, k in enumerate(axes) if in_exprs[k] != ONE]
@@ -305,19 +305,20 @@ def lower_reduce(ctx: Ctx) -> LoweredKernel:
 
         root_index(em, b, out_exprs, False, parallel, ("total",), math.prod(out_shape))(outer)
     elif strategy == "all":
-        chunk = b.int_param(("chunk",), -(-total // SPLIT_CHUNKS))
+        chunks = ctx.target.split_chunks()
+        chunk = b.int_param(("chunk",), -(-total // chunks))
         n = b.int_param(("total",), total)
-        parts = {op.output: arrays.scratch(total_dtype(op), SPLIT_CHUNKS) for op in red.reduces}
-        with b.loop(Lit(SPLIT_CHUNKS), parallel=True) as c:
+        parts = {op.output: arrays.scratch(total_dtype(op), chunks) for op in red.reduces}
+        with b.loop(Lit(chunks), parallel=True) as c:
             lo = b.let(mul(c, chunk))
             hi = b.let(minimum(add(lo, chunk), n))
-            acc = Accumulators(em, red.reduces)
-            with acc.loop(-(-total // SPLIT_CHUNKS), hi, start=lo) as f:
+            acc = Accumulators(em, red.reduces, ctx.target.sum_block)
+            with acc.loop(-(-total // chunks), hi, start=lo) as f:
                 visit(acc, Index(in_exprs, None, f), None)
             for op in red.reduces:
                 b.store(parts[op.output], c, acc.acc[op.output])
-        total_acc = Accumulators(em, red.reduces)
-        with b.loop(Lit(SPLIT_CHUNKS)) as c:
+        total_acc = Accumulators(em, red.reduces, ctx.target.sum_block)
+        with b.loop(Lit(chunks)) as c:
             for op in red.reduces:
                 total_acc.update(op, b.load(parts[op.output], c))
         out_idx = Index(out_exprs, tuple(ZERO for _ in out_exprs), ZERO)
@@ -369,10 +370,11 @@ def lower_reduce(ctx: Ctx) -> LoweredKernel:
 
         if blocked:
             width = in_exprs[last]
-            nb = b.let(floordiv(add(width, Lit(COLUMN_BLOCK - 1)), Lit(COLUMN_BLOCK)))
+            block = ctx.target.column_block
+            nb = b.let(floordiv(add(width, Lit(block - 1)), Lit(block)))
             with b.loop(nb, parallel=True) as blk:
-                lo = b.let(mul(blk, Lit(COLUMN_BLOCK)))
-                hi = b.let(minimum(add(lo, Lit(COLUMN_BLOCK)), width))
+                lo = b.let(mul(blk, Lit(block)))
+                hi = b.let(minimum(add(lo, Lit(block)), width))
                 nest(0, lo, hi)
         else:
             nest(0, None, None)
@@ -513,7 +515,7 @@ def lower_row(ctx: Ctx) -> LoweredKernel:
         for p in range(1, n_pass + 1):
             now = [op for op in reduces if level[op.output] == p]
             stash_now = [v for v, first in stashed.items() if first == p]
-            acc = Accumulators(em, now)
+            acc = Accumulators(em, now, ctx.target.sum_block)
 
             def visit(idx: Index, acc: Accumulators = acc, now: list[Op] = now, stash_now: list = stash_now) -> None:
                 for op in now:

@@ -62,7 +62,7 @@ from fusejit.ir.dtypes import DType
 
 @dataclass(frozen=True, slots=True)
 class CodegenRule:
-    role: str  # "elemental" | "reduction" | "contraction" | "kernel" | "call"
+    role: str  # "elemental" | "reduction" | "contraction" | "kernel" | "call" | "host" (run by the runtime)
     elemental: Callable[[Emitter, Op, Index], Expr] | None = None
     init: Callable[[DType], Any] | None = None
     combine: Callable[[Expr, Expr, DType], Expr] | None = None

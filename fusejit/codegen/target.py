@@ -15,9 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from fusejit import config
+from fusejit.codegen import cuda
+from fusejit.codegen.common import COLUMN_BLOCK, SPLIT_CHUNKS
 from fusejit.codegen.cpu import printer as cpu_printer
+from fusejit.codegen.cuda import printer as cuda_printer
 from fusejit.codegen.kernel import Kernel, Unsupported
 from fusejit.codegen.lowering import CODEGEN_RULES, STRATEGIES, LoweredKernel, Strategy, lower_on, supports_on
+from fusejit.codegen.reductions import SUM_BLOCK
 from fusejit.codegen.rules import CodegenRule
 from fusejit.ir.core import Value
 from fusejit.ir.primitives import Primitive
@@ -33,6 +37,11 @@ class Target:
     max_threads: Callable[[], int]  # threads a parallel loop may run on
     blas: bool  # floating matmuls as BLAS calls (else loop nests)
     print_module: Callable[[Kernel], str]  # a kernel (and its helpers) as one source module
+    split_chunks: Callable[[], int] = lambda: SPLIT_CHUNKS  # chunks of a parallel full reduction
+    column_block: int = COLUMN_BLOCK  # columns per thread of a parallel column reduction
+    sum_block: int = SUM_BLOCK  # float sums add this many elements before the running total
+    gemm_in_loops: bool = True  # a Matmul may sit inside a loop (im2col chunks), not only at the top
+    blas_min_flops: int = 0  # smaller float matmuls are loop nests (with their epilogue fused)
 
     def supports(self, group: FusionGroup) -> str | None:
         """None if this target lowers ``group``'s structure, else why not (what fusion
@@ -71,6 +80,36 @@ CPU = Target(
     blas=True,
     print_module=cpu_printer.module_source,
 )
+
+
+# Numba CUDA on an NVIDIA GPU: every loop that may run on threads does (one thread per
+# iteration, grid-stride), per-thread scratch for at most ``cuda.max_threads()`` threads,
+# float matmuls as GEMM launches between kernels (cuBLAS through CuPy when installed),
+# convolutions as direct loops (their GEMMs would sit inside a loop over chunks).
+CUDA = Target(
+    name="cuda",
+    rules=CODEGEN_RULES,
+    strategies=STRATEGIES,
+    parallel_threshold=lambda: 1,
+    max_threads=cuda.max_threads,
+    blas=True,
+    print_module=cuda_printer.module_source,
+    # Thousands of threads: 2048 partial sums (one thread adds them up), a column each.
+    split_chunks=cuda.split_chunks,
+    column_block=1,
+    # A block of threads shares a row (each thread's sum covers a strided part of it, then
+    # a tree): a row is one block sum, with no inner loop over blocks.
+    sum_block=1 << 62,
+    gemm_in_loops=False,
+    # Measured on an H200 (bench/bench_gpu.py W5, 67 MFLOP GEMMs): the step took 2.65 ms
+    # with cuBLAS through CuPy (its call overhead, the epilogue launched apart) against
+    # 1.66 ms with loop nests. From 1 GFLOP a loop nest (about 1 TFLOP/s at best) takes a
+    # millisecond, cuBLAS tens of microseconds: a bound chosen from that, not yet measured
+    # between the two.
+    blas_min_flops=1 << 30,
+)
+
+TARGETS = {"cpu": CPU, "cuda": CUDA}
 
 
 def supports(group: FusionGroup) -> str | None:

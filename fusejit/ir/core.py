@@ -9,6 +9,7 @@ means. Passes never mutate a function; they build a new one.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -22,15 +23,45 @@ if TYPE_CHECKING:
 AttrValue = Any  # int | float | bool | DType | tuple[AttrValue, ...]
 
 
+# A scope path (``fj.named_scope``): names of letters, digits and ``_.-<>[]``, joined by
+# ``/``. No spaces, ``:`` or ``#``, so that ``# file:line scope`` reads back unambiguously.
+SCOPE_PATH = re.compile(r"[\w.\-<>\[\]]+(?:/[\w.\-<>\[\]]+)*\Z")
+# How an op was derived from the traced op at its line: by the reverse sweep, or by
+# forward mode (``fusejit.ir.transforms.autodiff``).
+DERIVATIONS = ("bwd", "jvp")
+
+
 @dataclass(frozen=True, slots=True)
 class SourceLoc:
-    """Where in the user's code an op was traced from: ``train.py:12``."""
+    """Where in the user's code an op was traced from: ``train.py:12``.
+
+    ``scope`` is the ``fj.named_scope`` path open when it was traced (``block1/conv``,
+    empty outside any scope). ``derived`` says how a derivative op came from the op
+    traced there, outermost transformation first: ``("bwd",)`` for an op of a reverse
+    sweep, ``("jvp", "bwd")`` for the forward-mode derivative of such an op.
+    """
 
     file: str
     line: int
+    scope: str = ""
+    derived: tuple[str, ...] = ()
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}"
+        return f"{self.derivation_prefix()}{self.file}:{self.line}{f' {self.scope}' if self.scope else ''}"
+
+    def derivation_prefix(self) -> str:
+        """``"bwd of "`` (``"jvp of bwd of "``...) for a derived op, else ``""``."""
+        return "".join(f"{d} of " for d in self.derived)
+
+    @property
+    def is_backward(self) -> bool:
+        """Whether the op belongs to a reverse sweep (of any order)."""
+        return "bwd" in self.derived
+
+    def derive(self, how: str) -> SourceLoc:
+        """This location for an op derived from this one by ``how`` (``"bwd"``, ``"jvp"``)."""
+        assert how in DERIVATIONS, how
+        return SourceLoc(self.file, self.line, self.scope, (how, *self.derived))
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -71,6 +102,16 @@ class Op:
         """The single output of a single-output op."""
         assert len(self.outputs) == 1, f"{self.prim.name} has {len(self.outputs)} outputs"
         return self.outputs[0]
+
+    def functions(self) -> tuple[Function, ...]:
+        """The nested functions the attributes hold (a call's rules, a loop's body, a
+        cond's branches), in attribute order."""
+        found: list[Function] = []
+        for value in self.attrs.values():
+            for v in value if isinstance(value, tuple) else (value,):
+                if isinstance(v, Function):
+                    found.append(v)
+        return tuple(found)
 
     def attr_key(self) -> tuple[tuple[str, AttrValue], ...]:
         """The attributes as a hashable, ordered tuple (for CSE and cache keys)."""

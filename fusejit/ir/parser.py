@@ -11,7 +11,7 @@ must be on its op's line::
     results   := type | '(' [type (',' type)*] ')'
     type      := DTYPE '[' [INT (',' INT)*] ']'
     op        := [%NAME ':' type (',' %NAME ':' type)*] '=' PRIMITIVE [%NAME (',' %NAME)*]
-                     (ATTR '=' value)* ['#' FILE ':' LINE]
+                     (ATTR '=' value)* ['#' ('bwd of ' | 'jvp of ')* FILE ':' LINE [SCOPE]]
     value     := INT | FLOAT | 'nan' | 'inf' | '-inf' | 'true' | 'false' | DTYPE | @NAME
                | '(' [value (',' value)*] ')'
 
@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple, TypeVar
 
-from fusejit.ir.core import AttrValue, Function, Op, SourceLoc, Value
+from fusejit.ir.core import DERIVATIONS, SCOPE_PATH, AttrValue, Function, Op, SourceLoc, Value
 from fusejit.ir.dtypes import DType
 from fusejit.ir.primitives import PRIMITIVES, AttrKind, Primitive, check_attr
 from fusejit.ir.types import TensorType
@@ -47,6 +47,7 @@ _TOKEN = re.compile(
 )
 _INT = re.compile(r"-?[0-9]+")
 _LOC_LINE = re.compile(r"-?[0-9]{1,18}")
+_DERIVED_PREFIXES = tuple(f"{d} of " for d in DERIVATIONS)
 _DTYPES = {d.value: d for d in DType}
 _NAMED = {"true": True, "false": False, "nan": float("nan"), "inf": float("inf"), **_DTYPES}
 _IMPLIED = {"shape": lambda t: t.shape, "dtype": lambda t: t.dtype}
@@ -357,7 +358,9 @@ class _Parser:
         for name, value in outputs:
             self.define(scope, name, value)
         op = _PendingOp(prim, token, tuple(inputs), tuple(v for _, v in outputs), attrs, loc)
-        return op if any(isinstance(v, _FnRef) for v in attrs.values()) else self.finish(op, {})
+        calls = any(isinstance(v, _FnRef) or (isinstance(v, tuple) and v and isinstance(v[0], _FnRef))
+                    for v in attrs.values())
+        return op if calls else self.finish(op, {})
 
     def attr(self, prim: Primitive, attrs: dict[str, AttrValue | _FnRef], block: _Block) -> None:
         key = self.take()
@@ -376,6 +379,11 @@ class _Parser:
                 raise self.error(token, f"{prim.name}: attribute {key.text} must be a function "
                                         f"such as @f, found {token.describe()}")
             block.calls.append(value)
+        elif spec.kind is AttrKind.FUNCTIONS:
+            if not isinstance(value, tuple) or not all(isinstance(v, _FnRef) for v in value):
+                raise self.error(token, f"{prim.name}: attribute {key.text} must be a tuple of "
+                                        f"functions such as (@f,@g), found {token.describe()}")
+            block.calls.extend(value)
         else:
             try:
                 check_attr(prim.name, key.text, spec.kind, value)
@@ -399,13 +407,19 @@ class _Parser:
         raise self.error(token, f"expected an attribute value, found {token.describe()}")
 
     def location(self, comment: _Token) -> SourceLoc:
-        # '# file:line'. File names may hold ':' (C:\x.py:3), so split at the last one;
-        # a '\r' of a Windows line ending may trail.
+        # '# [bwd of |jvp of ]*file:line[ scope]'. File names may hold ':' (C:\x.py:3) and
+        # scopes may not, so split at the last one; a '\r' of a Windows line ending may trail.
         body = comment.text[2:] if comment.text.startswith("# ") else comment.text[1:]
-        file, colon, line = body.rpartition(":")
-        if not colon or not _LOC_LINE.fullmatch(line := line.rstrip(" \t\r")):
-            raise self.error(comment, "expected a source location such as '# train.py:12'")
-        return SourceLoc(file, int(line))
+        derived = []
+        while body[:7] in _DERIVED_PREFIXES:
+            derived.append(body[:3])
+            body = body[7:]
+        file, colon, rest = body.rstrip(" \t\r").rpartition(":")
+        line, _, scope = rest.partition(" ")
+        if not colon or not _LOC_LINE.fullmatch(line) or (scope and not SCOPE_PATH.match(scope)):
+            raise self.error(comment, "expected a source location such as '# train.py:12' or "
+                                      "'# bwd of train.py:12 block1/conv'")
+        return SourceLoc(file, int(line), scope, tuple(derived))
 
     def finish(self, op: _PendingOp, functions: dict[str, Function]) -> Op:
         """The checked op: implied attributes filled in, result types as inferred."""
@@ -418,7 +432,11 @@ class _Parser:
                 attrs[key] = _IMPLIED[key](declared[0])
             else:
                 value = op.attrs[key]
-                attrs[key] = functions[value.name] if isinstance(value, _FnRef) else value
+                if isinstance(value, _FnRef):
+                    value = functions[value.name]
+                elif spec.kind is AttrKind.FUNCTIONS:
+                    value = tuple(functions[v.name] for v in value)
+                attrs[key] = value
         try:
             inferred = op.prim.infer(tuple(v.type for v in op.inputs), attrs)
         # The text chooses every attribute, so a rule may meet values its author did not

@@ -43,7 +43,11 @@ class OpKind(enum.Enum):
     INDEXING = "indexing"  # data-dependent addressing, per element: gather
     KERNEL = "kernel"  # lowered by a kernel strategy of its own: scatter_add, cumsum
     SOURCE = "source"  # no inputs: constant, iota
-    CALL = "call"  # calls nested functions: custom_vjp_call
+    CALL = "call"  # calls nested functions: custom_vjp_call, scan, while_loop, cond
+    # Run by the runtime between kernels on concrete host arrays, never lowered to a
+    # kernel (collectives over MPI): fusion gives each its own group, the runtime calls
+    # its rule in ``fusejit.runtime.host_ops.HOST_RULES``, no pass evaluates it early.
+    HOST = "host"
 
 
 class AttrKind(enum.Enum):
@@ -54,7 +58,8 @@ class AttrKind(enum.Enum):
     DTYPE = "dtype"
     SCALAR = "scalar"  # a Python bool/int/float
     SCALARS = "scalars"  # a scalar, or a flat tuple of scalars (constant data)
-    FUNCTION = "function"  # a nested IR Function (custom_vjp_call's rules)
+    FUNCTION = "function"  # a nested IR Function (custom_vjp_call's rules, a loop body)
+    FUNCTIONS = "functions"  # a tuple of nested IR Functions (cond's branches)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +160,10 @@ def check_attr(prim: str, key: str, kind: AttrKind, value: Any) -> None:
         raise bad("a scalar")
     if kind is AttrKind.FUNCTION and type(value).__name__ != "Function":
         raise bad("a function")
+    if kind is AttrKind.FUNCTIONS and not (
+        isinstance(value, tuple) and all(type(v).__name__ == "Function" for v in value)
+    ):
+        raise bad("a tuple of functions")
     if kind is AttrKind.SCALARS and not (
         isinstance(value, (bool, int, float))
         or (isinstance(value, tuple) and all(isinstance(v, (bool, int, float)) for v in value))
@@ -1155,3 +1164,25 @@ def keeps_linear_order(op: Any) -> bool:
         moved = [p for p in op.attrs["perm"] if x.shape[p] != 1]
         return moved == sorted(moved)
     return [n for n in x.shape if n != 1] == [n for n in op.output.shape if n != 1]
+
+
+# Collectives over the processes of a job (psum, all_gather, ...), run on the host.
+from fusejit.ir.collectives import (  # noqa: E402, F401
+    COLLECTIVES,
+    all_gather,
+    axis_index,
+    pbroadcast,
+    pmax,
+    psum,
+    psum_scatter,
+)
+
+# Structured control flow (scan, while_loop, cond) is declared in its own module, which
+# registers it in PRIMITIVES; imported last because it builds on the declarations above.
+from fusejit.ir.control_flow import CONTROL_FLOW, cond, scan, while_loop  # noqa: E402, F401
+
+# Run-time callbacks into Python (fj.debug.print/callback), run on the host, never dead code.
+from fusejit.ir.host_callbacks import EFFECTFUL, debug_callback  # noqa: E402, F401
+
+# Linear algebra (cholesky, solves, slogdet, eigh, svd, qr) through LAPACK, run on the host.
+from fusejit.ir.linalg import LINALG, cholesky, eigh, qr, slogdet, solve, svd, triangular_solve  # noqa: E402, F401

@@ -8,9 +8,11 @@
     }
 
 Parameters keep their (validated) names, op results are numbered in body order, the
-type column and the source-line comments are aligned. Attributes print in the order the
+type column and the source-line comments are aligned. A comment also shows the
+``fj.named_scope`` path of the op (``# train.py:12 block1/dense``) and marks derivative
+ops (``# bwd of train.py:12``: made by a reverse sweep; ``jvp of``: by forward mode). Attributes print in the order the
 primitive declares them, except those the result type already shows. Functions held by
-attributes (custom_vjp_call's rules) print after the function that uses them. The text
+attributes (custom_vjp_call's rules, loop bodies, branches) print after the function that uses them. The text
 is stable: printing the parse of a printed function gives the same text.
 """
 
@@ -83,8 +85,9 @@ def _print_one(fn: Function, names: _FunctionNames) -> str:
         bodies.append(body)
     comment_column = min(max((len(b) for b in bodies), default=0), _COMMENT_COLUMN_LIMIT) + 2
     for op, body in zip(fn.ops, bodies, strict=True):
-        if op.loc is not None:
-            body = f"{body.ljust(comment_column)}# {short_loc(op.loc)}"
+        if op.loc is not None:  # a body past the column keeps two spaces before its comment
+            pad = body.ljust(comment_column) if len(body) < comment_column else body + "  "
+            body = f"{pad}# {short_loc(op.loc)}"
         lines.append(body)
     lines.append(f"  return {', '.join(ref(r) for r in fn.results)}".rstrip())
     lines.append("}")
@@ -92,8 +95,10 @@ def _print_one(fn: Function, names: _FunctionNames) -> str:
 
 
 def short_loc(loc: SourceLoc) -> str:
-    """``file.py:12``: how the IR text, kernel headers and the fusion report show a line."""
-    return f"{printable_file(loc.file)}:{int(loc.line)}"
+    """``file.py:12``: how the IR text, kernel headers and the fusion report show a line;
+    ``bwd of file.py:12 block1/conv`` for an op of a reverse sweep traced in a scope."""
+    scope = f" {loc.scope}" if loc.scope else ""
+    return f"{loc.derivation_prefix()}{printable_file(loc.file)}:{int(loc.line)}{scope}"
 
 
 def printable_file(path: str) -> str:

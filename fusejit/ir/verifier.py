@@ -30,7 +30,8 @@ def _verify_one(fn: Function) -> list[Function]:
     Guarantees on success: every value is defined exactly once (a parameter or one op's
     output) before it is used; every op's primitive is registered, its attributes are
     valid, and its outputs have exactly the types its shape/dtype rule infers; every
-    result is defined. Returns the nested functions (custom_vjp_call's rules) to verify.
+    result is defined. Returns the nested functions (call rules, loop bodies, branches)
+    to verify.
     """
     nested: list[Function] = []
     defined: set[Value] = set()
@@ -61,7 +62,7 @@ def _verify_one(fn: Function) -> list[Function]:
             )
         for v in op.outputs:
             define(v, where)
-        nested += [value for value in op.attrs.values() if isinstance(value, Function)]
+        nested += op.functions()
     for k, r in enumerate(fn.results):
         if r not in defined:
             raise VerificationError(f"@{fn.name}: result {k} is not defined in the function")

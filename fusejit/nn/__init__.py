@@ -41,6 +41,15 @@ from fusejit.nn.layers import (
     softmax,
     tanh,
 )
+from fusejit.nn.recurrent import (
+    gru_cell,
+    init_gru_cell,
+    init_lstm_cell,
+    init_rnn_cell,
+    lstm_cell,
+    rnn,
+    rnn_cell,
+)
 
 __all__ = [
     "dropout",
@@ -59,6 +68,13 @@ __all__ = [
     "conv2d",
     "cross_entropy",
     "gelu",
+    "gru_cell",
+    "init_gru_cell",
+    "init_lstm_cell",
+    "init_rnn_cell",
+    "lstm_cell",
+    "rnn",
+    "rnn_cell",
     "glorot_uniform",
     "he_normal",
     "init_conv2d",

@@ -14,6 +14,7 @@ import numpy as np
 
 import fusejit.numpy as fnp
 from fusejit.ir import primitives as P
+from fusejit.nn.scoping import layer_scope
 from fusejit.tracer.tracing import bind
 
 Array = Any
@@ -70,15 +71,19 @@ def conv(x: Array, w: Array, b: Array | None, stride: IntOrTuple, padding: IntOr
     return y + fnp.reshape(b, (1, w.shape[0]) + (1,) * nsp)
 
 
+@layer_scope("conv1d", nameable=True)
 def conv1d(x: Array, w: Array, b: Array | None = None, stride: IntOrTuple = 1, padding: IntOrTuple | str = 0,
            dilation: IntOrTuple = 1, groups: int = 1) -> Array:
-    """1-d convolution (cross-correlation, as PyTorch's) of NCW ``x`` with OIW ``w``."""
+    """1-d convolution (cross-correlation, as PyTorch's) of NCW ``x`` with OIW ``w``.
+    Traced in scope ``conv1d``, or the keyword ``name`` (``fj.named_scope``)."""
     return conv(x, w, b, stride, padding, dilation, groups, 1, "conv1d")
 
 
+@layer_scope("conv2d", nameable=True)
 def conv2d(x: Array, w: Array, b: Array | None = None, stride: IntOrTuple = 1, padding: IntOrTuple | str = 0,
            dilation: IntOrTuple = 1, groups: int = 1) -> Array:
-    """2-d convolution (cross-correlation, as PyTorch's) of NCHW ``x`` with OIHW ``w``."""
+    """2-d convolution (cross-correlation, as PyTorch's) of NCHW ``x`` with OIHW ``w``.
+    Traced in scope ``conv2d``, or the keyword ``name`` (``fj.named_scope``)."""
     return conv(x, w, b, stride, padding, dilation, groups, 2, "conv2d")
 
 
@@ -95,23 +100,27 @@ def _pool(prim: P.Primitive, x: Array, kernel_size: IntOrTuple, stride: IntOrTup
     return bind(prim, x, window=(1, 1) + window, strides=(1, 1) + strides, lo=(0, 0) + pad, hi=(0, 0) + pad)
 
 
+@layer_scope("max_pool1d")
 def max_pool1d(x: Array, kernel_size: IntOrTuple, stride: IntOrTuple | None = None, padding: IntOrTuple = 0) -> Array:
     """Max over windows of the last axis (padding is -inf); the gradient goes to the
     first largest element of each window."""
     return _pool(P.max_pool, x, kernel_size, stride, padding, 1, "max_pool1d")
 
 
+@layer_scope("max_pool2d")
 def max_pool2d(x: Array, kernel_size: IntOrTuple, stride: IntOrTuple | None = None, padding: IntOrTuple = 0) -> Array:
     """Max over windows of the last two axes (padding is -inf); the gradient goes to the
     first largest element of each window."""
     return _pool(P.max_pool, x, kernel_size, stride, padding, 2, "max_pool2d")
 
 
+@layer_scope("avg_pool1d")
 def avg_pool1d(x: Array, kernel_size: IntOrTuple, stride: IntOrTuple | None = None, padding: IntOrTuple = 0) -> Array:
     """Mean over windows of the last axis; padded zeros count (PyTorch's default)."""
     return _pool(P.avg_pool, x, kernel_size, stride, padding, 1, "avg_pool1d")
 
 
+@layer_scope("avg_pool2d")
 def avg_pool2d(x: Array, kernel_size: IntOrTuple, stride: IntOrTuple | None = None, padding: IntOrTuple = 0) -> Array:
     """Mean over windows of the last two axes; padded zeros count (PyTorch's default)."""
     return _pool(P.avg_pool, x, kernel_size, stride, padding, 2, "avg_pool2d")

@@ -15,10 +15,12 @@ import fusejit.numpy as fnp
 from fusejit import random
 from fusejit.nn.init import glorot_uniform
 from fusejit.nn.layers import linear, softmax
+from fusejit.nn.scoping import layer_scope
 
 Array = Any
 
 
+@layer_scope("dropout")
 def dropout(x: Array, rate: float, key: Array, deterministic: bool = False) -> Array:
     """Zeroes each element with probability ``rate`` and scales the others by
     ``1 / (1 - rate)`` (inverted dropout); the identity when ``deterministic`` or
@@ -35,6 +37,7 @@ def dropout(x: Array, rate: float, key: Array, deterministic: bool = False) -> A
     return fnp.where(keep, x / (1.0 - rate), 0)
 
 
+@layer_scope("one_hot")
 def one_hot(labels: Array, num_classes: int, dtype: Any = np.float32) -> Array:
     """``labels[..., None] == arange(num_classes)`` as ``dtype``: a trailing axis of
     ``num_classes``; a label outside ``[0, num_classes)`` gives a row of zeros (JAX)."""
@@ -43,6 +46,7 @@ def one_hot(labels: Array, num_classes: int, dtype: Any = np.float32) -> Array:
     return fnp.astype(hits, dtype)
 
 
+@layer_scope("logsumexp")
 def logsumexp(x: Array, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Array:
     """``log(sum(exp(x), axis))`` without overflow: the maximum is subtracted first (and
     is 0 where it is infinite, so that all ``-inf`` gives ``-inf`` and ``+inf`` gives ``+inf``)."""
@@ -55,12 +59,15 @@ def logsumexp(x: Array, axis: int | tuple[int, ...] | None = None, keepdims: boo
     return fnp.squeeze(out, axis=axis) if axis is not None else fnp.reshape(out, ())
 
 
+@layer_scope("embedding", nameable=True)
 def embedding(ids: Array, table: Array) -> Array:
     """Rows of ``table`` [num, dim] at the integer ``ids`` (any shape): ``ids.shape +
-    (dim,)``; the gradient scatter-adds into the rows used (out-of-range ids clamp)."""
+    (dim,)``; the gradient scatter-adds into the rows used (out-of-range ids clamp).
+    Traced in scope ``embedding``, or the keyword ``name`` (``fj.named_scope``)."""
     return fnp.take(table, ids, axis=0)
 
 
+@layer_scope("multi_head_attention", nameable=True)
 def multi_head_attention(q: Array, k: Array, v: Array, params: dict, num_heads: int,
                          mask: Array | None = None) -> Array:
     """Scaled dot-product attention over ``num_heads`` heads, as
@@ -71,7 +78,8 @@ def multi_head_attention(q: Array, k: Array, v: Array, params: dict, num_heads: 
     True where a query may attend to a key. Returns [..., Lq, d].
 
     Jitted, the projections are matrix products with their bias adds fused in, the
-    scores of all heads one batched product, and the masked softmax one row kernel."""
+    scores of all heads one batched product, and the masked softmax one row kernel.
+    Traced in scope ``multi_head_attention``, or the keyword ``name``."""
     d = fnp.shape(q)[-1]
     if d % num_heads:
         raise ValueError(f"multi_head_attention: model width {d} is not a multiple of {num_heads} heads")

@@ -1,7 +1,8 @@
 """``fj.optim``: pure, jittable optimizers over parameter pytrees.
 
 ``opt.init(params) -> state``; ``opt.update(grads, state, params) -> (params, state)``.
-Jitted, each update fuses into a few kernels (one per parameter, then horizontally).
+Jitted, each update fuses into a few kernels (one per parameter, then horizontally);
+its ops are traced in the scope ``sgd``, ``adam`` or ``adamw`` (``fj.named_scope``).
 
 ``lr`` may be a float or a schedule (``constant``, ``step_decay``, ``exponential_decay``,
 ``cosine_decay``): a function of the number of updates made so far, which the state
@@ -33,6 +34,7 @@ from fusejit.optim.transforms import (
     global_norm,
 )
 from fusejit.tracer.pytree import tree_flatten, tree_map, tree_unflatten
+from fusejit.tracer.scopes import named_scope
 
 
 def sgd(lr: float | Schedule, momentum: float = 0.0, nesterov: bool = False,
@@ -46,6 +48,7 @@ def sgd(lr: float | Schedule, momentum: float = 0.0, nesterov: bool = False,
             state["count"] = np.zeros((), _dtype_of(params))
         return state if state else ()
 
+    @named_scope("sgd")
     def update(grads: Any, state: Any, params: Any) -> tuple[Any, Any]:
         new_state = {}
         rate = lr
@@ -80,6 +83,7 @@ def _adam(lr: float | Schedule, b1: float, b2: float, eps: float, l2: float, dec
             "v": tree_map(np.zeros_like, params),
         }
 
+    @named_scope("adamw" if decoupled else "adam")
     def update(grads: Any, state: Any, params: Any) -> tuple[Any, Any]:
         rate = value_at(lr, state["count"])
         count = state["count"] + 1

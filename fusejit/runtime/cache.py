@@ -210,13 +210,13 @@ def load_module(source: str) -> ModuleType:
 
 
 def _exec(name: str, path: Path, disk: bool) -> ModuleType:
-    from fusejit.codegen import cpu
+    from fusejit.codegen import cpu, cuda
 
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     sys.modules[name] = mod
-    cpu.DISK_CACHE = disk
+    cpu.DISK_CACHE = cuda.DISK_CACHE = disk
     try:
         spec.loader.exec_module(mod)
     except RuntimeError as e:  # Numba found no writable place for its cache
@@ -224,13 +224,13 @@ def _exec(name: str, path: Path, disk: bool) -> ModuleType:
             del sys.modules[name]
             raise
         _warn_once("numba-locator", f"fusejit: Numba cannot cache here ({e}); compiling in memory")
-        cpu.DISK_CACHE = False
+        cpu.DISK_CACHE = cuda.DISK_CACHE = False
         spec.loader.exec_module(mod)
     except BaseException:
         del sys.modules[name]
         raise
     finally:
-        cpu.DISK_CACHE = False
+        cpu.DISK_CACHE = cuda.DISK_CACHE = False
     COUNTERS.modules_loaded += 1
     return mod
 

@@ -8,8 +8,9 @@ Built once per signature:
 2. every kernel compiled (or loaded from the disk cache) by Numba;
 3. calls go through a Python function generated for this executable (``_runner``: ravel
    the arguments, allocate the outputs, call each kernel's compiled entry point with
-   the flat arrays and its sizes, return). Its text is what ``runner_source()`` and
-   ``FUSEJIT_DUMP`` show.
+   the flat arrays and its sizes, and between them, in program order, each host op's
+   rule (``H0((inputs,), (outputs,))``, ``fusejit.runtime.host_ops``), return). Its text
+   is what ``runner_source()`` and ``FUSEJIT_DUMP`` show.
 
 A kernel is called through its overload's entry point, the C wrapper Numba compiled for
 its one signature: that skips the dispatcher's type resolution (0.53 us a call instead
@@ -42,8 +43,10 @@ from fusejit.codegen.kernel import Matmul, statements
 from fusejit.codegen.lowering import LoweredKernel, describe_ops
 from fusejit.codegen.target import CPU
 from fusejit.ir import primitives as P
-from fusejit.ir.core import Function, Op, Value
+from fusejit.ir.core import Function, Value
 from fusejit.ir.dtypes import DType, from_numpy
+from fusejit.ir.nans import first_nonfinite, nonfinite_error
+from fusejit.ir.scopes import scope_label
 from fusejit.ir.transforms.fusion import FusedFunction
 from fusejit.runtime import blas, compile_pool, donation
 from fusejit.runtime.cache import (
@@ -55,6 +58,7 @@ from fusejit.runtime.cache import (
     start_numba,
 )
 from fusejit.runtime.donation import DonationError as DonationError  # re-exported
+from fusejit.runtime.host_ops import host_runner
 from fusejit.runtime.plan import plan_call
 from fusejit.runtime.timings import CompileTimes, KernelOrigin, KernelTime
 
@@ -106,11 +110,13 @@ class KernelInfo:
     bytes_in: int
     bytes_out: int
     source: str = field(default="", repr=False)  # the kernel's module: print(info.source)
+    scope: str = ""  # the fj.named_scope paths of its ops (fusejit.ir.scopes.scope_label)
 
     def __repr__(self) -> str:
         names = [op.split(" at ")[0] for op in self.ops]  # entries read "tanh at train.py:12"
         shown = ", ".join(names[:4]) + (f", ... ({len(names)} ops)" if len(names) > 4 else "")
-        return f"<kernel {self.name}: {shown}; reads {self.bytes_in} B, writes {self.bytes_out} B>"
+        scope = f" [{self.scope}]" if self.scope else ""
+        return f"<kernel {self.name}{scope}: {shown}; reads {self.bytes_in} B, writes {self.bytes_out} B>"
 
 
 def _gemm_flops(lk: LoweredKernel) -> int:
@@ -323,14 +329,17 @@ the module doc); ``call_plan`` is what it runs, as data."""
         # Kernels called one by one share the arena, and another thread may run between
         # two calls: the lock keeps calls whole (each kernel holds the GIL anyway, so
         # threads lose no parallelism).
-        shared = self.plan.arena_bytes > 0 and len(self._steps) > 1
+        shared = self.plan.arena_bytes > 0 and len(self._steps) + len(self.call_plan.host_steps) > 1
         ns["LOCK"] = self._lock
         if shared:
             lines.append("    with LOCK:")
+        indent = "        " if shared else "    "
         for k, st in enumerate(self._steps):
+            lines += self._host_lines(ns, k, indent)
             ns[f"K{k}"] = st.entry_point
             call = [self._ref_name(r) for r in st.array_refs] + [str(int(self._dims[i])) for i in st.int_slots]
-            lines.append(f"{'        ' if shared else '    '}K{k}({', '.join(call)})  # {st.lowered.display_name}")
+            lines.append(f"{indent}K{k}({', '.join(call)})  # {st.lowered.display_name}")
+        lines += self._host_lines(ns, len(self._steps), indent)
         results = []
         for kind, k in self._result_refs:
             if kind == "param":
@@ -347,6 +356,17 @@ the module doc); ``call_plan`` is what it runs, as data."""
         self._runner_source = "\n".join(lines) + "\n"
         exec(compile(self._runner_source, "<fusejit runner>", "exec"), ns)  # noqa: S102 - our own text
         return ns["run"]
+
+    def _host_lines(self, ns: dict[str, Any], position: int, indent: str) -> list[str]:
+        """The runner's calls of the host ops (``fusejit.runtime.host_ops``) that run
+        after the first ``position`` kernels: ``H0((inputs,), (outputs,))``."""
+        lines = []
+        for h, hs in enumerate(self.call_plan.host_steps):
+            if hs.position == position:
+                ns[f"H{h}"] = host_runner(hs.call, hs.shared_outputs)
+                ins, outs = ("".join(f"{self._ref_name(r)}, " for r in refs) for refs in (hs.in_refs, hs.out_refs))
+                lines.append(f"{indent}H{h}(({ins}), ({outs}))  # {hs.call.display_name}")
+        return lines
 
     def _call_generic(self, args: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
         """The general path: donation, and FUSEJIT_DEBUG_NANS (kernels one by one)."""
@@ -404,11 +424,21 @@ the module doc); ``call_plan`` is what it runs, as data."""
             flat[("const", k)] = c
         views = self._views
         check = config.value("debug_nans")
-        for st in self._steps:
+
+        def run_hosts(position: int) -> None:
+            for hs in self.call_plan.host_steps:
+                if hs.position == position:
+                    arrays_of = [[views[r[1]] if r[0] == "buf" else flat[r] for r in refs]
+                                 for refs in (hs.in_refs, hs.out_refs)]
+                    host_runner(hs.call, hs.shared_outputs)(*arrays_of)
+
+        for k, st in enumerate(self._steps):
+            run_hosts(k)
             ints = [int(self._dims[i]) for i in st.int_slots]
             st.entry_point(*[views[r[1]] if r[0] == "buf" else flat[r] for r in st.array_refs], *ints)
             if check:
                 self._check_finite(st, flat)
+        run_hosts(len(self._steps))
 
     def _check_finite(self, st: _Step, flat: dict[Any, np.ndarray]) -> None:
         def view(r: tuple[str, Any], dtype: Any) -> np.ndarray:
@@ -430,37 +460,23 @@ the module doc); ``call_plan`` is what it runs, as data."""
         return out
 
     def _raise_nan(self, st: _Step, view: Any) -> None:
-        """Names the first op of the kernel that made a NaN/inf from finite operands."""
+        """Names the first op of the kernel that made a NaN/inf from finite operands
+        (the kernel's ops re-run one by one on the reference rules)."""
         group = st.lowered.group
         env: dict[Value, np.ndarray] = {}
         for bound, r in zip(st.lowered.arrays, st.array_refs, strict=True):
             if isinstance(bound, Value) and bound in group.inputs:
                 env[bound] = view(r, bound.dtype).reshape(bound.shape)
-        culprit: Op | None = None
-        with np.errstate(all="ignore"):
-            for op in group.ops:
-                ins = [env[v] for v in op.inputs]
-                outs = op.prim.impl(*ins, **op.attrs)
-                for v, o in zip(op.outputs, outs, strict=True):
-                    env[v] = np.asarray(o, dtype=v.dtype.np)
-                bad = any(v.dtype.is_float and not np.isfinite(env[v]).all() for v in op.outputs)
-                inputs_ok = all(not v.dtype.is_float or np.isfinite(env[v]).all() for v in op.inputs)
-                if bad and (inputs_ok or culprit is None):
-                    culprit = op
-                    if inputs_ok:
-                        break
-        op = culprit or group.ops[-1]
-        where = f" at {op.loc}" if op.loc else ""
-        raise FloatingPointError(
-            f"FUSEJIT_DEBUG_NANS: NaN or inf produced by {op.prim.name}{where} "
-            f"(kernel {st.lowered.display_name} of @{self.function.name})"
-        )
+        found = first_nonfinite(group.ops, env)
+        context = f"kernel {st.lowered.display_name} of @{self.function.name}"
+        raise nonfinite_error(*(found or (None, "nan or inf", False)), context)
 
     # Introspection --------------------------------------------------------------------
     def _info(self, st: _Step) -> KernelInfo:
         g = st.lowered.group
         ops = tuple(f"{op.prim.name}{f' at {op.loc}' if op.loc else ''}" for op in g.ops)
-        return KernelInfo(st.lowered.display_name, ops, g.bytes_read, g.bytes_written, display_source(st))
+        return KernelInfo(st.lowered.display_name, ops, g.bytes_read, g.bytes_written, display_source(st),
+                          scope_label(g.ops))
 
     def kernel_source(self) -> str:
         parts = [k.source for k in self.kernels]
@@ -481,8 +497,9 @@ def display_source(st: _Step) -> str:
     source lines (the module on disk leaves those out so every batch size shares it)."""
     lk = st.lowered
     g = lk.group
-    head = [f"# {lk.display_name}: {len(g.ops)} ops, reads {g.bytes_read} B, writes {g.bytes_written} B"
-            f" (module {st.module})"]
+    label = scope_label(g.ops)
+    head = [f"# {lk.display_name}{f' [{label}]' if label else ''}: {len(g.ops)} ops, reads {g.bytes_read} B, "
+            f"writes {g.bytes_written} B (module {st.module})"]
     head += [f"#   {line}" for line in describe_ops(g, concrete=True)]
     body = st.source.split("\n")
     start = next(i for i, line in enumerate(body) if not line.startswith("#"))

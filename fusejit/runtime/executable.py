@@ -6,7 +6,9 @@ list of NumPy arrays (one per parameter) returning a tuple of arrays. Backends:
 * ``"interpret"``: the reference interpreter, op by op (the semantics every other backend
   is tested against);
 * ``"cpu"``: fusion groups lowered to Numba kernels called in turn by one generated
-  Python runner (``fusejit.runtime.cpu``).
+  Python runner (``fusejit.runtime.cpu``);
+* ``"cuda"``: the same groups as Numba CUDA launches on a GPU, results left there as
+  ``DeviceArray``s (``fusejit.runtime.cuda``).
 
 Both expose ``.fused`` (the partition into kernels), ``.kernels`` (``KernelInfo``) and
 ``.kernel_source()``.
@@ -22,14 +24,16 @@ import numpy as np
 
 from fusejit import config
 from fusejit.ir import primitives as P
+from fusejit.ir.control_flow import CONTROL_FLOW
 from fusejit.ir.core import Function
 from fusejit.ir.interpreter import run_function
 from fusejit.ir.transforms import fusion
 from fusejit.ir.transforms.fusion import FusedFunction, one_op_per_group
+from fusejit.runtime.control import ControlFlowExecutable, has_control_flow
 from fusejit.runtime.cpu import CpuExecutable, DonationError, KernelInfo  # noqa: F401 - re-exported
 from fusejit.runtime.timings import CompileTimes
 
-BACKENDS = ("interpret", "cpu")
+BACKENDS = ("interpret", "cpu", "cuda")
 
 
 @dataclass(eq=False)
@@ -62,9 +66,9 @@ def partition(fn: Function, fuse: bool = True, backend: str = "cpu") -> FusedFun
         fn = inline_calls(fn)
     if not fuse:
         return one_op_per_group(fn)
-    from fusejit.codegen import supports
+    from fusejit.codegen.target import TARGETS
 
-    return fusion.fuse(fn, supports=supports)
+    return fusion.fuse(fn, supports=TARGETS[backend].supports)
 
 
 def compile_function(
@@ -75,6 +79,7 @@ def compile_function(
     stages: Sequence[Any] = (),
     traced: Function | None = None,
     times: CompileTimes | None = None,
+    fuse: bool = True,
 ) -> Any:
     """Compiles a partition (``partition(fn, fuse, backend)``) for ``backend``: an
     ``InterpretedExecutable``, a ``CpuExecutable``, or with ``config compile =
@@ -84,6 +89,8 @@ def compile_function(
     for outputs. ``stages`` and ``traced`` (the pipeline's intermediate functions) are only
     used for ``FUSEJIT_DUMP``. ``times``, when given, receives the lowering and per-kernel
     compile times (the earlier stages' times already in it are dumped with them).
+    ``fuse`` says how the nested functions of control-flow ops (loop bodies, branches)
+    are partitioned; they are optimized and compiled once, with the function.
     """
     fn = fused.function
     dump_dir = config.value("dump_dir")
@@ -94,14 +101,34 @@ def compile_function(
 
             dump_compilation(dump_dir, fn, exe, stages=stages, traced=traced, backend=backend, times=times)
 
+    if backend == "cpu" and has_control_flow(fn):
+        # Loops and branches run as drivers over nested executables (fusejit.runtime.control);
+        # compiled in the foreground, one CpuExecutable per stretch of kernels between them.
+        exe = ControlFlowExecutable(fn, fused, lambda f: _compile_nested(f, fuse),
+                                    lambda f, part: CpuExecutable(f, part, ()))
+        if times is not None:
+            times.lower, times.startup = exe.compile_times.lower, exe.compile_times.startup
+            times.kernels = list(exe.compile_times.kernels)
+        dump(exe)
+        return exe
     if backend == "cpu" and config.value("compile") == "background":
         from fusejit.runtime.background import BackgroundExecutable
 
         return BackgroundExecutable(fused, donate_argnums, times, on_ready=dump)
     if backend == "interpret":
         exe: Any = InterpretedExecutable(fn, fused)
-    elif backend == "cpu":
-        exe = CpuExecutable(fn, fused, donate_argnums)
+    elif backend in ("cpu", "cuda"):
+        if backend == "cuda":
+            from fusejit.runtime.cuda import CudaExecutable
+
+            if has_control_flow(fn):  # the drivers of fusejit.runtime.control run NumPy arrays
+                op = next(op for op in fn.ops if op.prim in CONTROL_FLOW)
+                raise NotImplementedError(f"the cuda backend does not run {op.prim.name} yet "
+                                          f"(at {op.loc}): use backend='cpu' for fj.lax loops and branches")
+
+            exe = CudaExecutable(fn, fused, donate_argnums)
+        else:
+            exe = CpuExecutable(fn, fused, donate_argnums)
         if times is not None:
             times.lower, times.startup = exe.compile_times.lower, exe.compile_times.startup
             times.kernels = list(exe.compile_times.kernels)
@@ -109,3 +136,11 @@ def compile_function(
         raise ValueError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
     dump(exe)
     return exe
+
+
+def _compile_nested(fn: Function, fuse: bool) -> Any:
+    """A loop body or branch, optimized, partitioned and compiled for the CPU."""
+    from fusejit.ir.transforms.pipeline import optimize
+
+    optimized, _ = optimize(fn, check=config.value("check_ir"))
+    return compile_function(partition(optimized, fuse, "cpu"), backend="cpu", fuse=fuse)

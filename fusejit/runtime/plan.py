@@ -1,4 +1,4 @@
-"""The call plan of a CPU executable, as data: what every kernel reads and writes.
+"""The call plan of an executable (CPU or CUDA), as data: what every kernel reads and writes.
 
 ``plan_call`` lowers every fusion group (``lower_all``: a group the code generator
 refuses is split into one kernel per op, and a lone reshape, a view on flat buffers,
@@ -9,7 +9,11 @@ becomes an alias instead of a kernel), then decides storage:
   it only at the element it writes;
 * constant arrays are materialized once;
 * every other value and all kernel scratch live in one arena, planned by value lifetimes
-  (``fusejit.runtime.buffers``).
+  (``fusejit.runtime.buffers``);
+* a host op (``GroupKind.HOST``, ``fusejit.runtime.host_ops``) is a ``HostStepPlan``
+  between the kernel steps: refs for its operands and outputs, and an output its rule
+  may write over an operand shares that operand's arena buffer when nothing reads it
+  later (an in-place ``Allreduce``).
 
 A kernel argument is a *ref*: ``("param", k)``, ``("out", j)`` (result ``j``),
 ``("const", k)`` or ``("buf", key)`` (an arena slice); its sizes are slots of one int64
@@ -26,12 +30,13 @@ import numpy as np
 
 from fusejit.codegen.kernel import Unsupported
 from fusejit.codegen.lowering import LoweredKernel, Scratch
-from fusejit.codegen.target import CPU
+from fusejit.codegen.target import CPU, Target
 from fusejit.ir import primitives as P
 from fusejit.ir.core import Function, Op, Value
 from fusejit.ir.dtypes import DType
 from fusejit.ir.transforms.fusion import FusedFunction, FusionGroup, GroupKind, group_kind_of, make_group
 from fusejit.runtime import buffers
+from fusejit.runtime.host_ops import HostCall
 
 Ref = tuple[str, Any]
 
@@ -47,6 +52,22 @@ class StepPlan:
 
 
 @dataclass(frozen=True, slots=True)
+class HostStepPlan:
+    """One host op call (``fusejit.runtime.host_ops``): a ref per operand and per output;
+    it runs after the first ``position`` kernel steps."""
+
+    call: HostCall
+    in_refs: tuple[Ref, ...]
+    out_refs: tuple[Ref, ...]
+    position: int
+
+    @property
+    def shared_outputs(self) -> frozenset[int]:
+        """The outputs planned in the buffer of the operand they may overwrite."""
+        return frozenset(o for o, i in self.call.rule.inplace if self.out_refs[o] == self.in_refs[i])
+
+
+@dataclass(frozen=True, slots=True)
 class CallPlan:
     steps: tuple[StepPlan, ...]
     arena: buffers.Plan
@@ -57,11 +78,13 @@ class CallPlan:
     out_specs: tuple[tuple[tuple[int, ...], Any], ...]  # per result value: shape, NumPy dtype
     out_in_param: tuple[int | None, ...]  # per result value: the donated parameter it is written into
     result_refs: tuple[Ref, ...]  # per function result
+    host_steps: tuple[HostStepPlan, ...] = ()  # in program order among ``steps``
 
 
-def plan_call(fn: Function, fused: FusedFunction, donated: Sequence[int], threshold: int | None = None) -> CallPlan:
-    """Lowers ``fused`` and plans every call of it (see the module docstring)."""
-    items = lower_all(fused, threshold)
+def plan_call(fn: Function, fused: FusedFunction, donated: Sequence[int], threshold: int | None = None,
+              target: Target = CPU) -> CallPlan:
+    """Lowers ``fused`` for ``target`` and plans every call of it (see the module docstring)."""
+    items = lower_all(fused, threshold, target)
     params = {p: k for k, p in enumerate(fn.params)}
     result_values = list(dict.fromkeys(r for r in fn.results if r not in params))
     outputs = {v: j for j, v in enumerate(result_values)}
@@ -75,8 +98,9 @@ def plan_call(fn: Function, fused: FusedFunction, donated: Sequence[int], thresh
             v = aliases[v]
         return v
 
-    kernels = [it for it in items if isinstance(it, LoweredKernel)]
-    in_param = _donations(fn, kernels, donated, result_values, aliases, root)
+    units = [it for it in items if not isinstance(it, FusionGroup)]  # kernels and host calls, in order
+    _host_inplace(fn, units, aliases, root)
+    in_param = _donations(fn, units, donated, result_values, aliases, root, target)
     consts: list[Op] = []
     const_index: dict[int, int] = {}
 
@@ -97,7 +121,12 @@ def plan_call(fn: Function, fused: FusedFunction, donated: Sequence[int], thresh
 
     steps: list[buffers.Step] = []
     step_refs: list[list[Ref]] = []
-    for s, lk in enumerate(kernels):
+    for s, lk in enumerate(units):
+        if isinstance(lk, HostCall):
+            step_refs.append([ref(v) for v in lk.op.inputs + lk.op.outputs])
+            steps.append(buffers.Step([(root(v), v.type.nbytes) for v in lk.op.outputs if ref(v)[0] == "buf"],
+                                      [root(v) for v in lk.op.inputs if ref(v)[0] == "buf"], []))
+            continue
         refs = []
         scratch = []
         for k, bound in enumerate(lk.arrays):
@@ -114,8 +143,9 @@ def plan_call(fn: Function, fused: FusedFunction, donated: Sequence[int], thresh
     arena = buffers.plan(steps)
     # The size array: arena slices first, then every kernel's ints.
     buf_dtype: dict[Hashable, DType] = {}
-    for refs, lk in zip(step_refs, kernels, strict=True):
-        for r, param in zip(refs, lk.kernel.arrays, strict=True):
+    for refs, lk in zip(step_refs, units, strict=True):
+        types = [v.type for v in lk.op.inputs + lk.op.outputs] if isinstance(lk, HostCall) else lk.kernel.arrays
+        for r, param in zip(refs, types, strict=True):
             if r[0] == "buf":
                 buf_dtype[r[1]] = param.dtype
     dims: list[int] = []
@@ -125,7 +155,12 @@ def plan_call(fn: Function, fused: FusedFunction, donated: Sequence[int], thresh
         buf_slot[key] = len(dims)
         dims += [iv.offset, iv.offset + iv.nbytes]
     plans = []
-    for lk, refs in zip(kernels, step_refs, strict=True):
+    host_plans = []
+    for lk, refs in zip(units, step_refs, strict=True):
+        if isinstance(lk, HostCall):
+            n = len(lk.op.inputs)
+            host_plans.append(HostStepPlan(lk, tuple(refs[:n]), tuple(refs[n:]), len(plans)))
+            continue
         plans.append(StepPlan(lk, tuple(refs), tuple(range(len(dims), len(dims) + len(lk.ints)))))
         dims += lk.ints
     return CallPlan(
@@ -138,11 +173,34 @@ def plan_call(fn: Function, fused: FusedFunction, donated: Sequence[int], thresh
         out_specs=tuple((v.shape, v.dtype.np) for v in result_values),
         out_in_param=tuple(in_param.get(v) for v in result_values),
         result_refs=tuple(("param", params[r]) if r in params else ("out", outputs[r]) for r in fn.results),
+        host_steps=tuple(host_plans),
     )
 
 
-def _donations(fn: Function, kernels: list[LoweredKernel], donated: Sequence[int], result_values: list[Value],
-               aliases: dict[Value, Value], root: Any) -> dict[Value, int]:
+def _host_inplace(fn: Function, units: list[LoweredKernel | HostCall], aliases: dict[Value, Value],
+                  root: Any) -> None:
+    """Each host output its rule may write over an operand (``HostRule.inplace``) takes
+    the operand's buffer when that is an arena buffer nothing reads afterwards: an alias,
+    as a reshape's (an in-place Allreduce then copies nothing)."""
+    params = set(fn.params)
+    results = {root(r) for r in fn.results}
+    for s, unit in enumerate(units):
+        if not isinstance(unit, HostCall):
+            continue
+        op = unit.op
+        for o, i in unit.rule.inplace:
+            x, y = op.inputs[i], op.outputs[o]
+            rx = root(x)
+            if rx in params or rx in results or y in results or x.type.nbytes != y.type.nbytes:
+                continue
+            if sum(root(v) is rx for v in op.inputs) != 1:
+                continue
+            if not any(root(v) is rx for later in units[s + 1:] for v in later.group.inputs):
+                aliases[y] = x
+
+
+def _donations(fn: Function, kernels: list[LoweredKernel | HostCall], donated: Sequence[int], result_values: list[Value],
+               aliases: dict[Value, Value], root: Any, target: Target) -> dict[Value, int]:
     """Which result takes the buffer of which donated parameter (of its dtype and size,
     once the kernels before the one writing the result no longer read it); a loop
     kernel reading the parameter only at the element it writes is lowered again to write
@@ -177,7 +235,7 @@ def _donations(fn: Function, kernels: list[LoweredKernel], donated: Sequence[int
                 break
             if last == s and kernels[s].kind is GroupKind.LOOP and p in kernels[s].identity_reads:
                 try:
-                    kernels[s] = CPU.lower(kernels[s].group, inplace={**kernels[s].inplace, v: p})
+                    kernels[s] = target.lower(kernels[s].group, inplace={**kernels[s].inplace, v: p})
                 except Unsupported:
                     continue
                 in_param[v] = params[p]
@@ -201,18 +259,23 @@ def _is_alias(group: FusionGroup, results: set[Value]) -> bool:
     return False
 
 
-def lower_all(fused: FusedFunction, threshold: int | None = None) -> list[FusionGroup | LoweredKernel]:
-    """Each group lowered (or kept as an alias group); refused groups split per op."""
+def lower_all(fused: FusedFunction, threshold: int | None = None,
+              target: Target = CPU) -> list[FusionGroup | LoweredKernel | HostCall]:
+    """Each group lowered (or kept as an alias group, or a host call); refused groups
+    split per op."""
     fn = fused.function
     results = set(fn.results)
     users = fn.users()
     out: list[FusionGroup | LoweredKernel] = []
     for group in fused.groups:
+        if group.kind is GroupKind.HOST:
+            out.append(HostCall(group))
+            continue
         if _is_alias(group, results):
             out.append(group)
             continue
         try:
-            out.append(CPU.lower(group, parallel_threshold=threshold))
+            out.append(target.lower(group, parallel_threshold=threshold))
         except Unsupported:
             if len(group.ops) == 1 and group.kind is not GroupKind.HORIZONTAL:
                 raise
@@ -222,7 +285,7 @@ def lower_all(fused: FusedFunction, threshold: int | None = None) -> list[Fusion
             else:  # one kernel per op (an op recomputed in several groups is computed again)
                 needed = set(results) | set(group.outputs)
                 subgroups = [make_group([op], needed, users, group_kind_of(op)) for op in group.ops]
-            out += lower_all(FusedFunction(fn, tuple(subgroups)), threshold)
+            out += lower_all(FusedFunction(fn, tuple(subgroups)), threshold, target)
     return out
 
 

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from fusejit.ir.scopes import scope_label
 from fusejit.runtime import blas
 
 # Default measurement budget: rounds until about this many seconds are spent, within
@@ -57,7 +58,8 @@ class KernelProfile:
     (``loop``, ``reduce``, ``row``, ``matmul``, ``scatter``, ``horizontal``); ``ops`` one
     ``"prim at file.py:line"`` string per fused op; ``times_s`` one duration (seconds)
     per measured round; ``bytes_read``/``bytes_written`` the bytes of its inputs and
-    outputs in memory (scratch excluded).
+    outputs in memory (scratch excluded); ``scope`` the ``fj.named_scope`` paths of its
+    ops (``conv1/conv2d + relu bwd``, ``fusejit.ir.scopes.scope_label``).
     """
 
     index: int
@@ -69,6 +71,7 @@ class KernelProfile:
     bytes_written: int
     parallel: bool
     times_s: tuple[float, ...]
+    scope: str = ""
 
     @property
     def median_s(self) -> float:
@@ -133,7 +136,7 @@ class Profile:
             f"({total / call * 100:.0f}% of the call), {fmt_bytes(self.bytes_moved)} moved per call"
             if call > 0 else f"profile of @{self.function}: {len(self.kernels)} kernels"
         ]
-        cols = ("#", "kernel", "kind", "median", "share", "read", "written", "GB/s", "ops (source lines)")
+        cols = ("#", "kernel", "kind", "scope", "median", "share", "read", "written", "GB/s", "ops (source lines)")
         rows = []
         kernels = self.sorted_kernels()
         for k in kernels[:top] if top else kernels:
@@ -141,10 +144,11 @@ class Profile:
             what = f"{len(k.ops)}: " + ",".join(names[:4]) + (",..." if len(names) > 4 else "")
             if k.source_lines:
                 what += "  @ " + ", ".join(_short_lines(k.source_lines))
-            rows.append((str(k.index), k.name, k.kind + ("||" if k.parallel else ""), fmt_time(k.median_s),
+            scope = k.scope if len(k.scope) <= 40 else k.scope[:37] + "..."
+            rows.append((str(k.index), k.name, k.kind + ("||" if k.parallel else ""), scope, fmt_time(k.median_s),
                          f"{self.share(k) * 100:.1f}%", fmt_bytes(k.bytes_read), fmt_bytes(k.bytes_written),
                          f"{k.gbs:.1f}", what))
-        lines = head + [format_table(cols, rows, left=(1, 2, 8))]
+        lines = head + [format_table(cols, rows, left=(1, 2, 3, 9))]
         if top and len(kernels) > top:
             lines.append(f"... {len(kernels) - top} faster kernels not shown")
         lines.append("(# is the execution order; || a parallel kernel; each kernel's time includes ~1-3 us "
@@ -159,7 +163,7 @@ class Profile:
             "call_median_s": self.call_median_s,
             "kernel_total_s": self.kernel_total_s,
             "kernels": [
-                {"index": k.index, "name": k.name, "kind": k.kind, "ops": list(k.ops),
+                {"index": k.index, "name": k.name, "kind": k.kind, "scope": k.scope, "ops": list(k.ops),
                  "bytes_read": k.bytes_read, "bytes_written": k.bytes_written, "median_s": k.median_s,
                  "share": self.share(k), "gbs": k.gbs}
                 for k in self.kernels
@@ -197,8 +201,8 @@ class Profile:
             events.append({
                 "name": kp.name, "cat": kp.kind, "ph": "X", "pid": 1, "tid": 1, "ts": us(start),
                 "dur": (end - start) / 1e3,
-                "args": {"round": r, "index": kp.index, "ops": list(kp.ops), "bytes_read": kp.bytes_read,
-                         "bytes_written": kp.bytes_written,
+                "args": {"round": r, "index": kp.index, "scope": kp.scope, "ops": list(kp.ops),
+                         "bytes_read": kp.bytes_read, "bytes_written": kp.bytes_written,
                          "GB/s": round((kp.bytes_read + kp.bytes_written) / dur_s / 1e9, 3) if dur_s > 0 else None},
             })
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -229,7 +233,7 @@ def _where(loc: Any) -> str:
     return f"{Path(loc.file).name}:{loc.line}"
 
 
-def _kernel_rows(exe: Any) -> list[tuple[str, str, tuple[str, ...], tuple[str, ...], int, int, bool]]:
+def _kernel_rows(exe: Any) -> list[tuple[str, str, tuple[str, ...], tuple[str, ...], int, int, bool, str]]:
     rows = []
     for st in exe._steps:
         lk = st.lowered
@@ -237,7 +241,7 @@ def _kernel_rows(exe: Any) -> list[tuple[str, str, tuple[str, ...], tuple[str, .
         ops = tuple(f"{op.prim.name}{f' at {_where(op.loc)}' if op.loc else ''}" for op in g.ops)
         lines = tuple(dict.fromkeys(_where(op.loc) for op in g.ops if op.loc))
         parallel = bool(lk.kernel.parallel or any(h.parallel for h in lk.kernel.helpers))
-        rows.append((lk.display_name, lk.kind, ops, lines, g.bytes_read, g.bytes_written, parallel))
+        rows.append((lk.display_name, lk.kind, ops, lines, g.bytes_read, g.bytes_written, parallel, scope_label(g.ops)))
     return rows
 
 
@@ -277,6 +281,9 @@ def profile_executable(exe: Any, args: Sequence[Any], *, repeat: int | None = No
     Raises ``ValueError`` for an executable that has no kernels to time (the
     ``interpret`` backend) or for a ``repeat`` below 1.
     """
+    if hasattr(exe, "nested_executables"):  # fusejit.runtime.control: kernels run from loop drivers
+        raise ValueError("profile does not yet time functions with loops or branches (fj.lax): jit the loop "
+                         "body as a function of its own and profile that")
     if not hasattr(exe, "_steps"):
         raise ValueError(f"profile needs the cpu backend's executable, not {type(exe).__name__} "
                          "(jit(..., backend='cpu'))")
@@ -344,8 +351,8 @@ def profile_executable(exe: Any, args: Sequence[Any], *, repeat: int | None = No
                 call_times.append((end - start) / 1e9)
                 one_pass(r, True)
     kernels = [
-        KernelProfile(k, nm, kind, ops, lines, br, bw, par, tuple(t / 1e9 for t in samples[k]))
-        for k, (nm, kind, ops, lines, br, bw, par) in enumerate(rows)
+        KernelProfile(k, nm, kind, ops, lines, br, bw, par, tuple(t / 1e9 for t in samples[k]), scope)
+        for k, (nm, kind, ops, lines, br, bw, par, scope) in enumerate(rows)
     ]
     return Profile(fn_name, kernels, call_times, rounds, trace, calls)
 

@@ -1,5 +1,6 @@
-"""``fusejit.scipy``: SciPy's names over ``fusejit.numpy`` (``special.logsumexp``)."""
+"""``fusejit.scipy``: SciPy's names over ``fusejit.numpy`` (``special.logsumexp``,
+``linalg.solve_triangular``)."""
 
-from fusejit.scipy import special
+from fusejit.scipy import linalg, special
 
-__all__ = ["special"]
+__all__ = ["linalg", "special"]

@@ -24,6 +24,7 @@ from fusejit.ir.core import Function
 from fusejit.ir.transforms.fusion import FusedFunction
 from fusejit.ir.transforms.pipeline import Stage, optimize
 from fusejit.ir.types import TensorType
+from fusejit.runtime.devices import DeviceArray
 from fusejit.runtime.executable import compile_function, partition
 from fusejit.runtime.timings import CompileTimes
 from fusejit.tracer.inplace import InputMutationWarning, first_write
@@ -51,7 +52,7 @@ def _leaf_signature(leaf: Any) -> Any:
         return kind
     if isinstance(leaf, np.generic):
         return ((), leaf.dtype)
-    if isinstance(leaf, np.ndarray):  # subclasses: np.memmap, np.matrix, ...
+    if isinstance(leaf, np.ndarray) or kind is DeviceArray:  # subclasses: np.memmap, np.matrix, ...
         return (leaf.shape, leaf.dtype)
     return None  # not an argument type: _leaf_type raises when this signature is traced
 
@@ -210,6 +211,7 @@ class Lowered:
                 stages=self.stages,
                 traced=self.traced,
                 times=self.times,
+                fuse=self.jitted.fuse,
             )
             self._executable = exe
         return self._executable
@@ -263,7 +265,7 @@ class Lowered:
 
     def _run(self, executable: Any, leaves: Sequence[Any]) -> Any:
         arrays = [
-            leaf if type(leaf) is np.ndarray else np.asarray(leaf, dtype=t.dtype.np)
+            leaf if type(leaf) is np.ndarray or type(leaf) is DeviceArray else np.asarray(leaf, dtype=t.dtype.np)
             for leaf, t in zip(leaves, self.in_types, strict=True)
         ]
         if _CONFIG["profile"]:
@@ -354,7 +356,7 @@ class Jitted:
                 _compile_logger().info("fusejit: compiled %s", lowered.describe())
         else:
             self._info.hits += 1
-        if not kwargs and not static_key and all(type(a) is np.ndarray for a in args):
+        if not kwargs and not static_key and all(type(a) is np.ndarray or type(a) is DeviceArray for a in args):
             fast_key = tuple((a.shape, a.dtype, type(a)) for a in args)
             self._fast[fast_key[0] if len(args) == 1 else fast_key] = lowered._fast_runner()
         return lowered._run(lowered.executable(), leaves)

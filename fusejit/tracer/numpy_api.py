@@ -399,9 +399,16 @@ def isfinite(x: Array) -> Array:
 
 
 def where(condition: Array, x: Array = None, y: Array = None) -> Array:
-    """``numpy.where(condition, x, y)`` (the one-argument form has a data-dependent shape)."""
+    """``numpy.where(condition, x, y)``; with ``condition`` alone, ``nonzero(condition)``
+    when it is concrete (a traced condition's nonzero count, so the result's shape,
+    depends on the data: ``NotImplementedError``)."""
+    if x is None and y is None:
+        if isinstance(condition, TracedArray):
+            raise NotImplementedError("numpy.where with one traced argument (its shape depends on the data); "
+                                      "use where(condition, x, y) or a mask")
+        return tuple(asarray(i) for i in np.nonzero(np.asarray(condition)))
     if x is None or y is None:
-        raise NotImplementedError("numpy.where with one argument (its shape depends on the data)")
+        raise ValueError("either both or neither of x and y should be given")
     dt = result_dtype(x, y)
     shape = broadcast_shapes("where", shape_of(condition), shape_of(x), shape_of(y))
     cond = _broadcast(astype(condition, DType.bool), shape)
@@ -1112,50 +1119,100 @@ def _einsum_sublists(first: Array, *rest: Any) -> tuple[str, tuple[Array, ...]]:
     return spec, operands
 
 
-def einsum(subscripts: str, *operands: Array, optimize: Any = False) -> Array:
-    """``numpy.einsum`` for one or two operands without repeated indices in one operand.
-    (``optimize`` is accepted for NumPy compatibility: a two-operand contraction has only
-    one order.) The sublist form ``einsum(a, [0, 1], b, [1, 2], [0, 2])`` is accepted."""
+def einsum(subscripts: Any, *operands: Array, optimize: Any = False) -> Array:
+    """``numpy.einsum``: any number of operands, ``...`` for broadcast axes, an index
+    repeated in one operand (its diagonal), the implicit output (the indices seen once,
+    sorted, after the ``...`` axes) and the sublist form ``einsum(a, [0, 1], b, [1, 2],
+    [0, 2])``. Operands are contracted left to right, each pair as one ``dot_general``
+    after summing the indices no later term needs (``optimize`` is accepted for NumPy
+    compatibility and does not change that order). Raises ``ValueError`` for terms that do
+    not match their operands or sizes that do not broadcast."""
     if not isinstance(subscripts, str):
         subscripts, operands = _einsum_sublists(subscripts, *operands)
-    spec = subscripts.replace(" ", "")
-    if "." in spec:
-        raise NotImplementedError("numpy.einsum with ellipsis")
+    terms, output = _einsum_terms(subscripts.replace(" ", ""), operands)
+    ops = [_einsum_diagonals(t, _as_operand(x)) for t, x in zip(terms, operands, strict=True)]
+    sizes: dict[str, int] = {}
+    for t, x in ops:
+        for c, n in zip(t, shape_of(x), strict=True):
+            if sizes.get(c, 1) != 1 and n not in (1, sizes[c]):
+                raise _fail(f"einsum: index {c!r} has sizes {sizes[c]} and {n}, which do not broadcast")
+            sizes[c] = n if sizes.get(c, 1) == 1 else sizes[c]
+    ops = [(t, _broadcast(x, tuple(sizes[c] for c in t))) for t, x in ops]
+    t, x = _einsum_sum(ops[0][0], ops[0][1], set(output) | set("".join(t for t, _ in ops[1:])))
+    for k in range(1, len(ops)):
+        later = set(output) | set("".join(t for t, _ in ops[k + 1 :]))
+        t, x = _einsum_pair(t, x, *ops[k], later)
+    return transpose(x, [t.index(c) for c in output])
+
+
+def _einsum_terms(spec: str, operands: Sequence[Array]) -> tuple[list[str], str]:
+    """The terms and the output of ``spec`` with every ``...`` written as letters of
+    their own (right-aligned across operands, as NumPy broadcasts them)."""
     inputs, arrow, output = spec.partition("->")
     terms = inputs.split(",")
-    if len(terms) != len(operands) or len(terms) not in (1, 2):
-        raise NotImplementedError("numpy.einsum with other than one or two operands")
-    if not arrow:
-        counts = {c: inputs.count(c) for c in set(inputs) - {","}}
-        output = "".join(sorted(c for c, k in counts.items() if k == 1))
+    if len(terms) != len(operands):
+        raise _fail(f"einsum: {len(terms)} terms in {spec!r} for {len(operands)} operands")
+    for t in [*terms, output]:
+        if builtins.any(c not in string.ascii_letters for c in t.replace("...", "")):
+            raise _fail(f"einsum: invalid subscript term {t!r} in {spec!r}")
+    free = [c for c in string.ascii_letters if c not in spec]
+    dots = [len(shape_of(x)) - (len(t) - 3) for t, x in zip(terms, operands, strict=True) if "..." in t]
+    if builtins.any(n < 0 for n in dots):
+        raise _fail(f"einsum: an operand has fewer axes than its term in {spec!r}")
+    ellipsis = "".join(free[: builtins.max(dots, default=0)])
+    terms = [t.replace("...", ellipsis[len(ellipsis) - (len(shape_of(x)) - (len(t) - 3)):])
+             for t, x in zip(terms, operands, strict=True)]
+    if arrow:
+        output = output.replace("...", ellipsis)
+    else:
+        seen = "".join(terms)
+        output = ellipsis + "".join(sorted(c for c in set(seen) if seen.count(c) == 1 and c not in ellipsis))
     for t, x in zip(terms, operands, strict=True):
-        if len(set(t)) != len(t) or builtins.any(c not in string.ascii_letters for c in t):
-            raise NotImplementedError(f"numpy.einsum term {t!r} (repeated or invalid index)")
         if len(t) != len(shape_of(x)):
             raise _fail(f"einsum: term {t!r} does not match operand shape {shape_of(x)}")
-    # Sum away indices that appear in one operand only and not in the output.
-    ops = []
-    for i, (t, x) in enumerate(zip(terms, operands, strict=True)):
-        others = "".join(terms[:i] + terms[i + 1 :]) + output
-        lonely = [k for k, c in enumerate(t) if c not in others]
-        if lonely:  # in the operand's dtype (numpy.sum would widen int32), any() for booleans
-            dt = _dtype_of(x)
-            x = any(x, axis=tuple(lonely)) if dt.is_bool else sum(x, axis=tuple(lonely), dtype=dt.np)
-            t = "".join(c for c in t if c in others)
-        ops.append((t, x))
-    if len(ops) == 1:
-        t, x = ops[0]
-        return transpose(x, [t.index(c) for c in output])
-    (ta, a), (tb, b) = ops
-    batch_idx = [c for c in ta if c in tb and c in output]
-    contract_idx = [c for c in ta if c in tb and c not in output]
+    if len(set(output)) != len(output) or not set(output) <= set("".join(terms)):
+        raise _fail(f"einsum: output {output!r} repeats an index or names one no operand has")
+    return terms, output
+
+
+def _einsum_diagonals(t: str, x: Array) -> tuple[str, Array]:
+    """An index repeated in one operand's term taken along that operand's diagonal."""
+    from fusejit.tracer.numpy_ext import diagonal
+
+    while len(set(t)) != len(t):
+        c = next(c for c in t if t.count(c) > 1)
+        i = t.index(c)
+        j = t.index(c, i + 1)
+        x = diagonal(x, axis1=i, axis2=j)
+        t = "".join(d for k, d in enumerate(t) if k not in (i, j)) + c
+    return t, x
+
+
+def _einsum_sum(t: str, x: Array, keep: set[str]) -> tuple[str, Array]:
+    """``x`` with the indices outside ``keep`` summed (in the operand's dtype: numpy.sum
+    would widen int32; any() for booleans)."""
+    lonely = tuple(k for k, c in enumerate(t) if c not in keep)
+    if not lonely:
+        return t, x
+    dt = _dtype_of(x)
+    x = any(x, axis=lonely) if dt.is_bool else sum(x, axis=lonely, dtype=dt.np)
+    return "".join(c for c in t if c in keep), x
+
+
+def _einsum_pair(ta: str, a: Array, tb: str, b: Array, keep: set[str]) -> tuple[str, Array]:
+    """The contraction of two operands, keeping the indices in ``keep``: one
+    ``dot_general`` whose result is indexed batch indices, then ``a``'s, then ``b``'s."""
+    ta, a = _einsum_sum(ta, a, keep | set(tb))
+    tb, b = _einsum_sum(tb, b, keep | set(ta))
+    batch_idx = [c for c in ta if c in tb and c in keep]
+    contract_idx = [c for c in ta if c in tb and c not in keep]
     out = _dot(
         a, b,
         (tuple(ta.index(c) for c in contract_idx), tuple(tb.index(c) for c in contract_idx)),
         (tuple(ta.index(c) for c in batch_idx), tuple(tb.index(c) for c in batch_idx)),
     )
     order = batch_idx + [c for c in ta if c not in tb] + [c for c in tb if c not in ta]
-    return transpose(out, [order.index(c) for c in output])
+    return "".join(order), out
 
 
 # ---------------------------------------------------------------------------------------
@@ -1355,3 +1412,7 @@ from fusejit.tracer import numpy_ext as _ext  # noqa: E402
 
 _UFUNCS.update(_ext.UFUNCS)
 _ARRAY_FUNCTIONS.update(_ext.ARRAY_FUNCTIONS)
+# numpy.linalg's functions (fusejit.numpy.linalg) dispatch to fusejit.tracer.linalg.
+from fusejit.tracer import linalg as _linalg  # noqa: E402
+
+_ARRAY_FUNCTIONS.update(_linalg.ARRAY_FUNCTIONS)

@@ -735,6 +735,65 @@ def atleast_3d(a: Array) -> Array:
     return a
 
 
+def partition(a: Array, kth: Any, axis: int | None = -1, kind: str = "introselect", order: Any = None) -> Array:
+    """``numpy.partition``: ``a`` with the ``kth`` element(s) in sorted position, smaller
+    ones before and larger after, along ``axis``. Computed as a full (stable) sort, which
+    satisfies that contract; NumPy leaves the order inside each side unspecified, so the
+    two may differ there. Raises ``ValueError`` for an out-of-range ``kth``."""
+    _check_kth(a, kth, axis, "partition")
+    return sort(a, axis=axis, order=order)
+
+
+def argpartition(a: Array, kth: Any, axis: int | None = -1, kind: str = "introselect", order: Any = None) -> Array:
+    """``numpy.argpartition``: the indices that partition ``a`` (those of a stable sort,
+    see ``partition``)."""
+    _check_kth(a, kth, axis, "argpartition")
+    return argsort(a, axis=axis, order=order)
+
+
+def _check_kth(a: Array, kth: Any, axis: int | None, name: str) -> None:
+    shape = shape_of(A._as_operand(a))
+    n = math.prod(shape) if axis is None else shape[A._axes(axis, len(shape), name)[0]]
+    for k in np.atleast_1d(np.asarray(kth)).tolist():
+        if not -n <= int(k) < n:
+            raise A._fail(f"{name}: kth(={k}) out of bounds ({n})")
+
+
+class _AxisConcatenator:
+    """``r_`` and ``c_``: ``fnp.r_[a, b, 0:3]`` concatenates along the first axis (slices
+    become ``arange``s, scalars 1-element arrays); ``fnp.c_[a, b]`` stacks 1-d pieces as
+    columns and joins 2-d ones along the last axis. NumPy's string directives
+    (``r_['0,2', ...]``) are not supported."""
+
+    def __init__(self, columns: bool) -> None:
+        self.columns = columns
+
+    def __getitem__(self, key: Any) -> Array:
+        items = key if isinstance(key, tuple) else (key,)
+        pieces = []
+        for item in items:
+            if isinstance(item, str):
+                raise NotImplementedError(f"numpy.r_/c_ string directives ({item!r})")
+            if isinstance(item, slice):
+                step = 1 if item.step is None else item.step
+                if isinstance(step, complex):
+                    item = A.asarray(np.linspace(item.start or 0, item.stop, int(abs(step))))
+                else:
+                    item = A.asarray(np.arange(item.start or 0, item.stop, step))
+            pieces.append(A.atleast_1d(A._as_operand(item)))
+        if self.columns:  # 1-d pieces become columns
+            pieces = [A.reshape(p, (-1, 1)) if len(shape_of(p)) == 1 else p for p in pieces]
+            return A.concatenate(pieces, axis=-1)
+        return A.concatenate(pieces, axis=0)
+
+    def __len__(self) -> int:
+        return 0
+
+
+r_ = _AxisConcatenator(columns=False)
+c_ = _AxisConcatenator(columns=True)
+
+
 def column_stack(tup: Sequence[Array]) -> Array:
     cols = []
     for a in tup:
@@ -811,7 +870,7 @@ ARRAY_FUNCTIONS: dict[Callable[..., Any], Callable[..., Any]] = {
         "prod cumprod diff diagonal trace argsort sort isclose allclose count_nonzero gradient "
         "repeat tile roll rollaxis rot90 fliplr flipud tril triu diag diagflat kron cross append "
         "split array_split hsplit vsplit dsplit atleast_3d column_stack row_stack dstack select "
-        "linspace sinc nan_to_num real imag iscomplexobj isrealobj cumulative_prod"
+        "linspace sinc nan_to_num real imag iscomplexobj isrealobj cumulative_prod partition argpartition"
     ).split()
     if hasattr(np, name)
 }
@@ -819,4 +878,4 @@ ARRAY_FUNCTIONS: dict[Callable[..., Any], Callable[..., Any]] = {
 __all__ = [
     n for n, v in list(globals().items())
     if not n.startswith("_") and callable(v) and getattr(v, "__module__", None) == __name__
-]  # fmt: skip
+] + ["r_", "c_"]  # fmt: skip

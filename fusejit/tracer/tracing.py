@@ -20,14 +20,18 @@ from typing import Any
 
 import numpy as np
 
+from fusejit.config import LIVE as _CONFIG
 from fusejit.ir import primitives as P
 from fusejit.ir.builder import Builder
 from fusejit.ir.core import Function, SourceLoc, Value
 from fusejit.ir.dtypes import DType, from_numpy, promote, promote_weak, weak_scalar_dtype
 from fusejit.ir.interpreter import run_function
+from fusejit.ir.nans import nonfinite_error_at, nonfinite_kind
 from fusejit.ir.primitives import IRTypeError, Primitive
 from fusejit.ir.printer import short_loc
 from fusejit.ir.types import TensorType
+from fusejit.runtime.devices import DeviceArray
+from fusejit.tracer.scopes import current_scope
 
 
 class ConcretizationError(TypeError):
@@ -56,13 +60,14 @@ def _is_internal(filename: str) -> bool:
 
 
 def user_source_loc() -> SourceLoc | None:
-    """The file and line of the innermost caller outside fusejit."""
+    """The file and line of the innermost caller outside fusejit, with the open
+    ``fj.named_scope`` path."""
     frame = sys._getframe(1)
     while frame is not None and _is_internal(frame.f_code.co_filename):
         frame = frame.f_back
     if frame is None:
         return None
-    return SourceLoc(frame.f_code.co_filename, frame.f_lineno)
+    return SourceLoc(frame.f_code.co_filename, frame.f_lineno, current_scope())
 
 
 # ---------------------------------------------------------------------------------------
@@ -80,6 +85,9 @@ class Trace:
         self.active = True
         # id of a written root array -> the line of its first write (fusejit.tracer.inplace)
         self.first_writes: dict[int, SourceLoc | None] = {}
+        # The token of the last op with an effect (a run-time callback, P.EFFECTFUL): the
+        # next one takes it as an operand, which keeps them in program order.
+        self.effect_token: Value | None = None
 
     def new_param(self, type_: TensorType, name: str | None, weak: bool = False) -> TracedArray:
         v = Value(type_, name)
@@ -157,6 +165,8 @@ def bind(prim: Primitive, *args: Any, **attrs: Any) -> Any:
         with np.errstate(all="ignore"):
             outs = prim.impl(*arrays, **attrs)
         results = tuple(np.asarray(o, dtype=t.dtype.np) for o, t in zip(outs, types, strict=True))
+        if _CONFIG["debug_nans"] and (kind := nonfinite_kind(results)) is not None:
+            raise nonfinite_error_at(prim.name, loc, kind, nonfinite_kind(arrays) is None, "eager")
     else:
         with trace.builder.at(loc):
             values = tuple(_to_value(a, trace) for a in args)
@@ -217,9 +227,36 @@ def eval_function(fn: Function, *args: Any) -> tuple[Any, ...]:
         p: _to_value(a, trace, p.dtype) for p, a in zip(fn.params, args, strict=True)
     }
     for op in fn.ops:
-        outs = trace.builder.emit(op.prim, tuple(env[v] for v in op.inputs), dict(op.attrs), op.loc)
+        inputs = tuple(env[v] for v in op.inputs)
+        if op.prim in P.EFFECTFUL:  # re-chained after this trace's earlier callbacks
+            values = inputs[1:] if op.attrs["token"] else inputs
+            outs: tuple[Value, ...] = (_emit_ordered(trace, op.prim, values, op.attrs, op.loc),)
+        else:
+            outs = trace.builder.emit(op.prim, inputs, dict(op.attrs), op.loc)
         env.update(zip(op.outputs, outs, strict=True))
     return tuple(TracedArray(env[r], trace) for r in fn.results)
+
+
+def bind_effect(prim: Primitive, *args: Any, **attrs: Any) -> None:
+    """Records an op with an effect (``P.EFFECTFUL``: its ``token`` attribute is set here)
+    in the innermost trace, after the trace's previous one (its first operand is that
+    op's token), so that such ops run in program order. Needs an active trace."""
+    trace = current_trace()
+    assert trace is not None, "bind_effect records into a trace; run the effect eagerly instead"
+    with trace.builder.at(user_source_loc()):
+        _emit_ordered(trace, prim, tuple(_to_value(a, trace) for a in args), attrs, None)
+
+
+def _emit_ordered(trace: Trace, prim: Primitive, values: tuple[Value, ...], attrs: Any,
+                  loc: SourceLoc | None) -> Value:
+    if trace.effect_token is not None:
+        operands, token = (trace.effect_token, *values), True
+    elif values:
+        operands, token = values, False
+    else:  # the first effect, of no value: an op needs an operand, so a constant token
+        operands, token = (trace.builder.constant(True, DType.bool),), True
+    (trace.effect_token,) = trace.builder.emit(prim, operands, {**attrs, "token": token}, loc)
+    return trace.effect_token
 
 
 def argument_type(leaf: Any, path: str) -> tuple[TensorType, bool] | None:
@@ -229,9 +266,9 @@ def argument_type(leaf: Any, path: str) -> tuple[TensorType, bool] | None:
         return leaf.value.type, leaf.weak
     if isinstance(leaf, (bool, int, float)) and not isinstance(leaf, np.generic):
         return TensorType(weak_scalar_dtype(leaf), ()), True
-    if isinstance(leaf, (np.ndarray, np.generic)):
+    if isinstance(leaf, (np.ndarray, np.generic, DeviceArray)):
         try:
-            return TensorType(from_numpy(leaf.dtype), tuple(np.shape(leaf))), False
+            return TensorType(from_numpy(leaf.dtype), tuple(leaf.shape)), False
         except TypeError as e:
             raise TypeError(f"argument {path}: {e}") from None
     return None

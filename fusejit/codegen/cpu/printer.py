@@ -77,7 +77,14 @@ def constant_source(c: Const) -> str:
     return f"{NP_NAME[c.dtype]}({text})"
 
 
-class _Printer:
+class NumbaPrinter:
+    """Numba's Python dialect for the kernel IR. Expressions print the same for every
+    Numba target (the CUDA printer subclasses this one); ``THREAD_ID`` and the statements
+    are the CPU's."""
+
+    THREAD_ID = "thread_id()"
+    PARALLEL_RANGE = "prange"
+
     def __init__(self, kernel: Kernel) -> None:
         self.const_names = {c: f"c{k}" for k, c in enumerate(kernel.constants())}
 
@@ -96,7 +103,7 @@ class _Printer:
         if isinstance(e, MathCall):
             return f"{math_function(e.fn, e.dtype)}({', '.join(self.expr(a) for a in e.args)})"
         if isinstance(e, ThreadId):
-            return "thread_id()"
+            return self.THREAD_ID
         if isinstance(e, Select):
             return f"{self.operand(e.then)} if {self.operand(e.cond)} else {self.operand(e.orelse)}"
         if isinstance(e, Unary):
@@ -147,7 +154,7 @@ class _Printer:
             elif isinstance(s, Store):
                 out.append(f"{pad}{s.array}[idx({self.expr(s.index)})] = {self.expr(s.value)}")
             elif isinstance(s, Loop):
-                rng = "prange" if s.parallel else "range"
+                rng = self.PARALLEL_RANGE if s.parallel else "range"
                 stop = self.expr(s.stop)
                 bounds = stop if s.start == Lit(0) else f"{self.expr(s.start)}, {stop}"
                 out.append(f"{pad}for {s.var.name} in {rng}({bounds}):")
@@ -189,7 +196,7 @@ class _Printer:
 
 def module_source(kernel: Kernel) -> str:
     """The Numba source of ``kernel`` and its helpers (one module)."""
-    p = _Printer(kernel)
+    p = NumbaPrinter(kernel)
     lines = [f"# fusejit kernel {kernel.name} ({kernel.kind})"]
     lines += [f"#   {d}" for d in kernel.doc]
     lines += [

@@ -52,12 +52,18 @@ into the kernels that read them.
 cotangent evenly between tied operands, as JAX does (NumPy has no gradients; PyTorch's
 ``amax`` does the same). ``argmax``/``argmin`` have no gradient.
 
-*Source lines.* Every backward op carries the source line of the forward op it came
-from; a seed carries the line of the op that produced the differentiated result.
+*Source lines.* Every backward op carries the source line (and ``fj.named_scope``) of
+the forward op it came from, marked as derived (``SourceLoc.derived``: the text prints
+``# bwd of train.py:12``, or ``jvp of`` for a forward-mode op); a seed carries the line
+of the op that produced the differentiated result.
 
 *custom_vjp_call.* In reverse mode its ``fwd`` is inlined into the forward sweep (its
 extra results are the residuals) and its ``bwd`` into the backward sweep. In forward
 mode the jvp of its ``fun`` is inlined. Integer inputs of any op get no gradient.
+
+*Loops and branches* (``scan``, ``cond``, ``while_loop``) also change their forward
+sweep (``FORWARD_RULES``: a scan stacks per-step residuals); their rules and design are
+in ``autodiff_control``.
 """
 
 from __future__ import annotations
@@ -79,6 +85,15 @@ JvpRule = Callable[[Builder, Op, tuple[Ct, ...]], Sequence[Ct]]
 # The rule tables, keyed by primitive: each rule is entered below, next to its definition.
 VJP_RULES: dict[P.Primitive, VjpRule] = {}
 JVP_RULES: dict[P.Primitive, JvpRule] = {}
+
+
+# Primitives whose forward computation changes in reverse mode: the rule emits the
+# forward sweep's version of the op and returns (its outputs, residuals); the op the vjp
+# rule then sees has the residuals after its operands (custom_vjp_call, scan, cond).
+ForwardRule = Callable[
+    [Builder, Op, tuple[Value, ...], tuple[bool, ...]], tuple[tuple[Value, ...], tuple[Value, ...]]
+]
+FORWARD_RULES: dict[P.Primitive, ForwardRule] = {}
 
 
 def _define(prim: P.Primitive, vjp: VjpRule, jvp: JvpRule) -> None:
@@ -200,9 +215,9 @@ def reverse_mode(
     for op in fn.ops:
         inputs = tuple(rename.get(v, v) for v in op.inputs)
         is_active = any(v in active for v in inputs) and VJP_RULES.get(op.prim) is not zero_vjp
-        if is_active and op.prim is P.custom_vjp_call:
+        if is_active and op.prim in FORWARD_RULES:
             with b.at(op.loc):
-                outputs, residuals = _custom_vjp_call_forward(b, op, inputs)
+                outputs, residuals = FORWARD_RULES[op.prim](b, op, inputs, tuple(v in active for v in inputs))
             rename.update(zip(op.outputs, outputs, strict=True))
             tape_op = Op(op.prim, inputs + residuals, outputs, op.attrs, op.loc)
         else:
@@ -263,6 +278,7 @@ def reverse_mode(
     forward_ids = {id(op) for op in forward_ops}
     num_forward = sum(1 for op in out.ops if id(op) in forward_ids)
     assert all(id(op) in forward_ids for op in out.ops[:num_forward])
+    out = out.replace(ops=out.ops[:num_forward] + _derived(out.ops[num_forward:], "bwd"))
     forward_defined = set(fn.params) | {v for op in out.ops[:num_forward] for v in op.outputs}
     # Constants, iotas and broadcasts/reshapes of them are rebuilt, not saved.
     cheap: dict[Value, Op] = {}
@@ -291,6 +307,12 @@ def reverse_mode(
 
 def _loc_of(op: Op | None) -> SourceLoc | None:
     return op.loc if op is not None else None
+
+
+def _derived(ops: Sequence[Op], how: str) -> tuple[Op, ...]:
+    """``ops`` with their source locations marked as derived (``bwd of``, ``jvp of``)."""
+    return tuple(op if op.loc is None else Op(op.prim, op.inputs, op.outputs, op.attrs, op.loc.derive(how))
+                 for op in ops)
 
 
 def vjp_function(fn: Function, wrt: Sequence[int] | None = None, *, name: str | None = None) -> Function:
@@ -355,7 +377,9 @@ def jvp_function(fn: Function, wrt: Sequence[int] | None = None, *, name: str | 
                 assert t.type == v.type, f"{op.prim.name}: tangent {t.type} of a {v.type} value"
                 tan[v] = t
     out_tangents = tuple(tan[r] if r in tan else b.full_like(0, r) for r in fn.results)
-    out = b.function(name or f"{fn.name}_jvp", fn.params + tangent_params, fn.results + out_tangents)
+    primal = {id(op) for op in fn.ops}
+    ops = tuple(op if id(op) in primal else _derived((op,), "jvp")[0] for op in b.ops)
+    out = Function(name or f"{fn.name}_jvp", fn.params + tangent_params, ops, fn.results + out_tangents)
     return eliminate_dead_code(out)
 
 
@@ -430,6 +454,7 @@ for _prim in (
 ):  # fmt: skip
     _define(_prim, zero_vjp, zero_jvp)
 _define(P.threefry2x32, zero_vjp, zero_jvp)  # integer random bits
+_define(P.debug_callback, zero_vjp, zero_jvp)  # a run-time callback (fj.debug) is not differentiated
 
 
 # ---------------------------------------------------------------------------------------
@@ -1137,7 +1162,7 @@ _define(P.avg_pool_scatter, _avg_pool_scatter_vjp, _linear_jvp)
 
 
 def _custom_vjp_call_forward(
-    b: Builder, op: Op, inputs: tuple[Value, ...]
+    b: Builder, op: Op, inputs: tuple[Value, ...], active: tuple[bool, ...]
 ) -> tuple[tuple[Value, ...], tuple[Value, ...]]:
     """Inlines ``fwd``: (the call's outputs, the residuals)."""
     results = _inline(b, op.attrs["fwd"], inputs)
@@ -1166,3 +1191,9 @@ def _custom_vjp_call_jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequen
 
 
 _define(P.custom_vjp_call, _custom_vjp_call_vjp, _custom_vjp_call_jvp)
+FORWARD_RULES[P.custom_vjp_call] = _custom_vjp_call_forward
+
+# The rules of scan, while_loop and cond, those of the collectives (psum, all_gather,
+# ...) and those of linear algebra (cholesky, solve, svd, ...) live in their own modules,
+# which fill the tables.
+from fusejit.ir.transforms import autodiff_collectives, autodiff_control, autodiff_linalg  # noqa: E402, F401

@@ -438,3 +438,33 @@ def _custom_vjp_call_rule(
 
 
 BATCH_RULES[P.custom_vjp_call] = _custom_vjp_call_rule
+
+# Collectives: psum, pmax and pbroadcast act elementwise across processes, so the
+# example axis passes through; all_gather and psum_scatter shift their axis past it.
+for _prim in (P.psum, P.pmax, P.pbroadcast):
+    BATCH_RULES[_prim] = _with_attrs(lambda a, n: dict(a))
+for _prim in (P.all_gather, P.psum_scatter):
+    BATCH_RULES[_prim] = _with_attrs(lambda a, n: {**a, "axis": a["axis"] + 1})
+BATCH_RULES[P.axis_index] = keep_unbatched
+
+
+def _debug_callback_rule(
+    b: Builder, op: Op, args: tuple[Value, ...], batched: tuple[bool, ...], size: int
+) -> Sequence[Batched]:
+    """Every value operand gets the example axis and ``batch`` the size: the callback runs
+    once per example, as ``jax.debug.callback`` does (the token is never batched)."""
+    k = 1 if op.attrs["token"] else 0
+    values = _materialize(b, args[k:], batched[k:], size)
+    attrs = {**op.attrs, "batch": (size, *op.attrs["batch"])}
+    return [(v, False) for v in b.emit(op.prim, args[:k] + values, attrs)]
+
+
+BATCH_RULES[P.debug_callback] = _debug_callback_rule
+
+# Linear algebra works on the last two axes and is batched over leading ones: the example
+# axis is one more leading axis (unbatched operands are broadcast along it).
+for _prim in P.LINALG:
+    BATCH_RULES[_prim] = _elementwise_rule
+
+# The rules of scan, while_loop and cond live in their own module, which fills the table.
+from fusejit.ir.transforms import batching_control  # noqa: E402, F401

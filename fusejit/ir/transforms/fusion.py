@@ -33,6 +33,8 @@ from fusejit.ir import primitives as P
 from fusejit.ir.core import Function, Op, Value
 from fusejit.ir.primitives import OpKind
 from fusejit.ir.printer import print_function, short_loc
+from fusejit.ir.scopes import scope_label
+from fusejit.ir.transforms.dce import has_effect
 
 
 class GroupKind(enum.StrEnum):
@@ -44,6 +46,7 @@ class GroupKind(enum.StrEnum):
     MATMUL = "matmul"  # one dot_general and an elementwise epilogue
     KERNEL = "kernel"  # one op lowered by its primitive's own kernel (scatter_add, cumsum)
     HORIZONTAL = "horizontal"  # independent loop groups (``parts``) run in one call
+    HOST = "host"  # one host op (``OpKind.HOST``), run by the runtime between kernels
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -120,6 +123,8 @@ def _iteration_shape(op: Op) -> tuple[int, ...]:
     """The index space an op's own loop runs over."""
     if op.prim.kind is OpKind.REDUCTION:
         return op.inputs[0].shape
+    if op.prim.kind is OpKind.HOST:  # runs no loop; may have several outputs (slogdet, svd)
+        return op.outputs[0].shape
     return op.output.shape
 
 
@@ -131,6 +136,8 @@ def group_kind_of(op: Op) -> GroupKind:
         return GroupKind.MATMUL
     if op.prim.kind is OpKind.KERNEL:
         return GroupKind.KERNEL
+    if op.prim.kind is OpKind.HOST:
+        return GroupKind.HOST
     return GroupKind.LOOP
 
 
@@ -166,6 +173,14 @@ class _Partition:
         self.readers: dict[int, list[_Group]] = {}  # op -> groups that contain it
         self.refusals: list[Refusal] = []
         self.supports = supports
+        # A topological order of the groups (``order_groups``), kept valid across merges:
+        # a path between two groups only passes through groups ordered between them, so
+        # the cycle check searches that stretch instead of everything downstream.
+        self.rank: dict[int, int] = {}
+
+    def order_groups(self, groups: list[_Group]) -> None:
+        """Records ``groups`` (in a topological order) as the order merges maintain."""
+        self.rank = {id(g): k for k, g in enumerate(groups)}
 
     # Graph queries ---------------------------------------------------------------------
     def consumers(self, g: _Group) -> list[_Group]:
@@ -181,21 +196,65 @@ class _Partition:
                             out[id(c)] = c
         return list(out.values())
 
+    def producers_of(self, g: _Group) -> list[_Group]:
+        """The groups owning a value ``g`` reads from memory (the reverse of ``consumers``)."""
+        ops = g.ops()
+        inside = set(map(id, ops))
+        out: dict[int, _Group] = {}
+        for op in ops:
+            for v in op.inputs:
+                p = self.producer.get(v)
+                h = self.home.get(id(p)) if p is not None and id(p) not in inside else None
+                if h is not None and h is not g:
+                    out[id(h)] = h
+        return list(out.values())
+
+    def _reach(self, start: _Group, avoid: _Group, step: Callable[[_Group], list[_Group]],
+               inside: Callable[[int], bool]) -> list[_Group]:
+        """The groups reachable from ``start`` by ``step`` without entering ``avoid``,
+        among those whose rank is ``inside`` the stretch (``start`` included)."""
+        found, stack, seen = [start], [start], {id(start)}
+        while stack:
+            for g in step(stack.pop()):
+                if g is not avoid and id(g) not in seen and inside(self.rank[id(g)]):
+                    seen.add(id(g))
+                    found.append(g)
+                    stack.append(g)
+        return found
+
     def creates_cycle(self, a: _Group, b: _Group) -> bool:
         """Whether merging ``a`` and ``b`` would make a kernel that both feeds and reads
-        another kernel: a path from one to the other through a third group."""
-        for src, dst in ((a, b), (b, a)):
-            seen: set[int] = set()
-            stack = [c for c in self.consumers(src) if c is not dst]
-            while stack:
-                g = stack.pop()
-                if g is dst:
+        another kernel: a path from one to the other through a third group. Only groups
+        ranked between the two can be on such a path."""
+        lo, hi = (a, b) if self.rank[id(a)] < self.rank[id(b)] else (b, a)
+        top = self.rank[id(hi)]
+        seen = {id(lo)}
+        stack = [c for c in self.consumers(lo) if c is not hi and self.rank[id(c)] < top]
+        while stack:
+            g = stack.pop()
+            if id(g) in seen:
+                continue
+            seen.add(id(g))
+            for c in self.consumers(g):
+                if c is hi:
                     return True
-                if id(g) in seen:
-                    continue
-                seen.add(id(g))
-                stack.extend(self.consumers(g))
+                if id(c) not in seen and self.rank[id(c)] < top:
+                    stack.append(c)
         return False
+
+    def _reorder_for_merge(self, a: _Group, b: _Group) -> None:
+        """Makes ``a`` and ``b`` adjacent in the order, keeping it topological (Pearce and
+        Kelly's reordering, "A dynamic topological sort algorithm for directed acyclic
+        graphs", 2006, for the edge later -> earlier): the groups the later one depends
+        on within the stretch move before both, the groups depending on the earlier one
+        after both. Valid because no path joins them through a third group."""
+        lo, hi = (a, b) if self.rank[id(a)] < self.rank[id(b)] else (b, a)
+        low, top = self.rank[id(lo)], self.rank[id(hi)]
+        forward = self._reach(lo, hi, self.consumers, lambda r: r < top)
+        backward = self._reach(hi, lo, self.producers_of, lambda r: r > low)
+        moved = sorted(backward, key=lambda g: self.rank[id(g)]) + sorted(forward, key=lambda g: self.rank[id(g)])
+        for g, r in zip(moved, sorted(self.rank[id(g)] for g in moved), strict=True):
+            self.rank[id(g)] = r
 
     def add(self, g: _Group, op: Op, owned: bool) -> None:
         (g.owned if owned else g.copies).append(op)
@@ -204,6 +263,9 @@ class _Partition:
         self.readers.setdefault(id(op), []).append(g)
 
     def merge(self, into: _Group, other: _Group, kind: str | None = None) -> None:
+        if self.rank:
+            self._reorder_for_merge(into, other)
+            self.rank[id(into)] = min(self.rank[id(into)], self.rank.pop(id(other)))
         for op in other.owned:
             self.readers[id(op)].remove(other)
             self.add(into, op, owned=True)
@@ -254,6 +316,9 @@ def _refusal(part: _Partition, p: Op, g: _Group) -> str | None:
         return "a matmul kernel reads its operands from memory"
     if g.kind is GroupKind.KERNEL:
         return f"{g.owned[0].prim.name}'s own kernel reads its operands from memory"
+    if g.kind is GroupKind.HOST or p.prim.kind is OpKind.HOST:
+        host = g.owned[0] if g.kind is GroupKind.HOST else p
+        return f"{host.prim.name} runs on the host between kernels, on buffers in memory"
     if p.prim.kind not in _ABSORBABLE and p.prim is not P.gather:
         return {
             OpKind.REDUCTION: "a reduction's result is materialized (row fusion may still join it)",
@@ -445,8 +510,13 @@ def fuse(fn: Function, supports: Callable[[FusionGroup], str | None] | None = No
     not, from the group's structure alone; no phase keeps a merge it refuses. Guarantees: every op is owned by exactly one
     group; groups are convex (no path leaves a group and re-enters it) and listed in a
     valid execution order; a group's outputs are exactly the values it owns that other
-    groups or the function's results need.
+    groups or the function's results need. A control-flow op (scan, while_loop, cond) is a
+    group of its own, and no group spans one (``fusion_control``).
     """
+    if any(op.prim in P.CONTROL_FLOW for op in fn.ops):
+        from fusejit.ir.transforms.fusion_control import fuse_around_control_flow
+
+        return fuse_around_control_flow(fn, lambda stretch: fuse(stretch, supports))
     part = _Partition(fn, supports)
     groups: list[_Group] = []
     for op in reversed(fn.ops):
@@ -457,7 +527,8 @@ def fuse(fn: Function, supports: Callable[[FusionGroup], str | None] | None = No
         part.readers.setdefault(id(op), []).append(g)
         groups.append(g)
         _absorb_producers(part, g)
-    groups.reverse()
+    groups.reverse()  # by root position: a topological order (a group's root is its last op)
+    part.order_groups(groups)
     _row_fusion(part, groups)
     _epilogue_fusion(part, groups)
     _sibling_fusion(part, groups)
@@ -485,7 +556,8 @@ def _finalize(part: _Partition, groups: list[_Group]) -> list[FusionGroup]:
         needed = set(part.fn.results)
         for g in groups:
             needed |= set(part.finish(g).inputs)
-        live = [g for g in groups if any(v in needed for op in g.owned for v in op.outputs)]
+        live = [g for g in groups  # a run-time callback is needed for its effect
+                if any(any(v in needed for v in op.outputs) or has_effect(op) for op in g.owned)]
         if len(live) < len(groups):
             groups = live
             continue
@@ -652,8 +724,9 @@ def print_fused(fused: FusedFunction) -> str:
     out = [text[0]]
     printed: set[int] = set()
     for k, group in enumerate(fused.groups):
+        label = scope_label(group.ops)
         out.append(
-            f"  // kernel {k}: {group.kind}, {len(group.ops)} ops, "
+            f"  // kernel {k}: {group.kind}{f' [{label}]' if label else ''}, {len(group.ops)} ops, "
             f"reads {group.bytes_read} B, writes {group.bytes_written} B"
         )
         for op in group.ops:
@@ -665,12 +738,14 @@ def print_fused(fused: FusedFunction) -> str:
 
 
 def fusion_report(fused: FusedFunction) -> str:
-    """Every kernel with its ops and source lines, bytes moved, and every producer ->
-    consumer edge left unfused with the rule that refused it."""
+    """Every kernel with its scopes (``fusejit.ir.scopes``), ops and source lines, bytes
+    moved, and every producer -> consumer edge left unfused with the rule that refused it."""
     lines = [f"fusion report for @{fused.function.name}: {len(fused.function.ops)} ops in "
              f"{len(fused.groups)} kernels"]
     for k, g in enumerate(fused.groups):
-        lines.append(f"kernel {k} ({g.kind}): reads {g.bytes_read} B, writes {g.bytes_written} B")
+        label = scope_label(g.ops)
+        lines.append(f"kernel {k} ({g.kind}{f'; {label}' if label else ''}): reads {g.bytes_read} B, "
+                     f"writes {g.bytes_written} B")
         for op in g.ops:
             lines.append(f"    {op.prim.name:18} {op.output.type if len(op.outputs) == 1 else ''}"
                          f"{f'  # {short_loc(op.loc)}' if op.loc else ''}")

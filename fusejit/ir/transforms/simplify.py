@@ -74,7 +74,8 @@ def scalar_constant(v: Value, producer: dict[Value, Op]) -> Any | None:
 
 def _fold(op: Op, producer: dict[Value, Op], b: Builder) -> Value | None:
     """Evaluates scalar ops whose operands are all scalar constants."""
-    if op.prim.kind in (P.OpKind.SOURCE, P.OpKind.CALL) or op.output.type.size != _FOLD_SIZE:
+    # Host ops (collectives) run at run time only: their value depends on the other processes.
+    if op.prim.kind in (P.OpKind.SOURCE, P.OpKind.CALL, P.OpKind.HOST) or op.output.type.size != _FOLD_SIZE:
         return None
     if op.prim is P.stop_gradient or not op.inputs:
         return None
