@@ -36,7 +36,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-import scipy.linalg
 
 from fusejit.ir.primitives import FLOATS, AttrKind, AttrSpec, IRTypeError, OpKind, Primitive, _register
 from fusejit.ir.types import TensorType
@@ -88,6 +87,8 @@ def cholesky_impl(a: np.ndarray) -> tuple[np.ndarray]:
 
 
 def triangular_solve_impl(a: np.ndarray, b: np.ndarray, lower: bool, transpose_a: bool) -> tuple[np.ndarray]:
+    import scipy.linalg  # here: importing it costs 0.3 s, and most programs never solve
+
     def one(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray]:
         if x.size == 0 or y.size == 0:
             return (np.zeros(y.shape, y.dtype),)
