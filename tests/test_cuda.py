@@ -141,12 +141,35 @@ def test_host_ops_run_between_the_launches_in_program_order() -> None:
     assert seen == [3.0]
 
 
-def test_loops_on_the_cuda_backend_are_refused_naming_the_op() -> None:
-    def f(h: Any, xs: Any) -> Any:
-        return fj.lax.scan(lambda c, x: (c + x, c), h, xs)
+def test_loops_and_branches_on_the_gpu_equal_the_cpu_with_their_gradients() -> None:
+    rng = np.random.default_rng(4)
+    w, xs, h0 = rng.standard_normal((3, 3)) * 0.5, rng.standard_normal((5, 2, 3)), rng.standard_normal((2, 3))
 
-    with pytest.raises(NotImplementedError, match="does not run scan yet"):
-        cuda_jit(f)(np.zeros(3), np.ones((4, 3)))
+    def f(w: Any, xs: Any, h0: Any) -> Any:
+        def step(h: Any, x: Any) -> Any:
+            h = fnp.tanh(h @ w + x)
+            return h, h.sum()
+
+        h, ys = fj.lax.scan(step, h0, xs)
+        h = fj.lax.cond(ys.sum() > 0, lambda v: v * 2.0, lambda v: v - 1.0, h)
+        halved = fj.lax.fori_loop(0, 3, lambda i, c: c * 0.5, h.sum())
+        return (h**2).sum() + ys.sum() + halved
+
+    def g(w: Any, xs: Any, h0: Any) -> Any:  # a while_loop has no reverse mode
+        return fj.lax.while_loop(lambda c: c[0] < 3.0, lambda c: (c[0] + 1.0, c[1] @ w), (0.0, h0))[1]
+
+    for fn in (f, fj.grad(f, argnums=(0, 2)), g):
+        for got, want in zip(fj.tree_leaves(cuda_jit(fn)(w, xs, h0)), fj.tree_leaves(fj.jit(fn)(w, xs, h0)),
+                             strict=True):
+            assert isinstance(got, fj.DeviceArray)
+            np.testing.assert_allclose(np.asarray(got), want, rtol=1e-12, atol=1e-12)
+
+
+def test_a_zero_length_scan_on_the_gpu_returns_a_copy_of_its_carry() -> None:
+    h0 = fj.device_put(np.ones(3))
+    h, ys = cuda_jit(lambda h, xs: fj.lax.scan(lambda c, x: (c + x, c), h, xs))(h0, np.ones((0, 3)))
+    assert h.buffer is not h0.buffer and ys.shape == (0, 3)
+    np.testing.assert_array_equal(np.asarray(h), np.ones(3))
 
 
 def test_device_arrays_round_trip_and_report_shape_dtype_and_device() -> None:

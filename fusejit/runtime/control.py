@@ -1,4 +1,4 @@
-"""Running functions that hold control flow (``scan``, ``while_loop``, ``cond``) on the CPU.
+"""Running functions that hold control flow (``scan``, ``while_loop``, ``cond``).
 
 The fusion groups of such a function are cut at its control-flow ops: each maximal
 stretch of other groups becomes a sub-function compiled as one ``CpuExecutable`` (its
@@ -61,11 +61,36 @@ class _Segment:
         return f"{len(self.executable.kernels)} kernels"
 
 
+class HostArrays:
+    """How the drivers make and index arrays on the CPU backend: NumPy arrays."""
+
+    @staticmethod
+    def inputs(args: Sequence[Any]) -> list[Any]:
+        return list(args)
+
+    @staticmethod
+    def empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        return np.empty(shape, dtype)
+
+    @staticmethod
+    def row(x: np.ndarray, i: int) -> np.ndarray:
+        return x[i, ...]  # a C-ordered view (a 0-d array for a vector), never a NumPy scalar
+
+    @staticmethod
+    def set_row(y: np.ndarray, i: int, value: np.ndarray) -> None:
+        y[i] = value
+
+    @staticmethod
+    def fresh(out: np.ndarray, args: Sequence[Any]) -> np.ndarray:
+        return np.array(out, copy=True) if any(np.may_share_memory(out, a) for a in args) else out
+
+
 class ControlFlowExecutable:
     """Runs ``fn``'s kernels in stretches between its control-flow ops (see the module
     docstring). ``compile_nested(body)`` optimizes, partitions and compiles a nested
     function (supplied by ``fusejit.runtime.executable``, which owns that pipeline);
-    ``make_segment(fn, fused)`` compiles a stretch."""
+    ``make_segment(fn, fused)`` compiles a stretch; ``arrays`` makes and indexes the
+    backend's arrays (``HostArrays``, or ``fusejit.runtime.devices.DeviceArrays``)."""
 
     def __init__(
         self,
@@ -73,8 +98,10 @@ class ControlFlowExecutable:
         fused: FusedFunction,
         compile_nested: Compile,
         make_segment: Callable[[Function, FusedFunction], Any],
+        arrays: Any = HostArrays,
     ) -> None:
         self.function = fn
+        self.arrays = arrays
         self.fused = fused
         self.donated: tuple[int, ...] = ()
         self.compile_times = CompileTimes()
@@ -90,7 +117,7 @@ class ControlFlowExecutable:
             if pending:
                 self._parts.append(_segment(fn, pending, later_reads[k] | set(group.inputs), make_segment))
                 pending = []
-            self._parts.append(_Driver(control, compile_nested))
+            self._parts.append(_Driver(control, compile_nested, arrays))
         if pending:
             self._parts.append(_segment(fn, pending, set(fn.results), make_segment))
         self.kernels: list[KernelInfo] = [info for st in self._parts for info in st.kernels()]
@@ -106,15 +133,13 @@ class ControlFlowExecutable:
         return self.run(args)
 
     def run(self, args: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
+        args = self.arrays.inputs(args)
         env: dict[Value, np.ndarray] = dict(zip(self.function.params, args, strict=True))
         for st in self._parts:
             st.run(env)
         # A result may be an argument itself (a loop that ran zero times returns its
         # initial carry): results are always fresh arrays, as the other executables'.
-        return tuple(
-            np.array(out, copy=True) if any(np.may_share_memory(out, a) for a in args) else out
-            for out in (env[r] for r in self.function.results)
-        )
+        return tuple(self.arrays.fresh(env[r], args) for r in self.function.results)
 
     def nested_executables(self) -> list[Any]:
         """The executables of the loop bodies and branches, in program order."""
@@ -155,9 +180,10 @@ def _segment(
 class _Driver:
     """One control-flow op over compiled nested functions."""
 
-    def __init__(self, op: Op, compile_nested: Compile) -> None:
+    def __init__(self, op: Op, compile_nested: Compile, arrays: Any) -> None:
         self.op = op
         self.nested = [compile_nested(f) for f in op.functions()]
+        self.arrays = arrays
 
     def executables(self) -> list[Any]:
         return self.nested
@@ -174,9 +200,8 @@ class _Driver:
         op = self.op
         if op.prim is P.scan:
             a = op.attrs
-            outs = _run_scan(
-                self.nested[0], a["body"], args, a["length"], a["reverse"], a["num_consts"], a["num_carry"]
-            )
+            outs = _run_scan(self.nested[0], a["body"], args, a["length"], a["reverse"], a["num_consts"],
+                             a["num_carry"], self.arrays)
         elif op.prim is P.while_loop:
             outs = _run_while(
                 self.nested[0], self.nested[1], args, op.attrs["cond_nconsts"], op.attrs["body_nconsts"]
@@ -194,18 +219,18 @@ def _run_scan(
     reverse: bool,
     num_consts: int,
     num_carry: int,
+    arrays: Any,
 ) -> tuple[np.ndarray, ...]:
     consts = args[:num_consts]
     carry = list(args[num_consts : num_consts + num_carry])
     xs = args[num_consts + num_carry :]
-    ys = [np.empty((length,) + r.shape, r.dtype.np) for r in fn.results[num_carry:]]
-    run = body.run
+    ys = [arrays.empty((length,) + r.shape, r.dtype.np) for r in fn.results[num_carry:]]
+    run, row, set_row = body.run, arrays.row, arrays.set_row
     for i in range(length - 1, -1, -1) if reverse else range(length):
-        # x[i, ...] is a C-ordered view (a 0-d array for a vector), never a NumPy scalar.
-        outs = run([*consts, *carry, *(x[i, ...] for x in xs)])
+        outs = run([*consts, *carry, *(row(x, i) for x in xs)])
         carry = outs[:num_carry]
         for y, o in zip(ys, outs[num_carry:], strict=True):
-            y[i] = o
+            set_row(y, i, o)
     return (*carry, *ys)
 
 

@@ -114,6 +114,9 @@ class DeviceArray:
             raise TypeError("len() of a 0-d DeviceArray")
         return self.shape[0]
 
+    def __bool__(self) -> bool:
+        return bool(self.numpy())
+
     def __float__(self) -> float:
         return float(self.numpy())
 
@@ -144,3 +147,43 @@ def devices() -> list[str]:
     except CudaUnavailableError:
         return ["cpu"]
     return ["cpu", "cuda"]
+
+
+class DeviceArrays:
+    """How the control-flow drivers (``fusejit.runtime.control``) make and index arrays on
+    the CUDA backend: ``DeviceArray``s, a scan's rows as views of its stacked buffer."""
+
+    @staticmethod
+    def inputs(args: Any) -> list[DeviceArray]:
+        cuda = cuda_module()
+        out = []
+        for a in args:
+            if not isinstance(a, DeviceArray):
+                host = np.ascontiguousarray(a)
+                a = DeviceArray(cuda.to_device(host.reshape(-1)), host.shape, host.dtype)
+            out.append(a)
+        return out
+
+    @staticmethod
+    def empty(shape: tuple[int, ...], dtype: Any) -> DeviceArray:
+        return DeviceArray(cuda_module().device_array(int(np.prod(shape, dtype=np.int64)), dtype), shape, dtype)
+
+    @staticmethod
+    def row(x: DeviceArray, i: int) -> DeviceArray:
+        n = int(np.prod(x.shape[1:], dtype=np.int64))
+        return DeviceArray(x.buffer[i * n:(i + 1) * n], x.shape[1:], x.dtype)
+
+    @staticmethod
+    def set_row(y: DeviceArray, i: int, value: DeviceArray) -> None:
+        n = int(np.prod(y.shape[1:], dtype=np.int64))
+        if n:
+            y.buffer[i * n:(i + 1) * n].copy_to_device(value.buffer)
+
+    @staticmethod
+    def fresh(out: DeviceArray, args: Any) -> DeviceArray:
+        if not any(out.buffer is a.buffer for a in args):
+            return out
+        copy = DeviceArrays.empty(out.shape, out.dtype)
+        if out.size:
+            copy.buffer.copy_to_device(out.buffer)
+        return copy

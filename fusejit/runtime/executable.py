@@ -24,7 +24,6 @@ import numpy as np
 
 from fusejit import config
 from fusejit.ir import primitives as P
-from fusejit.ir.control_flow import CONTROL_FLOW
 from fusejit.ir.core import Function
 from fusejit.ir.interpreter import run_function
 from fusejit.ir.transforms import fusion
@@ -101,11 +100,18 @@ def compile_function(
 
             dump_compilation(dump_dir, fn, exe, stages=stages, traced=traced, backend=backend, times=times)
 
-    if backend == "cpu" and has_control_flow(fn):
+    if backend in ("cpu", "cuda") and has_control_flow(fn):
         # Loops and branches run as drivers over nested executables (fusejit.runtime.control);
-        # compiled in the foreground, one CpuExecutable per stretch of kernels between them.
-        exe = ControlFlowExecutable(fn, fused, lambda f: _compile_nested(f, fuse),
-                                    lambda f, part: CpuExecutable(f, part, ()))
+        # compiled in the foreground, one executable per stretch of kernels between them.
+        if backend == "cuda":
+            from fusejit.runtime.cuda import CudaExecutable
+            from fusejit.runtime.devices import DeviceArrays
+
+            exe = ControlFlowExecutable(fn, fused, lambda f: _compile_nested(f, fuse, "cuda"),
+                                        lambda f, part: CudaExecutable(f, part, ()), DeviceArrays)
+        else:
+            exe = ControlFlowExecutable(fn, fused, lambda f: _compile_nested(f, fuse, "cpu"),
+                                        lambda f, part: CpuExecutable(f, part, ()))
         if times is not None:
             times.lower, times.startup = exe.compile_times.lower, exe.compile_times.startup
             times.kernels = list(exe.compile_times.kernels)
@@ -121,11 +127,6 @@ def compile_function(
         if backend == "cuda":
             from fusejit.runtime.cuda import CudaExecutable
 
-            if has_control_flow(fn):  # the drivers of fusejit.runtime.control run NumPy arrays
-                op = next(op for op in fn.ops if op.prim in CONTROL_FLOW)
-                raise NotImplementedError(f"the cuda backend does not run {op.prim.name} yet "
-                                          f"(at {op.loc}): use backend='cpu' for fj.lax loops and branches")
-
             exe = CudaExecutable(fn, fused, donate_argnums)
         else:
             exe = CpuExecutable(fn, fused, donate_argnums)
@@ -138,9 +139,9 @@ def compile_function(
     return exe
 
 
-def _compile_nested(fn: Function, fuse: bool) -> Any:
-    """A loop body or branch, optimized, partitioned and compiled for the CPU."""
+def _compile_nested(fn: Function, fuse: bool, backend: str) -> Any:
+    """A loop body or branch, optimized, partitioned and compiled for ``backend``."""
     from fusejit.ir.transforms.pipeline import optimize
 
     optimized, _ = optimize(fn, check=config.value("check_ir"))
-    return compile_function(partition(optimized, fuse, "cpu"), backend="cpu", fuse=fuse)
+    return compile_function(partition(optimized, fuse, backend), backend=backend, fuse=fuse)
