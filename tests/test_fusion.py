@@ -228,3 +228,17 @@ def test_the_report_says_why_a_matmul_got_no_epilogue():
     two_readers = fused(lambda x, w: (fnp.exp(x @ w.T), (x @ w.T).sum(axis=0) + 1.0), x, w)
     assert "[epilogue] dot_general" in fusion_report(two_readers)
     assert any(r.phase == "epilogue" and r.reason for r in two_readers.refusals)
+
+
+def test_horizontal_fusion_orders_by_a_values_first_producer_when_it_is_recomputed() -> None:
+    """A second derivative through a matmul recomputes a value in two groups; the later
+    one used to be taken for its producer (an IndexError in the horizontal phase)."""
+
+    def f(t):
+        m = np.eye(2) / t**2
+        return fnp.sum(m @ m)
+
+    t = np.asarray(0.8)
+    want = fj.grad(fj.grad(f))(t)
+    np.testing.assert_allclose(fj.jit(fj.grad(fj.grad(f)))(t), want, rtol=1e-12)
+    np.testing.assert_allclose(fj.jit(fj.jacrev(fj.grad(f)))(t), want, rtol=1e-12)

@@ -375,6 +375,8 @@ def test_r_and_c_concatenate_traced_pieces_slices_and_scalars() -> None:
     got = fj.jit(lambda a, b: (fnp.r_[a, b, 0:3, 7.0], fnp.c_[b, b], fnp.c_[np.ones((3, 2)), b]))(x, y)
     for g, w in zip(got, (np.r_[x, y, 0:3, 7.0], np.c_[y, y], np.c_[np.ones((3, 2)), y]), strict=True):
         assert_same(g, w, "r_/c_")
+    f32 = np.ones(3, np.float32)  # a Python scalar is weak: the pieces stay float32
+    assert_same(fj.jit(lambda a: fnp.r_[a, 1.5])(f32), np.r_[f32, 1.5], "r_ with a Python float")
 
 
 def test_where_with_one_argument_is_nonzero_when_concrete_and_refused_when_traced() -> None:

@@ -224,3 +224,17 @@ def test_lower_compile_compiles_before_the_first_call():
     after = COUNTERS.numba_compiles + COUNTERS.numba_cache_loads
     np.testing.assert_allclose(compiled(np.ones((3, 5), np.float32)), np.tanh(1.0) * 3 + 0.25, rtol=1e-6)
     assert COUNTERS.numba_compiles + COUNTERS.numba_cache_loads == after
+
+
+def test_debug_nans_names_a_host_op_that_made_the_nan_under_jit():
+    """A LAPACK step runs on the host between kernels: its outputs are checked too."""
+
+    def f(a):
+        with fj.named_scope("gp"):
+            return fnp.linalg.cholesky(a)
+
+    with config.override(debug_nans=True), pytest.raises(NonFiniteError) as info:
+        fj.jit(f)(np.array([[1.0, 2.0], [2.0, 1.0]]))  # indefinite: no Cholesky factor
+    e = info.value
+    assert e.primitive == "cholesky" and e.kind == "nan" and e.loc.scope == "gp"
+    assert "from finite inputs (forward pass, scope gp; host op host_cholesky" in str(e)

@@ -45,7 +45,7 @@ from fusejit.codegen.target import CPU
 from fusejit.ir import primitives as P
 from fusejit.ir.core import Function, Value
 from fusejit.ir.dtypes import DType, from_numpy
-from fusejit.ir.nans import first_nonfinite, nonfinite_error
+from fusejit.ir.nans import first_nonfinite, nonfinite_error, nonfinite_kind
 from fusejit.ir.scopes import scope_label
 from fusejit.ir.transforms.fusion import FusedFunction
 from fusejit.runtime import blas, compile_pool, donation
@@ -428,9 +428,14 @@ the module doc); ``call_plan`` is what it runs, as data."""
         def run_hosts(position: int) -> None:
             for hs in self.call_plan.host_steps:
                 if hs.position == position:
-                    arrays_of = [[views[r[1]] if r[0] == "buf" else flat[r] for r in refs]
+                    ins, outs = [[views[r[1]] if r[0] == "buf" else flat[r] for r in refs]
                                  for refs in (hs.in_refs, hs.out_refs)]
-                    host_runner(hs.call, hs.shared_outputs)(*arrays_of)
+                    finite_inputs = check and nonfinite_kind(ins) is None  # before an in-place rule
+                    host_runner(hs.call, hs.shared_outputs)(ins, outs)
+                    kind = nonfinite_kind(outs) if check else None
+                    if kind is not None:  # a host op (LAPACK, a collective) made it, or passed it on
+                        raise nonfinite_error(hs.call.op, kind, finite_inputs,
+                                              f"host op {hs.call.display_name} of @{self.function.name}")
 
         for k, st in enumerate(self._steps):
             run_hosts(k)

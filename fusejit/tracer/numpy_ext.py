@@ -780,7 +780,9 @@ class _AxisConcatenator:
                     item = A.asarray(np.linspace(item.start or 0, item.stop, int(abs(step))))
                 else:
                     item = A.asarray(np.arange(item.start or 0, item.stop, step))
-            pieces.append(A.atleast_1d(A._as_operand(item)))
+            pieces.append(item)
+        dt = result_dtype(*pieces)  # Python scalars are weak (NumPy 2): r_[float32 array, 1.5] is float32
+        pieces = [A.atleast_1d(A.astype(A._as_operand(p), dt, copy=False)) for p in pieces]
         if self.columns:  # 1-d pieces become columns
             pieces = [A.reshape(p, (-1, 1)) if len(shape_of(p)) == 1 else p for p in pieces]
             return A.concatenate(pieces, axis=-1)

@@ -613,7 +613,12 @@ def _horizontal_fusion(groups: list[FusionGroup], part: _Partition) -> list[Fusi
     one call. Groups with no path between them can share a call wherever a topological
     order puts it. (Reduce kernels, bias gradients, are not proposed: a horizontal kernel
     of reductions is a strategy the code generator does not have.)"""
-    producer = {id(v): i for i, g in enumerate(groups) for v in g.outputs}
+    # A value recomputed by several groups may be an output of more than one: its first
+    # producer is the one a reader depends on (groups come in a topological order).
+    producer: dict[int, int] = {}
+    for i, g in enumerate(groups):
+        for v in g.outputs:
+            producer.setdefault(id(v), i)
     ancestors: list[int] = []  # bit j of ancestors[i]: group i (transitively) reads group j
     for g in groups:
         bits = 0
