@@ -35,7 +35,7 @@ import numpy as np
 from fusejit.ir import primitives as P
 from fusejit.ir.host_callbacks import register_callback
 from fusejit.tracer.pytree import tree_flatten, tree_unflatten
-from fusejit.tracer.tracing import TracedArray, bind_effect, is_tracing
+from fusejit.tracer.tracing import TracedArray, bind_effect, is_tracing, user_source_loc
 
 __all__ = ["callback", "print"]
 
@@ -53,15 +53,40 @@ def callback(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
 def print(fmt: str, *args: Any, **kwargs: Any) -> None:  # noqa: A001 - jax.debug.print's name
     """Prints ``fmt.format(*args, **kwargs)`` at run time, with the traced values in
     ``args``/``kwargs`` as NumPy arrays (a 0-d value as a NumPy scalar, so that format
-    specs such as ``{:.3f}`` apply). Raises ``TypeError`` if ``fmt`` is not a string."""
+    specs such as ``{:.3f}`` apply). Raises ``TypeError`` if ``fmt`` is not a string and
+    ``ValueError`` when it is called, not when it runs, if ``fmt`` names an argument that
+    is not given (``"{} {}"`` with one value)."""
     if not isinstance(fmt, str):
         raise TypeError(f"fj.debug.print: the format must be a string, got {type(fmt).__name__}")
+    try:
+        fmt.format(*(_ANY,) * len(args), **dict.fromkeys(kwargs, _ANY))
+    except (IndexError, KeyError) as e:
+        loc = user_source_loc()
+        where = f" (at {loc})" if loc is not None else ""
+        raise ValueError(f"fj.debug.print: the format {fmt!r} asks for an argument that is not given "
+                         f"({len(args)} positional, keywords {sorted(kwargs)}): {e}{where}") from None
 
     def show(a: tuple, k: dict) -> None:
         text = fmt.format(*map(_scalar, a), **{name: _scalar(v) for name, v in k.items()})
         builtins.print(text, flush=True)
 
     _record(show, args, kwargs)
+
+
+class _AnyValue:
+    """Stands for a value while a format is checked: takes every format spec."""
+
+    def __format__(self, spec: str) -> str:
+        return ""
+
+    def __getattr__(self, name: str) -> Any:
+        return self
+
+    def __getitem__(self, key: Any) -> Any:
+        return self
+
+
+_ANY = _AnyValue()
 
 
 def _scalar(v: Any) -> Any:

@@ -159,3 +159,13 @@ def test_debug_calls_check_their_arguments():
         fj.debug.print(3, X)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="must be callable"):
         fj.jit(lambda x: fj.debug.callback("f", x) or x)(X)  # type: ignore[arg-type]
+
+
+def test_a_print_format_asking_for_a_missing_argument_fails_where_it_is_called():
+    def f(x):
+        fj.debug.print("{} {}", x)
+        return x * 2
+
+    with pytest.raises(ValueError, match=r"asks for an argument that is not given \(1 positional") as info:
+        fj.jit(f)(np.ones(2))
+    assert "test_debugging.py:" in str(info.value)
