@@ -181,7 +181,7 @@ the module doc); ``call_plan`` is what it runs, as data."""
         self._out_specs = list(call.out_specs)
         self._out_in_param = list(call.out_in_param)
         self._result_refs = list(call.result_refs)
-        self.kernels = [self._info(st) for st in self._steps]
+        self.kernels = [kernel_info(st.lowered, st.module, st.source) for st in self._steps]
         gemms = [_gemm_flops(st.lowered) for st in self._steps if st.lowered.uses_blas]
         has_parallel = any(st.lowered.kernel.parallel or any(h.parallel for h in st.lowered.kernel.helpers)
                            for st in self._steps)
@@ -477,12 +477,6 @@ the module doc); ``call_plan`` is what it runs, as data."""
         raise nonfinite_error(*(found or (None, "nan or inf", False)), context)
 
     # Introspection --------------------------------------------------------------------
-    def _info(self, st: _Step) -> KernelInfo:
-        g = st.lowered.group
-        ops = tuple(f"{op.prim.name}{f' at {op.loc}' if op.loc else ''}" for op in g.ops)
-        return KernelInfo(st.lowered.display_name, ops, g.bytes_read, g.bytes_written, display_source(st),
-                          scope_label(g.ops))
-
     def kernel_source(self) -> str:
         parts = [k.source for k in self.kernels]
         parts.append("# ---- runner (calls the kernels above in order)\n" + self._runner_source)
@@ -497,16 +491,23 @@ def op_dtype(arr: np.ndarray) -> DType:
     return from_numpy(arr.dtype)
 
 
-def display_source(st: _Step) -> str:
+def kernel_info(lk: LoweredKernel, module: str, source: str) -> KernelInfo:
+    """What ``Compiled.kernels`` reports of a lowered kernel whose module (of either
+    target) is ``source``, named ``module``."""
+    g = lk.group
+    ops = tuple(f"{op.prim.name}{f' at {op.loc}' if op.loc else ''}" for op in g.ops)
+    return KernelInfo(lk.display_name, ops, g.bytes_read, g.bytes_written, display_source(lk, module, source),
+                      scope_label(g.ops))
+
+
+def display_source(lk: LoweredKernel, module: str, source: str) -> str:
     """The kernel's module source under a header naming the concrete ops, shapes and
     source lines (the module on disk leaves those out so every batch size shares it)."""
-    lk = st.lowered
     g = lk.group
     label = scope_label(g.ops)
     head = [f"# {lk.display_name}{f' [{label}]' if label else ''}: {len(g.ops)} ops, reads {g.bytes_read} B, "
-            f"writes {g.bytes_written} B (module {st.module})"]
+            f"writes {g.bytes_written} B (module {module})"]
     head += [f"#   {line}" for line in describe_ops(g, concrete=True)]
-    body = st.source.split("\n")
+    body = source.split("\n")
     start = next(i for i, line in enumerate(body) if not line.startswith("#"))
     return "\n".join(head + body[start:])
-

@@ -29,13 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from fusejit.codegen.lowering import describe_ops
 from fusejit.codegen.target import CUDA
 from fusejit.ir.core import Function
 from fusejit.ir.transforms.fusion import FusedFunction
-from fusejit.runtime.cache import load_module
-from fusejit.runtime.cpu import KernelInfo
-from fusejit.runtime.devices import DeviceArray, cuda_module
+from fusejit.runtime.cache import load_module, module_name
+from fusejit.runtime.cpu import kernel_info
+from fusejit.runtime.devices import DeviceArray, copy, cuda_module, empty, to_device
 from fusejit.runtime.host_ops import host_runner
 from fusejit.runtime.plan import plan_call
 from fusejit.runtime.timings import CompileTimes, KernelOrigin, KernelTime
@@ -67,38 +66,25 @@ class CudaExecutable:
             self._launchers.append(getattr(load_module(source), sp.lowered.kernel.name))
             times.append(KernelTime(sp.lowered.display_name, time.perf_counter() - t0, KernelOrigin.COMPILED))
         self.compile_times.kernels = times
-        self._sources = sources
         arena = cuda.device_array(max(call.arena.arena_bytes, 1), dtype=np.uint8)
         dims = call.dims
-        self._views = {key: arena[dims[slot]:dims[slot + 1]].view(call.buf_dtype[key].np)
+        self._fixed = {("buf", key): arena[dims[slot]:dims[slot + 1]].view(call.buf_dtype[key].np)
                        for key, slot in call.buf_slot.items()}
-        self._consts = [cuda.to_device(c) for c in call.consts]
+        self._fixed.update((("const", k), cuda.to_device(c)) for k, c in enumerate(call.consts))
         self._args = [(sp.refs, [int(dims[i]) for i in sp.int_slots]) for sp in call.steps]
         self._lock = threading.RLock()
         self._pools: list[list[DeviceArray]] = [[] for _ in call.out_specs]
-        self.kernels = [
-            KernelInfo(sp.lowered.display_name, tuple(f"{op.prim.name}{f' at {op.loc}' if op.loc else ''}"
-                                                      for op in sp.lowered.group.ops),
-                       sp.lowered.group.bytes_read, sp.lowered.group.bytes_written,
-                       "\n".join([f"# {sp.lowered.display_name}"] + [f"#   {line}" for line in
-                                 describe_ops(sp.lowered.group, concrete=True)] + [source]))
-            for sp, source in zip(call.steps, sources, strict=True)
-        ]
+        self.kernels = [kernel_info(sp.lowered, module_name(source), source)
+                        for sp, source in zip(call.steps, sources, strict=True)]
         self.run = self.__call__
 
     def __call__(self, args: Sequence[Any]) -> tuple[DeviceArray, ...]:
-        cuda = cuda_module()
-        flat = []
-        for k, a in enumerate(args):
-            if isinstance(a, DeviceArray):
-                flat.append(a._donate() if k in self.donated else a.buffer)
-            else:
-                host = np.ascontiguousarray(a, dtype=self.function.params[k].dtype.np)
-                flat.append(cuda.to_device(host.reshape(-1)))
+        params = [(a._donate() if k in self.donated else a.buffer) if isinstance(a, DeviceArray)
+                  else to_device(a, self.function.params[k].dtype.np).buffer for k, a in enumerate(args)]
         with self._lock:
-            return self._run(cuda, flat)
+            return self._run(params)
 
-    def _output(self, cuda: Any, j: int) -> DeviceArray:
+    def _output(self, j: int) -> DeviceArray:
         """Result ``j``'s array: one of the last two returned if the caller has let go of
         it (the pool's, the loop's and getrefcount's own references are all there are),
         else a new one: device allocations are slow, and freeing one synchronizes."""
@@ -106,59 +92,46 @@ class CudaExecutable:
         for arr in pool:
             if sys.getrefcount(arr) <= 3 and arr._buffer is not None:
                 return arr
-        shape, dtype = self.call_plan.out_specs[j]
-        arr = DeviceArray(cuda.device_array(int(np.prod(shape, dtype=np.int64)), dtype), shape, dtype)
+        arr = empty(*self.call_plan.out_specs[j])
         pool.insert(0, arr)
         del pool[2:]
         return arr
 
-    def _run(self, cuda: Any, flat: list[Any]) -> tuple[DeviceArray, ...]:
+    def _run(self, params: list[Any]) -> tuple[DeviceArray, ...]:
         call = self.call_plan
-        results_of = [None if k is not None else self._output(cuda, j) for j, k in enumerate(call.out_in_param)]
-        outs = [flat[k] if k is not None else results_of[j].buffer for j, k in enumerate(call.out_in_param)]
-
-        def resolve(ref: tuple[str, Any]) -> Any:
-            kind, key = ref
-            if kind == "param":
-                return flat[key]
-            if kind == "out":
-                return outs[key]
-            if kind == "const":
-                return self._consts[key]
-            return self._views[key]
-
+        results_of = [None if k is not None else self._output(j) for j, k in enumerate(call.out_in_param)]
+        buffers = dict(self._fixed)  # every ref's device array: the arena and constants, then this call's
+        buffers.update((("param", k), p) for k, p in enumerate(params))
+        buffers.update((("out", j), params[k] if k is not None else results_of[j].buffer)
+                       for j, k in enumerate(call.out_in_param))
         for k, (launch, (refs, ints)) in enumerate(zip(self._launchers, self._args, strict=True)):
-            self._run_hosts(k, resolve)
-            launch(*[resolve(r) for r in refs], *ints)
-        self._run_hosts(len(self._launchers), resolve)
+            self._run_hosts(k, buffers)
+            launch(*[buffers[r] for r in refs], *ints)
+        self._run_hosts(len(self._launchers), buffers)
         results = []
         for kind, k in call.result_refs:
             if kind == "param":  # an argument returned as is: a copy, as on the CPU
-                shape, dtype = self.function.params[k].shape, self.function.params[k].dtype.np
-                copy = cuda.device_array(flat[k].shape[0], dtype)
-                if flat[k].shape[0]:
-                    copy.copy_to_device(flat[k])
-                results.append(DeviceArray(copy, shape, dtype))
+                param = self.function.params[k]
+                results.append(copy(DeviceArray(params[k], param.shape, param.dtype.np)))
             elif results_of[k] is not None:
                 results.append(results_of[k])
             else:  # written into a donated argument's buffer
-                shape, dtype = call.out_specs[k]
-                results.append(DeviceArray(outs[k], shape, dtype))
+                results.append(DeviceArray(buffers[("out", k)], *call.out_specs[k]))
         return tuple(results)
 
-    def _run_hosts(self, position: int, resolve: Any) -> None:
+    def _run_hosts(self, position: int, buffers: dict[Any, Any]) -> None:
         """The host ops due before kernel ``position``: operands copied to the host (which
         waits for the kernels before), the rule run, results copied back."""
         for hs, run in self._hosts:
             if hs.position != position:
                 continue
-            inputs = [resolve(r).copy_to_host() if v.type.size else np.empty(0, v.dtype.np)
+            inputs = [buffers[r].copy_to_host() if v.type.size else np.empty(0, v.dtype.np)
                       for r, v in zip(hs.in_refs, hs.call.op.inputs, strict=True)]
             outputs = [np.empty(v.type.size, v.dtype.np) for v in hs.call.op.outputs]
             run(inputs, outputs)
             for r, out in zip(hs.out_refs, outputs, strict=True):
                 if out.size:
-                    resolve(r).copy_to_device(out)
+                    buffers[r].copy_to_device(out)
 
     def kernel_source(self) -> str:
         return "\n\n".join(k.source for k in self.kernels)

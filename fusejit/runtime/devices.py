@@ -149,24 +149,37 @@ def devices() -> list[str]:
     return ["cpu", "cuda"]
 
 
+def to_device(a: Any, dtype: Any = None) -> DeviceArray:
+    """``a`` (array-like) copied to the GPU, C-ordered, in ``dtype`` if given; a
+    ``DeviceArray`` already there is returned as it is."""
+    if isinstance(a, DeviceArray):
+        return a
+    host = np.ascontiguousarray(a, dtype=dtype)
+    return DeviceArray(cuda_module().to_device(host.reshape(-1)), host.shape, host.dtype)
+
+
+def empty(shape: tuple[int, ...], dtype: Any) -> DeviceArray:
+    """A new, uninitialized ``DeviceArray``."""
+    return DeviceArray(cuda_module().device_array(int(np.prod(shape, dtype=np.int64)), dtype), shape, dtype)
+
+
+def copy(a: DeviceArray) -> DeviceArray:
+    """A new ``DeviceArray`` holding ``a``'s elements (copied on the device)."""
+    out = empty(a.shape, a.dtype)
+    if a.size:
+        out.buffer.copy_to_device(a.buffer)
+    return out
+
+
 class DeviceArrays:
     """How the control-flow drivers (``fusejit.runtime.control``) make and index arrays on
     the CUDA backend: ``DeviceArray``s, a scan's rows as views of its stacked buffer."""
 
     @staticmethod
     def inputs(args: Any) -> list[DeviceArray]:
-        cuda = cuda_module()
-        out = []
-        for a in args:
-            if not isinstance(a, DeviceArray):
-                host = np.ascontiguousarray(a)
-                a = DeviceArray(cuda.to_device(host.reshape(-1)), host.shape, host.dtype)
-            out.append(a)
-        return out
+        return [to_device(a) for a in args]
 
-    @staticmethod
-    def empty(shape: tuple[int, ...], dtype: Any) -> DeviceArray:
-        return DeviceArray(cuda_module().device_array(int(np.prod(shape, dtype=np.int64)), dtype), shape, dtype)
+    empty = staticmethod(empty)
 
     @staticmethod
     def row(x: DeviceArray, i: int) -> DeviceArray:
@@ -181,9 +194,4 @@ class DeviceArrays:
 
     @staticmethod
     def fresh(out: DeviceArray, args: Any) -> DeviceArray:
-        if not any(out.buffer is a.buffer for a in args):
-            return out
-        copy = DeviceArrays.empty(out.shape, out.dtype)
-        if out.size:
-            copy.buffer.copy_to_device(out.buffer)
-        return copy
+        return copy(out) if any(out.buffer is a.buffer for a in args) else out

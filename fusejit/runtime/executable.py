@@ -28,7 +28,7 @@ from fusejit.ir.core import Function
 from fusejit.ir.interpreter import run_function
 from fusejit.ir.transforms import fusion
 from fusejit.ir.transforms.fusion import FusedFunction, one_op_per_group
-from fusejit.runtime.control import ControlFlowExecutable, has_control_flow
+from fusejit.runtime.control import ControlFlowExecutable, HostArrays, has_control_flow
 from fusejit.runtime.cpu import CpuExecutable, DonationError, KernelInfo  # noqa: F401 - re-exported
 from fusejit.runtime.timings import CompileTimes
 
@@ -103,15 +103,9 @@ def compile_function(
     if backend in ("cpu", "cuda") and has_control_flow(fn):
         # Loops and branches run as drivers over nested executables (fusejit.runtime.control);
         # compiled in the foreground, one executable per stretch of kernels between them.
-        if backend == "cuda":
-            from fusejit.runtime.cuda import CudaExecutable
-            from fusejit.runtime.devices import DeviceArrays
-
-            exe = ControlFlowExecutable(fn, fused, lambda f: _compile_nested(f, fuse, "cuda"),
-                                        lambda f, part: CudaExecutable(f, part, ()), DeviceArrays)
-        else:
-            exe = ControlFlowExecutable(fn, fused, lambda f: _compile_nested(f, fuse, "cpu"),
-                                        lambda f, part: CpuExecutable(f, part, ()))
+        kernels, arrays = _kernel_executable(backend)
+        exe = ControlFlowExecutable(fn, fused, lambda f: _compile_nested(f, fuse, backend),
+                                    lambda f, part: kernels(f, part, ()), arrays)
         if times is not None:
             times.lower, times.startup = exe.compile_times.lower, exe.compile_times.startup
             times.kernels = list(exe.compile_times.kernels)
@@ -124,12 +118,7 @@ def compile_function(
     if backend == "interpret":
         exe: Any = InterpretedExecutable(fn, fused)
     elif backend in ("cpu", "cuda"):
-        if backend == "cuda":
-            from fusejit.runtime.cuda import CudaExecutable
-
-            exe = CudaExecutable(fn, fused, donate_argnums)
-        else:
-            exe = CpuExecutable(fn, fused, donate_argnums)
+        exe = _kernel_executable(backend)[0](fn, fused, donate_argnums)
         if times is not None:
             times.lower, times.startup = exe.compile_times.lower, exe.compile_times.startup
             times.kernels = list(exe.compile_times.kernels)
@@ -137,6 +126,17 @@ def compile_function(
         raise ValueError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
     dump(exe)
     return exe
+
+
+def _kernel_executable(backend: str) -> tuple[Any, Any]:
+    """The executable class of a compiled backend and the array operations its control-flow
+    drivers use (``numba.cuda`` is imported only for the CUDA backend)."""
+    if backend == "cuda":
+        from fusejit.runtime.cuda import CudaExecutable
+        from fusejit.runtime.devices import DeviceArrays
+
+        return CudaExecutable, DeviceArrays
+    return CpuExecutable, HostArrays
 
 
 def _compile_nested(fn: Function, fuse: bool, backend: str) -> Any:

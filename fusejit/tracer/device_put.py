@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from fusejit.runtime.devices import DeviceArray, cuda_module
+from fusejit.runtime.devices import DeviceArray, to_device
 from fusejit.tracer.pytree import tree_map
 
 
@@ -19,12 +19,4 @@ def device_put(x: Any, device: str = "cuda") -> Any:
         return tree_map(lambda a: a.numpy() if isinstance(a, DeviceArray) else np.asarray(a), x)
     if device != "cuda":
         raise ValueError(f"unknown device {device!r} (known: 'cpu', 'cuda')")
-    cuda = cuda_module()
-
-    def put(a: Any) -> DeviceArray:
-        if isinstance(a, DeviceArray):
-            return a
-        host = np.ascontiguousarray(a)
-        return DeviceArray(cuda.to_device(host.reshape(-1)), host.shape, host.dtype)
-
-    return tree_map(put, x)
+    return tree_map(to_device, x)

@@ -43,6 +43,10 @@ _SCALAR_TYPES = (bool, int, float)
 _CONFIG = config.LIVE  # read directly on the hot path
 
 
+# Argument types executables take as they are (anything else becomes a NumPy array).
+_EXECUTABLE_ARRAYS = (np.ndarray, DeviceArray)
+
+
 def _leaf_signature(leaf: Any) -> Any:
     """What of a leaf the compiled code depends on: shape and dtype, or the scalar type."""
     kind = type(leaf)
@@ -265,7 +269,7 @@ class Lowered:
 
     def _run(self, executable: Any, leaves: Sequence[Any]) -> Any:
         arrays = [
-            leaf if type(leaf) is np.ndarray or type(leaf) is DeviceArray else np.asarray(leaf, dtype=t.dtype.np)
+            leaf if type(leaf) in _EXECUTABLE_ARRAYS else np.asarray(leaf, dtype=t.dtype.np)
             for leaf, t in zip(leaves, self.in_types, strict=True)
         ]
         if _CONFIG["profile"]:
@@ -356,7 +360,7 @@ class Jitted:
                 _compile_logger().info("fusejit: compiled %s", lowered.describe())
         else:
             self._info.hits += 1
-        if not kwargs and not static_key and all(type(a) is np.ndarray or type(a) is DeviceArray for a in args):
+        if not kwargs and not static_key and all(type(a) in _EXECUTABLE_ARRAYS for a in args):
             fast_key = tuple((a.shape, a.dtype, type(a)) for a in args)
             self._fast[fast_key[0] if len(args) == 1 else fast_key] = lowered._fast_runner()
         return lowered._run(lowered.executable(), leaves)

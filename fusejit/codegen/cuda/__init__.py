@@ -7,6 +7,7 @@ Nothing here imports ``numba.cuda`` at import time: the CPU backend never loads 
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 # Set by fusejit.runtime.cache before it executes a kernel module: whether Numba may
@@ -28,9 +29,11 @@ def device_jit() -> Any:
     return cuda.jit(device=True, cache=DISK_CACHE)
 
 
+@functools.cache
 def simulated() -> bool:
     """Whether Numba's CUDA simulator stands in for a GPU (``NUMBA_ENABLE_CUDASIM=1``):
-    every thread is then a Python thread, so launches stay tiny."""
+    every thread is then a Python thread, so launches stay tiny. Numba reads the setting
+once, at its import: so is this (every launch asks)."""
     from numba import config
 
     return bool(config.ENABLE_CUDASIM)

@@ -34,11 +34,8 @@ element hoisted out of a loop) are recomputed in every launch that reads them.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections import Counter
 from dataclasses import dataclass, field
-
-import numpy as np
 
 from fusejit.codegen.exprs import (
     Binary,
@@ -67,6 +64,8 @@ from fusejit.codegen.kernel import (
     nodes,
     statements,
 )
+from fusejit.codegen.rules import REDUCTION_RULES
+from fusejit.ir import primitives as P
 from fusejit.ir.dtypes import DType
 
 
@@ -123,6 +122,9 @@ def _pure_definitions(kernel: Kernel, stored: set[str]) -> list[Let]:
     return pure
 
 
+ATOMIC_DTYPES = frozenset({DType.i32, DType.i64, DType.f32, DType.f64})  # what cuda.atomic.add adds
+
+
 def atomic_addend(s: Stmt) -> Expr | None:
     """``x`` if ``s`` is ``a[i] = a[i] + x`` (a scatter-add, a gradient accumulated into
     memory) on a dtype the GPU adds atomically, else None. Such a store commutes with every
@@ -139,8 +141,7 @@ def atomic_addend(s: Stmt) -> Expr | None:
 def inline_atomic_updates(kernel: Kernel) -> Kernel:
     """``kernel`` with each ``u = a[i]; w = u + x; a[i] = w`` or ``u = a[i]; a[i] = u + x``
     (``u`` and ``w`` read nowhere else, no other store to ``a`` between) written
-    ``a[i] = a[i] + x``, the form
-    ``atomic_addend`` recognizes. The lowering names every subexpression; a GPU must see
+    ``a[i] = a[i] + x``, the form ``atomic_addend`` recognizes. The lowering names every subexpression; a GPU must see
     the update as one."""
     uses = Counter(n for s in statements(kernel.body) for e in expressions(s) for n in _var_uses(e))
 
@@ -188,9 +189,12 @@ def _var_uses(e: Expr) -> list[str]:
 
 def _loads(stmts: list[Stmt]) -> list[Load]:
     """The loads of ``stmts`` but an atomic add's read of its own element."""
-    return [n for s in stmts for e in ((atomic_addend(s),) if atomic_addend(s) is not None else expressions(s))
-            for n in walk(e) if isinstance(n, Load)] + [n for s in stmts if atomic_addend(s) is not None
-                                                         for n in walk(s.index) if isinstance(n, Load)]
+    loads = []
+    for s in stmts:
+        addend = atomic_addend(s)
+        exprs = expressions(s) if addend is None else (addend, s.index)
+        loads += [n for e in exprs for n in walk(e) if isinstance(n, Load)]
+    return loads
 
 
 def _plain_stores(stmts: list[Stmt]) -> list[Store]:
@@ -249,8 +253,6 @@ def _collapse(loop: Loop, stored: set[str]) -> tuple[list[Loop], list[Stmt]]:
 # ---------------------------------------------------------------------------------------
 # Cooperative rows
 
-ATOMIC_DTYPES = frozenset({DType.i32, DType.i64, DType.f32, DType.f64})
-
 _SUMS = ("accumulate",)
 _MAXIMA = ("maximum", "maxnum")
 _MINIMA = ("minimum", "minnum")
@@ -270,18 +272,16 @@ def _accumulation(update: Expr, acc: Var) -> tuple[str, Expr] | None:
     return (kind, x) if kind is not None and a == acc and acc.name not in var_names(x) else None
 
 
-def _is_identity(init: Expr, kind: str) -> bool:
-    if not isinstance(init, Const):
+# The reduction whose identity an accumulator of each kind starts from.
+_REDUCTION_OF = {"sum": P.reduce_sum, "product": P.reduce_prod, "max": P.reduce_max, "min": P.reduce_min}
+
+
+def _is_identity(init: Expr | None, kind: str) -> bool:
+    """Whether ``init`` is the identity of ``kind``'s combine (the reductions' own
+    ``REDUCTION_RULES`` init)."""
+    if not isinstance(init, Const) or init.dtype.is_bool:
         return False
-    v, dt = init.value, init.dtype
-    if kind in ("sum", "product"):
-        return v == (0 if kind == "sum" else 1)
-    if dt.is_float:
-        return v == (-math.inf if kind == "max" else math.inf)
-    if dt.is_int:
-        info = np.iinfo(dt.np)
-        return v == (info.min if kind == "max" else info.max)
-    return False
+    return init == Const.of(REDUCTION_RULES[_REDUCTION_OF[kind]].init(init.dtype), init.dtype)
 
 
 def _combine(update: Expr, acc: Var) -> Expr:

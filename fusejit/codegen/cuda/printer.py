@@ -171,8 +171,8 @@ class CudaPrinter(NumbaPrinter):
                 call = list(ph.call.arrays) + [self.expr(e) for e in ph.call.ints]
                 lines.append(f"    {ph.call.helper}({', '.join(call)})")
             elif ph.loops:
-                config = ("row_launch_config({_TOTAL}, " + str(ph.uses_thread_id) + ")" if ph.reductions is not None
-                          else f"launch_config({_TOTAL}, {ph.uses_thread_id})").format(_TOTAL=_TOTAL)
+                config_of = "row_launch_config" if ph.reductions is not None else "launch_config"
+                config = f"{config_of}({_TOTAL}, {ph.uses_thread_id})"
                 lines += [f"    {_TOTAL} = {self.total(ph)}", f"    if {_TOTAL} > 0:",
                           f"        {kernel.name}_{k}[{config}]({args})"]
             else:
