@@ -128,6 +128,14 @@ def test_a_memory_accumulation_becomes_an_atomic_add_and_its_loop_runs_on_the_gr
     assert all(ph.loops for ph in launches)  # no one-thread launch left
 
 
+def test_a_loop_reading_a_value_a_single_thread_computed_runs_with_it() -> None:
+    """The gradient of a norm: a total computed on one thread, then a loop scaling by
+    it (a launch of its own could not read the total)."""
+    a = np.random.default_rng(6).standard_normal((4, 5))
+    grad = fj.grad(lambda x: fnp.sqrt((x * x).sum()))
+    np.testing.assert_allclose(np.asarray(cuda_jit(grad)(a)), fj.jit(grad)(a), rtol=1e-12)
+
+
 def test_host_ops_run_between_the_launches_in_program_order() -> None:
     seen: list[float] = []
 

@@ -346,10 +346,11 @@ def phases(kernel: Kernel) -> tuple[list[Let], list[Phase]]:
     stored = {s.array for s in statements(kernel.body) if isinstance(s, Store)}
     preamble = _pure_definitions(kernel, stored)
     out: list[Phase] = []
+    serial: set[str] = set()  # what one-thread statements define: a launch of its own cannot read it
     for s in kernel.body:
         if any(s is p for p in preamble):
             continue
-        if isinstance(s, Loop) and (s.parallel or independent(s)):
+        if isinstance(s, Loop) and (s.parallel or independent(s)) and not reads([s]) & serial:
             loops, body = _collapse(s, stored)
             reductions = row_reductions(s) if len(loops) == 1 else None
             out.append(Phase(body, loops, reductions=reductions))
@@ -359,12 +360,16 @@ def phases(kernel: Kernel) -> tuple[list[Let], list[Phase]]:
             out.append(Phase([], matmul=s))
         elif out and not out[-1].loops and out[-1].call is None and out[-1].matmul is None:
             out[-1].body.append(s)
+            serial |= defined([s]) | {t.var.name for t in statements([s]) if isinstance(t, Assign)}
         else:
             out.append(Phase([s]))
+            serial |= defined([s]) | {t.var.name for t in statements([s]) if isinstance(t, Assign)}
     known = {v.name for v in kernel.ints} | {s.var.name for s in preamble}
     for ph in out:
         own = defined(ph.body) | {lp.var.name for lp in ph.loops}
-        missing = reads(ph.body) - own - known
-        if missing:
-            raise Unsupported(f"a CUDA launch of {kernel.name} reads {sorted(missing)} defined by another launch")
+        if reads(ph.body) - own - known:  # a value crosses launches: the whole kernel on one thread
+            body = [s for s in kernel.body if not any(s is p for p in preamble)]
+            if any(isinstance(s, Matmul | Call) for s in body):
+                raise Unsupported(f"a CUDA launch of {kernel.name} reads values defined by another launch")
+            return preamble, [Phase(body)]
     return preamble, out
