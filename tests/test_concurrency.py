@@ -4,6 +4,7 @@ the compiled entry, kernels called one by one over the shared arena, the general
 
 from __future__ import annotations
 
+import sys
 import threading
 
 import numpy as np
@@ -136,3 +137,43 @@ def test_the_arena_is_shared_only_under_the_lock():
     exe._steps[0].entry_point = spy
     exe._runner()([x])
     assert locked == [True]
+
+
+def test_threads_tracing_at_the_same_time_record_their_own_programs():
+    """Each thread's ops go into its own trace, even when the interpreter switches threads
+    between every few bytecodes (the traces were once one process-wide stack)."""
+
+    def chain(op):
+        def fn(x):
+            for _ in range(150):
+                x = op(x) * 1.01
+            return x
+
+        return fn
+
+    fns = [chain(fnp.tanh), chain(fnp.sin), chain(fnp.cos), chain(fnp.exp)]
+    x = np.full(4, 0.1, np.float32)
+    want = [str(fj.jit(fn).lower(x).traced) for fn in fns]
+    got: list[str | None] = [None] * len(fns)
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(fns))
+
+    def work(k: int) -> None:
+        try:
+            barrier.wait()
+            got[k] = str(fj.jit(fns[k]).lower(x).traced)
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(len(fns))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors, errors
+    assert got == want

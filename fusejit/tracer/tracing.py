@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -103,7 +104,27 @@ class Trace:
         return entry[1]
 
 
-_TRACES: list[Trace] = []
+class _TraceStack(threading.local):
+    """The active traces of the calling thread, innermost last: threads tracing at the
+    same time (racing a jitted function's first call) each record into their own."""
+
+    def __init__(self) -> None:
+        self.traces: list[Trace] = []
+
+    def append(self, trace: Trace) -> None:
+        self.traces.append(trace)
+
+    def pop(self) -> Trace:
+        return self.traces.pop()
+
+    def __bool__(self) -> bool:
+        return bool(self.traces)
+
+    def __getitem__(self, index: int) -> Trace:
+        return self.traces[index]
+
+
+_TRACES = _TraceStack()
 
 
 def current_trace() -> Trace | None:
