@@ -41,6 +41,7 @@ from fusejit.nn.layers import (
     softmax,
     tanh,
 )
+from fusejit.nn.normalization import batch_norm, batch_norm_state, layer_norm
 from fusejit.nn.recurrent import (
     gru_cell,
     init_gru_cell,
@@ -64,6 +65,8 @@ __all__ = [
     "accuracy",
     "avg_pool1d",
     "avg_pool2d",
+    "batch_norm",
+    "batch_norm_state",
     "conv1d",
     "conv2d",
     "cross_entropy",
@@ -81,6 +84,7 @@ __all__ = [
     "init_linear",
     "init_mlp",
     "init_model",
+    "layer_norm",
     "linear",
     "log_softmax",
     "max_pool1d",
