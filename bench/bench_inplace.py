@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import types
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -29,17 +28,6 @@ import numpy_mlp  # noqa: E402
 import fusejit as fj  # noqa: E402
 import fusejit.numpy as fnp  # noqa: E402
 from fusejit.tracer.inplace import InputMutationWarning  # noqa: E402
-
-
-def _with_numpy(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn``'s code with ``np`` bound to NumPy itself (the char-RNN module imports
-    fusejit.numpy so that its fresh arrays can hold traced values)."""
-    glob = dict(fn.__globals__, np=np)
-    for name in ("lossFun",):
-        if name in glob:
-            glob[name] = types.FunctionType(glob[name].__code__, glob)
-    return types.FunctionType(fn.__code__, glob)
-
 
 # ---------------------------------------------------------------------------------------
 # The same models without mutation, differentiated by fj.grad
@@ -107,7 +95,7 @@ def main() -> None:
     args = parser.parse_args()
 
     inputs, targets, hprev, params, mems = numpy_char_rnn.make_problem()
-    numpy_step = _with_numpy(numpy_char_rnn.train_step)
+    numpy_step = numpy_char_rnn.train_step
     jit_step = fj.jit(numpy_char_rnn.train_step)
     grad_step = fj.jit(rnn_step_grad)
     want = numpy_step(inputs, targets, hprev, [p.copy() for p in params], [m.copy() for m in mems], 0.1)

@@ -2,15 +2,16 @@
 tutorials write it (Karpathy's min-char-rnn): one-hot inputs written into fresh zero
 arrays, ``dy[target] -= 1``, gradients accumulated with ``+=`` into ``zeros_like``
 buffers, ``np.clip(..., out=)`` and an in-place Adagrad update. ``fj.jit(train_step)``
-runs it unmodified: the one change from the NumPy original is the import below, so that
-arrays created inside the step (``np.zeros``) can receive traced values.
+runs it unmodified, NumPy import included: inside the trace, the one-hot buffers made with
+``np.zeros`` become traced when the traced ``inputs[t]`` indexes them
+(``fusejit.tracer.numpy_buffers``).
 
     python examples/numpy_char_rnn.py
 """
 
 from __future__ import annotations
 
-import fusejit.numpy as np
+import numpy as np
 
 
 def lossFun(inputs, targets, hprev, Wxh, Whh, Why, bh, by):  # noqa: N802, N803 - the tutorial's names
@@ -85,7 +86,7 @@ def main() -> None:
     step = fj.jit(train_step, donate_argnums=(3, 4))
     loss, h, new_params, new_mems = step(inputs, targets, hprev, [p.copy() for p in params],
                                          [m.copy() for m in mems], 0.1)
-    reference = train_step(inputs, targets, hprev, params, mems, 0.1)  # eager: NumPy arrays
+    reference = train_step(inputs, targets, hprev, params, mems, 0.1)  # NumPy itself
     print(f"loss {float(loss):.6f} (fj.jit), {float(reference[0]):.6f} (NumPy)")
     print("largest parameter difference:",
           max(float(numpy.max(numpy.abs(a - b))) for a, b in zip(new_params, reference[2], strict=True)))

@@ -26,10 +26,12 @@ of a basic index), and a view read after its root changed is recomputed, so alia
 behaves as in NumPy (``v = a[1:3]; v += 1`` changes ``a``). A reshape that NumPy would
 copy (of a transposed or strided view) is a copy here too; that is decided by replaying
 the view's steps on a strided stand-in of the root, taken to be C-contiguous, as every
-array fusejit creates is. ``broadcast_to`` views are read-only, as in NumPy. A NumPy array
-cannot hold a traced value: create arrays that will receive one with ``fusejit.numpy``
-(``fnp.zeros``), which inside a trace makes a traced array; ``acc += traced`` on a NumPy
-``acc`` rebinds ``acc`` to the traced result (other names for that array do not see it).
+array fusejit creates is. ``broadcast_to`` views are read-only, as in NumPy. Buffers made
+inside the traced function (``np.zeros``, ``fnp.zeros``) are traced arrays with known
+contents (``fusejit.tracer.numpy_buffers``), which writes keep known while the written
+values and indices are. A NumPy array made before the trace cannot hold a traced value;
+``acc += traced`` on one rebinds ``acc`` to the traced result (other names for that array
+do not see it).
 
 Inputs. A jitted function works on its own copy of each argument, as it returns new
 arrays: writing into an argument does not change the caller's array, and ``jit`` warns
@@ -64,6 +66,7 @@ from fusejit.tracer.tracing import (
     current_trace,
     escaped_tracer_error,
     operand_dtype,
+    read_only,
     shape_of,
     user_source_loc,
 )
@@ -159,15 +162,15 @@ class View:
         self.steps = steps
         self.version = version
 
-    def read(self) -> Value:
-        """The view's value computed from the root's current one (recorded into the
-        root's trace, even while an inner trace is active)."""
+    def read(self) -> tuple[Value, np.ndarray | None]:
+        """The view's value (and known contents) computed from the root's current ones
+        (recorded into the root's trace, even while an inner trace is active)."""
         with _recording_into(self.root.trace):
-            h = TracedArray(self.root.value, self.root.trace, self.root.weak)
+            h = _handle(self.root)
             for step in self.steps:
                 h = step.read(h)
         self.version = self.root._version
-        return h.value
+        return h.value, h.known
 
 
 @contextmanager
@@ -237,29 +240,43 @@ def _check_writable(a: TracedArray, what: str) -> None:
         raise ValueError(f"{what}: assignment destination is read-only (a broadcast_to view){where}")
 
 
+def _handle(a: TracedArray) -> TracedArray:
+    """A new handle on ``a``'s current contents, not a view of anything."""
+    return TracedArray(a.value, a.trace, a.weak, a.known)
+
+
+def _known_as(x: Array, dtype: DType) -> np.ndarray | None:
+    """``x``'s contents as ``dtype`` (NumPy's unsafe cast, as ``_to_value`` converts), when
+    known."""
+    known = x.known if isinstance(x, TracedArray) else np.asarray(x)
+    return None if known is None else read_only(np.asarray(known, dtype=dtype.np))
+
+
 def assign(a: TracedArray, new: Array, what: str) -> None:
     """Makes ``new`` (an array of ``a``'s shape) the contents of ``a``, and of the root
     array when ``a`` is a view of one."""
     _check_writable(a, what)
     value = _to_value(new, a.trace, a.value.dtype)
+    known = _known_as(new, a.value.dtype)
     assert value.shape == a.shape, (value.type, a.value.type)
     view = a._view
     if view is None:
-        _commit(a, value)
+        _commit(a, value, known)
         return
-    bases = [TracedArray(view.root.value, view.root.trace, view.root.weak)]
+    bases = [_handle(view.root)]
     for step in view.steps[:-1]:
         bases.append(step.read(bases[-1]))
-    w: Array = TracedArray(value, a.trace)
+    w: Array = TracedArray(value, a.trace, False, known)
     for step, base in zip(reversed(view.steps), reversed(bases), strict=True):
         w = step.write(base, w)
-    _commit(view.root, _to_value(w, a.trace, view.root.value.dtype))
-    a._value = value
+    root_dtype = view.root.value.dtype
+    _commit(view.root, _to_value(w, a.trace, root_dtype), _known_as(w, root_dtype))
+    a._value, a._known = value, known
     view.version = view.root._version
 
 
-def _commit(root: TracedArray, value: Value) -> None:
-    root._value = value
+def _commit(root: TracedArray, value: Value, known: np.ndarray | None) -> None:
+    root._value, root._known = value, known
     root._version += 1
     root.trace.first_writes.setdefault(id(root), user_source_loc())
 
@@ -296,7 +313,7 @@ def _rewrites_itself(a: TracedArray, key: tuple, value: Array) -> bool:
 def accumulate_at(a: Array, key: Any, value: Array, name: str) -> None:
     """``np.add.at(a, key, value)``: unbuffered, so repeated indices all add up."""
     if not isinstance(a, TracedArray):
-        raise _cannot_hold(name)
+        raise cannot_hold(name)
     assign(a, updated(a, fnp.expand_key(a.ndim, key), value, accumulate=True), name)
 
 
@@ -334,15 +351,15 @@ def store(out: Array, result: Array, name: str, casting: str = "same_kind",
         return out
     if first_operand is out and _augmented_assignment():
         return fnp.fresh(new)  # `acc += traced`: Python rebinds acc to what this returns
-    raise _cannot_hold(name)
+    raise cannot_hold(name)
 
 
-def _cannot_hold(name: str) -> TypeError:
+def cannot_hold(name: str) -> TypeError:
     loc = user_source_loc()
     return TypeError(
-        f"{name}: a NumPy array cannot hold a traced value{f' (at {loc})' if loc else ''}; create the "
-        "array with fusejit.numpy inside the traced function (fnp.zeros, fnp.empty, fnp.copy): "
-        "there it is traced, and writing into it is recorded"
+        f"{name}: a NumPy array made before the trace cannot hold a traced value{f' (at {loc})' if loc else ''}; "
+        "create the array inside the traced function (np.zeros, np.empty, fnp.copy; in an "
+        "installed library's code, fnp.zeros): there it is traced, and writing into it is recorded"
     )
 
 

@@ -101,7 +101,7 @@ def fresh(x: Array) -> Array:
     """A new array with ``x``'s contents (a traced copy costs nothing: it is the same SSA
     value in a new handle, which later writes to ``x`` do not reach)."""
     if isinstance(x, TracedArray):
-        return TracedArray(x.value, x.trace, x.weak)
+        return TracedArray(x.value, x.trace, x.weak, x.known)
     return np.array(x)
 
 
@@ -801,7 +801,7 @@ def expand_key(ndim: int, key: Any) -> tuple:
     """An index as a tuple with its Ellipsis expanded and ``range``s as integer arrays;
     raises ``IndexError`` for more indices than axes."""
     key = key if isinstance(key, tuple) else (key,)
-    key = tuple(np.asarray(k, dtype=np.int64) if isinstance(k, range) else k for k in key)
+    key = tuple(np.asarray(k, dtype=np.int64) if isinstance(k, range) else _known_index(k) for k in key)
     # A concrete boolean mask is the integer indices of its True elements.
     key = builtins.sum((tuple(np.nonzero(k)) if _is_concrete_mask(k) else (k,) for k in key), ())
     if builtins.sum(1 for k in key if k is Ellipsis) > 1:
@@ -813,6 +813,15 @@ def expand_key(ndim: int, key: Any) -> tuple:
     if builtins.sum(1 for k in key if k is not None) > ndim:
         raise _index_error(f"too many indices for an array of dimension {ndim}")
     return key
+
+
+def _known_index(k: Any) -> Any:
+    """A traced index whose contents are known, as the NumPy index it is (a static slice of
+    the data instead of a gather; a boolean mask of known shape)."""
+    known = k.known if isinstance(k, TracedArray) else None
+    if known is None:
+        return k
+    return known.item() if known.ndim == 0 and known.dtype.kind in "iub" else known
 
 
 def _is_concrete_mask(k: Any) -> bool:

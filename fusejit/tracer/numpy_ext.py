@@ -856,6 +856,99 @@ def linspace(start: Any, stop: Any, num: int = 50, endpoint: bool = True, retste
 
 
 # ---------------------------------------------------------------------------------------
+# In-place writes by flat position (NumPy's putmask, place, put, fill_diagonal): each
+# computes the array's new contents and stores them as ``out=`` does (``inplace.store``),
+# so a traced array is updated functionally and a NumPy array eagerly.
+
+
+def _repeated(values: Array, count: int, name: str) -> Array:
+    """``values`` flattened and repeated (cycled) to ``count`` elements, as NumPy's
+    position-wise writes use a shorter ``values``."""
+    flat = A.ravel(A._as_operand(values))
+    size = shape_of(flat)[0]
+    if size == 0:
+        if count == 0:
+            return flat
+        raise ValueError(f"{name}: cannot insert from an empty array")
+    return flat if size == count else A.take(flat, np.arange(count) % size)
+
+
+def _store_flat(a: Array, positions: Array, values: Array, name: str) -> None:
+    """``a.flat[positions] = values`` (repeated to the positions' count; a repeated
+    position keeps the last value, as in NumPy)."""
+    if not isinstance(a, TracedArray) and builtins.any(isinstance(x, TracedArray) for x in (positions, values)):
+        raise inplace.cannot_hold(name)
+    new = A.copy(a)
+    A.reshape(new, (-1,))[positions] = _repeated(values, shape_of(positions)[0], name)
+    inplace.store(a, new, name, "unsafe")
+
+
+def putmask(a: Array, mask: Array, values: Array) -> None:
+    """``numpy.putmask``: ``a.flat[n] = values.flat[n % values.size]`` where ``mask.flat[n]``
+    (``mask`` has ``a``'s size; values cast unsafely to ``a``'s dtype)."""
+    if math.prod(shape_of(mask)) != math.prod(shape_of(a)):
+        raise ValueError("putmask: mask and data must be the same size")
+    if isinstance(values, (np.ndarray, TracedArray)) and not np.can_cast(values.dtype, A._dtype_of(a).np, "safe"):
+        raise TypeError(f"putmask: cannot cast array data from {values.dtype} to {A._dtype_of(a).np} "
+                        "according to the rule 'safe'")
+    spread = A.reshape(_repeated(values, math.prod(shape_of(a)), "putmask"), shape_of(a))
+    mask = A.reshape(A.astype(mask, bool), shape_of(a))
+    inplace.store(a, A.where(mask, A.astype(spread, A._dtype_of(a).np), a), "putmask", "unsafe")
+
+
+def place(arr: Array, mask: Array, vals: Array) -> None:
+    """``numpy.place``: the elements of ``arr`` where ``mask`` is True take ``vals`` in order
+    (cycled): the k-th True position takes ``vals.flat[k % vals.size]``."""
+    n = math.prod(shape_of(arr))
+    if math.prod(shape_of(mask)) != n:
+        raise ValueError("place: mask and data must be the same size")
+    flat_mask = A.ravel(A.astype(mask, bool))
+    if math.prod(shape_of(vals)) == 0:
+        if not isinstance(flat_mask, TracedArray) or flat_mask.known is not None:
+            if not np.asarray(flat_mask).any():
+                return
+        raise ValueError("place: cannot insert from an empty array")
+    vals = A.ravel(A._as_operand(vals))
+    rank = A.subtract(A.cumsum(A.astype(flat_mask, np.int64)), 1)  # k of the k-th True
+    taken = A.take(vals, A.remainder(A.maximum(rank, 0), shape_of(vals)[0]))
+    new = A.where(flat_mask, A.astype(taken, A._dtype_of(arr).np), A.ravel(arr))
+    inplace.store(arr, A.reshape(new, shape_of(arr)), "place", "unsafe")
+
+
+def put(a: Array, ind: Array, v: Array, mode: str = "raise") -> None:
+    """``numpy.put``: ``a.flat[ind] = v`` (``v`` cycled to ``ind``'s length). ``mode``:
+    ``"raise"`` (an index out of range raises where it is known; a traced one out of range
+    writes nothing), ``"wrap"`` (modulo the size) or ``"clip"`` (to the range)."""
+    n = math.prod(shape_of(a))
+    ind = A.ravel(A._as_operand(ind))
+    if mode == "wrap":
+        ind = A.remainder(ind, n)
+    elif mode == "clip":
+        ind = A.clip(ind, 0, n - 1)
+    elif mode != "raise":
+        raise ValueError(f"put: mode must be 'raise', 'wrap' or 'clip', got {mode!r}")
+    _store_flat(a, ind, v, "put")
+
+
+def fill_diagonal(a: Array, val: Array, wrap: bool = False) -> None:
+    """``numpy.fill_diagonal``: ``val`` (cycled) on the main diagonal of ``a`` (at least
+    2-d; every axis of the same length when more than 2-d). A tall 2-d matrix's diagonal
+    restarts below the square part when ``wrap``, as in NumPy."""
+    shape = shape_of(a)
+    if len(shape) < 2:
+        raise ValueError("fill_diagonal: array must be at least 2-d")
+    if len(shape) == 2:
+        step = shape[1] + 1
+        end = None if wrap else shape[1] * shape[1]
+    else:
+        if len(set(shape)) != 1:
+            raise ValueError("fill_diagonal: all dimensions of input must be of equal length")
+        step = 1 + int(np.cumprod(shape[:-1]).sum())
+        end = None
+    _store_flat(a, np.arange(math.prod(shape))[:end:step], val, "fill_diagonal")
+
+
+# ---------------------------------------------------------------------------------------
 # NumPy's protocols: what numpy_api adds to its dispatch tables
 
 UFUNCS: dict[np.ufunc, Callable[..., Array]] = {
@@ -872,7 +965,8 @@ ARRAY_FUNCTIONS: dict[Callable[..., Any], Callable[..., Any]] = {
         "prod cumprod diff diagonal trace argsort sort isclose allclose count_nonzero gradient "
         "repeat tile roll rollaxis rot90 fliplr flipud tril triu diag diagflat kron cross append "
         "split array_split hsplit vsplit dsplit atleast_3d column_stack row_stack dstack select "
-        "linspace sinc nan_to_num real imag iscomplexobj isrealobj cumulative_prod partition argpartition"
+        "linspace sinc nan_to_num real imag iscomplexobj isrealobj cumulative_prod partition argpartition "
+        "putmask place put fill_diagonal"
     ).split()
     if hasattr(np, name)
 }

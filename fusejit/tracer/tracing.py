@@ -12,6 +12,7 @@ passes the outer value for it (closure conversion).
 
 from __future__ import annotations
 
+import operator
 import os
 import re
 import sys
@@ -28,7 +29,7 @@ from fusejit.ir.core import Function, SourceLoc, Value
 from fusejit.ir.dtypes import DType, from_numpy, promote, promote_weak, weak_scalar_dtype
 from fusejit.ir.interpreter import run_function
 from fusejit.ir.nans import nonfinite_error_at, nonfinite_kind
-from fusejit.ir.primitives import IRTypeError, Primitive
+from fusejit.ir.primitives import IRTypeError, OpKind, Primitive
 from fusejit.ir.printer import short_loc
 from fusejit.ir.types import TensorType
 from fusejit.runtime.devices import DeviceArray
@@ -193,8 +194,42 @@ def bind(prim: Primitive, *args: Any, **attrs: Any) -> Any:
             values = tuple(_to_value(a, trace) for a in args)
             outs = trace.builder.emit(prim, values, attrs)
         weak = bool(args) and all(getattr(a, "weak", False) for a in args)
-        results = tuple(TracedArray(v, trace, weak) for v in outs)
+        knowns = _known_outputs(prim, args, attrs, outs)
+        results = tuple(TracedArray(v, trace, weak, k) for v, k in zip(outs, knowns, strict=True))
     return results[0] if len(results) == 1 else results
+
+
+# Primitives whose outputs are computed at trace time when all their inputs are known:
+# not calls (their bodies are traced on their own) and not host ops (collectives differ
+# per process; linear algebra and callbacks run when the program does).
+_KNOWN_KINDS = frozenset(OpKind) - {OpKind.CALL, OpKind.HOST}
+# Known contents stay small: they serve Python's questions about masks, indices and counts
+# (`if`, `int()`, a boolean index), not the data a program computes on.
+KNOWN_MAX_SIZE = 1 << 16
+
+
+def _known_outputs(prim: Primitive, args: tuple, attrs: dict, outs: tuple[Value, ...]) -> tuple:
+    """The contents of ``prim``'s outputs when every input's is known (a constant, an array
+    made from constants by ``fnp.zeros``...), computed by the primitive's reference rule;
+    None for each output otherwise."""
+    unknown = (None,) * len(outs)
+    if prim.kind not in _KNOWN_KINDS or any(v.type.size > KNOWN_MAX_SIZE for v in outs):
+        return unknown
+    arrays = []
+    for a in args:
+        known = a.known if isinstance(a, TracedArray) else np.asarray(a)
+        if known is None:
+            return unknown
+        arrays.append(known)
+    with np.errstate(all="ignore"):
+        results = prim.impl(*arrays, **attrs)
+    return tuple(read_only(np.asarray(r, dtype=v.dtype.np)) for r, v in zip(results, outs, strict=True))
+
+
+def read_only(a: np.ndarray) -> np.ndarray:
+    """``a``, made read-only: known contents are shared between arrays and never written."""
+    a.flags.writeable = False
+    return a
 
 
 def trace_function(
@@ -219,7 +254,8 @@ def trace_function(
     args = [trace.new_param(t, n, w) for t, n, w in zip(in_types, names, weak, strict=True)]
     _TRACES.append(trace)
     try:
-        out = fun(*args)
+        with traced_buffers():
+            out = fun(*args)
         leaves, treedef = tree_flatten(out)
         results = []
         for leaf in leaves:
@@ -359,11 +395,12 @@ class TracedArray:
     (``x[1:3]``, ``x.T``) follows its root array's writes (``fusejit.tracer.inplace``).
     """
 
-    __slots__ = ("_value", "trace", "weak", "_view", "_version")
+    __slots__ = ("_value", "_known", "trace", "weak", "_view", "_version")
     __array_priority__ = 1000  # NumPy defers binary operators to us
 
-    def __init__(self, value: Value, trace: Trace, weak: bool = False) -> None:
+    def __init__(self, value: Value, trace: Trace, weak: bool = False, known: np.ndarray | None = None) -> None:
         self._value = value
+        self._known = known  # the contents, when the trace knows them (read-only)
         self.trace = trace
         self.weak = weak
         self._view: Any = None  # an inplace.View when this array views another one
@@ -375,8 +412,18 @@ class TracedArray:
         is recomputed first)."""
         view = self._view
         if view is not None and view.version != view.root._version:
-            self._value = view.read()
+            self._value, self._known = view.read()
         return self._value
+
+    @property
+    def known(self) -> np.ndarray | None:
+        """The contents when the trace knows them, read-only; else None. An array computed
+        only from constants is known (``fnp.zeros``, a NumPy buffer made inside the traced
+        function, and what concrete writes and operations make of them), so Python may ask
+        about it (``if``, ``int()``, ``np.asarray``, a boolean index) as about a NumPy
+        array; a traced operand or index makes the result unknown."""
+        self.value  # noqa: B018 - refreshes a view stale after a write to its root
+        return self._known
 
     # Static facts ----------------------------------------------------------------------
     @property
@@ -433,32 +480,42 @@ class TracedArray:
             "the argument static with static_argnums/static_argnames."
         )
 
+    def _known_or_raise(self, what: str) -> np.ndarray:
+        known = self.known
+        if known is None:
+            raise self._concrete(what)
+        return known
+
     def __bool__(self) -> bool:
-        raise self._concrete("bool() / `if` / `while` on a traced value")
+        return bool(self._known_or_raise("bool() / `if` / `while` on a traced value"))
 
     def __int__(self) -> int:
-        raise self._concrete("int()")
+        return int(self._known_or_raise("int()"))
 
     def __float__(self) -> float:
-        raise self._concrete("float()")
+        return float(self._known_or_raise("float()"))
 
     def __index__(self) -> int:
-        raise self._concrete("using a traced value as an index or size")
+        return operator.index(self._known_or_raise("using a traced value as an index or size"))
 
     def __complex__(self) -> complex:
-        raise self._concrete("complex()")
+        return complex(self._known_or_raise("complex()"))
 
     def item(self, *args: Any) -> Any:
-        raise self._concrete(".item()")
+        return self._known_or_raise(".item()").item(*args)
 
     def tolist(self) -> Any:
-        raise self._concrete(".tolist()")
+        return self._known_or_raise(".tolist()").tolist()
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        raise self._concrete(
+        known = self._known_or_raise(
             "converting a traced value to a NumPy array (np.asarray, or storing it into a NumPy "
-            "array: create that array with fusejit.numpy, e.g. fnp.zeros, inside the traced function)"
+            "array created before the traced function was called, or by an installed library: "
+            "create it inside the function, with fnp.zeros in library code)"
         )
+        if copy is False:
+            raise ValueError("a known traced array's contents are copied into a NumPy array, never viewed")
+        return np.array(known, dtype=dtype, copy=True)
 
     def __iter__(self):  # noqa: ANN204 - iterating unrolls the first axis, like NumPy
         if not self.shape:
@@ -485,10 +542,12 @@ class TracedArray:
         inplace.fill(self, value)
 
     def sort(self, axis: int = -1, kind: Any = None, order: Any = None) -> None:
-        loc = user_source_loc()
-        raise NotImplementedError(
-            f"ndarray.sort has no fusejit rule: there is no sort primitive{f' (at {loc})' if loc else ''}"
-        )
+        """``ndarray.sort``: sorts in place along ``axis`` (stable, NaNs last)."""
+        inplace.assign(self, fnp._ext.sort(self, axis, kind, order), "ndarray.sort")
+
+    def put(self, indices: Any, values: Any, mode: str = "raise") -> None:
+        """``ndarray.put``: ``numpy.put(self, indices, values, mode)``."""
+        fnp._ext.put(self, indices, values, mode)
 
     def __hash__(self) -> int:
         raise TypeError("traced arrays are unhashable (are you passing one as a static argument?)")
@@ -613,3 +672,4 @@ class TracedArray:
 
 from fusejit.tracer import inplace  # noqa: E402 - so does inplace
 from fusejit.tracer import numpy_api as fnp  # noqa: E402 - numpy_api builds on this module
+from fusejit.tracer.numpy_buffers import traced_buffers  # noqa: E402 - builds on this module
