@@ -10,24 +10,72 @@
 
 from __future__ import annotations
 
-# The library on top, importable as fj.nn, fj.optim and fj.augment (after the core).
-from fusejit import augment, config, debug, distributed, ir, lax, nn, optim, random  # noqa: E402
-from fusejit.comparison import Comparison, compare, profile
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# The core a traced call needs is imported now; Numba and the code generator load with the
+# first compilation (``fusejit.runtime.executable``, imported by ``Lowered``).
+from fusejit import config, ir
 from fusejit.ir import IRParseError, IRTypeError
 from fusejit.runtime.devices import CudaUnavailableError, DeviceArray, devices
-from fusejit.runtime.profile import Profile
-from fusejit.saving import load, save
 from fusejit.tracer.device_put import device_put
-from fusejit.tracer.gradcheck import GradcheckError, gradcheck
 from fusejit.tracer.jit import CacheInfo, Compiled, Jitted, Lowered, jit, make_ir
 from fusejit.tracer.numpy_api import stop_gradient
 from fusejit.tracer.pytree import tree_flatten, tree_flatten_with_path, tree_leaves, tree_map, tree_unflatten
 from fusejit.tracer.scopes import named_scope
 from fusejit.tracer.tracing import ConcretizationError, EscapedTracerError
 from fusejit.tracer.transformations import custom_vjp, grad, jvp, value_and_grad, vjp
-from fusejit.tracer.vmap import hessian, jacfwd, jacrev, vmap
 from fusejit.version import __version__ as __version__
 
+# The rest loads on first use (PEP 562), so that ``import fusejit`` costs about what
+# ``import numba`` does (issue 12): the library on top (fj.nn, fj.optim, ...) and the
+# tools a call does not need. Submodules by name; other names by their home module.
+_LAZY_SUBMODULES = frozenset({
+    "augment", "comparison", "debug", "distributed", "lax", "nn", "numpy", "optim", "random", "saving", "scipy",
+})
+_LAZY_NAMES = {
+    "checkpoint": "fusejit.tracer.checkpoint",
+    "Comparison": "fusejit.comparison",
+    "compare": "fusejit.comparison",
+    "profile": "fusejit.comparison",
+    "Profile": "fusejit.runtime.profile",
+    "load": "fusejit.saving",
+    "save": "fusejit.saving",
+    "GradcheckError": "fusejit.tracer.gradcheck",
+    "gradcheck": "fusejit.tracer.gradcheck",
+    "hessian": "fusejit.tracer.vmap",
+    "jacfwd": "fusejit.tracer.vmap",
+    "jacrev": "fusejit.tracer.vmap",
+    "vmap": "fusejit.tracer.vmap",
+}
+
+if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
+    from fusejit import augment, debug, distributed, lax, nn, optim, random
+    from fusejit import comparison as comparison
+    from fusejit import numpy as numpy
+    from fusejit import saving as saving
+    from fusejit import scipy as scipy
+    from fusejit.comparison import Comparison, compare, profile
+    from fusejit.runtime.profile import Profile
+    from fusejit.saving import load, save
+    from fusejit.tracer.checkpoint import checkpoint
+    from fusejit.tracer.gradcheck import GradcheckError, gradcheck
+    from fusejit.tracer.vmap import hessian, jacfwd, jacrev, vmap
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_SUBMODULES:
+        value = importlib.import_module(f"fusejit.{name}")
+    elif name in _LAZY_NAMES:
+        value = getattr(importlib.import_module(_LAZY_NAMES[name]), name)
+    else:
+        raise AttributeError(f"module 'fusejit' has no attribute {name!r}")
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _LAZY_SUBMODULES | set(_LAZY_NAMES))
 
 def compile_ir(fn: ir.Function, *, backend: str | None = None, fuse: bool = True):  # noqa: ANN201
     """Compiles an IR function (for example one from ``fj.ir.parse``); the result is
@@ -70,6 +118,7 @@ __all__ = [
     "Jitted",
     "Lowered",
     "Profile",
+    "checkpoint",
     "compare",
     "compile_ir",
     "config",

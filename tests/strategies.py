@@ -353,6 +353,12 @@ def _custom_vjp_call(g: _Gen, prim: P.Primitive) -> tuple[Value, ...]:
     return g.b.emit(prim, tuple(inputs), {"fun": fun, "fwd": fwd, "bwd": bwd})
 
 
+def _checkpoint(g: _Gen, prim: P.Primitive) -> tuple[Value, ...]:
+    inputs = [g.operand(P.ANY) for _ in range(g.draw(st.integers(1, 2)))]
+    body = _nested(g, tuple(v.type for v in inputs), _types(g, 2))
+    return g.b.emit(prim, tuple(inputs), {"body": body, "prevent_cse": g.draw(st.booleans())})
+
+
 def _scan(g: _Gen, prim: P.Primitive) -> tuple[Value, ...]:
     consts = [g.operand(P.ANY) for _ in range(g.draw(st.integers(0, 1)))]
     carry = [g.operand(P.ANY) for _ in range(g.draw(st.integers(0 if consts else 1, 2)))]
@@ -449,6 +455,7 @@ EMITTERS: dict[P.Primitive, Callable[[_Gen, P.Primitive], tuple[Value, ...]]] = 
     P.custom_vjp_call: _custom_vjp_call, P.conv: _conv, P.max_pool: _pool, P.avg_pool: _pool,
     P.max_pool_gather: _pool, P.max_pool_scatter: _pool, P.avg_pool_scatter: _pool,
     P.threefry2x32: _threefry, P.scan: _scan, P.cond: _cond, P.while_loop: _while_loop,
+    P.checkpoint: _checkpoint,
     **{p: _collective for p in P.COLLECTIVES},
     P.debug_callback: _debug_callback,
     **{p: _linalg for p in P.LINALG},

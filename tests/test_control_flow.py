@@ -120,6 +120,44 @@ def test_fori_loop_is_a_scan_with_static_bounds_and_a_while_loop_with_traced_one
 # Errors
 
 
+def test_unroll_runs_k_steps_per_iteration_with_the_results_of_one_step_per_iteration():
+    """``unroll=k``: a scan of length // k over blocks whose body holds k copies of the
+    step, then a scan of the step over the length % k slices left; every result equals
+    the plain scan's, bit for bit on the interpreter, forward and reverse, for lengths
+    with and without a remainder, shorter than k, and zero."""
+    w = RNG.standard_normal((3, 3)) * 0.5
+
+    def step(state, x):
+        h = np.tanh(state.h @ w + x["a"])
+        return State(h, state.count + 1), {"h": h, "s": h.sum(axis=-1)}
+
+    for n in (0, 1, 6, 7):
+        xs, h0 = {"a": RNG.standard_normal((n, 2, 3))}, State(RNG.standard_normal((2, 3)), np.int32(0))
+        for reverse in (False, True):
+            expected = lax.scan(step, h0, xs, reverse=reverse)
+            for unroll in (2, 3, True, 10):
+                got = lax.scan(step, h0, xs, reverse=reverse, unroll=unroll)
+                for a, e in zip(fj.tree_leaves(got), fj.tree_leaves(expected), strict=True):
+                    assert a.dtype == e.dtype and a.shape == e.shape
+                    np.testing.assert_array_equal(a, e)
+
+    xs, h0 = RNG.standard_normal((7, 2, 3)), RNG.standard_normal((2, 3))
+    fn = fj.make_ir(lambda xs, h0: lax.scan(rnn_step(w), h0, xs, unroll=3))(xs, h0)
+    scans = [op for op in fn.ops if op.prim is P.scan]
+    assert [op.attrs["length"] for op in scans] == [2, 1]
+    assert [sum(o.prim is P.tanh for o in op.attrs["body"].ops) for op in scans] == [3, 1]
+
+    def loss(w, xs, h0, unroll):
+        h, ys = lax.scan(rnn_step(w), h0, xs, reverse=True, unroll=unroll)
+        return (h**2).sum() + (ys * ys).sum()
+
+    expected = fj.grad(loss, argnums=(0, 1, 2))(w, xs, h0, 1)
+    for actual in (fj.jit(fj.grad(loss, argnums=(0, 1, 2)), static_argnums=3)(w, xs, h0, 4),
+                   fj.grad(loss, argnums=(0, 1, 2))(w, xs, h0, 4)):
+        for a, e in zip(actual, expected, strict=True):
+            np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-14)
+
+
 def test_a_carry_whose_type_changes_is_an_error_naming_the_component():
     with pytest.raises(TypeError, match=r"init\[1\]\['h'\] has type f32\[2\] but .* f64\[2\]"):
         lax.scan(

@@ -34,6 +34,7 @@ from fusejit.tracer.tracing import bind
 
 # custom_vjp_call holds nested functions; its own tests are with the autodiff transform.
 TESTED_ELSEWHERE = {"custom_vjp_call", "scan", "while_loop", "cond"}  # tests/test_control_flow.py
+TESTED_ELSEWHERE |= {"checkpoint"}  # tests/test_checkpoint.py
 TESTED_ELSEWHERE |= {p.name for p in P.COLLECTIVES}  # tests/test_distributed.py
 TESTED_ELSEWHERE |= {"debug_callback"}  # tests/test_debugging.py
 TESTED_ELSEWHERE |= {p.name for p in P.LINALG}  # tests/test_linalg.py (against NumPy/SciPy)

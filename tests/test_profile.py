@@ -131,3 +131,35 @@ def test_fusejit_profile_records_calls_and_prints_at_exit():
     out = io.StringIO()
     print_recorded_profiles(file=out, repeat=2)
     assert "FUSEJIT_PROFILE" in out.getvalue() and "profile of @traced_fn" in out.getvalue()
+
+
+def test_loops_and_branches_are_profiled_with_body_kernels_summed_over_iterations(tmp_path):
+    """A scan body's kernels run once per step: each has one row with ``calls`` equal to
+    the length and its time summed over the steps; the backward scan's body is named as
+    such; of a cond only the branch taken has rows; the arguments are left alone."""
+    w = (0.3 * RNG.standard_normal((16, 16))).astype(np.float32)
+    xs, h0 = RNG.standard_normal((7, 4, 16)).astype(np.float32), np.zeros((4, 16), np.float32)
+
+    def rnn(w, xs, h0):
+        h, ys = fj.lax.scan(lambda h, x: (np.tanh(h @ w + x), h.sum()), h0, xs)
+        h = fj.lax.cond(h.sum() > -1e9, lambda a: a * 2.0, lambda a: np.exp(np.sin(a)), h)
+        return (h**2).sum() + ys.sum()
+
+    keep = xs.copy()
+    compiled = fj.jit(fj.grad(rnn)).lower(w, xs, h0).compile()
+    prof = compiled.profile(w, xs, h0, repeat=3)
+    np.testing.assert_array_equal(xs, keep)
+    assert [k.index for k in prof.kernels] == list(range(len(prof.kernels)))
+    assert all(len(k.times_s) == 3 and k.median_s > 0 for k in prof.kernels)
+    in_scan = [k for k in prof.kernels if k.loop.startswith("scan at")]
+    in_bwd = [k for k in prof.kernels if k.loop.startswith("scan at bwd of test_profile.py:")]
+    assert in_scan and in_bwd and all(k.calls == 7 for k in in_scan + in_bwd)
+    branches = {k.loop.rsplit(" ", 1)[1] for k in prof.kernels if k.loop.startswith("cond at")}
+    assert branches == {"1"}  # the true branch (index 1) ran; exp and sin never did
+    assert not any("exp" in op for k in prof.kernels for op in k.ops)
+    assert {k.calls for k in prof.kernels if not k.loop} == {1}
+    text = str(prof)
+    assert "runs" in text and "scan at test_profile.py:" in text
+    trace = json.loads(prof.to_chrome_trace(tmp_path / "loops.json").read_text())["traceEvents"]
+    per_kernel = [e for e in trace if e["ph"] == "X" and e.get("cat") not in ("call", "pass")]
+    assert len(per_kernel) == 3 * sum(k.calls for k in prof.kernels)  # one event per run

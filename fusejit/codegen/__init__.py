@@ -16,7 +16,9 @@ calls to its own.
 
 Kernels work on flat C-ordered buffers; every size and offset is an int64 argument, while
 rank, dtypes, which axes are 1 (the broadcasting pattern) and the layout decisions are in
-the source, so a new batch size reuses the compiled kernel. Transcendentals call the
+the source, so a new batch size reuses the compiled kernel; on the CPU, float constants
+other than 0, ±1, ±2 and ±0.5 are data too (``constants.py``: a mean's divisor changes
+with the batch size). Transcendentals call the
 vectorizable ``fusejit.codegen.cpu.mathlib``; float32 stays float32 (typed ``np.float32``
 constants, accumulators in the input dtype, int32 arithmetic wrapped back from Numba's
 int64); ``error_model='numpy'``; no fast-math flags (float sums vectorize through the

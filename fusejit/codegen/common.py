@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from fusejit.codegen.constants import lift_constants
 from fusejit.codegen.elemental import Emitter, Index, linearize
 from fusejit.codegen.exprs import ONE, ZERO, Expr, MathCall, walk
 from fusejit.codegen.kernel import Kernel, KernelBuilder, Matmul, Stmt, Unsupported, expressions, statements
@@ -230,7 +231,10 @@ def finish(
         helpers=helpers or [],
         doc=describe_ops(ctx.group, concrete=False),
     )
-    return LoweredKernel(kernel, ctx.group, ctx.group.kind, list(arrays.bound), list(b.int_values), display,
+    bound = list(arrays.bound)
+    if ctx.target.constants_as_data:  # kernels that differ only in float constants share a compilation
+        kernel = lift_constants(kernel, bound)
+    return LoweredKernel(kernel, ctx.group, ctx.group.kind, bound, list(b.int_values), display,
                          identity, dict(ctx.inplace))
 
 

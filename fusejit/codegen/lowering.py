@@ -38,7 +38,7 @@ __all__ = ["CODEGEN_RULES", "STRATEGIES", "LoweredKernel", "Scratch", "Strategy"
 
 
 def _inlined(em: object, op: Op, idx: object) -> None:
-    raise Unsupported("custom_vjp_call is inlined by the simplifier before code generation")
+    raise Unsupported(f"{op.prim.name} is inlined by the optimization pipeline before code generation")
 
 
 def _on_host(em: object, op: Op, idx: object) -> None:
@@ -64,6 +64,7 @@ CODEGEN_RULES: dict[P.Primitive, CodegenRule] = {
     **REDUCTION_RULES,
     P.dot_general: CodegenRule("contraction"),
     P.custom_vjp_call: CodegenRule("call", elemental=_inlined),
+    P.checkpoint: CodegenRule("call", elemental=_inlined),
     **{prim: CodegenRule("call", elemental=_driven) for prim in P.CONTROL_FLOW},
     **{prim: CodegenRule("host", elemental=_on_host) for prim in P.COLLECTIVES},
     P.debug_callback: CodegenRule("host", elemental=_on_host),
@@ -78,6 +79,8 @@ CODEGEN_RULES: dict[P.Primitive, CodegenRule] = {
 def _own_kernel(ctx_or_group: Ctx | FusionGroup) -> Op:
     group = ctx_or_group.group if isinstance(ctx_or_group, Ctx) else ctx_or_group
     owners = [op for op in group.ops if op.prim.kind is OpKind.KERNEL]
+    if len(owners) > 1 and owners[0].prim in P.TAKES_EPILOGUE:
+        owners = owners[:1]  # a conv's kernel also runs a pool on its result (its strategy checks)
     if len(owners) != 1:
         raise Unsupported("a kernel group holds one op with a kernel of its own")
     return owners[0]

@@ -14,7 +14,7 @@ A rule is a ``CodegenRule``; what it provides depends on the primitive's role:
 * ``contraction`` (dot_general): lowered by the matmul strategy.
 * ``kernel`` (scatter_add, cumsum): ``kernel`` is the primitive's own ``Strategy``; its
   rule sits beside it (``contraction.KERNEL_RULES``, ``scan.KERNEL_RULES``).
-* ``call`` (custom_vjp_call): never reaches a backend (the simplifier inlines it).
+* ``call`` (custom_vjp_call, checkpoint): never reaches a backend (the pipeline inlines it).
 
 This module holds the elemental and reduction rules; ``fusejit.codegen.lowering``
 assembles ``CODEGEN_RULES`` from them and the strategy modules' rules.

@@ -42,6 +42,7 @@ class Target:
     sum_block: int = SUM_BLOCK  # float sums add this many elements before the running total
     gemm_in_loops: bool = True  # a Matmul may sit inside a loop (im2col chunks), not only at the top
     blas_min_flops: int = 0  # smaller float matmuls are loop nests (with their epilogue fused)
+    constants_as_data: bool = False  # float constants read from a constant array (codegen/constants.py)
 
     def supports(self, group: FusionGroup) -> str | None:
         """None if this target lowers ``group``'s structure, else why not (what fusion
@@ -79,6 +80,7 @@ CPU = Target(
     max_threads=_numba_threads,
     blas=True,
     print_module=cpu_printer.module_source,
+    constants_as_data=True,  # a new batch size must not recompile a mean's kernel
 )
 
 

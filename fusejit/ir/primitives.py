@@ -1166,6 +1166,9 @@ def keeps_linear_order(op: Any) -> bool:
     return [n for n in x.shape if n != 1] == [n for n in op.output.shape if n != 1]
 
 
+# Rematerialization (fj.checkpoint): a call recomputed in the backward pass, inlined before fusion.
+from fusejit.ir.checkpoint import checkpoint  # noqa: E402, F401
+
 # Collectives over the processes of a job (psum, all_gather, ...), run on the host.
 from fusejit.ir.collectives import (  # noqa: E402, F401
     COLLECTIVES,

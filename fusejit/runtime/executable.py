@@ -54,15 +54,17 @@ def partition(fn: Function, fuse: bool = True, backend: str = "cpu") -> FusedFun
     """The kernels of an optimized ``fn`` on ``backend``, computed without compiling: the
     fusion pass's groups (asking the code generator's structural ``supports``) when
     ``fuse``, else one op per kernel. The interpreter runs ``fn`` itself, op by op; the
-    CPU backend inlines ``custom_vjp_call`` first (only its ``fun`` runs forward)."""
+    CPU backend inlines ``custom_vjp_call`` (only its ``fun`` runs forward) and
+    ``checkpoint`` first."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
     if backend == "interpret":
         return one_op_per_group(fn)
-    if any(op.prim is P.custom_vjp_call for op in fn.ops):
+    if any(op.prim in (P.custom_vjp_call, P.checkpoint) for op in fn.ops):
+        from fusejit.ir.transforms.checkpoint import inline_checkpoints
         from fusejit.ir.transforms.inline import inline_calls
 
-        fn = inline_calls(fn)
+        fn = inline_checkpoints(inline_calls(fn))
     if not fuse:
         return one_op_per_group(fn)
     from fusejit.codegen.target import TARGETS
@@ -107,7 +109,8 @@ def compile_function(
         exe = ControlFlowExecutable(fn, fused, lambda f: _compile_nested(f, fuse, backend),
                                     lambda f, part: kernels(f, part, ()), arrays)
         if times is not None:
-            times.lower, times.startup = exe.compile_times.lower, exe.compile_times.startup
+            times.lower = exe.compile_times.lower
+            times.startup += exe.compile_times.startup  # after importing the runtime (Lowered.fused)
             times.kernels = list(exe.compile_times.kernels)
         dump(exe)
         return exe
@@ -120,7 +123,8 @@ def compile_function(
     elif backend in ("cpu", "cuda"):
         exe = _kernel_executable(backend)[0](fn, fused, donate_argnums)
         if times is not None:
-            times.lower, times.startup = exe.compile_times.lower, exe.compile_times.startup
+            times.lower = exe.compile_times.lower
+            times.startup += exe.compile_times.startup  # after importing the runtime (Lowered.fused)
             times.kernels = list(exe.compile_times.kernels)
     else:
         raise ValueError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")

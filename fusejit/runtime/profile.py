@@ -17,6 +17,15 @@ Python and the ~0.1 us of the clock: for functions of many tiny kernels the kern
 total exceeds the whole call's median. For kernels of more than ~50 us the two agree
 within a few percent.
 
+Functions with loops and branches (``fj.lax``: ``fusejit.runtime.control``) run their
+kernels from drivers, over nested executables whose arguments change every iteration,
+so their kernels cannot be called on their own. Their timed pass runs the whole
+function instead, through its drivers, with every nested executable calling its
+kernels one by one from Python around a clock reading: a loop body's kernel gets one
+row whose time is summed over the iterations of one call (``KernelProfile.calls`` says
+how many times it ran, ``loop`` which drivers run it), and a branch's kernels only
+their times when taken (a kernel that never ran in the measured call has no row).
+
 Profiling off changes nothing on the hot path: ``jit`` wraps a signature's fast-path
 runner in ``recording_runner`` only if ``FUSEJIT_PROFILE`` (the ``profile`` setting) is
 on when the signature is first called. Then every call keeps a reference to its
@@ -33,7 +42,7 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +69,10 @@ class KernelProfile:
     per measured round; ``bytes_read``/``bytes_written`` the bytes of its inputs and
     outputs in memory (scratch excluded); ``scope`` the ``fj.named_scope`` paths of its
     ops (``conv1/conv2d + relu bwd``, ``fusejit.ir.scopes.scope_label``).
+
+    A kernel of a loop body or a branch (``loop`` names its drivers, outermost first:
+    ``scan at rnn.py:12``) runs ``calls`` times per whole call: its ``times_s`` and bytes
+    are sums over those runs.
     """
 
     index: int
@@ -72,6 +85,8 @@ class KernelProfile:
     parallel: bool
     times_s: tuple[float, ...]
     scope: str = ""
+    calls: int = 1
+    loop: str = ""
 
     @property
     def median_s(self) -> float:
@@ -136,7 +151,10 @@ class Profile:
             f"({total / call * 100:.0f}% of the call), {fmt_bytes(self.bytes_moved)} moved per call"
             if call > 0 else f"profile of @{self.function}: {len(self.kernels)} kernels"
         ]
+        looped = any(k.loop for k in self.kernels)
         cols = ("#", "kernel", "kind", "scope", "median", "share", "read", "written", "GB/s", "ops (source lines)")
+        if looped:  # where the kernel runs, and how often per call
+            cols = cols[:4] + ("runs", "in") + cols[4:]
         rows = []
         kernels = self.sorted_kernels()
         for k in kernels[:top] if top else kernels:
@@ -145,14 +163,18 @@ class Profile:
             if k.source_lines:
                 what += "  @ " + ", ".join(_short_lines(k.source_lines))
             scope = k.scope if len(k.scope) <= 40 else k.scope[:37] + "..."
-            rows.append((str(k.index), k.name, k.kind + ("||" if k.parallel else ""), scope, fmt_time(k.median_s),
-                         f"{self.share(k) * 100:.1f}%", fmt_bytes(k.bytes_read), fmt_bytes(k.bytes_written),
-                         f"{k.gbs:.1f}", what))
-        lines = head + [format_table(cols, rows, left=(1, 2, 3, 9))]
+            row = (str(k.index), k.name, k.kind + ("||" if k.parallel else ""), scope, fmt_time(k.median_s),
+                   f"{self.share(k) * 100:.1f}%", fmt_bytes(k.bytes_read), fmt_bytes(k.bytes_written),
+                   f"{k.gbs:.1f}", what)
+            rows.append(row[:4] + (str(k.calls), k.loop or "-") + row[4:] if looped else row)
+        lines = head + [format_table(cols, rows, left=(1, 2, 3, 5, 11) if looped else (1, 2, 3, 9))]
         if top and len(kernels) > top:
             lines.append(f"... {len(kernels) - top} faster kernels not shown")
         lines.append("(# is the execution order; || a parallel kernel; each kernel's time includes ~1-3 us "
                      "of calling it from Python, which the whole call does not pay)")
+        if looped:
+            lines.append("(runs: times the kernel ran in one call, its time and bytes summed over them; in: the "
+                         "loops and branches that run it)")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -165,7 +187,7 @@ class Profile:
             "kernels": [
                 {"index": k.index, "name": k.name, "kind": k.kind, "scope": k.scope, "ops": list(k.ops),
                  "bytes_read": k.bytes_read, "bytes_written": k.bytes_written, "median_s": k.median_s,
-                 "share": self.share(k), "gbs": k.gbs}
+                 "share": self.share(k), "gbs": k.gbs, "calls": k.calls, "loop": k.loop}
                 for k in self.kernels
             ],
         }
@@ -282,8 +304,7 @@ def profile_executable(exe: Any, args: Sequence[Any], *, repeat: int | None = No
     ``interpret`` backend) or for a ``repeat`` below 1.
     """
     if hasattr(exe, "nested_executables"):  # fusejit.runtime.control: kernels run from loop drivers
-        raise ValueError("profile does not yet time functions with loops or branches (fj.lax): jit the loop "
-                         "body as a function of its own and profile that")
+        return _profile_control_flow(exe, args, repeat, name)
     if not hasattr(exe, "_steps"):
         raise ValueError(f"profile needs the cpu backend's executable, not {type(exe).__name__} "
                          "(jit(..., backend='cpu'))")
@@ -334,26 +355,158 @@ def profile_executable(exe: Any, args: Sequence[Any], *, repeat: int | None = No
                 trace.append((r, -1, pass_start, pass_end))
             return pass_end - pass_start
 
-        t_start = time.perf_counter()
-        with np.errstate(all="ignore"):
-            whole_call()
-            whole_call()
-            one_pass(-1, False)
-            rounds = repeat
-            if rounds is None:
-                start, end = whole_call()
-                per_round = (end - start) / 1e9 + one_pass(-1, False) / 1e9
-                spent = time.perf_counter() - t_start
-                rounds = int(min(MAX_REPEAT, max(MIN_REPEAT, (BUDGET_S - spent) / max(per_round, 1e-7))))
-            for r in range(rounds):
-                start, end = whole_call()
-                calls.append((r, start, end))
-                call_times.append((end - start) / 1e9)
-                one_pass(r, True)
+        rounds = _timed_rounds(whole_call, one_pass, repeat, calls, call_times)
     kernels = [
         KernelProfile(k, nm, kind, ops, lines, br, bw, par, tuple(t / 1e9 for t in samples[k]), scope)
         for k, (nm, kind, ops, lines, br, bw, par, scope) in enumerate(rows)
     ]
+    return Profile(fn_name, kernels, call_times, rounds, trace, calls)
+
+
+def _timed_rounds(whole_call: Callable[[], tuple[int, int]], timed_pass: Callable[[int, bool], int],
+                  repeat: int | None, calls: list[tuple[int, int, int]], call_times: list[float]) -> int:
+    """Warms up (two calls and an unrecorded timed pass), then runs ``repeat`` rounds (by
+    default as many as fit in about ``BUDGET_S``), each a whole call, appended to ``calls``
+    and ``call_times``, then a recorded pass that times each kernel. Returns the rounds."""
+    t_start = time.perf_counter()
+    with np.errstate(all="ignore"):
+        whole_call()
+        whole_call()
+        timed_pass(-1, False)
+        rounds = repeat
+        if rounds is None:
+            start, end = whole_call()
+            per_round = (end - start) / 1e9 + timed_pass(-1, False) / 1e9
+            spent = time.perf_counter() - t_start
+            rounds = int(min(MAX_REPEAT, max(MIN_REPEAT, (BUDGET_S - spent) / max(per_round, 1e-7))))
+        for r in range(rounds):
+            start, end = whole_call()
+            calls.append((r, start, end))
+            call_times.append((end - start) / 1e9)
+            timed_pass(r, True)
+    return rounds
+
+
+# ---------------------------------------------------------------------------------------
+# Functions with loops and branches: kernels timed while the drivers run them
+
+# A Chrome trace of a long loop would hold one event per iteration and kernel: beyond this
+# many events the later rounds are measured but not traced.
+MAX_TRACE_EVENTS = 200_000
+
+
+def _leaf_executables(exe: Any, drivers: str = "") -> list[tuple[Any, str]]:
+    """The CPU executables whose kernels ``exe`` runs, in program order, each with the
+    drivers that run it (``scan at a.py:3 / cond at a.py:5 branch 1``; empty for a
+    stretch of the function itself)."""
+    if not hasattr(exe, "nested_executables"):
+        if not hasattr(exe, "_steps"):
+            raise ValueError(f"profile needs the cpu backend's executables, not {type(exe).__name__} "
+                             "(jit(..., backend='cpu'))")
+        return [(exe, drivers)]
+    out = []
+    for part in exe._parts:
+        if not hasattr(part, "nested"):  # a compiled stretch between the drivers
+            out += _leaf_executables(part.executable, drivers)
+            continue
+        op = part.op
+        label = f"{op.prim.name}{f' at {op.loc.derivation_prefix()}{_where(op.loc)}' if op.loc else ''}"
+        roles = {"while_loop": ["cond", "body"], "cond": [f"branch {k}" for k in range(len(part.nested))]}
+        for sub, role in zip(part.nested, roles.get(op.prim.name, [""] * len(part.nested)), strict=True):
+            inner = f"{label} {role}" if role else label
+            out += _leaf_executables(sub, f"{drivers} / {inner}" if drivers else inner)
+    return out
+
+
+def _profile_control_flow(exe: Any, args: Sequence[Any], repeat: int | None, name: str | None) -> Profile:
+    """``profile_executable`` for a ``fusejit.runtime.control.ControlFlowExecutable`` (see
+    the module docstring): whole calls through the fast path, then per round one call in
+    which every nested executable runs its kernels one by one, each timed."""
+    if repeat is not None and repeat < 1:
+        raise ValueError(f"repeat must be at least 1, got {repeat}")
+    leaves = _leaf_executables(exe)
+    fn_name = name or exe.function.name
+    params = exe.function.params
+    if len(args) != len(params):
+        raise ValueError(f"@{fn_name} takes {len(params)} flat arguments, got {len(args)}")
+    arrays = _private_copies(args, [p.type for p in params])
+    for k, (a, p) in enumerate(zip(arrays, params, strict=True)):
+        if a.shape != p.shape:
+            raise ValueError(f"argument {k} of @{fn_name}: shape {a.shape}, compiled for {p.shape}")
+    rows = [(row, drivers) for leaf, drivers in leaves for row in _kernel_rows(leaf)]
+    n = len(rows)
+    samples: list[list[int]] = [[] for _ in range(n)]
+    runs = [0] * n  # times each kernel ran in the last timed call
+    raw_trace: list[tuple[int, int, int, int]] = []
+    calls: list[tuple[int, int, int]] = []
+    call_times: list[float] = []
+
+    def whole_call() -> tuple[int, int]:
+        call_args = [a.copy() for a in arrays] if exe.donated else arrays
+        start = time.perf_counter_ns()
+        exe.run(call_args)
+        return start, time.perf_counter_ns()
+
+    def timed_call(r: int, record: bool) -> int:
+        """One call with every kernel timed; returns its duration (ns)."""
+        clock = time.perf_counter_ns
+        spent, count = [0] * n, [0] * n
+        patched: list[tuple[Any, str, Any]] = []
+
+        def timed(entry: Any, k: int) -> Any:
+            def run_timed(*argv: Any) -> None:
+                t0 = clock()
+                entry(*argv)
+                t1 = clock()
+                spent[k] += t1 - t0
+                count[k] += 1
+                if record and len(raw_trace) < MAX_TRACE_EVENTS:
+                    raw_trace.append((r, k, t0, t1))
+
+            return run_timed
+
+        k = 0
+        for leaf, _ in leaves:
+            # The general path (_call_generic) calls each step's entry point from Python;
+            # the fast runner bound them when it was generated, so it is left untouched.
+            patched.append((leaf, "run", leaf.run))
+            leaf.run = leaf._call_generic
+            for st in leaf._steps:
+                patched.append((st, "entry_point", st.entry_point))
+                st.entry_point = timed(st.entry_point, k)
+                k += 1
+        call_args = [a.copy() for a in arrays] if exe.donated else arrays
+        try:
+            start = clock()
+            exe.run(call_args)
+            end = clock()
+        finally:
+            for obj, attr, value in reversed(patched):
+                setattr(obj, attr, value)
+        if record:
+            raw_trace.append((r, -1, start, end))
+            for k in range(n):
+                samples[k].append(spent[k])
+        runs[:] = count
+        return end - start
+
+    locks = [leaf._lock for leaf, _ in leaves]
+    for lock in locks:  # no other thread calls these executables while their steps are patched
+        lock.acquire()
+    try:
+        rounds = _timed_rounds(whole_call, timed_call, repeat, calls, call_times)
+    finally:
+        for lock in reversed(locks):
+            lock.release()
+    # Rows for the kernels that ran (a branch not taken has none), renumbered in order.
+    ran = [k for k in range(n) if runs[k]]
+    new_index = {k: i for i, k in enumerate(ran)}
+    kernels = []
+    for i, k in enumerate(ran):
+        (nm, kind, ops, lines, br, bw, par, scope), drivers = rows[k]
+        kernels.append(KernelProfile(i, nm, kind, ops, lines, br * runs[k], bw * runs[k], par,
+                                     tuple(t / 1e9 for t in samples[k]), scope, runs[k], drivers))
+    trace = [(r, new_index[k] if k >= 0 else -1, s, e) for r, k, s, e in raw_trace if k < 0 or k in new_index]
     return Profile(fn_name, kernels, call_times, rounds, trace, calls)
 
 

@@ -3,7 +3,8 @@
 One compilation (a cache miss of a jitted function) passes through the stages of
 ``fusejit.tracer.jit.Lowered``: tracing the Python function, optimizing the IR, fusing it
 into kernels, lowering and planning the kernels (kernel IR, source text, buffer plan),
-starting Numba (its registries load once per process, ~0.5 s), and compiling each kernel
+starting Numba (importing it and the code generator, which ``import fusejit`` does not, and
+loading its registries: once per process, ~1 s), and compiling each kernel
 with Numba or loading it from the disk cache. ``jitted.cache_info()``
 lists one ``CompileTimes`` per miss, ``Compiled.compile_times`` the one of its executable,
 and ``FUSEJIT_DUMP`` writes it as ``compile_times.txt``. All times are wall-clock seconds.
@@ -37,7 +38,7 @@ class CompileTimes:
     optimize: float = 0.0
     fuse: float = 0.0
     lower: float = 0.0
-    startup: float = 0.0  # Numba's one-time start-up, paid by the first compilation of a process
+    startup: float = 0.0  # importing Numba and the code generator, then Numba's registries: once per process
     kernels: list[KernelTime] = field(default_factory=list)
     interpreted_calls: int = 0  # background compilation: calls answered by the interpreter meanwhile
 

@@ -22,7 +22,7 @@ from fusejit.ir.dtypes import DType, promote_weak
 from fusejit.ir.types import TensorType
 from fusejit.tracer import numpy_api as fnp
 from fusejit.tracer.pytree import TreeDef, tree_flatten, tree_flatten_with_path, tree_unflatten
-from fusejit.tracer.tracing import TracedArray, argument_type, bind, shape_of, trace_function
+from fusejit.tracer.tracing import TracedArray, argument_type, bind, eval_function, shape_of, trace_function
 
 __all__ = ["cond", "fori_loop", "scan", "switch", "while_loop"]
 
@@ -115,8 +115,15 @@ def scan(
     ``(length, *y.shape)``, ``y``'s dtype). With ``reverse`` the slices are visited from
     last to first (``ys[i]`` still belongs to ``xs[i]``). ``f`` is traced once into one
     ``scan`` op; it must return the carry with the structure and types of ``init``
-    (Python scalars and weakly typed values take the carry's dtype). ``unroll`` is
-    accepted for JAX compatibility and does not change the result.
+    (Python scalars and weakly typed values take the carry's dtype).
+
+    ``unroll=k`` (``True``: the whole length) runs ``k`` steps per iteration of the
+    loop, as ``jax.lax.scan``: the body is traced once and its IR copied ``k`` times into
+    the loop body, which then walks ``xs`` in blocks of ``k`` (a second scan of the
+    original body takes the ``length % k`` steps left). The results are those of
+    ``unroll=1``, step for step; the compiled loop makes ``k`` times fewer driver calls
+    and fusion sees ``k`` consecutive steps (it pays when a step is a few small kernels,
+    where a driver call costs more than the step).
 
     Raises ``TypeError`` naming the carry component whose type or structure changes, or
     when ``f`` does not return a pair; ``ValueError`` for mismatched or missing lengths.
@@ -124,7 +131,62 @@ def scan(
     if not (isinstance(unroll, bool) or (isinstance(unroll, int) and unroll >= 1)):
         raise ValueError(f"scan: unroll={unroll!r} must be a positive int or a bool")
     name = getattr(f, "__name__", "f")
-    return _scan(f, init, xs, length, reverse, f"scan body {name}", lambda path: path)
+    return _scan(f, init, xs, length, reverse, f"scan body {name}", lambda path: path, unroll)
+
+
+def _unrolled_scan(
+    body: Function, consts: list[Any], carry: list[Any], xs: list[Any], n: int, reverse: bool, k: int
+) -> tuple[Any, ...]:
+    """The outputs of ``scan(body)`` over ``n`` steps computed ``k`` steps per iteration:
+    a scan over ``n // k`` blocks of ``k`` slices whose body applies ``body`` to each
+    slice of its block in turn (in the scan's direction) and stacks the ``y``s by slice
+    index, then a scan of ``body`` over the ``n % k`` slices left. The steps run in the
+    order and on the values of one scan of ``n`` steps: forward, the blocks come first;
+    in reverse, the steps left (the last slices) do."""
+    nc, nk = len(consts), len(carry)
+    ny = len(body.results) - nk
+    blocks, rest = divmod(n, k)
+    order = range(k - 1, -1, -1) if reverse else range(k)
+
+    def block_body(*values: Any) -> tuple[Any, ...]:
+        cs, state, block = values[:nc], list(values[nc : nc + nk]), values[nc + nk :]
+        ys: list[Any] = [None] * k
+        for j in order:
+            outs = eval_function(body, *cs, *state, *(x[j] for x in block))
+            state, ys[j] = list(outs[:nk]), outs[nk:]
+        return (*state, *(fnp.stack([ys[j][m] for j in range(k)]) for m in range(ny)))
+
+    params = [p.type for p in body.params]
+    block_types = [t.with_shape((k,) + t.shape) for t in params[nc + nk :]]
+    unrolled, captured = _trace(
+        block_body, params[:nc] + params[nc : nc + nk] + block_types, [False] * len(params),
+        f"{body.name}_unrolled{k}",
+    )
+    assert not captured, "the unrolled body takes the consts as parameters"
+    # ``_trace`` puts captured values first: with none, the params are in the order given.
+    head = [fnp.reshape(x[: blocks * k], (blocks, k) + tuple(x.shape[1:])) for x in xs]
+    tail = [x[blocks * k :] for x in xs]
+
+    def run_blocks(state: list[Any]) -> tuple[Any, ...]:
+        return _bind(P.scan, consts + state + head, body=unrolled, length=blocks, reverse=reverse,
+                     num_consts=nc, num_carry=nk)
+
+    def run_rest(state: list[Any]) -> tuple[Any, ...]:
+        return _bind(P.scan, consts + state + tail, body=body, length=rest, reverse=reverse,
+                     num_consts=nc, num_carry=nk)
+
+    if not rest:
+        outs = run_blocks(carry)
+        return (*outs[:nk], *(fnp.reshape(y, (n,) + tuple(y.shape[2:])) for y in outs[nk:]))
+    first, second = (run_rest, run_blocks) if reverse else (run_blocks, run_rest)
+    a = first(carry)
+    b = second(list(a[:nk]))
+    block_ys, rest_ys = (b[nk:], a[nk:]) if reverse else (a[nk:], b[nk:])
+    ys = [
+        fnp.concatenate([fnp.reshape(y, (blocks * k,) + tuple(y.shape[2:])), r])
+        for y, r in zip(block_ys, rest_ys, strict=True)
+    ]
+    return (*b[:nk], *ys)
 
 
 def _scan(
@@ -135,6 +197,7 @@ def _scan(
     reverse: bool,
     what: str,
     relabel: Callable[[str], str],
+    unroll: int | bool = 1,
 ) -> tuple[Any, Any]:
     """``scan``; errors about the carry name ``what`` and the carry's ``relabel``ed paths."""
     init_leaves, init_tree, carry_types, carry_weak, carry_paths = _leaf_types(init, "init")
@@ -185,10 +248,16 @@ def _scan(
         trees["carry"],
         init_tree,
     )
-    operands = captured + _operands(init_leaves, carry_types) + _operands(xs_leaves, xs_types)
-    outs = _bind(
-        P.scan, operands, body=fn, length=n, reverse=bool(reverse), num_consts=len(captured), num_carry=nk
-    )
+    consts, carry = captured, _operands(init_leaves, carry_types)
+    xs_ops = _operands(xs_leaves, xs_types)
+    k = n if unroll is True else min(int(unroll), n)
+    if k > 1:
+        outs = _unrolled_scan(fn, consts, carry, xs_ops, n, bool(reverse), k)
+    else:
+        outs = _bind(
+            P.scan, consts + carry + xs_ops, body=fn, length=n, reverse=bool(reverse), num_consts=len(consts),
+            num_carry=nk,
+        )
     return tree_unflatten(init_tree, _weak(outs[:nk], carry_weak)), tree_unflatten(trees["y"], outs[nk:])
 
 

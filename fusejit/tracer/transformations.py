@@ -32,7 +32,6 @@ import numpy as np
 from fusejit.ir import primitives as P
 from fusejit.ir.builder import Builder
 from fusejit.ir.core import Function, Value
-from fusejit.ir.transforms.autodiff import grad_function, jvp_function, reverse_mode
 from fusejit.tracer.pytree import LEAF, TreeDef, tree_flatten, tree_flatten_with_path, tree_unflatten
 from fusejit.tracer.tracing import (
     TracedArray,
@@ -236,6 +235,8 @@ def _grad_call(
     _check_scalar_output(traced, name, has_aux)
     wrt = [k for k, i in enumerate(traced.dynamic_arg) if i in diff]
     keep = keep_value or has_aux
+    from fusejit.ir.transforms.autodiff import grad_function  # loaded by the first transform (import time)
+
     gfn = grad_function(traced.fn, wrt, output=0, keep_outputs=keep)
     outs = eval_function(gfn, *traced.args)
     n_out = len(traced.fn.results) if keep else 0
@@ -305,6 +306,8 @@ def vjp(fun: Callable[..., Any], *primals: Any, has_aux: bool = False) -> tuple[
     n_main = main_tree.num_leaves
     seeds = [i for i in range(n_main) if fn.results[i].dtype.is_float]
     wrt = [k for k, p in enumerate(fn.params[: len(traced.dynamic)]) if p.dtype.is_float]
+    from fusejit.ir.transforms.autodiff import reverse_mode  # loaded by the first transform (import time)
+
     forward, backward = reverse_mode(fn, wrt, cotangents=seeds).split()
     outs = eval_function(forward, *traced.args)
     n_out = len(fn.results)
@@ -363,6 +366,8 @@ def jvp(fun: Callable[..., Any], primals: Sequence[Any], tangents: Sequence[Any]
                 f"jvp of {name}: the tangent of {traced.dynamic_paths[k]} has shape "
                 f"{tuple(shape_of(t_leaves[k]))}, the primal has {fn.params[k].type}"
             )
+    from fusejit.ir.transforms.autodiff import jvp_function  # loaded by the first transform (import time)
+
     outs = eval_function(jvp_function(fn, wrt), *traced.args, *(t_leaves[k] for k in wrt))
     n = len(fn.results)
     out = tree_unflatten(traced.out_tree, _with_weak(outs[:n], traced.out_weak))

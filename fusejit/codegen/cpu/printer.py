@@ -10,9 +10,10 @@ through ``idx`` (``np.uint64``): Numba then skips the negative-index wraparound,
 branch stopped loops inside ``prange`` bodies from vectorizing (2-2.5x slower per thread,
 ``bench/bench_backend.py``). Every function is compiled by ``kernel_jit``.
 
-A module's text depends only on the kernel (no shapes, no source lines, no file names):
-it is content-addressed, so identical kernels share one compiled module across
-functions, batch sizes and processes.
+A module's text depends only on the kernel (no shapes, no source lines, no file names,
+and on the CPU no float constants but 0, ±1, ±2 and ±0.5: the others reach it as data,
+``fusejit.codegen.constants``): it is content-addressed, so identical kernels share one
+compiled module across functions, batch sizes and processes.
 """
 
 from __future__ import annotations

@@ -1194,6 +1194,7 @@ _define(P.custom_vjp_call, _custom_vjp_call_vjp, _custom_vjp_call_jvp)
 FORWARD_RULES[P.custom_vjp_call] = _custom_vjp_call_forward
 
 # The rules of scan, while_loop and cond, those of the collectives (psum, all_gather,
-# ...) and those of linear algebra (cholesky, solve, svd, ...) live in their own modules,
-# which fill the tables.
+# ...), those of linear algebra (cholesky, solve, svd, ...) and that of checkpoint live in
+# their own modules, which fill the tables.
 from fusejit.ir.transforms import autodiff_collectives, autodiff_control, autodiff_linalg  # noqa: E402, F401
+from fusejit.ir.transforms import checkpoint as _checkpoint  # noqa: E402, F401

@@ -466,5 +466,7 @@ BATCH_RULES[P.debug_callback] = _debug_callback_rule
 for _prim in P.LINALG:
     BATCH_RULES[_prim] = _elementwise_rule
 
-# The rules of scan, while_loop and cond live in their own module, which fills the table.
+# The rules of scan, while_loop and cond live in their own module, which fills the table;
+# that of checkpoint lives with its other transforms.
 from fusejit.ir.transforms import batching_control  # noqa: E402, F401
+from fusejit.ir.transforms import checkpoint as _checkpoint  # noqa: E402, F401

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fusejit.ir.core import Function
+from fusejit.ir.transforms.checkpoint import inline_checkpoints
 from fusejit.ir.transforms.control_simplify import select_cheap_branches
 from fusejit.ir.transforms.dce import eliminate_dead_code
 from fusejit.ir.transforms.inline import inline_calls
@@ -32,6 +33,9 @@ PIPELINE: list[tuple[str, Pass]] = [
     ("fold_constants", fold_constants),
     ("select_cheap_branches", select_cheap_branches),  # after folding: a constant index picks its branch
     ("eliminate_common_subexpressions", eliminate_common_subexpressions),
+    # A backward sweep's recomputation (fj.checkpoint) joins the function only now, so that
+    # CSE cannot merge it back into the forward computation it repeats.
+    ("inline_checkpoints", inline_checkpoints),
     # Folding and merging expose new identities (x * (2 * 0.5)); one more round gets them.
     ("simplify_algebra", simplify_algebra),
     ("canonicalize_layout", canonicalize_layout),
