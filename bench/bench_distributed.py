@@ -4,7 +4,7 @@
 
 1. ``Allreduce`` (in place, float32 sum) of 4 B to 64 MiB between the 2 ranks: the
    median of repeated calls through mpi4py, and through a jitted ``fj.distributed.psum``
-   (the host op's own overhead is the difference).
+   with and without its agreement check (the host op's own overhead is the difference).
 2. The fit ``t(n) = alpha + n / beta`` (least squares, relative error, messages up to
    4 MiB: the range of gradient buckets): ``alpha`` the latency of one call, ``beta`` the
    bandwidth.
@@ -17,6 +17,7 @@
    the cheaper (Thakur, Rabenseifner and Gropp, "Optimization of collective
    communication operations in MPICH", 2005). Weak scaling: every rank keeps the
    workload's batch; strong scaling: the batch is split over the ranks (compute / N).
+   The agreement check before the bucket is one more 16-byte allreduce per step.
 """
 
 from __future__ import annotations
@@ -53,12 +54,15 @@ def measure_allreduce(quick: bool) -> list[dict]:
     rows = []
     for nbytes in SIZES:
         buf = np.ones(nbytes // 4, np.float32)
-        reps = max(5, min(2000, int(2e8 / max(nbytes, 1e5)))) // (10 if quick else 1)
+        reps = max(5, min(2000, int(2e8 / max(nbytes, 1e5))) // (10 if quick else 1))
         comm.Barrier()
         raw = _median_time(lambda: comm.Allreduce(MPI.IN_PLACE, buf), reps)  # noqa: B023
         comm.Barrier()
         jitted = _median_time(lambda: psum(buf), reps)  # noqa: B023
-        rows.append({"bytes": nbytes, "mpi4py_s": raw, "psum_jit_s": jitted})
+        comm.Barrier()
+        with fj.config.override(distributed_checks=False):  # on both ranks alike
+            unchecked = _median_time(lambda: psum(buf), reps)  # noqa: B023
+        rows.append({"bytes": nbytes, "mpi4py_s": raw, "psum_jit_s": jitted, "psum_unchecked_s": unchecked})
     return rows
 
 
@@ -118,19 +122,19 @@ def main(argv: list[str] | None = None) -> int:
     if not D.is_main():
         return 0
     print("Allreduce between 2 ranks of one machine (in place, float32 sum), median per call")
-    print(f"{'bytes':>10}  {'mpi4py':>10}  {'jit psum':>10}  {'GB/s (mpi4py)':>13}")
+    print(f"{'bytes':>10}  {'mpi4py':>10}  {'jit psum':>10}  {'no check':>10}  {'GB/s (mpi4py)':>13}")
     for r in rows:
         print(f"{r['bytes']:>10}  {r['mpi4py_s'] * 1e6:>8.1f}us  {r['psum_jit_s'] * 1e6:>8.1f}us  "
-              f"{r['bytes'] / r['mpi4py_s'] / 1e9:>13.2f}")
+              f"{r['psum_unchecked_s'] * 1e6:>8.1f}us  {r['bytes'] / r['mpi4py_s'] / 1e9:>13.2f}")
     print(f"fit: latency alpha = {alpha * 1e6:.1f} us per call, bandwidth beta = {beta / 1e9:.2f} GB/s")
     model = {}
     for key, s in steps.items():
         print(f"\n{key} {s['label']}: compute {s['compute_s'] * 1e3:.2f} ms per step on one rank, "
-              f"{s['param_bytes'] / 1e3:.0f} kB of gradients all-reduced per step (one call)")
+              f"{s['param_bytes'] / 1e3:.0f} kB of gradients all-reduced per step (one call, and its check)")
         print(f"{'ranks':>6}  {'allreduce':>10}  {'weak: step':>11} {'eff.':>5}  {'strong: step':>13} {'speed-up':>8}")
         model[key] = []
         for n in (2, 8, 64, 512):
-            comm = allreduce_model(n, s["param_bytes"], alpha, beta)
+            comm = allreduce_model(n, s["param_bytes"], alpha, beta) + allreduce_model(n, 16, alpha, beta)
             weak = s["compute_s"] + comm
             strong = s["compute_s"] / n + comm
             model[key].append({"ranks": n, "allreduce_s": comm, "weak_step_s": weak, "strong_step_s": strong})

@@ -304,8 +304,8 @@ def main(argv=None) -> int:
 
     if args.distributed:
         print(f"distributed: {ranks} rank{'s' * (ranks != 1)} of {local} images per step; MPI calls per step: "
-              f"{(sent.calls - sent.checks) / steps:g} (and {sent.checks} agreement check{'s' * (sent.checks != 1)} "
-              f"in all); bytes sent per step by rank 0: {sent.bytes_sent / steps:,.0f}\n(the eager comparison, "
+              f"{(sent.calls - sent.checks) / steps:g} collective and {sent.checks / steps:g} agreement check; "
+              f"bytes sent per step by rank 0: {sent.bytes_sent / steps:,.0f}\n(the eager comparison, "
               "the profile and the plot run without --distributed)")
         return 0
 

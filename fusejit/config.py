@@ -48,6 +48,7 @@ SETTINGS = {
         Setting("retrace_limit", "FUSEJIT_RETRACE_LIMIT", 8, int, "Warn (RetraceWarning) when a jitted function is traced more often than this."),
         Setting("compile", "FUSEJIT_COMPILE", "sync", str, "sync: a call waits for its kernels; background: calls run on the interpreter until they are compiled."),
         Setting("compile_workers", "FUSEJIT_COMPILE_WORKERS", "auto", str, "Worker processes compiling uncached kernels in parallel: auto (CPUs - 1, at most 4) or a number; 0 for none."),
+        Setting("distributed_checks", "FUSEJIT_DISTRIBUTED_CHECKS", True, _flag, "Before each MPI collective the ranks compare what they call (one 16-byte Allreduce): mismatches raise instead of hanging. Set it alike on every rank."),
         Setting("blas_threads", "FUSEJIT_BLAS_THREADS", "auto", str, "BLAS threads for GEMMs: auto (1 beside parallel kernels) or a number."),
     )
 }  # fmt: skip

@@ -4,6 +4,7 @@ references computed from every rank's data, then prints ``OK <rank>``.
 
     mpiexec -n 2 python tests/distributed_worker.py check    # the checks
     mpiexec -n 2 python tests/distributed_worker.py abort    # rank 1 raises mid-job
+    mpiexec -n 2 python tests/distributed_worker.py exit     # rank 1 leaves early (sys.exit(0))
 """
 
 from __future__ import annotations
@@ -101,28 +102,46 @@ def check_training(n: int, r: int) -> None:
     for s, idx in enumerate(D.shard_batches(len(x), 8, seed=11)):
         if s == 3:
             break
-        before = D.stats().calls
+        before = (D.stats().calls, D.stats().checks)
         mine = jitted(mine, x[idx], y[idx], True)
-        calls.append(D.stats().calls - before)
+        calls.append((D.stats().calls - before[0], D.stats().checks - before[1]))
         whole = order[8 * s:8 * s + 8]
         alone = jitted(alone, x[whole], y[whole], False)
     for k in params:
         np.testing.assert_allclose(mine[k], alone[k], rtol=1e-5, atol=1e-6, err_msg=f"{k} after 3 steps")
-    assert calls[1:] == [1, 1], f"MPI calls per step: {calls}"
+    assert calls[1:] == [(2, 1), (2, 1)], f"MPI calls (checks) per step: {calls}"  # the bucket and its check
     report = jitted.lower(params, x[:8 // n], y[:8 // n], True).fusion_report()
     assert report.count("(host)") == 1, report
 
 
-def check_mismatch(n: int, r: int) -> None:
+def expect_mismatch(run, calls: list[str], note: str | None = None) -> None:  # noqa: ANN001
+    """``run()`` raises ``CollectiveMismatchError`` listing ``calls[k]`` for rank k."""
     try:
-        fj.jit(D.psum)(np.ones(r + 2, np.float32))
+        run()
     except D.CollectiveMismatchError as e:
         text = str(e) + "".join(getattr(e, "__notes__", []))
-        for k in range(n):
-            assert f"rank {k}: psum f32[{k + 2}]" in text, text
-        assert "while executing host op psum" in text, text
+        for k, call in enumerate(calls):
+            assert f"rank {k}: {call}" in text, text
+        assert note is None or note in text, text
     else:
-        raise AssertionError("mismatched shapes were not detected")
+        raise AssertionError(f"the ranks' calls {calls} were not detected as mismatched")
+
+
+def check_mismatch(n: int, r: int) -> None:
+    """Mismatched programs fail at their first differing collective, on every rank, with
+    what each rank called, whatever each rank ran before; afterwards the ranks go on."""
+    step = fj.jit(lambda x: D.psum(x * 2.0))
+    expect_mismatch(lambda: step(np.ones(r + 2, np.float32)), [f"psum f32[{k + 2}]" for k in range(n)],
+                    "while executing host op psum")
+    # Both shapes were run (and agreed) by both ranks before: the ranks still compare.
+    step(np.ones(2, np.float32))
+    step(np.ones(3, np.float32))
+    expect_mismatch(lambda: step(np.ones(r + 2, np.float32)), [f"psum f32[{k + 2}]" for k in range(n)])
+    # Diverging control flow: rank 0 runs one more step, rank 1 goes on to a pmax. A jitted
+    # collective is listed with the line it was traced from.
+    x = np.full(4, float(r + 1), np.float32)
+    expect_mismatch(lambda: step(x) if r == 0 else D.pmax(x), [f"psum f32[4] (psum at {__file__}:", "pmax f32[4]"][:n])
+    np.testing.assert_array_equal(step(x), np.full(4, 2.0 * sum(range(1, n + 1)), np.float32))
 
 
 def main(case: str) -> int:
@@ -133,6 +152,12 @@ def main(case: str) -> int:
         if r == 1:
             raise RuntimeError("boom from rank 1")
         D.psum(np.ones(3))  # rank 0 waits here until rank 1's failure ends the job
+        return 0
+    if case == "exit":
+        if r == 1:
+            return 0  # a normal exit, while rank 0 still calls collectives
+        D.psum(np.ones(3))  # meets rank 1's check at exit: both end with the mismatch
+        print("rank 0 was not stopped", flush=True)
         return 0
     xs = np.random.default_rng(5).standard_normal((n, 3, 4)).astype(np.float32)
     check_values(n, r, xs)

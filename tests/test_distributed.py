@@ -190,7 +190,8 @@ def _launch(case: str, timeout: float) -> subprocess.CompletedProcess:
 def test_two_processes_agree_with_single_process_references():
     """Collectives (eager, fused, unfused, interpreted), their gradients and jvps, three
     training steps on 2 ranks equal to 1 process with the doubled batch (one MPI call per
-    step), and mismatched shapes detected at the first collective."""
+    step, plus its agreement check), and mismatched programs (shapes, collectives) detected at
+    their first differing collective, whatever each rank ran before."""
     done = _launch("check", timeout=240)
     assert done.returncode == 0 and "OK 0" in done.stdout and "OK 1" in done.stdout, done.stdout
 
@@ -199,3 +200,10 @@ def test_a_rank_that_raises_aborts_the_job_with_its_rank_and_error():
     done = _launch("abort", timeout=120)
     assert done.returncode != 0, done.stdout
     assert "rank 1 of 2 failed" in done.stdout and "RuntimeError: boom from rank 1" in done.stdout, done.stdout
+
+
+def test_a_rank_that_exits_while_another_calls_a_collective_ends_the_job_with_both_calls():
+    done = _launch("exit", timeout=120)
+    assert done.returncode != 0, done.stdout
+    assert "rank 0: psum f64[3]; rank 1: the end of the program (this rank exits)" in done.stdout, done.stdout
+    assert "rank 0 was not stopped" not in done.stdout, done.stdout

@@ -12,12 +12,22 @@ IR at the bottom of the layers. It is chosen once per process by ``world()``:
 * otherwise ``SingleProcess``: rank 0 of 1, where every collective is the identity, so
   the same script runs alone.
 
-Every collective first agrees on what it is about to do: the first time a process
-runs a collective of a given kind, dtype, shape and attributes, the ranks compare a hash
-of that description (one 16-byte ``Allreduce``); if any rank differs, every rank raises
-``CollectiveMismatchError`` listing what each rank called, instead of exchanging
-mismatched buffers (which hangs or corrupts memory). Later calls of the same description
-send one message. ``STATS`` counts the MPI calls and the payload bytes this process sent.
+Every collective first agrees on what it is about to do: the ranks compare a hash of
+its description (kind, dtype, shape, attributes: ``psum f32[4,3]``) with one 16-byte
+``Allreduce``; if any rank differs, every rank raises ``CollectiveMismatchError``
+listing what each rank called, instead of exchanging mismatched buffers (MPICH then
+fails with "message truncated", hangs, or reduces bytes of different meaning). The check
+runs at every call, not once per description: whether a process has seen a description
+before is its own history, so a check skipped on one rank would meet another rank's
+check or data and hang or corrupt the exchange. Its cost is one small-message latency
+per collective (a few microseconds between the processes of one machine; gradients
+travel in one bucket, so it is one more MPI call per training step).
+``FUSEJIT_DISTRIBUTED_CHECKS=0`` (the same on every rank) turns it off.
+
+At exit each rank takes part in one last check, "the end of the program": a rank that
+leaves while another still calls collectives (diverging control flow, ``sys.exit`` on
+one rank) ends the job with both ranks' positions instead of leaving the other blocked.
+``STATS`` counts the MPI calls (checks included) and the payload bytes this process sent.
 
 Failure: ``MpiWorld`` installs a ``sys.excepthook`` that prints the exception with the
 rank and calls ``MPI_Abort``: an exception on one rank ends the whole job instead of
@@ -26,6 +36,7 @@ leaving the other ranks blocked in their next collective.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 import sys
@@ -36,11 +47,16 @@ from typing import Any
 
 import numpy as np
 
+from fusejit import config
+
 # Environment variables that MPI launchers set in every process they start: the job's
 # size (MPICH's Hydra and Slurm's PMI-2: PMI_SIZE; Open MPI: OMPI_COMM_WORLD_SIZE;
 # MVAPICH: MV2_COMM_WORLD_SIZE) or, for PMIx launchers, a rank.
 _SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 _RANK_ONLY_VARIABLES = ("PMIX_RANK",)
+# What a rank that exits compares with the others' (module docstring).
+EXIT_DESCRIPTION = "the end of the program (this rank exits)"
+
 
 class CollectiveMismatchError(RuntimeError):
     """The ranks of a job called different collectives (kind, dtype, shape or
@@ -65,6 +81,10 @@ class CommStats:
 
 
 STATS = CommStats()
+
+# Where the collective this thread runs was traced (``psum at train.py:41``), set by the
+# runtime around a host op; a mismatch lists it for every rank. None for eager calls.
+CALL_SITE = threading.local()
 
 
 def launched_by_mpi() -> bool:
@@ -111,29 +131,48 @@ class MpiWorld:
         self.comm = MPI.COMM_WORLD
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
-        self._agreed: set[str] = set()
+        self._digests: dict[str, int] = {}  # description -> its hash (the descriptions are few)
         self._lock = threading.Lock()
         self._ops = {"sum": MPI.SUM, "max": MPI.MAX}
         _install_abort_hook(self)
+        self._pid = os.getpid()  # a forked child inherits the exit handler, not the job
+        atexit.register(self._agree_at_exit)
 
     def _agree(self, what: str) -> None:
         """Raises ``CollectiveMismatchError`` on every rank unless all ranks are about to
-        run the collective ``what`` (checked once per distinct ``what``)."""
-        if what in self._agreed:
+        run the collective ``what`` (at every call: module docstring)."""
+        if not config.LIVE["distributed_checks"]:
             return
-        digest = int.from_bytes(hashlib.blake2b(what.encode(), digest_size=7).digest(), "little")
+        digest = self._digests.get(what)
+        if digest is None:
+            digest = self._digests[what] = int.from_bytes(hashlib.blake2b(what.encode(), digest_size=7).digest(),
+                                                          "little")
+        # max(h) == -max(-h) == h on every rank exactly when all ranks' h are equal.
         both = np.array([digest, -digest], dtype=np.int64)
         self.comm.Allreduce(self.MPI.IN_PLACE, both, op=self.MPI.MAX)
         STATS.calls += 1
         STATS.checks += 1
         if both[0] != digest or -both[1] != digest:
-            calls = self.comm.allgather(what)
-            listing = "; ".join(f"rank {r}: {c}" for r, c in enumerate(calls))
+            calls = self.comm.allgather((what, getattr(CALL_SITE, "where", None)))
+            listing = "; ".join(f"rank {r}: {c}" + (f" ({w})" if w else "") for r, (c, w) in enumerate(calls))
             raise CollectiveMismatchError(
                 f"the ranks called different collectives at the same point of their programs "
                 f"(a shape or dtype that depends on the rank, or diverging control flow): {listing}"
             )
-        self._agreed.add(what)
+
+    def _agree_at_exit(self) -> None:
+        """The last check (module docstring; skipped, like every check, when they are
+        off); a mismatch here aborts the job: an exception at exit is only printed."""
+        if os.getpid() != self._pid or self.MPI.Is_finalized():  # the script finalized MPI itself
+            return
+        try:
+            with self._lock:
+                self._agree(EXIT_DESCRIPTION)
+        except CollectiveMismatchError as e:
+            sys.stderr.write(f"fusejit.distributed: rank {self.rank} of {self.size} is exiting while another "
+                             f"rank still runs collectives; aborting the job\n{type(e).__name__}: {e}\n")
+            sys.stderr.flush()
+            self.abort(1)
 
     def _sent(self, nbytes: int) -> None:
         STATS.calls += 1

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from fusejit.ir import collectives as C
+from fusejit.ir import communicator
 from fusejit.ir import primitives as P
 from fusejit.ir.core import Op
 from fusejit.ir.host_callbacks import run_callback
@@ -104,6 +105,8 @@ def host_runner(call: HostCall, shared: frozenset[int] = frozenset()) -> Callabl
     copies = tuple((o, i) for o, i in rule.inplace if o not in shared)
     run_rule, attrs, inplace = rule.run, op.attrs, rule.inplace
     where = f"while executing host op {op.prim.name}{f' at {op.loc}' if op.loc else ''}"
+    site = f"{op.prim.name} at {op.loc}" if op.loc else None
+    call_site = communicator.CALL_SITE
 
     def run(inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> None:
         args = [a.reshape(s) for a, s in zip(inputs, in_shapes, strict=True)]
@@ -112,11 +115,14 @@ def host_runner(call: HostCall, shared: frozenset[int] = frozenset()) -> Callabl
             np.copyto(dests[o], args[i])
         for o, i in inplace:
             args[i] = dests[o]
+        call_site.where = site  # named by a collective's mismatch error (communicator.CALL_SITE)
         try:
             results = run_rule(tuple(args), attrs)
         except Exception as e:
             e.add_note(where)
             raise
+        finally:
+            call_site.where = None
         if len(results) != len(dests):
             raise RuntimeError(f"host rule of {op.prim.name} returned {len(results)} arrays for {len(dests)} "
                                "outputs")
