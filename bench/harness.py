@@ -754,6 +754,11 @@ def stream_triad(threads: int, opts: Options) -> dict[str, Any]:
     import numba
     import numpy as np
 
+    from fusejit.runtime import threads as fusejit_threads
+
+    # The triad's prange would launch Numba's pool first, with spinning idle threads;
+    # fusejit's kernels need it started as fusejit starts it (runtime/threads.py).
+    fusejit_threads.start()
     n = opts.stream_mib * 2**20 // 8
     a, b, c = np.empty(n), np.full(n, 1.0), np.full(n, 2.0)
     info: dict[str, Any] = {"array_mib": opts.stream_mib, "reps": opts.stream_reps}

@@ -49,7 +49,7 @@ SETTINGS = {
         Setting("compile", "FUSEJIT_COMPILE", "sync", str, "sync: a call waits for its kernels; background: calls run on the interpreter until they are compiled."),
         Setting("compile_workers", "FUSEJIT_COMPILE_WORKERS", "auto", str, "Worker processes compiling uncached kernels in parallel: auto (CPUs - 1, at most 4) or a number; 0 for none."),
         Setting("distributed_checks", "FUSEJIT_DISTRIBUTED_CHECKS", True, _flag, "Before each MPI collective the ranks compare what they call (one 16-byte Allreduce): mismatches raise instead of hanging. Set it alike on every rank."),
-        Setting("blas_threads", "FUSEJIT_BLAS_THREADS", "auto", str, "BLAS threads for GEMMs: auto (1 beside parallel kernels) or a number."),
+        Setting("blas_threads", "FUSEJIT_BLAS_THREADS", "auto", str, "BLAS threads for GEMMs: auto (1 unless a GEMM does 2**31 flops) or a number."),
     )
 }  # fmt: skip
 

@@ -200,12 +200,60 @@ def test_conv_bias_relu_is_one_kernel_with_either_strategy(strategy):
         assert ("np.dot" in source) == gemm
 
 
-def test_a_cnn_layer_with_pooling_is_two_kernels_and_the_report_says_why():
+@pytest.mark.parametrize("pool", ["max 2", "avg 2 stride 1", "max 3 stride 2 padded"])
+def test_relu_and_pool_after_a_conv_are_one_kernel_with_either_strategy(strategy, pool):
+    x, w1, b1, *_ = _cnn_params(cin=3, c1=8, size=7, n=3)
+    pooled = {"max 2": lambda h: nn.max_pool2d(h, 2), "avg 2 stride 1": lambda h: nn.avg_pool2d(h, 2, stride=1),
+              "max 3 stride 2 padded": lambda h: nn.max_pool2d(h, 3, stride=2, padding=1)}[pool]
+
+    def layer(x, w, b):
+        return pooled(nn.relu(nn.conv2d(x, w, b, padding=1)))
+
+    def layer_and_activation(x, w, b):  # a training step keeps the activation for the backward pass
+        h = nn.relu(nn.conv2d(x, w, b, padding=1))
+        return pooled(h), h
+
+    for fn in (layer, layer_and_activation):
+        compiled = fj.jit(fn).lower(x, w1, b1).compile()
+        (kernel,) = compiled.kernels
+        assert kernel.name.startswith(f"conv_{strategy}"), kernel.name
+        assert {"conv", "add", "select", "max_pool" if pool.startswith("max") else "avg_pool"} <= {
+            op.split()[0] for op in kernel.ops}
+        for got, want in zip(fj.tree_flatten(compiled(x, w1, b1))[0], fj.tree_flatten(fn(x, w1, b1))[0],
+                             strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_pool_over_channels_stays_out_of_the_conv_kernel_and_the_report_says_why():
     x, w1, b1, *_ = _cnn_params(cin=3, c1=8)
-    layer = fj.jit(lambda x, w, b: nn.max_pool2d(nn.relu(nn.conv2d(x, w, b, padding=1)), 2))
-    lowered = layer.lower(x, w1, b1)
-    assert [k.name.split("_f32")[0] for k in lowered.compile().kernels] == ["conv_gemm", "max_pool"]
-    assert "max_pool's own kernel reads its operands from memory" in lowered.fusion_report()
+
+    def layer(x, w, b):
+        h = nn.relu(nn.conv2d(x, w, b, padding=1))
+        return bind(P.max_pool, h, window=(1, 2, 2, 2), strides=(1, 2, 2, 2), lo=(0, 0, 0, 0), hi=(0, 0, 0, 0))
+
+    lowered = fj.jit(layer).lower(x, w1, b1)
+    compiled = lowered.compile()
+    assert [k.name.split("_f32")[0] for k in compiled.kernels] == ["conv_gemm", "max_pool"]
+    assert "a conv kernel's pool windows lie within one (sample, channel) plane" in lowered.fusion_report()
+    h = np.maximum(conv_reference.conv(x, w1, strides=(1, 1), lo=(1, 1), hi=(1, 1), lhs_dilation=(1, 1),
+                                       rhs_dilation=(1, 1), groups=1) + b1.reshape(1, -1, 1, 1), 0)
+    n, c, hh, ww = h.shape
+    expected = h.reshape(n, c // 2, 2, hh // 2, 2, ww // 2, 2).max(axis=(2, 4, 6))
+    np.testing.assert_allclose(compiled(x, w1, b1), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_forward_pass_of_a_cnn_step_runs_no_pool_kernel_of_its_own():
+    x, w1, b1, w2, b2 = _cnn_params(cin=1, c1=4, c2=8, size=8, n=4)
+
+    def loss(w1, b1, w2, b2, x):
+        return fnp.sum(_cnn(x, w1, b1, w2, b2) ** 2)
+
+    compiled = fj.jit(fj.value_and_grad(loss, argnums=(0, 1, 2, 3))).lower(w1, b1, w2, b2, x).compile()
+    names = [k.name.split("_f")[0] for k in compiled.kernels]
+    # Both pools (max and avg) run inside their conv kernels; the backward pass keeps its
+    # scatter kernels.
+    assert "max_pool" not in names and "avg_pool" not in names, names
+    assert names.count("max_pool_scatter") == 1 and names.count("avg_pool_scatter") == 1, names
 
 
 def test_conv_ir_prints_and_parses_back():

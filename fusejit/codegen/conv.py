@@ -21,6 +21,10 @@ size)`` and a zero elsewhere (padding, holes).
 
 ``DIRECT_MAX_CONTRACTION`` is where the choice flips (measured with
 ``bench/bench_conv.py``).
+
+Either way a pool over the spatial axes of the result (or of an epilogue value: the
+max-pool after a relu) runs in the same kernel, on each (sample, channel) plane as soon
+as the epilogue has written it, while it is in cache (``_Epilogue.pool_plane``).
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ from fusejit.codegen.exprs import (
     sub,
 )
 from fusejit.codegen.kernel import KernelBuilder, Matmul, Unsupported
+from fusejit.codegen.pool import Window, pool_element
 from fusejit.codegen.rules import CodegenRule
 from fusejit.ir import primitives as P
 from fusejit.ir.core import Op, Value
@@ -76,18 +81,24 @@ FILL_ROW_MIN = 16
 GEMM_CHUNK_ELEMENTS = 1 << 19
 
 
-def _conv_structure(group: FusionGroup) -> Op:
+def _conv_structure(group: FusionGroup) -> tuple[Op, Op | None]:
     """The one conv of a conv kernel, which reads its operands from memory, checked with
-    its epilogue: elementwise ops on the result (and layout/source ops feeding them)."""
+    its epilogue: elementwise ops on the result (and layout/source ops feeding them), and
+    at most one pool over the spatial axes of the result or of an epilogue value (also
+    returned, or None)."""
     convs = [op for op in group.ops if op.prim is P.conv]
     if len(convs) != 1:
         raise Unsupported("a conv kernel holds one conv and its elementwise epilogue")
     (op,) = convs
     if any(v not in group.inputs for v in op.inputs):
         raise Unsupported("a conv kernel reads its operands from memory")
+    pools = [other for other in group.ops if other.prim in POOL_EPILOGUES]
+    if len(pools) > 1:
+        raise Unsupported("a conv kernel runs at most one pool")
+    pool = pools[0] if pools else None
     dependent = {op.output}
     for other in group.ops:
-        if other is op:
+        if other is op or other is pool:
             continue
         if other.prim.kind not in LOOP_OPS:
             raise Unsupported(f"{other.prim.name} cannot be fused into a conv epilogue")
@@ -95,9 +106,29 @@ def _conv_structure(group: FusionGroup) -> Op:
             if other.prim.kind is not OpKind.ELEMENTWISE:
                 raise Unsupported("a conv epilogue reads the conv's result elementwise only")
             dependent.update(other.outputs)
-    if any(v.shape != op.output.shape for v in group.outputs):
+    if pool is not None:
+        _check_pool(op, pool, dependent, group)
+    if any(v.shape != op.output.shape for v in group.outputs if pool is None or v is not pool.output):
         raise Unsupported("the outputs of a conv kernel have the conv's shape")
-    return op
+    return op, pool
+
+
+# Pools a conv kernel runs on each (sample, channel) plane once the plane is finished.
+POOL_EPILOGUES = (P.max_pool, P.avg_pool)
+
+
+def _check_pool(op: Op, pool: Op, dependent: set[Value], group: FusionGroup) -> None:
+    """A pool in a conv kernel reads the conv's result or an epilogue value, pools the
+    spatial axes only (so that a finished plane holds every window), and its result
+    leaves the kernel."""
+    if pool.inputs[0] not in dependent or pool.inputs[0].shape != op.output.shape:
+        raise Unsupported("a conv kernel's pool reads the conv's result or its epilogue")
+    a = pool.attrs
+    if any(tuple(a[k][:2]) != want for k, want in
+           (("window", (1, 1)), ("strides", (1, 1)), ("lo", (0, 0)), ("hi", (0, 0)))):
+        raise Unsupported("a conv kernel's pool windows lie within one (sample, channel) plane")
+    if pool.output not in group.outputs or any(pool.output in other.inputs for other in group.ops):
+        raise Unsupported("a conv kernel's pool is its last op")
 
 
 def conv_support(group: FusionGroup) -> str | None:
@@ -163,10 +194,10 @@ class _Shapes:
 
 
 def lower_conv(ctx: Ctx) -> LoweredKernel:
-    op = _conv_structure(ctx.group)
+    op, pool = _conv_structure(ctx.group)
     b = KernelBuilder()
     arrays = ctx.arrays(b)
-    epi = _Epilogue(ctx, b, arrays, op)
+    epi = _Epilogue(ctx, b, arrays, op, pool)
     lower = _lower_gemm if uses_gemm(op, ctx.target.blas and ctx.target.gemm_in_loops) else _lower_direct
     stem = lower(ctx, op, b, arrays, epi, _Shapes(b, op))
     return finish(ctx, b, arrays, epi.em, stem, op.output.dtype, op.output.shape)
@@ -174,13 +205,21 @@ def lower_conv(ctx: Ctx) -> LoweredKernel:
 
 class _Epilogue:
     """Writes the group's outputs at one element of the conv's result: the result itself,
-    or the elementwise ops fused after it (bias, activation), read from registers."""
+    or the elementwise ops fused after it (bias, activation), read from registers; and
+    the pool's output on each finished plane (``pool_plane``)."""
 
-    def __init__(self, ctx: Ctx, b: KernelBuilder, arrays: Arrays, op: Op) -> None:
+    def __init__(self, ctx: Ctx, b: KernelBuilder, arrays: Arrays, op: Op, pool: Op | None) -> None:
         group = ctx.group
-        self.b, self.d = b, op.output
+        self.b, self.d, self.pool = b, op.output, pool
         inputs = {v: arrays.value(v, "in") for v in group.inputs}
-        self.outs: dict[Value, str] = {v: arrays.value(v, "out") for v in group.outputs}
+        # ``outs``: the values of the result's shape written at each element.
+        self.outs: dict[Value, str] = {v: arrays.value(v, "out") for v in group.outputs
+                                       if pool is None or v is not pool.output}
+        if pool is not None:
+            self.pool_out = arrays.value(pool.output, "out")
+            self.window = Window(b, pool)
+            if pool.inputs[0] not in self.outs:  # the pooled value stays in the kernel
+                self.outs[pool.inputs[0]] = arrays.scratch(pool.inputs[0].dtype, pool.inputs[0].type.size)
         self.em: Emitter = arrays.emitter(ctx.ops, inputs)
         self.inputs = inputs
         self.shape = self.em.shape_of(self.d)
@@ -204,6 +243,16 @@ class _Epilogue:
         values = [(v, self.em.at(v, idx)) for v in self.outs]  # every read before any write
         for v, e in values:
             self.b.store(self.outs[v], flat, e)
+
+    def pool_plane(self, n: Expr, o: Expr) -> None:
+        """The pool's outputs over plane (``n``, ``o``), whose every element ``store``
+        has written (the pool's windows lie within a plane)."""
+        pool = self.pool
+        if pool is None:
+            return
+        w, src = self.window, self.outs[pool.inputs[0]]
+        loop_nest(self.b, w.Y[2:], lambda y: pool_element(self.b, w, pool.prim, src, self.pool_out, (n, o, *y),
+                                                          pool.output.dtype))
 
 
 def _lower_direct(ctx: Ctx, op: Op, b: KernelBuilder, arrays: Arrays, epi: _Epilogue, s: _Shapes) -> str:
@@ -271,6 +320,7 @@ def _lower_direct(ctx: Ctx, op: Op, b: KernelBuilder, arrays: Arrays, epi: _Epil
                 epi.store((n, o, *p), at, b.load(oa, at))
 
             loop_nest(b, s.P, finish_point)
+        epi.pool_plane(n, o)
     return "conv_direct"
 
 
@@ -344,6 +394,7 @@ def _lower_gemm(ctx: Ctx, op: Op, b: KernelBuilder, arrays: Arrays, epi: _Epilog
                     epi.store((n, o, *p), b.let(add(dst, at)), b.load(res, b.let(add(src, at))))
 
                 loop_nest(b, s.P, copy)
+                epi.pool_plane(n, o)
     return "conv_gemm"
 
 

@@ -41,6 +41,7 @@ from fusejit.codegen.kernel import KernelBuilder, Unsupported
 from fusejit.codegen.rules import CodegenRule
 from fusejit.ir import primitives as P
 from fusejit.ir.core import Op
+from fusejit.ir.dtypes import DType
 from fusejit.ir.transforms.fusion import FusionGroup
 
 POOL_PRIMITIVES = (P.max_pool, P.avg_pool, P.max_pool_gather, P.max_pool_scatter, P.avg_pool_scatter)
@@ -60,7 +61,7 @@ def pool_support(group: FusionGroup) -> str | None:
     return reason_of(lambda: _pool_structure(group))
 
 
-class _Window:
+class Window:
     """Sizes and attributes of one pooling op as kernel expressions."""
 
     def __init__(self, b: KernelBuilder, op: Op) -> None:
@@ -82,11 +83,18 @@ class _Window:
         return b.let(sub(b.let(add(b.let(mul(y, Lit(self.strides[i]))), k)), Lit(self.lo[i])))
 
     def padded(self, i: int) -> bool:
-        """Whether axis ``i`` can reach outside the operand."""
+        """Whether axis ``i`` is pooled (or can reach outside the operand)."""
         return self.window[i] > 1 or self.lo[i] != 0 or self.strides[i] != 1 or self.out_shape[i] != self.in_shape[i]
 
+    def reaches_outside(self, i: int) -> bool:
+        """Whether a window along axis ``i`` can cover a position outside the operand
+        (padding); a 2x2 pool with stride 2 over an even size never does, and then needs
+        no bounds check per element."""
+        last = (self.out_shape[i] - 1) * self.strides[i] + self.window[i] - 1 - self.lo[i]
+        return self.lo[i] > 0 or last > self.in_shape[i] - 1
 
-def _scan_window(b: KernelBuilder, w: _Window, y: tuple[Expr, ...], visit) -> None:
+
+def _scan_window(b: KernelBuilder, w: Window, y: tuple[Expr, ...], visit) -> None:
     """Calls ``visit(flat, inside)`` for each offset of the window at output ``y``:
     ``flat`` the operand's linear index (clamped into range), ``inside`` whether it is in
     the operand (None: always)."""
@@ -97,7 +105,7 @@ def _scan_window(b: KernelBuilder, w: _Window, y: tuple[Expr, ...], visit) -> No
         idx = []
         for i in range(len(w.X)):
             q = w.position(i, y[i], k[i])
-            if not w.padded(i):
+            if not w.padded(i) or not w.reaches_outside(i):
                 idx.append(q)
                 continue
             ok = b.let(binary(BinaryOp.AND, binary(BinaryOp.GE, q, ZERO), binary(BinaryOp.LT, q, w.X[i])))
@@ -108,7 +116,7 @@ def _scan_window(b: KernelBuilder, w: _Window, y: tuple[Expr, ...], visit) -> No
     loop_nest(b, offsets, at)
 
 
-def _first_largest(b: KernelBuilder, w: _Window, xa: str, y: tuple[Expr, ...], dt) -> tuple[Expr, Expr]:
+def _first_largest(b: KernelBuilder, w: Window, xa: str, y: tuple[Expr, ...], dt) -> tuple[Expr, Expr]:
     """(the flat position of the window's first largest element, -1 if none; its value)."""
     best = b.define(b.const(-math.inf, dt))
     where = b.define(Lit(-1))
@@ -139,38 +147,45 @@ def lower_pool(ctx: Ctx) -> LoweredKernel:
     xa = arrays.value(op.inputs[0], "in")
     ta = arrays.value(op.inputs[1], "in") if op.prim is P.max_pool_gather else None
     oa = arrays.value(op.output, "out")
-    w = _Window(b, op)
+    w = Window(b, op)
     dt = op.output.dtype
     parallel = op.output.type.size * math.prod(w.window) >= ctx.threshold
-    fill = -math.inf if op.prim is P.max_pool else 0
 
     def element(y: tuple[Expr, ...]) -> None:
-        at = linearize(b, y, w.Y)
         if op.prim is P.max_pool_gather:
             where, _ = _first_largest(b, w, xa, y, dt)
             found = b.let(binary(BinaryOp.GE, where, ZERO))
             tv = b.load(ta, b.let(maximum(where, ZERO)))
-            b.store(oa, at, b.let(select(found, tv, b.const(0, dt))))
+            b.store(oa, linearize(b, y, w.Y), b.let(select(found, tv, b.const(0, dt))))
             return
-        acc = b.define(b.const(fill, dt))
-
-        def visit(flat: Expr, inside: Expr | None) -> None:
-            v = b.load(xa, flat)
-            if inside is not None:
-                v = b.let(select(inside, v, b.const(fill, dt)))
-            if op.prim is P.max_pool:
-                b.assign(acc, MathCall("maximum", (acc, v), dt))
-            else:
-                b.assign(acc, binary(BinaryOp.ADD, acc, v))
-
-        _scan_window(b, w, y, visit)
-        if op.prim is P.avg_pool:
-            b.store(oa, at, b.let(binary(BinaryOp.DIV, acc, b.const(math.prod(w.window), dt))))
-        else:
-            b.store(oa, at, acc)
+        pool_element(b, w, op.prim, xa, oa, y, dt)
 
     loop_nest(b, w.Y, element, parallel=parallel)
     return finish(ctx, b, arrays, None, op.prim.name, dt, op.output.shape)
+
+
+def pool_element(b: KernelBuilder, w: Window, prim: P.Primitive, xa: str, oa: str, y: tuple[Expr, ...],
+                 dt: DType) -> None:
+    """Writes element ``y`` of a ``max_pool`` or ``avg_pool`` (``prim``) of ``xa`` into
+    ``oa`` (also run by conv kernels on the planes they finish, ``codegen/conv.py``)."""
+    fill = -math.inf if prim is P.max_pool else 0
+    acc = b.define(b.const(fill, dt))
+
+    def visit(flat: Expr, inside: Expr | None) -> None:
+        v = b.load(xa, flat)
+        if inside is not None:
+            v = b.let(select(inside, v, b.const(fill, dt)))
+        if prim is P.max_pool:
+            b.assign(acc, MathCall("maximum", (acc, v), dt))
+        else:
+            b.assign(acc, binary(BinaryOp.ADD, acc, v))
+
+    _scan_window(b, w, y, visit)
+    at = linearize(b, y, w.Y)
+    if prim is P.avg_pool:
+        b.store(oa, at, b.let(binary(BinaryOp.DIV, acc, b.const(math.prod(w.window), dt))))
+    else:
+        b.store(oa, at, acc)
 
 
 def _lower_max_scatter(ctx: Ctx, op: Op) -> LoweredKernel:
@@ -178,7 +193,7 @@ def _lower_max_scatter(ctx: Ctx, op: Op) -> LoweredKernel:
     b = KernelBuilder()
     arrays = ctx.arrays(b)
     xa, ga, oa = arrays.value(x, "in"), arrays.value(g, "in"), arrays.value(op.output, "out")
-    w = _Window(b, op)
+    w = Window(b, op)
     dt = op.output.dtype
     zero = b.const(0, dt)
     with b.loop(w.size("total", x.type.size)) as f:
@@ -208,7 +223,7 @@ def _lower_avg_scatter(ctx: Ctx, op: Op) -> LoweredKernel:
     b = KernelBuilder()
     arrays = ctx.arrays(b)
     ga, oa = arrays.value(g, "in"), arrays.value(out, "out")
-    w = _Window(b, op)
+    w = Window(b, op)
     dt = out.dtype
     parallel = out.type.size * math.prod(w.window) >= ctx.threshold
 

@@ -7,10 +7,18 @@ other needs the cores. Measured on the 2-core VMs, training steps (ms per step w
 2 BLAS threads): small CNN, batch 256: 5.5 vs 17-48; MLP 64-256-256-10, batch 4096:
 17.4 vs 40.3; with 512-wide layers: 59.8 vs 56.2; batch 16384: 79.7 vs 83.3; 1024-wide
 layers, batch 2048: 98.2 vs 79.7, batch 4096: 193 vs 128; batch 512 (no parallel
-kernels): 2.1 vs 1.5. So by default (``FUSEJIT_BLAS_THREADS=auto``) an executable that
-runs parallel kernels and whose largest GEMM is under ``SMALL_GEMM_FLOPS`` runs its GEMMs
-on one thread, and any other executable with GEMMs uses the BLAS's own default; an
-integer fixes the count for every executable. NumPy's own
+kernels): 2.1 vs 1.5.
+
+Without parallel kernels two BLAS threads still lose as soon as another process keeps one
+of the cores busy (as on a shared machine): OpenBLAS splits each GEMM in two and waits for
+a thread that gets no core. Measured there (SciPy's OpenBLAS from a Numba loop, load 3-5
+on 2 cores, ms per GEMM with 1 vs 2 threads): 32x576x896 (a conv's im2col chunk) 1.9 vs
+6.8, 64x9x4096 0.63 vs 23.6, 256^3 1.4 vs 24, 512^3 16.6 vs 47, 1024^3 121 vs 155; the
+digits CNN step (W8, 5 conv GEMM kernels, no parallel kernel) 10.2 ms vs 128 ms. One
+thread costs at most the 1.5x of the unloaded MLP above; two cost up to 35x. So by default
+(``FUSEJIT_BLAS_THREADS=auto``) an executable whose largest GEMM is under
+``SMALL_GEMM_FLOPS`` runs its GEMMs on one thread, and any other executable with GEMMs
+uses the BLAS's own default; an integer fixes the count for every executable. NumPy's own
 OpenBLAS (a separate library) is never touched; SciPy's is process-wide, so a
 ``scipy.linalg`` call made after a fusejit call sees the count fusejit last set.
 """
@@ -51,14 +59,16 @@ def _library() -> Any:
 SMALL_GEMM_FLOPS = 2**31
 
 
-def threads_for(has_parallel_kernels: bool, largest_gemm_flops: int) -> int | None:
-    """The BLAS thread count an executable should run with (None: leave it alone)."""
+def threads_for(largest_gemm_flops: int) -> int | None:
+    """The BLAS thread count an executable whose largest GEMM does ``largest_gemm_flops``
+    should run with (None: leave it alone)."""
     setting = str(config.value("blas_threads")).strip().lower()
     if _library() is None:
         return None
     if setting == "auto":
-        small = largest_gemm_flops < SMALL_GEMM_FLOPS
-        return 1 if has_parallel_kernels and small else _state["default"]
+        # Small GEMMs on one thread, with or without parallel kernels beside them: a
+        # loaded core stalls a split GEMM (see above).
+        return 1 if largest_gemm_flops < SMALL_GEMM_FLOPS else _state["default"]
     try:
         return max(1, int(setting))
     except ValueError:

@@ -48,7 +48,7 @@ from fusejit.ir.dtypes import DType, from_numpy
 from fusejit.ir.nans import first_nonfinite, nonfinite_error, nonfinite_kind
 from fusejit.ir.scopes import scope_label
 from fusejit.ir.transforms.fusion import FusedFunction
-from fusejit.runtime import blas, compile_pool, donation
+from fusejit.runtime import blas, compile_pool, donation, threads
 from fusejit.runtime.cache import (
     COUNTERS,
     compile_dispatchers,
@@ -183,9 +183,10 @@ the module doc); ``call_plan`` is what it runs, as data."""
         self._result_refs = list(call.result_refs)
         self.kernels = [kernel_info(st.lowered, st.module, st.source) for st in self._steps]
         gemms = [_gemm_flops(st.lowered) for st in self._steps if st.lowered.uses_blas]
-        has_parallel = any(st.lowered.kernel.parallel or any(h.parallel for h in st.lowered.kernel.helpers)
-                           for st in self._steps)
-        self._blas_threads = blas.threads_for(has_parallel, max(gemms)) if gemms else None
+        self._blas_threads = blas.threads_for(max(gemms)) if gemms else None
+        if any(st.lowered.kernel.parallel or any(h.parallel for h in st.lowered.kernel.helpers)
+               for st in self._steps):
+            threads.start()  # before Numba would launch its threads with spinning waits
         self._lock = threading.RLock()
         self.run: Any = None
         self._compile(workers_only)

@@ -11,7 +11,8 @@ in registers. ``fuse`` builds the groups in five phases, each a classic XLA fusi
 2. row fusion (``rows``): a reduction over the innermost axes joins the consumers that
    broadcast its result back over the same rows (softmax, layernorm, cross-entropy);
 3. epilogue fusion (``epilogue``): the elementwise consumers of a matmul (or of a conv,
-   ``P.TAKES_EPILOGUE``) run right after the BLAS call, on the result in registers;
+   ``P.TAKES_EPILOGUE``) run right after the BLAS call, on the result in registers; a
+   pool reading a conv's result (or its activation) runs on each plane the conv finished;
 4. multi-output fusion (``siblings``): sibling kernels with the same iteration space and
    a shared input become one kernel with several outputs;
 5. horizontal fusion (``horizontal``): independent loop kernels run in one call;
@@ -469,11 +470,36 @@ def _epilogue_fusion(part: _Partition, groups: list[_Group]) -> None:
             else:
                 continue
             part.refusals.append(Refusal(*_edge(part, m, c), reason, "epilogue"))
+        host = m
         if len(loops) == 1 and len(m.owned) == 1:
             loop = loops[0]
             if _try_merge(part, loop, m, m.kind, groups, "epilogue"):
                 # The matmul (conv) runs first; keep it as the group's first owned op.
                 loop.owned.sort(key=lambda op: op is not root)
+                host = loop
+        if root.prim is P.conv:
+            _pool_epilogue(part, host, groups)
+
+
+# Pooling ops a conv kernel runs on its finished planes (``codegen/conv.py``).
+_POOL_EPILOGUES = (P.max_pool, P.avg_pool)
+
+
+def _pool_epilogue(part: _Partition, host: _Group, groups: list[_Group]) -> None:
+    """A conv kernel also takes a pooling kernel that reads one of its results (the conv's,
+    or its activation's): the pool then reads each plane just written, from the cache,
+    instead of the whole result from memory in a kernel of its own. The target's
+    ``supports`` decides which pools (over the spatial axes only) it lowers."""
+    pools: dict[int, _Group] = {}
+    for op in list(host.owned):
+        for v in op.outputs:
+            for u in part.users.get(v, []):
+                g = part.home[id(u)]
+                if (g is not host and g.kind is GroupKind.KERNEL and len(g.owned) == 1
+                        and g.owned[0].prim in _POOL_EPILOGUES and g.owned[0].inputs[0] is v):
+                    pools.setdefault(id(g), g)
+    for g in pools.values():
+        _try_merge(part, host, g, host.kind, groups, "epilogue")
 
 
 def _reduced_axes(g: _Group) -> set[tuple[int, ...] | None]:
