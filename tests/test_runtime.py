@@ -101,7 +101,7 @@ def test_runner_calls_every_kernel_and_matches_the_general_path():
     through_runner = f(x, y)
     exe = f.lower(x, y).executable()
     runner = exe.runner_source()
-    assert runner.startswith("def run(args):")
+    assert runner.startswith("def run(args, into=NO_INTO):")
     for k, info in enumerate(exe.kernels):
         assert f"K{k}(" in runner and info.name in runner
     assert runner in exe.kernel_source()

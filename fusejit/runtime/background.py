@@ -33,8 +33,11 @@ class BackgroundExecutable:
     """
 
     def __init__(self, fused: FusedFunction, donate_argnums: Sequence[int], times: CompileTimes | None,
-                 on_ready: Callable[[CpuExecutable], None]) -> None:
+                 on_ready: Callable[[CpuExecutable], None], build: Callable[[], Any] | None = None) -> None:
+        """``build()``, when given, makes the executable instead of a ``CpuExecutable`` of
+        ``fused`` (a function with loops: ``fusejit.runtime.control``)."""
         self.fused = fused
+        self._build = build
         self.function = fused.function
         self.interpreted_calls = 0
         self._compiled: CpuExecutable | None = None
@@ -47,7 +50,8 @@ class BackgroundExecutable:
 
     def _compile(self, donated: tuple[int, ...], on_ready: Callable[[CpuExecutable], None]) -> None:
         try:
-            exe = CpuExecutable(self.function, self.fused, donated, workers_only=True)
+            exe = self._build() if self._build else CpuExecutable(self.function, self.fused, donated,
+                                                                  workers_only=True)
             if self._times is not None:
                 self._times.lower = exe.compile_times.lower
                 self._times.startup += exe.compile_times.startup  # after importing the runtime

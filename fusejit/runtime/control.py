@@ -10,14 +10,16 @@ Why a Python driver rather than the whole loop in one Numba function: a body exe
 is an ordinary compiled function (its kernels reuse the disk cache and every strategy,
 BLAS included), and one call of a generated runner costs a few microseconds against the
 tens to thousands a recurrent step's matrix products take (``bench/bench_scan.py``
-measures it). The driver allocates the stacked outputs once per call and copies each
-iteration's outputs into their slice; the carry moves from one body call's results to
+measures it). The driver allocates the stacked outputs once per call and a CPU body writes
+each iteration's outputs straight into their slice (``CpuExecutable.writes_into``; other
+bodies' outputs are copied there); the carry moves from one body call's results to
 the next call's arguments without copies, and the body's runner recycles the buffers of
 the carry two iterations back (its output pool), so a large carry is double-buffered.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +31,7 @@ from fusejit.ir.control_flow import CONTROL_FLOW, branch_index
 from fusejit.ir.core import Function, Op, Value
 from fusejit.ir.transforms.fusion import FusedFunction, FusionGroup
 from fusejit.ir.transforms.fusion_control import sub_function
+from fusejit.runtime import donation
 from fusejit.runtime.cpu import KernelInfo
 from fusejit.runtime.timings import CompileTimes
 
@@ -77,6 +80,12 @@ class HostArrays:
         return x[i, ...]  # a C-ordered view (a 0-d array for a vector), never a NumPy scalar
 
     @staticmethod
+    def rows(x: np.ndarray) -> list[np.ndarray]:
+        """Every ``row(x, i)``, made at once (``list`` makes the views in C; it would give
+        NumPy scalars for a vector)."""
+        return list(x) if x.ndim > 1 else [x[i, ...] for i in range(len(x))]
+
+    @staticmethod
     def set_row(y: np.ndarray, i: int, value: np.ndarray) -> None:
         y[i] = value
 
@@ -85,25 +94,64 @@ class HostArrays:
         return np.array(out, copy=True) if any(np.may_share_memory(out, a) for a in args) else out
 
 
+class _StackedPool:
+    """A scan's stacked outputs, reused by its next call once nothing holds them any more
+    (the residuals a forward scan stacks for the backward one are dropped when the call
+    ends): a new array of half a megabyte page-faults on first touch (glibc maps it anew
+    and the kernel zeroes every page), which cost W10's GRU step 1,300 faults a call, as
+    much as its elementwise kernels. NumPy arrays only: a row view keeps its array
+    referenced, so an array the caller still holds, or a view of, is never reused. The
+    price: the last two arrays per output stay allocated between calls, as the runner's
+    pool of large outputs."""
+
+    def __init__(self, arrays: Any, count: int) -> None:
+        self.arrays = arrays
+        self.recycle = arrays is HostArrays
+        self.slots: list[list[Any]] = [[None, None] for _ in range(count)]  # the last two per output
+
+    def take(self, k: int, shape: tuple[int, ...], dtype: Any) -> Any:
+        if not self.recycle:
+            return self.arrays.empty(shape, dtype)
+        q = self.slots[k]
+        for a in q:
+            # Three references: the pool's, the loop variable's and getrefcount's argument.
+            if a is not None and sys.getrefcount(a) <= 3 and a.shape == shape:
+                return a
+        a = self.arrays.empty(shape, dtype)
+        q[1], q[0] = q[0], a
+        return a
+
+
 class ControlFlowExecutable:
     """Runs ``fn``'s kernels in stretches between its control-flow ops (see the module
     docstring). ``compile_nested(body)`` optimizes, partitions and compiles a nested
     function (supplied by ``fusejit.runtime.executable``, which owns that pipeline);
-    ``make_segment(fn, fused)`` compiles a stretch; ``arrays`` makes and indexes the
-    backend's arrays (``HostArrays``, or ``fusejit.runtime.devices.DeviceArrays``)."""
+    ``make_segment(fn, fused, donated)`` compiles a stretch whose params at the indices
+    ``donated`` it may overwrite; ``arrays`` makes and indexes the backend's arrays
+    (``HostArrays``, or ``fusejit.runtime.devices.DeviceArrays``).
+
+    ``donate_argnums``: the stretch after the last loop (a training step's parameter
+    update) writes its results over the donated arguments it reads. An argument that a
+    loop or branch reads, or that the function returns, is not donated: a loop that runs
+    zero times passes its argument through, and overwriting it would change a result.
+    ``donated`` says which were."""
 
     def __init__(
         self,
         fn: Function,
         fused: FusedFunction,
         compile_nested: Compile,
-        make_segment: Callable[[Function, FusedFunction], Any],
+        make_segment: Callable[[Function, FusedFunction, tuple[int, ...]], Any],
         arrays: Any = HostArrays,
+        donate_argnums: Sequence[int] = (),
     ) -> None:
         self.function = fn
         self.arrays = arrays
         self.fused = fused
-        self.donated: tuple[int, ...] = ()
+        control_inputs = {v for op in fn.ops if op.prim in CONTROL_FLOW for v in op.inputs}
+        self.donated: tuple[int, ...] = tuple(sorted(
+            k for k in set(donate_argnums) if arrays is HostArrays  # NumPy's aliasing checks below
+            and fn.params[k] not in control_inputs and fn.params[k] not in fn.results))
         self.compile_times = CompileTimes()
         self._parts: list[_Segment | _Driver] = []
         groups = list(fused.groups)
@@ -115,11 +163,14 @@ class ControlFlowExecutable:
                 pending.append(group)
                 continue
             if pending:
-                self._parts.append(_segment(fn, pending, later_reads[k] | set(group.inputs), make_segment))
+                self._parts.append(_segment(fn, pending, later_reads[k] | set(group.inputs), make_segment, ()))
                 pending = []
             self._parts.append(_Driver(control, compile_nested, arrays))
+        last = {fn.params[k] for k in self.donated}
         if pending:
-            self._parts.append(_segment(fn, pending, set(fn.results), make_segment))
+            self._parts.append(_segment(fn, pending, set(fn.results), make_segment, last))
+        if not (pending and any(p in last for p in self._parts[-1].params)):
+            self.donated = ()  # no stretch after the last loop reads them: nothing to overwrite
         self.kernels: list[KernelInfo] = [info for st in self._parts for info in st.kernels()]
         for st in self._parts:
             for exe in st.executables():
@@ -133,13 +184,24 @@ class ControlFlowExecutable:
         return self.run(args)
 
     def run(self, args: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
+        if donation.consumed:  # the drivers read their arguments without the runners' check
+            donation.check_not_consumed(args)
         args = self.arrays.inputs(args)
+        kept = args
+        if self.donated:
+            # A donated array must be ours to overwrite: one that shares memory with another
+            # argument (the caller passed it twice) is copied first, as the runner does.
+            args = [np.array(a, copy=True) if k in self.donated and any(
+                j != k and np.may_share_memory(a, b) for j, b in enumerate(args)) else a
+                for k, a in enumerate(args)]
+            kept = [a for k, a in enumerate(args) if k not in self.donated]
         env: dict[Value, np.ndarray] = dict(zip(self.function.params, args, strict=True))
         for st in self._parts:
             st.run(env)
         # A result may be an argument itself (a loop that ran zero times returns its
-        # initial carry): results are always fresh arrays, as the other executables'.
-        return tuple(self.arrays.fresh(env[r], args) for r in self.function.results)
+        # initial carry): results are always fresh arrays, as the other executables'
+        # (except those written over a donated argument, which is what donation is for).
+        return tuple(self.arrays.fresh(env[r], kept) for r in self.function.results)
 
     def nested_executables(self) -> list[Any]:
         """The executables of the loop bodies and branches, in program order."""
@@ -167,14 +229,18 @@ def _segment(
     fn: Function,
     groups: list[FusionGroup],
     needed: set[Value],
-    make_segment: Callable[[Function, FusedFunction], Any],
+    make_segment: Callable[[Function, FusedFunction, tuple[int, ...]], Any],
+    donated: set[Value] | tuple[()],
 ) -> _Segment:
+    """The stretch of ``groups`` as a compiled function of what it reads; its params in
+    ``donated`` (arguments of the whole function) it may overwrite."""
     ops: dict[int, Op] = {}
     for g in groups:
         for op in g.ops:
             ops.setdefault(id(op), op)
     sub = sub_function(f"{fn.name}_part", list(ops.values()), needed)
-    return _Segment(make_segment(sub, FusedFunction(sub, tuple(groups))), sub.params, sub.results)
+    mine = tuple(k for k, p in enumerate(sub.params) if p in donated)
+    return _Segment(make_segment(sub, FusedFunction(sub, tuple(groups)), mine), sub.params, sub.results)
 
 
 class _Driver:
@@ -184,6 +250,7 @@ class _Driver:
         self.op = op
         self.nested = [compile_nested(f) for f in op.functions()]
         self.arrays = arrays
+        self.stacked = _StackedPool(arrays, len(op.outputs))
 
     def executables(self) -> list[Any]:
         return self.nested
@@ -201,7 +268,7 @@ class _Driver:
         if op.prim is P.scan:
             a = op.attrs
             outs = _run_scan(self.nested[0], a["body"], args, a["length"], a["reverse"], a["num_consts"],
-                             a["num_carry"], self.arrays)
+                             a["num_carry"], self.arrays, self.stacked.take)
         elif op.prim is P.while_loop:
             outs = _run_while(
                 self.nested[0], self.nested[1], args, op.attrs["cond_nconsts"], op.attrs["body_nconsts"]
@@ -220,18 +287,40 @@ def _run_scan(
     num_consts: int,
     num_carry: int,
     arrays: Any,
+    stacked: Callable[[int, tuple[int, ...], Any], Any],
 ) -> tuple[np.ndarray, ...]:
+    """Runs a scan's body ``length`` times; ``stacked(k, shape, dtype)`` gives the array
+    for stacked output ``k`` (``_StackedPool.take``)."""
     consts = args[:num_consts]
     carry = list(args[num_consts : num_consts + num_carry])
     xs = args[num_consts + num_carry :]
-    ys = [arrays.empty((length,) + r.shape, r.dtype.np) for r in fn.results[num_carry:]]
-    run, row, set_row = body.run, arrays.row, arrays.set_row
+    ys = [stacked(k, (length,) + r.shape, r.dtype.np) for k, r in enumerate(fn.results[num_carry:])]
+    run, set_row = body.run, arrays.set_row
+    # A body that can write its results into given arrays (a CPU executable) writes each
+    # y into its row of the stacked output: no copy and no new array per iteration.
+    direct = getattr(body, "writes_into", ())[num_carry:] or (False,) * len(ys)
+    copied = [k for k, d in enumerate(direct) if not d]
+    # The rows of every slice and stacked output, made before the loop: the iterations
+    # then only pick them (a call per row and iteration cost a few microseconds a step).
+    no_row = [None] * length  # a copied output's: the body makes a new array
+    x_rows = [_rows(arrays, x, length) for x in xs]
+    y_rows = [_rows(arrays, y, length) if d else no_row for y, d in zip(ys, direct, strict=True)]
+    into_carry = (None,) * num_carry
     for i in range(length - 1, -1, -1) if reverse else range(length):
-        outs = run([*consts, *carry, *(row(x, i) for x in xs)])
+        args_i = [*consts, *carry, *[r[i] for r in x_rows]]
+        if len(copied) == len(ys):
+            outs = run(args_i)
+        else:
+            outs = run(args_i, (*into_carry, *[r[i] for r in y_rows]))
         carry = outs[:num_carry]
-        for y, o in zip(ys, outs[num_carry:], strict=True):
-            set_row(y, i, o)
+        for k in copied:
+            set_row(ys[k], i, outs[num_carry + k])
     return (*carry, *ys)
+
+
+def _rows(arrays: Any, x: Any, length: int) -> list[Any]:
+    rows = getattr(arrays, "rows", None)
+    return rows(x) if rows is not None else [arrays.row(x, i) for i in range(length)]
 
 
 def _run_while(

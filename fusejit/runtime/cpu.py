@@ -181,6 +181,12 @@ the module doc); ``call_plan`` is what it runs, as data."""
         self._out_specs = list(call.out_specs)
         self._out_in_param = list(call.out_in_param)
         self._result_refs = list(call.result_refs)
+        self._into_slot = _into_slots(self._result_refs, self._out_in_param)
+        # Per result: whether a call given ``into`` (an array or None per result: a loop
+        # driver's row of a stacked output) leaves the result there rather than in a new
+        # array, so that a scan's stacked outputs are written in place, not copied.
+        direct = set(self._into_slot.values())
+        self.writes_into = tuple(r in direct or kind == "param" for r, (kind, _) in enumerate(self._result_refs))
         self.kernels = [kernel_info(st.lowered, st.module, st.source) for st in self._steps]
         gemms = [_gemm_flops(st.lowered) for st in self._steps if st.lowered.uses_blas]
         self._blas_threads = blas.threads_for(max(gemms)) if gemms else None
@@ -272,18 +278,20 @@ the module doc); ``call_plan`` is what it runs, as data."""
         return self.run(args)
 
     def _runner(self) -> Any:
-        """A Python function ``run(args)`` specialized to this executable (its source kept
-        for ``runner_source()``): it flattens the arguments (``ravel`` is a view of a
-        C-ordered array, else a C-ordered copy), allocates the outputs, calls each kernel
-        in turn and returns the results."""
+        """A Python function ``run(args, into=NO_INTO)`` specialized to this executable
+        (its source kept for ``runner_source()``): it flattens the arguments (``ravel`` is
+        a view of a C-ordered array, else a C-ordered copy), allocates the outputs (or takes
+        the C-ordered arrays ``into`` gives, one or None per result: ``writes_into``), calls
+        each kernel in turn and returns the results."""
         fn = self.function
-        ns: dict[str, Any] = {"empty": np.empty, "copy": np.array, "consumed": donation.consumed,
+        ns: dict[str, Any] = {"empty": np.empty, "copy": _copy_into, "consumed": donation.consumed,
                               "check": donation.check_not_consumed,
                               "CONFIG": config.LIVE, "generic": self._call_generic,
                               "BLAS": blas._state, "use_blas": blas.use, "T": self._blas_threads}
         n = len(fn.params)
-        lines = ["def run(args):", "    if consumed:", "        check(args)",
-                 "    if CONFIG['debug_nans']:", "        return generic(args)"]
+        ns["NO_INTO"] = (None,) * len(fn.results)
+        lines = ["def run(args, into=NO_INTO):", "    if consumed:", "        check(args)",
+                 "    if CONFIG['debug_nans']:", "        return generic(args, into)"]
         if self._blas_threads is not None:
             lines += ["    if BLAS['current'] != T:", "        use_blas(T)"]
         if n:
@@ -298,7 +306,7 @@ the module doc); ``call_plan`` is what it runs, as data."""
                 conds += [f"(a{k}.base is None or id(a{k}.base) in consumed)", f"a{k}.flags.writeable",
                           f"a{k}.flags.c_contiguous"]
                 conds += [f"a{j} is not a{k} and a{j}.base is not a{k}" for j in range(n) if j != k]
-            lines += [f"    if not ({' and '.join(conds)}):", "        return generic(args)"]
+            lines += [f"    if not ({' and '.join(conds)}):", "        return generic(args, into)"]
         lines += [f"    x{k} = a{k}.ravel()" for k in range(n)]
         outs = []
         ns["refs"] = sys.getrefcount
@@ -310,17 +318,22 @@ the module doc); ``call_plan`` is what it runs, as data."""
                     # references (the pool, the local name, getrefcount's argument) mean
                     # nothing else, not even a view, holds it.
                     ns[f"P{j}"] = [None, None]
-                    lines += [
-                        f"    q = P{j}", f"    o{j} = q[0]",
+                    alloc = [
+                        f"q = P{j}", f"o{j} = q[0]",
+                        f"if o{j} is None or refs(o{j}) > 3:",
+                        f"    o{j} = q[1]",
                         f"    if o{j} is None or refs(o{j}) > 3:",
-                        f"        o{j} = q[1]",
-                        f"        if o{j} is None or refs(o{j}) > 3:",
-                        f"            o{j} = empty(S{j}, D{j})",
-                        "            q[1] = q[0]",
-                        f"            q[0] = o{j}",
+                        f"        o{j} = empty(S{j}, D{j})",
+                        "        q[1] = q[0]",
+                        f"        q[0] = o{j}",
                     ]
                 else:
-                    lines.append(f"    o{j} = empty(S{j}, D{j})")
+                    alloc = [f"o{j} = empty(S{j}, D{j})"]
+                if j in self._into_slot:
+                    lines += [f"    o{j} = into[{self._into_slot[j]}]", f"    if o{j} is None:"]
+                    lines += [f"        {line}" for line in alloc]
+                else:
+                    lines += [f"    {line}" for line in alloc]
                 lines.append(f"    y{j} = o{j}" if len(shape) == 1 else f"    y{j} = o{j}.ravel()")
                 outs.append(f"y{j}")
         for k, c in enumerate(self._consts):
@@ -342,9 +355,9 @@ the module doc); ``call_plan`` is what it runs, as data."""
             lines.append(f"{indent}K{k}({', '.join(call)})  # {st.lowered.display_name}")
         lines += self._host_lines(ns, len(self._steps), indent)
         results = []
-        for kind, k in self._result_refs:
+        for r, (kind, k) in enumerate(self._result_refs):
             if kind == "param":
-                results.append(f"copy(a{k})")
+                results.append(f"copy(into[{r}], a{k})")
             elif self._out_in_param[k] is None:
                 results.append(f"o{k}")
             else:  # a new array object on the donated buffer: the donated one is consumed
@@ -369,25 +382,30 @@ the module doc); ``call_plan`` is what it runs, as data."""
                 lines.append(f"{indent}H{h}(({ins}), ({outs}))  # {hs.call.display_name}")
         return lines
 
-    def _call_generic(self, args: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
+    def _call_generic(self, args: Sequence[np.ndarray],
+                      into: Sequence[np.ndarray | None] | None = None) -> tuple[np.ndarray, ...]:
         """The general path: donation, and FUSEJIT_DEBUG_NANS (kernels one by one)."""
         with self._lock:
-            return self._call_generic_unlocked(args)
+            return self._call_generic_unlocked(args, into)
 
-    def _call_generic_unlocked(self, args: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
+    def _call_generic_unlocked(self, args: Sequence[np.ndarray],
+                               into: Sequence[np.ndarray | None] | None = None) -> tuple[np.ndarray, ...]:
         blas.use(self._blas_threads)
         if donation.consumed:
             donation.check_not_consumed(args)
         arrays = [a if a.flags.c_contiguous else np.ascontiguousarray(a) for a in args]
         if self.donated:
             arrays = self._prepare_donated(args, arrays)
-        outs = [np.empty(shape, dtype) if k is None else None
-                for (shape, dtype), k in zip(self._out_specs, self._out_in_param, strict=True)]
+        into = into or (None,) * len(self._result_refs)
+        outs: list[np.ndarray | None] = []
+        for j, ((shape, dtype), k) in enumerate(zip(self._out_specs, self._out_in_param, strict=True)):
+            given = into[self._into_slot[j]] if j in self._into_slot else None
+            outs.append(None if k is not None else given if given is not None else np.empty(shape, dtype))
         self._run_stepwise(arrays, outs)
         results = []
-        for kind, k in self._result_refs:
+        for r, (kind, k) in enumerate(self._result_refs):
             if kind == "param":
-                results.append(np.array(arrays[k], copy=True))
+                results.append(_copy_into(into[r], arrays[k]))
             elif outs[k] is None:
                 results.append(arrays[self._out_in_param[k]].reshape(self._out_specs[k][0]))
             else:
@@ -486,6 +504,25 @@ the module doc); ``call_plan`` is what it runs, as data."""
     def runner_source(self) -> str:
         """The generated Python function every call runs (``K0``... are the kernels)."""
         return self._runner_source
+
+
+def _into_slots(result_refs: Sequence[tuple[str, Any]], out_in_param: Sequence[int | None]) -> dict[int, int]:
+    """Per output that a call may write into a caller's array: the result it is. Not an
+    output written into a donated argument, nor a second result of the same value (the
+    caller copies those)."""
+    slots: dict[int, int] = {}
+    for r, (kind, j) in enumerate(result_refs):
+        if kind == "out" and out_in_param[j] is None:
+            slots.setdefault(j, r)
+    return slots
+
+
+def _copy_into(dest: np.ndarray | None, a: np.ndarray) -> np.ndarray:
+    """A result that is an argument: a copy of it, in ``dest`` when given."""
+    if dest is None:
+        return np.array(a, copy=True)
+    np.copyto(dest, a.reshape(dest.shape))
+    return dest
 
 
 def op_dtype(arr: np.ndarray) -> DType:

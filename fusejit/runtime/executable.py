@@ -81,6 +81,7 @@ def compile_function(
     traced: Function | None = None,
     times: CompileTimes | None = None,
     fuse: bool = True,
+    nested: bool = False,
 ) -> Any:
     """Compiles a partition (``partition(fn, fuse, backend)``) for ``backend``: an
     ``InterpretedExecutable``, a ``CpuExecutable``, or with ``config compile =
@@ -91,7 +92,9 @@ def compile_function(
     used for ``FUSEJIT_DUMP``. ``times``, when given, receives the lowering and per-kernel
     compile times (the earlier stages' times already in it are dumped with them).
     ``fuse`` says how the nested functions of control-flow ops (loop bodies, branches)
-    are partitioned; they are optimized and compiled once, with the function.
+    are partitioned; they are optimized and compiled once, with the function: ``nested``
+    (a loop body or a branch) compiles now whatever the compile mode, since its driver
+    runs it (in background mode, the driver is what compiles behind the interpreter).
     """
     fn = fused.function
     dump_dir = config.value("dump_dir")
@@ -103,18 +106,27 @@ def compile_function(
             dump_compilation(dump_dir, fn, exe, stages=stages, traced=traced, backend=backend, times=times)
 
     if backend in ("cpu", "cuda") and has_control_flow(fn):
-        # Loops and branches run as drivers over nested executables (fusejit.runtime.control);
-        # compiled in the foreground, one executable per stretch of kernels between them.
+        # Loops and branches run as drivers over nested executables (fusejit.runtime.control),
+        # one executable per stretch of kernels between them; the stretch after the last loop
+        # takes the donated arguments it can.
         kernels, arrays = _kernel_executable(backend)
-        exe = ControlFlowExecutable(fn, fused, lambda f: _compile_nested(f, fuse, backend),
-                                    lambda f, part: kernels(f, part, ()), arrays)
+        if backend == "cpu" and not nested and config.value("compile") == "background":
+            from fusejit.runtime.background import BackgroundExecutable
+
+            # The stretches' kernels compile in the workers; the bodies' in the thread.
+            return BackgroundExecutable(fused, (), times, on_ready=dump, build=lambda: ControlFlowExecutable(
+                fn, fused, lambda f: _compile_nested(f, fuse, backend),
+                lambda f, part, donated: CpuExecutable(f, part, donated, workers_only=True), arrays,
+                donate_argnums))
+        exe = ControlFlowExecutable(fn, fused, lambda f: _compile_nested(f, fuse, backend), kernels, arrays,
+                                    donate_argnums)
         if times is not None:
             times.lower = exe.compile_times.lower
             times.startup += exe.compile_times.startup  # after importing the runtime (Lowered.fused)
             times.kernels = list(exe.compile_times.kernels)
         dump(exe)
         return exe
-    if backend == "cpu" and config.value("compile") == "background":
+    if backend == "cpu" and not nested and config.value("compile") == "background":
         from fusejit.runtime.background import BackgroundExecutable
 
         return BackgroundExecutable(fused, donate_argnums, times, on_ready=dump)
@@ -148,4 +160,4 @@ def _compile_nested(fn: Function, fuse: bool, backend: str) -> Any:
     from fusejit.ir.transforms.pipeline import optimize
 
     optimized, _ = optimize(fn, check=config.value("check_ir"))
-    return compile_function(partition(optimized, fuse, backend), backend=backend, fuse=fuse)
+    return compile_function(partition(optimized, fuse, backend), backend=backend, fuse=fuse, nested=True)

@@ -15,6 +15,7 @@ from fusejit.ir.transforms.checkpoint import inline_checkpoints
 from fusejit.ir.transforms.control_simplify import select_cheap_branches
 from fusejit.ir.transforms.dce import eliminate_dead_code
 from fusejit.ir.transforms.inline import inline_calls
+from fusejit.ir.transforms.loop_invariants import hoist_scan_invariants
 from fusejit.ir.transforms.simplify import (
     canonicalize_layout,
     eliminate_common_subexpressions,
@@ -36,6 +37,8 @@ PIPELINE: list[tuple[str, Pass]] = [
     # A backward sweep's recomputation (fj.checkpoint) joins the function only now, so that
     # CSE cannot merge it back into the forward computation it repeats.
     ("inline_checkpoints", inline_checkpoints),
+    # Before the second round, which folds the hoisted ops' transposes into their products.
+    ("hoist_scan_invariants", hoist_scan_invariants),
     # Folding and merging expose new identities (x * (2 * 0.5)); one more round gets them.
     ("simplify_algebra", simplify_algebra),
     ("canonicalize_layout", canonicalize_layout),
