@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -76,6 +77,44 @@ def test_compile_workers_compile_uncached_kernels_into_the_shared_cache(tmp_path
     origins = [k.origin for k in times.kernels]
     assert timings.KernelOrigin.WORKER in origins or timings.KernelOrigin.DISK in origins, times
     assert list(tmp_path.rglob("*.nbi")), "the worker wrote Numba's cache"
+
+
+def test_threads_racing_cold_first_calls_share_one_compile_worker_without_hanging(tmp_path):
+    """Four threads compile four functions at once through one worker: each request gets
+    its own reply (two threads reading one worker's pipe once deadlocked)."""
+    from fusejit.runtime import compile_pool
+
+    def make(c: float):  # several kernels each, none cached: every call feeds the worker
+        def f(x):
+            a = fnp.tanh(x @ x.T) * c
+            b = fnp.sort(a, axis=0).sum(axis=1)
+            d = (a @ a).max(axis=0) + b
+            return fnp.exp(d - d.max()).cumsum() + fnp.sort(d)
+
+        return f
+
+    xs = [np.full((3 + k, 3), 0.1 * (k + 1), np.float32) for k in range(4)]
+    fns = [make(0.4321 + k) for k in range(4)]
+    results: list = [None] * 4
+    barrier = threading.Barrier(4)
+
+    def work(k: int) -> None:
+        barrier.wait()
+        results[k] = fj.jit(fns[k])(xs[k])
+
+    try:
+        with config.override(cache=True, cache_dir=str(tmp_path), compile_workers="1"):
+            threads = [threading.Thread(target=work, args=(k,), daemon=True) for k in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=300)
+            assert not any(t.is_alive() for t in threads), "a first call hung"
+    finally:
+        compile_pool.shutdown()
+    for k in range(4):
+        for a, b in zip(fns[k](xs[k]), results[k], strict=True):
+            np.testing.assert_allclose(b, a, rtol=2e-6, atol=1e-6)
 
 
 def test_background_compilation_answers_on_the_interpreter_then_switches_to_the_kernels(tmp_path):

@@ -67,17 +67,22 @@ class _Worker:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             text=True, env=env,
         )
+        # One request and its reply at a time: threads compiling different functions share
+        # the workers, and two readers of one pipe could take each other's replies (one
+        # text-mode read buffers both lines; the other thread then waits forever).
+        self._exchange = threading.Lock()
 
     def run(self, job: CompileJob, cache_root: str) -> dict[str, Any] | None:
         """The worker's reply to ``job``, or None if it is gone."""
-        try:
-            assert self.proc.stdin is not None and self.proc.stdout is not None
-            self.proc.stdin.write(job.request(cache_root))
-            self.proc.stdin.flush()
-            line = self.proc.stdout.readline()
-            return json.loads(line) if line else None
-        except (OSError, ValueError):
-            return None
+        with self._exchange:
+            try:
+                assert self.proc.stdin is not None and self.proc.stdout is not None
+                self.proc.stdin.write(job.request(cache_root))
+                self.proc.stdin.flush()
+                line = self.proc.stdout.readline()
+                return json.loads(line) if line else None
+            except (OSError, ValueError):
+                return None
 
     def alive(self) -> bool:
         return self.proc.poll() is None
