@@ -24,10 +24,12 @@ constants, accumulators in the input dtype, int32 arithmetic wrapped back from N
 int64); ``error_model='numpy'``; no fast-math flags (float sums vectorize through the
 math library's one reassociable add, ``accumulate``).
 
-Threads: the outermost loop of a kernel becomes a ``prange`` only when its iteration
+Threads: the outermost loop of a kernel runs on threads only when its iteration
 space has at least ``config parallel_threshold`` elements (default 2**18 = 262,144;
 measured in ``bench/bench_backend.py prange``: below ~2**14 elements a serial loop wins,
-and every prange adds ~0.5 s of compile time, so only large kernels get one). A new batch
+and every prange adds ~0.5 s of compile time, so only large kernels get one). On the CPU
+a kernel whose parallel loop is its last statement runs it in chunks on fusejit's threads
+(serial Numba code, ``fusejit.runtime.chunks``); others are ``prange`` loops. A new batch
 size that crosses the threshold therefore compiles a new (parallel) kernel.
 
 Legality contract (what ``supports(group)`` accepts; anything else gets a reason string).

@@ -48,7 +48,7 @@ from fusejit.ir.dtypes import DType, from_numpy
 from fusejit.ir.nans import first_nonfinite, nonfinite_error, nonfinite_kind
 from fusejit.ir.scopes import scope_label
 from fusejit.ir.transforms.fusion import FusedFunction
-from fusejit.runtime import blas, compile_pool, donation, threads
+from fusejit.runtime import blas, chunks, compile_pool, donation, threads
 from fusejit.runtime.cache import (
     COUNTERS,
     compile_dispatchers,
@@ -149,6 +149,7 @@ class _Step:
     entry_point: Any  # the dispatcher's compiled overload, called without type dispatch
     array_refs: list[tuple[str, Any]]  # per kernel array: storage reference
     int_slots: list[int]  # positions in the size array
+    chunked: bool = False  # its parallel loop runs in chunks on fusejit's threads (runtime/chunks.py)
 
 
 class CpuExecutable:
@@ -169,7 +170,7 @@ the module doc); ``call_plan`` is what it runs, as data."""
         for sp in call.steps:
             source = CPU.print_module(sp.lowered.kernel)
             self._steps.append(_Step(sp.lowered, module_name(source), source, None, None, list(sp.refs),
-                                     list(sp.int_slots)))
+                                     list(sp.int_slots), CPU.chunked(sp.lowered.kernel)))
         self.compile_times.lower = time.perf_counter() - start
         self._dims = np.array(call.dims, dtype=np.int64)
         self._consts = list(call.consts)
@@ -190,7 +191,7 @@ the module doc); ``call_plan`` is what it runs, as data."""
         self.kernels = [kernel_info(st.lowered, st.module, st.source) for st in self._steps]
         gemms = [_gemm_flops(st.lowered) for st in self._steps if st.lowered.uses_blas]
         self._blas_threads = blas.threads_for(max(gemms)) if gemms else None
-        if any(st.lowered.kernel.parallel or any(h.parallel for h in st.lowered.kernel.helpers)
+        if any((st.lowered.kernel.parallel and not st.chunked) or any(h.parallel for h in st.lowered.kernel.helpers)
                for st in self._steps):
             threads.start()  # before Numba would launch its threads with spinning waits
         self._lock = threading.RLock()
@@ -252,7 +253,7 @@ the module doc); ``call_plan`` is what it runs, as data."""
             seen.add(st.module)
             kernel = st.lowered.kernel
             jobs.append(compile_pool.CompileJob(st.source, kernel.name, tuple(a.dtype.np.name for a in kernel.arrays),
-                                                len(kernel.ints)))
+                                                len(kernel.ints) + 3 * st.chunked))
             steps.append(k)
         return (jobs, steps) if len(jobs) >= at_least else ([], [])
 
@@ -264,12 +265,14 @@ the module doc); ``call_plan`` is what it runs, as data."""
         start, compiles = time.perf_counter(), COUNTERS.numba_compiles
         st.dispatcher = getattr(load_module(st.source), st.lowered.kernel.name)
         sig = tuple(types.Array(nbt[a.dtype], 1, "C") for a in st.lowered.kernel.arrays)
-        sig += (types.int64,) * len(st.lowered.kernel.ints)
+        sig += (types.int64,) * (len(st.lowered.kernel.ints) + 3 * st.chunked)  # + chunk, chunks, worker
         found = KernelOrigin.MEMORY if sig in st.dispatcher.overloads else (origin or KernelOrigin.DISK)
         compile_dispatchers(st.dispatcher, sig)
         if COUNTERS.numba_compiles != compiles:
             found = KernelOrigin.COMPILED
         st.entry_point = st.dispatcher.overloads[sig].entry_point
+        if st.chunked:  # called with the kernel's own arguments, like the others
+            st.entry_point = chunks.chunked(st.entry_point, CPU.max_threads())
         return KernelTime(st.lowered.display_name, time.perf_counter() - start, found)
 
     # Calls ----------------------------------------------------------------------------

@@ -12,8 +12,10 @@ from typing import Any
 DISK_CACHE = False
 
 
-def kernel_jit(parallel: bool = False, helper: bool = False) -> Any:
+def kernel_jit(parallel: bool = False, helper: bool = False, nogil: bool = False) -> Any:
     """The decorator generated modules use (reads the cache mode at module load).
+    ``nogil``: a chunked kernel, whose chunks run on several threads at once
+    (``fusejit.runtime.chunks``).
 
     No fast-math flag: each would let LLVM change results in ways the IR does not allow
     (``contract`` turned ``x*s - max(x*s)`` into an FMA whose error made a softmax NaN);
@@ -25,6 +27,7 @@ def kernel_jit(parallel: bool = False, helper: bool = False) -> Any:
     return numba.njit(
         cache=DISK_CACHE,
         parallel=parallel,
+        nogil=nogil,
         error_model="numpy",
         boundscheck=False,
         no_cfunc_wrapper=True,

@@ -1,7 +1,10 @@
 """The CPU printer: a ``Kernel`` as the source of a Numba module.
 
-This is the one place that spells Numba: ``parallel`` loops print as ``prange`` (and make
-the function ``parallel=True``), a ``Matmul`` prints as ``np.dot`` on reshaped views (BLAS
+This is the one place that spells Numba: a kernel whose one parallel loop is its last
+statement (``runs_in_chunks``) prints as serial ``nogil`` code over one chunk of that loop,
+which ``fusejit.runtime.chunks`` runs on fusejit's threads (no parfor: each ``prange`` cost
+0.3-1.5 s of compile time); other ``parallel`` loops print as ``prange`` (and make the
+function ``parallel=True``); a ``Matmul`` prints as ``np.dot`` on reshaped views (BLAS
 through SciPy, in a serial function), math-library calls name the vectorizable
 ``fusejit.codegen.cpu.mathlib`` functions, constants become typed module globals
 (``np.float32(0.5)``: a bare literal would be float64 and promote the arithmetic), int32
@@ -10,7 +13,7 @@ through ``idx`` (``np.uint64``): Numba then skips the negative-index wraparound,
 branch stopped loops inside ``prange`` bodies from vectorizing (2-2.5x slower per thread,
 ``bench/bench_backend.py``). Every function is compiled by ``kernel_jit``.
 
-A module's text depends only on the kernel (no shapes, no source lines, no file names,
+A module's text depends only on the kernel and ``config parallel_chunks`` (no shapes, no source lines, no file names,
 and on the CPU no float constants but 0, ±1, ±2 and ±0.5: the others reach it as data,
 ``fusejit.codegen.constants``): it is content-addressed, so identical kernels share one
 compiled module across functions, batch sizes and processes.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import math
 
+from fusejit import config
 from fusejit.codegen.cpu import mathlib
 from fusejit.codegen.exprs import (
     ATOMS,
@@ -37,7 +41,7 @@ from fusejit.codegen.exprs import (
     UnaryOp,
     Var,
 )
-from fusejit.codegen.kernel import Assign, Call, If, Kernel, Let, Loop, Matmul, Stmt, Store
+from fusejit.codegen.kernel import Assign, Call, If, Kernel, Let, Loop, Matmul, Stmt, Store, statements
 from fusejit.ir.dtypes import DType
 
 NP_NAME = {DType.bool: "np.bool_", DType.i32: "np.int32", DType.i64: "np.int64",
@@ -54,6 +58,23 @@ _SYMBOL = {
 _WIDENED = frozenset({BinaryOp.ADD, BinaryOp.SUB, BinaryOp.MUL, BinaryOp.DIV, BinaryOp.FLOORDIV,
                       BinaryOp.MOD, BinaryOp.AND, BinaryOp.OR, BinaryOp.XOR, BinaryOp.SHL})
 _ROUNDING = {UnaryOp.FLOOR: "np.floor", UnaryOp.CEIL: "np.ceil", UnaryOp.RINT: "np.rint"}
+# The parameters a chunked kernel takes after its own (``fusejit.runtime.chunks``): which
+# chunk of its parallel loop to run, of how many, and the thread's row of scratch.
+CHUNK_PARAMS = ("chunk", "chunks", "worker")
+
+
+def runs_in_chunks(kernel: Kernel) -> bool:
+    """Whether ``kernel`` runs its parallel loop in chunks on fusejit's threads (config
+    ``parallel_chunks``): its one parallel loop is the last statement of its body, after
+    ``Let``s only (each chunk recomputes them: they store nothing, and what follows the loop
+    would need every chunk done), and no helper is parallel. Anything else is a parfor."""
+    if not (kernel.parallel and kernel.body and config.value("parallel_chunks")) or any(
+            h.parallel for h in kernel.helpers):
+        return False
+    *prelude, last = kernel.body
+    if not (isinstance(last, Loop) and last.parallel) or not all(isinstance(s, Let) for s in prelude):
+        return False
+    return sum(isinstance(s, Loop) and s.parallel for s in statements(kernel.body)) == 1
 
 
 def math_function(fn: str, dtype: DType) -> str:
@@ -88,6 +109,7 @@ class NumbaPrinter:
 
     def __init__(self, kernel: Kernel) -> None:
         self.const_names = {c: f"c{k}" for k, c in enumerate(kernel.constants())}
+        self.chunked = False  # printing a chunked kernel: its parallel loop covers one chunk
 
     # Expressions ------------------------------------------------------------------------
     def expr(self, e: Expr) -> str:
@@ -104,7 +126,7 @@ class NumbaPrinter:
         if isinstance(e, MathCall):
             return f"{math_function(e.fn, e.dtype)}({', '.join(self.expr(a) for a in e.args)})"
         if isinstance(e, ThreadId):
-            return self.THREAD_ID
+            return CHUNK_PARAMS[2] if self.chunked else self.THREAD_ID
         if isinstance(e, Select):
             return f"{self.operand(e.then)} if {self.operand(e.cond)} else {self.operand(e.orelse)}"
         if isinstance(e, Unary):
@@ -140,6 +162,12 @@ class NumbaPrinter:
 
     # Statements -------------------------------------------------------------------------
     def function(self, kernel: Kernel, helper: bool = False) -> list[str]:
+        self.chunked = not helper and runs_in_chunks(kernel)
+        if self.chunked:
+            return [
+                "@kernel_jit(nogil=True)",
+                f"def {kernel.name}({', '.join(kernel.params + list(CHUNK_PARAMS))}):",
+            ] + self.block(kernel.body, 1)
         lines = [
             f"@kernel_jit(parallel={kernel.parallel!r}{', helper=True' if helper else ''})",
             f"def {kernel.name}({', '.join(kernel.params)}):",
@@ -154,6 +182,17 @@ class NumbaPrinter:
                 out.append(f"{pad}{s.var.name} = {self.expr(s.expr)}")
             elif isinstance(s, Store):
                 out.append(f"{pad}{s.array}[idx({self.expr(s.index)})] = {self.expr(s.value)}")
+            elif isinstance(s, Loop) and s.parallel and self.chunked:
+                # This chunk's share of [start, stop): chunk k of c starts at span * k // c.
+                stop = self.expr(s.stop)
+                chunk, chunks, _ = CHUNK_PARAMS
+                span = stop if s.start == Lit(0) else f"{stop} - {self.operand(s.start)}"
+                out.append(f"{pad}chunk_span = {span}")
+                lo, hi = (f"chunk_span * {k} // {chunks}" for k in (chunk, f"({chunk} + 1)"))
+                if s.start != Lit(0):
+                    lo, hi = f"{self.operand(s.start)} + {lo}", f"{self.operand(s.start)} + {hi}"
+                out.append(f"{pad}for {s.var.name} in range({lo}, {hi}):")
+                out += self.block(s.body, depth + 1) or [f"{pad}    pass"]
             elif isinstance(s, Loop):
                 rng = self.PARALLEL_RANGE if s.parallel else "range"
                 stop = self.expr(s.stop)
