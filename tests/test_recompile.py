@@ -55,6 +55,26 @@ def test_a_new_batch_size_of_an_mlp_step_retraces_but_compiles_nothing(tmp_path)
     assert len(second.kernels) == len(first.kernels)
 
 
+def test_batch_sizes_that_are_and_are_not_powers_of_two_share_every_kernel(tmp_path):
+    """A mean over the batch divides by 37, 32 and 48: the same kernels (a division by a
+    power of two once became a multiplication, a different kernel)."""
+
+    def per_example_loss(params, x, y):
+        w1, b1, w2, b2 = params
+        return fnp.mean(fnp.sum((fnp.tanh(x @ w1 + b1) @ w2 + b2 - y) ** 2, axis=1))
+
+    step = fj.jit(fj.value_and_grad(per_example_loss))
+    with config.override(cache=True, cache_dir=str(tmp_path)):
+        step(*mlp_data(37))
+        before = COUNTERS.numba_compiles
+        for batch in (32, 48):
+            params, x, y = mlp_data(batch, seed=batch)
+            loss, _ = step(params, x, y)
+            want, _ = fj.jit(fj.value_and_grad(per_example_loss), backend="interpret")(params, x, y)
+            np.testing.assert_allclose(loss, want, rtol=1e-5)
+    assert COUNTERS.numba_compiles == before
+
+
 def test_crossing_the_parallel_threshold_recompiles_only_the_kernels_that_become_parallel(tmp_path):
     step = fj.jit(fj.value_and_grad(mlp_loss))
     # 41 x 32 hidden units cross the threshold; 41 x 5 outputs and the weights stay serial.

@@ -52,11 +52,10 @@ def test_small_integer_powers_become_products():
     assert prim_names(fn).count("mul") == 2  # x*x, shared by both powers, then (x*x)*x
 
 
-def test_division_by_a_power_of_two_becomes_a_multiplication():
-    fn = optimized(lambda x: x / 4.0, X)
-    assert "div" not in prim_names(fn)
-    fn = optimized(lambda x: x / 3.0, X)
-    assert "div" in prim_names(fn)
+def test_division_by_a_constant_stays_a_division_whatever_the_constant():
+    """So that a mean over a batch of 32 and one over 48 are the same kernel."""
+    by_four, by_three = optimized(lambda x: x / 4.0, X), optimized(lambda x: x / 3.0, X)
+    assert prim_names(by_four) == prim_names(by_three) and "div" in prim_names(by_four)
 
 
 def test_transpose_and_reshape_chains_collapse():

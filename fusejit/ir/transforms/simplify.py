@@ -124,11 +124,9 @@ def _identities(op: Op, producer: dict[Value, Op], b: Builder) -> Value | None:
         return x
     if p is P.div and _is(y, producer, 1):
         return x
-    if p is P.div:
-        c = scalar_constant(y, producer)
-        if isinstance(c, float) and 2.0**-100 <= abs(c) <= 2.0**100 and math.frexp(c)[0] in (0.5, -0.5):
-            # Dividing by a power of two is exactly multiplying by its reciprocal.
-            return b.op(P.mul, x, b.full_like(1.0 / c, x))
+    # A division by a power of two stays a division, although multiplying by the reciprocal
+    # would be exact: kernels take their float constants as data (codegen/constants.py),
+    # and a mean over the batch must be the same kernel for a batch of 32 and one of 48.
     if p is P.pow:
         c = scalar_constant(y, producer)
         if c == 1:
