@@ -226,6 +226,19 @@ def test_augmented_assignment_follows_numpys_same_kind_casting() -> None:
         fj.jit(lambda i: fnp.add(i, 1.5, out=i))(ints)  # a Python float makes float64, as in NumPy 2
 
 
+def test_a_python_int_out_of_the_dtypes_range_raises_like_numpy() -> None:
+    def f(x: Any) -> Any:
+        b = x.copy()
+        b[0] = 2**31
+        return b
+
+    ints = np.ones(4, np.int32)
+    with pytest.raises(OverflowError, match="out of bounds for int32"):
+        f(ints)
+    with pytest.raises(OverflowError, match="Python integer 2147483648 out of bounds for int32"):
+        fj.jit(f)(ints)
+
+
 def test_writes_into_a_broadcast_view_are_refused_like_numpy() -> None:
     def f(x: Any) -> Any:
         b = np.broadcast_to(x, (3, 2))

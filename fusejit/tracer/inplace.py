@@ -294,7 +294,12 @@ def first_write(a: TracedArray) -> SourceLoc | None | bool:
 
 
 def setitem(a: TracedArray, key: Any, value: Array) -> None:
-    """``a[key] = value`` (``value`` cast to ``a``'s dtype as NumPy does: unsafely)."""
+    """``a[key] = value`` (``value`` cast to ``a``'s dtype as NumPy does: unsafely, except
+    that a Python int outside an integer dtype's range raises ``OverflowError``)."""
+    if isinstance(value, int) and not isinstance(value, bool) and a.dtype.kind in "iu":
+        info = np.iinfo(a.dtype)
+        if not info.min <= value <= info.max:
+            raise OverflowError(f"Python integer {value} out of bounds for {a.dtype}")
     key = fnp.expand_key(a.ndim, key)
     if _rewrites_itself(a, key, value):
         return

@@ -14,8 +14,10 @@ The constructors (``zeros``, ``ones``, ``empty``, ``full`` and their ``_like`` f
 replaced in the ``numpy`` module only while some thread traces, and they answer as NumPy's
 own unless the calling thread is tracing and the caller is the user's code: fusejit, NumPy,
 the standard library and installed packages keep getting NumPy arrays. ``np.empty`` gives
-zeros (NumPy leaves its contents unspecified), and buffers of more than
-``KNOWN_MAX_SIZE`` elements stay NumPy arrays (known contents are kept small).
+zeros (NumPy leaves its contents unspecified). A buffer of more than ``KNOWN_MAX_SIZE``
+elements stays known until it is written (what operations compute from known values is
+kept only up to that size), and one whose elements differ (``np.full`` of an array) stays
+a NumPy array above it.
 
 A Numba function compiled by another thread while a trace is running would find the
 replacement under ``np.zeros`` and fail to type it; compile such functions before tracing.
@@ -68,12 +70,7 @@ def _traced_constructor(original: Callable[..., Any], unspecified: bool) -> Call
     @functools.wraps(original)
     def constructor(*args: Any, **kwargs: Any) -> Any:
         out = original(*args, **kwargs)
-        if (
-            _TRACES
-            and type(out) is np.ndarray
-            and out.size <= KNOWN_MAX_SIZE
-            and _is_user_file(sys._getframe(1).f_code.co_filename)
-        ):
+        if _TRACES and type(out) is np.ndarray and _is_user_file(sys._getframe(1).f_code.co_filename):
             if unspecified:
                 out.fill(0)
             return _known_buffer(out)
@@ -82,17 +79,22 @@ def _traced_constructor(original: Callable[..., Any], unspecified: bool) -> Call
     return constructor
 
 
-def _known_buffer(contents: np.ndarray) -> TracedArray:
+def _known_buffer(contents: np.ndarray) -> TracedArray | np.ndarray:
     """A traced array of the current trace holding ``contents``, known: a broadcast scalar
     constant when every element is the same (which the simplifier folds writes into), a
-    constant of the data otherwise."""
+    constant of the data otherwise; ``contents`` itself (a NumPy array) when it is neither
+    uniform nor small enough to be written into the IR."""
     from fusejit.tracer import numpy_api as fnp
 
     trace = current_trace()
     assert trace is not None
     if contents.size and (contents != contents.flat[0]).any():
+        if contents.size > KNOWN_MAX_SIZE:
+            return contents
         return TracedArray(_to_value(contents, trace), trace, known=read_only(contents))
-    return fnp.full(contents.shape, contents.flat[0] if contents.size else 0, contents.dtype)
+    out = fnp.full(contents.shape, contents.flat[0] if contents.size else 0, contents.dtype)
+    out._known = read_only(contents)  # for any size: the array exists already
+    return out
 
 
 _ORIGINALS = {name: getattr(np, name) for name in BUFFER_CONSTRUCTORS}
