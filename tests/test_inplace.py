@@ -109,6 +109,9 @@ def _dtypes(xp, a, v):
     b = a > 0; b |= a < -1; i64 = xp.zeros(5, np.int64); i64[1:] += i[0, 1:]; return i, f, b, i64  # noqa: E702
 def _broadcasting(xp, a, v):
     a = a.copy(); a[:, 1:3] = v[:2]; a[1:3] += v[:, None][:2, :1]; a += v[None]; return a  # noqa: E702
+def _masked_augmented(xp, a, v, mask):
+    a = a.copy(); a[a > 0.5] *= 0.1; a[a < -1] += v[0]; a[a[:, 0] > 0] -= v; a[mask] **= 2  # noqa: E702
+    i = (a * 10).astype(np.int64); i[i < 0] //= 3; return a, i  # noqa: E702
 def _putmask_place(xp, a, v, mask):
     a = a.copy(); xp.putmask(a, mask, v[:3]); b = a.copy(); xp.place(b, ~mask, v[1:])  # noqa: E702
     i = (a * 10).astype(np.int64); xp.putmask(i, mask, [2.7, -3.2]); return a, b, i  # noqa: E702
@@ -150,6 +153,7 @@ CASES: list[tuple[str, Callable[..., Any], tuple[Any, ...]]] = [
     ("aliases and copies", _aliasing, (A, V5)),
     ("dtypes and casting", _dtypes, (A, V5)),
     ("broadcasting", _broadcasting, (A, V5)),
+    ("masked augmented assignment", _masked_augmented, (A, V5, MASK)),
     ("putmask and place", _putmask_place, (A, V5, MASK)),
     ("put", _put, (A, V5, IDX)),
     ("fill_diagonal", _fill_diagonal, (A, V5)),

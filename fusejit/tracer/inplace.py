@@ -16,8 +16,8 @@ optimizer only ever see SSA:
   Static indices give ``winner`` at trace time; traced ones compare every position with
   every index (out-of-range traced indices write nothing). ``np.add.at`` accumulates
   instead, with ``scatter_add``;
-- a boolean mask is a ``select``; several integer arrays are merged into one index of
-  the merged axes (as ``getitem`` does).
+- a boolean mask is a ``select``, ``a[mask] op= v`` too (``MaskedSelection``); several
+  integer arrays are merged into one index of the merged axes (as ``getitem`` does).
 
 Views. A basic index, a transpose or a reshape of a traced array is a *view*: it keeps its
 root array and the steps from it. Writing through a view rebuilds the root (each step
@@ -303,6 +303,9 @@ def setitem(a: TracedArray, key: Any, value: Array) -> None:
     key = fnp.expand_key(a.ndim, key)
     if _rewrites_itself(a, key, value):
         return
+    if isinstance(value, MaskedSelection):
+        assign(a, value.merged_into(a, key), "an assignment a[mask] op= value")
+        return
     assign(a, updated(a, key, value), "an assignment a[...] = value")
 
 
@@ -379,6 +382,87 @@ def _augmented_assignment() -> bool:
         if ins.offset == frame.f_lasti:
             return ins.opname == "BINARY_OP" and ins.argrepr.endswith("=")
     return False
+
+
+def _target_of_augmented_assignment() -> bool:
+    """Whether the user's code is reading ``a[key]`` as the target of ``a[key] op= v``
+    (CPython compiles it as ``COPY 2; COPY 2; BINARY_SUBSCR; <v>; BINARY_OP op=; ...;
+    STORE_SUBSCR``)."""
+    frame = sys._getframe(1)
+    while frame is not None and _is_internal(frame.f_code.co_filename):
+        frame = frame.f_back
+    if frame is None:
+        return False
+    previous: list[Any] = []
+    for ins in dis.get_instructions(frame.f_code):
+        if ins.offset == frame.f_lasti:
+            return ins.opname == "BINARY_SUBSCR" and [(p.opname, p.arg) for p in previous[-2:]] == [("COPY", 2)] * 2
+        previous.append(ins)
+    return False
+
+
+class MaskedSelection:
+    """``a[mask]``, with a traced boolean ``mask``, read as the target of an augmented
+    assignment (``a[a < 0] *= 0.01``). Its shape would depend on the data, so it is kept
+    as the whole of ``a``: the in-place operator (with an operand that broadcasts against
+    one selected element: a scalar, or the axes after the mask's) updates every element,
+    with NumPy's casting, and the assignment back, ``a[mask] = selection``, selects the
+    updated elements where ``mask`` is True. Any other use raises the data-dependent-shape
+    error, as reading ``a[mask]`` does."""
+
+    __slots__ = ("mask", "full")
+
+    def __init__(self, a: TracedArray, key: tuple) -> None:
+        mask, shape = key[0], shape_of(a)
+        if not all(k == builtins.slice(None) for k in key[1:]) or shape[: mask.ndim] != mask.shape:
+            raise fnp._boolean_mask_error()
+        self.mask = mask
+        self.full = fnp.fresh(a)
+
+    def _update(self, ufunc: np.ufunc, operand: Array) -> MaskedSelection:
+        oshape = shape_of(operand)
+        if math.prod(oshape) == 1:
+            operand = fnp.reshape(operand, ()) if oshape else operand
+        elif len(oshape) > self.full.ndim - self.mask.ndim:  # it would depend on the count
+            raise fnp._boolean_mask_error()
+        fnp.apply_ufunc(ufunc, "__call__", (self.full, operand), {"out": self.full})
+        return self
+
+    def merged_into(self, a: TracedArray, key: tuple) -> Array:
+        """``a`` with the updated elements where the mask is True (``key``: the same mask)."""
+        if key[0] is not self.mask:
+            raise fnp._boolean_mask_error()
+        spread = fnp.reshape(self.mask, self.mask.shape + (1,) * (a.ndim - self.mask.ndim))
+        return fnp.where(spread, self.full, a)
+
+    def __iadd__(self, o: Any) -> Any: return self._update(np.add, o)
+    def __isub__(self, o: Any) -> Any: return self._update(np.subtract, o)
+    def __imul__(self, o: Any) -> Any: return self._update(np.multiply, o)
+    def __itruediv__(self, o: Any) -> Any: return self._update(np.divide, o)
+    def __ifloordiv__(self, o: Any) -> Any: return self._update(np.floor_divide, o)
+    def __imod__(self, o: Any) -> Any: return self._update(np.remainder, o)
+    def __ipow__(self, o: Any) -> Any: return self._update(np.power, o)
+    def __iand__(self, o: Any) -> Any: return self._update(np.bitwise_and, o)
+    def __ior__(self, o: Any) -> Any: return self._update(np.bitwise_or, o)
+    def __ixor__(self, o: Any) -> Any: return self._update(np.bitwise_xor, o)
+
+    def __getattr__(self, name: str) -> Any:
+        raise fnp._boolean_mask_error()
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise fnp._boolean_mask_error()
+
+    __array__ = __array_ufunc__ = __array_function__ = __len__ = __iter__ = __bool__ = _refuse
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __truediv__ = __rtruediv__ = _refuse
+    __neg__ = __abs__ = __lt__ = __le__ = __gt__ = __ge__ = __getitem__ = __setitem__ = _refuse
+
+
+def masked_selection(a: Array, key: tuple) -> MaskedSelection | None:
+    """The target of ``a[mask] op= v`` for a traced boolean mask (None for anything else)."""
+    if (isinstance(a, TracedArray) and key and isinstance(key[0], TracedArray) and key[0].dtype == np.bool_
+            and _target_of_augmented_assignment()):
+        return MaskedSelection(a, key)
+    return None
 
 
 # ---------------------------------------------------------------------------------------

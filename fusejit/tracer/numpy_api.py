@@ -49,12 +49,12 @@ def _fail(message: str) -> IRTypeError:
 
 
 def _boolean_mask_error() -> NotImplementedError:
-    """Reading ``a[mask]`` (so also ``a[mask] *= 3``): the result's shape depends on the data."""
+    """Reading ``a[mask]`` with a traced mask: the result's shape depends on the data."""
     loc = user_source_loc()
     return NotImplementedError(
         "boolean mask indexing (its shape depends on the data)"
-        f"{f' at {loc}' if loc else ''}: select instead, e.g. fnp.where(mask, a * 3, a) for "
-        "a[mask] *= 3 (assigning a[mask] = value works)"
+        f"{f' at {loc}' if loc else ''}: select instead, e.g. fnp.where(mask, a, 0).sum() for "
+        "a[mask].sum() (a[mask] = value and a[mask] *= scalar work)"
     )
 
 
@@ -847,6 +847,9 @@ def getitem(a: Array, key: Any) -> Array:
     """
     a = _as_operand(a)
     key = expand_key(len(shape_of(a)), key)
+    selection = inplace.masked_selection(a, key)  # the target of a[mask] op= v
+    if selection is not None:
+        return selection
     out = index_value(a, key)
     return inplace.view_of(a, out, inplace.Index(key)) if is_basic_key(key) else out
 
