@@ -286,6 +286,23 @@ def _bind_steps(exe: Any, arrays: list[np.ndarray]) -> list[tuple[Any, list[Any]
     return bound
 
 
+def _checked_arguments(exe: Any, args: Sequence[Any], repeat: int | None,
+                       name: str | None) -> tuple[str, list[np.ndarray]]:
+    """The function's name and private copies of ``args``, checked against the compiled
+    parameters (count and shapes) and ``repeat`` (at least 1); ``ValueError`` otherwise."""
+    if repeat is not None and repeat < 1:
+        raise ValueError(f"repeat must be at least 1, got {repeat}")
+    fn_name = name or exe.function.name
+    params = exe.function.params
+    if len(args) != len(params):
+        raise ValueError(f"@{fn_name} takes {len(params)} flat arguments, got {len(args)}")
+    arrays = _private_copies(args, [p.type for p in params])
+    for k, (a, p) in enumerate(zip(arrays, params, strict=True)):
+        if a.shape != p.shape:
+            raise ValueError(f"argument {k} of @{fn_name}: shape {a.shape}, compiled for {p.shape}")
+    return fn_name, arrays
+
+
 def _private_copies(arrays: Sequence[Any], in_types: Sequence[Any] | None = None) -> list[np.ndarray]:
     out = []
     for k, a in enumerate(arrays):
@@ -308,16 +325,7 @@ def profile_executable(exe: Any, args: Sequence[Any], *, repeat: int | None = No
     if not hasattr(exe, "_steps"):
         raise ValueError(f"profile needs the cpu backend's executable, not {type(exe).__name__} "
                          "(jit(..., backend='cpu'))")
-    if repeat is not None and repeat < 1:
-        raise ValueError(f"repeat must be at least 1, got {repeat}")
-    fn_name = name or exe.function.name
-    params = exe.function.params
-    if len(args) != len(params):
-        raise ValueError(f"@{fn_name} takes {len(params)} flat arguments, got {len(args)}")
-    arrays = _private_copies(args, [p.type for p in params])
-    for k, (a, p) in enumerate(zip(arrays, params, strict=True)):
-        if a.shape != p.shape:
-            raise ValueError(f"argument {k} of @{fn_name}: shape {a.shape}, compiled for {p.shape}")
+    fn_name, arrays = _checked_arguments(exe, args, repeat, name)
     donated = bool(exe.donated)
 
     def whole_call() -> tuple[int, int]:
@@ -422,17 +430,8 @@ def _profile_control_flow(exe: Any, args: Sequence[Any], repeat: int | None, nam
     """``profile_executable`` for a ``fusejit.runtime.control.ControlFlowExecutable`` (see
     the module docstring): whole calls through the fast path, then per round one call in
     which every nested executable runs its kernels one by one, each timed."""
-    if repeat is not None and repeat < 1:
-        raise ValueError(f"repeat must be at least 1, got {repeat}")
+    fn_name, arrays = _checked_arguments(exe, args, repeat, name)
     leaves = _leaf_executables(exe)
-    fn_name = name or exe.function.name
-    params = exe.function.params
-    if len(args) != len(params):
-        raise ValueError(f"@{fn_name} takes {len(params)} flat arguments, got {len(args)}")
-    arrays = _private_copies(args, [p.type for p in params])
-    for k, (a, p) in enumerate(zip(arrays, params, strict=True)):
-        if a.shape != p.shape:
-            raise ValueError(f"argument {k} of @{fn_name}: shape {a.shape}, compiled for {p.shape}")
     rows = [(row, drivers) for leaf, drivers in leaves for row in _kernel_rows(leaf)]
     n = len(rows)
     samples: list[list[int]] = [[] for _ in range(n)]
