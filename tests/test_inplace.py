@@ -230,6 +230,20 @@ def test_augmented_assignment_follows_numpys_same_kind_casting() -> None:
         fj.jit(lambda i: fnp.add(i, 1.5, out=i))(ints)  # a Python float makes float64, as in NumPy 2
 
 
+def test_masked_augmented_assignment_run_many_times_on_one_line() -> None:
+    """The line's bytecode is specialized after a few runs (3.11 calls ``__getitem__``
+    straight from ``BINARY_SUBSCR``, leaving the frame's offset on its inline cache);
+    every run must still be recognized."""
+
+    def f(x: Any) -> Any:
+        y = x.copy()
+        for k in range(64):
+            y[y > 0.01 * k] *= 0.99
+        return y
+
+    np.testing.assert_allclose(fj.jit(f)(A), f(A), rtol=1e-12)
+
+
 def test_a_python_int_out_of_the_dtypes_range_raises_like_numpy() -> None:
     def f(x: Any) -> Any:
         b = x.copy()

@@ -72,7 +72,8 @@ print(json.dumps({"layer": layer, "ok": bool((y == 3.0).all()),
 
 def run_fresh(cache_dir: Path, **env_vars: str) -> tuple[dict, str]:
     env = dict(os.environ, FUSEJIT_CACHE_DIR=str(cache_dir), FUSEJIT_CACHE="1", FUSEJIT_BACKEND="cpu",
-               FUSEJIT_PARALLEL_THRESHOLD="1", NUMBA_NUM_THREADS="2", PYTHONPATH=str(REPO))
+               FUSEJIT_PARALLEL_THRESHOLD="1", NUMBA_NUM_THREADS="2", PYTHONPATH=str(REPO),
+               FUSEJIT_PARALLEL_CHUNKS="0")  # a parfor: its loop runs on Numba's pool
     for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "NUMBA_THREADING_LAYER", "NUMBA_CACHE_DIR"):
         env.pop(k, None)
     env.update(env_vars)

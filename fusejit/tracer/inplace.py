@@ -371,34 +371,31 @@ def cannot_hold(name: str) -> TypeError:
     )
 
 
-def _augmented_assignment() -> bool:
-    """Whether the user's line being run is an augmented assignment (``a += b``)."""
+def _user_instructions() -> list[dis.Instruction]:
+    """The instructions of the user's innermost frame up to the one it is running (last).
+    A specialized instruction that calls Python code directly (3.11's
+    ``BINARY_SUBSCR_GETITEM``) leaves the frame's offset on its inline cache, after the
+    instruction's own offset: the running one is the last that starts at or before it."""
     frame = sys._getframe(1)
     while frame is not None and _is_internal(frame.f_code.co_filename):
         frame = frame.f_back
     if frame is None:
-        return False
-    for ins in dis.get_instructions(frame.f_code):
-        if ins.offset == frame.f_lasti:
-            return ins.opname == "BINARY_OP" and ins.argrepr.endswith("=")
-    return False
+        return []
+    return [ins for ins in dis.get_instructions(frame.f_code) if ins.offset <= frame.f_lasti]
+
+
+def _augmented_assignment() -> bool:
+    """Whether the user's line being run is an augmented assignment (``a += b``)."""
+    running = _user_instructions()[-1:]
+    return bool(running) and running[0].opname == "BINARY_OP" and running[0].argrepr.endswith("=")
 
 
 def _target_of_augmented_assignment() -> bool:
     """Whether the user's code is reading ``a[key]`` as the target of ``a[key] op= v``
     (CPython compiles it as ``COPY 2; COPY 2; BINARY_SUBSCR; <v>; BINARY_OP op=; ...;
     STORE_SUBSCR``)."""
-    frame = sys._getframe(1)
-    while frame is not None and _is_internal(frame.f_code.co_filename):
-        frame = frame.f_back
-    if frame is None:
-        return False
-    previous: list[Any] = []
-    for ins in dis.get_instructions(frame.f_code):
-        if ins.offset == frame.f_lasti:
-            return ins.opname == "BINARY_SUBSCR" and [(p.opname, p.arg) for p in previous[-2:]] == [("COPY", 2)] * 2
-        previous.append(ins)
-    return False
+    code = [(ins.opname, ins.arg) for ins in _user_instructions()[-3:]]
+    return code == [("COPY", 2), ("COPY", 2), ("BINARY_SUBSCR", None)]
 
 
 class MaskedSelection:
