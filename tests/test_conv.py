@@ -315,3 +315,65 @@ def test_conv_padding_same_and_valid_follow_pytorch():
         nn.conv2d(x, w, stride=2, padding="same")
     with pytest.raises(ValueError, match="must be an int, a tuple of ints, 'valid' or 'same'"):
         nn.conv2d(x, w, padding="full")
+
+
+def _reads(source: str, array: str) -> bool:
+    """Whether generated kernel source loads from ``array`` (appears right of an ``=``)."""
+    return any(f"{array}[" in line.split("=", 1)[1] for line in source.splitlines() if " = " in line)
+
+
+@pytest.mark.parametrize("case", POOLS[:3], ids=[c[0] for c in POOLS[:3]])
+def test_max_pool_gradient_over_tiling_windows_writes_each_element_once(case):
+    """Windows that tile the operand (2x2, stride 2 over even sizes) zero their own
+    elements and store the cotangent at the winner: the kernel never reads its output
+    (no zeroing pass, no read-add-write). Padded or overlapping windows keep the
+    scatter, which does."""
+    x = np.round(RNG.standard_normal(case[1]) * 2).astype(np.float32)  # ties
+    x.flat[::7] = np.nan  # a NaN counts as largest, as for np.argmax
+    attrs = _pool_attrs(case)
+    g = RNG.standard_normal(conv_reference.pool_shape(x.shape, **attrs)).astype(np.float32)
+    compiled = fj.jit(lambda x, g: bind(P.max_pool_scatter, x, g, **attrs)).lower(x, g).compile()
+    (kernel,) = compiled.kernels
+    out = kernel.source.split("def max_pool_scatter")[1].split("(")[1].split(",")[2].strip()  # third array
+    assert _reads(kernel.source, out) == (case[0] != "2x2 tiles"), kernel.source
+    # one write per element is exact; overlapping windows add in another order than the reference
+    np.testing.assert_allclose(compiled(x, g), conv_reference.max_pool_scatter(x, g, **attrs), rtol=1e-6, atol=1e-6)
+
+
+def test_a_small_image_conv_copies_padded_planes_and_a_kernel_gradient_keeps_the_offset_table():
+    """Short rows without lhs dilation unfold from a zero-padded copy of the chunk's
+    planes (no test per element); the weight gradient's conv (a window larger than its
+    output) keeps the offset table with its select."""
+    x, w1, _, w2, _ = _cnn_params(cin=3, c1=8, c2=8, size=8, n=4)
+
+    def loss(w, x):
+        return fnp.sum(nn.conv2d(x, w, padding=1) ** 2)
+
+    compiled = fj.jit(fj.value_and_grad(loss)).lower(w1, x).compile()
+    convs = [k for k in compiled.kernels if k.name.startswith("conv_gemm")]
+    assert [k.name for k in convs] == ["conv_gemm_f32_4x8x8x8", "conv_gemm_f32_3x8x3x3"], [k.name for k in convs]
+    forward, weight_grad = convs
+    assert " if " not in forward.source and " if " in weight_grad.source
+    value, grad = compiled(w1, x)
+    want_value, want_grad = fj.value_and_grad(loss)(w1, x)
+    np.testing.assert_allclose(value, want_value, rtol=1e-5)
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-4, atol=1e-4 * np.abs(want_grad).max())
+
+
+@pytest.mark.parametrize("limit", [1000, 3000, 1 << 20])
+def test_im2col_chunks_of_any_size_give_the_same_conv_and_gradients(monkeypatch, limit):
+    """Samples unfold in equal chunks under a scratch limit (5 samples: 1+1+1+1+1, 3+2,
+    or one chunk), for the forward conv (padded planes) and both gradients' convs."""
+    monkeypatch.setattr(conv_codegen, "GEMM_CHUNK_ELEMENTS", limit)
+    x = RNG.standard_normal((5, 3, 6, 6)).astype(np.float32)
+    w = RNG.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    attrs = {"strides": (1, 1), "lo": (1, 1), "hi": (1, 1), "lhs_dilation": (1, 1), "rhs_dilation": (1, 1),
+             "groups": 1}
+    np.testing.assert_allclose(fj.jit(_conv(attrs))(x, w), conv_reference.conv(x, w, **attrs), rtol=1e-5, atol=1e-5)
+
+    def loss(x, w):
+        return fnp.sum(bind(P.conv, x, w, **attrs) ** 2)
+
+    for got, want in zip(fj.jit(fj.grad(loss, argnums=(0, 1)))(x, w), fj.grad(loss, argnums=(0, 1))(x, w),
+                         strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())

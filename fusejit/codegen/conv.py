@@ -16,8 +16,9 @@ size)`` and a zero elsewhere (padding, holes).
   per chunk multiplies the weights ``[G, Og, Cg * prod(K)]`` by it into a scratch
   result, which is copied into the output's ``[N, O, P]`` order (through the fused
   epilogue). Chunks keep the scratch within ``GEMM_CHUNK_ELEMENTS`` (it stays in cache,
-  and memory does not grow with the batch). Rows of ``cols`` are filled as zeros, a
-  strided copy, zeros: no bounds check per element.
+  and memory does not grow with the batch; chunks are of equal size). Rows of ``cols``
+  are filled as zeros, a strided copy, zeros: no bounds check per element; short rows
+  (small images) are copied from a zero-padded copy of the chunk's planes (``_Padded``).
 
 ``DIRECT_MAX_CONTRACTION`` is where the choice flips (measured with
 ``bench/bench_conv.py``).
@@ -75,9 +76,15 @@ from fusejit.ir.transforms.fusion import FusionGroup
 # left to targets without BLAS and to contractions of a few elements.
 DIRECT_MAX_CONTRACTION = 4
 # Output rows at least this long are filled as zeros, a strided copy, zeros; shorter ones
-# (small images) through a table of input offsets, in one loop per sample.
+# (small images) from a zero-padded copy of the planes (``_Padded``), or with lhs
+# dilation, negative padding or a kernel gradient's shape through a table of input
+# offsets, in one loop per sample.
 FILL_ROW_MIN = 16
-# The im2col scratch of one chunk of samples holds at most this many elements.
+# The im2col scratch of one chunk of samples holds at most this many elements. (2**17,
+# the L2's 512 KiB, timed 1.1-1.5x faster per conv in a process holding other
+# executables, but made W9's step 215 -> 354-385 ms in the benchmark's own processes;
+# one suspect: a chunk of one 16x16 sample gives the GEMM rows of 256 floats, a power
+# of two.)
 GEMM_CHUNK_ELEMENTS = 1 << 19
 
 
@@ -333,8 +340,10 @@ def _lower_gemm(ctx: Ctx, op: Op, b: KernelBuilder, arrays: Arrays, epi: _Epilog
     n_total, c_total = lhs.shape[:2]
     o_total = rhs.shape[0]
     per_sample_cols = math.prod(rhs.shape[1:]) * s.groups * math.prod(out.shape[2:])
+    gradient = math.prod(rhs.shape[2:]) > math.prod(out.shape[2:])  # a kernel gradient's conv
     chunk = max(1, min(n_total, GEMM_CHUNK_ELEMENTS // max(per_sample_cols, 1)))
     chunks = -(-n_total // chunk)
+    chunk = -(-n_total // chunks)  # chunks of equal size: no short GEMM at the end (64 = 56 + 8)
     width = chunk * math.prod(out.shape[2:])  # columns of one chunk's matrices
     cols = arrays.scratch(dt, c_total * math.prod(rhs.shape[2:]) * width)
     res = arrays.scratch(dt, o_total * width)
@@ -344,13 +353,20 @@ def _lower_gemm(ctx: Ctx, op: Op, b: KernelBuilder, arrays: Arrays, epi: _Epilog
 
     # Short rows (small images) or dilated inputs: the offset of each (window offset,
     # output position) in an input plane, -1 for padding and holes, computed once.
-    table = None
+    table = pad = None
     if out.shape[-1] < FILL_ROW_MIN or any(d != 1 for d in s.ldil):
-        table = arrays.scratch(DType.i64, math.prod(rhs.shape[2:]) * math.prod(out.shape[2:]))
-        _offset_table(b, s, table)
+        # (a kernel gradient's conv keeps the table: measured 5-9% slower padded, rows
+        # of 3 elements)
+        if all(d == 1 for d in s.ldil) and all(lo >= 0 for lo in s.lo) and not gradient:
+            pad = _Padded(b, arrays, s, op, chunk)
+        else:
+            table = arrays.scratch(DType.i64, math.prod(rhs.shape[2:]) * math.prod(out.shape[2:]))
+            _offset_table(b, s, table)
     with b.each(s.size("chunks", chunks)) as j:
         n0 = b.let(mul(j, nb)) if nb != ONE else j
         count = b.let(minimum(nb, sub(s.N, n0))) if nb != ONE else ONE
+        if pad is not None:
+            pad.copy_chunk(xa, n0, count)
         # cols[(ci, k), i * PP + p] = x[n0 + i, ci, position(p, k)] or 0
         with b.each(s.C) as ci:
 
@@ -362,6 +378,9 @@ def _lower_gemm(ctx: Ctx, op: Op, b: KernelBuilder, arrays: Arrays, epi: _Epilog
                     x_base = b.let(mul(b.let(add(b.let(mul(b.let(add(n0, i)), s.C)), ci)), s.SS))
                     col_base = b.let(add(row_base, b.let(mul(i, s.PP)))) if s.PP != ONE else b.let(add(row_base, i))
 
+                    if pad is not None:
+                        pad.fill(cols, col_base, i, ci, k)
+                        return
                     if table is None:
                         loop_nest(b, s.P[:-1], lambda outer: _fill_row(b, s, xa, cols, x_base, col_base, outer, k,
                                                                     zero))
@@ -396,6 +415,59 @@ def _lower_gemm(ctx: Ctx, op: Op, b: KernelBuilder, arrays: Arrays, epi: _Epilog
                 loop_nest(b, s.P, copy)
                 epi.pool_plane(n, o)
     return "conv_gemm"
+
+
+class _Padded:
+    """The input planes of one chunk of samples copied into scratch with their padding as
+    zeros (``xpad[i, c, *E]``, E covering every position the windows reach), for short
+    rows (small images) without lhs dilation. A row of ``cols`` is then a copy of
+    ``xpad`` at a fixed offset per window offset, with no padding test: the offset table
+    costs a load of the offset and a select per element. Measured against the table (1
+    thread, interleaved): W7's forward conv 0.61 -> 0.52 ms, W8's 2.11 -> 2.01 ms, W9's
+    8x8 forward 27.5 -> 27.1 ms; kernel gradients (rows of 3) were 5-9% slower and keep
+    the table. The borders are zeroed once per call; each chunk overwrites the interiors."""
+
+    def __init__(self, b: KernelBuilder, arrays: Arrays, s: _Shapes, op: Op, chunk: int) -> None:
+        self.b, self.s = b, s
+        out_spatial, window = op.output.shape[2:], op.inputs[1].shape[2:]
+        spatial = op.inputs[0].shape[2:]
+        extents = [max((out_spatial[d] - 1) * s.strides[d] + (window[d] - 1) * s.rdil[d] + 1, s.lo[d] + spatial[d])
+                   for d in range(s.nsp)]
+        self.E = tuple(s.size(("E", d), n) for d, n in enumerate(extents))
+        self.EE = s.size("EE", math.prod(extents))
+        size = chunk * op.inputs[0].shape[1] * math.prod(extents)
+        self.xpad = arrays.scratch(op.output.dtype, size)
+        zero = b.const(0, op.output.dtype)
+        with b.each(s.size("padded", size)) as t:
+            b.store(self.xpad, t, zero)
+
+    def copy_chunk(self, xa: str, n0: Expr, count: Expr) -> None:
+        """``xpad[i, c, q + lo] = x[n0 + i, c, q]`` for the chunk's ``count`` samples."""
+        b, s = self.b, self.s
+        with b.each(count) as i:
+            with b.each(s.C) as c:
+                plane = b.let(add(b.let(mul(i, s.C)), c))
+                src = b.let(mul(b.let(add(b.let(mul(b.let(add(n0, i)), s.C)), c)), s.SS))
+                dst = b.let(mul(plane, self.EE))
+
+                def element(q: tuple[Expr, ...]) -> None:
+                    at = linearize(b, tuple(add(q[d], Lit(s.lo[d])) for d in range(s.nsp)), self.E)
+                    b.store(self.xpad, b.let(add(dst, at)), b.load(xa, b.let(add(src, linearize(b, q, s.S)))))
+
+                loop_nest(b, s.S, element)
+
+    def fill(self, cols: str, col_base: Expr, i: Expr, c: Expr, k: tuple[Expr, ...]) -> None:
+        """``cols[col_base + p] = xpad[i, c, p * stride + k * rhs_dilation]`` over the
+        output positions ``p``."""
+        b, s = self.b, self.s
+        plane = b.let(mul(b.let(add(b.let(mul(i, s.C)), c)), self.EE))
+
+        def point(p: tuple[Expr, ...]) -> None:
+            q = tuple(add(mul(p[d], Lit(s.strides[d])), mul(k[d], Lit(s.rdil[d]))) for d in range(s.nsp))
+            src = b.let(add(plane, linearize(b, q, self.E)))
+            b.store(cols, b.let(add(col_base, linearize(b, p, s.P))), b.load(self.xpad, src))
+
+        loop_nest(b, s.P, point)
 
 
 def _offset_table(b: KernelBuilder, s: _Shapes, table: str) -> None:

@@ -8,7 +8,9 @@ fill: -inf for max, 0 for the average, and is never chosen. ``max_pool_gather`` 
 order (a NaN counts as largest, as for ``np.argmax``): ``gather`` reads the tangent there,
 ``scatter`` zeroes its output and adds each window's cotangent there. ``avg_pool_scatter``
 is written in gather form: each element sums the cotangents of the windows that contain
-it (a range per axis), so no two iterations write the same element.
+it (a range per axis), so no two iterations write the same element. Where the windows
+tile the operand (a CNN's 2x2 pool with stride 2), ``max_pool_scatter`` has each window
+zero its own elements and store at its winner instead: one write per element, no reads.
 
 The outermost loop runs on threads when the work is large; for ``max_pool_scatter``
 only when that axis is not pooled (window 1, stride 1, no padding), so that no two
@@ -188,6 +190,14 @@ def pool_element(b: KernelBuilder, w: Window, prim: P.Primitive, xa: str, oa: st
         b.store(oa, at, acc)
 
 
+def tiles(w: Window) -> bool:
+    """Whether the windows tile the operand: along every pooled axis they start at 0,
+    step by their size and stay inside, so that each element lies in at most one window
+    (the 2x2 pool with stride 2 over even sizes of a CNN)."""
+    return all(not w.padded(i) or (w.strides[i] == w.window[i] and w.lo[i] == 0 and not w.reaches_outside(i))
+               for i in range(len(w.X)))
+
+
 def _lower_max_scatter(ctx: Ctx, op: Op) -> LoweredKernel:
     x, g = op.inputs
     b = KernelBuilder()
@@ -196,6 +206,9 @@ def _lower_max_scatter(ctx: Ctx, op: Op) -> LoweredKernel:
     w = Window(b, op)
     dt = op.output.dtype
     zero = b.const(0, dt)
+    if tiles(w):
+        _tiled_max_scatter(ctx, b, w, xa, ga, oa, dt)
+        return finish(ctx, b, arrays, None, "max_pool_scatter", dt, x.shape)
     with b.loop(w.size("total", x.type.size)) as f:
         b.store(oa, f, zero)
     first_free = bool(w.X) and not w.padded(0) and w.Y[0] != ONE
@@ -215,6 +228,32 @@ def _lower_max_scatter(ctx: Ctx, op: Op) -> LoweredKernel:
 
     loop_nest(b, w.Y, element, parallel=parallel)
     return finish(ctx, b, arrays, None, "max_pool_scatter", dt, x.shape)
+
+
+def _tiled_max_scatter(ctx: Ctx, b: KernelBuilder, w: Window, xa: str, ga: str, oa: str, dt: DType) -> None:
+    """``max_pool_scatter`` for windows that tile the operand (``tiles``): each window
+    zeroes the elements it covers and stores its cotangent at its first largest, so the
+    output is written once and never read. The general kernel zeroes the whole output
+    in a pass of its own, then loads, adds and stores at each window's winner. Measured
+    (relu outputs, 1 thread, same process): [256,16,8,8] 2.32 -> 1.37 ms, [64,32,32,32]
+    18.6 -> 12.5 ms, [64,64,4,4] 0.34 -> 0.31 ms. (Choosing each element's value with a
+    select against the window's maximum instead, which reads the window twice, was
+    faster on 32x32 planes, 10.5 ms, and slower on 8x8 and 4x4 ones.) Elements no window
+    covers (a remainder row) are zeroed first; windows never share an element, so any
+    axis may run on threads."""
+    zero = b.const(0, dt)
+    if any(w.padded(i) and w.out_shape[i] * w.strides[i] != w.in_shape[i] for i in range(len(w.X))):
+        with b.loop(w.size("total", math.prod(w.in_shape))) as f:
+            b.store(oa, f, zero)
+    parallel = math.prod(w.in_shape) >= ctx.threshold
+
+    def element(y: tuple[Expr, ...]) -> None:
+        where, _ = _first_largest(b, w, xa, y, dt)  # never -1: a tiling window holds an element
+        _scan_window(b, w, y, lambda flat, inside: b.store(oa, flat, zero))
+        # 0 + g, as the general kernel's zeroed output plus g: a -0.0 cotangent stores +0.0.
+        b.store(oa, where, binary(BinaryOp.ADD, zero, b.load(ga, linearize(b, y, w.Y))))
+
+    loop_nest(b, w.Y, element, parallel=parallel)
 
 
 def _lower_avg_scatter(ctx: Ctx, op: Op) -> LoweredKernel:
