@@ -41,6 +41,7 @@ import hashlib
 import os
 import sys
 import threading
+import time
 import traceback
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +57,8 @@ _SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 _RANK_ONLY_VARIABLES = ("PMIX_RANK",)
 # What a rank that exits compares with the others' (module docstring).
 EXIT_DESCRIPTION = "the end of the program (this rank exits)"
+# Seconds a failing rank waits, its error written, before MPI_Abort (MpiWorld.abort).
+ABORT_GRACE_S = 0.5
 
 
 class CollectiveMismatchError(RuntimeError):
@@ -203,6 +206,10 @@ class MpiWorld:
             self._sent(buf.nbytes if self.rank == root else 0)
 
     def abort(self, code: int = 1) -> None:
+        # MPI_Abort has mpiexec kill every rank at once, and what the ranks just wrote to
+        # their pipes (the error saying why) was sometimes lost with them: give mpiexec a
+        # moment to forward it first (this runs only when the job is ending anyway).
+        time.sleep(ABORT_GRACE_S)
         self.comm.Abort(code)
 
 
