@@ -5,11 +5,13 @@ references computed from every rank's data, then prints ``OK <rank>``.
     mpiexec -n 2 python tests/distributed_worker.py check    # the checks
     mpiexec -n 2 python tests/distributed_worker.py abort    # rank 1 raises mid-job
     mpiexec -n 2 python tests/distributed_worker.py exit     # rank 1 leaves early (sys.exit(0))
+    mpiexec -n 2 python tests/distributed_worker.py thread   # a thread of rank 1 raises
 """
 
 from __future__ import annotations
 
 import sys
+import threading
 
 import numpy as np
 
@@ -152,6 +154,17 @@ def main(case: str) -> int:
         if r == 1:
             raise RuntimeError("boom from rank 1")
         D.psum(np.ones(3))  # rank 0 waits here until rank 1's failure ends the job
+        return 0
+    if case == "thread":
+        if r == 1:
+            fed = threading.Event()
+
+            def loader() -> None:
+                raise RuntimeError("boom in rank 1's loader")  # fed is never set
+
+            threading.Thread(target=loader, name="loader").start()
+            fed.wait()  # rank 1 would wait here forever
+        D.psum(np.ones(3))
         return 0
     if case == "exit":
         if r == 1:

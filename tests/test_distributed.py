@@ -202,6 +202,13 @@ def test_a_rank_that_raises_aborts_the_job_with_its_rank_and_error():
     assert "rank 1 of 2 failed" in done.stdout and "RuntimeError: boom from rank 1" in done.stdout, done.stdout
 
 
+def test_a_thread_that_raises_on_a_rank_aborts_the_job_with_its_rank_and_error():
+    done = _launch("thread", timeout=120)
+    assert done.returncode != 0, done.stdout
+    assert "rank 1 of 2 failed in thread 'loader'" in done.stdout, done.stdout
+    assert "RuntimeError: boom in rank 1's loader" in done.stdout, done.stdout
+
+
 def test_a_rank_that_exits_while_another_calls_a_collective_ends_the_job_with_both_calls():
     done = _launch("exit", timeout=120)
     assert done.returncode != 0, done.stdout

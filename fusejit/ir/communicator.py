@@ -214,19 +214,30 @@ class MpiWorld:
 
 
 def _install_abort_hook(world: MpiWorld) -> None:
-    """An uncaught exception on any rank prints it with the rank and aborts the job."""
+    """An uncaught exception on any rank, in its main thread or another one (a data
+    loader's: the main thread may wait for it forever), prints it with the rank and
+    aborts the job."""
     previous = sys.excepthook
 
-    def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+    def report(kind: type[BaseException], value: BaseException | None, tb: Any, where: str) -> None:
         text = "".join(traceback.format_exception(kind, value, tb))
-        sys.stderr.write(f"fusejit.distributed: rank {world.rank} of {world.size} failed; aborting the job\n"
-                         f"{text}")
+        sys.stderr.write(f"fusejit.distributed: rank {world.rank} of {world.size} failed{where}; aborting the "
+                         f"job\n{text}")
         sys.stderr.flush()
+
+    def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        report(kind, value, tb, "")
         if kind is KeyboardInterrupt:
             previous(kind, value, tb)
         world.abort(1)
 
+    def thread_hook(args: threading.ExceptHookArgs) -> None:
+        name = args.thread.name if args.thread is not None else "a thread"
+        report(args.exc_type, args.exc_value, args.exc_traceback, f" in thread {name!r}")
+        world.abort(1)
+
     sys.excepthook = hook
+    threading.excepthook = thread_hook
 
 
 _WORLD: SingleProcess | MpiWorld | None = None
