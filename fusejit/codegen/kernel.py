@@ -356,8 +356,8 @@ class KernelBuilder:
         """The statements of a closing loop's body that can move in front of it, and the
         rest. A load from an array stored in the loop is not invariant, nor is anything
         that reads a variable the loop assigns (an accumulator) or one staying in it."""
-        written = _stored_arrays(body)
-        staying: set[str] = _assigned_vars(body)  # accumulators updated in the loop
+        written = stored_arrays(body)
+        staying: set[str] = assigned_vars(body)  # accumulators updated in the loop
         hoisted: list[Stmt] = []
         kept: list[Stmt] = []
         for s in body:
@@ -405,7 +405,7 @@ class KernelBuilder:
         return self._scopes[0][0]
 
 
-def _stored_arrays(block: list[Stmt]) -> set[str]:
+def stored_arrays(block: list[Stmt]) -> set[str]:
     """Every array a block stores into or hands to a GEMM or a helper kernel."""
     out: set[str] = set()
     for s in statements(block):
@@ -418,7 +418,7 @@ def _stored_arrays(block: list[Stmt]) -> set[str]:
     return out
 
 
-def _assigned_vars(block: list[Stmt]) -> set[str]:
+def assigned_vars(block: list[Stmt]) -> set[str]:
     """The variables a block updates with ``Assign``."""
     return {s.var.name for s in statements(block) if isinstance(s, Assign)}
 

@@ -129,7 +129,7 @@ class Accumulators:
     """The accumulators of a set of reductions over one index space. ``loop`` runs the
     innermost loop over the reduced elements, in blocks when a float sum is among them."""
 
-    def __init__(self, em: Emitter, reduces: list[Op], sum_block: int = SUM_BLOCK) -> None:
+    def __init__(self, em: Emitter, reduces: list[Op], sum_block: int) -> None:
         self.em = em
         self.sum_block = sum_block  # the target's (``Target.sum_block``)
         self.b = em.b

@@ -22,13 +22,19 @@ backends run them as nested executables (``fusejit.runtime.control``).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fusejit.ir import primitives as P
 from fusejit.ir.dtypes import DType
 from fusejit.ir.primitives import AttrKind, AttrSpec, IRTypeError, OpKind, Primitive, _register
 from fusejit.ir.types import TensorType
+
+if TYPE_CHECKING:
+    from fusejit.ir.builder import Builder
+    from fusejit.ir.core import Value
 
 __all__ = ["CONTROL_FLOW", "cond", "scan", "while_loop"]
 
@@ -215,6 +221,24 @@ def _cond_impl(index: np.ndarray, *operands: np.ndarray, branches: tuple[Any, ..
 def branch_index(index: int, n: int) -> int:
     """The branch ``cond`` runs for ``index``: clamped into range, as ``jax.lax.switch``."""
     return min(max(index, 0), n - 1)
+
+
+def select_branch(b: Builder, index: Value, outs: Sequence[Sequence[Value]]) -> tuple[Value, ...]:
+    """``cond`` as ``select``s over every branch's results ``outs[k]`` (already computed):
+    per result, branch ``k``'s value where ``index``, clamped as ``branch_index`` clamps
+    it, is ``k``. ``index`` is a scalar, or spans the results' leading axes (one index per
+    example of a batch)."""
+    n = len(outs)
+    clamped = b.op(P.min, b.op(P.max, index, b.full_like(0, index)), b.full_like(n - 1, index))
+    dims = tuple(range(index.type.ndim))
+    results = []
+    for j, first in enumerate(outs[0]):
+        value = first
+        for k in range(1, n):
+            mask = b.broadcast(b.op(P.eq, clamped, b.full_like(k, clamped)), first.shape, dims)
+            value = b.op(P.select, mask, outs[k][j], value)
+        results.append(value)
+    return tuple(results)
 
 
 cond = _register(

@@ -27,6 +27,7 @@ from fusejit import config
 from fusejit.codegen.cpu import mathlib
 from fusejit.codegen.exprs import (
     ATOMS,
+    ZERO,
     Binary,
     BinaryOp,
     Cast,
@@ -160,6 +161,10 @@ class NumbaPrinter:
             return text
         return f"({text})"
 
+    def extent(self, lp: Loop) -> str:
+        """The number of iterations of ``lp``, as an expression."""
+        return self.expr(lp.stop) if lp.start == ZERO else f"({self.operand(lp.stop)} - {self.operand(lp.start)})"
+
     # Statements -------------------------------------------------------------------------
     def function(self, kernel: Kernel, helper: bool = False) -> list[str]:
         self.chunked = not helper and runs_in_chunks(kernel)
@@ -184,10 +189,8 @@ class NumbaPrinter:
                 out.append(f"{pad}{s.array}[idx({self.expr(s.index)})] = {self.expr(s.value)}")
             elif isinstance(s, Loop) and s.parallel and self.chunked:
                 # This chunk's share of [start, stop): chunk k of c starts at span * k // c.
-                stop = self.expr(s.stop)
                 chunk, chunks, _ = CHUNK_PARAMS
-                span = stop if s.start == Lit(0) else f"{stop} - {self.operand(s.start)}"
-                out.append(f"{pad}chunk_span = {span}")
+                out.append(f"{pad}chunk_span = {self.extent(s)}")
                 lo, hi = (f"chunk_span * {k} // {chunks}" for k in (chunk, f"({chunk} + 1)"))
                 if s.start != Lit(0):
                     lo, hi = f"{self.operand(s.start)} + {lo}", f"{self.operand(s.start)} + {hi}"

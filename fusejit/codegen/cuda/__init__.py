@@ -22,13 +22,6 @@ def kernel_jit() -> Any:
     return cuda.jit(cache=DISK_CACHE)
 
 
-def device_jit() -> Any:
-    """The decorator of a generated device function (a helper kernel called from a loop)."""
-    from numba import cuda
-
-    return cuda.jit(device=True, cache=DISK_CACHE)
-
-
 @functools.cache
 def simulated() -> bool:
     """Whether Numba's CUDA simulator stands in for a GPU (``NUMBA_ENABLE_CUDASIM=1``):

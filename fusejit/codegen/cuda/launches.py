@@ -60,9 +60,11 @@ from fusejit.codegen.kernel import (
     Stmt,
     Store,
     Unsupported,
+    assigned_vars,
     expressions,
     nodes,
     statements,
+    stored_arrays,
 )
 from fusejit.codegen.rules import REDUCTION_RULES
 from fusejit.ir import primitives as P
@@ -104,15 +106,14 @@ def defined(block: list[Stmt]) -> set[str]:
 
 
 def reads(block: list[Stmt]) -> set[str]:
-    return {name for s in statements(block) for e in expressions(s) for name in var_names(e)} | {
-        s.var.name for s in statements(block) if isinstance(s, Assign)}
+    return {name for s in statements(block) for e in expressions(s) for name in var_names(e)} | assigned_vars(block)
 
 
 def _pure_definitions(kernel: Kernel, stored: set[str]) -> list[Let]:
     """The top-level definitions computed from the int parameters and earlier such
     definitions without reading memory the kernel writes."""
     known = {v.name for v in kernel.ints}
-    updated = {s.var.name for s in statements(kernel.body) if isinstance(s, Assign)}  # accumulators
+    updated = assigned_vars(kernel.body)  # accumulators
     pure = []
     for s in kernel.body:
         if isinstance(s, Let) and s.var.name not in updated and var_names(s.expr) <= known and not any(
@@ -343,7 +344,7 @@ def phases(kernel: Kernel) -> tuple[list[Let], list[Phase]]:
     """The kernel's pure top-level definitions and its launches, in order (of the kernel
     with its memory updates inlined: ``inline_atomic_updates``)."""
     kernel = inline_atomic_updates(kernel)
-    stored = {s.array for s in statements(kernel.body) if isinstance(s, Store)}
+    stored = stored_arrays(kernel.body)  # by stores, GEMMs and helper calls
     preamble = _pure_definitions(kernel, stored)
     out: list[Phase] = []
     serial: set[str] = set()  # what one-thread statements define: a launch of its own cannot read it
@@ -358,12 +359,12 @@ def phases(kernel: Kernel) -> tuple[list[Let], list[Phase]]:
             out.append(Phase([], call=s))
         elif isinstance(s, Matmul):
             out.append(Phase([], matmul=s))
-        elif out and not out[-1].loops and out[-1].call is None and out[-1].matmul is None:
-            out[-1].body.append(s)
-            serial |= defined([s]) | {t.var.name for t in statements([s]) if isinstance(t, Assign)}
         else:
-            out.append(Phase([s]))
-            serial |= defined([s]) | {t.var.name for t in statements([s]) if isinstance(t, Assign)}
+            if out and not out[-1].loops and out[-1].call is None and out[-1].matmul is None:
+                out[-1].body.append(s)
+            else:
+                out.append(Phase([s]))
+            serial |= defined([s]) | assigned_vars([s])
     known = {v.name for v in kernel.ints} | {s.var.name for s in preamble}
     for ph in out:
         own = defined(ph.body) | {lp.var.name for lp in ph.loops}

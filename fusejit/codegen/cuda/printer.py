@@ -74,9 +74,6 @@ class CudaPrinter(NumbaPrinter):
             raise Unsupported("a CUDA launch's size depends on an array's element")
         return [f"{pad}{s.var.name} = {self.expr(s.expr)}" for s in chosen]
 
-    def extent(self, lp: Loop) -> str:
-        return self.expr(lp.stop) if lp.start == ZERO else f"({self.operand(lp.stop)} - {self.operand(lp.start)})"
-
     def total(self, ph: Phase) -> str:
         return " * ".join(f"np.int64({self.extent(lp)})" for lp in ph.loops)
 

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 from fusejit.ir import primitives as P
 from fusejit.ir.builder import Builder
+from fusejit.ir.control_flow import select_branch
 from fusejit.ir.core import Function, Op, Value
 from fusejit.ir.transforms.autodiff import _inline
 from fusejit.ir.transforms.batching import (
@@ -32,14 +33,15 @@ from fusejit.ir.transforms.batching import (
 )
 
 
-def _fixpoint(body: Function, flags: list[bool], first_carry: int, num_carry: int, size: int) -> list[bool]:
+def _fixpoint(body: Function, flags: list[bool], first_carry: int, num_carry: int,
+              size: int) -> tuple[list[bool], list[bool]]:
     """``flags`` (per body param) with every carry component the body batches made
-    batched, until nothing changes."""
+    batched, until nothing changes; and which of the body's results are then batched."""
     while True:
         _, out = _batch_nested(body, flags, size)
         grow = [k for k in range(num_carry) if out[k] and not flags[first_carry + k]]
         if not grow:
-            return flags
+            return flags, out
         for k in grow:
             flags[first_carry + k] = True
 
@@ -53,8 +55,7 @@ def _scan_rule(
 ) -> Sequence[Batched]:
     body: Function = op.attrs["body"]
     nc, nk = op.attrs["num_consts"], op.attrs["num_carry"]
-    flags = _fixpoint(body, list(batched), nc, nk, size)
-    _, out = _batch_nested(body, flags, size)
+    flags, out = _fixpoint(body, list(batched), nc, nk, size)
     y_flags = out[nk:]
     body_b, _ = _batch_nested(body, flags, size, flags[nc : nc + nk] + y_flags)
     operands = list(args[:nc])
@@ -82,19 +83,11 @@ def _cond_rule(
         new = tuple(_batch_nested(br, flags, size, want)[0] for br in branches)
         return list(zip(b.emit(P.cond, args, {"branches": new}), want, strict=True))
     # A batched index: every branch on the whole batch, each example selecting its own.
-    n = len(branches)
-    index = b.op(P.min, b.op(P.max, args[0], b.full_like(0, args[0])), b.full_like(n - 1, args[0]))
-    per_branch = [_batch_body(b, br, list(zip(args[1:], flags, strict=True)), size) for br in branches]
-    results: list[Batched] = []
-    for j in range(len(op.outputs)):
-        chosen = _as(b, *per_branch[0][j], True, size)
-        for k in range(1, n):
-            value = _as(b, *per_branch[k][j], True, size)
-            is_k = b.op(P.eq, index, b.full_like(k, index))
-            mask = b.broadcast(is_k, value.shape, (0,))
-            chosen = b.op(P.select, mask, value, chosen)
-        results.append((chosen, True))
-    return results
+    per_branch = [
+        [_as(b, *out, True, size) for out in _batch_body(b, br, list(zip(args[1:], flags, strict=True)), size)]
+        for br in branches
+    ]
+    return [(chosen, True) for chosen in select_branch(b, args[0], per_branch)]
 
 
 def _while_rule(
@@ -105,10 +98,10 @@ def _while_rule(
     nk = len(op.outputs)
     carry_flags = list(batched[cn + bn :])
     while True:
-        body_flags = _fixpoint(body, list(batched[cn : cn + bn]) + carry_flags, bn, nk, size)
+        body_flags, _ = _fixpoint(body, list(batched[cn : cn + bn]) + carry_flags, bn, nk, size)
         carry_flags = body_flags[bn:]
         cond_flags = list(batched[:cn]) + carry_flags
-        _, (pred_batched,) = _batch_nested(cond, cond_flags, size)
+        cond_b, (pred_batched,) = _batch_nested(cond, cond_flags, size)
         if not pred_batched or all(carry_flags):
             break
         carry_flags = [True] * nk  # a per-example predicate: every example keeps its own carry
@@ -117,7 +110,6 @@ def _while_rule(
         for x, bx, want in zip(args[cn + bn :], batched[cn + bn :], carry_flags, strict=True)
     ]
     body_b, _ = _batch_nested(body, list(batched[cn : cn + bn]) + carry_flags, size, carry_flags)
-    cond_b, _ = _batch_nested(cond, cond_flags, size)
     if pred_batched:
         cond_b, body_b = _any_cond(cond_b), _masked_body(cond_b, body_b, cn, bn)
         operands = (*args[:cn], *args[:cn], *args[cn : cn + bn], *carry)

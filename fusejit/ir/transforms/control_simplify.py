@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from fusejit.ir import primitives as P
 from fusejit.ir.builder import Builder
-from fusejit.ir.control_flow import branch_index
+from fusejit.ir.control_flow import branch_index, select_branch
 from fusejit.ir.core import Function, Op, Value
 from fusejit.ir.transforms.autodiff import _inline
+from fusejit.ir.transforms.simplify import scalar_constant
 
 # Ops that compute every element of their result from finite inputs without failing or
 # leaving the finite numbers (for floats, overflow aside), so that running a branch
@@ -40,41 +41,23 @@ def select_cheap_branches(fn: Function) -> Function:
         return fn
     b = Builder()
     rename: dict[Value, Value] = {}
-    # Scalar constants by value (a constant's value attribute may be a scalar or a 1-tuple).
-    constants = {
-        op.output: int(P.constant.impl(**op.attrs)[0]) for op in fn.ops
-        if op.prim is P.constant and op.output.shape == () and op.output.dtype == P.DType.i32
-    }  # fmt: skip
+    producer = fn.producers()
     changed = False
     for op in fn.ops:
         inputs = tuple(rename.get(v, v) for v in op.inputs)
         branches = op.attrs.get("branches", ()) if op.prim is P.cond else ()
-        index = constants.get(inputs[0]) if branches else None
+        index = scalar_constant(inputs[0], producer) if branches else None
         if not branches or (index is None and not all(map(_is_cheap, branches))):
             b.ops.append(op if inputs == op.inputs else Op(op.prim, inputs, op.outputs, op.attrs, op.loc))
             continue
         changed = True
         with b.at(op.loc):
             if index is not None:
-                chosen = branches[branch_index(index, len(branches))]
+                chosen = branches[branch_index(int(index), len(branches))]
                 results = _inline(b, chosen, inputs[1:])
             else:
-                results = _selected(b, inputs[0], [_inline(b, br, inputs[1:]) for br in branches])
+                results = select_branch(b, inputs[0], [_inline(b, br, inputs[1:]) for br in branches])
         rename.update(zip(op.outputs, results, strict=True))
     if not changed:
         return fn
     return Function(fn.name, fn.params, tuple(b.ops), tuple(rename.get(r, r) for r in fn.results))
-
-
-def _selected(b: Builder, index: Value, outs: list[tuple[Value, ...]]) -> tuple[Value, ...]:
-    """Per result, branch ``k``'s value where the clamped ``index`` is ``k``."""
-    n = len(outs)
-    clamped = b.op(P.min, b.op(P.max, index, b.constant(0, index.dtype)), b.constant(n - 1, index.dtype))
-    results = []
-    for j, first in enumerate(outs[0]):
-        value = first
-        for k in range(1, n):
-            mask = b.broadcast(b.op(P.eq, clamped, b.constant(k, index.dtype)), first.shape)
-            value = b.op(P.select, mask, outs[k][j], value)
-        results.append(value)
-    return tuple(results)
