@@ -171,3 +171,18 @@ def test_numpy_is_its_own_outside_traces_and_in_threads_that_do_not_trace() -> N
     assert other == [np.ndarray]
     assert {name: getattr(np, name) for name in BUFFER_CONSTRUCTORS} == originals
     assert type(np.zeros(3)) is np.ndarray
+
+
+def test_the_callers_numpy_arrays_stay_writable() -> None:
+    """Known contents are read-only views: a constant the traced function copies or
+    computes with keeps its own flags."""
+    constant = np.arange(6.0)
+
+    def f(x: Any) -> Any:
+        a = np.zeros(6)
+        a[:] = constant
+        return a + np.reshape(constant, (6,)) * 1.0 + x
+
+    np.testing.assert_allclose(fj.jit(f)(X), 2 * np.arange(6.0) + X)
+    assert constant.flags.writeable
+    constant[0] = 1.0  # still the caller's to write

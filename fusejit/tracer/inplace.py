@@ -58,6 +58,7 @@ from fusejit.ir.dtypes import DType
 from fusejit.tracer import numpy_api as fnp
 from fusejit.tracer.tracing import (
     _TRACES,
+    KNOWN_MAX_SIZE,
     Trace,
     TracedArray,
     _is_internal,
@@ -178,11 +179,11 @@ def _recording_into(trace: Trace) -> Iterator[None]:
     if current_trace() is trace:
         yield
         return
-    _TRACES.append(trace)
+    _TRACES.traces.append(trace)
     try:
         yield
     finally:
-        _TRACES.pop()
+        _TRACES.traces.pop()
 
 
 def _root_and_steps(a: TracedArray) -> tuple[TracedArray, tuple[Step, ...]]:
@@ -249,7 +250,9 @@ def _known_as(x: Array, dtype: DType) -> np.ndarray | None:
     """``x``'s contents as ``dtype`` (NumPy's unsafe cast, as ``_to_value`` converts), when
     known."""
     known = x.known if isinstance(x, TracedArray) else np.asarray(x)
-    return None if known is None else read_only(np.asarray(known, dtype=dtype.np))
+    if known is None or known.size > KNOWN_MAX_SIZE:  # kept small, as _known_outputs keeps them
+        return None
+    return read_only(np.asarray(known, dtype=dtype.np))
 
 
 def assign(a: TracedArray, new: Array, what: str) -> None:

@@ -343,7 +343,7 @@ class Jitted:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         # Fast path: positional plain ndarrays whose shapes and dtypes were seen before go
         # straight to the executable (no pytree flattening, no signature objects).
-        if self._fast and not kwargs and not _TRACES and not _CONFIG["disable_jit"]:
+        if self._fast and not kwargs and not _TRACES.traces and not _CONFIG["disable_jit"]:
             try:
                 if len(args) == 1:  # the common case, without building a tuple of tuples
                     a = args[0]

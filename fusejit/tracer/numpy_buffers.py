@@ -70,7 +70,7 @@ def _traced_constructor(original: Callable[..., Any], unspecified: bool) -> Call
     @functools.wraps(original)
     def constructor(*args: Any, **kwargs: Any) -> Any:
         out = original(*args, **kwargs)
-        if _TRACES and type(out) is np.ndarray and _is_user_file(sys._getframe(1).f_code.co_filename):
+        if _TRACES.traces and type(out) is np.ndarray and _is_user_file(sys._getframe(1).f_code.co_filename):
             if unspecified:
                 out.fill(0)
             return _known_buffer(out)

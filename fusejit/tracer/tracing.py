@@ -106,34 +106,25 @@ class Trace:
 
 
 class _TraceStack(threading.local):
-    """The active traces of the calling thread, innermost last: threads tracing at the
-    same time (racing a jitted function's first call) each record into their own."""
+    """The active traces of the calling thread, innermost last (``traces``): threads
+    tracing at the same time (racing a jitted function's first call) each record into
+    their own. Read as ``_TRACES.traces``: a plain attribute, on every ``bind`` and jitted
+    call."""
 
     def __init__(self) -> None:
         self.traces: list[Trace] = []
-
-    def append(self, trace: Trace) -> None:
-        self.traces.append(trace)
-
-    def pop(self) -> Trace:
-        return self.traces.pop()
-
-    def __bool__(self) -> bool:
-        return bool(self.traces)
-
-    def __getitem__(self, index: int) -> Trace:
-        return self.traces[index]
 
 
 _TRACES = _TraceStack()
 
 
 def current_trace() -> Trace | None:
-    return _TRACES[-1] if _TRACES else None
+    traces = _TRACES.traces
+    return traces[-1] if traces else None
 
 
 def is_tracing() -> bool:
-    return bool(_TRACES)
+    return bool(_TRACES.traces)
 
 
 def _to_value(x: Any, trace: Trace, dtype: DType | None = None) -> Value:
@@ -227,9 +218,12 @@ def _known_outputs(prim: Primitive, args: tuple, attrs: dict, outs: tuple[Value,
 
 
 def read_only(a: np.ndarray) -> np.ndarray:
-    """``a``, made read-only: known contents are shared between arrays and never written."""
-    a.flags.writeable = False
-    return a
+    """A read-only view of ``a``: known contents are shared between arrays and never
+    written. A view, because ``a`` may be the caller's own array (a constant the traced
+    function reads), which must stay writable."""
+    view = a.view()
+    view.flags.writeable = False
+    return view
 
 
 def trace_function(
@@ -252,7 +246,7 @@ def trace_function(
     names = list(param_names or [None] * len(in_types))
     weak = list(weak or [False] * len(in_types))
     args = [trace.new_param(t, n, w) for t, n, w in zip(in_types, names, weak, strict=True)]
-    _TRACES.append(trace)
+    _TRACES.traces.append(trace)
     try:
         with traced_buffers():
             out = fun(*args)
@@ -265,7 +259,7 @@ def trace_function(
                 )
             results.append(_to_value(leaf, trace))
     finally:
-        _TRACES.pop()
+        _TRACES.traces.pop()
         trace.active = False
     captured = [outer for outer, _ in trace.captured.values()]
     params = tuple(trace.params) + tuple(v for _, v in trace.captured.values())
