@@ -53,9 +53,7 @@ class BackgroundExecutable:
             exe = self._build() if self._build else CpuExecutable(self.function, self.fused, donated,
                                                                   workers_only=True)
             if self._times is not None:
-                self._times.lower = exe.compile_times.lower
-                self._times.startup += exe.compile_times.startup  # after importing the runtime
-                self._times.kernels = list(exe.compile_times.kernels)
+                self._times.add_executable(exe.compile_times)
             on_ready(exe)
             self._compiled = exe
         except BaseException as e:  # surfaced by wait() and by the next call

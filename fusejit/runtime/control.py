@@ -171,6 +171,7 @@ class ControlFlowExecutable:
             self._parts.append(_segment(fn, pending, set(fn.results), make_segment, last))
         if not (pending and any(p in last for p in self._parts[-1].params)):
             self.donated = ()  # no stretch after the last loop reads them: nothing to overwrite
+        self._passed_through = _passed_through(fn)
         self.kernels: list[KernelInfo] = [info for st in self._parts for info in st.kernels()]
         for st in self._parts:
             for exe in st.executables():
@@ -201,7 +202,8 @@ class ControlFlowExecutable:
         # A result may be an argument itself (a loop that ran zero times returns its
         # initial carry): results are always fresh arrays, as the other executables'
         # (except those written over a donated argument, which is what donation is for).
-        return tuple(self.arrays.fresh(env[r], kept) for r in self.function.results)
+        return tuple(self.arrays.fresh(env[r], kept) if through else env[r]
+                     for r, through in zip(self.function.results, self._passed_through, strict=True))
 
     def nested_executables(self) -> list[Any]:
         """The executables of the loop bodies and branches, in program order."""
@@ -223,6 +225,24 @@ def _reads_after(groups: list[FusionGroup], fn: Function) -> list[set[Value]]:
         out[k] = set(acc)
         acc.update(groups[k].inputs)
     return out
+
+
+def _passed_through(fn: Function) -> tuple[bool, ...]:
+    """Per result of ``fn``, whether it can be an argument's own array: a parameter, a
+    ``while_loop``'s result (it returns its inputs when it runs zero times) or the carry
+    of a scan of length 0. Every other result is new: stretches and branches copy the
+    parameters they return, and stacked outputs are new arrays."""
+    producer = fn.producers()
+
+    def through(v: Value) -> bool:
+        op = producer.get(v)
+        if op is None:
+            return True  # a parameter
+        if op.prim is P.while_loop:
+            return True
+        return op.prim is P.scan and op.attrs["length"] == 0 and op.outputs.index(v) < op.attrs["num_carry"]
+
+    return tuple(through(r) for r in fn.results)
 
 
 def _segment(

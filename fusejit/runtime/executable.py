@@ -121,9 +121,7 @@ def compile_function(
         exe = ControlFlowExecutable(fn, fused, lambda f: _compile_nested(f, fuse, backend), kernels, arrays,
                                     donate_argnums)
         if times is not None:
-            times.lower = exe.compile_times.lower
-            times.startup += exe.compile_times.startup  # after importing the runtime (Lowered.fused)
-            times.kernels = list(exe.compile_times.kernels)
+            times.add_executable(exe.compile_times)
         dump(exe)
         return exe
     if backend == "cpu" and not nested and config.value("compile") == "background":
@@ -135,9 +133,7 @@ def compile_function(
     elif backend in ("cpu", "cuda"):
         exe = _kernel_executable(backend)[0](fn, fused, donate_argnums)
         if times is not None:
-            times.lower = exe.compile_times.lower
-            times.startup += exe.compile_times.startup  # after importing the runtime (Lowered.fused)
-            times.kernels = list(exe.compile_times.kernels)
+            times.add_executable(exe.compile_times)
     else:
         raise ValueError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
     dump(exe)

@@ -42,6 +42,13 @@ class CompileTimes:
     kernels: list[KernelTime] = field(default_factory=list)
     interpreted_calls: int = 0  # background compilation: calls answered by the interpreter meanwhile
 
+    def add_executable(self, exe_times: CompileTimes) -> None:
+        """Takes an executable's lowering, start-up and per-kernel times (the earlier stages
+        are this compilation's own; start-up adds to the runtime's import, already here)."""
+        self.lower = exe_times.lower
+        self.startup += exe_times.startup
+        self.kernels = list(exe_times.kernels)
+
     @property
     def kernel_seconds(self) -> float:
         return sum(k.seconds for k in self.kernels)
