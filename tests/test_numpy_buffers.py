@@ -41,6 +41,7 @@ def concrete_questions(x: Any) -> Any:
     for i in (0, 2, 2):
         counts[i] += 1
     assert counts.tolist() == [1, 0, 2]
+    assert [i.tolist() for i in np.where(mask)] == [[1, 2, 3]]
     if mask[0] or not mask.any():
         raise AssertionError("known contents answered wrongly")
     k = int(mask.sum())

@@ -22,9 +22,11 @@ def layer_scope(default: str, *, nameable: bool = False) -> Callable[[F], F]:
         if not nameable:
             return named_scope(default)(fun)  # type: ignore[return-value]
 
+        default_scope = named_scope(default)  # checked once; a scope object keeps no state
+
         @functools.wraps(fun)
         def layer(*args: Any, name: str | None = None, **kwargs: Any) -> Any:
-            with named_scope(default if name is None else name):
+            with default_scope if name is None else named_scope(name):
                 return fun(*args, **kwargs)
 
         return layer  # type: ignore[return-value]

@@ -17,12 +17,12 @@ from fusejit.ir import primitives as P
 from fusejit.tracer.control_flow import _operands
 from fusejit.tracer.pytree import tree_flatten_with_path, tree_unflatten
 from fusejit.tracer.tracing import (
-    TracedArray,
     argument_type,
     bind,
     is_tracing,
     sanitize_name,
     trace_function,
+    with_weak,
 )
 from fusejit.tracer.transformations import _positional_names
 
@@ -107,7 +107,4 @@ def _bind(fun: Callable[..., Any], static: tuple[int, ...], args: tuple, kwargs:
         return fun(*args, **kwargs)  # nothing to differentiate: a constant computation
     outs = bind(P.checkpoint, *operands, body=body, prevent_cse=False)
     outs = outs if isinstance(outs, tuple) else (outs,)
-    for v, w in zip(outs, out_weak, strict=True):
-        if isinstance(v, TracedArray):
-            v.weak = w
-    return tree_unflatten(out_tree, list(outs))
+    return tree_unflatten(out_tree, with_weak(outs, out_weak))

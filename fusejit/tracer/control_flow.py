@@ -22,7 +22,15 @@ from fusejit.ir.dtypes import DType, promote_weak
 from fusejit.ir.types import TensorType
 from fusejit.tracer import numpy_api as fnp
 from fusejit.tracer.pytree import TreeDef, tree_flatten, tree_flatten_with_path, tree_unflatten
-from fusejit.tracer.tracing import TracedArray, argument_type, bind, eval_function, shape_of, trace_function
+from fusejit.tracer.tracing import (
+    TracedArray,
+    argument_type,
+    bind,
+    eval_function,
+    shape_of,
+    trace_function,
+    with_weak,
+)
 
 __all__ = ["cond", "fori_loop", "scan", "switch", "while_loop"]
 
@@ -258,7 +266,7 @@ def _scan(
             P.scan, consts + carry + xs_ops, body=fn, length=n, reverse=bool(reverse), num_consts=len(consts),
             num_carry=nk,
         )
-    return tree_unflatten(init_tree, _weak(outs[:nk], carry_weak)), tree_unflatten(trees["y"], outs[nk:])
+    return tree_unflatten(init_tree, with_weak(outs[:nk], carry_weak)), tree_unflatten(trees["y"], outs[nk:])
 
 
 # ---------------------------------------------------------------------------------------
@@ -321,7 +329,7 @@ def while_loop(cond_fun: Callable[[Any], Any], body_fun: Callable[[Any], Any], i
         cond_nconsts=len(cond_caps),
         body_nconsts=len(body_caps),
     )
-    return tree_unflatten(tree, _weak(outs, weak))
+    return tree_unflatten(tree, with_weak(outs, weak))
 
 
 def fori_loop(lower: Any, upper: Any, body_fun: Callable[[Any, Any], Any], init_val: Any) -> Any:
@@ -491,12 +499,3 @@ def _operands(leaves: list[Any], types: list[TensorType]) -> list[Any]:
 def _bind(prim: P.Primitive, operands: list[Any], **attrs: Any) -> tuple[Any, ...]:
     outs = bind(prim, *operands, **attrs)
     return outs if isinstance(outs, tuple) else (outs,)
-
-
-def _weak(values: Sequence[Any], weak: Sequence[bool]) -> list[Any]:
-    """Outputs keep the weak type of the init they stand for (a Python scalar carry stays
-    weak, as in JAX)."""
-    for v, w in zip(values, weak, strict=True):
-        if isinstance(v, TracedArray):
-            v.weak = w
-    return list(values)

@@ -400,10 +400,10 @@ def isfinite(x: Array) -> Array:
 
 def where(condition: Array, x: Array = None, y: Array = None) -> Array:
     """``numpy.where(condition, x, y)``; with ``condition`` alone, ``nonzero(condition)``
-    when it is concrete (a traced condition's nonzero count, so the result's shape,
-    depends on the data: ``NotImplementedError``)."""
+    when it is concrete or known (a traced condition's nonzero count, so the result's
+    shape, depends on the data: ``NotImplementedError``)."""
     if x is None and y is None:
-        if isinstance(condition, TracedArray):
+        if isinstance(condition, TracedArray) and condition.known is None:
             raise NotImplementedError("numpy.where with one traced argument (its shape depends on the data); "
                                       "use where(condition, x, y) or a mask")
         return tuple(asarray(i) for i in np.nonzero(np.asarray(condition)))

@@ -331,6 +331,15 @@ def sanitize_name(path: str) -> str:
     return name if name and not name[0].isdigit() else f"arg_{name}"
 
 
+def with_weak(values: Sequence[Any], weak: Sequence[bool]) -> list[Any]:
+    """``values`` with the weak types ``weak`` (a transformed function's outputs keep the
+    weak type of what they stand for: a Python scalar stays weak, as in JAX)."""
+    for v, w in zip(values, weak, strict=True):
+        if isinstance(v, TracedArray):
+            v.weak = w
+    return list(values)
+
+
 # ---------------------------------------------------------------------------------------
 # Operand typing shared by fusejit.numpy: dtypes with NEP 50 weak scalars, broadcasting.
 

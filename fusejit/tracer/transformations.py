@@ -42,6 +42,7 @@ from fusejit.tracer.tracing import (
     sanitize_name,
     shape_of,
     trace_function,
+    with_weak,
 )
 
 _SCALARS = (bool, int, float)
@@ -147,13 +148,6 @@ def flat_function(
     return flat_fun
 
 
-def _with_weak(values: Sequence[Any], weak: Sequence[bool]) -> list[Any]:
-    for v, w in zip(values, weak, strict=True):
-        if isinstance(v, TracedArray):
-            v.weak = w
-    return list(values)
-
-
 def _zeros_like_leaf(leaf: Any) -> Any:
     from fusejit.tracer import numpy_api as fnp
 
@@ -240,9 +234,9 @@ def _grad_call(
     gfn = grad_function(traced.fn, wrt, output=0, keep_outputs=keep)
     outs = eval_function(gfn, *traced.args)
     n_out = len(traced.fn.results) if keep else 0
-    out = tree_unflatten(traced.out_tree, _with_weak(outs[:n_out], traced.out_weak)) if keep else None
+    out = tree_unflatten(traced.out_tree, with_weak(outs[:n_out], traced.out_weak)) if keep else None
     # The gradients come in parameter order; argnums may ask for another, e.g. (3, 1).
-    grads = iter(_with_weak(outs[n_out:], [traced.dynamic_weak[k] for k in wrt]))
+    grads = iter(with_weak(outs[n_out:], [traced.dynamic_weak[k] for k in wrt]))
     by_arg = {
         i: tree_unflatten(traced.arg_trees[i], [next(grads) for _ in traced.arg_leaves[i]]) for i in sorted(diff)
     }
@@ -311,7 +305,7 @@ def vjp(fun: Callable[..., Any], *primals: Any, has_aux: bool = False) -> tuple[
     forward, backward = reverse_mode(fn, wrt, cotangents=seeds).split()
     outs = eval_function(forward, *traced.args)
     n_out = len(fn.results)
-    values = _with_weak(outs[:n_out], traced.out_weak)
+    values = with_weak(outs[:n_out], traced.out_weak)
     saved = outs[n_out:]
     result_types = [r.type for r in fn.results[:n_main]]
 
@@ -328,7 +322,7 @@ def vjp(fun: Callable[..., Any], *primals: Any, has_aux: bool = False) -> tuple[
                     f"the output has {result_types[i]}"
                 )
         grads = eval_function(backward, *saved, *(leaves[i] for i in seeds))
-        by_leaf = dict(zip(wrt, _with_weak(grads, [traced.dynamic_weak[k] for k in wrt]), strict=True))
+        by_leaf = dict(zip(wrt, with_weak(grads, [traced.dynamic_weak[k] for k in wrt]), strict=True))
         out, k = [], 0
         for tree_i, leaves_i in zip(traced.arg_trees, traced.arg_leaves, strict=True):
             cts = []
@@ -370,8 +364,8 @@ def jvp(fun: Callable[..., Any], primals: Sequence[Any], tangents: Sequence[Any]
 
     outs = eval_function(jvp_function(fn, wrt), *traced.args, *(t_leaves[k] for k in wrt))
     n = len(fn.results)
-    out = tree_unflatten(traced.out_tree, _with_weak(outs[:n], traced.out_weak))
-    return out, tree_unflatten(traced.out_tree, _with_weak(outs[n:], traced.out_weak))
+    out = tree_unflatten(traced.out_tree, with_weak(outs[:n], traced.out_weak))
+    return out, tree_unflatten(traced.out_tree, with_weak(outs[n:], traced.out_weak))
 
 
 # ---------------------------------------------------------------------------------------
@@ -498,7 +492,7 @@ class custom_vjp:  # noqa: N801 - JAX's name
         )
         outs = bind(P.custom_vjp_call, *leaves, *captured, fun=fun_fn, fwd=fwd_fn, bwd=bwd_fn)
         outs = (outs,) if n_out == 1 else tuple(outs)
-        return tree_unflatten(out_tree, _with_weak(outs, out_weak))
+        return tree_unflatten(out_tree, with_weak(outs, out_weak))
 
 
 def _close_over(

@@ -37,13 +37,13 @@ from fusejit.tracer.tracing import (
     eval_function,
     sanitize_name,
     trace_function,
+    with_weak,
 )
 from fusejit.tracer.transformations import (
     _argnums,
     _fun_name,
     _positional_names,
     _trace,
-    _with_weak,
     flat_function,
     jvp,
     vjp,
@@ -192,7 +192,7 @@ def _vmap_call(
             "out_axes entry is None (give it an axis, or make it independent of the mapped arguments)"
         ) from None
     outs = eval_function(batched, *dynamic, *captured)
-    return tree_unflatten(out_tree, _with_weak(outs, out_weak))
+    return tree_unflatten(out_tree, with_weak(outs, out_weak))
 
 
 def _batch_size(name: str, mapped: list[tuple[str, int, int, TensorType]], axis_size: int | None) -> int:
