@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -57,6 +57,15 @@ class Builder:
 
     def constant(self, value: Any, dtype: DType, shape: tuple[int, ...] = ()) -> Value:
         return self.op(P.constant, value=P.constant_value(value, dtype), shape=tuple(shape), dtype=dtype)
+
+    def inline(self, fn: Function, args: Sequence[Value]) -> tuple[Value, ...]:
+        """Appends ``fn``'s ops applied to ``args``; returns its results. Inner ops keep
+        their own source lines."""
+        env: dict[Value, Value] = dict(zip(fn.params, args, strict=True))
+        for op in fn.ops:
+            outs = self.emit(op.prim, tuple(env[v] for v in op.inputs), dict(op.attrs), op.loc)
+            env.update(zip(op.outputs, outs, strict=True))
+        return tuple(env[r] for r in fn.results)
 
     def full_like(self, value: Any, like: Value) -> Value:
         """A constant of ``like``'s type, as a broadcast scalar (cheap to fuse)."""

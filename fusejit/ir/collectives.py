@@ -30,7 +30,13 @@ import numpy as np
 
 from fusejit.ir import communicator
 from fusejit.ir.dtypes import DType, from_numpy
-from fusejit.ir.primitives import ANY, NUMERIC, AttrKind, AttrSpec, IRTypeError, OpKind, Primitive, _register
+from fusejit.ir.primitives import (
+    NUMERIC,
+    AttrKind,
+    AttrSpec,
+    IRTypeError,
+    _host,
+)
 from fusejit.ir.types import TensorType
 
 __all__ = ["COLLECTIVES", "all_gather", "axis_index", "pbroadcast", "pmax", "psum", "psum_scatter"]
@@ -123,11 +129,6 @@ def _pbroadcast_rule(in_types: tuple[TensorType, ...], root: int) -> tuple[Tenso
     if root < 0:
         raise IRTypeError(f"pbroadcast: root={root} is not a rank")
     return (in_types[0],)
-
-
-def _host(name: str, arity: int, attrs: dict[str, AttrSpec], rule, impl, dtypes=ANY) -> Primitive:  # noqa: ANN001
-    return _register(Primitive(name=name, kind=OpKind.HOST, arity=arity, attrs=attrs, abstract_eval=rule,
-                               impl=impl, dtypes=dtypes))
 
 
 _AXIS_SIZE = {"axis": AttrSpec(AttrKind.INT), "size": AttrSpec(AttrKind.INT)}

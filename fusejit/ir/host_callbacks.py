@@ -32,7 +32,7 @@ from collections.abc import Callable
 import numpy as np
 
 from fusejit.ir.dtypes import DType
-from fusejit.ir.primitives import ANY, AttrKind, AttrSpec, IRTypeError, OpKind, Primitive, _register
+from fusejit.ir.primitives import AttrKind, AttrSpec, IRTypeError, _host
 from fusejit.ir.types import TensorType
 
 __all__ = ["EFFECTFUL", "TOKEN", "debug_callback", "register_callback", "run_callback"]
@@ -82,20 +82,12 @@ def _rule(
     return (TOKEN,)
 
 
-debug_callback = _register(
-    Primitive(
-        name="debug_callback",
-        kind=OpKind.HOST,
-        arity=None,
-        attrs={
-            "callback": AttrSpec(AttrKind.INT),
-            "token": AttrSpec(AttrKind.BOOL),
-            "batch": AttrSpec(AttrKind.INTS),
-        },
-        abstract_eval=_rule,
-        impl=lambda *xs, callback, token, batch: run_callback(xs, callback, token, batch),
-        dtypes=ANY,
-    )
+debug_callback = _host(
+    "debug_callback",
+    None,
+    {"callback": AttrSpec(AttrKind.INT), "token": AttrSpec(AttrKind.BOOL), "batch": AttrSpec(AttrKind.INTS)},
+    _rule,
+    lambda *xs, callback, token, batch: run_callback(xs, callback, token, batch),
 )
 
 # Ops with an effect: dead-code elimination keeps them although nothing reads their result.

@@ -33,11 +33,12 @@ has no place to raise from half-way, and the other matrices of a batch are still
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
 
-from fusejit.ir.primitives import FLOATS, AttrKind, AttrSpec, IRTypeError, OpKind, Primitive, _register
+from fusejit.ir.primitives import FLOATS, AttrKind, AttrSpec, IRTypeError, _host
 from fusejit.ir.types import TensorType
 
 __all__ = ["LINALG", "cholesky", "eigh", "qr", "slogdet", "solve", "svd", "triangular_solve"]
@@ -193,32 +194,21 @@ def _qr_rule(in_types: tuple[TensorType, ...]) -> tuple[TensorType, ...]:
     return (a.with_shape((*batch, m, k)), a.with_shape((*batch, k, n)))
 
 
-def _host(name: str, arity: int, attrs: dict[str, AttrSpec], rule, impl) -> Primitive:  # noqa: ANN001
-    return _register(
-        Primitive(
-            name=name,
-            kind=OpKind.HOST,
-            arity=arity,
-            attrs=attrs,
-            abstract_eval=rule,
-            impl=impl,
-            dtypes=FLOATS,
-        )
-    )
+# LAPACK takes float32 and float64 only.
+_lapack = functools.partial(_host, dtypes=FLOATS)
 
-
-cholesky = _host("cholesky", 1, {}, _cholesky_rule, cholesky_impl)
-triangular_solve = _host(
+cholesky = _lapack("cholesky", 1, {}, _cholesky_rule, cholesky_impl)
+triangular_solve = _lapack(
     "triangular_solve",
     2,
     {"lower": AttrSpec(AttrKind.BOOL), "transpose_a": AttrSpec(AttrKind.BOOL)},
     lambda in_types, lower, transpose_a: _solve_rule("triangular_solve", in_types),
     triangular_solve_impl,
 )
-solve = _host("solve", 2, {}, lambda in_types: _solve_rule("solve", in_types), solve_impl)
-slogdet = _host("slogdet", 1, {}, _slogdet_rule, slogdet_impl)
-eigh = _host("eigh", 1, {}, _eigh_rule, eigh_impl)
-svd = _host("svd", 1, {}, _svd_rule, svd_impl)
-qr = _host("qr", 1, {}, _qr_rule, qr_impl)
+solve = _lapack("solve", 2, {}, lambda in_types: _solve_rule("solve", in_types), solve_impl)
+slogdet = _lapack("slogdet", 1, {}, _slogdet_rule, slogdet_impl)
+eigh = _lapack("eigh", 1, {}, _eigh_rule, eigh_impl)
+svd = _lapack("svd", 1, {}, _svd_rule, svd_impl)
+qr = _lapack("qr", 1, {}, _qr_rule, qr_impl)
 
 LINALG = (cholesky, triangular_solve, solve, slogdet, eigh, svd, qr)

@@ -126,6 +126,14 @@ def _register(prim: Primitive) -> Primitive:
     return prim
 
 
+def _host(name: str, arity: int | None, attrs: Mapping[str, AttrSpec], rule: TypeRule, impl: ImplRule,
+          dtypes: frozenset[DType] = ANY) -> Primitive:
+    """Registers a primitive the runtime runs on host arrays between kernels
+    (``OpKind.HOST``: collectives, linear algebra, callbacks)."""
+    return _register(Primitive(name=name, kind=OpKind.HOST, arity=arity, attrs=attrs, abstract_eval=rule,
+                               impl=impl, dtypes=dtypes))
+
+
 # ---------------------------------------------------------------------------------------
 # Attribute checks
 

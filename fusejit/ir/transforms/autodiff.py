@@ -421,15 +421,6 @@ def _or_zeros(b: Builder, t: Ct, like: Value) -> Value:
     return t if t is not None else b.full_like(0, like)
 
 
-def _inline(b: Builder, fn: Function, args: Sequence[Value]) -> tuple[Value, ...]:
-    """Appends ``fn``'s ops applied to ``args``; inner ops keep their own source lines."""
-    env: dict[Value, Value] = dict(zip(fn.params, args, strict=True))
-    for op in fn.ops:
-        outs = b.emit(op.prim, tuple(env[v] for v in op.inputs), dict(op.attrs), op.loc)
-        env.update(zip(op.outputs, outs, strict=True))
-    return tuple(env[r] for r in fn.results)
-
-
 def _keep_axes(ndim: int, axes: Sequence[int]) -> tuple[int, ...]:
     return tuple(i for i in range(ndim) if i not in axes)
 
@@ -1165,7 +1156,7 @@ def _custom_vjp_call_forward(
     b: Builder, op: Op, inputs: tuple[Value, ...], active: tuple[bool, ...]
 ) -> tuple[tuple[Value, ...], tuple[Value, ...]]:
     """Inlines ``fwd``: (the call's outputs, the residuals)."""
-    results = _inline(b, op.attrs["fwd"], inputs)
+    results = b.inline(op.attrs["fwd"], inputs)
     n = len(op.outputs)
     return results[:n], results[n:]
 
@@ -1174,7 +1165,7 @@ def _custom_vjp_call_vjp(b: Builder, op: Op, cts: tuple[Ct, ...], needs: tuple[b
     n = len(op.attrs["fun"].params)
     residuals = op.inputs[n:]
     full_cts = tuple(_or_zeros(b, c, v) for c, v in zip(cts, op.outputs, strict=True))
-    in_cts = _inline(b, op.attrs["bwd"], residuals + full_cts)
+    in_cts = b.inline(op.attrs["bwd"], residuals + full_cts)
     return tuple(c if need else None for c, need in zip(in_cts, needs[:n], strict=True)) + (None,) * len(
         residuals
     )
@@ -1185,7 +1176,7 @@ def _custom_vjp_call_jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequen
     fun = op.attrs["fun"]
     wrt = tuple(i for i, t in enumerate(tangents) if t is not None and fun.params[i].dtype.is_float)
     inner = jvp_function(fun, wrt)
-    outs = _inline(b, inner, op.inputs + tuple(tangents[i] for i in wrt))  # type: ignore[operator]
+    outs = b.inline(inner, op.inputs + tuple(tangents[i] for i in wrt))  # type: ignore[operator]
     m = len(fun.results)
     return tuple(t if v.dtype.is_float else None for t, v in zip(outs[m:], op.outputs, strict=True))
 

@@ -42,7 +42,6 @@ from fusejit.ir.transforms.autodiff import (
     VJP_RULES,
     Ct,
     _define,
-    _inline,
     jvp_function,
     reverse_mode,
     zero_vjp,
@@ -117,7 +116,7 @@ def _scan_jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequence[Ct]:
     primal = _fresh(body.params)
     tan = {i: Value(body.params[i].type) for i in wrt}
     params = [v for g in groups for v in [primal[i] for i in g] + [tan[i] for i in g if i in tan]]
-    outs = _inline(nb, jf, primal + [tan[i] for i in wrt])
+    outs = nb.inline(jf, primal + [tan[i] for i in wrt])
     res, res_t = outs[: len(body.results)], outs[len(body.results) :]
     carry_t = [res_t[k] for k in range(nk) if active[nc + k]]
     y_float = [j for j in range(ny) if body.results[nk + j].dtype.is_float]
@@ -265,7 +264,7 @@ def _scan_vjp(b: Builder, op: Op, cts: tuple[Ct, ...], needs: tuple[bool, ...]) 
     grads = dict(
         zip(
             [i for i, a in enumerate(active) if a],
-            _inline(nb, plan.backward, saved_args + ct_args),
+            nb.inline(plan.backward, saved_args + ct_args),
             strict=True,
         )
     )
@@ -343,7 +342,7 @@ def _cond_vjp_plan(
         own = fwd.results[len(first.results) :]
         fb = Builder()
         params = _fresh(fwd.params)
-        outs = _inline(fb, fwd, params)
+        outs = fb.inline(fwd, params)
         mine = iter(outs[len(first.results) :])
         saved = [
             next(mine) if offset <= k < offset + len(own) else _zeros(fb, v) for k, v in enumerate(all_saved)
@@ -352,7 +351,7 @@ def _cond_vjp_plan(
         bb = Builder()
         saved_params = [Value(v.type) for v in all_saved]
         ct_params = [Value(first.results[j].type) for j in cot]
-        grads = _inline(bb, bwd, saved_params[offset : offset + len(own)] + ct_params)
+        grads = bb.inline(bwd, saved_params[offset : offset + len(own)] + ct_params)
         bwds.append(_function(f"{br.name}_bwd", saved_params + ct_params, bb, grads))
         offset += len(own)
     return wrt, cot, tuple(fwds), tuple(bwds)
@@ -394,7 +393,7 @@ def _while_jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequence[Ct]:
     tan = {i: Value(body.params[i].type) for i in wrt}
     primal = _fresh(body.params)
     nb = Builder()
-    outs = _inline(nb, jf, primal + [tan[i] for i in wrt])
+    outs = nb.inline(jf, primal + [tan[i] for i in wrt])
     act_carry = [k for k in range(nk) if active[bn + k]]
     const_t = [tan[i] for i in range(bn) if i in tan]
     new_body = _function(
@@ -405,7 +404,7 @@ def _while_jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequence[Ct]:
     )
     cb = Builder()
     c_params = _fresh(cond.params)
-    (pred,) = _inline(cb, cond, c_params)
+    (pred,) = cb.inline(cond, c_params)
     new_cond = _function(
         cond.name, c_params + [Value(body.params[bn + k].type) for k in act_carry], cb, [pred]
     )

@@ -22,7 +22,6 @@ from fusejit.ir import primitives as P
 from fusejit.ir.builder import Builder
 from fusejit.ir.control_flow import select_branch
 from fusejit.ir.core import Function, Op, Value
-from fusejit.ir.transforms.autodiff import _inline
 from fusejit.ir.transforms.batching import (
     BATCH_RULES,
     Batched,
@@ -124,7 +123,7 @@ def _any_cond(cond_b: Function) -> Function:
     """The batched predicate reduced to "any example's holds"."""
     b = Builder()
     params = [Value(p.type, p.name) for p in cond_b.params]
-    (pred,) = _inline(b, cond_b, params)
+    (pred,) = b.inline(cond_b, params)
     count = b.op(P.reduce_max, b.convert(pred, P.DType.i32), axes=(0,))
     return b.function(cond_b.name, tuple(params), (b.op(P.gt, count, b.constant(0, P.DType.i32)),))
 
@@ -136,8 +135,8 @@ def _masked_body(cond_b: Function, body_b: Function, cn: int, bn: int) -> Functi
     cond_consts = [Value(p.type, p.name) for p in cond_b.params[:cn]]
     params = cond_consts + [Value(p.type, p.name) for p in body_b.params]
     carry = params[cn + bn :]
-    (pred,) = _inline(b, cond_b, cond_consts + carry)
-    new = _inline(b, body_b, params[cn:])
+    (pred,) = b.inline(cond_b, cond_consts + carry)
+    new = b.inline(body_b, params[cn:])
     results = [
         b.op(P.select, b.broadcast(pred, c.shape, (0,)), n, c) for n, c in zip(new, carry, strict=True)
     ]

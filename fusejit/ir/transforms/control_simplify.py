@@ -14,7 +14,6 @@ from fusejit.ir import primitives as P
 from fusejit.ir.builder import Builder
 from fusejit.ir.control_flow import branch_index, select_branch
 from fusejit.ir.core import Function, Op, Value
-from fusejit.ir.transforms.autodiff import _inline
 from fusejit.ir.transforms.simplify import scalar_constant
 
 # Ops that compute every element of their result from finite inputs without failing or
@@ -54,9 +53,9 @@ def select_cheap_branches(fn: Function) -> Function:
         with b.at(op.loc):
             if index is not None:
                 chosen = branches[branch_index(int(index), len(branches))]
-                results = _inline(b, chosen, inputs[1:])
+                results = b.inline(chosen, inputs[1:])
             else:
-                results = select_branch(b, inputs[0], [_inline(b, br, inputs[1:]) for br in branches])
+                results = select_branch(b, inputs[0], [b.inline(br, inputs[1:]) for br in branches])
         rename.update(zip(op.outputs, results, strict=True))
     if not changed:
         return fn

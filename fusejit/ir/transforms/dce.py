@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from fusejit.ir import primitives as P
 from fusejit.ir.core import Function, Op, Value
 
@@ -23,4 +25,11 @@ def eliminate_dead_code(fn: Function) -> Function:
 def has_effect(op: Op) -> bool:
     """Whether ``op`` is, or calls a function (a loop body, a branch) holding, an op of
     ``P.EFFECTFUL``."""
-    return op.prim in P.EFFECTFUL or any(has_effect(inner) for fn in op.functions() for inner in fn.ops)
+    return op.prim in P.EFFECTFUL or any(map(_holds_effect, op.functions()))
+
+
+@functools.lru_cache(maxsize=1024)
+def _holds_effect(fn: Function) -> bool:
+    # Functions are immutable and hashed by identity: DCE, fusion and hoisting ask again
+    # and again about the same bodies, nested bodies included.
+    return any(map(has_effect, fn.ops))
