@@ -107,7 +107,7 @@ def _scan_window(b: KernelBuilder, w: Window, y: tuple[Expr, ...], visit) -> Non
         idx = []
         for i in range(len(w.X)):
             q = w.position(i, y[i], k[i])
-            if not w.padded(i) or not w.reaches_outside(i):
+            if not w.reaches_outside(i):  # an axis not pooled never does
                 idx.append(q)
                 continue
             ok = b.let(binary(BinaryOp.AND, binary(BinaryOp.GE, q, ZERO), binary(BinaryOp.LT, q, w.X[i])))

@@ -29,19 +29,23 @@ def fuse_around_control_flow(fn: Function, fuse: Callable[[Function], FusedFunct
     ``fuse`` on its own (fusion never crosses a loop), each control-flow op a group
     of its own."""
     users = fn.users()
-    later: list[set[Value]] = []
+    # What the ops from position k on read (or the function returns), at each k where a
+    # stretch ends: one sweep, a set kept only there (not one per op: quadratic).
+    ends = {k for k, op in enumerate(fn.ops) if op.prim in P.CONTROL_FLOW} | {len(fn.ops)}
+    read_from: dict[int, set[Value]] = {}
     acc: set[Value] = set(fn.results)
-    for op in reversed(fn.ops):
-        later.append(set(acc))
-        acc.update(op.inputs)
-    later.reverse()
+    for k in range(len(fn.ops), -1, -1):
+        if k in ends:
+            read_from[k] = set(acc)
+        if k:
+            acc.update(fn.ops[k - 1].inputs)
     groups: list[FusionGroup] = []
     refusals: list[Refusal] = []
     stretch: list[Op] = []
 
     def flush(k: int) -> None:
         if stretch:
-            part = fuse(sub_function(f"{fn.name}_part", stretch, later[k - 1]))
+            part = fuse(sub_function(f"{fn.name}_part", stretch, read_from[k]))
             groups.extend(part.groups)
             refusals.extend(part.refusals)
             stretch.clear()
