@@ -15,16 +15,15 @@ from typing import Any
 
 from fusejit.ir import primitives as P
 from fusejit.tracer.control_flow import _operands
-from fusejit.tracer.pytree import tree_flatten_with_path, tree_unflatten
+from fusejit.tracer.pytree import tree_unflatten
 from fusejit.tracer.tracing import (
     argument_type,
     bind,
     is_tracing,
     sanitize_name,
-    trace_function,
     with_weak,
 )
-from fusejit.tracer.transformations import _positional_names
+from fusejit.tracer.transformations import _trace
 
 __all__ = ["checkpoint"]
 
@@ -72,39 +71,22 @@ def _bind(fun: Callable[..., Any], static: tuple[int, ...], args: tuple, kwargs:
             raise ValueError(
                 f"checkpoint {name}: static_argnums has {i}, but it was called with {n} arguments"
             )
-    # The dynamic arguments, each flattened under its own name (errors name the parameter).
-    names = _positional_names(fun, n)
-    parts = [(names[i], a) for i, a in enumerate(args) if i not in static] + sorted(kwargs.items())
-    leaves, trees, types, weak = [], [], [], []
-    for label, part in parts:
-        with_paths, tree = tree_flatten_with_path(part, label)
-        trees.append(tree)
-        for path, leaf in with_paths:
-            typed = argument_type(leaf, path)
-            if typed is None:
-                raise TypeError(
-                    f"checkpoint {name}: {path} is a {type(leaf).__name__}, not an array or a scalar; "
-                    "list its position in static_argnums or close over it"
-                )
-            leaves.append(leaf)
-            types.append(typed[0])
-            weak.append(typed[1])
+    def is_dynamic(i: int, path: str, leaf: Any) -> bool:
+        if i in static:
+            return False
+        if argument_type(leaf, path) is None:
+            raise TypeError(
+                f"checkpoint {name}: {path} is a {type(leaf).__name__}, not an array or a scalar; "
+                "list its position in static_argnums or close over it"
+            )
+        return True
 
-    def flat(*values: Any) -> Any:
-        rebuilt, k = [], 0
-        for tree in trees:
-            rebuilt.append(tree_unflatten(tree, values[k : k + tree.num_leaves]))
-            k += tree.num_leaves
-        it = iter(rebuilt)
-        positional = [args[i] if i in static else next(it) for i in range(n)]
-        return fun(*positional, **{key: next(it) for key, _ in sorted(kwargs.items())})
-
-    body, (out_tree, out_weak), captured = trace_function(
-        flat, types, name=sanitize_name(f"{name}_checkpoint"), weak=weak
-    )
-    operands = [*_operands(leaves, types), *captured]
+    traced = _trace(fun, args, kwargs, is_dynamic)
+    types = [p.type for p in traced.fn.params[: len(traced.dynamic)]]
+    operands = [*_operands(traced.dynamic, types), *traced.captured]
     if not operands:
         return fun(*args, **kwargs)  # nothing to differentiate: a constant computation
+    body = traced.fn.replace(name=sanitize_name(f"{name}_checkpoint"))
     outs = bind(P.checkpoint, *operands, body=body, prevent_cse=False)
     outs = outs if isinstance(outs, tuple) else (outs,)
-    return tree_unflatten(out_tree, with_weak(outs, out_weak))
+    return tree_unflatten(traced.out_tree, with_weak(outs, traced.out_weak))
