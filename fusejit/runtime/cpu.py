@@ -182,6 +182,11 @@ the module doc); ``call_plan`` is what it runs, as data."""
         self._out_specs = list(call.out_specs)
         self._out_in_param = list(call.out_in_param)
         self._result_refs = list(call.result_refs)
+        # The host ops (fusejit.runtime.host_ops) by the number of kernels run before them,
+        # each with its runner, built once for the generated runner and the general path.
+        self._hosts: dict[int, list[tuple[int, Any, Any]]] = {}
+        for h, hs in enumerate(call.host_steps):
+            self._hosts.setdefault(hs.position, []).append((h, hs, host_runner(hs.call, hs.shared_outputs)))
         self._into_slot = _into_slots(self._result_refs, self._out_in_param)
         # Per result: whether a call given ``into`` (an array or None per result: a loop
         # driver's row of a stacked output) leaves the result there rather than in a new
@@ -378,11 +383,10 @@ the module doc); ``call_plan`` is what it runs, as data."""
         """The runner's calls of the host ops (``fusejit.runtime.host_ops``) that run
         after the first ``position`` kernels: ``H0((inputs,), (outputs,))``."""
         lines = []
-        for h, hs in enumerate(self.call_plan.host_steps):
-            if hs.position == position:
-                ns[f"H{h}"] = host_runner(hs.call, hs.shared_outputs)
-                ins, outs = ("".join(f"{self._ref_name(r)}, " for r in refs) for refs in (hs.in_refs, hs.out_refs))
-                lines.append(f"{indent}H{h}(({ins}), ({outs}))  # {hs.call.display_name}")
+        for h, hs, run in self._hosts.get(position, ()):
+            ns[f"H{h}"] = run
+            ins, outs = ("".join(f"{self._ref_name(r)}, " for r in refs) for refs in (hs.in_refs, hs.out_refs))
+            lines.append(f"{indent}H{h}(({ins}), ({outs}))  # {hs.call.display_name}")
         return lines
 
     def _call_generic(self, args: Sequence[np.ndarray],
@@ -448,16 +452,15 @@ the module doc); ``call_plan`` is what it runs, as data."""
         check = config.value("debug_nans")
 
         def run_hosts(position: int) -> None:
-            for hs in self.call_plan.host_steps:
-                if hs.position == position:
-                    ins, outs = [[views[r[1]] if r[0] == "buf" else flat[r] for r in refs]
-                                 for refs in (hs.in_refs, hs.out_refs)]
-                    finite_inputs = check and nonfinite_kind(ins) is None  # before an in-place rule
-                    host_runner(hs.call, hs.shared_outputs)(ins, outs)
-                    kind = nonfinite_kind(outs) if check else None
-                    if kind is not None:  # a host op (LAPACK, a collective) made it, or passed it on
-                        raise nonfinite_error(hs.call.op, kind, finite_inputs,
-                                              f"host op {hs.call.display_name} of @{self.function.name}")
+            for _, hs, run in self._hosts.get(position, ()):
+                ins, outs = [[views[r[1]] if r[0] == "buf" else flat[r] for r in refs]
+                             for refs in (hs.in_refs, hs.out_refs)]
+                finite_inputs = check and nonfinite_kind(ins) is None  # before an in-place rule
+                run(ins, outs)
+                kind = nonfinite_kind(outs) if check else None
+                if kind is not None:  # a host op (LAPACK, a collective) made it, or passed it on
+                    raise nonfinite_error(hs.call.op, kind, finite_inputs,
+                                          f"host op {hs.call.display_name} of @{self.function.name}")
 
         for k, st in enumerate(self._steps):
             run_hosts(k)
