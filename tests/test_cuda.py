@@ -369,3 +369,29 @@ def test_every_kernel_kind_compiles_to_ptx(tmp_path: Any) -> None:
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert int(proc.stdout.split()[-1]) >= len(jobs)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cuda_math_library_matches_numpy_at_the_edges(dtype):
+    """The CUDA library writes out NumPy's divmod, min/max and logistic rules again (its
+    own primitives, not the CPU's): signed zeros, infinities, NaN, zero and negative
+    divisors, huge and tiny quotients reach the correction branches random data misses."""
+    edge = np.array([0.0, -0.0, 1.0, -1.0, 2.5, -2.5, np.inf, -np.inf, np.nan, 1e30, -1e-30, 7.0], dtype)
+    a, b = np.meshgrid(edge, edge)
+    a, b = a.ravel(), b.ravel()
+
+    def math(x, y):
+        return (x // y, x % y, fnp.maximum(x, y), fnp.minimum(x, y), fnp.fmax(x, y), fnp.fmin(x, y),
+                fj.nn.sigmoid(x))
+
+    with np.errstate(all="ignore"):
+        want = [np.floor_divide(a, b), np.remainder(a, b), np.maximum(a, b), np.minimum(a, b), np.fmax(a, b),
+                np.fmin(a, b), 1 / (1 + np.exp(-a))]
+    for k, (got, expected) in enumerate(zip(cuda_jit(math)(a, b), want, strict=True)):
+        got = np.asarray(got)
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+        both = ~np.isnan(expected)
+        np.testing.assert_allclose(got[both], expected[both], rtol=2e-7 if dtype == np.float32 else 1e-15)
+        if k < 2:  # the sign of a zero quotient or remainder (max/min of tied zeros: either)
+            zeros = both & (expected == 0)
+            np.testing.assert_array_equal(np.signbit(got[zeros]), np.signbit(expected[zeros]))
