@@ -102,9 +102,13 @@ def _check_size(size: str) -> None:
 
 
 def _torch_tensors(tree: Any) -> Any:
+    """The arrays of ``tree`` as torch tensors on torch's default device (the GPU
+    benchmark builds its ports under ``torch.device("cuda")``, so that an optimizer holds
+    the tensors the step updates)."""
     import torch
 
-    return fj.tree_map(lambda a: torch.from_numpy(np.array(a)) if isinstance(a, np.ndarray) else a, tree)
+    device = torch.get_default_device()
+    return fj.tree_map(lambda a: torch.from_numpy(np.array(a)).to(device) if isinstance(a, np.ndarray) else a, tree)
 
 
 def _torch_port(fn: Callable[..., Any], args: tuple, compiled: bool,

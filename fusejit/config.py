@@ -50,6 +50,8 @@ SETTINGS = {
         Setting("compile", "FUSEJIT_COMPILE", "sync", str, "sync: a call waits for its kernels; background: calls run on the interpreter until they are compiled."),
         Setting("compile_workers", "FUSEJIT_COMPILE_WORKERS", "auto", str, "Worker processes compiling uncached kernels in parallel: auto (CPUs - 1, at most 4) or a number; 0 for none."),
         Setting("distributed_checks", "FUSEJIT_DISTRIBUTED_CHECKS", True, _flag, "Before each MPI collective the ranks compare what they call (one 16-byte Allreduce): mismatches raise instead of hanging. Set it alike on every rank."),
+        Setting("cuda_replay", "FUSEJIT_CUDA_REPLAY", True, _flag, "A CUDA executable's later calls replay its first call's launches through the driver (off: every launch goes through Numba's dispatcher)."),
+        Setting("cuda_blas_min_flops", "FUSEJIT_CUDA_BLAS_MIN_FLOPS", 1 << 20, int, "CUDA float matmuls of at least this many flops call cuBLAS (through CuPy), their epilogue launched after; smaller ones are loop nests with the epilogue fused."),
         Setting("blas_threads", "FUSEJIT_BLAS_THREADS", "auto", str, "BLAS threads for GEMMs: auto (1 unless a GEMM does 2**31 flops) or a number."),
     )
 }  # fmt: skip

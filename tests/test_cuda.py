@@ -117,6 +117,22 @@ def test_cnn_gradients_on_the_gpu_equal_the_cpus() -> None:
         np.testing.assert_allclose(np.asarray(got), want, rtol=1e-12, atol=1e-12)
 
 
+def test_a_long_conv_contraction_is_split_over_a_block_and_a_short_one_is_a_thread_per_output() -> None:
+    """The weight gradient of a conv sums over the batch and the image (16 x 64 = 1024
+    terms per weight): a block of threads per weight, then a block sum; the forward conv
+    is a thread per output element. Both equal the CPU."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((16, 1, 8, 8))
+    w = rng.standard_normal((2, 1, 3, 3))
+    grad = fj.grad(lambda w, x: (fnp.tanh(fj.nn.conv2d(x, w, padding=1)) ** 2).sum())
+    np.testing.assert_allclose(np.asarray(cuda_jit(grad)(w, x)), fj.jit(grad)(w, x), rtol=1e-12)
+    lowered = fj.jit(grad, backend="cuda").lower(w, x)
+    kernels = [CUDA.lower(g).kernel for g in lowered.fused.groups]
+    (forward,), (weight_grad,) = (phases(k)[1] for k in kernels if k.kind == "conv_direct")
+    assert forward.reductions is None and len(forward.loops) == 2  # planes x positions, collapsed
+    assert weight_grad.reductions is not None and len(weight_grad.reductions) == 1  # the block sum
+
+
 def test_a_memory_accumulation_becomes_an_atomic_add_and_its_loop_runs_on_the_grid() -> None:
     def f(x: Any, i: Any) -> Any:
         return fj.grad(lambda v: fnp.take(v, i).sum())(x)
@@ -231,6 +247,92 @@ def test_asking_for_cuda_without_a_gpu_names_what_is_missing(monkeypatch: pytest
 
 
 # ---------------------------------------------------------------------------------------
+# Replay: later calls repeat the first call's launches with new addresses
+
+
+def softmax_then_scale(a: Any, b: Any) -> Any:
+    z = a @ b  # a cuBLAS GEMM on a GPU at the sizes below, its epilogue launched after it
+    e = fnp.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True) * 2.0, z.sum()
+
+
+def test_every_launch_of_a_call_is_reported_to_its_threads_recorder_only() -> None:
+    from fusejit.codegen.cuda.launch import KernelLaunch, Recorder
+
+    with fj.config.override(cuda_replay=False):  # every call through the launchers
+        f = cuda_jit(lambda a: fnp.exp(a - a.max(axis=1, keepdims=True)).sum())
+        x = np.ones((3, 4))
+        f(x)
+    launches = sum(len(phases(k)[1]) for k in kernels_of(lambda a: fnp.exp(a - a.max(axis=1, keepdims=True)).sum(), x))
+    with Recorder() as steps:
+        f(x)
+        with Recorder() as inner:
+            f(x)
+    assert len(steps) == launches and all(isinstance(s, KernelLaunch) for s in steps)
+    assert len(inner) == launches  # the inner recorder took the nested call's launches
+
+
+@pytest.mark.skipif(SIMULATED, reason="the simulator's kernels are Python functions: nothing to replay")
+def test_later_calls_replay_the_launches_with_new_arguments_and_match_numpy() -> None:
+    rng = np.random.default_rng(5)
+    f = cuda_jit(softmax_then_scale)
+    for _ in range(4):
+        a, b = rng.standard_normal((256, 128)), rng.standard_normal((128, 64))
+        got, total = f(fj.device_put(a), b)
+        z = a @ b
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        np.testing.assert_allclose(np.asarray(got), e / e.sum(axis=1, keepdims=True) * 2.0, rtol=1e-10)
+        np.testing.assert_allclose(float(total), z.sum(), rtol=1e-10)
+    exe = f.lower(a, b).executable()
+    assert exe.replay and exe.replay.launches >= 3, exe.replay_refused
+
+
+@pytest.mark.skipif(SIMULATED, reason="the simulator's kernels are Python functions: nothing to replay")
+def test_a_donating_step_replays_and_carries_its_state() -> None:
+    f = cuda_jit(lambda w, g: (w - 0.5 * g, (w * g).sum()), donate_argnums=0)
+    rng = np.random.default_rng(8)
+    w_host = rng.standard_normal(1000)
+    w = fj.device_put(w_host)
+    for _ in range(4):
+        g = rng.standard_normal(1000)
+        w, dot = f(w, g)
+        np.testing.assert_allclose(float(dot), (w_host * g).sum(), rtol=1e-10)
+        w_host = w_host - 0.5 * g
+    np.testing.assert_allclose(np.asarray(w), w_host, rtol=1e-12)
+    assert f.lower(w, g).executable().replay
+
+
+@pytest.mark.skipif(SIMULATED, reason="the simulator's kernels are Python functions: nothing to replay")
+def test_a_call_with_one_array_in_two_arguments_is_not_recorded_and_later_calls_stay_right() -> None:
+    f = cuda_jit(lambda a, b: a * 2.0 - b)
+    x, y = fj.device_put(np.arange(6.0)), fj.device_put(np.ones(6))
+    np.testing.assert_array_equal(np.asarray(f(x, x)), np.arange(6.0))
+    exe = f.lower(x, x).executable()
+    assert exe.replay is None  # not recorded: the slots of a and b would be one array
+    np.testing.assert_array_equal(np.asarray(f(x, y)), np.arange(6.0) * 2 - 1)
+    assert exe.replay
+    np.testing.assert_array_equal(np.asarray(f(y, x)), 2.0 - np.arange(6.0))
+    np.testing.assert_array_equal(np.asarray(f(x, x)), np.arange(6.0))
+
+
+@pytest.mark.skipif(SIMULATED, reason="threads on the simulator are too slow to race")
+def test_replayed_calls_from_several_threads_get_their_own_results() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    f = cuda_jit(softmax_then_scale)
+    rng = np.random.default_rng(6)
+    inputs = [(rng.standard_normal((64, 32)), rng.standard_normal((32, 16))) for _ in range(8)]
+    f(*inputs[0])
+
+    def run(ab: tuple[Any, Any]) -> float:
+        return float(f(*ab)[1])
+
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(run, inputs * 4))
+    np.testing.assert_allclose(got, [(a @ b).sum() for a, b in inputs] * 4, rtol=1e-10)
+
+
+# ---------------------------------------------------------------------------------------
 # Launch structure
 
 
@@ -277,7 +379,7 @@ def test_a_small_matmul_is_one_launch_with_its_epilogue_and_a_large_one_a_gemm()
     (small,) = kernels_of(lambda a, b: fnp.maximum(a @ b, 0.0), np.ones((4, 3)), np.ones((3, 5)))
     (launch,) = phases(small)[1]
     assert len(launch.loops) == 2  # a thread per output element, the max fused in
-    n = 1024  # 2 n**3 flops: at CUDA.blas_min_flops
+    n = 1024  # 2 n**3 flops: over the cuda_blas_min_flops setting
     lowered = fj.jit(lambda a, b: fnp.maximum(a @ b, 0.0), backend="cuda").lower(
         np.ones((n, n), np.float32), np.ones((n, n), np.float32))
     (group,) = lowered.fused.groups
@@ -286,19 +388,21 @@ def test_a_small_matmul_is_one_launch_with_its_epilogue_and_a_large_one_a_gemm()
 
 
 @pytest.mark.parametrize(("a_t", "b_t"), [(False, False), (True, False), (False, True), (True, True)])
-def test_the_gemm_of_every_layout_and_a_batch_equals_numpy(a_t: bool, b_t: bool) -> None:
+@pytest.mark.parametrize(("dtype", "k"), [(np.float64, 4), (np.float32, 7), (np.float64, 0)])
+def test_the_gemm_of_every_layout_and_a_batch_equals_numpy(a_t: bool, b_t: bool, dtype: Any, k: int) -> None:
     from numba import cuda
 
     from fusejit.codegen.cuda.gemm import gemm
 
     rng = np.random.default_rng(3)
-    batch, m, k, n = 2, 3, 4, 5
-    a = rng.standard_normal((batch, k, m) if a_t else (batch, m, k))
-    b = rng.standard_normal((batch, n, k) if b_t else (batch, k, n))
-    c = cuda.device_array(batch * m * n)
+    batch, m, n = 2, 3, 5
+    a = rng.standard_normal((batch, k, m) if a_t else (batch, m, k)).astype(dtype)
+    b = rng.standard_normal((batch, n, k) if b_t else (batch, k, n)).astype(dtype)
+    c = cuda.to_device(np.full(batch * m * n, np.nan, dtype))  # every element must be written
     gemm(cuda.to_device(a.ravel()), cuda.to_device(b.ravel()), c, batch, m, k, n, a_t, b_t)
     want = (a.transpose(0, 2, 1) if a_t else a) @ (b.transpose(0, 2, 1) if b_t else b)
-    np.testing.assert_allclose(c.copy_to_host().reshape(batch, m, n), want, rtol=1e-12)
+    rtol = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(c.copy_to_host().reshape(batch, m, n), want, rtol=rtol, atol=rtol)
 
 
 # ---------------------------------------------------------------------------------------

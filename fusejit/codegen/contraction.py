@@ -67,7 +67,7 @@ def lower_matmul(ctx: Ctx) -> LoweredKernel:
     d = dot.output
     contract, batch = dot.attrs["contract"], dot.attrs["batch"]
     lperm, (B, M, K), rperm, (_, _, N) = P.dot_general_as_matmul(lhs.shape, rhs.shape, contract, batch)
-    if not (d.dtype.is_float and ctx.target.blas) or 2 * B * M * K * N < ctx.target.blas_min_flops:
+    if not (d.dtype.is_float and ctx.target.blas) or 2 * B * M * K * N < ctx.target.blas_min_flops():
         return _lower_contraction_loop(ctx, dot)
     b = KernelBuilder()
     arrays = ctx.arrays(b)

@@ -41,7 +41,8 @@ class Target:
     column_block: int = COLUMN_BLOCK  # columns per thread of a parallel column reduction
     sum_block: int = SUM_BLOCK  # float sums add this many elements before the running total
     gemm_in_loops: bool = True  # a Matmul may sit inside a loop (im2col chunks), not only at the top
-    blas_min_flops: int = 0  # smaller float matmuls are loop nests (with their epilogue fused)
+    conv_gather: bool = False  # direct convolutions gather into each output (else scatter weights)
+    blas_min_flops: Callable[[], int] = lambda: 0  # smaller float matmuls are loop nests (their epilogue fused)
     constants_as_data: bool = False  # float constants read from a constant array (codegen/constants.py)
     # Whether a kernel runs its parallel loop in chunks on fusejit's threads rather than on
     # the compiler's: its module's function then takes ``chunk, chunks, worker`` after its
@@ -109,12 +110,11 @@ CUDA = Target(
     # a tree): a row is one block sum, with no inner loop over blocks.
     sum_block=1 << 62,
     gemm_in_loops=False,
-    # Measured on an H200 (bench/bench_gpu.py W5, 67 MFLOP GEMMs): the step took 2.65 ms
-    # with cuBLAS through CuPy (its call overhead, the epilogue launched apart) against
-    # 1.66 ms with loop nests. From 1 GFLOP a loop nest (about 1 TFLOP/s at best) takes a
-    # millisecond, cuBLAS tens of microseconds: a bound chosen from that, not yet measured
-    # between the two.
-    blas_min_flops=1 << 30,
+    conv_gather=True,  # a thread per output element: no atomic adds (codegen/conv.py)
+    # cuBLAS from FUSEJIT_CUDA_BLAS_MIN_FLOPS (bench/bench_gpu.py compares thresholds on
+    # the training steps): below it a loop nest with the epilogue fused beats a cuBLAS call
+    # plus an epilogue launch.
+    blas_min_flops=lambda: config.value("cuda_blas_min_flops"),
 )
 
 TARGETS = {"cpu": CPU, "cuda": CUDA}

@@ -15,8 +15,10 @@ Arguments may be NumPy arrays (copied to the device per call) or ``DeviceArray``
 place); results are ``DeviceArray``s. A donated ``DeviceArray`` argument's buffer may hold
 a result afterwards and the argument becomes unusable (as in JAX). Calls hold the
 executable's lock (the arena is shared). A result array the caller has dropped is
-reused by a later call (the last two of each result are kept). Numba compiles each launch's kernel at its first
-launch, so the first call compiles everything.
+reused by a later call (the last two of each result are kept). Numba compiles each launch's
+kernel at its first launch, so the first call compiles everything; it also records the
+launches, and later calls replay them with the new arguments' addresses, bypassing Numba's
+dispatcher (``fusejit.codegen.cuda.launch``).
 """
 
 from __future__ import annotations
@@ -25,10 +27,14 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
 
+from fusejit import config
+from fusejit.codegen.cuda import simulated
+from fusejit.codegen.cuda.launch import NotReplayable, Recorder, Replay, device_pointer
 from fusejit.codegen.target import CUDA
 from fusejit.ir.core import Function
 from fusejit.ir.transforms.fusion import FusedFunction
@@ -74,6 +80,14 @@ class CudaExecutable:
         self._args = [(sp.refs, [int(dims[i]) for i in sp.int_slots]) for sp in call.steps]
         self._lock = threading.RLock()
         self._pools: list[list[DeviceArray]] = [[] for _ in call.out_specs]
+        # The launches packed for replay after the first call (None: not yet; False: never,
+        # for the reason in ``replay_refused``).
+        self.replay: Replay | None | bool = None
+        self.replay_refused = ""
+        if self._hosts or simulated() or not config.value("cuda_replay"):
+            self.replay = False
+            self.replay_refused = ("host ops run between its kernels" if self._hosts else
+                                   "the simulator runs Python kernels" if simulated() else "FUSEJIT_CUDA_REPLAY=0")
         self.kernels = [kernel_info(sp.lowered, module_name(source), source)
                         for sp, source in zip(call.steps, sources, strict=True)]
         self.run = self.__call__
@@ -100,14 +114,11 @@ class CudaExecutable:
     def _run(self, params: list[Any]) -> tuple[DeviceArray, ...]:
         call = self.call_plan
         results_of = [None if k is not None else self._output(j) for j, k in enumerate(call.out_in_param)]
-        buffers = dict(self._fixed)  # every ref's device array: the arena and constants, then this call's
-        buffers.update((("param", k), p) for k, p in enumerate(params))
-        buffers.update((("out", j), params[k] if k is not None else results_of[j].buffer)
-                       for j, k in enumerate(call.out_in_param))
-        for k, (launch, (refs, ints)) in enumerate(zip(self._launchers, self._args, strict=True)):
-            self._run_hosts(k, buffers)
-            launch(*[buffers[r] for r in refs], *ints)
-        self._run_hosts(len(self._launchers), buffers)
+        outs = [params[k] if k is not None else results_of[j].buffer for j, k in enumerate(call.out_in_param)]
+        if self.replay:
+            self.replay([device_pointer(a) for a in params] + [device_pointer(a) for a in outs])
+        else:
+            self._launch_all(params, outs)
         results = []
         for kind, k in call.result_refs:
             if kind == "param":  # an argument returned as is: a copy, as on the CPU
@@ -116,8 +127,29 @@ class CudaExecutable:
             elif results_of[k] is not None:
                 results.append(results_of[k])
             else:  # written into a donated argument's buffer
-                results.append(DeviceArray(buffers[("out", k)], *call.out_specs[k]))
+                results.append(DeviceArray(outs[k], *call.out_specs[k]))
         return tuple(results)
+
+    def _launch_all(self, params: list[Any], outs: list[Any]) -> None:
+        """Every launch and host op through Numba's dispatcher; the launches recorded for
+        replay (``fusejit.codegen.cuda.launch``) while the executable may still replay,
+        on a call whose arguments are distinct objects (else their slots would be
+        ambiguous; a donated argument's result is its buffer by the plan, on every call)."""
+        buffers = dict(self._fixed)  # every ref's device array: the arena and constants, then this call's
+        buffers.update((("param", k), p) for k, p in enumerate(params))
+        buffers.update((("out", j), o) for j, o in enumerate(outs))
+        slots = params + outs
+        recording = self.replay is None and len({id(a) for a in params}) == len(params)
+        with Recorder() if recording else nullcontext() as steps:
+            for k, (launch, (refs, ints)) in enumerate(zip(self._launchers, self._args, strict=True)):
+                self._run_hosts(k, buffers)
+                launch(*[buffers[r] for r in refs], *ints)
+            self._run_hosts(len(self._launchers), buffers)
+        if recording:
+            try:
+                self.replay = Replay(steps, slots)
+            except NotReplayable as e:
+                self.replay, self.replay_refused = False, str(e)
 
     def _run_hosts(self, position: int, buffers: dict[Any, Any]) -> None:
         """The host ops due before kernel ``position``: operands copied to the host (which

@@ -5,7 +5,8 @@ the kernel's parameters (``<name>_<k>``); the module's function named after the 
 the host-side *launcher*, a plain Python function with the kernel's parameters that
 computes each grid's size from the int parameters and launches the phases in order
 (``fusejit.codegen.cuda.launch_config`` and ``row_launch_config`` pick blocks and
-threads). A grid phase whose loop uses ``ThreadId`` (per-thread scratch rows) runs on at
+threads) through ``fusejit.codegen.cuda.launch.launch``, which lets the executable record
+them for replay. A grid phase whose loop uses ``ThreadId`` (per-thread scratch rows) runs on at
 most ``max_threads`` threads; a cooperative row phase runs a block of ``row_threads()``
 threads per row, with one shared-memory array per accumulator. A top-level ``Matmul`` is
 a call of ``fusejit.codegen.cuda.gemm.gemm`` in the launcher.
@@ -171,9 +172,9 @@ class CudaPrinter(NumbaPrinter):
                 config_of = "row_launch_config" if ph.reductions is not None else "launch_config"
                 config = f"{config_of}({_TOTAL}, {ph.uses_thread_id})"
                 lines += [f"    {_TOTAL} = {self.total(ph)}", f"    if {_TOTAL} > 0:",
-                          f"        {kernel.name}_{k}[{config}]({args})"]
+                          f"        launch({kernel.name}_{k}, {config}, {args})"]
             else:
-                lines.append(f"    {kernel.name}_{k}[1, 1]({args})")
+                lines.append(f"    launch({kernel.name}_{k}, (1, 1), {args})")
         return lines if len(lines) > 1 else lines + ["    pass"]
 
     def function(self, kernel: Kernel, helper: bool = False) -> list[str]:
@@ -196,6 +197,7 @@ def module_source(kernel: Kernel) -> str:
         "import numpy as np",
         "from numba import cuda",
         "from fusejit.codegen.cuda import kernel_jit, launch_config, row_launch_config",
+        "from fusejit.codegen.cuda.launch import launch",
     ]
     rounding = {(ROUNDING[n.op], n.dtype) for f in kernel.functions() for n in nodes(f.body)
                 if isinstance(n, Unary) and n.op in ROUNDING}
