@@ -1,6 +1,6 @@
 """What data parallelism over MPI costs on this machine, and a model of how it scales.
 
-    mpiexec -n 2 python bench/bench_distributed.py [--json out.json] [--quick]
+    mpiexec -n 2 python bench/bench_distributed.py [--json out.json] [--quick] [--overlap-only] [--models ...]
 
 1. ``Allreduce`` (in place, float32 sum) of 4 B to 64 MiB between the 2 ranks: the
    median of repeated calls through mpi4py, and through a jitted ``fj.distributed.psum``
@@ -18,6 +18,15 @@
    communication operations in MPICH", 2005). Weak scaling: every rank keeps the
    workload's batch; strong scaling: the batch is split over the ranks (compute / N).
    The agreement check before the bucket is one more 16-byte allreduce per step.
+5. Overlap (``--overlap-only`` runs just this): data-parallel SGD steps run on both
+   ranks, each with its own batch of the workload's size, the variants interleaved
+   (a barrier, then one timed step each, repeated; medians on rank 0): ``local`` (no
+   collective: the compute), the gradients' ``pmean`` in one bucket and in about three
+   (``bucket_bytes`` = a third of the parameters), blocking and ``overlap=True``, with
+   the MPI calls per step. Models: W5, W8 (the digits demo's CNN, 32 images per rank, with
+   SGD), W9 and ``L``, an MLP 1024-2048-2048-2048-10 (42 MB of parameters, batch 32 per
+   rank), large enough for its buckets' all-reduces to take a while. Launch with
+   ``-genv MPICH_ASYNC_PROGRESS 1`` to let MPICH move the data while the kernels run.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -92,6 +102,92 @@ def measure_steps(quick: bool) -> dict[str, dict]:
     return out
 
 
+def _large_mlp(batch: int = 32) -> tuple[Any, tuple]:
+    """The ``L`` model: an MLP 1024-2048-2048-2048-10 (relu, cross-entropy)."""
+    import workloads
+
+    rng = np.random.default_rng(0)
+    sizes = (1024, 2048, 2048, 2048, 10)
+    params = {}
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True), start=1):
+        params[f"w{i}"] = (rng.standard_normal((fan_in, fan_out)) * math.sqrt(2.0 / fan_in)).astype(np.float32)
+        params[f"b{i}"] = np.zeros(fan_out, np.float32)
+    cross_entropy = workloads.cross_entropy_fn(np)
+
+    def loss(p: Any, x: Any, labels: Any) -> Any:
+        h = x
+        for i in range(1, len(sizes)):
+            h = h @ p[f"w{i}"] + p[f"b{i}"]
+            h = np.maximum(h, 0.0) if i < len(sizes) - 1 else h
+        return cross_entropy(h, labels)
+
+    x = rng.standard_normal((batch, sizes[0])).astype(np.float32)
+    return loss, (params, x, rng.integers(0, 10, batch))
+
+
+def _overlap_model(key: str) -> tuple[Any, tuple]:
+    """(loss(params, x, labels), (params, x, labels)) of model ``key`` of section 5."""
+    import workloads
+
+    if key == "W5":
+        (w5,) = workloads.make_mlp("full")
+        return workloads.mlp_loss_fn(np), w5.args
+    if key == "W8":  # the digits demo's model and per-rank batch (32 of a global 64), with SGD
+        (w8,) = workloads.make_digits_cnn("full")
+        return (workloads.conv_net_loss_fn(np, workloads._fj_conv, workloads._fj_pool, 2),
+                (w8.args[0][0], w8.args[1][:32], w8.args[2][:32]))
+    if key == "W9":
+        (w9,) = workloads.make_cifar_cnn("full")
+        return (workloads.conv_net_loss_fn(np, workloads._fj_conv, workloads._fj_pool, 3),
+                (w9.args[0][0], w9.args[1], w9.args[2]))
+    return _large_mlp()
+
+
+def measure_overlap(quick: bool, models: list[str]) -> dict[str, dict]:
+    """Section 5 (module docstring) for ``models``, on both ranks; the times are rank 0's."""
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    out = {}
+    for key in models:
+        loss, (params, x, labels) = _overlap_model(key)
+        param_bytes = sum(a.nbytes for a in fj.tree_leaves(params))
+
+        def step(p: Any, x: Any, labels: Any, reduce: bool, bucket_bytes: int | None, overlap: bool,
+                 loss: Any = loss) -> Any:
+            grads = fj.grad(loss)(p, x, labels)
+            if reduce:
+                grads = D.pmean(grads, bucket_bytes=bucket_bytes, overlap=overlap)
+            return fj.tree_map(lambda w, g: w - 0.01 * g, p, grads)
+
+        jitted = fj.jit(step, static_argnums=(3, 4, 5))
+        third = param_bytes // 3 + 1
+        variants = {"local": (False, None, False)}
+        for bucket_bytes in (None, third):
+            for overlap in (False, True):
+                variants[f"{'1' if bucket_bytes is None else '~3'} bucket, {'overlap' if overlap else 'blocking'}"] = (
+                    True, bucket_bytes, overlap)
+        info = {}
+        for name, flags in variants.items():
+            compiled = jitted.lower(params, x, labels, *flags).compile()
+            phases = [h.phase for h in compiled.executable.call_plan.host_steps]
+            before = D.stats().calls
+            jitted(params, x, labels, *flags)  # warm-up, and the MPI calls of one step
+            info[name] = {"buckets": phases.count("run") + phases.count("start"), "overlapped": phases.count("wait"),
+                          "mpi_calls": D.stats().calls - before, "times": []}
+        reps = {"W5": 40, "W8": 60, "W9": 20, "L": 30}[key] // (4 if quick else 1)
+        for _ in range(reps):
+            for name, flags in variants.items():
+                comm.Barrier()
+                start = time.perf_counter()
+                jitted(params, x, labels, *flags)
+                info[name]["times"].append(time.perf_counter() - start)
+        for v in info.values():
+            v["median_s"] = float(np.median(v.pop("times")))
+        out[key] = {"param_bytes": param_bytes, "batch": int(x.shape[0]), "variants": info}
+    return out
+
+
 def allreduce_model(n: int, nbytes: float, alpha: float, beta: float) -> float:
     """Seconds of one allreduce of ``nbytes`` over ``n`` ranks (module docstring)."""
     if n == 1:
@@ -105,10 +201,20 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", default=None)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--overlap-only", action="store_true", help="only section 5 (module docstring)")
+    p.add_argument("--models", nargs="+", choices=("W5", "W8", "W9", "L"), default=None,
+                   help="the models of section 5 (default: all; W5, W8 and W9 with --quick)")
     args = p.parse_args(argv)
     D.initialize()
     if D.size() != 2:
         raise SystemExit("run under mpiexec -n 2")
+    overlap = measure_overlap(args.quick, args.models or ["W5", "W8", "W9"] + ["L"] * (not args.quick))
+    if args.overlap_only:
+        if D.is_main():
+            print_overlap(overlap)
+            if args.json:
+                Path(args.json).write_text(json.dumps({"overlap": overlap}, indent=1))
+        return 0
     rows = measure_allreduce(args.quick)
     alpha, beta = fit(rows)
     from mpi4py import MPI
@@ -140,10 +246,27 @@ def main(argv: list[str] | None = None) -> int:
             model[key].append({"ranks": n, "allreduce_s": comm, "weak_step_s": weak, "strong_step_s": strong})
             print(f"{n:>6}  {comm * 1e3:>8.3f}ms  {weak * 1e3:>9.2f}ms {s['compute_s'] / weak:>5.0%}  "
                   f"{strong * 1e3:>11.3f}ms {s['compute_s'] / strong:>8.1f}x")
+    print_overlap(overlap)
     if args.json:
         Path(args.json).write_text(json.dumps({"allreduce": rows, "alpha_s": alpha, "beta_Bps": beta,
-                                               "steps": steps, "model": model}, indent=1))
+                                               "steps": steps, "model": model, "overlap": overlap}, indent=1))
     return 0
+
+
+def print_overlap(overlap: dict[str, dict]) -> None:
+    print("\nData-parallel SGD steps on the 2 ranks, blocking vs overlapped gradient psums "
+          "(median per step on rank 0, variants interleaved)")
+    print(f"{'model':>5}  {'variant':<22} {'buckets':>7} {'split':>5} {'MPI calls':>9} {'step':>10} "
+          f"{'vs blocking':>11}")
+    for key, m in overlap.items():
+        v = m["variants"]
+        for name, r in v.items():
+            blocking = v.get(name.replace("overlap", "blocking"))
+            gain = (f"{(blocking['median_s'] - r['median_s']) / blocking['median_s']:>+10.1%}"
+                    if "overlap" in name and blocking else "")
+            print(f"{key:>5}  {name:<22} {r['buckets']:>7} {r['overlapped']:>5} {r['mpi_calls']:>9} "
+                  f"{r['median_s'] * 1e3:>8.2f}ms {gain:>11}")
+        print(f"       ({m['param_bytes'] / 1e6:.2f} MB of gradients per step, batch {m['batch']} per rank)")
 
 
 if __name__ == "__main__":

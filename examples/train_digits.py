@@ -19,8 +19,10 @@ launcher it re-launches itself under the venv's ``mpiexec`` with ``--processes``
 every rank starts from rank 0's parameters, takes its 1/N of each global batch
 (``fj.distributed.shard_batches``, one shared permutation), and the step averages the
 gradients, loss and accuracy over the ranks with one MPI call (``fj.distributed.pmean`` of
-them all, one bucket). Rank 0 prints and evaluates; the eager comparison, the profile and
-the plot are skipped.
+them all, one bucket; ``--bucket-bytes B`` bounds a bucket, ``--overlap`` starts each
+bucket's MPI call as soon as its gradients exist, while the rest of the backward pass
+runs). Rank 0 prints and evaluates; the eager comparison, the profile and the plot are
+skipped.
 
 ``train_step`` (value_and_grad of the loss and the Adam update) is one ``fj.jit``
 function: its first call traces it to IR, differentiates the IR, optimizes and fuses it
@@ -82,10 +84,12 @@ def make_optimizer(base_lr: float, total_steps: int):
     return fj.optim.adam(fj.optim.cosine_decay(base_lr, total_steps, warmup_steps=total_steps // 20))
 
 
-def make_train_step(base_lr: float, total_steps: int, distributed: bool = False):
+def make_train_step(base_lr: float, total_steps: int, distributed: bool = False, bucket_bytes: int | None = None,
+                    overlap: bool = False):
     """The training step: the learning rate and the dropout key are computed inside the
     step from the optimizer's count. ``distributed``: the gradients, loss and accuracy
-    are averaged over the ranks (one message) and each rank draws its own dropout masks."""
+    are averaged over the ranks (one message, or one per ``bucket_bytes``; ``overlap``:
+    ``fj.distributed.pmean``'s) and each rank draws its own dropout masks."""
     optimizer = make_optimizer(base_lr, total_steps)
 
     def train_step(params, opt_state, images, labels, key):
@@ -96,7 +100,7 @@ def make_train_step(base_lr: float, total_steps: int, distributed: bool = False)
         (loss, logits), grads = fj.value_and_grad(loss_fn, has_aux=True)(params, images, labels, step_key)
         acc = nn.accuracy(logits, labels)
         if distributed:
-            grads, loss, acc = fj.distributed.pmean((grads, loss, acc))
+            grads, loss, acc = fj.distributed.pmean((grads, loss, acc), bucket_bytes=bucket_bytes, overlap=overlap)
         params, opt_state = optimizer.update(grads, opt_state, params)
         return params, opt_state, loss, acc
 
@@ -132,6 +136,10 @@ def parse_args(argv):
                    help="data-parallel over the ranks of an MPI launch (mpiexec -n N ...); "
                         "without a launcher, re-launch under mpiexec with --processes ranks")
     p.add_argument("--processes", type=int, default=2, help="ranks of the re-launch of --distributed (default 2)")
+    p.add_argument("--bucket-bytes", type=int, default=None,
+                   help="--distributed: at most this many bytes of gradients per MPI call (default: one call)")
+    p.add_argument("--overlap", action="store_true",
+                   help="--distributed: overlap each bucket's MPI call with the rest of the backward pass")
     return p.parse_args(argv)
 
 
@@ -233,7 +241,8 @@ def main(argv=None) -> int:
     if max_steps:
         steps_per_epoch = min(steps_per_epoch, max_steps)
     opt_state = make_optimizer(args.lr, epochs * steps_per_epoch).init(params)
-    train_step = fj.jit(make_train_step(args.lr, epochs * steps_per_epoch, args.distributed))
+    train_step = fj.jit(make_train_step(args.lr, epochs * steps_per_epoch, args.distributed, args.bucket_bytes,
+                                        args.overlap))
     dropout_key = fj.random.key(args.seed)
     evaluate = fj.jit(eval_step)
     say(f"digits: {len(x_train)} training and {len(x_test)} test images of 8x8; "
@@ -304,7 +313,9 @@ def main(argv=None) -> int:
 
     if args.distributed:
         print(f"distributed: {ranks} rank{'s' * (ranks != 1)} of {local} images per step; MPI calls per step: "
-              f"{(sent.calls - sent.checks) / steps:g} collective and {sent.checks / steps:g} agreement check; "
+              f"{(sent.calls - sent.checks) / steps:g} collective{'s' * (sent.calls - sent.checks != steps)} and "
+              f"{sent.checks / steps:g} agreement check{'s' * (sent.checks != steps)}"
+              f"{' (overlapped with the backward pass)' if args.overlap else ''}; "
               f"bytes sent per step by rank 0: {sent.bytes_sent / steps:,.0f}\n(the eager comparison, "
               "the profile and the plot run without --distributed)")
         return 0

@@ -99,16 +99,21 @@ def _array(x: Any) -> Any:
     return x if isinstance(x, (TracedArray, np.ndarray)) else np.asarray(x)
 
 
-def _packed(prim: Any, tree: Any, bucket_bytes: int | None) -> Any:
+def _packed(prim: Any, tree: Any, bucket_bytes: int | None, **attrs: Any) -> Any:
     """``prim`` (elementwise across ranks) applied to every leaf of ``tree`` with one op
-    per bucket: leaves of one dtype, flattened and concatenated in order, up to
-    ``bucket_bytes`` per bucket (None: no limit)."""
+    per bucket: leaves of one dtype, flattened and concatenated in the order the trace
+    computed them (arguments first, in pytree order), up to ``bucket_bytes`` per bucket
+    (None: no limit). In a backward pass the last layer's gradients come first: the first
+    bucket is complete, and an overlapped psum of it can start, while the rest of the
+    backward pass still runs (PyTorch DDP's buckets follow the reverse order of the
+    parameters for the same reason). ``attrs``: the primitive's (psum's ``overlap``)."""
     leaves, treedef = tree_flatten(tree)
     arrays = [_array(a) for a in leaves]
     out: list[Any] = [None] * len(arrays)
     buckets: dict[Any, list[list[int]]] = {}  # dtype -> buckets of leaf indices
     filled: dict[Any, int] = {}  # dtype -> bytes in its last bucket
-    for i, a in enumerate(arrays):
+    for i in _by_production(arrays):
+        a = arrays[i]
         dtype = np.dtype(a.dtype)
         nbytes = int(np.prod(a.shape)) * dtype.itemsize
         groups = buckets.setdefault(dtype, [[]])
@@ -120,9 +125,9 @@ def _packed(prim: Any, tree: Any, bucket_bytes: int | None) -> Any:
     for groups in buckets.values():
         for members in groups:
             if len(members) == 1:
-                out[members[0]] = bind(prim, arrays[members[0]])
+                out[members[0]] = bind(prim, arrays[members[0]], **attrs)
                 continue
-            flat = bind(prim, fnp.concatenate([fnp.reshape(arrays[i], (-1,)) for i in members]))
+            flat = bind(prim, fnp.concatenate([fnp.reshape(arrays[i], (-1,)) for i in members]), **attrs)
             start = 0
             for i in members:
                 n = int(np.prod(arrays[i].shape))
@@ -131,20 +136,43 @@ def _packed(prim: Any, tree: Any, bucket_bytes: int | None) -> Any:
     return tree_unflatten(treedef, out)
 
 
-def psum(x: Any, *, bucket_bytes: int | None = None) -> Any:
+def _by_production(arrays: list[Any]) -> list[int]:
+    """The indices of ``arrays`` in the order their trace computed them (arguments and
+    concrete arrays first, in pytree order)."""
+    position: dict[int, int] = {}
+    for a in arrays:
+        if isinstance(a, TracedArray) and not position:
+            position = {id(v): k for k, op in enumerate(a.trace.builder.ops) for v in op.outputs}
+    return sorted(range(len(arrays)), key=lambda i: position.get(id(arrays[i].value), -1)
+                  if isinstance(arrays[i], TracedArray) else -1)
+
+
+def psum(x: Any, *, bucket_bytes: int | None = None, overlap: bool = False) -> Any:
     """The sum over the ranks of every leaf of the pytree ``x`` (numeric arrays or
     scalars), same shapes and dtypes. Leaves of one dtype travel in one message (several
     when ``bucket_bytes`` bounds a message's size). Derivative: ``psum`` of the cotangent
     (the objective is the sum of every rank's). Raises ``CollectiveMismatchError`` when
-    the ranks pass different shapes or dtypes."""
-    return _packed(C.psum, x, bucket_bytes)
+    the ranks pass different shapes or dtypes.
+
+    ``overlap=True`` (inside ``jit``; Horovod's and PyTorch DDP's behaviour) overlaps
+    the communication with the computation: each bucket's MPI call (``Iallreduce``)
+    starts as soon as the kernel computing the bucket has run and is waited for only
+    before the first kernel reading its result, and the kernels in between (the rest of
+    the backward pass: buckets take the leaves in the order they are computed) run
+    meanwhile. Same values and the same MPI calls per step (one per bucket, plus its
+    agreement check). It pays when a bucket's all-reduce takes a while, there is
+    computation left to hide it behind (several buckets, ``bucket_bytes``, of a large
+    model) and MPI moves the data in the background: MPICH does so only inside MPI calls
+    unless launched with ``MPICH_ASYNC_PROGRESS=1`` (a progress thread per rank, which
+    wants a core of its own). Eagerly and in the interpreter it is the ordinary psum."""
+    return _packed(C.psum, x, bucket_bytes, overlap=bool(overlap))
 
 
-def pmean(x: Any, *, bucket_bytes: int | None = None) -> Any:
+def pmean(x: Any, *, bucket_bytes: int | None = None, overlap: bool = False) -> Any:
     """``psum(x) / size()``: the mean over the ranks (float leaves; integer leaves give
-    floats, as NumPy's division does)."""
+    floats, as NumPy's division does); ``bucket_bytes`` and ``overlap`` as ``psum``'s."""
     n = size()
-    total = psum(x, bucket_bytes=bucket_bytes)
+    total = psum(x, bucket_bytes=bucket_bytes, overlap=overlap)
     return total if n == 1 else tree_map(lambda s: s / n, total)
 
 

@@ -6,6 +6,8 @@ references computed from every rank's data, then prints ``OK <rank>``.
     mpiexec -n 2 python tests/distributed_worker.py abort    # rank 1 raises mid-job
     mpiexec -n 2 python tests/distributed_worker.py exit     # rank 1 leaves early (sys.exit(0))
     mpiexec -n 2 python tests/distributed_worker.py thread   # a thread of rank 1 raises
+    mpiexec -n 2 python tests/distributed_worker.py overlap  # overlapped psums equal blocking ones
+    mpiexec -n 2 python tests/distributed_worker.py midflight  # rank 1 raises while a psum is in flight
 """
 
 from __future__ import annotations
@@ -116,6 +118,88 @@ def check_training(n: int, r: int) -> None:
     assert report.count("(host)") == 1, report
 
 
+def overlap_step(p, x, y, bucket_bytes, overlap):  # noqa: ANN001, ANN201
+    """An SGD step of a 4-layer MLP whose gradients are averaged over the ranks."""
+    def loss(p):  # noqa: ANN001, ANN202
+        h = x
+        for i in range(1, 5):
+            h = h @ p[f"w{i}"] + p[f"b{i}"]
+            h = fj.nn.relu(h) if i < 4 else h
+        return fj.nn.cross_entropy(h, y)
+
+    g = D.pmean(fj.grad(loss)(p), bucket_bytes=bucket_bytes, overlap=overlap)
+    return fj.tree_map(lambda a, b: a - 0.5 * b, p, g)
+
+
+def overlap_args(seed: int = 4) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Parameters (w1 12x32, w2 and w3 32x32, w4 32x5, biases), 32 examples and labels.
+    With 5000-byte buckets the gradients travel in three: (b4 w4 b3 w3), (b2 w2 b1), (w1)."""
+    rng = np.random.default_rng(seed)
+    sizes = (12, 32, 32, 32, 5)
+    params = {}
+    for i in range(1, 5):
+        params[f"w{i}"] = (rng.standard_normal((sizes[i - 1], sizes[i])) * 0.4).astype(np.float32)
+        params[f"b{i}"] = (rng.standard_normal(sizes[i]) * 0.1).astype(np.float32)
+    return params, rng.standard_normal((32, 12)).astype(np.float32), rng.integers(0, 5, 32).astype(np.int32)
+
+
+def check_overlap(n: int, r: int) -> None:
+    """Three steps with the gradients' psums overlapped with the backward pass equal the
+    blocking ones bit for bit, in one bucket and in three (two of them split into a start
+    and a wait), with the same MPI calls per step; mismatched shapes are still detected
+    at the start of an overlapped psum."""
+    params, x, y = overlap_args()
+    params = D.broadcast_params(params)
+    jitted = fj.jit(overlap_step, static_argnums=(3, 4))
+    for bucket_bytes, buckets, split in ((None, 1, 0), (5000, 3, 2)):
+        host_steps = jitted.lower(params, x[:8 // n], y[:8 // n], bucket_bytes, True).compile().executable.call_plan.host_steps
+        phases = [h.phase for h in host_steps]
+        assert (phases.count("run") + phases.count("start"), phases.count("wait")) == (buckets, split), phases
+        blocking, overlapped = params, params
+        calls = {False: [], True: []}
+        for s, idx in enumerate(D.shard_batches(len(x), 8, seed=12)):
+            if s == 3:
+                break
+            for overlap in (False, True):
+                before = (D.stats().calls, D.stats().checks, D.stats().bytes_sent)
+                out = jitted(blocking if not overlap else overlapped, x[idx], y[idx], bucket_bytes, overlap)
+                calls[overlap].append((D.stats().calls - before[0], D.stats().checks - before[1],
+                                       D.stats().bytes_sent - before[2]))
+                blocking, overlapped = (blocking, out) if overlap else (out, overlapped)
+        for k in params:
+            np.testing.assert_array_equal(overlapped[k], blocking[k], err_msg=f"{k}, {buckets} bucket(s)")
+        assert calls[True] == calls[False] and calls[True][0][:2] == (2 * buckets, buckets), calls
+
+    def split(x, z):  # noqa: ANN001, ANN202 - the psum's start, the tanh kernel, then its wait
+        return D.psum(fnp.exp(x), overlap=True) * fnp.sum(fnp.tanh(z))
+
+    z = np.ones(3, np.float32)
+    step = fj.jit(split)
+    expect_mismatch(lambda: step(np.ones(r + 2, np.float32), z), [f"psum f32[{k + 2}]" for k in range(n)],
+                    "while executing host op psum")
+    np.testing.assert_allclose(step(np.zeros(2, np.float32), z), np.full(2, n * 3 * np.tanh(1.0)), rtol=1e-6)
+
+
+def midflight(r: int) -> None:
+    """Rank 1 raises from a callback run between an overlapped psum's start and its wait."""
+    def fail(h: np.ndarray) -> None:
+        if r == 1:
+            raise RuntimeError("boom from rank 1 while its psum is in flight")
+
+    def f(x, z):  # noqa: ANN001, ANN202
+        g = D.psum(fnp.exp(x), overlap=True)
+        h = fnp.tanh(z) * 3.0
+        fj.debug.callback(fail, h)
+        return g * fnp.sum(h)
+
+    step = fj.jit(f)
+    compiled = step.lower(np.ones(4, np.float32), np.ones(3, np.float32)).compile()
+    phases = [(h.call.op.prim.name, h.phase) for h in compiled.executable.call_plan.host_steps]
+    assert phases == [("psum", "start"), ("debug_callback", "run"), ("psum", "wait")], phases
+    step(np.ones(4, np.float32), np.ones(3, np.float32))
+    D.psum(np.ones(3))  # rank 0 waits here until rank 1's failure ends the job
+
+
 def expect_mismatch(run, calls: list[str], note: str | None = None) -> None:  # noqa: ANN001
     """``run()`` raises ``CollectiveMismatchError`` listing ``calls[k]`` for rank k."""
     try:
@@ -165,6 +249,13 @@ def main(case: str) -> int:
             threading.Thread(target=loader, name="loader").start()
             fed.wait()  # rank 1 would wait here forever
         D.psum(np.ones(3))
+        return 0
+    if case == "midflight":
+        midflight(r)
+        return 0
+    if case == "overlap":
+        check_overlap(n, r)
+        print(f"OK {r}", flush=True)
         return 0
     if case == "exit":
         if r == 1:

@@ -412,6 +412,8 @@ def _collective(g: _Gen, prim: P.Primitive) -> tuple[Value, ...]:
         x = g.operand(prim.dtypes, min_rank=1)
         return (g.b.op(prim, x, axis=g.draw(st.integers(0, x.type.ndim - 1)), size=1),)
     x = g.operand(prim.dtypes)
+    if prim is P.psum:  # overlapped or not: the runtime may split it into a start and a wait
+        return (g.b.op(prim, x, overlap=g.draw(st.booleans())),)
     return (g.b.op(prim, x, root=0) if prim is P.pbroadcast else g.b.op(prim, x),)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from distributed_worker import overlap_args, overlap_step
 
 import fusejit as fj
 import fusejit.numpy as fnp
@@ -129,6 +130,85 @@ def test_a_collective_overwrites_its_operand_only_when_nothing_reads_it_afterwar
     np.testing.assert_allclose(fj.jit(lambda x: D.psum(fnp.exp(x)) + fnp.exp(x))(x), 2 * np.exp(x), rtol=1e-6)
 
 
+def _kernel_reads(step, values) -> bool:  # noqa: ANN001
+    return any(v in step.lowered.group.inputs for v in values)
+
+
+def _kernel_writes(step, values) -> bool:  # noqa: ANN001
+    return any(v in step.lowered.group.outputs for v in values)
+
+
+def test_an_overlapped_psum_starts_after_its_producer_and_is_waited_for_before_its_first_reader():
+    """Gradients in 5000-byte buckets of a 4-layer MLP (``distributed_worker.overlap_step``):
+    each bucket is packed as soon as its last gradient exists and its psum starts right
+    after that kernel; the backward kernels of the next buckets run before the first wait,
+    which comes right before the update reading the buckets. Values equal the blocking
+    step bit for bit."""
+    args = overlap_args()
+    jitted = fj.jit(overlap_step, static_argnums=(3, 4))
+    compiled = jitted.lower(*args, 5000, True).compile()
+    plan = compiled.executable.call_plan
+    steps = plan.steps
+    phases = [h.phase for h in plan.host_steps]
+    assert phases == ["start", "start", "run", "wait", "wait"], phases  # (b4 w4 b3 w3), (b2 w2 b1), (w1)
+    starts = [h for h in plan.host_steps if h.phase == "start"]
+    waits = [h for h in plan.host_steps if h.phase == "wait"]
+    assert [w.call for w in waits] == [h.call for h in starts]
+    for start, wait in zip(starts, waits, strict=True):
+        op = start.call.op
+        assert _kernel_writes(steps[start.position - 1], op.inputs), "the start follows the kernel packing the bucket"
+        assert _kernel_reads(steps[wait.position], op.outputs), "the wait precedes the kernel reading the result"
+        assert not any(_kernel_reads(st, op.outputs) for st in steps[start.position:wait.position])
+    # The first bucket's psum is in flight while the kernels of the second one run.
+    assert starts[0].position < starts[1].position <= waits[0].position
+    runner = compiled.executable.runner_source()
+    assert runner.count("(start)") == 2 and runner.count("(wait)") == 2, runner
+    blocking = fj.jit(overlap_step, static_argnums=(3, 4)).lower(*args, 5000, False).compile()
+    assert [h.phase for h in blocking.executable.call_plan.host_steps] == ["run"] * 3
+    expected = fj.tree_leaves(blocking(*args))
+    with fj.config.override(debug_nans=True):  # the general path runs the starts and waits one by one
+        stepwise = jitted(*args, 5000, True)
+    for got in (compiled(*args), stepwise):
+        assert all(np.array_equal(a, b) for a, b in zip(fj.tree_leaves(got), expected, strict=True))
+    interpreted = fj.jit(overlap_step, static_argnums=(3, 4), backend="interpret")(*args, 5000, True)
+    for a, b in zip(fj.tree_leaves(interpreted), expected, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_an_exception_between_the_start_and_the_wait_of_a_psum_propagates_and_the_next_call_runs():
+    seen = []
+
+    def maybe_fail(h):  # noqa: ANN001, ANN202
+        if not seen:
+            seen.append(h)
+            raise RuntimeError("fails the first call")
+
+    def f(x, z):  # noqa: ANN001, ANN202
+        g = D.psum(fnp.exp(x), overlap=True)
+        h = fnp.tanh(z)
+        fj.debug.callback(maybe_fail, h)  # after the psum in program order: between its start and wait
+        return g * fnp.sum(h)
+
+    x, z = np.linspace(-1, 1, 4, dtype=np.float32), np.ones(3, np.float32)
+    compiled = fj.jit(f).lower(x, z).compile()
+    phases = [(h.call.op.prim.name, h.phase) for h in compiled.executable.call_plan.host_steps]
+    assert phases == [("psum", "start"), ("debug_callback", "run"), ("psum", "wait")], phases
+    with pytest.raises(RuntimeError, match="fails the first call"):
+        compiled(x, z)
+    np.testing.assert_allclose(compiled(x, z), np.exp(x) * np.tanh(z).sum(), rtol=1e-6)
+    assert " overlap=true " in str(fj.make_ir(f)(x, z))
+
+
+def test_overlap_does_not_change_what_a_psum_computes_outside_a_kernel_plan():
+    tree = {"a": np.ones((2, 3), np.float32), "b": np.arange(4.0)}
+    for fn in (lambda t: D.psum(t, overlap=True), fj.jit(lambda t: D.pmean(t, overlap=True), fuse=False),
+               fj.jit(lambda t: D.psum(t, overlap=True), backend="interpret")):
+        out = fn(tree)
+        np.testing.assert_array_equal(out["a"], tree["a"])
+        np.testing.assert_array_equal(out["b"], tree["b"])
+    assert fj.gradcheck(lambda w: fnp.sum(fnp.tanh(D.psum(w * 2.0, overlap=True))), (np.linspace(-1, 1, 5),))
+
+
 def test_collectives_batch_under_vmap():
     xs = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
     np.testing.assert_array_equal(fj.vmap(lambda x: D.all_gather(x, axis=1))(xs), xs)
@@ -200,6 +280,21 @@ def test_a_rank_that_raises_aborts_the_job_with_its_rank_and_error():
     done = _launch("abort", timeout=120)
     assert done.returncode != 0, done.stdout
     assert "rank 1 of 2 failed" in done.stdout and "RuntimeError: boom from rank 1" in done.stdout, done.stdout
+
+
+def test_overlapped_training_steps_on_two_processes_equal_blocking_ones_bit_for_bit():
+    """Three SGD steps with the gradients' psums overlapped with the backward pass (one
+    bucket, three buckets) equal the blocking steps bit for bit with the same MPI calls
+    per step, and a mismatch is detected at an overlapped psum's start."""
+    done = _launch("overlap", timeout=240)
+    assert done.returncode == 0 and "OK 0" in done.stdout and "OK 1" in done.stdout, done.stdout
+
+
+def test_a_rank_that_raises_while_its_psum_is_in_flight_aborts_the_job():
+    done = _launch("midflight", timeout=120)
+    assert done.returncode != 0, done.stdout
+    assert "rank 1 of 2 failed" in done.stdout, done.stdout
+    assert "RuntimeError: boom from rank 1 while its psum is in flight" in done.stdout, done.stdout
 
 
 def test_a_thread_that_raises_on_a_rank_aborts_the_job_with_its_rank_and_error():

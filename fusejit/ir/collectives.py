@@ -9,7 +9,10 @@ runtime runs them between kernels on host buffers (``fusejit.runtime.host_ops``)
 the reference rules below, which the interpreter runs, do the same communication
 (``fusejit.ir.communicator``: MPI under an MPI launcher, else the identity of one process).
 
-* ``psum(x)``, ``pmax(x)``: elementwise sum / maximum over the ranks, ``x``'s type.
+* ``psum(x, overlap)``, ``pmax(x)``: elementwise sum / maximum over the ranks, ``x``'s
+  type. ``overlap=true`` lets the runtime start the psum's MPI call as soon as its operand
+  is computed and complete it just before its result is first read, running the kernels
+  in between meanwhile (``overlapped``; the value is the same).
 * ``all_gather(x, axis, size)``: the ranks' ``x`` concatenated along ``axis`` in rank
   order; ``size`` is the number of processes the shape was traced for.
 * ``psum_scatter(x, axis, size)``: the sum over the ranks, split in ``size`` blocks along
@@ -29,6 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from fusejit.ir import communicator
+from fusejit.ir.core import Op
 from fusejit.ir.dtypes import DType, from_numpy
 from fusejit.ir.primitives import (
     NUMERIC,
@@ -39,7 +43,7 @@ from fusejit.ir.primitives import (
 )
 from fusejit.ir.types import TensorType
 
-__all__ = ["COLLECTIVES", "all_gather", "axis_index", "pbroadcast", "pmax", "psum", "psum_scatter"]
+__all__ = ["COLLECTIVES", "all_gather", "axis_index", "overlapped", "pbroadcast", "pmax", "psum", "psum_scatter"]
 
 
 def describe(prim: str, x: np.ndarray, **attrs: int) -> str:
@@ -63,6 +67,19 @@ def allreduce_into(buf: np.ndarray, op: str, prim: str) -> np.ndarray:
     """``buf`` (contiguous, writable) combined over the ranks in place; returns it."""
     communicator.world().allreduce(buf, op, describe(prim, buf))
     return buf
+
+
+def allreduce_start(buf: np.ndarray, op: str, prim: str) -> communicator.Pending:
+    """Starts combining ``buf`` (contiguous, writable) over the ranks in place; it holds
+    the result once the returned ``Pending`` is waited for, and must not be touched
+    before."""
+    return communicator.world().allreduce_start(buf, op, describe(prim, buf))
+
+
+def overlapped(op: Op) -> bool:
+    """Whether ``op`` is a collective the runtime may start early and complete late (a
+    ``psum`` with ``overlap=true``)."""
+    return op.prim is psum and bool(op.attrs["overlap"])
 
 
 def gather_along(x: np.ndarray, axis: int, size: int) -> np.ndarray:
@@ -133,8 +150,8 @@ def _pbroadcast_rule(in_types: tuple[TensorType, ...], root: int) -> tuple[Tenso
 
 _AXIS_SIZE = {"axis": AttrSpec(AttrKind.INT), "size": AttrSpec(AttrKind.INT)}
 
-psum = _host("psum", 1, {}, _same_rule, lambda x: (allreduce_into(np.array(x, copy=True), "sum", "psum"),),
-             NUMERIC)
+psum = _host("psum", 1, {"overlap": AttrSpec(AttrKind.BOOL)}, _same_rule,
+             lambda x, overlap: (allreduce_into(np.array(x, copy=True), "sum", "psum"),), NUMERIC)
 pmax = _host("pmax", 1, {}, _same_rule, lambda x: (allreduce_into(np.array(x, copy=True), "max", "pmax"),),
              NUMERIC)
 all_gather = _host("all_gather", 1, _AXIS_SIZE, _all_gather_rule,

@@ -29,6 +29,11 @@ leaves while another still calls collectives (diverging control flow, ``sys.exit
 one rank) ends the job with both ranks' positions instead of leaving the other blocked.
 ``STATS`` counts the MPI calls (checks included) and the payload bytes this process sent.
 
+An all-reduce may also be started now and completed later (``allreduce_start``, then
+``Pending.wait``: MPI's ``Iallreduce`` and ``Wait``, for a ``psum`` that overlaps the
+kernels after it): its agreement check still runs, blocking, before the start, and it
+counts as one call (the wait sends nothing).
+
 Failure: ``MpiWorld`` installs a ``sys.excepthook`` that prints the exception with the
 rank and calls ``MPI_Abort``: an exception on one rank ends the whole job instead of
 leaving the other ranks blocked in their next collective.
@@ -99,6 +104,21 @@ def launched_by_mpi() -> bool:
     return any(name in os.environ for name in _RANK_ONLY_VARIABLES)
 
 
+class Pending:
+    """An all-reduce started by ``allreduce_start``: ``wait()`` completes it (its buffer
+    holds the result only then); a second ``wait()`` does nothing."""
+
+    __slots__ = ("request",)
+
+    def __init__(self, request: Any = None) -> None:
+        self.request = request
+
+    def wait(self) -> None:
+        request, self.request = self.request, None
+        if request is not None:
+            request.Wait()
+
+
 class SingleProcess:
     """Rank 0 of a job of one process: every collective returns its operand."""
 
@@ -107,6 +127,11 @@ class SingleProcess:
 
     def allreduce(self, buf: np.ndarray, op: str, what: str) -> None:
         """Combines ``buf`` over the ranks in place (here: leaves it)."""
+
+    def allreduce_start(self, buf: np.ndarray, op: str, what: str) -> Pending:
+        """Starts ``allreduce(buf, op, what)``; ``buf`` must stay untouched until the
+        returned ``Pending`` is waited for (here: nothing to wait for)."""
+        return Pending()
 
     def allgather(self, x: np.ndarray, out: np.ndarray, what: str) -> None:
         out[...] = x.reshape(out.shape)
@@ -119,8 +144,8 @@ class SingleProcess:
 
 
 class MpiWorld:
-    """Collectives on mpi4py's ``COMM_WORLD``: blocking, on contiguous NumPy buffers,
-    each preceded the first time by the agreement check (module docstring)."""
+    """Collectives on mpi4py's ``COMM_WORLD`` on contiguous NumPy buffers, blocking but
+    for ``allreduce_start``, each preceded by the agreement check (module docstring)."""
 
     def __init__(self) -> None:
         try:
@@ -186,6 +211,15 @@ class MpiWorld:
             self._agree(what)
             self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self._ops[op])
             self._sent(buf.nbytes)
+
+    def allreduce_start(self, buf: np.ndarray, op: str, what: str) -> Pending:
+        # The check blocks (the ranks must agree before MPI reads the buffer); the lock
+        # keeps a check and its data call adjacent when threads issue collectives.
+        with self._lock:
+            self._agree(what)
+            request = self.comm.Iallreduce(self.MPI.IN_PLACE, buf, op=self._ops[op])
+            self._sent(buf.nbytes)
+        return Pending(request)
 
     def allgather(self, x: np.ndarray, out: np.ndarray, what: str) -> None:
         with self._lock:

@@ -58,7 +58,7 @@ from fusejit.runtime.cache import (
     start_numba,
 )
 from fusejit.runtime.donation import DonationError as DonationError  # re-exported
-from fusejit.runtime.host_ops import host_runner
+from fusejit.runtime.host_ops import finish, host_runner
 from fusejit.runtime.plan import plan_call
 from fusejit.runtime.timings import CompileTimes, KernelOrigin, KernelTime
 
@@ -184,9 +184,17 @@ the module doc); ``call_plan`` is what it runs, as data."""
         self._result_refs = list(call.result_refs)
         # The host ops (fusejit.runtime.host_ops) by the number of kernels run before them,
         # each with its runner, built once for the generated runner and the general path.
+        # A split op's wait step (HostStepPlan.phase) names the start step whose pending
+        # call it completes, instead of a runner.
         self._hosts: dict[int, list[tuple[int, Any, Any]]] = {}
+        started: dict[int, int] = {}  # id(call) -> its start step
         for h, hs in enumerate(call.host_steps):
-            self._hosts.setdefault(hs.position, []).append((h, hs, host_runner(hs.call, hs.shared_outputs)))
+            if hs.phase == "wait":
+                entry = (started[id(hs.call)], hs, None)
+            else:
+                entry = (h, hs, host_runner(hs.call, hs.shared_outputs, split=hs.phase == "start"))
+                started[id(hs.call)] = h
+            self._hosts.setdefault(hs.position, []).append(entry)
         self._into_slot = _into_slots(self._result_refs, self._out_in_param)
         # Per result: whether a call given ``into`` (an array or None per result: a loop
         # driver's row of a stacked output) leaves the result there rather than in a new
@@ -356,12 +364,21 @@ the module doc); ``call_plan`` is what it runs, as data."""
         if shared:
             lines.append("    with LOCK:")
         indent = "        " if shared else "    "
+        started = [f"R{h}" for h, hs in enumerate(self.call_plan.host_steps) if hs.phase == "start"]
+        if started:  # a call stopped by an exception waits for what it started (host_ops.finish)
+            ns["finish"] = finish
+            lines += [f"{indent}{' = '.join(started)} = None", f"{indent}try:"]
+            indent += "    "
         for k, st in enumerate(self._steps):
             lines += self._host_lines(ns, k, indent)
             ns[f"K{k}"] = st.entry_point
             call = [self._ref_name(r) for r in st.array_refs] + [str(int(self._dims[i])) for i in st.int_slots]
             lines.append(f"{indent}K{k}({', '.join(call)})  # {st.lowered.display_name}")
         lines += self._host_lines(ns, len(self._steps), indent)
+        if started:
+            indent = indent[:-4]
+            lines += [f"{indent}except BaseException:", f"{indent}    finish(({''.join(r + ', ' for r in started)}))",
+                      f"{indent}    raise"]
         results = []
         for r, (kind, k) in enumerate(self._result_refs):
             if kind == "param":
@@ -381,12 +398,18 @@ the module doc); ``call_plan`` is what it runs, as data."""
 
     def _host_lines(self, ns: dict[str, Any], position: int, indent: str) -> list[str]:
         """The runner's calls of the host ops (``fusejit.runtime.host_ops``) that run
-        after the first ``position`` kernels: ``H0((inputs,), (outputs,))``."""
+        after the first ``position`` kernels: ``H0((inputs,), (outputs,))``; a split one
+        ``R0 = H0(...)`` at its start step, ``R0.wait()`` at its wait step."""
         lines = []
         for h, hs, run in self._hosts.get(position, ()):
+            if hs.phase == "wait":
+                lines.append(f"{indent}R{h}.wait()  # {hs.call.display_name} (wait)")
+                continue
             ns[f"H{h}"] = run
             ins, outs = ("".join(f"{self._ref_name(r)}, " for r in refs) for refs in (hs.in_refs, hs.out_refs))
-            lines.append(f"{indent}H{h}(({ins}), ({outs}))  # {hs.call.display_name}")
+            start = hs.phase == "start"
+            lines.append(f"{indent}{f'R{h} = ' * start}H{h}(({ins}), ({outs}))  # {hs.call.display_name}"
+                         + " (start)" * start)
         return lines
 
     def _call_generic(self, args: Sequence[np.ndarray],
@@ -451,24 +474,40 @@ the module doc); ``call_plan`` is what it runs, as data."""
         views = self._views
         check = config.value("debug_nans")
 
+        started: dict[int, tuple[Any, list[np.ndarray], bool]] = {}  # split host ops: pending, outputs, inputs finite
+
+        def checked(hs: Any, outs: list[np.ndarray], finite_inputs: bool) -> None:
+            kind = nonfinite_kind(outs) if check else None
+            if kind is not None:  # a host op (LAPACK, a collective) made it, or passed it on
+                raise nonfinite_error(hs.call.op, kind, finite_inputs,
+                                      f"host op {hs.call.display_name} of @{self.function.name}")
+
         def run_hosts(position: int) -> None:
-            for _, hs, run in self._hosts.get(position, ()):
+            for h, hs, run in self._hosts.get(position, ()):
+                if hs.phase == "wait":
+                    pending, outs, finite_inputs = started.pop(h)
+                    pending.wait()
+                    checked(hs, outs, finite_inputs)
+                    continue
                 ins, outs = [[views[r[1]] if r[0] == "buf" else flat[r] for r in refs]
                              for refs in (hs.in_refs, hs.out_refs)]
                 finite_inputs = check and nonfinite_kind(ins) is None  # before an in-place rule
+                if hs.phase == "start":
+                    started[h] = (run(ins, outs), outs, finite_inputs)
+                    continue
                 run(ins, outs)
-                kind = nonfinite_kind(outs) if check else None
-                if kind is not None:  # a host op (LAPACK, a collective) made it, or passed it on
-                    raise nonfinite_error(hs.call.op, kind, finite_inputs,
-                                          f"host op {hs.call.display_name} of @{self.function.name}")
+                checked(hs, outs, finite_inputs)
 
-        for k, st in enumerate(self._steps):
-            run_hosts(k)
-            ints = [int(self._dims[i]) for i in st.int_slots]
-            st.entry_point(*[views[r[1]] if r[0] == "buf" else flat[r] for r in st.array_refs], *ints)
-            if check:
-                self._check_finite(st, flat)
-        run_hosts(len(self._steps))
+        try:
+            for k, st in enumerate(self._steps):
+                run_hosts(k)
+                ints = [int(self._dims[i]) for i in st.int_slots]
+                st.entry_point(*[views[r[1]] if r[0] == "buf" else flat[r] for r in st.array_refs], *ints)
+                if check:
+                    self._check_finite(st, flat)
+            run_hosts(len(self._steps))
+        finally:
+            finish([pending for pending, _, _ in started.values()])
 
     def _check_finite(self, st: _Step, flat: dict[Any, np.ndarray]) -> None:
         def view(r: tuple[str, Any], dtype: Any) -> np.ndarray:

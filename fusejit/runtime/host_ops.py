@@ -26,6 +26,14 @@ buffer when the plan could place the output in the operand's dead buffer, else a
 of the operand made in the output's buffer) and returns that same array: MPI's in-place
 ``Allreduce`` works so, with no copy in the steady state. An exception from a rule gets
 a note naming the op and its source line and propagates unchanged.
+
+A rule with ``start`` may also run in two halves, for an op that asks to
+(``collectives.overlapped``: ``psum(..., overlap=True)``): the plan puts its start right
+after the kernel producing its operand and its wait right before the first kernel
+reading its result (``HostStepPlan.phase``), and the kernels in between run
+while MPI works. ``start(inputs, attrs)`` gets the operands as ``run`` does (``inplace``
+applies the same way) and returns a ``communicator.Pending`` whose ``wait()`` leaves the
+outputs in the arrays it was given (the in-place outputs; a split rule has no other).
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ from fusejit.ir.host_callbacks import run_callback
 from fusejit.ir.transforms.fusion import FusionGroup, GroupKind
 
 HostFn = Callable[[tuple[np.ndarray, ...], Mapping[str, Any]], Sequence[np.ndarray]]
+StartFn = Callable[[tuple[np.ndarray, ...], Mapping[str, Any]], communicator.Pending]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,10 +61,12 @@ class HostRule:
 
     run: HostFn
     inplace: tuple[tuple[int, int], ...] = ()  # (output, operand) pairs that may share a buffer
+    start: StartFn | None = None  # the first half of ``run``, for an overlapped op (module docstring)
 
 
 HOST_RULES: dict[P.Primitive, HostRule] = {
-    P.psum: HostRule(lambda xs, a: (C.allreduce_into(xs[0], "sum", "psum"),), inplace=((0, 0),)),
+    P.psum: HostRule(lambda xs, a: (C.allreduce_into(xs[0], "sum", "psum"),), inplace=((0, 0),),
+                     start=lambda xs, a: C.allreduce_start(xs[0], "sum", "psum")),
     P.pmax: HostRule(lambda xs, a: (C.allreduce_into(xs[0], "max", "pmax"),), inplace=((0, 0),)),
     P.all_gather: HostRule(lambda xs, a: (C.gather_along(xs[0], a["axis"], a["size"]),)),
     P.psum_scatter: HostRule(lambda xs, a: (C.scatter_sum_along(xs[0], a["axis"], a["size"]),)),
@@ -92,37 +103,54 @@ class HostCall:
     def display_name(self) -> str:
         return f"host_{self.op.prim.name}"
 
+    @property
+    def splits(self) -> bool:
+        """Whether the op asks to run in two halves and its rule can (module docstring)."""
+        return C.overlapped(self.op) and self.rule.start is not None
 
-def host_runner(call: HostCall, shared: frozenset[int] = frozenset()) -> Callable[[Sequence[np.ndarray],
-                                                                                   Sequence[np.ndarray]], None]:
+
+def host_runner(call: HostCall, shared: frozenset[int] = frozenset(),
+                split: bool = False) -> Callable[[Sequence[np.ndarray], Sequence[np.ndarray]], Any]:
     """A function ``run(inputs, outputs)`` that runs ``call``'s rule on flat ``inputs``
     and leaves its results in the flat ``outputs`` (buffers from the call plan).
     ``shared``: the outputs the plan placed in their operand's buffer (the same memory:
-    nothing is copied for them)."""
+    nothing is copied for them). ``split``: ``run`` only starts the op (the rule's
+    ``start``) and returns the ``communicator.Pending`` to wait for before the outputs
+    are read."""
     op, rule = call.op, call.rule
     in_shapes = tuple(v.shape for v in op.inputs)
     out_shapes = tuple(v.shape for v in op.outputs)
     copies = tuple((o, i) for o, i in rule.inplace if o not in shared)
-    run_rule, attrs, inplace = rule.run, op.attrs, rule.inplace
+    run_rule, attrs, inplace = (rule.start if split else rule.run), op.attrs, rule.inplace
     where = f"while executing host op {op.prim.name}{f' at {op.loc}' if op.loc else ''}"
     site = f"{op.prim.name} at {op.loc}" if op.loc else None
     call_site = communicator.CALL_SITE
 
-    def run(inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> None:
+    def prepare(inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> tuple[list, list]:
         args = [a.reshape(s) for a, s in zip(inputs, in_shapes, strict=True)]
         dests = [a.reshape(s) for a, s in zip(outputs, out_shapes, strict=True)]
         for o, i in copies:
             np.copyto(dests[o], args[i])
         for o, i in inplace:
             args[i] = dests[o]
+        return args, dests
+
+    def rule_on(args: list[np.ndarray]) -> Any:
         call_site.where = site  # named by a collective's mismatch error (communicator.CALL_SITE)
         try:
-            results = run_rule(tuple(args), attrs)
+            return run_rule(tuple(args), attrs)
         except Exception as e:
             e.add_note(where)
             raise
         finally:
             call_site.where = None
+
+    def start(inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> communicator.Pending:
+        return rule_on(prepare(inputs, outputs)[0])
+
+    def run(inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> None:
+        args, dests = prepare(inputs, outputs)
+        results = rule_on(args)
         if len(results) != len(dests):
             raise RuntimeError(f"host rule of {op.prim.name} returned {len(results)} arrays for {len(dests)} "
                                "outputs")
@@ -130,4 +158,14 @@ def host_runner(call: HostCall, shared: frozenset[int] = frozenset()) -> Callabl
             if not (inplace and any(o == k and r is d for k, _ in inplace)):
                 np.copyto(d, np.asarray(r).reshape(d.shape), casting="unsafe")
 
-    return run
+    return start if split else run
+
+
+def finish(pending: Sequence[communicator.Pending | None]) -> None:
+    """Waits for every started host op of ``pending`` (None: not started): a call that
+    stops early, on an exception, must not leave MPI writing into buffers the next call
+    reuses; every rank that passed a start's agreement check has started it too, so the
+    waits complete (a rank that died instead aborts the job: MpiWorld)."""
+    for p in pending:
+        if p is not None:
+            p.wait()

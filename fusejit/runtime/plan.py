@@ -13,7 +13,12 @@ becomes an alias instead of a kernel), then decides storage:
 * a host op (``GroupKind.HOST``, ``fusejit.runtime.host_ops``) is a ``HostStepPlan``
   between the kernel steps: refs for its operands and outputs, and an output its rule
   may write over an operand shares that operand's arena buffer when nothing reads it
-  later (an in-place ``Allreduce``).
+  later (an in-place ``Allreduce``). A host op that runs in two halves
+  (``HostCall.splits``: ``psum(..., overlap=True)``) starts right after the kernel
+  producing its operand and is waited for right before the first step reading its
+  result (a ``"start"`` and a ``"wait"`` step, on the CPU; elsewhere it runs whole);
+  the kernels are first reordered (``_overlap_order``) so that such an op's operand is
+  computed as early as its inputs allow and its readers run as late as possible.
 
 A kernel argument is a *ref*: ``("param", k)``, ``("out", j)`` (result ``j``),
 ``("const", k)`` or ``("buf", key)`` (an arena slice); its sizes are slots of one int64
@@ -22,6 +27,7 @@ array (``dims``), arena offsets first.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -54,12 +60,16 @@ class StepPlan:
 @dataclass(frozen=True, slots=True)
 class HostStepPlan:
     """One host op call (``fusejit.runtime.host_ops``): a ref per operand and per output;
-    it runs after the first ``position`` kernel steps."""
+    it runs after the first ``position`` kernel steps. ``phase``: ``"run"`` the whole
+    op; an op split in two (``HostCall.splits``) has a ``"start"`` step, right after the
+    kernel computing its operand, and a later ``"wait"`` step (same call and refs),
+    right before the first step reading its result."""
 
     call: HostCall
     in_refs: tuple[Ref, ...]
     out_refs: tuple[Ref, ...]
     position: int
+    phase: str = "run"
 
     @property
     def shared_outputs(self) -> frozenset[int]:
@@ -99,6 +109,8 @@ def plan_call(fn: Function, fused: FusedFunction, donated: Sequence[int], thresh
         return v
 
     units = [it for it in items if not isinstance(it, FusionGroup)]  # kernels and host calls, in order
+    if target is CPU and any(isinstance(u, HostCall) and u.splits for u in units):
+        units = _overlap_order(fn, units, root)
     _host_inplace(fn, units, aliases, root)
     in_param = _donations(fn, units, donated, result_values, aliases, root, target)
     consts: list[Op] = []
@@ -156,13 +168,18 @@ def plan_call(fn: Function, fused: FusedFunction, donated: Sequence[int], thresh
         dims += [iv.offset, iv.offset + iv.nbytes]
     plans = []
     host_plans = []
-    for lk, refs in zip(units, step_refs, strict=True):
+    waits = _waits(units, root) if target is CPU else {}
+    split = {w for ws in waits.values() for w in ws}
+    for s, (lk, refs) in enumerate(zip(units, step_refs, strict=True)):
+        for w in waits.get(s, ()):
+            host_plans.append(HostStepPlan(units[w], *_host_refs(units[w], step_refs[w]), len(plans), "wait"))
         if isinstance(lk, HostCall):
-            n = len(lk.op.inputs)
-            host_plans.append(HostStepPlan(lk, tuple(refs[:n]), tuple(refs[n:]), len(plans)))
+            host_plans.append(HostStepPlan(lk, *_host_refs(lk, refs), len(plans), "start" if s in split else "run"))
             continue
         plans.append(StepPlan(lk, tuple(refs), tuple(range(len(dims), len(dims) + len(lk.ints)))))
         dims += lk.ints
+    for w in waits.get(len(units), ()):
+        host_plans.append(HostStepPlan(units[w], *_host_refs(units[w], step_refs[w]), len(plans), "wait"))
     return CallPlan(
         steps=tuple(plans),
         arena=arena,
@@ -175,6 +192,79 @@ def plan_call(fn: Function, fused: FusedFunction, donated: Sequence[int], thresh
         result_refs=tuple(("param", params[r]) if r in params else ("out", outputs[r]) for r in fn.results),
         host_steps=tuple(host_plans),
     )
+
+
+def _overlap_order(fn: Function, units: list[LoweredKernel | HostCall], root: Any) -> list[LoweredKernel | HostCall]:
+    """``units`` (in a topological order) reordered for the host ops that run in two
+    halves: a list schedule that, among the units whose inputs are ready, runs first
+    those that a split op needs (the op itself, and what computes its operand; the op
+    earliest in the program first), then those independent of every split op, and last
+    those that read a split op's result, each class in its original order. Ops with
+    effects keep their order through their tokens (data); collectives may change
+    places, as every rank runs the same plan."""
+    n = len(units)
+    made: dict[Value, int] = {}
+    for s, u in enumerate(units):
+        for v in u.group.outputs:
+            made.setdefault(root(v), s)  # a value recomputed by several units: the first one's
+    deps: list[set[int]] = [set() for _ in range(n)]
+    for s, u in enumerate(units):
+        deps[s].update(t for t in (made.get(root(v)) for v in u.group.inputs) if t is not None and t != s)
+    program = {id(op): k for k, op in enumerate(fn.ops)}
+    splits = [isinstance(u, HostCall) and u.splits for u in units]
+    # The split ops by program order: the first bucket of gradients is the first psum.
+    rank_of = {s: r for r, s in enumerate(sorted((s for s in range(n) if splits[s]),
+                                                 key=lambda s: program.get(id(units[s].op), s)))}
+    feeds = [n] * n  # the earliest (in program order) split op that needs the unit; n: none
+    for s in range(n - 1, -1, -1):  # deps point to earlier units
+        if splits[s]:
+            feeds[s] = min(feeds[s], rank_of[s])
+        for t in deps[s]:
+            feeds[t] = min(feeds[t], feeds[s])
+    after = [False] * n  # reads the result of a split op
+    for s in range(n):
+        after[s] = any(after[t] or splits[t] for t in deps[s])
+    key = [(0, feeds[s], s) if feeds[s] < n else (2 if after[s] else 1, 0, s) for s in range(n)]
+    users: list[list[int]] = [[] for _ in range(n)]
+    for s in range(n):
+        for t in deps[s]:
+            users[t].append(s)
+    missing = [len(d) for d in deps]
+    ready = [key[s] for s in range(n) if not missing[s]]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        s = heapq.heappop(ready)[2]
+        order.append(units[s])
+        for u in users[s]:
+            missing[u] -= 1
+            if not missing[u]:
+                heapq.heappush(ready, key[u])
+    assert len(order) == n, "the units of a fused function depend on each other in a cycle"
+    return order
+
+
+def _waits(units: list[LoweredKernel | HostCall], root: Any) -> dict[int, list[int]]:
+    """unit index ``t`` -> the split host ops (``HostCall.splits``; by unit index) to wait
+    for right before unit ``t``, the first one reading their outputs (``len(units)``:
+    none reads them), for those with at least one kernel between their start and that
+    (the others run whole)."""
+    waits: dict[int, list[int]] = {}
+    for s, u in enumerate(units):
+        if not (isinstance(u, HostCall) and u.splits):
+            continue
+        outs = {root(v) for v in u.op.outputs}
+        first = next((t for t in range(s + 1, len(units)) if any(root(v) in outs for v in units[t].group.inputs)),
+                     len(units))
+        if any(not isinstance(units[t], HostCall) for t in range(s + 1, first)):
+            waits.setdefault(first, []).append(s)
+    return waits
+
+
+def _host_refs(call: HostCall, refs: list[Ref]) -> tuple[tuple[Ref, ...], tuple[Ref, ...]]:
+    """A host call's refs, as operand refs and output refs."""
+    n = len(call.op.inputs)
+    return tuple(refs[:n]), tuple(refs[n:])
 
 
 def _host_inplace(fn: Function, units: list[LoweredKernel | HostCall], aliases: dict[Value, Value],

@@ -49,14 +49,14 @@ def _on_root(b: Builder, op: Op, g: Value) -> Value:
 
 def _pbroadcast_vjp(b: Builder, op: Op, cts: tuple[Ct, ...], needs: tuple[bool, ...]) -> Sequence[Ct]:
     (g,) = cts
-    return (_on_root(b, op, b.op(P.psum, g)) if g is not None else None,)
+    return (_on_root(b, op, b.op(P.psum, g, overlap=False)) if g is not None else None,)
 
 
 def _maxima(b: Builder, op: Op) -> tuple[Value, Value]:
     """Where this rank holds the maximum (1 or 0, ``x``'s dtype) and how many ranks do."""
     (x,), z = op.inputs, op.output
     mine = b.op(P.convert, b.op(P.eq, x, z), dtype=x.dtype)
-    return mine, b.op(P.psum, mine)
+    return mine, b.op(P.psum, mine, overlap=False)
 
 
 def _pmax_vjp(b: Builder, op: Op, cts: tuple[Ct, ...], needs: tuple[bool, ...]) -> Sequence[Ct]:
@@ -64,7 +64,7 @@ def _pmax_vjp(b: Builder, op: Op, cts: tuple[Ct, ...], needs: tuple[bool, ...]) 
     if g is None:
         return (None,)
     mine, ties = _maxima(b, op)
-    return (b.op(P.div, b.op(P.mul, b.op(P.psum, g), mine), ties),)
+    return (b.op(P.div, b.op(P.mul, b.op(P.psum, g, overlap=False), mine), ties),)
 
 
 def _pmax_jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequence[Ct]:
@@ -72,7 +72,7 @@ def _pmax_jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequence[Ct]:
     if t is None:
         return (None,)
     mine, ties = _maxima(b, op)
-    return (b.op(P.div, b.op(P.psum, b.op(P.mul, t, mine)), ties),)
+    return (b.op(P.div, b.op(P.psum, b.op(P.mul, t, mine), overlap=False), ties),)
 
 
 _define(P.psum, *_apply(P.psum, P.psum))

@@ -30,6 +30,7 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from fusejit.ir import collectives as C
 from fusejit.ir import primitives as P
 from fusejit.ir.core import Function, Op, Value
 from fusejit.ir.primitives import OpKind
@@ -638,7 +639,10 @@ def _horizontal_fusion(groups: list[FusionGroup], part: _Partition) -> list[Fusi
     """Phase 5: loop kernels that do not depend on each other (optimizer updates) run in
     one call. Groups with no path between them can share a call wherever a topological
     order puts it. (Reduce kernels, bias gradients, are not proposed: a horizontal kernel
-    of reductions is a strategy the code generator does not have.)"""
+    of reductions is a strategy the code generator does not have.) Only groups needed by
+    the same overlapped collectives (``collectives.overlapped``) share a call: one needed
+    by the first gradient bucket's psum must not wait for the kernels of the next bucket,
+    which would start that psum later."""
     # A value recomputed by several groups may be an output of more than one: its first
     # producer is the one a reader depends on (groups come in a topological order).
     producer: dict[int, int] = {}
@@ -653,6 +657,14 @@ def _horizontal_fusion(groups: list[FusionGroup], part: _Partition) -> list[Fusi
             if j is not None:
                 bits |= ancestors[j] | (1 << j)
         ancestors.append(bits)
+    feeds = [0] * len(groups)  # bit j: group j, an overlapped collective, (transitively) reads group i
+    for i in range(len(groups) - 1, -1, -1):
+        g = groups[i]
+        mine = feeds[i] | (1 << i if g.kind is GroupKind.HOST and C.overlapped(g.ops[0]) else 0)
+        for v in g.inputs:
+            j = producer.get(id(v))
+            if j is not None and j != i:
+                feeds[j] |= mine
     buckets: list[list[int]] = []
     bucket_of: dict[int, list[int]] = {}
     for i, g in enumerate(groups):
@@ -660,7 +672,7 @@ def _horizontal_fusion(groups: list[FusionGroup], part: _Partition) -> list[Fusi
             continue
         # Only the latest few buckets are tried: it bounds the work on very wide graphs.
         for bucket in buckets[-_HORIZONTAL_TRIES:]:
-            independent = all(not (ancestors[i] >> j) & 1 for j in bucket)
+            independent = all(not (ancestors[i] >> j) & 1 for j in bucket) and feeds[bucket[0]] == feeds[i]
             if independent:  # members come earlier, so none of them can read group i
                 reason = part.unsupported(_horizontal([groups[j] for j in bucket + [i]]))
                 if reason is None:
