@@ -30,6 +30,7 @@ import fusejit.numpy as fnp  # noqa: E402
 from fusejit.codegen.cuda.printer import phases  # noqa: E402
 from fusejit.codegen.target import CUDA  # noqa: E402
 from fusejit.ir import PRIMITIVES  # noqa: E402
+from fusejit.runtime.cache import module_name  # noqa: E402
 from fusejit.testing.fuzz.checking import check  # noqa: E402
 from fusejit.testing.fuzz.generator import generate  # noqa: E402
 from fusejit.tracer.tracing import bind  # noqa: E402
@@ -207,6 +208,28 @@ def test_device_arrays_round_trip_and_report_shape_dtype_and_device() -> None:
     assert "cuda" in fj.devices()
     with pytest.raises(ValueError, match="unknown device 'tpu'"):
         fj.device_put(host, "tpu")
+
+
+def test_a_new_batch_size_on_the_gpu_reuses_every_kernel_module() -> None:
+    """A mean over the batch divides by its size: the divisor is data (the kernel's
+    constant array), so batches of 37 and 53 share every module and its compilation."""
+
+    def loss(w: Any, x: Any) -> Any:
+        return fnp.mean(fnp.tanh(x @ w) * 3.7)
+
+    step = cuda_jit(fj.value_and_grad(loss))
+    rng = np.random.default_rng(9)
+    w = rng.standard_normal((4, 3))
+    modules = []
+    for batch in (37, 53):
+        x = rng.standard_normal((batch, 4))
+        value, grad = step(w, x)
+        want_value, want_grad = fj.jit(fj.value_and_grad(loss))(w, x)
+        np.testing.assert_allclose(float(value), want_value, rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(grad), want_grad, rtol=1e-12)
+        plan = step.lower(w, x).executable().call_plan
+        modules.append(sorted(module_name(CUDA.print_module(sp.lowered.kernel)) for sp in plan.steps))
+    assert modules[0] == modules[1]
 
 
 def test_a_donated_device_array_is_reused_and_then_unusable() -> None:

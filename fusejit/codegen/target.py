@@ -111,6 +111,9 @@ CUDA = Target(
     sum_block=1 << 62,
     gemm_in_loops=False,
     conv_gather=True,  # a thread per output element: no atomic adds (codegen/conv.py)
+    # A new batch size must not recompile a mean's kernel here either: each launch reads the
+    # lifted constants at its start (a top-level load, recomputed per launch).
+    constants_as_data=True,
     # cuBLAS from FUSEJIT_CUDA_BLAS_MIN_FLOPS (bench/bench_gpu.py compares thresholds on
     # the training steps): below it a loop nest with the epilogue fused beats a cuBLAS call
     # plus an epilogue launch.
