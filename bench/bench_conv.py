@@ -1,12 +1,16 @@
-"""Direct loops vs im2col + GEMM for ``conv`` kernels, per shape: where the choice flips.
+"""Conv kernel strategies per shape: direct loops, im2col + GEMM, shifted GEMMs.
 
-    python bench/bench_conv.py [--repeat 50]
+    python bench/bench_conv.py [--repeat 50] [--strategies direct,gemm,shifted] [--clock thread]
 
-For each shape the same jitted conv (3x3, padding 1, float32) is compiled twice, once
-with each strategy (``fusejit.codegen.conv.DIRECT_MAX_CONTRACTION`` set below or above
-its contraction length), and timed: the median of interleaved calls, with GFLOP/s
-(2 * N * O * P * C * 9 flops per call). ``DIRECT_MAX_CONTRACTION`` should sit between the
-contraction lengths where direct wins and those where GEMM wins.
+For each shape the same jitted conv (3x3, padding 1, float32) is compiled once per
+strategy (the thresholds of ``fusejit.codegen.conv`` set to force it) and timed: the
+median of interleaved calls, with GFLOP/s (2 * N * O * P * C * 9 flops per call) and the
+median ratio of each call's time to the first strategy's call beside it. The thresholds
+should sit where the winner changes. The shapes include those of W7-W9's convs: a forward
+conv ``C -> O`` at a side and its input gradient, the conv ``O -> C`` at the same side.
+``--clock thread`` times the CPU time of the calling thread (the kernels and their
+one-thread BLAS run on it), which other processes on a loaded machine disturb less
+than the wall clock.
 """
 
 from __future__ import annotations
@@ -22,41 +26,58 @@ from fusejit.codegen import conv as conv_codegen
 
 # (batch, in channels, side, out channels)
 SHAPES = [(64, 1, 8, 32), (256, 1, 8, 16), (64, 2, 8, 32), (64, 3, 32, 32), (64, 4, 16, 16),
-          (64, 32, 4, 64), (64, 32, 16, 64), (64, 64, 8, 128)]
+          (64, 8, 16, 32), (64, 16, 16, 16), (64, 16, 8, 32), (64, 32, 8, 64), (64, 32, 4, 64), (64, 64, 4, 32),
+          (64, 32, 16, 64), (64, 64, 16, 32), (64, 64, 8, 128), (64, 128, 8, 64)]
+# The thresholds that force each strategy.
+STRATEGIES = {
+    "direct": {"DIRECT_MAX_CONTRACTION": 10**9},
+    "gemm": {"DIRECT_MAX_CONTRACTION": 0, "SHIFTED_MIN_ROWS": 10**9},
+    "shifted": {"DIRECT_MAX_CONTRACTION": 0, "SHIFTED_MIN_ROWS": 0, "SHIFTED_MIN_CHANNELS": 0},
+}
 
 
-def _compiled(x: np.ndarray, w: np.ndarray, direct: bool):
-    saved = conv_codegen.DIRECT_MAX_CONTRACTION
-    conv_codegen.DIRECT_MAX_CONTRACTION = 10**9 if direct else 0
+def _compiled(x: np.ndarray, w: np.ndarray, strategy: str):
+    saved = {k: getattr(conv_codegen, k) for k in STRATEGIES[strategy]}
+    for k, v in STRATEGIES[strategy].items():
+        setattr(conv_codegen, k, v)
     try:
         return fj.jit(lambda x, w: nn.conv2d(x, w, padding=1)).lower(x, w).compile()
     finally:
-        conv_codegen.DIRECT_MAX_CONTRACTION = saved
+        for k, v in saved.items():
+            setattr(conv_codegen, k, v)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeat", type=int, default=50)
+    p.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated subset of "
+                   + ",".join(STRATEGIES))
+    p.add_argument("--clock", choices=("wall", "thread"), default="wall")
     args = p.parse_args()
+    strategies = args.strategies.split(",")
+    clock = time.perf_counter if args.clock == "wall" else time.thread_time
     rng = np.random.default_rng(0)
-    print(f"{'N,C,HxW,O':>18} {'K=C*9':>6} {'direct ms':>10} {'GFLOP/s':>8} {'gemm ms':>9} {'GFLOP/s':>8}  faster")
+    print(f"{'N,C,HxW,O':>18} {'K=C*9':>6} " + " ".join(f"{k + ' ms':>10} {'GFLOP/s':>8} {'ratio':>6}"
+                                                          for k in strategies) + "  fastest")
     for n, c, side, o in SHAPES:
         x = rng.standard_normal((n, c, side, side), dtype=np.float32)
         w = rng.standard_normal((o, c, 3, 3), dtype=np.float32)
-        fns = {kind: _compiled(x, w, kind == "direct") for kind in ("direct", "gemm")}
+        fns = {kind: _compiled(x, w, kind) for kind in strategies}
         for f in fns.values():
             f(x, w)
         times: dict[str, list[float]] = {k: [] for k in fns}
         for _ in range(args.repeat):
             for kind, f in fns.items():
-                t0 = time.perf_counter()
+                t0 = clock()
                 f(x, w)
-                times[kind].append(time.perf_counter() - t0)
+                times[kind].append(clock() - t0)
         flops = 2 * n * o * side * side * c * 9
         med = {k: float(np.median(v)) for k, v in times.items()}
-        best = min(med, key=med.get)
-        print(f"{f'{n},{c},{side}x{side},{o}':>18} {c * 9:>6} {med['direct'] * 1e3:>10.3f} "
-              f"{flops / med['direct'] / 1e9:>8.2f} {med['gemm'] * 1e3:>9.3f} {flops / med['gemm'] / 1e9:>8.2f}  {best}")
+        ratio = {k: float(np.median(np.array(v) / np.array(times[strategies[0]]))) for k, v in times.items()}
+        best = min(ratio, key=ratio.get)
+        print(f"{f'{n},{c},{side}x{side},{o}':>18} {c * 9:>6} "
+              + " ".join(f"{med[k] * 1e3:>10.3f} {flops / med[k] / 1e9:>8.2f} {ratio[k]:>6.3f}" for k in strategies)
+              + f"  {best}", flush=True)
 
 
 if __name__ == "__main__":

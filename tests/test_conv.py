@@ -30,7 +30,21 @@ CONVS = [
     ("2-d all at once", (2, 4, 5, 6), (4, 2, 2, 3), (2, 1), (1, 0), (2, 1), (2, 1), (1, 2), 2),
     ("2-d many channels (im2col)", (2, 8, 6, 5), (16, 8, 3, 3), (1, 1), (1, 1), (1, 1), (1, 1), (1, 1), 1),
     ("2-d many channels, strided, groups", (1, 12, 7, 7), (8, 6, 3, 3), (2, 2), (1, 1), (0, 0), (1, 1), (1, 1), 2),
+    ("2-d rhs dilation, cropped, strided rows", (2, 5, 9, 11), (4, 5, 2, 3), (1, 2), (-1, 2), (2, -1), (1, 1), (2, 1),
+     1),
+    ("2-d padded past the window", (1, 3, 4, 5), (2, 3, 3, 3), (1, 1), (3, 2), (4, 3), (1, 1), (1, 1), 1),
+    ("2-d 1x1 window", (2, 6, 5, 4), (3, 6, 1, 1), (1, 1), (0, 0), (0, 0), (1, 1), (1, 1), 1),
+    ("3-d strided rows, dilated", (2, 4, 4, 5, 6), (3, 4, 3, 2, 3), (1, 1, 2), (1, 0, 1), (1, 2, 0), (1, 1, 1),
+     (1, 2, 1), 1),
 ]
+
+
+def _takes_shifted(case):
+    """Whether a conv can run as shifted GEMMs: 2-d or more, no lhs dilation, stride 1 on
+    every spatial axis but the last (and a window no larger than the output, as every
+    case's is)."""
+    _, lhs, _, strides, _, _, lhs_dilation, _, _ = case
+    return len(lhs) > 3 and set(lhs_dilation) == {1} and set(strides[:-1]) == {1}
 
 
 def _attrs(case):
@@ -42,10 +56,12 @@ def _conv(attrs):
     return lambda x, w: bind(P.conv, x, w, **attrs)
 
 
-@pytest.fixture(params=["direct", "gemm"])
+@pytest.fixture(params=["direct", "gemm", "shifted"])
 def strategy(request, monkeypatch):
     """Each conv kernel strategy in turn (the choice is read when a kernel is lowered)."""
     monkeypatch.setattr(conv_codegen, "DIRECT_MAX_CONTRACTION", 10**9 if request.param == "direct" else 0)
+    monkeypatch.setattr(conv_codegen, "SHIFTED_MIN_ROWS", 0 if request.param == "shifted" else 10**9)
+    monkeypatch.setattr(conv_codegen, "SHIFTED_MIN_CHANNELS", 0)
     return request.param
 
 
@@ -57,9 +73,10 @@ def test_compiled_conv_matches_a_direct_loop(case, dtype, strategy):
     attrs = _attrs(case)
     expected = conv_reference.conv(x, w, **attrs)
     tol = 1e-5 if dtype == np.float32 else 1e-12
+    kernel = "conv_gemm" if strategy == "shifted" and not _takes_shifted(case) else f"conv_{strategy}"
     for fuse in (True, False):
         compiled = fj.jit(_conv(attrs), fuse=fuse).lower(x, w).compile()
-        assert [k.name.split("_f")[0] for k in compiled.kernels] == [f"conv_{strategy}"]
+        assert [k.name.split("_f")[0] for k in compiled.kernels] == [kernel]
         out = compiled(x, w)
         assert out.dtype == dtype and out.shape == expected.shape
         np.testing.assert_allclose(out, expected, rtol=tol, atol=tol)
@@ -82,12 +99,42 @@ def test_conv_gradients_match_finite_differences(case):
         np.testing.assert_allclose(c, e, rtol=1e-10, atol=1e-10)
 
 
+UNIT_STRIDES = [c for c in CONVS if _takes_shifted(c) and set(c[3]) == {1}]
+
+
+@pytest.mark.parametrize("case", UNIT_STRIDES, ids=[c[0] for c in UNIT_STRIDES])
+def test_shifted_gemm_gradients_match_eager(case, monkeypatch):
+    """The input gradient of a conv of unit strides is such a conv again (no lhs
+    dilation): it runs as shifted GEMMs too."""
+    monkeypatch.setattr(conv_codegen, "DIRECT_MAX_CONTRACTION", 0)
+    monkeypatch.setattr(conv_codegen, "SHIFTED_MIN_ROWS", 0)
+    monkeypatch.setattr(conv_codegen, "SHIFTED_MIN_CHANNELS", 0)
+    x = RNG.standard_normal(case[1])
+    w = RNG.standard_normal(case[2])
+    attrs = _attrs(case)
+    weights = RNG.standard_normal(conv_reference.conv(x, w, **attrs).shape)
+
+    def loss(x, w):
+        return fnp.sum(bind(P.conv, x, w, **attrs) * weights)
+
+    grad = fj.jit(fj.grad(loss, argnums=(0, 1))).lower(x, w).compile()
+    assert "conv_shifted" in [k.name.split("_f")[0] for k in grad.kernels]
+    for c, e in zip(grad(x, w), fj.grad(loss, argnums=(0, 1))(x, w), strict=True):
+        np.testing.assert_allclose(c, e, rtol=1e-10, atol=1e-10)
+
+
 def test_default_strategy_is_gemm_except_for_tiny_contractions():
     x, w1 = np.ones((2, 1, 6, 6), np.float32), np.ones((4, 1, 2, 2), np.float32)
     w9 = np.ones((4, 1, 3, 3), np.float32)
     conv = fj.jit(lambda x, w: nn.conv2d(x, w))
     assert conv.lower(x, w1).compile().kernels[0].name.startswith("conv_direct")  # 4 products per output
     assert conv.lower(x, w9).compile().kernels[0].name.startswith("conv_gemm")  # 9: GEMM measured faster
+    # shifted GEMMs, each contracting 32 channels x 3 window columns, for 64 output
+    # channels or 8x8 planes; im2col for fewer of both
+    for c, o, side, kernel in [(32, 64, 6, "conv_shifted"), (32, 8, 10, "conv_shifted"), (32, 8, 9, "conv_gemm"),
+                               (8, 64, 10, "conv_gemm")]:
+        x, w = np.ones((2, c, side, side), np.float32), np.ones((o, c, 3, 3), np.float32)
+        assert conv.lower(x, w).compile().kernels[0].name.startswith(kernel), (c, o, side)
 
 
 @pytest.mark.parametrize("case", CONVS[:6], ids=[c[0] for c in CONVS[:6]])
@@ -193,11 +240,11 @@ def test_conv_bias_relu_is_one_kernel_with_either_strategy(strategy):
         b = RNG.standard_normal(cout).astype(np.float32)
         compiled = fj.jit(lambda x, w, b: nn.relu(nn.conv2d(x, w, b, padding=1))).lower(x, w, b).compile()
         (kernel,) = compiled.kernels
-        gemm = strategy == "gemm"
-        assert kernel.name.startswith("conv_gemm" if gemm else "conv_direct"), kernel.name
+        assert kernel.name.startswith(f"conv_{strategy}"), kernel.name
         assert {"conv", "add"} <= {op.split()[0] for op in kernel.ops}
         source = compiled.kernel_source()
-        assert ("np.dot" in source) == gemm
+        assert ("np.dot" in source) == (strategy == "gemm")
+        assert ("gemm_f32(" in source) == (strategy == "shifted")
 
 
 @pytest.mark.parametrize("pool", ["max 2", "avg 2 stride 1", "max 3 stride 2 padded"])
@@ -360,16 +407,23 @@ def test_a_small_image_conv_copies_padded_planes_and_a_kernel_gradient_keeps_the
     np.testing.assert_allclose(grad, want_grad, rtol=1e-4, atol=1e-4 * np.abs(want_grad).max())
 
 
+@pytest.mark.parametrize("shifted", [False, True], ids=["im2col", "shifted"])
 @pytest.mark.parametrize("limit", [1000, 3000, 1 << 20])
-def test_im2col_chunks_of_any_size_give_the_same_conv_and_gradients(monkeypatch, limit):
+def test_im2col_chunks_of_any_size_give_the_same_conv_and_gradients(monkeypatch, limit, shifted):
     """Samples unfold in equal chunks under a scratch limit (5 samples: 1+1+1+1+1, 3+2,
-    or one chunk), for the forward conv (padded planes) and both gradients' convs."""
+    or one chunk; shifted: 2+2+1, the last chunk's GEMMs also multiplying the previous
+    chunk's left-over sample into columns that are dropped, or one chunk), for the
+    forward conv (padded planes) and both gradients' convs."""
     monkeypatch.setattr(conv_codegen, "GEMM_CHUNK_ELEMENTS", limit)
+    monkeypatch.setattr(conv_codegen, "SHIFTED_MIN_ROWS", 0 if shifted else 10**9)
+    monkeypatch.setattr(conv_codegen, "SHIFTED_MIN_CHANNELS", 0)
     x = RNG.standard_normal((5, 3, 6, 6)).astype(np.float32)
     w = RNG.standard_normal((4, 3, 3, 3)).astype(np.float32)
     attrs = {"strides": (1, 1), "lo": (1, 1), "hi": (1, 1), "lhs_dilation": (1, 1), "rhs_dilation": (1, 1),
              "groups": 1}
-    np.testing.assert_allclose(fj.jit(_conv(attrs))(x, w), conv_reference.conv(x, w, **attrs), rtol=1e-5, atol=1e-5)
+    forward = fj.jit(_conv(attrs)).lower(x, w).compile()
+    assert forward.kernels[0].name.startswith("conv_shifted" if shifted else "conv_gemm")
+    np.testing.assert_allclose(forward(x, w), conv_reference.conv(x, w, **attrs), rtol=1e-5, atol=1e-5)
 
     def loss(x, w):
         return fnp.sum(bind(P.conv, x, w, **attrs) ** 2)

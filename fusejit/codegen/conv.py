@@ -23,8 +23,20 @@ size)`` and a zero elsewhere (padding, holes).
   are filled as zeros, a strided copy, zeros: no bounds check per element; short rows
   (small images) are copied from a zero-padded copy of the chunk's planes (``_Padded``).
 
-``DIRECT_MAX_CONTRACTION`` is where the choice flips (measured with
-``bench/bench_conv.py``).
+* **Shifted GEMMs** (``conv_shifted``): im2col along the last spatial axis only, into a
+  scratch ``cols[G, Cg * K_last, ...]`` 1/``prod(K[:-1])`` the size of the full one,
+  whose columns lay the chunk's samples out as one tall image: each sample's rows (of
+  the last axis's output width), then a gap of zero rows (``max(lo, hi)``) shared by
+  the windows of its last rows and of the next sample's first. An output column ``j``
+  then reads, at window offset ``k`` along the other axes, the column ``j + shift(k)``:
+  one GEMM per such offset, ``packed[k] @ cols[:, shift(k):]`` (a leading dimension
+  longer than the row, ``fusejit.codegen.cpu.gemm``), accumulating into the result;
+  the gaps' columns are computed and dropped. For unit strides on all axes but the
+  last, no lhs dilation; not for a kernel gradient's shape (a window larger than the
+  output).
+
+``DIRECT_MAX_CONTRACTION`` and ``SHIFTED_MIN_ROWS`` are where the choices flip (measured
+with ``bench/bench_conv.py``).
 
 Either way a pool over the spatial axes of the result (or of an epilogue value: the
 max-pool after a relu) runs in the same kernel, on each (sample, channel) plane as soon
@@ -34,6 +46,7 @@ as the epilogue has written it, while it is in cache (``_Epilogue.pool_plane``).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from fusejit.codegen.common import (
     LOOP_OPS,
@@ -63,7 +76,7 @@ from fusejit.codegen.exprs import (
     select,
     sub,
 )
-from fusejit.codegen.kernel import KernelBuilder, Matmul, Unsupported
+from fusejit.codegen.kernel import KernelBuilder, Matmul, Strided, Unsupported
 from fusejit.codegen.pool import Window, pool_element
 from fusejit.codegen.rules import CodegenRule
 from fusejit.ir import primitives as P
@@ -95,6 +108,19 @@ GEMM_CHUNK_ELEMENTS = 1 << 19
 # 256 samples x 64 positions for each of 144 weights, took 1.44 ms with a thread per
 # weight on an H200.)
 GATHER_SPLIT_MIN = 1024
+# Shifted GEMMs (``conv_shifted``) are chosen where one of them contracts at least
+# ``SHIFTED_MIN_ROWS`` elements (input channels per group times the window's last extent)
+# and it has at least ``SHIFTED_MIN_CHANNELS`` output channels per group or the output
+# ``SHIFTED_MIN_POSITIONS`` positions per plane. Measured against im2col (``bench/
+# bench_conv.py --clock thread``, 3x3 windows, padding 1, batch 64, float32, 1 thread,
+# median ratio of interleaved calls; C->O at a side): 32->64 at 16x16 0.67, 64->32 at
+# 16x16 0.85, 64->128 and 128->64 at 8x8 0.93, 32->64 at 8x8 0.81, 16->32 at 8x8 0.91,
+# 16->16 at 16x16 0.68, 32->64 at 4x4 0.88; but 64->32 at 4x4 1.06 (few GEMM columns per
+# output channel, and the gap rows add 1/4 more), 8->32 at 16x16 (24 rows) 1.01, and
+# 1-3 input channels (3-9 rows) 1.4-1.7.
+SHIFTED_MIN_ROWS = 32
+SHIFTED_MIN_CHANNELS = 64
+SHIFTED_MIN_POSITIONS = 64
 
 
 def _conv_structure(group: FusionGroup) -> tuple[Op, Op | None]:
@@ -149,6 +175,21 @@ def _check_pool(op: Op, pool: Op, dependent: set[Value], group: FusionGroup) -> 
 
 def conv_support(group: FusionGroup) -> str | None:
     return reason_of(lambda: _conv_structure(group))
+
+
+def uses_shifted(op: Op) -> bool:
+    """Whether a conv lowered through GEMMs unfolds the last spatial axis only and runs
+    one GEMM per window offset along the others (else a full im2col and one GEMM)."""
+    lhs, rhs = op.inputs
+    a = op.attrs
+    last = lhs.type.ndim - 3
+    if last < 1 or any(d != 1 for d in a["lhs_dilation"]) or any(st != 1 for st in a["strides"][:last]):
+        return False
+    if math.prod(rhs.shape[2:]) > math.prod(op.output.shape[2:]):  # a kernel gradient's conv
+        return False
+    out_channels = rhs.shape[0] // a["groups"]
+    return rhs.shape[1] * rhs.shape[-1] >= SHIFTED_MIN_ROWS and (
+        out_channels >= SHIFTED_MIN_CHANNELS or math.prod(op.output.shape[2:]) >= SHIFTED_MIN_POSITIONS)
 
 
 def uses_gemm(op: Op, blas: bool) -> bool:
@@ -214,10 +255,9 @@ def lower_conv(ctx: Ctx) -> LoweredKernel:
     b = KernelBuilder()
     arrays = ctx.arrays(b)
     epi = _Epilogue(ctx, b, arrays, op, pool)
+    lower = _lower_gather if ctx.target.conv_gather else _lower_direct
     if uses_gemm(op, ctx.target.blas and ctx.target.gemm_in_loops):
-        lower = _lower_gemm
-    else:
-        lower = _lower_gather if ctx.target.conv_gather else _lower_direct
+        lower = _lower_shifted if uses_shifted(op) else _lower_gemm
     stem = lower(ctx, op, b, arrays, epi, _Shapes(b, op))
     return finish(ctx, b, arrays, epi.em, stem, op.output.dtype, op.output.shape)
 
@@ -479,19 +519,127 @@ def _lower_gemm(ctx: Ctx, op: Op, b: KernelBuilder, arrays: Arrays, epi: _Epilog
         # res[g, og, i * PP + p] = w[g, og, :] @ cols[g, :, i * PP + p]
         b.emit(Matmul(wa, cols, res, Lit(s.groups), s.Og, contraction, ncol, False, False))
         # out[n0 + i, o, p] = epilogue(res[o, i * PP + p])
-        with b.each(count) as i:
-            n = b.let(add(n0, i))
-            with b.each(s.O) as o:
-                src = b.let(add(b.let(mul(o, ncol)), b.let(mul(i, s.PP)) if s.PP != ONE else i))
-                dst = b.let(mul(b.let(add(b.let(mul(n, s.O)), o)), s.PP))
+        def source(i: Expr, o: Expr, p: tuple[Expr, ...]) -> Expr:
+            plane = b.let(add(b.let(mul(o, ncol)), b.let(mul(i, s.PP)) if s.PP != ONE else i))
+            return b.let(add(plane, linearize(b, p, s.P)))
 
-                def copy(p: tuple[Expr, ...]) -> None:
-                    at = linearize(b, p, s.P)
-                    epi.store((n, o, *p), b.let(add(dst, at)), b.load(res, b.let(add(src, at))))
-
-                loop_nest(b, s.P, copy)
-                epi.pool_plane(n, o)
+        _write_result(b, s, epi, res, n0, count, source)
     return "conv_gemm"
+
+
+def _write_result(b: KernelBuilder, s: _Shapes, epi: _Epilogue, res: str, n0: Expr, count: Expr,
+                  source: Callable[[Expr, Expr, tuple[Expr, ...]], Expr]) -> None:
+    """``out[n0 + i, o, p] = epilogue(res[source(i, o, p)])`` for the chunk's ``count``
+    samples, each plane pooled once written."""
+    with b.each(count) as i:
+        n = b.let(add(n0, i))
+        with b.each(s.O) as o:
+            dst = b.let(mul(b.let(add(b.let(mul(n, s.O)), o)), s.PP))
+
+            def copy(p: tuple[Expr, ...]) -> None:
+                epi.store((n, o, *p), b.let(add(dst, linearize(b, p, s.P))), b.load(res, source(i, o, p)))
+
+            loop_nest(b, s.P, copy)
+            epi.pool_plane(n, o)
+
+
+def _lower_shifted(ctx: Ctx, op: Op, b: KernelBuilder, arrays: Arrays, epi: _Epilogue, s: _Shapes) -> str:
+    lhs, rhs = op.inputs
+    out = op.output
+    xa, wa = epi.inputs[lhs], epi.inputs[rhs]
+    dt = out.dtype
+    zero = b.const(0, dt)
+    last = s.nsp - 1
+    spatial, window, out_spatial = lhs.shape[2:], rhs.shape[2:], out.shape[2:]
+    hi = op.attrs["hi"]
+    rows = rhs.shape[1] * window[last]  # the contraction of one shifted GEMM: (c, k_last)
+    # A sample's block of the tall layout: along each shifted axis its input rows, then a
+    # gap of zeros that the windows of its own first and last rows and of the next
+    # sample's reach (``max(lo, hi)`` rows), and at least the output's extent.
+    ext = [max(spatial[d] + max(s.lo[d], hi[d], 0), out_spatial[d]) for d in range(last)]
+    flat = [out_spatial[last] * math.prod(ext[d + 1:]) for d in range(last)]  # tall strides
+    block = ext[0] * flat[0]
+    lead = sum(max(s.lo[d], 0) * flat[d] for d in range(last))  # zeros the first rows' windows read
+    reach = sum((window[d] - 1) * s.rdil[d] * flat[d] for d in range(last))  # read past a column
+    chunk = max(1, min(lhs.shape[0], GEMM_CHUNK_ELEMENTS // (lhs.shape[1] * window[last] * block)))
+    chunks = -(-lhs.shape[0] // chunk)
+    chunk = -(-lhs.shape[0] // chunks)
+    width = chunk * block  # columns of one chunk's GEMMs
+    stride = lead + width + reach  # a row of ``cols``
+    cols = arrays.scratch(dt, lhs.shape[1] * window[last] * stride)
+    res = arrays.scratch(dt, rhs.shape[0] * width)
+    packed = arrays.scratch(dt, rhs.type.size)
+    E = tuple(s.size(("ext", d), n) for d, n in enumerate(ext))
+    nb, ncol, n_stride = s.size("chunk", chunk), s.size("width", width), s.size("row", stride)
+    n_block, n_lead, n_rows = s.size("block", block), s.size("lead", lead), s.size("rows", rows)
+    kl = s.K[last]
+
+    # packed[t, g, c, k_last, og] = w[g * Og + og, c, k]: t the offset along the shifted
+    # axes, so that the weights of one shift and group are a [rows, Og] matrix
+    groups = s.size("groups", s.groups)
+    with b.each(groups) as g:
+        with b.each(s.Og) as og:
+            o = b.let(add(b.let(mul(g, s.Og)), og)) if s.groups > 1 else og
+            with b.each(s.Cg) as c:
+
+                def pack(k: tuple[Expr, ...]) -> None:
+                    src = b.let(add(b.let(mul(b.let(add(b.let(mul(o, s.Cg)), c)), s.KK)), linearize(b, k, s.K)))
+                    t = linearize(b, k[:last], s.K[:last])
+                    tg = b.let(add(b.let(mul(t, groups)), g)) if s.groups > 1 else t
+                    row = b.let(add(b.let(mul(b.let(add(b.let(mul(tg, s.Cg)), c)), kl)), k[last]))
+                    b.store(packed, b.let(add(b.let(mul(row, s.Og)), og)), b.load(wa, src))
+
+                loop_nest(b, s.K, pack)
+    # The gaps and margins of ``cols`` stay zero; each chunk overwrites the input rows.
+    with b.each(s.size("cols", lhs.shape[1] * window[last] * stride)) as t:
+        b.store(cols, t, zero)
+    with b.each(s.size("chunks", chunks)) as j:
+        n0 = b.let(mul(j, nb)) if nb != ONE else j
+        count = b.let(minimum(nb, sub(s.N, n0))) if nb != ONE else ONE
+        # cols[(ci, k_last), lead + i * block + e . flat + p] = x[n0 + i, ci, e, position(p, k_last)]
+        with b.each(s.C) as ci:
+            with b.each(kl) as kx:
+                row_base = b.let(add(b.let(mul(b.let(add(b.let(mul(ci, kl)), kx)), n_stride)), n_lead))
+                with b.each(count) as i:
+                    x_base = b.let(mul(b.let(add(b.let(mul(b.let(add(n0, i)), s.C)), ci)), s.SS))
+                    col_base = b.let(add(row_base, b.let(mul(i, n_block))))
+
+                    def row(e: tuple[Expr, ...]) -> None:
+                        row_out = b.let(add(col_base, mul(linearize(b, e, E), s.P[last])))
+                        row_in = b.let(add(x_base, mul(linearize(b, e, s.S[:last]), s.S[last])))
+                        _fill_last(b, s, xa, cols, row_in, row_out, kx, zero)
+
+                    loop_nest(b, s.S[:last], row)
+        # res[:, g, :] (+)= cols[g, :, shift(t) + :]^T @ packed[t, g] for each shift t: column
+        # j of a shift reads the tall position j + sum_d (k_d * rhs_dilation - lo) * flat[d]
+        # (after the ``lead`` zeros: lead - sum_d lo * flat[d] >= 0). The result is
+        # [column, O]: this orientation of the GEMMs measured 0.72-0.97x the time of
+        # [O, column] on W9's convs (32-128 output channels), the transposed copy into
+        # the output included.
+        first = s.size("first", lead - sum(s.lo[d] * flat[d] for d in range(last)))
+        with b.each(groups) as g:
+
+            def shift(k: tuple[Expr, ...]) -> None:
+                t = linearize(b, k[:last], s.K[:last])
+                at = first
+                for d in range(last):
+                    at = b.let(add(at, b.let(mul(k[d], s.size(("step", d), s.rdil[d] * flat[d])))))
+                tg = b.let(add(b.let(mul(t, groups)), g)) if s.groups > 1 else t
+                a_off = b.let(add(b.let(mul(b.let(mul(g, n_rows)), n_stride)), at))
+                b_off = b.let(mul(b.let(mul(tg, n_rows)), s.Og))
+                c_off = b.let(mul(g, s.Og))
+                b.emit(Matmul(cols, packed, res, ONE, ncol, n_rows, s.Og, True, False,
+                              Strided((a_off, b_off, c_off), (n_stride, s.Og, s.O), binary(BinaryOp.NE, t, ZERO))))
+
+            loop_nest(b, s.K[:last], shift)
+
+        # out[n0 + i, o, p] = epilogue(res[i * block + p . (flat, 1), o])
+        def source(i: Expr, o: Expr, p: tuple[Expr, ...]) -> Expr:
+            column = b.let(add(b.let(mul(i, n_block)), linearize(b, p, (*E, s.P[last]))))
+            return b.let(add(b.let(mul(column, s.O)), o))
+
+        _write_result(b, s, epi, res, n0, count, source)
+    return "conv_shifted"
 
 
 class _Padded:
@@ -582,7 +730,19 @@ def _fill_row(b: KernelBuilder, s: _Shapes, xa: str, cols: str, x_base: Expr, co
         ok = b.let(binary(BinaryOp.AND, binary(BinaryOp.GE, q, ZERO), binary(BinaryOp.LT, q, s.S[d])))
         inside = ok if inside is None else b.let(binary(BinaryOp.AND, inside, ok))
         idx.append(q)
-    base = s.dilated_position(last, ZERO, k[last])
+    row_out = b.let(add(col_base, mul(linearize(b, outer, s.P[:-1]), s.P[last])))
+    row_in = b.let(add(x_base, mul(linearize(b, tuple(idx), s.S[:-1]), s.S[last])))
+    _fill_last(b, s, xa, cols, row_in, row_out, k[last], zero, inside)
+
+
+def _fill_last(b: KernelBuilder, s: _Shapes, xa: str, cols: str, row_in: Expr, row_out: Expr, k: Expr, zero: Expr,
+               inside: Expr | None = None) -> None:
+    """``cols[row_out + p] = x[row_in + q]`` over the output positions ``p`` of the last
+    spatial axis at window offset ``k`` (``q = p * stride + k * rhs_dilation - lo``; no lhs
+    dilation), zeros where ``q`` is outside the input row, and zeros throughout where
+    ``inside`` (the row's other axes) is false."""
+    last = s.nsp - 1
+    base = s.dilated_position(last, ZERO, k)
     st = Lit(s.strides[last])
     width = s.P[last]
     first = b.let(minimum(maximum(ZERO, sub(ZERO, floordiv(base, st))), width))
@@ -590,8 +750,6 @@ def _fill_row(b: KernelBuilder, s: _Shapes, xa: str, cols: str, x_base: Expr, co
     if inside is not None:
         first = b.let(select(inside, first, width))
         stop = b.let(select(inside, stop, width))
-    row_out = b.let(add(col_base, mul(linearize(b, outer, s.P[:-1]), width)))
-    row_in = b.let(add(x_base, mul(linearize(b, tuple(idx), s.S[:-1]), s.S[last])))
     with b.loop(first) as p:
         b.store(cols, b.let(add(row_out, p)), zero)
     with b.loop(stop, start=first) as p:

@@ -101,6 +101,20 @@ class Matmul:
     n: Expr
     lhs_t: bool
     rhs_t: bool
+    strided: Strided | None = None  # sub-matrices at offsets, added into ``out`` (batch 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Strided:
+    """A ``Matmul`` on sub-matrices of its flat arrays (batch 1): the element offsets of
+    ``lhs``, ``rhs`` and ``out`` in their arrays, the strides of their stored rows (at
+    least a stored row's length; a transposed operand's stored rows are its columns), and
+    ``accumulate``: where it is nonzero the product is added to ``out`` (BLAS's beta = 1)
+    instead of replacing it. The conv kernel's shifted GEMMs (``fusejit.codegen.conv``)."""
+
+    offsets: tuple[Expr, Expr, Expr]
+    rows: tuple[Expr, Expr, Expr]
+    accumulate: Expr
 
 
 @dataclass(slots=True)
@@ -126,7 +140,10 @@ def expressions(s: Stmt) -> tuple[Expr, ...]:
     if isinstance(s, Loop):
         return (s.start, s.stop)
     if isinstance(s, Matmul):
-        return (s.batch, s.m, s.k, s.n)
+        sizes = (s.batch, s.m, s.k, s.n)
+        if s.strided is None:
+            return sizes
+        return sizes + s.strided.offsets + s.strided.rows + (s.strided.accumulate,)
     return s.ints
 
 

@@ -5,7 +5,9 @@ statement (``runs_in_chunks``) prints as serial ``nogil`` code over one chunk of
 which ``fusejit.runtime.chunks`` runs on fusejit's threads (no parfor: each ``prange`` cost
 0.3-1.5 s of compile time); other ``parallel`` loops print as ``prange`` (and make the
 function ``parallel=True``); a ``Matmul`` prints as ``np.dot`` on reshaped views (BLAS
-through SciPy, in a serial function), math-library calls name the vectorizable
+through SciPy, in a serial function), or with ``Strided`` operands as a call of
+``fusejit.codegen.cpu.gemm`` (the same BLAS routine with offsets, leading dimensions and
+beta), math-library calls name the vectorizable
 ``fusejit.codegen.cpu.mathlib`` functions, constants become typed module globals
 (``np.float32(0.5)``: a bare literal would be float64 and promote the arithmetic), int32
 arithmetic is wrapped back into int32 (Numba computes it in int64), and subscripts go
@@ -24,7 +26,7 @@ from __future__ import annotations
 import math
 
 from fusejit import config
-from fusejit.codegen.cpu import mathlib
+from fusejit.codegen.cpu import gemm, mathlib
 from fusejit.codegen.exprs import (
     ATOMS,
     ZERO,
@@ -110,6 +112,7 @@ class NumbaPrinter:
 
     def __init__(self, kernel: Kernel) -> None:
         self.const_names = {c: f"c{k}" for k, c in enumerate(kernel.constants())}
+        self.dtypes = {a.name: a.dtype for f in kernel.functions() for a in f.arrays}
         self.chunked = False  # printing a chunked kernel: its parallel loop covers one chunk
 
     # Expressions ------------------------------------------------------------------------
@@ -217,8 +220,13 @@ class NumbaPrinter:
         return out
 
     def matmul(self, s: Matmul, pad: str) -> list[str]:
-        """``np.dot`` on 2-d views (transposed views are F-ordered; BLAS takes them as is)."""
+        """``np.dot`` on 2-d views (transposed views are F-ordered; BLAS takes them as is), or
+        ``gemm_f32``/``gemm_f64`` for strided operands."""
         m, k, n, batch = (self.expr(e) for e in (s.m, s.k, s.n, s.batch))
+        if s.strided is not None:  # sub-matrices, maybe added into ``out``: BLAS itself
+            (lo, ro, oo), (lr, rr, orow) = ((self.expr(e) for e in t) for t in (s.strided.offsets, s.strided.rows))
+            return [f"{pad}{gemm.FUNCTIONS[self.dtypes[s.out]]}({m}, {n}, {k}, {s.lhs}, {lo}, {lr}, {s.lhs_t}, "
+                    f"{s.rhs}, {ro}, {rr}, {s.rhs_t}, {s.out}, {oo}, {orow}, {self.expr(s.strided.accumulate)})"]
         lhs_shape = (k, m) if s.lhs_t else (m, k)
         rhs_shape = (n, k) if s.rhs_t else (k, n)
         lt = ".T" if s.lhs_t else ""
@@ -242,6 +250,10 @@ def module_source(kernel: Kernel) -> str:
     p = NumbaPrinter(kernel)
     lines = [f"# fusejit kernel {kernel.name} ({kernel.kind})"]
     lines += [f"#   {d}" for d in kernel.doc]
+    strided = sorted({gemm.FUNCTIONS[p.dtypes[s.out]] for f in kernel.functions() for s in statements(f.body)
+                      if isinstance(s, Matmul) and s.strided is not None})
+    if strided:
+        lines.append(f"# gemm library {gemm.SOURCE_HASH}")
     lines += [
         f"# math library {mathlib.SOURCE_HASH}",
         "import numpy as np",
@@ -249,6 +261,8 @@ def module_source(kernel: Kernel) -> str:
         "from fusejit.codegen.cpu import kernel_jit",
     ]
     funcs = sorted(math_function(fn, dt) for fn, dt in kernel.math_calls())
+    if strided:
+        lines.append(f"from fusejit.codegen.cpu.gemm import {', '.join(strided)}")
     if funcs:
         lines.append(f"from fusejit.codegen.cpu.mathlib import {', '.join(funcs)}")
     lines += ["", "idx = np.uint64  # array indices are never negative: no wraparound code"]

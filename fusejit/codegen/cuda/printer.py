@@ -163,6 +163,8 @@ class CudaPrinter(NumbaPrinter):
         for k, ph in enumerate(launches):
             if ph.matmul is not None:
                 mm = ph.matmul
+                if mm.strided is not None:  # the CPU's shifted conv GEMMs (gemm_in_loops only)
+                    raise Unsupported("the CUDA printer has no GEMM on strided sub-matrices")
                 sizes = ", ".join(self.expr(e) for e in (mm.batch, mm.m, mm.k, mm.n))
                 lines.append(f"    gemm({mm.lhs}, {mm.rhs}, {mm.out}, {sizes}, {mm.lhs_t}, {mm.rhs_t})")
             elif ph.call is not None:
