@@ -179,6 +179,64 @@ def test_a_stacked_output_that_is_also_the_carry_is_copied_and_correct(row_copie
     assert row_copies[0] == 5
 
 
+def test_the_driver_runs_scans_without_xs_without_ys_and_with_rows_copied_and_written(row_copies):
+    """The driver's per-iteration arguments and result rows, made before the loop: no xs
+    (``length=``), no stacked outputs, zero iterations, and a body whose stacked outputs
+    are partly written in place and partly copied (the carry's own array), both ways."""
+
+    def program(h0, xs, c):
+        def step(h, x):
+            h = np.tanh(h * c + x)
+            return h, (h, h.sum(axis=-1), x * 2.0)  # the carry (copied), computed, computed
+
+        def counter(k, _):
+            return k * c + 1.0, None
+
+        out = [lax.scan(step, h0, xs, reverse=r) for r in (False, True)]
+        out.append(lax.scan(counter, h0, None, length=4))
+        out.append(lax.scan(step, h0, xs[:0]))
+        return out
+
+    args = (f32(3, 4), f32(5, 3, 4), f32(3, 4))
+    got = fj.jit(program)(*args)
+    assert_same(got, fj.jit(program, backend="interpret")(*args), rtol=1e-5)  # float32 tanh: a few ulp
+    assert row_copies[0] == 2 * 5  # the carry's row, each step of the two scans that stack it
+    assert fj.tree_leaves(got[3])[1].shape == (0, 3, 4)
+
+
+def test_the_carry_is_written_into_two_buffers_in_turn_and_each_call_returns_new_ones():
+    """Swapped carries, one passed through unchanged and one also stacked: the body writes
+    its carries into two buffers per carry, alternately, and the results are the right
+    ones; a later call does not write over the carry an earlier one returned."""
+
+    def program(a0, b0, c0, xs):
+        def step(carry, x):
+            a, b, c = carry
+            a = np.tanh(a * 0.5 + x)
+            return (b, a, c), (a, c * 2.0)  # swap a and b; c passes through
+
+        return lax.scan(step, (a0, b0, c0), xs, reverse=True)
+
+    args = (f32(3, 4), f32(3, 4), f32(3, 4), f32(5, 3, 4))
+    jitted = fj.jit(program)
+    exe = jitted.lower(*args).executable()
+    (driver,) = [p for p in exe._parts if isinstance(p, control._Driver)]
+    body = driver.nested[0]
+    seen = []
+    real = body.run
+    body.run = lambda a, into=None: seen.append(into) or real(a, into)
+    got = exe.run(list(args))
+    assert_same(got, fj.jit(program, backend="interpret")(*args), rtol=1e-5)
+    buffers = [{id(into[k]) for into in seen} for k in range(3)]
+    assert all(len(ids) == 2 for ids in buffers)  # two per carry, used in turn
+    assert [id(into[0]) for into in seen[:3]] == [id(seen[0][0]), id(seen[1][0]), id(seen[0][0])]
+    assert {id(r) for r in got[:3]} <= set().union(*buffers)
+    kept = [r.copy() for r in got]
+    exe.run([a + 1.0 for a in args])
+    for r, k in zip(got, kept, strict=True):
+        np.testing.assert_array_equal(r, k)
+
+
 def test_stacked_buffers_are_reused_across_calls_but_never_while_the_caller_holds_them():
     def loss(w, xs, h0):
         h, hs = lax.scan(lambda h, x: (np.tanh(h @ w + x), h), h0, xs)

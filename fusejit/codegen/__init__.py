@@ -45,6 +45,10 @@ kernel would exceed ``MAX_KERNEL_SIZE`` statements; the runtime then splits it.
     Only loop ops. All outputs have one shape, the iteration space. Values inside are never
     materialized: an op used at several indices (through transposes, slices, gathers) is
     recomputed at each. Outputs may include values that ops of the group also read.
+    A pad or concatenate read at a loop index is read without a per-element test: on
+    the CPU the loop over that axis is split where its pieces begin (one loop per piece,
+    the body emitted once per piece, at most ``MAX_PIECES`` times; never the loop that
+    runs on threads), and a piece the loop's range leaves out is not emitted at all.
 ``horizontal``
     ``parts`` are ``loop`` groups (any shapes) run one after another in one kernel.
 ``reduce``

@@ -3,13 +3,13 @@ parameter bookkeeping, loop nests over an index space, kernel names and header l
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from fusejit.codegen.constants import lift_constants
 from fusejit.codegen.elemental import Emitter, Index, linearize
-from fusejit.codegen.exprs import ONE, ZERO, Expr, MathCall, walk
+from fusejit.codegen.exprs import ONE, ZERO, Expr, MathCall, Var, walk
 from fusejit.codegen.kernel import Kernel, KernelBuilder, Matmul, Stmt, Unsupported, expressions, statements
 from fusejit.codegen.rules import calls_math
 from fusejit.ir import primitives as P
@@ -36,6 +36,9 @@ MAX_KERNEL_SIZE = 1500
 # Statements one inlined math-library call stands for (exp_f64 and log_f64 are 25-40
 # lines each, expm1_f64 and pow_f64 more).
 MATHLIB_CALL_SIZE = 40
+# At most this many copies of a loop kernel's body, one per piece of its split loops
+# (``choose_splits``): a 2-d pad on both sides of both axes needs 9.
+MAX_PIECES = 16
 
 
 # ---------------------------------------------------------------------------------------
@@ -239,17 +242,40 @@ def finish(
 
 
 def root_index(em: Emitter, b: KernelBuilder, shape_exprs: tuple[Expr, ...], flat_mode: bool,
-                parallel: bool, total_key: Any, total: int) -> Callable[[Callable[[Index], None]], None]:
-    """Runs ``body(index)`` inside a loop (nest) over ``shape_exprs``."""
+                parallel: bool, total_key: Any, total: int, sizes: tuple[int, ...] | None = None,
+                splits: dict[int, list[int]] | None = None) -> Callable[[Callable[[Index], None]], None]:
+    """Runs ``body(index)`` inside a loop (nest) over ``shape_exprs``. With the concrete
+    ``sizes``, each loop index is declared to ``em`` with its range, and the loop over an
+    axis in ``splits`` (``choose_splits``) runs as one loop per piece between its bounds,
+    the body emitted once per piece."""
+
+    def loops(axis: int, parallel_loop: bool) -> Iterator[Var]:
+        """The loops over ``axis``, one per piece, each yielding its index."""
+        if sizes is None:
+            with b.loop(shape_exprs[axis], parallel=parallel_loop) as i:
+                yield i
+            return
+        bounds = [] if parallel_loop else (splits or {}).get(axis, [])
+        values = [0, *bounds, sizes[axis]]
+        edges = [ZERO, *(b.int_param(("split", total_key, axis, k), v) for k, v in enumerate(bounds)),
+                 shape_exprs[axis]]
+        for k in range(len(values) - 1):
+            with b.loop(edges[k + 1], start=edges[k], parallel=parallel_loop) as i:
+                em.enter_root_loop(i, axis, values[k], values[k + 1])
+                yield i
 
     def run(body: Callable[[Index], None]) -> None:
         if all(s == ONE for s in shape_exprs):
             body(Index(shape_exprs, tuple(ZERO for _ in shape_exprs), ZERO))
             return
         if flat_mode:
-            nonunit = [s for s in shape_exprs if s != ONE]
-            n = nonunit[0] if len(nonunit) == 1 else b.int_param(total_key, total)
-            with b.loop(n, parallel=parallel) as i:
+            nonunit = [k for k, s in enumerate(shape_exprs) if s != ONE]
+            if len(nonunit) == 1:  # the linear index is that axis's index
+                for i in loops(nonunit[0], parallel):
+                    em.root_flat = i
+                    body(Index(shape_exprs, None, i))
+                return
+            with b.loop(b.int_param(total_key, total), parallel=parallel) as i:
                 em.root_flat = i
                 body(Index(shape_exprs, None, i))
             return
@@ -267,7 +293,7 @@ def root_index(em: Emitter, b: KernelBuilder, shape_exprs: tuple[Expr, ...], fla
                 dims.pop()
                 return
             first = all(s == ONE for s in shape_exprs[:k])
-            with b.loop(shape_exprs[k], parallel=parallel and first) as i:
+            for i in loops(k, parallel and first):
                 dims.append(i)
                 nest(k + 1)
                 dims.pop()
@@ -275,6 +301,21 @@ def root_index(em: Emitter, b: KernelBuilder, shape_exprs: tuple[Expr, ...], fla
         nest(0)
 
     return run
+
+
+def choose_splits(points: dict[int, set[int]], sizes: tuple[int, ...], parallel_axis: int | None) -> dict[int, list[int]]:
+    """The bounds at which ``root_index`` splits each axis's loop: the recorded ``points``
+    (``Emitter.split_points``) inside the axis, innermost axes first while the body is
+    emitted at most ``MAX_PIECES`` times; never the parallel loop's axis (one loop
+    distributed over threads)."""
+    out: dict[int, list[int]] = {}
+    pieces = 1
+    for axis in sorted(points, reverse=True):
+        bounds = sorted(p for p in points[axis] if 0 < p < sizes[axis])
+        if axis != parallel_axis and bounds and pieces * (len(bounds) + 1) <= MAX_PIECES:
+            out[axis] = bounds
+            pieces *= len(bounds) + 1
+    return out
 
 
 def loop_nest(b: KernelBuilder, sizes: tuple[Expr, ...], body: Callable[[tuple[Expr, ...]], None],

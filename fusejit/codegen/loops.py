@@ -8,11 +8,14 @@ import math
 
 from fusejit.codegen.common import (
     LOOP_OPS,
+    MAX_KERNEL_SIZE,
     Arrays,
     Ctx,
     LoweredKernel,
+    choose_splits,
     finish,
     index_like,
+    kernel_size,
     reason_of,
     root_index,
 )
@@ -56,7 +59,9 @@ def loop_outputs_space(group: FusionGroup) -> tuple[int, ...]:
 
 
 def emit_loop_body(ctx: Ctx, b: KernelBuilder, arrays: Arrays, group: FusionGroup, flat_mode: bool,
-                    part: int = 0) -> tuple[Emitter, int]:
+                   part: int = 0, splits: dict[int, list[int]] | None = None) -> tuple[Emitter, dict[int, list[int]]]:
+    """Emits ``group``'s loop with its loops split at ``splits``; returns the emitter
+    and the splits that would remove the branches it still has (``choose_splits``)."""
     shape = loop_outputs_space(group)
     total = math.prod(shape)
     ops = {v: op for op in group.ops for v in op.outputs}
@@ -83,39 +88,61 @@ def emit_loop_body(ctx: Ctx, b: KernelBuilder, arrays: Arrays, group: FusionGrou
         for v, e in zip(group.outputs, elems, strict=True):
             b.store(outs[v], flat, e)
 
-    root_index(em, b, shape_exprs, flat_mode, parallel, ("total", part), total)(body)
-    return em, total
+    root_index(em, b, shape_exprs, flat_mode, parallel, ("total", part), total, shape, splits)(body)
+    if not ctx.target.split_loops:
+        return em, {}
+    parallel_axis = next((k for k, n in enumerate(shape) if n != 1), None) if parallel else None
+    return em, choose_splits(em.split_points, shape, parallel_axis)
 
 
 def lower_loop(ctx: Ctx) -> LoweredKernel:
     group = ctx.group
     shape = loop_outputs_space(group)
     for flat_mode in (True, False):
-        b = KernelBuilder()
-        arrays = ctx.arrays(b)
-        try:
-            em, _ = emit_loop_body(ctx, b, arrays, group, flat_mode)
-        except NeedDims:
-            continue
-        identity = frozenset(v for v, ok in em.identity_reads.items() if ok)
-        for src in ctx.inplace.values():
-            if src not in identity:
-                raise Unsupported("an in-place output's input is read at other elements")
-        # Roles: an input sharing an output's array is "inout".
-        for src in ctx.inplace.values():
-            b.set_role(arrays.of[src], "inout")
-        return finish(ctx, b, arrays, em, "loop", group.outputs[0].dtype, shape,
-                       identity=identity)
+        splits: dict[int, list[int]] = {}
+        # Emitted once, and again with its loops split where pad or concatenate pieces
+        # begin, unless that copies the body past the size bound.
+        for attempt in range(2):
+            b = KernelBuilder()
+            arrays = ctx.arrays(b)
+            try:
+                em, more = emit_loop_body(ctx, b, arrays, group, flat_mode, splits=splits)
+            except NeedDims:
+                break
+            if attempt == 0 and more:
+                unsplit, splits = (b, arrays, em), more
+                continue
+            if attempt == 1 and kernel_size(b.block) > MAX_KERNEL_SIZE:
+                b, arrays, em = unsplit
+            return _finish_loop(ctx, b, arrays, em, shape)
     raise AssertionError("a loop nest always has the dims it needs")  # pragma: no cover
 
 
+def _finish_loop(ctx: Ctx, b: KernelBuilder, arrays: Arrays, em: Emitter, shape: tuple[int, ...]) -> LoweredKernel:
+    identity = frozenset(v for v, ok in em.identity_reads.items() if ok)
+    for src in ctx.inplace.values():
+        if src not in identity:
+            raise Unsupported("an in-place output's input is read at other elements")
+    # Roles: an input sharing an output's array is "inout".
+    for src in ctx.inplace.values():
+        b.set_role(arrays.of[src], "inout")
+    return finish(ctx, b, arrays, em, "loop", ctx.group.outputs[0].dtype, shape, identity=identity)
+
+
 def lower_horizontal(ctx: Ctx) -> LoweredKernel:
-    """Independent loop groups run one after another in one kernel."""
-    b = KernelBuilder()
-    arrays = ctx.arrays(b)
-    for k, part in enumerate(ctx.group.parts):
-        emit_loop_body(Ctx(part, ctx.ops, ctx.target, ctx.threshold, {}), b, arrays, part, flat_mode=False, part=k)
+    """Independent loop groups run one after another in one kernel (emitted again with
+    split loops when a part has pad or concatenate pieces, as ``lower_loop``)."""
+    splits: list[dict[int, list[int]]] = [{} for _ in ctx.group.parts]
+    for attempt in range(2):
+        b = KernelBuilder()
+        arrays = ctx.arrays(b)
+        more = [emit_loop_body(Ctx(part, ctx.ops, ctx.target, ctx.threshold, {}), b, arrays, part, flat_mode=False,
+                               part=k, splits=splits[k])[1] for k, part in enumerate(ctx.group.parts)]
+        if attempt == 0:
+            if not any(more):
+                break
+            unsplit, splits = (b, arrays), more
+        elif kernel_size(b.block) > MAX_KERNEL_SIZE:
+            b, arrays = unsplit
     first = ctx.group.parts[0].outputs[0]
     return finish(ctx, b, arrays, None, "horizontal", first.dtype, first.shape)
-
-

@@ -393,16 +393,24 @@ def _pad(em: Emitter, op: Op, idx: Index) -> Expr:
             xdims.append(out_dims[k])
             xshape.append(idx.shape[k])
             continue
+        # x's index j = i - lo is inside when i >= lo and not i >= lo + n; a test the
+        # loop's range decides is not emitted (``Emitter.at_least``).
+        inside = em.at_least(out_dims[k], lo[k]) if lo[k] else True
+        past = em.at_least(out_dims[k], lo[k] + x.shape[k]) if hi[k] else False
+        if inside is False or past is True:
+            return pad_value
         n = em.size(x, k)
         off = em.offset(("pad", id(op), k), lo[k])
         j = out_dims[k] if off == ZERO else em.b.let(sub(out_dims[k], off))
-        if lo[k]:
+        if inside is None:
             conds.append(binary(BinaryOp.GE, j, ZERO))
-        if hi[k]:
+        if past is None:
             conds.append(binary(BinaryOp.LT, j, n))
         xdims.append(j)
         xshape.append(n)
     inner = Index(tuple(xshape), tuple(xdims))
+    if not conds:
+        return em.at(x, inner)
     cond = em.b.let(functools.reduce(lambda p, q: binary(BinaryOp.AND, p, q), conds))
     return em.b.branch(cond, lambda: em.at(x, inner), lambda: pad_value)
 
@@ -419,9 +427,11 @@ def _concatenate(em: Emitter, op: Op, idx: Index) -> Expr:
     out_dims = em.dims(idx)
     a = out_dims[axis]
     offsets: list[Expr] = [ZERO]
+    starts = [0]  # the offsets' values
     for x in parts[:-1]:
         n = em.size(x, axis)
         offsets.append(n if offsets[-1] == ZERO else em.b.let(add(offsets[-1], n)))
+        starts.append(starts[-1] + x.shape[axis])
 
     def piece(k: int) -> Expr:
         x = parts[k]
@@ -433,6 +443,9 @@ def _concatenate(em: Emitter, op: Op, idx: Index) -> Expr:
     def chain(k: int) -> Expr:
         if k == len(parts) - 1:
             return piece(k)
+        later = em.at_least(a, starts[k + 1])  # decided where the loop's range allows
+        if later is not None:
+            return chain(k + 1) if later else piece(k)
         return em.b.branch(em.b.let(binary(BinaryOp.LT, a, offsets[k + 1])), lambda: piece(k), lambda: chain(k + 1))
 
     return chain(0)

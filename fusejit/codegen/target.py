@@ -44,6 +44,10 @@ class Target:
     conv_gather: bool = False  # direct convolutions gather into each output (else scatter weights)
     blas_min_flops: Callable[[], int] = lambda: 0  # smaller float matmuls are loop nests (their epilogue fused)
     constants_as_data: bool = False  # float constants read from a constant array (codegen/constants.py)
+    # A loop kernel's loops split where pad or concatenate pieces begin (one branch-free
+    # loop per piece, which a CPU's vectorizer needs); a GPU keeps one loop, whose
+    # iterations it distributes over threads.
+    split_loops: bool = True
     # Whether a kernel runs its parallel loop in chunks on fusejit's threads rather than on
     # the compiler's: its module's function then takes ``chunk, chunks, worker`` after its
     # own arguments (fusejit.runtime.chunks).
@@ -114,6 +118,7 @@ CUDA = Target(
     # A new batch size must not recompile a mean's kernel here either: each launch reads the
     # lifted constants at its start (a top-level load, recomputed per launch).
     constants_as_data=True,
+    split_loops=False,  # split inner loops would keep the launch from covering them
     # cuBLAS from FUSEJIT_CUDA_BLAS_MIN_FLOPS (bench/bench_gpu.py compares thresholds on
     # the training steps): below it a loop nest with the epilogue fused beats a cuBLAS call
     # plus an epilogue launch.

@@ -13,8 +13,9 @@ tens to thousands a recurrent step's matrix products take (``bench/bench_scan.py
 measures it). The driver allocates the stacked outputs once per call and a CPU body writes
 each iteration's outputs straight into their slice (``CpuExecutable.writes_into``; other
 bodies' outputs are copied there); the carry moves from one body call's results to
-the next call's arguments without copies, and the body's runner recycles the buffers of
-the carry two iterations back (its output pool), so a large carry is double-buffered.
+the next call's arguments without copies, and a CPU body writes it into two arrays the
+driver allocates per call, in turn (the carry is double-buffered; other bodies return a
+new carry per iteration).
 """
 
 from __future__ import annotations
@@ -312,26 +313,39 @@ def _run_scan(
     """Runs a scan's body ``length`` times; ``stacked(k, shape, dtype)`` gives the array
     for stacked output ``k`` (``_StackedPool.take``)."""
     consts = args[:num_consts]
-    carry = list(args[num_consts : num_consts + num_carry])
+    carry = args[num_consts : num_consts + num_carry]
     xs = args[num_consts + num_carry :]
     ys = [stacked(k, (length,) + r.shape, r.dtype.np) for k, r in enumerate(fn.results[num_carry:])]
     run, set_row = body.run, arrays.set_row
     # A body that can write its results into given arrays (a CPU executable) writes each
     # y into its row of the stacked output: no copy and no new array per iteration.
-    direct = getattr(body, "writes_into", ())[num_carry:] or (False,) * len(ys)
+    writes = getattr(body, "writes_into", ())
+    direct = writes[num_carry:] or (False,) * len(ys)
     copied = [k for k, d in enumerate(direct) if not d]
-    # The rows of every slice and stacked output, made before the loop: the iterations
-    # then only pick them (a call per row and iteration cost a few microseconds a step).
-    no_row = [None] * length  # a copied output's: the body makes a new array
+    # Each iteration's slices of the xs, and the arrays its results go to (None: the body
+    # makes a new one), as tuples made before the loop: the iterations only pick them (a
+    # call per row and iteration, then a list per iteration, cost microseconds a step).
     x_rows = [_rows(arrays, x, length) for x in xs]
-    y_rows = [_rows(arrays, y, length) if d else no_row for y, d in zip(ys, direct, strict=True)]
-    into_carry = (None,) * num_carry
+    xs_at = list(zip(*x_rows, strict=True)) if x_rows else [()] * length
+    # The carry is double-buffered: the n-th iteration run writes its carry into buffer
+    # n % 2, which the previous one read from and no one holds (a new array per
+    # iteration cost 1-3.5 us each in W10's GRU bodies, the 196 kB of a weight gradient
+    # most). The last buffers written are the scan's results, new to every call.
+    carry_into = [(None,) * num_carry] * 2
+    buffered = length > 1 and any(writes[:num_carry])
+    if buffered:
+        carry_into = [tuple(arrays.empty(r.shape, r.dtype.np) if w else None
+                            for r, w in zip(fn.results[:num_carry], writes[:num_carry], strict=True)) for _ in range(2)]
+    y_at = [()] * length
+    if len(copied) < len(ys):
+        no_row = (None,) * length  # a copied output's
+        y_at = list(zip(*(_rows(arrays, y, length) if d else no_row for y, d in zip(ys, direct, strict=True)),
+                        strict=True))
+    into_at = None
+    if len(copied) < len(ys) or buffered:
+        into_at = [carry_into[(length - 1 - i if reverse else i) % 2] + y_at[i] for i in range(length)]
     for i in range(length - 1, -1, -1) if reverse else range(length):
-        args_i = [*consts, *carry, *[r[i] for r in x_rows]]
-        if len(copied) == len(ys):
-            outs = run(args_i)
-        else:
-            outs = run(args_i, (*into_carry, *[r[i] for r in y_rows]))
+        outs = run((*consts, *carry, *xs_at[i])) if into_at is None else run((*consts, *carry, *xs_at[i]), into_at[i])
         carry = outs[:num_carry]
         for k in copied:
             set_row(ys[k], i, outs[num_carry + k])
