@@ -107,6 +107,9 @@ def _packed(prim: Any, tree: Any, bucket_bytes: int | None, **attrs: Any) -> Any
     bucket is complete, and an overlapped psum of it can start, while the rest of the
     backward pass still runs (PyTorch DDP's buckets follow the reverse order of the
     parameters for the same reason). ``attrs``: the primitive's (psum's ``overlap``)."""
+    if bucket_bytes is not None and (isinstance(bucket_bytes, bool) or not isinstance(bucket_bytes, int | np.integer)
+                                     or bucket_bytes < 1):
+        raise ValueError(f"bucket_bytes must be a positive number of bytes or None, not {bucket_bytes!r}")
     leaves, treedef = tree_flatten(tree)
     arrays = [_array(a) for a in leaves]
     out: list[Any] = [None] * len(arrays)

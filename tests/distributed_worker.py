@@ -178,6 +178,12 @@ def check_overlap(n: int, r: int) -> None:
     expect_mismatch(lambda: step(np.ones(r + 2, np.float32), z), [f"psum f32[{k + 2}]" for k in range(n)],
                     "while executing host op psum")
     np.testing.assert_allclose(step(np.zeros(2, np.float32), z), np.full(2, n * 3 * np.tanh(1.0)), rtol=1e-6)
+    # Programs that differ only in overlap: rank 0 starts an Iallreduce where rank 1 calls
+    # a blocking Allreduce of the same bucket (MPI would fail with "message truncated").
+    blocking = fj.jit(lambda x, z: D.psum(fnp.exp(x)) * fnp.sum(fnp.tanh(z)))
+    expect_mismatch(lambda: (step if r == 0 else blocking)(np.zeros(2, np.float32), z),
+                    ["psum f32[2] started=1", "psum f32[2] (psum at"][:n])
+    np.testing.assert_allclose(step(np.zeros(2, np.float32), z), np.full(2, n * 3 * np.tanh(1.0)), rtol=1e-6)
 
 
 def midflight(r: int) -> None:

@@ -309,3 +309,9 @@ def test_a_rank_that_exits_while_another_calls_a_collective_ends_the_job_with_bo
     assert done.returncode != 0, done.stdout
     assert "rank 0: psum f64[3]; rank 1: the end of the program (this rank exits)" in done.stdout, done.stdout
     assert "rank 0 was not stopped" not in done.stdout, done.stdout
+
+
+@pytest.mark.parametrize("bad", [0, -5, 1.5, "100", True])
+def test_a_bucket_size_that_is_not_a_positive_int_is_refused_naming_it(bad):
+    with pytest.raises(ValueError, match="bucket_bytes must be a positive number of bytes"):
+        D.psum({"a": np.ones(3)}, bucket_bytes=bad)
