@@ -82,8 +82,9 @@ def test_compiled_conv_matches_a_direct_loop(case, dtype, strategy):
         np.testing.assert_allclose(out, expected, rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("case", CONVS, ids=[c[0] for c in CONVS])
-def test_conv_gradients_match_finite_differences(case):
+def weighted_conv_loss(case):
+    """Random operands of ``case`` and a loss whose gradient is a conv's vjp with a
+    random cotangent."""
     x = RNG.standard_normal(case[1])
     w = RNG.standard_normal(case[2])
     attrs = _attrs(case)
@@ -92,6 +93,12 @@ def test_conv_gradients_match_finite_differences(case):
     def loss(x, w):
         return fnp.sum(bind(P.conv, x, w, **attrs) * weights)
 
+    return x, w, loss
+
+
+@pytest.mark.parametrize("case", CONVS, ids=[c[0] for c in CONVS])
+def test_conv_gradients_match_finite_differences(case):
+    x, w, loss = weighted_conv_loss(case)
     assert fj.gradcheck(loss, (x, w))
     compiled = fj.jit(fj.grad(loss, argnums=(0, 1)))(x, w)
     eager = fj.grad(loss, argnums=(0, 1))(x, w)
@@ -109,14 +116,7 @@ def test_shifted_gemm_gradients_match_eager(case, monkeypatch):
     monkeypatch.setattr(conv_codegen, "DIRECT_MAX_CONTRACTION", 0)
     monkeypatch.setattr(conv_codegen, "SHIFTED_MIN_ROWS", 0)
     monkeypatch.setattr(conv_codegen, "SHIFTED_MIN_CHANNELS", 0)
-    x = RNG.standard_normal(case[1])
-    w = RNG.standard_normal(case[2])
-    attrs = _attrs(case)
-    weights = RNG.standard_normal(conv_reference.conv(x, w, **attrs).shape)
-
-    def loss(x, w):
-        return fnp.sum(bind(P.conv, x, w, **attrs) * weights)
-
+    x, w, loss = weighted_conv_loss(case)
     grad = fj.jit(fj.grad(loss, argnums=(0, 1))).lower(x, w).compile()
     assert "conv_shifted" in [k.name.split("_f")[0] for k in grad.kernels]
     for c, e in zip(grad(x, w), fj.grad(loss, argnums=(0, 1))(x, w), strict=True):
