@@ -67,6 +67,7 @@ def test_compile_workers_compile_uncached_kernels_into_the_shared_cache(tmp_path
             rng.standard_normal((4, 6), np.float32))
     try:
         with config.override(cache=True, cache_dir=str(tmp_path), compile_workers="1"):
+            compile_pool.start_workers(wait=True)  # a starting worker takes no kernel
             f = fj.jit(step)
             pooled = f(*args)
     finally:

@@ -6,8 +6,10 @@ disk cache is on, each kernel the cache lacks can instead be compiled by a worke
 (``python -m fusejit.runtime.compile_worker``), which writes the module and Numba's
 machine code into the same cache directory; the caller then loads it from there in a few
 milliseconds. The caller compiles too: it takes kernels from the front of the list while
-the workers take them from the back, so nothing waits for a worker that is still starting,
-and a kernel a worker failed to compile is simply compiled by the caller.
+the workers take them from the back, and a kernel a worker failed to compile is simply
+compiled by the caller. A worker takes its first kernel only once it has started Numba (it
+says so: ``--ready``): a kernel handed to it while it still imports (~1.3 s, more on a
+loaded machine) could be the last one left, and the caller then sat idle waiting for it.
 
 Workers are separate interpreters started with ``subprocess`` (not ``multiprocessing``,
 which would re-run an unguarded user script) and kept for the life of the process; they
@@ -63,7 +65,7 @@ class _Worker:
     def __init__(self) -> None:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fusejit.runtime.compile_worker"],
+            [sys.executable, "-m", "fusejit.runtime.compile_worker", "--ready"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             text=True, env=env,
         )
@@ -71,6 +73,19 @@ class _Worker:
         # the workers, and two readers of one pipe could take each other's replies (one
         # text-mode read buffers both lines; the other thread then waits forever).
         self._exchange = threading.Lock()
+        self._ready: bool | None = None  # None until its first line: ``{"ready": true}``
+
+    def ready(self) -> bool:
+        """Waits until the worker has started Numba; False if it died first."""
+        with self._exchange:
+            if self._ready is None:
+                try:
+                    assert self.proc.stdout is not None
+                    line = self.proc.stdout.readline()
+                    self._ready = bool(line) and json.loads(line).get("ready") is True
+                except (OSError, ValueError):
+                    self._ready = False
+            return self._ready
 
     def run(self, job: CompileJob, cache_root: str) -> dict[str, Any] | None:
         """The worker's reply to ``job``, or None if it is gone."""
@@ -110,10 +125,14 @@ def _ensure_workers(n: int) -> list[_Worker]:
         return list(_workers[:n])
 
 
-def start_workers() -> None:
+def start_workers(wait: bool = False) -> None:
     """Starts the workers ``config compile_workers`` asks for (they take ~1 s to import
-    Numba and fusejit, during which the caller goes on)."""
-    _ensure_workers(worker_count())
+    Numba and fusejit, during which the caller goes on); with ``wait``, returns once they
+    are ready to compile (a test that needs the workers to take kernels)."""
+    workers = _ensure_workers(worker_count())
+    if wait:
+        for w in workers:
+            w.ready()
 
 
 def shutdown() -> None:
@@ -132,30 +151,44 @@ def compile_in_parallel(jobs: Sequence[CompileJob], compile_here: Callable[[int]
     workers compiled (the caller then loads them from the cache; one a worker failed is
     compiled when the caller loads it)."""
     todo = deque(range(len(jobs)))
-    lock = threading.Lock()
+    lock = threading.Condition()
     done_by_workers: set[int] = set()
+    busy = [0]  # jobs a worker is compiling now
 
     def feed(worker: _Worker) -> None:
+        if not worker.ready():
+            return
         while True:
             with lock:
                 if not todo:
                     return
                 k = todo.pop()
+                busy[0] += 1
             reply = worker.run(jobs[k], cache_root)
+            with lock:
+                busy[0] -= 1
+                if reply is not None and reply.get("ok"):
+                    done_by_workers.add(k)
+                lock.notify_all()
             if reply is None:
                 return  # the worker died: the caller compiles this kernel when it loads it
-            if reply.get("ok"):
-                done_by_workers.add(k)
 
     feeders = [threading.Thread(target=feed, args=(w,), daemon=True) for w in _ensure_workers(worker_count())]
     for t in feeders:
         t.start()
-    while compile_here is not None:
+    if compile_here is None:  # the workers do everything: wait for them to start and finish
+        for t in feeders:
+            t.join()
+    else:
+        while True:
+            with lock:
+                if not todo:
+                    break
+                k = todo.popleft()
+            compile_here(k)
+        # Waits for the kernels the workers are compiling, not for a worker still starting
+        # (its feeder finds nothing left to do once it is ready, and returns).
         with lock:
-            if not todo:
-                break
-            k = todo.popleft()
-        compile_here(k)
-    for t in feeders:
-        t.join()
-    return done_by_workers
+            lock.wait_for(lambda: busy[0] == 0)
+    with lock:
+        return set(done_by_workers)

@@ -3,7 +3,9 @@
 Reads one JSON request per line on stdin (a kernel module's source, the kernel's name,
 its argument types and the cache directory), compiles the kernel into the disk cache, and
 answers one JSON line on stdout: ``{"ok": true, "compiled": <bool>}`` or ``{"ok": false,
-"error": "..."}``. Exits at the end of its input.
+"error": "..."}``. Exits at the end of its input. With ``--ready`` it first starts Numba
+(imports and registries, ~1 s) and says ``{"ready": true}``, so that the caller hands it
+no kernel before it can start compiling one.
 """
 
 from __future__ import annotations
@@ -28,7 +30,21 @@ def compile_request(request: dict) -> dict:
     return {"ok": True, "compiled": COUNTERS.numba_compiles > before}
 
 
-def main() -> None:
+def start() -> None:
+    """What every request needs, done once: the code generator's imports (the math
+    library and GEMM modules generated kernels import) and Numba's registries."""
+    import fusejit.codegen.cpu.gemm
+    import fusejit.codegen.cpu.mathlib  # noqa: F401
+    from fusejit.runtime.cache import start_numba
+
+    start_numba()
+
+
+def main(announce: bool = False) -> None:
+    if announce:
+        start()
+        sys.stdout.write(json.dumps({"ready": True}) + "\n")
+        sys.stdout.flush()
     for line in sys.stdin:
         try:
             reply = compile_request(json.loads(line))
@@ -39,4 +55,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(announce="--ready" in sys.argv[1:])

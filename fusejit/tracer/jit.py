@@ -217,10 +217,11 @@ class Lowered:
 
     def executable(self) -> Any:
         if self._executable is None:
+            fused = self.fused  # first: it times the runtime's import as start-up
             from fusejit.runtime.executable import compile_function
 
             exe = compile_function(
-                self.fused,
+                fused,
                 backend=self.jitted.backend,
                 donate_argnums=self.donated,
                 stages=self.stages,

@@ -1,0 +1,79 @@
+"""Compile latency: how the compile workers are started and fed (issue 12).
+
+Structural facts only (which kernels go where, what a worker says first); the measured
+times are in the issue's reports."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+
+from fusejit.runtime import compile_pool
+
+
+class _FakeWorker:
+    """A worker whose start-up ends when ``started`` is set; records the jobs it gets."""
+
+    def __init__(self, started: threading.Event) -> None:
+        self.started = started
+        self.jobs: list[str] = []
+
+    def ready(self) -> bool:
+        self.started.wait()
+        return True
+
+    def run(self, job: compile_pool.CompileJob, cache_root: str) -> dict:
+        self.jobs.append(job.kernel)
+        return {"ok": True, "compiled": True}
+
+
+def _jobs(n: int) -> list[compile_pool.CompileJob]:
+    return [compile_pool.CompileJob("", f"k{i}", ("float32",), 1) for i in range(n)]
+
+
+def test_a_starting_worker_gets_no_kernel_and_the_caller_does_not_wait_for_it(monkeypatch):
+    started = threading.Event()
+    worker = _FakeWorker(started)
+    monkeypatch.setattr(compile_pool, "_ensure_workers", lambda n: [worker])
+    here: list[int] = []
+    result: list[set[int]] = []
+    caller = threading.Thread(target=lambda: result.append(compile_pool.compile_in_parallel(_jobs(4), here.append, "")),
+                              daemon=True)
+    caller.start()
+    caller.join(timeout=120)
+    alive = caller.is_alive()
+    started.set()  # the worker is ready now, with nothing left to do
+    assert not alive, "the caller waited for a worker that was still starting"
+    assert here == [0, 1, 2, 3] and result == [set()]
+    assert worker.jobs == []
+
+
+def test_a_ready_worker_takes_kernels_from_the_back_and_the_caller_from_the_front(monkeypatch):
+    started = threading.Event()
+    started.set()
+    worker = _FakeWorker(started)
+    monkeypatch.setattr(compile_pool, "_ensure_workers", lambda n: [worker])
+    done = compile_pool.compile_in_parallel(_jobs(3), None, "")  # the workers do them all
+    assert worker.jobs == ["k2", "k1", "k0"] and done == {0, 1, 2}
+
+
+def test_a_worker_started_with_ready_says_so_before_it_reads_a_request(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "fusejit.runtime.compile_worker", "--ready"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert json.loads(proc.stdout.readline()) == {"ready": True}
+        source = ("from fusejit.codegen.cpu import kernel_jit\n\n\n@kernel_jit()\n"
+                  "def k(a, n):\n    for i in range(n):\n        a[i] = a[i] * 2.0\n")
+        request = {"source": source, "kernel": "k", "arrays": ["float32"], "ints": 1, "cache_dir": str(tmp_path)}
+        proc.stdin.write(json.dumps(request) + "\n")
+        proc.stdin.flush()
+        assert json.loads(proc.stdout.readline()) == {"ok": True, "compiled": True}
+    finally:
+        if proc.stdin is not None:
+            proc.stdin.close()
+        proc.wait(timeout=60)
+    assert proc.returncode == 0
+    assert list(tmp_path.rglob("*.nbi")), "the worker wrote Numba's cache"
