@@ -77,7 +77,7 @@ kernel would exceed ``MAX_KERNEL_SIZE`` statements; the runtime then splits it.
     Exactly one ``dot_general`` whose operands are group inputs (never fused producers),
     plus loop ops forming an epilogue in the product's shape; ops that depend on the
     product are ELEMENTWISE (so it is read only at the element written). All outputs have
-    the product's shape. Floats: one BLAS GEMM per batch (``np.dot`` with SciPy's BLAS, in
+    the product's shape. Floats: one BLAS GEMM per batch (SciPy's BLAS through ``cpu.gemm``, in
     a serial function; operands used as views when their axes are in
     ``[batch, free, contract]`` or ``[batch, contract, free]`` order with contract axes
     increasing, else copied to scratch), then the epilogue as a helper loop kernel

@@ -1,5 +1,5 @@
 """The thread count of the BLAS that kernels call (SciPy's OpenBLAS, through Numba's
-``np.dot``).
+gemm entry point: ``fusejit.codegen.cpu.gemm``).
 
 On a machine with few cores, OpenBLAS's thread pool and Numba's (OpenMP) pool fight when
 a function alternates GEMMs with parallel kernels: the threads of one spin while the
@@ -36,7 +36,7 @@ _state: dict[str, Any] = {"lib": None, "default": None, "current": None, "missin
 
 
 def _library() -> Any:
-    """SciPy's OpenBLAS (the one Numba's ``np.dot`` calls), or None if it is not found."""
+    """SciPy's OpenBLAS (the one Numba's gemm entry point calls), or None if it is not found."""
     if _state["lib"] is None and not _state["missing"]:
         try:
             import scipy

@@ -1,11 +1,12 @@
-"""GEMMs on sub-matrices of flat arrays, for generated kernels (``Matmul`` with ``Strided``).
+"""GEMMs on (sub-)matrices of flat arrays, for every float ``Matmul`` of a generated kernel.
 
-Numba's ``np.dot`` multiplies whole contiguous 2-d arrays and overwrites its output. The
-conv kernel's shifted GEMMs (``fusejit.codegen.conv``) multiply sub-matrices whose rows
-lie further apart than their length (a leading dimension) and add into the output
-(BLAS's beta = 1). ``gemm_f32``/``gemm_f64`` call the routine ``np.dot`` calls (SciPy's
-BLAS, through Numba's own ``numba_xxgemm`` entry point, which is linked by name, so a
-kernel that calls it still caches on disk) with those arguments. A generated module
+``gemm_f32``/``gemm_f64`` call the routine Numba's ``np.dot`` calls (SciPy's BLAS, through
+Numba's own ``numba_xxgemm`` entry point, which is linked by name, so a kernel that calls
+it still caches on disk), with what ``np.dot`` cannot take: sub-matrices whose rows lie
+further apart than their length (a leading dimension) and a product added into the
+output (BLAS's beta = 1), for the conv kernel's shifted GEMMs (``fusejit.codegen.conv``).
+Plain matmuls call them too: typing ``np.dot`` cost a kernel's compilation about 0.1 s,
+and 0.5 s more the first time in a process. A generated module
 imports them and prints ``SOURCE_HASH`` in its text: Numba's cache of the kernel would
 not notice a change here.
 """
@@ -47,6 +48,20 @@ def _jit(fn):  # noqa: ANN001, ANN202
 
 
 @_jit
+def _empty(m, n, k, c, c_off, ldc, accumulate):  # noqa: ANN001, ANN202
+    """Whether the product has no terms (BLAS would refuse a leading dimension of 0): an
+    empty ``C``, or ``k == 0``, where ``C`` is zeroed unless ``accumulate``."""
+    if m == 0 or n == 0:
+        return True
+    if k == 0:
+        if not accumulate:
+            for i in range(m):
+                c[c_off + i * ldc:c_off + i * ldc + n] = 0
+        return True
+    return False
+
+
+@_jit
 def gemm_f32(m, n, k, a, a_off, lda, a_t, b, b_off, ldb, b_t, c, c_off, ldc, accumulate):  # noqa: ANN001, ANN201
     """Row-major ``C[i, j] (+)= sum_l A[i, l] * B[l, j]`` for ``i < m``, ``j < n``, ``l < k``
     on float32 flat arrays, where ``A[i, l] = a[a_off + i * lda + l]`` (``a[a_off + l * lda
@@ -54,6 +69,8 @@ def gemm_f32(m, n, k, a, a_off, lda, a_t, b, b_off, ldb, b_t, c, c_off, ldc, acc
     (``b[b_off + j * ldb + l]`` when ``b_t``) and ``C[i, j] = c[c_off + i * ldc + j]``; each
     leading dimension is at least its stored row's length and every element lies inside
     its array. ``accumulate`` nonzero adds the product to ``C``, else ``C`` is overwritten."""
+    if _empty(m, n, k, c, c_off, ldc, accumulate):
+        return
     alpha = np.ones(1, np.float32)
     beta = np.full(1, 1.0 if accumulate else 0.0, np.float32)
     # Column-major BLAS sees each row-major matrix transposed: C^T = B^T A^T.
@@ -64,6 +81,8 @@ def gemm_f32(m, n, k, a, a_off, lda, a_t, b, b_off, ldb, b_t, c, c_off, ldc, acc
 @_jit
 def gemm_f64(m, n, k, a, a_off, lda, a_t, b, b_off, ldb, b_t, c, c_off, ldc, accumulate):  # noqa: ANN001, ANN201
     """``gemm_f32`` on float64 arrays."""
+    if _empty(m, n, k, c, c_off, ldc, accumulate):
+        return
     alpha = np.ones(1, np.float64)
     beta = np.full(1, 1.0 if accumulate else 0.0, np.float64)
     _DGEMM(ord("d"), _TRANS if b_t else _NOTRANS, _TRANS if a_t else _NOTRANS, n, m, k, alpha.ctypes,

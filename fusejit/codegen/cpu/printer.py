@@ -4,10 +4,9 @@ This is the one place that spells Numba: a kernel whose one parallel loop is its
 statement (``runs_in_chunks``) prints as serial ``nogil`` code over one chunk of that loop,
 which ``fusejit.runtime.chunks`` runs on fusejit's threads (no parfor: each ``prange`` cost
 0.3-1.5 s of compile time); other ``parallel`` loops print as ``prange`` (and make the
-function ``parallel=True``); a ``Matmul`` prints as ``np.dot`` on reshaped views (BLAS
-through SciPy, in a serial function), or with ``Strided`` operands as a call of
-``fusejit.codegen.cpu.gemm`` (the same BLAS routine with offsets, leading dimensions and
-beta), math-library calls name the vectorizable
+function ``parallel=True``); a ``Matmul`` prints as a call of ``fusejit.codegen.cpu.gemm``
+(SciPy's BLAS gemm, with offsets and leading dimensions, in a serial function),
+math-library calls name the vectorizable
 ``fusejit.codegen.cpu.mathlib`` functions, constants become typed module globals
 (``np.float32(0.5)``: a bare literal would be float64 and promote the arithmetic), int32
 arithmetic is wrapped back into int32 (Numba computes it in int64), and subscripts go
@@ -220,29 +219,21 @@ class NumbaPrinter:
         return out
 
     def matmul(self, s: Matmul, pad: str) -> list[str]:
-        """``np.dot`` on 2-d views (transposed views are F-ordered; BLAS takes them as is), or
-        ``gemm_f32``/``gemm_f64`` for strided operands."""
+        """A call of ``gemm_f32``/``gemm_f64`` (BLAS: ``fusejit.codegen.cpu.gemm``) per batch
+        element, or once on ``Strided`` sub-matrices."""
+        fn = gemm.FUNCTIONS[self.dtypes[s.out]]
         m, k, n, batch = (self.expr(e) for e in (s.m, s.k, s.n, s.batch))
-        if s.strided is not None:  # sub-matrices, maybe added into ``out``: BLAS itself
+        if s.strided is not None:  # sub-matrices, maybe added into ``out``
             (lo, ro, oo), (lr, rr, orow) = ((self.expr(e) for e in t) for t in (s.strided.offsets, s.strided.rows))
-            return [f"{pad}{gemm.FUNCTIONS[self.dtypes[s.out]]}({m}, {n}, {k}, {s.lhs}, {lo}, {lr}, {s.lhs_t}, "
+            return [f"{pad}{fn}({m}, {n}, {k}, {s.lhs}, {lo}, {lr}, {s.lhs_t}, "
                     f"{s.rhs}, {ro}, {rr}, {s.rhs_t}, {s.out}, {oo}, {orow}, {self.expr(s.strided.accumulate)})"]
-        lhs_shape = (k, m) if s.lhs_t else (m, k)
-        rhs_shape = (n, k) if s.rhs_t else (k, n)
-        lt = ".T" if s.lhs_t else ""
-        rt = ".T" if s.rhs_t else ""
+        lda, ldb = (m if s.lhs_t else k), (k if s.rhs_t else n)
         if s.batch == Lit(1):
-            return [
-                f"{pad}np.dot({s.lhs}.reshape(({lhs_shape[0]}, {lhs_shape[1]})){lt}, "
-                f"{s.rhs}.reshape(({rhs_shape[0]}, {rhs_shape[1]})){rt}, {s.out}.reshape(({m}, {n})))"
-            ]
-        return [
-            f"{pad}mm_a = {s.lhs}.reshape(({batch}, {lhs_shape[0]}, {lhs_shape[1]}))",
-            f"{pad}mm_b = {s.rhs}.reshape(({batch}, {rhs_shape[0]}, {rhs_shape[1]}))",
-            f"{pad}mm_c = {s.out}.reshape(({batch}, {m}, {n}))",
-            f"{pad}for mm_i in range({batch}):",
-            f"{pad}    np.dot(mm_a[mm_i]{lt}, mm_b[mm_i]{rt}, mm_c[mm_i])",
-        ]
+            return [f"{pad}{fn}({m}, {n}, {k}, {s.lhs}, 0, {lda}, {s.lhs_t}, {s.rhs}, 0, {ldb}, {s.rhs_t}, "
+                    f"{s.out}, 0, {n}, 0)"]
+        return [f"{pad}for mm_i in range({batch}):",
+                f"{pad}    {fn}({m}, {n}, {k}, {s.lhs}, mm_i * {m} * {k}, {lda}, {s.lhs_t}, {s.rhs}, "
+                f"mm_i * {k} * {n}, {ldb}, {s.rhs_t}, {s.out}, mm_i * {m} * {n}, {n}, 0)"]
 
 
 def module_source(kernel: Kernel) -> str:
@@ -250,9 +241,9 @@ def module_source(kernel: Kernel) -> str:
     p = NumbaPrinter(kernel)
     lines = [f"# fusejit kernel {kernel.name} ({kernel.kind})"]
     lines += [f"#   {d}" for d in kernel.doc]
-    strided = sorted({gemm.FUNCTIONS[p.dtypes[s.out]] for f in kernel.functions() for s in statements(f.body)
-                      if isinstance(s, Matmul) and s.strided is not None})
-    if strided:
+    gemms = sorted({gemm.FUNCTIONS[p.dtypes[s.out]] for f in kernel.functions() for s in statements(f.body)
+                    if isinstance(s, Matmul)})
+    if gemms:
         lines.append(f"# gemm library {gemm.SOURCE_HASH}")
     lines += [
         f"# math library {mathlib.SOURCE_HASH}",
@@ -261,8 +252,8 @@ def module_source(kernel: Kernel) -> str:
         "from fusejit.codegen.cpu import kernel_jit",
     ]
     funcs = sorted(math_function(fn, dt) for fn, dt in kernel.math_calls())
-    if strided:
-        lines.append(f"from fusejit.codegen.cpu.gemm import {', '.join(strided)}")
+    if gemms:
+        lines.append(f"from fusejit.codegen.cpu.gemm import {', '.join(gemms)}")
     if funcs:
         lines.append(f"from fusejit.codegen.cpu.mathlib import {', '.join(funcs)}")
     lines += ["", "idx = np.uint64  # array indices are never negative: no wraparound code"]
