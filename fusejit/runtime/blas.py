@@ -32,7 +32,7 @@ from typing import Any
 
 from fusejit import config
 
-_state: dict[str, Any] = {"lib": None, "default": None, "current": None, "missing": False}
+_state: dict[str, Any] = {"lib": None, "default": None, "current": None, "missing": False, "warmed": False}
 
 
 def _library() -> Any:
@@ -61,10 +61,11 @@ SMALL_GEMM_FLOPS = 2**31
 
 def threads_for(largest_gemm_flops: int) -> int | None:
     """The BLAS thread count an executable whose largest GEMM does ``largest_gemm_flops``
-    should run with (None: leave it alone)."""
+    should run with (None: leave it alone). Warms the BLAS up on the first call."""
     setting = str(config.value("blas_threads")).strip().lower()
     if _library() is None:
         return None
+    warm_up()
     if setting == "auto":
         # Small GEMMs on one thread, with or without parallel kernels beside them: a
         # loaded core stalls a split GEMM (see above).
@@ -80,3 +81,26 @@ def use(threads: int | None) -> None:
     if threads is not None and threads != _state["current"] and _state["lib"] is not None:
         _state["lib"].scipy_openblas_set_num_threads(threads)
         _state["current"] = threads
+
+
+def warm_up() -> None:
+    """Once per process, before the first GEMM kernel runs: one float32 GEMM with a
+    512x512 result (and 64 terms each, about 1 ms) through the kernels' own BLAS entry.
+
+    Measured on the 2-core VMs (SciPy's OpenBLAS, Haswell kernels, 1 thread): until a
+    GEMM whose result has about 400x400 elements or more has run in the process, every
+    GEMM of it ran about 3.5x slower, whatever its shape, its operands' addresses or the
+    calling thread. 512x256 @ 256x256 took 6.9 ms against 1.9, 256^3 3.4 ms against 0.97,
+    and the W5 MLP step 25-28 ms against 8.4-11.5. A GEMM with 400 terms but a small result
+    did not help, nor did a GEMM in NumPy's own OpenBLAS; one in SciPy's float64 routine
+    did. The cause lies in how that OpenBLAS prepares its buffers; it was not found."""
+    if _state["warmed"]:
+        return
+    _state["warmed"] = True
+    import numpy as np
+
+    from fusejit.codegen.cpu.gemm import gemm_f32
+
+    n, k = 512, 64
+    a = np.ones(n * k, np.float32)
+    gemm_f32(n, n, k, a, 0, k, False, a, 0, n, False, np.empty(n * n, np.float32), 0, n, 0)
