@@ -295,6 +295,34 @@ def test_every_launch_of_a_call_is_reported_to_its_threads_recorder_only() -> No
     assert len(inner) == launches  # the inner recorder took the nested call's launches
 
 
+def test_a_recorded_launch_packs_numbas_kernel_abi_and_patches_only_changing_addresses() -> None:
+    """Without a GPU: a recorded launch of a kernel taking two flat arrays and an int64
+    packs each array as (meminfo, parent, count, itemsize, data, shape, strides) and the
+    int as itself; only the data field of the array that changes per call is patched."""
+    from types import SimpleNamespace
+
+    from numba import types
+
+    from fusejit.codegen.cuda.launch import KernelLaunch, NotReplayable, _PackedLaunch
+
+    def array(address: int, n: int, contiguous: bool = True) -> Any:
+        return SimpleNamespace(dtype=np.dtype(np.float32), size=n, shape=(n,), strides=(4,),
+                               is_c_contiguous=lambda: contiguous,
+                               device_ctypes_pointer=SimpleNamespace(value=address))
+
+    compiled = SimpleNamespace(argument_types=(types.float32[::1], types.float32[::1], types.int64),
+                               _codelibrary=SimpleNamespace(get_cufunc=lambda: SimpleNamespace(handle="h")))
+    kernel = SimpleNamespace(overloads={"sig": compiled}, py_func=SimpleNamespace(__name__="k_0"))
+    fixed, changing = array(4096, 10), array(8192, 10)
+    packed = _PackedLaunch(KernelLaunch(kernel, 3, 256, (fixed, changing, 10)),
+                           lambda a: 0 if a is changing else None)
+    assert packed.values.tolist() == [0, 0, 10, 4, 4096, 10, 4, 0, 0, 10, 4, 8192, 10, 4, 10]
+    assert packed.patches == ((11, 0),) and packed.head == ("h", 3, 1, 1, 256, 1, 1, 0, 0)
+    assert packed.pointers.tolist() == [packed.values.ctypes.data + 8 * i for i in range(15)]
+    with pytest.raises(NotReplayable, match="not C-contiguous"):
+        _PackedLaunch(KernelLaunch(kernel, 3, 256, (array(0, 10, contiguous=False), changing, 10)), lambda a: None)
+
+
 @pytest.mark.skipif(SIMULATED, reason="the simulator's kernels are Python functions: nothing to replay")
 def test_later_calls_replay_the_launches_with_new_arguments_and_match_numpy() -> None:
     rng = np.random.default_rng(5)

@@ -101,9 +101,10 @@ def _dims(d: Any) -> tuple[int, int, int]:
 class _PackedLaunch:
     """A kernel launch with its parameters packed: ``values`` holds every 8-byte field,
     ``pointers`` their addresses (what ``cuLaunchKernel`` reads), ``patches`` the
-    (field, slot) pairs of the addresses a call changes."""
+    (field, slot) pairs of the addresses a call changes, ``head`` the driver call's
+    arguments before them (handle, grid, block, shared memory, stream)."""
 
-    __slots__ = ("name", "handle", "grid", "block", "values", "pointers", "address", "patches")
+    __slots__ = ("name", "head", "values", "pointers", "address", "patches")
 
     def __init__(self, step: KernelLaunch, slot_of: Callable[[Any], int | None]) -> None:
         compiled = _compiled(step.kernel, step.args)
@@ -113,32 +114,23 @@ class _PackedLaunch:
             kind = type(ty).__name__  # Numba's type classes (numba.core's or numba.cuda's)
             if kind == "Array":
                 slot = slot_of(arg)
-                itemsize = arg.dtype.itemsize
-                if tuple(arg.strides) != _c_strides(arg.shape, itemsize):
+                if not arg.is_c_contiguous():
                     raise NotReplayable("an array argument is not C-contiguous")
                 if slot is not None:
                     patches.append((len(fields) + 4, slot))
-                fields += [0, 0, int(arg.size), itemsize, device_pointer(arg), *arg.shape, *arg.strides]
+                fields += [0, 0, int(arg.size), arg.dtype.itemsize, device_pointer(arg), *arg.shape, *arg.strides]
             elif kind == "Integer" and ty.bitwidth == 64:
                 fields.append(int(arg))
             else:
                 raise NotReplayable(f"a kernel parameter of type {ty}")
         self.name = step.kernel.py_func.__name__
-        self.handle = compiled._codelibrary.get_cufunc().handle
-        self.grid, self.block = _dims(step.griddim), _dims(step.blockdim)
+        handle = compiled._codelibrary.get_cufunc().handle
+        self.head = (handle, *_dims(step.griddim), *_dims(step.blockdim), 0, 0)  # no dynamic shared memory; stream 0
         self.values = np.array(fields, dtype=np.int64)
         base = self.values.ctypes.data
         self.pointers = np.arange(base, base + 8 * len(fields), 8, dtype=np.uint64)
         self.address = int(self.pointers.ctypes.data)
         self.patches = tuple(patches)
-
-
-def _c_strides(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
-    strides, step = [], itemsize
-    for n in reversed(shape):
-        strides.append(step)
-        step *= max(int(n), 1)
-    return tuple(reversed(strides))
 
 
 def _compiled(kernel: Any, args: tuple[Any, ...]) -> Any:
@@ -196,7 +188,7 @@ class Replay:
                 values = step.values
                 for field, slot in step.patches:
                     values[field] = addresses[slot]
-                (err,) = launch(step.handle, *step.grid, *step.block, 0, 0, step.address, 0)
+                (err,) = launch(*step.head, step.address, 0)
                 if err != ok:
                     raise RuntimeError(f"cuLaunchKernel of {step.name} failed: {err!r}")
             else:
