@@ -49,35 +49,26 @@ PIPE = 20  # calls per synchronization in the pipelined timing
 BLAS_THRESHOLDS = (0, 1 << 16, 1 << 20, 1 << 24)  # flops from which a matmul calls cuBLAS
 
 
-def timed(step: Callable[[], None], sync: Callable[[], None], budget: float) -> float:
-    """Median seconds of ``step()`` + ``sync()`` after two warm-up calls."""
-    for _ in range(2):
-        step()
-    sync()
-    times: list[float] = []
-    end = time.perf_counter() + budget
-    while len(times) < 5 or (time.perf_counter() < end and len(times) < 2000):
-        t0 = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def piped(step: Callable[[], None], sync: Callable[[], None], budget: float) -> float:
-    """Median seconds per call of ``PIPE`` back-to-back calls and one synchronization."""
+def timed(step: Callable[[], None], sync: Callable[[], None], budget: float, calls: int = 1) -> float:
+    """Median seconds per call of ``calls`` back-to-back ``step()`` calls and one ``sync()``
+    (after two warm-up calls, which compile)."""
     for _ in range(2):
         step()
     sync()
     rounds: list[float] = []
     end = time.perf_counter() + budget
-    while len(rounds) < 3 or (time.perf_counter() < end and len(rounds) < 500):
+    while len(rounds) < 5 or (time.perf_counter() < end and len(rounds) < 2000 // calls):
         t0 = time.perf_counter()
-        for _ in range(PIPE):
+        for _ in range(calls):
             step()
         sync()
-        rounds.append((time.perf_counter() - t0) / PIPE)
+        rounds.append((time.perf_counter() - t0) / calls)
     return statistics.median(rounds)
+
+
+def piped(step: Callable[[], None], sync: Callable[[], None], budget: float) -> float:
+    """``timed`` with ``PIPE`` calls per synchronization."""
+    return timed(step, sync, budget, PIPE)
 
 
 def runner(fn: Callable[..., Any], args: tuple, carry: Callable[[tuple, Any], tuple] | None) -> Callable[[], Any]:
