@@ -80,8 +80,9 @@ kernel would exceed ``MAX_KERNEL_SIZE`` statements; the runtime then splits it.
     the product's shape. Floats: one BLAS GEMM per batch (SciPy's BLAS through ``cpu.gemm``, in
     a serial function; operands used as views when their axes are in
     ``[batch, free, contract]`` or ``[batch, contract, free]`` order with contract axes
-    increasing, else copied to scratch), then the epilogue as a helper loop kernel
-    (threaded when large), in place over the product when an output has its dtype.
+    increasing, else copied to scratch), then the epilogue as a loop after the GEMM in the
+    same function (threaded when large; the GEMM stays outside the threaded loop), in place
+    over the product when an output has its dtype.
     Integers: a loop nest (BLAS has no integer GEMM).
 ``indexing`` with a ``scatter_add``
     One ``scatter_add`` whose result is the only output, plus loop ops feeding its

@@ -214,7 +214,6 @@ def finish(
     stem: str,
     dtype: DType,
     shape: tuple[int, ...],
-    helpers: list[Kernel] | None = None,
     identity: frozenset[Value] = frozenset(),
 ) -> LoweredKernel:
     """The ``LoweredKernel`` of what ``b`` built, named ``<stem>_<dtype>_<rank>d`` (the
@@ -231,7 +230,6 @@ def finish(
         ints=list(b.ints),
         body=b.finish(),
         parallel=b.parallel,
-        helpers=helpers or [],
         doc=describe_ops(ctx.group, concrete=False),
     )
     bound = list(arrays.bound)

@@ -15,9 +15,7 @@ What stays in the source:
 * integer and boolean constants (index arithmetic, masks, comparisons with ``iota``);
 * the float values code generation or LLVM simplify with: 0 and the reduction identities
   (the infinities, NaN), 1 and -1, 2 (``x*2`` is ``x+x``) and 0.5 (``x/2`` is exact as a
-  multiplication), and their negatives; a mean over one or two elements keeps its divisor;
-* constants of helper functions (a matmul's epilogue): they are not parameters of the
-  kernel a runner calls.
+  multiplication), and their negatives; a mean over one or two elements keeps its divisor.
 """
 
 from __future__ import annotations
@@ -95,7 +93,7 @@ def _expr(e: Expr, names: dict[Const, Var]) -> Expr:
 
 
 def _stmt(s: Stmt, names: dict[Const, Var]) -> Stmt:
-    # Matmul and Call statements hold only index expressions (sizes), never a float.
+    # Matmul statements hold only index expressions (sizes), never a float.
     if isinstance(s, Let | Assign):
         return replace(s, expr=_expr(s.expr, names))
     if isinstance(s, Store):

@@ -12,14 +12,13 @@ from fusejit.codegen.common import (
     LoweredKernel,
     Strategy,
     finish,
-    kernel_names,
     provider_at,
     reason_of,
     root_index,
 )
-from fusejit.codegen.elemental import Emitter, Index, NeedDims, linearize
+from fusejit.codegen.elemental import Index, NeedDims, linearize
 from fusejit.codegen.exprs import ONE, ZERO, Binary, BinaryOp, Expr, add
-from fusejit.codegen.kernel import Call, Kernel, KernelBuilder, Matmul, Unsupported
+from fusejit.codegen.kernel import KernelBuilder, Matmul, Unsupported
 from fusejit.codegen.rules import CodegenRule, clamped_index
 from fusejit.ir import primitives as P
 from fusejit.ir.core import Op, Value
@@ -117,67 +116,52 @@ def lower_matmul(ctx: Ctx) -> LoweredKernel:
     # lhs as [B, M, K] (or [B, K, M]); rhs as [B, K, N] (or [B, N, K]).
     a_arr, a_t = operand(lhs, lperm, lfree, lc, lc, lb)
     b_arr, b_t = operand(rhs, rperm, rc, rfree, rc, rb)
-    helpers: list[Kernel] = []
     if d in outs:
         c_arr = outs[d]
     else:
         same = [v for v in group.outputs if v.dtype == d.dtype]
         c_arr = outs[same[0]] if same else arrays.scratch(d.dtype, math.prod(d.shape))
     b.emit(Matmul(a_arr, b_arr, c_arr, sizes["B"], sizes["M"], sizes["K"], sizes["N"], a_t, b_t))
-    rest = [v for v in group.outputs if v is not d]
-    if rest:
-        helper, args = _epilogue_helper(ctx, group, d, c_arr, arrays, b)
-        helpers.append(helper)
-        b.emit(Call(helper.name, *args))
-    return finish(ctx, b, arrays, em, "matmul", d.dtype, (M, K, N) if B == 1 else (B, M, K, N),
-                   helpers)
+    if any(v is not d for v in group.outputs):
+        _emit_epilogue(ctx, d, c_arr, arrays)
+    return finish(ctx, b, arrays, em, "matmul", d.dtype, (M, K, N) if B == 1 else (B, M, K, N))
 
 
-def _epilogue_helper(ctx: Ctx, group: FusionGroup, d: Value, c_arr: str, arrays: Arrays,
-                     outer: KernelBuilder) -> tuple[Kernel, tuple[tuple[str, ...], tuple[Expr, ...]]]:
-    """The epilogue as a loop kernel of its own (parallel when large: BLAS runs serially
-    in the caller, never inside a parallel region). Returns it and the caller's
-    arguments for it (the same buffers; its ints become the caller's ints)."""
-    epi_ops = tuple(op for op in group.ops if op.prim is not P.dot_general)
+def _emit_epilogue(ctx: Ctx, d: Value, c_arr: str, arrays: Arrays) -> None:
+    """The elementwise ops after the product, as a loop over its elements in the matmul
+    kernel itself (read from ``c_arr``), after the GEMM. A large epilogue's loop is
+    parallel, which makes the kernel a parallel one whose GEMM still runs serially,
+    outside the parallel loop. (An earlier design made the epilogue a helper function:
+    Numba then compiled two functions per matmul kernel, 0.15-0.25 s more each.)"""
+    group = ctx.group
+    ops = {v: op for op in group.ops if op.prim is not P.dot_general for v in op.outputs}
     outputs = tuple(v for v in group.outputs if v is not d)
-    ops = {v: op for op in epi_ops for v in op.outputs}
     total = math.prod(d.shape)
-    # The product may live in an output's array: read there, then overwritten in place.
-    inplace_out = next((v for v in outputs if arrays.of.get(v) == c_arr), None)
-    for flat_mode in (True, False):
-        b = KernelBuilder()
-        sub = ctx.arrays(b)
-        outs = {v: sub.value(v, "out") for v in outputs}
-        in_names = {v: sub.value(v, "in") for v in group.inputs if v not in (d,)}
-        if inplace_out is not None:
-            in_names[d] = outs[inplace_out]
-            b.set_role(outs[inplace_out], "inout")
-        else:
-            in_names[d] = sub.value(d, "in")
-        em = sub.emitter(ops, in_names, allow_delinearize=not flat_mode)
+
+    def emit(b: KernelBuilder, into: Arrays, product: str, flat_mode: bool) -> None:
+        outs = {v: into.value(v, "out") for v in outputs}
+        in_names = {v: into.value(v, "in") for v in group.inputs if v is not d}
+        in_names[d] = product
+        em = into.emitter(ops, in_names, allow_delinearize=not flat_mode)
         exprs = tuple(em.size(d, k) for k in range(len(d.shape)))
 
-        def body(idx: Index, em: Emitter = em, b: KernelBuilder = b, outs: dict = outs) -> None:
+        def body(idx: Index) -> None:
             flat = em.flat(idx)
             values = [(v, em.at(v, idx)) for v in outputs]  # every read before any write
             for v, e in values:
                 b.store(outs[v], flat, e)
 
-        try:
-            root_index(em, b, exprs, flat_mode, total >= ctx.threshold, ("total",), total)(body)
-        except NeedDims:
-            continue
-        break
-    name, _ = kernel_names("epilogue", outputs[0].dtype, d.shape)
-    helper = Kernel(name, "epilogue", list(b.arrays), list(b.ints), b.finish(), b.parallel)
-    args: list[str] = []
-    for bound in sub.bound:
-        if isinstance(bound, Value):
-            args.append(c_arr if bound is d else arrays.of.get(bound) or arrays.value(bound, "in"))
-        else:  # a constant array of the epilogue
-            args.append(arrays.const(bound))
-    ints = tuple(outer.int_param(("epilogue", k), value) for k, value in enumerate(b.int_values))
-    return helper, (tuple(args), ints)
+        root_index(em, b, exprs, flat_mode, total >= ctx.threshold, ("total",), total)(body)
+
+    # The flat loop when the epilogue's reads allow it, tried on a scratch builder first:
+    # a refusal (NeedDims) comes half-way through emitting.
+    flat_mode = True
+    try:
+        trial = ctx.arrays(KernelBuilder())
+        emit(trial.b, trial, trial.value(d, "in"), True)
+    except NeedDims:
+        flat_mode = False
+    emit(arrays.b, arrays, c_arr, flat_mode)
 
 
 def _lower_contraction_loop(ctx: Ctx, dot: Op) -> LoweredKernel:

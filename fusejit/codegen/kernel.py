@@ -3,8 +3,8 @@
 A ``Kernel`` is a function over flat (1-d, C-contiguous) arrays and int64 sizes whose body
 is a small tree of statements: ``Let`` (define a scalar), ``Assign`` (update an
 accumulator), ``Store`` (write an array element), ``If``, ``Loop`` (``parallel`` marks the
-loop a target may distribute over threads), ``Matmul`` (a batched GEMM on array views) and
-``Call`` (a helper kernel of the same module). Scalars are typed expression nodes
+loop a target may distribute over threads) and ``Matmul`` (a batched GEMM on array views).
+Scalars are typed expression nodes
 (``fusejit.codegen.exprs``); a target's printer turns a kernel into source
 (``fusejit.codegen.cpu`` for Numba on the CPU). Names come from counters (``v3``, ``n0``,
 ``a1``...) and constants are typed numbers: nothing from IR text or user input is ever
@@ -117,16 +117,7 @@ class Strided:
     accumulate: Expr
 
 
-@dataclass(slots=True)
-class Call:
-    """Calls a helper kernel of the same module: ``helper(*arrays, *ints)``."""
-
-    helper: str
-    arrays: tuple[str, ...]
-    ints: tuple[Expr, ...]
-
-
-Stmt = Let | Assign | Store | If | Loop | Matmul | Call
+Stmt = Let | Assign | Store | If | Loop | Matmul
 
 
 def expressions(s: Stmt) -> tuple[Expr, ...]:
@@ -139,12 +130,10 @@ def expressions(s: Stmt) -> tuple[Expr, ...]:
         return (s.cond,)
     if isinstance(s, Loop):
         return (s.start, s.stop)
-    if isinstance(s, Matmul):
-        sizes = (s.batch, s.m, s.k, s.n)
-        if s.strided is None:
-            return sizes
-        return sizes + s.strided.offsets + s.strided.rows + (s.strided.accumulate,)
-    return s.ints
+    sizes = (s.batch, s.m, s.k, s.n)
+    if s.strided is None:
+        return sizes
+    return sizes + s.strided.offsets + s.strided.rows + (s.strided.accumulate,)
 
 
 def statements(block: list[Stmt]) -> Iterator[Stmt]:
@@ -181,8 +170,7 @@ class ArrayParam:
 
 @dataclass
 class Kernel:
-    """One generated function: ``name(*arrays, *ints)``; ``helpers`` are more kernels of the
-    same module that this one calls (a matmul's epilogue)."""
+    """One generated function: ``name(*arrays, *ints)``."""
 
     name: str
     kind: str
@@ -190,24 +178,19 @@ class Kernel:
     ints: list[Var]
     body: list[Stmt]
     parallel: bool = False
-    helpers: list[Kernel] = field(default_factory=list)
     doc: list[str] = field(default_factory=list)  # shape-free op lines for the header
 
     @property
     def params(self) -> list[str]:
         return [a.name for a in self.arrays] + [v.name for v in self.ints]
 
-    def functions(self) -> list[Kernel]:
-        """The helpers, then this kernel (the order a module defines them in)."""
-        return [f for h in self.helpers for f in h.functions()] + [self]
-
     def constants(self) -> list[Const]:
         """The distinct constants of the module, in order of first use."""
-        return list(dict.fromkeys(n for f in self.functions() for n in nodes(f.body) if isinstance(n, Const)))
+        return list(dict.fromkeys(n for n in nodes(self.body) if isinstance(n, Const)))
 
     def math_calls(self) -> set[tuple[str, DType]]:
         """The math-library functions the module calls, as (name, dtype)."""
-        return {(n.fn, n.dtype) for f in self.functions() for n in nodes(f.body) if isinstance(n, MathCall)}
+        return {(n.fn, n.dtype) for n in nodes(self.body) if isinstance(n, MathCall)}
 
 
 # ---------------------------------------------------------------------------------------
@@ -423,15 +406,13 @@ class KernelBuilder:
 
 
 def stored_arrays(block: list[Stmt]) -> set[str]:
-    """Every array a block stores into or hands to a GEMM or a helper kernel."""
+    """Every array a block stores into or hands to a GEMM as its output."""
     out: set[str] = set()
     for s in statements(block):
         if isinstance(s, Store):
             out.add(s.array)
         elif isinstance(s, Matmul):
             out.add(s.out)
-        elif isinstance(s, Call):
-            out.update(s.arrays)
     return out
 
 

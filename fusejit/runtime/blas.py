@@ -85,7 +85,10 @@ def use(threads: int | None) -> None:
 
 def warm_up() -> None:
     """Once per process, before the first GEMM kernel runs: one float32 GEMM with a
-    512x512 result (and 64 terms each, about 1 ms) through the kernels' own BLAS entry.
+    512x512 result (and 64 terms each, about 1 ms) through SciPy's own binding of the
+    BLAS the kernels call (``scipy.linalg.blas``, which Numba has imported already: its
+    BLAS check loads ``scipy.linalg``). The kernels' own entry, ``gemm_f32``, cost 0.5-1 s
+    of Numba typing or cache loading here, on every cold and warm first call.
 
     Measured on the 2-core VMs (SciPy's OpenBLAS, Haswell kernels, 1 thread): until a
     GEMM whose result has about 400x400 elements or more has run in the process, every
@@ -93,14 +96,13 @@ def warm_up() -> None:
     calling thread. 512x256 @ 256x256 took 6.9 ms against 1.9, 256^3 3.4 ms against 0.97,
     and the W5 MLP step 25-28 ms against 8.4-11.5. A GEMM with 400 terms but a small result
     did not help, nor did a GEMM in NumPy's own OpenBLAS; one in SciPy's float64 routine
-    did. The cause lies in how that OpenBLAS prepares its buffers; it was not found."""
+    did, and this one does (gemm_f32 512x256 @ 256x256 after it: 1.9-2.0 ms, against 7.0
+    without). The cause lies in how that OpenBLAS prepares its buffers; it was not found."""
     if _state["warmed"]:
         return
     _state["warmed"] = True
     import numpy as np
+    from scipy.linalg import blas as scipy_blas
 
-    from fusejit.codegen.cpu.gemm import gemm_f32
-
-    n, k = 512, 64
-    a = np.ones(n * k, np.float32)
-    gemm_f32(n, n, k, a, 0, k, False, a, 0, n, False, np.empty(n * n, np.float32), 0, n, 0)
+    a = np.ones((512, 64), np.float32, order="F")
+    scipy_blas.sgemm(1.0, a, a, trans_b=True)

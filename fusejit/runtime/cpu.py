@@ -204,8 +204,7 @@ the module doc); ``call_plan`` is what it runs, as data."""
         self.kernels = [kernel_info(st.lowered, st.module, st.source) for st in self._steps]
         gemms = [_gemm_flops(st.lowered) for st in self._steps if st.lowered.uses_blas]
         self._blas_threads = blas.threads_for(max(gemms)) if gemms else None
-        if any((st.lowered.kernel.parallel and not st.chunked) or any(h.parallel for h in st.lowered.kernel.helpers)
-               for st in self._steps):
+        if any(st.lowered.kernel.parallel and not st.chunked for st in self._steps):
             threads.start()  # before Numba would launch its threads with spinning waits
         self._lock = threading.RLock()
         self.run: Any = None

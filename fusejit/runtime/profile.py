@@ -262,7 +262,7 @@ def _kernel_rows(exe: Any) -> list[tuple[str, str, tuple[str, ...], tuple[str, .
         g = lk.group
         ops = tuple(f"{op.prim.name}{f' at {_where(op.loc)}' if op.loc else ''}" for op in g.ops)
         lines = tuple(dict.fromkeys(_where(op.loc) for op in g.ops if op.loc))
-        parallel = bool(lk.kernel.parallel or any(h.parallel for h in lk.kernel.helpers))
+        parallel = lk.kernel.parallel
         rows.append((lk.display_name, lk.kind, ops, lines, g.bytes_read, g.bytes_written, parallel, scope_label(g.ops)))
     return rows
 

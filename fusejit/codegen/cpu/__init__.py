@@ -12,7 +12,7 @@ from typing import Any
 DISK_CACHE = False
 
 
-def kernel_jit(parallel: bool = False, helper: bool = False, nogil: bool = False) -> Any:
+def kernel_jit(parallel: bool = False, nogil: bool = False) -> Any:
     """The decorator generated modules use (reads the cache mode at module load).
     ``nogil``: a chunked kernel, whose chunks run on several threads at once
     (``fusejit.runtime.chunks``).
@@ -20,8 +20,8 @@ def kernel_jit(parallel: bool = False, helper: bool = False, nogil: bool = False
     No fast-math flag: each would let LLVM change results in ways the IR does not allow
     (``contract`` turned ``x*s - max(x*s)`` into an FMA whose error made a softmax NaN);
     sums vectorize through the one reassociable add, ``mathlib.accumulate_*``.
-    No C-callable wrapper, and none callable from Python for a ``helper`` (called from
-    its kernel only): building them was a quarter of a kernel's compile time."""
+    No C-callable wrapper (the runtime calls the Python-callable one): building both was
+    a quarter of a kernel's compile time."""
     import numba
 
     return numba.njit(
@@ -31,5 +31,4 @@ def kernel_jit(parallel: bool = False, helper: bool = False, nogil: bool = False
         error_model="numpy",
         boundscheck=False,
         no_cfunc_wrapper=True,
-        no_cpython_wrapper=helper,
     )

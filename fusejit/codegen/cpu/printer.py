@@ -43,7 +43,7 @@ from fusejit.codegen.exprs import (
     UnaryOp,
     Var,
 )
-from fusejit.codegen.kernel import Assign, Call, If, Kernel, Let, Loop, Matmul, Stmt, Store, statements
+from fusejit.codegen.kernel import Assign, If, Kernel, Let, Loop, Matmul, Stmt, Store, statements
 from fusejit.ir.dtypes import DType
 
 NP_NAME = {DType.bool: "np.bool_", DType.i32: "np.int32", DType.i64: "np.int64",
@@ -69,9 +69,8 @@ def runs_in_chunks(kernel: Kernel) -> bool:
     """Whether ``kernel`` runs its parallel loop in chunks on fusejit's threads (config
     ``parallel_chunks``): its one parallel loop is the last statement of its body, after
     ``Let``s only (each chunk recomputes them: they store nothing, and what follows the loop
-    would need every chunk done), and no helper is parallel. Anything else is a parfor."""
-    if not (kernel.parallel and kernel.body and config.value("parallel_chunks")) or any(
-            h.parallel for h in kernel.helpers):
+    would need every chunk done). Anything else is a parfor."""
+    if not (kernel.parallel and kernel.body and config.value("parallel_chunks")):
         return False
     *prelude, last = kernel.body
     if not (isinstance(last, Loop) and last.parallel) or not all(isinstance(s, Let) for s in prelude):
@@ -111,7 +110,7 @@ class NumbaPrinter:
 
     def __init__(self, kernel: Kernel) -> None:
         self.const_names = {c: f"c{k}" for k, c in enumerate(kernel.constants())}
-        self.dtypes = {a.name: a.dtype for f in kernel.functions() for a in f.arrays}
+        self.dtypes = {a.name: a.dtype for a in kernel.arrays}
         self.chunked = False  # printing a chunked kernel: its parallel loop covers one chunk
 
     # Expressions ------------------------------------------------------------------------
@@ -168,15 +167,15 @@ class NumbaPrinter:
         return self.expr(lp.stop) if lp.start == ZERO else f"({self.operand(lp.stop)} - {self.operand(lp.start)})"
 
     # Statements -------------------------------------------------------------------------
-    def function(self, kernel: Kernel, helper: bool = False) -> list[str]:
-        self.chunked = not helper and runs_in_chunks(kernel)
+    def function(self, kernel: Kernel) -> list[str]:
+        self.chunked = runs_in_chunks(kernel)
         if self.chunked:
             return [
                 "@kernel_jit(nogil=True)",
                 f"def {kernel.name}({', '.join(kernel.params + list(CHUNK_PARAMS))}):",
             ] + self.block(kernel.body, 1)
         lines = [
-            f"@kernel_jit(parallel={kernel.parallel!r}{', helper=True' if helper else ''})",
+            f"@kernel_jit(parallel={kernel.parallel!r})",
             f"def {kernel.name}({', '.join(kernel.params)}):",
         ]
         return lines + (self.block(kernel.body, 1) or ["    pass"])
@@ -211,9 +210,6 @@ class NumbaPrinter:
                 out += self.block(s.orelse, depth + 1) or [f"{pad}    pass"]
             elif isinstance(s, Matmul):
                 out += self.matmul(s, pad)
-            elif isinstance(s, Call):
-                args = list(s.arrays) + [self.expr(e) for e in s.ints]
-                out.append(f"{pad}{s.helper}({', '.join(args)})")
             else:  # pragma: no cover
                 raise TypeError(f"unknown statement {s!r}")
         return out
@@ -237,11 +233,11 @@ class NumbaPrinter:
 
 
 def module_source(kernel: Kernel) -> str:
-    """The Numba source of ``kernel`` and its helpers (one module)."""
+    """The Numba source of ``kernel`` (one module)."""
     p = NumbaPrinter(kernel)
     lines = [f"# fusejit kernel {kernel.name} ({kernel.kind})"]
     lines += [f"#   {d}" for d in kernel.doc]
-    gemms = sorted({gemm.FUNCTIONS[p.dtypes[s.out]] for f in kernel.functions() for s in statements(f.body)
+    gemms = sorted({gemm.FUNCTIONS[p.dtypes[s.out]] for s in statements(kernel.body)
                     if isinstance(s, Matmul)})
     if gemms:
         lines.append(f"# gemm library {gemm.SOURCE_HASH}")
@@ -259,7 +255,5 @@ def module_source(kernel: Kernel) -> str:
     lines += ["", "idx = np.uint64  # array indices are never negative: no wraparound code"]
     for c, name in p.const_names.items():
         lines.append(f"{name} = {constant_source(c)}")
-    for helper in kernel.helpers:
-        lines += ["", ""] + p.function(helper, helper=True)
     lines += ["", ""] + p.function(kernel)
     return "\n".join(lines) + "\n"

@@ -23,8 +23,7 @@ launch boundary is the only grid-wide barrier):
   into memory) is an atomic add, which commutes with its like: loops of them are
   independent (the order of a float sum then varies from run to run, as in PyTorch's
   ``index_add_`` on a GPU);
-* a top-level ``Call`` launches the helper's own phases, and a top-level ``Matmul`` is a
-  GEMM (cuBLAS) between launches; a ``Matmul`` inside a loop is refused (the CUDA target
+* a top-level ``Matmul`` is a GEMM (cuBLAS) between launches; a ``Matmul`` inside a loop is refused (the CUDA target
   lowers convolutions as direct loops for that reason).
 
 Top-level definitions that read no memory the kernel writes (sizes, offsets, an input's
@@ -51,7 +50,6 @@ from fusejit.codegen.exprs import (
 )
 from fusejit.codegen.kernel import (
     Assign,
-    Call,
     If,
     Kernel,
     Let,
@@ -87,12 +85,10 @@ LEFT, RIGHT = "gleft", "gright"  # the operands of a ``Reduction.combine``
 @dataclass
 class Phase:
     """One launch: ``loops`` (collapsed, outermost first) over ``body`` on the grid, or
-    ``body`` once on one thread (no loops), or the helper ``call``, or the GEMM
-    ``matmul``. ``reductions`` is not None for a cooperative row phase."""
+    ``body`` once on one thread (no loops), or the GEMM ``matmul``. ``reductions`` is not None for a cooperative row phase."""
 
     body: list[Stmt]
     loops: list[Loop] = field(default_factory=list)
-    call: Call | None = None
     reductions: list[Reduction] | None = None
     matmul: Matmul | None = None  # a GEMM the launcher runs (``fusejit.codegen.cuda.gemm``)
 
@@ -215,9 +211,9 @@ def _stores_vary(loop: Loop, inside: list[Stmt]) -> bool:
 def independent(loop: Loop) -> bool:
     """Whether ``loop``'s iterations may run in any order at once: every store's index
     depends on the loop variable, no array is both stored and loaded, no variable defined
-    outside the loop is updated, and there is no ``Matmul`` or ``Call`` inside."""
+    outside the loop is updated, and there is no ``Matmul`` inside."""
     inside = list(statements(loop.body))
-    if any(isinstance(s, Matmul | Call) for s in inside):
+    if any(isinstance(s, Matmul) for s in inside):
         return False
     local = defined(loop.body) | {loop.var.name}
     if any(isinstance(s, Assign) and s.var.name not in local for s in inside):
@@ -297,7 +293,7 @@ def row_reductions(row: Loop) -> list[Reduction] | None:
     """The accumulators of ``row``'s inner loops if a block of threads may share each
     iteration of ``row`` (see the module docstring), else None. Each inner loop (its
     iterations split over the block; loops nested in it run in each thread): no ``If``,
-    ``Matmul`` or ``Call`` inside; stores at indices that depend on its variable;
+    ``Matmul`` inside; stores at indices that depend on its variable;
     an array it both loads and stores only at one index; every update an accumulation
     ``acc = f(acc, x)`` of a row-level accumulator that starts at ``f``'s identity, is
     updated nowhere else and read nowhere else in the loop."""
@@ -305,15 +301,15 @@ def row_reductions(row: Loop) -> list[Reduction] | None:
     inner = [s for s in body if isinstance(s, Loop)]
     if not inner:
         return None
-    if any(isinstance(s, If) and any(isinstance(t, Loop | Matmul | Call) for t in statements(s.then + s.orelse))
-           for s in body) or any(isinstance(s, Matmul | Call) for s in body):
+    if any(isinstance(s, If) and any(isinstance(t, Loop | Matmul) for t in statements(s.then + s.orelse))
+           for s in body) or any(isinstance(s, Matmul) for s in body):
         return None
     updates = Counter(s.var.name for s in statements(body) if isinstance(s, Assign))
     inits = {s.var.name: s.expr for s in body if isinstance(s, Let)}
     found: list[Reduction] = []
     for lp in inner:
         inside = list(statements(lp.body))
-        if any(isinstance(s, If | Matmul | Call) for s in inside) or not _stores_vary(lp, inside):
+        if any(isinstance(s, If | Matmul) for s in inside) or not _stores_vary(lp, inside):
             return None
         local = defined(lp.body)  # a nested loop's own accumulators stay in its thread
         accs: dict[str, Reduction] = {}
@@ -344,7 +340,7 @@ def phases(kernel: Kernel) -> tuple[list[Let], list[Phase]]:
     """The kernel's pure top-level definitions and its launches, in order (of the kernel
     with its memory updates inlined: ``inline_atomic_updates``)."""
     kernel = inline_atomic_updates(kernel)
-    stored = stored_arrays(kernel.body)  # by stores, GEMMs and helper calls
+    stored = stored_arrays(kernel.body)  # by stores and GEMMs
     preamble = _pure_definitions(kernel, stored)
     out: list[Phase] = []
     serial: set[str] = set()  # what one-thread statements define: a launch of its own cannot read it
@@ -355,12 +351,10 @@ def phases(kernel: Kernel) -> tuple[list[Let], list[Phase]]:
             loops, body = _collapse(s, stored)
             reductions = row_reductions(s) if len(loops) == 1 else None
             out.append(Phase(body, loops, reductions=reductions))
-        elif isinstance(s, Call):
-            out.append(Phase([], call=s))
         elif isinstance(s, Matmul):
             out.append(Phase([], matmul=s))
         else:
-            if out and not out[-1].loops and out[-1].call is None and out[-1].matmul is None:
+            if out and not out[-1].loops and out[-1].matmul is None:
                 out[-1].body.append(s)
             else:
                 out.append(Phase([s]))
@@ -370,7 +364,7 @@ def phases(kernel: Kernel) -> tuple[list[Let], list[Phase]]:
         own = defined(ph.body) | {lp.var.name for lp in ph.loops}
         if reads(ph.body) - own - known:  # a value crosses launches: the whole kernel on one thread
             body = [s for s in kernel.body if not any(s is p for p in preamble)]
-            if any(isinstance(s, Matmul | Call) for s in body):
+            if any(isinstance(s, Matmul) for s in body):
                 raise Unsupported(f"a CUDA launch of {kernel.name} reads values defined by another launch")
             return preamble, [Phase(body)]
     return preamble, out

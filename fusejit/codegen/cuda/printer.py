@@ -25,7 +25,7 @@ from fusejit.codegen.cpu.printer import NP_NAME, NumbaPrinter, constant_source, 
 from fusejit.codegen.cuda import row_threads
 from fusejit.codegen.cuda.launches import LEFT, RIGHT, Phase, atomic_addend, phases, reads
 from fusejit.codegen.exprs import ZERO, Load, Unary, UnaryOp, var_names, walk
-from fusejit.codegen.kernel import Call, Kernel, Let, Loop, Matmul, Stmt, Store, Unsupported, nodes
+from fusejit.codegen.kernel import Kernel, Let, Loop, Matmul, Stmt, Store, Unsupported, nodes
 
 # In every module's header: a cached compilation of a module is reused only with the
 # device library it was compiled against (Numba's cache checks the module's file alone).
@@ -48,8 +48,8 @@ class CudaPrinter(NumbaPrinter):
     def block(self, stmts: list[Stmt], depth: int) -> list[str]:
         out: list[str] = []
         for s in stmts:
-            if isinstance(s, Matmul | Call):
-                raise Unsupported(f"the CUDA printer cannot place {type(s).__name__} inside a loop")
+            if isinstance(s, Matmul):
+                raise Unsupported("the CUDA printer cannot place a GEMM inside a loop")
             addend = atomic_addend(s)
             if addend is not None:
                 assert isinstance(s, Store)
@@ -167,9 +167,6 @@ class CudaPrinter(NumbaPrinter):
                     raise Unsupported("the CUDA printer has no GEMM on strided sub-matrices")
                 sizes = ", ".join(self.expr(e) for e in (mm.batch, mm.m, mm.k, mm.n))
                 lines.append(f"    gemm({mm.lhs}, {mm.rhs}, {mm.out}, {sizes}, {mm.lhs_t}, {mm.rhs_t})")
-            elif ph.call is not None:
-                call = list(ph.call.arrays) + [self.expr(e) for e in ph.call.ints]
-                lines.append(f"    {ph.call.helper}({', '.join(call)})")
             elif ph.loops:
                 config_of = "row_launch_config" if ph.reductions is not None else "launch_config"
                 config = f"{config_of}({_TOTAL}, {ph.uses_thread_id})"
@@ -179,17 +176,17 @@ class CudaPrinter(NumbaPrinter):
                 lines.append(f"    launch({kernel.name}_{k}, (1, 1), {args})")
         return lines if len(lines) > 1 else lines + ["    pass"]
 
-    def function(self, kernel: Kernel, helper: bool = False) -> list[str]:
+    def function(self, kernel: Kernel) -> list[str]:
         preamble, launches = phases(kernel)
         lines: list[str] = []
         for k, ph in enumerate(launches):
-            if ph.call is None and ph.matmul is None:
+            if ph.matmul is None:
                 lines += self.phase(kernel, k, ph, preamble) + ["", ""]
         return lines + self.launcher(kernel, preamble, launches)
 
 
 def module_source(kernel: Kernel) -> str:
-    """The Numba CUDA source of ``kernel`` and its helpers (one module)."""
+    """The Numba CUDA source of ``kernel`` (one module)."""
     p = CudaPrinter(kernel)
     lines = [f"# fusejit cuda kernel {kernel.name} ({kernel.kind})"]
     lines += [f"#   {d}" for d in kernel.doc]
@@ -201,16 +198,15 @@ def module_source(kernel: Kernel) -> str:
         "from fusejit.codegen.cuda import kernel_jit, launch_config, row_launch_config",
         "from fusejit.codegen.cuda.launch import launch",
     ]
-    rounding = {(ROUNDING[n.op], n.dtype) for f in kernel.functions() for n in nodes(f.body)
+    rounding = {(ROUNDING[n.op], n.dtype) for n in nodes(kernel.body)
                 if isinstance(n, Unary) and n.op in ROUNDING}
     funcs = sorted(math_function(fn, dt) for fn, dt in kernel.math_calls() | rounding)
     if funcs:
         lines.append(f"from fusejit.codegen.cuda.mathlib import {', '.join(funcs)}")
-    if any(isinstance(st, Matmul) for f in kernel.functions() for st in f.body):
+    if any(isinstance(st, Matmul) for st in kernel.body):
         lines.append("from fusejit.codegen.cuda.gemm import gemm")
     lines += ["", "idx = np.uint64  # array indices are never negative"]
     for c, name in p.const_names.items():
         lines.append(f"{name} = {constant_source(c)}")
-    for fn in kernel.functions():
-        lines += ["", ""] + p.function(fn)
+    lines += ["", ""] + p.function(kernel)
     return "\n".join(lines) + "\n"
