@@ -9,7 +9,7 @@ from test_codegen import F32, F64, I32, I64, RNG, build, check, data, noncontigu
 from fusejit import config
 from fusejit.codegen import can_lower, lower_group
 from fusejit.codegen.cpu.printer import module_source
-from fusejit.codegen.kernel import Matmul
+from fusejit.codegen.kernel import Loop, Matmul
 from fusejit.ir import primitives as P
 from fusejit.ir.transforms.fusion import FusionGroup, make_group
 
@@ -97,6 +97,22 @@ def test_horizontal_group_runs_independent_loops():
     group = FusionGroup(fn.ops, fn.params, fn.results, "horizontal", tuple(parts))
     exe = check(fn, [data(F32, (3, 4)), data(F32, (5,))], [group])
     assert len(exe.kernels) == 1
+
+
+def test_horizontal_parts_run_flat_unless_a_rule_needs_indices_per_axis():
+    """Two elementwise parts over matrices: one loop each; a transpose keeps its nest."""
+
+    def body(b, x, y, z):
+        return [b.op(P.neg, x), b.op(P.mul, y, y), b.op(P.transpose, z, perm=(1, 0))]
+
+    fn = build([(F32, (3, 4)), (F32, (2, 3, 5)), (F32, (4, 6))], body)
+    parts = groups_by(fn, [([0], "loop"), ([1], "loop"), ([2], "loop")])
+    group = FusionGroup(fn.ops, fn.params, fn.results, "horizontal", tuple(parts))
+    exe = check(fn, [data(F32, (3, 4)), data(F32, (2, 3, 5)), data(F32, (4, 6))], [group])
+    (step,) = exe.call_plan.steps
+    loops = [s for s in step.lowered.kernel.body if isinstance(s, Loop)]
+    assert len(loops) == 3
+    assert [any(isinstance(t, Loop) for t in lp.body) for lp in loops] == [False, False, True]
 
 
 # ---------------------------------------------------------------------------------------
@@ -226,8 +242,8 @@ def test_matmul_epilogue_in_place_with_a_bool_side_output():
         return [b.op(P.tanh, d), b.op(P.gt, d, b.full_like(0.0, d))]
 
     fn = build([(F64, (3, 5)), (F64, (4, 5))], body)
-    exe = check(fn, [data(F64, (3, 5), special=False), data(F64, (4, 5), special=False)],
-                one_group(fn, "matmul"))
+    check(fn, [data(F64, (3, 5), special=False), data(F64, (4, 5), special=False)],
+          one_group(fn, "matmul"))
     # The product is written into tanh's output, then read back and overwritten in place.
     lk = lower_group(one_group(fn, "matmul")[0])
     (mm,) = [s for s in lk.kernel.body if isinstance(s, Matmul)]

@@ -9,10 +9,11 @@ function ``parallel=True``); a ``Matmul`` prints as a call of ``fusejit.codegen.
 math-library calls name the vectorizable
 ``fusejit.codegen.cpu.mathlib`` functions, constants become typed module globals
 (``np.float32(0.5)``: a bare literal would be float64 and promote the arithmetic), int32
-arithmetic is wrapped back into int32 (Numba computes it in int64), and subscripts go
-through ``idx`` (``np.uint64``): Numba then skips the negative-index wraparound, whose
-branch stopped loops inside ``prange`` bodies from vectorizing (2-2.5x slower per thread,
-``bench/bench_backend.py``). Every function is compiled by ``kernel_jit``.
+arithmetic is wrapped back into int32 (Numba computes it in int64), and array elements
+are read and written through ``fusejit.codegen.cpu.memory``'s ``load`` and ``store``: no
+negative-index wraparound, whose branch stopped loops inside ``prange`` bodies from
+vectorizing (2-2.5x slower per thread, ``bench/bench_backend.py``), and a tenth less
+compilation than a subscript. Every function is compiled by ``kernel_jit``.
 
 A module's text depends only on the kernel and ``config parallel_chunks`` (no shapes, no source lines, no file names,
 and on the CPU no float constants but 0, ±1, ±2 and ±0.5: the others reach it as data,
@@ -25,7 +26,7 @@ from __future__ import annotations
 import math
 
 from fusejit import config
-from fusejit.codegen.cpu import gemm, mathlib
+from fusejit.codegen.cpu import gemm, mathlib, memory
 from fusejit.codegen.exprs import (
     ATOMS,
     ZERO,
@@ -102,8 +103,8 @@ def constant_source(c: Const) -> str:
 
 class NumbaPrinter:
     """Numba's Python dialect for the kernel IR. Expressions print the same for every
-    Numba target (the CUDA printer subclasses this one); ``THREAD_ID`` and the statements
-    are the CPU's."""
+    Numba target (the CUDA printer subclasses this one); ``THREAD_ID``, element access
+    (``load``, ``store``) and the statements are the CPU's."""
 
     THREAD_ID = "thread_id()"
     PARALLEL_RANGE = "prange"
@@ -122,7 +123,7 @@ class NumbaPrinter:
         if isinstance(e, Const):
             return self.const_names[e]
         if isinstance(e, Load):
-            return f"{e.array}[idx({self.expr(e.index)})]"
+            return self.load(e.array, self.expr(e.index))
         if isinstance(e, Cast):
             return f"{NP_NAME[e.dtype]}({self.expr(e.x)})"
         if isinstance(e, MathCall):
@@ -150,6 +151,12 @@ class NumbaPrinter:
             return f"not {x}"
         text = f"-{x}" if e.op is UnaryOp.NEG else f"~{x}"
         return f"np.int32({text})" if e.dtype is DType.i32 else text
+
+    def load(self, array: str, index: str) -> str:
+        return f"load({array}, {index})"
+
+    def store(self, array: str, index: str, value: str) -> str:
+        return f"store({array}, {index}, {value})"
 
     def operand(self, e: Expr) -> str:
         """``e`` as an operand of an operator: parenthesized unless it is atomic or a call."""
@@ -187,7 +194,7 @@ class NumbaPrinter:
             if isinstance(s, Let | Assign):
                 out.append(f"{pad}{s.var.name} = {self.expr(s.expr)}")
             elif isinstance(s, Store):
-                out.append(f"{pad}{s.array}[idx({self.expr(s.index)})] = {self.expr(s.value)}")
+                out.append(pad + self.store(s.array, self.expr(s.index), self.expr(s.value)))
             elif isinstance(s, Loop) and s.parallel and self.chunked:
                 # This chunk's share of [start, stop): chunk k of c starts at span * k // c.
                 chunk, chunks, _ = CHUNK_PARAMS
@@ -242,7 +249,7 @@ def module_source(kernel: Kernel) -> str:
     if gemms:
         lines.append(f"# gemm library {gemm.SOURCE_HASH}")
     lines += [
-        f"# math library {mathlib.SOURCE_HASH}",
+        f"# math library {mathlib.SOURCE_HASH}, element access {memory.SOURCE_HASH}",
         "import numpy as np",
         "from numba import get_thread_id as thread_id, prange",
         "from fusejit.codegen.cpu import kernel_jit",
@@ -252,7 +259,8 @@ def module_source(kernel: Kernel) -> str:
         lines.append(f"from fusejit.codegen.cpu.gemm import {', '.join(gemms)}")
     if funcs:
         lines.append(f"from fusejit.codegen.cpu.mathlib import {', '.join(funcs)}")
-    lines += ["", "idx = np.uint64  # array indices are never negative: no wraparound code"]
+    lines.append("from fusejit.codegen.cpu.memory import load, store")
+    lines.append("")
     for c, name in p.const_names.items():
         lines.append(f"{name} = {constant_source(c)}")
     lines += ["", ""] + p.function(kernel)

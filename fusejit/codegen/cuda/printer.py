@@ -58,6 +58,12 @@ class CudaPrinter(NumbaPrinter):
                 out += super().block([s], depth)
         return out
 
+    def load(self, array: str, index: str) -> str:
+        return f"{array}[idx({index})]"
+
+    def store(self, array: str, index: str, value: str) -> str:
+        return f"{array}[idx({index})] = {value}"
+
     def unary(self, e: Unary) -> str:
         if e.op in ROUNDING:  # the device library's (NumPy's rounding ufuncs do not compile)
             return f"{math_function(ROUNDING[e.op], e.dtype)}({self.expr(e.x)})"
