@@ -1,6 +1,7 @@
 """Conv kernel strategies per shape: direct loops, im2col + GEMM, shifted GEMMs.
 
     python bench/bench_conv.py [--repeat 50] [--strategies direct,gemm,shifted] [--clock thread]
+    python bench/bench_conv.py --gradients [--strategies rows,table] ...
 
 For each shape the same jitted conv (3x3, padding 1, float32) is compiled once per
 strategy (the thresholds of ``fusejit.codegen.conv`` set to force it) and timed: the
@@ -11,6 +12,12 @@ conv ``C -> O`` at a side and its input gradient, the conv ``O -> C`` at the sam
 ``--clock thread`` times the CPU time of the calling thread (the kernels and their
 one-thread BLAS run on it), which other processes on a loaded machine disturb less
 than the wall clock.
+
+``--gradients`` times each shape's weight-gradient conv instead (the input's planes by
+the output gradient's, ``[C, N, side, side]`` by ``[O, N, side, side]`` into ``[C, O,
+3, 3]``, padding 1): im2col with the windows unfolded into rows (``rows``, the default
+for a kernel gradient's shape) against the column layout through the offset table
+(``table``), with the same flop count.
 """
 
 from __future__ import annotations
@@ -33,6 +40,9 @@ STRATEGIES = {
     "direct": {"DIRECT_MAX_CONTRACTION": 10**9},
     "gemm": {"DIRECT_MAX_CONTRACTION": 0, "SHIFTED_MIN_ROWS": 10**9},
     "shifted": {"DIRECT_MAX_CONTRACTION": 0, "SHIFTED_MIN_ROWS": 0, "SHIFTED_MIN_CHANNELS": 0},
+    # (--gradients) the layouts of a kernel gradient's im2col
+    "rows": {},
+    "table": {"uses_window_rows": lambda op: False},
 }
 
 
@@ -53,7 +63,10 @@ def main() -> None:
     p.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated subset of "
                    + ",".join(STRATEGIES))
     p.add_argument("--clock", choices=("wall", "thread"), default="wall")
+    p.add_argument("--gradients", action="store_true", help="time the weight-gradient convs (rows, table)")
     args = p.parse_args()
+    if args.gradients and args.strategies == p.get_default("strategies"):
+        args.strategies = "rows,table"
     strategies = args.strategies.split(",")
     clock = time.perf_counter if args.clock == "wall" else time.thread_time
     rng = np.random.default_rng(0)
@@ -62,6 +75,8 @@ def main() -> None:
     for n, c, side, o in SHAPES:
         x = rng.standard_normal((n, c, side, side), dtype=np.float32)
         w = rng.standard_normal((o, c, 3, 3), dtype=np.float32)
+        if args.gradients:  # the input's planes by the output gradient's: [C, O, 3, 3]
+            x, w = x.transpose(1, 0, 2, 3).copy(), rng.standard_normal((o, n, side, side), dtype=np.float32)
         fns = {kind: _compiled(x, w, kind) for kind in strategies}
         for f in fns.values():
             f(x, w)

@@ -4,6 +4,8 @@ kernel structure (counts and strategies, never timings)."""
 
 from __future__ import annotations
 
+import re
+
 import conv_reference
 import numpy as np
 import pytest
@@ -364,8 +366,9 @@ def test_conv_padding_same_and_valid_follow_pytorch():
 
 
 def _reads(source: str, array: str) -> bool:
-    """Whether generated kernel source loads from ``array`` (appears right of an ``=``)."""
-    return any(f"{array}[" in line.split("=", 1)[1] for line in source.splitlines() if " = " in line)
+    """Whether generated kernel source loads from ``array`` (``load(array, i)`` right of
+    an ``=``, as ``codegen/cpu/memory.py`` spells a read)."""
+    return any(f"load({array}," in line.split("=", 1)[1] for line in source.splitlines() if " = " in line)
 
 
 @pytest.mark.parametrize("case", POOLS[:3], ids=[c[0] for c in POOLS[:3]])
@@ -386,10 +389,13 @@ def test_max_pool_gradient_over_tiling_windows_writes_each_element_once(case):
     np.testing.assert_allclose(compiled(x, g), conv_reference.max_pool_scatter(x, g, **attrs), rtol=1e-6, atol=1e-6)
 
 
-def test_a_small_image_conv_copies_padded_planes_and_a_kernel_gradient_keeps_the_offset_table():
+def test_a_small_image_conv_copies_padded_planes_and_a_kernel_gradient_unfolds_windows_into_rows():
     """Short rows without lhs dilation unfold from a zero-padded copy of the chunk's
     planes (no test per element); the weight gradient's conv (a window larger than its
-    output) keeps the offset table with its select."""
+    output) unfolds each output position's windows into a row, copied from the input
+    planes with no offset table: its kernel has two scratch arrays (the rows and the
+    GEMM's result) beside its operands and output, where the column layout has a
+    third, the table."""
     x, w1, _, w2, _ = _cnn_params(cin=3, c1=8, c2=8, size=8, n=4)
 
     def loss(w, x):
@@ -399,7 +405,9 @@ def test_a_small_image_conv_copies_padded_planes_and_a_kernel_gradient_keeps_the
     convs = [k for k in compiled.kernels if k.name.startswith("conv_gemm")]
     assert [k.name for k in convs] == ["conv_gemm_f32_4x8x8x8", "conv_gemm_f32_3x8x3x3"], [k.name for k in convs]
     forward, weight_grad = convs
-    assert " if " not in forward.source and " if " in weight_grad.source
+    assert " if " not in forward.source
+    signature = weight_grad.source.split("def conv_gemm")[1].split(")")[0]
+    assert len(re.findall(r"\ba\d+\b", signature)) == 5, signature
     value, grad = compiled(w1, x)
     want_value, want_grad = fj.value_and_grad(loss)(w1, x)
     np.testing.assert_allclose(value, want_value, rtol=1e-5)
@@ -430,3 +438,108 @@ def test_im2col_chunks_of_any_size_give_the_same_conv_and_gradients(monkeypatch,
     for got, want in zip(fj.jit(fj.grad(loss, argnums=(0, 1)))(x, w), fj.grad(loss, argnums=(0, 1))(x, w),
                          strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+# Kernel gradients' shapes (a window larger than the output), as CONVS: block rows (the
+# window's last axis spans the input's rows), runs, leading-axis units, the transposed
+# GEMM (fewer output positions than output channels), channels innermost (tiny planes,
+# many channels), groups, strides, dilations, 1-d, 3-d.
+GRADIENT_CONVS = [
+    ("stride-1 weight gradient (blocks)", (4, 6, 16, 16), (8, 6, 16, 16), (1, 1), (1, 1), (1, 1), (1, 1), (1, 1), 1),
+    ("large window (units of rows)", (2, 3, 32, 32), (4, 3, 32, 32), (1, 1), (1, 0), (1, 2), (1, 1), (1, 1), 1),
+    ("transposed GEMM, groups", (1, 4, 6, 6), (24, 2, 6, 6), (1, 1), (1, 1), (1, 1), (1, 1), (1, 1), 2),
+    ("tiny planes, channels innermost", (2, 20, 4, 4), (3, 20, 4, 4), (1, 1), (1, 0), (1, 2), (1, 1), (1, 1), 1),
+    ("strided conv's gradient (rhs dilation)", (2, 3, 9, 9), (4, 3, 4, 4), (1, 1), (0, 1), (0, 0), (1, 1), (2, 2), 1),
+    ("rows two input rows apart", (2, 3, 9, 4), (2, 3, 4, 8), (1, 1), (1, 1), (3, 3), (1, 1), (2, 1), 1),
+    ("strides, groups, runs", (2, 4, 9, 11), (6, 2, 4, 5), (2, 3), (1, 2), (1, 0), (1, 1), (2, 1), 2),
+    ("padded past the input", (2, 2, 3, 4), (2, 2, 5, 4), (1, 1), (2, 1), (2, 1), (1, 1), (1, 1), 1),
+    ("1-d", (1, 3, 12), (2, 3, 11), (1,), (1,), (1,), (1,), (1,), 1),
+    ("3-d", (2, 3, 6, 5, 7), (2, 3, 5, 4, 7), (1, 1, 1), (1, 0, 1), (1, 1, 1), (1, 1, 1), (1, 1, 1), 1),
+]
+
+
+def _conv_ops(lowered):
+    return [op for op in lowered.optimized if op.prim is P.conv]
+
+
+def _specials(x, rng):
+    """``x`` with a few infinities and NaNs."""
+    x = x.copy()
+    for value in (np.inf, -np.inf, np.nan):
+        x.flat[rng.integers(0, x.size, max(1, x.size // 97))] = value
+    return x
+
+
+@pytest.mark.parametrize("limits", [None, (300, 40), (1 << 20, 40)], ids=["default", "small chunks", "short GEMMs"])
+@pytest.mark.parametrize("case", GRADIENT_CONVS, ids=[c[0] for c in GRADIENT_CONVS])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kernel_gradient_shaped_convs_unfold_windows_into_rows(case, dtype, limits, monkeypatch):
+    """A window larger than the output unfolds into rows of the im2col matrix (each an
+    output position, along the window's last axis a run or block of input rows) and the
+    GEMM reads the second operand as stored: against the reference, fused and unfused,
+    with infinities and NaNs in either operand (the padding's zeros meet the weights as in
+    the reference; nothing else does), and in chunks of samples and of the contraction
+    (``limits``: the scratch, the longest GEMM contraction) that leave a rest."""
+    if limits is not None:
+        monkeypatch.setattr(conv_codegen, "GEMM_CHUNK_ELEMENTS", limits[0])
+        monkeypatch.setattr(conv_codegen, "ROWS_MAX_CONTRACTION", limits[1])
+    rng = np.random.default_rng(5)
+    attrs = _attrs(case)
+    x = rng.standard_normal(case[1]).astype(dtype)
+    w = rng.standard_normal(case[2]).astype(dtype)
+    assert [conv_codegen.uses_window_rows(op) for op in _conv_ops(fj.jit(_conv(attrs)).lower(x, w))] == [True]
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for fuse in (True, False):
+        compiled = fj.jit(_conv(attrs), fuse=fuse).lower(x, w).compile()
+        (kernel,) = compiled.kernels
+        assert kernel.name.startswith("conv_gemm")
+        for xv, wv in ((x, w), (_specials(x, rng), w), (x, _specials(w, rng))):
+            want = conv_reference.conv(xv, wv, **attrs)
+            got = compiled(xv, wv)
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+            np.testing.assert_array_equal(np.isposinf(got), np.isposinf(want))
+            np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want))
+            finite = np.isfinite(want)
+            if finite.any():  # (a special value can reach every output of a small conv)
+                np.testing.assert_allclose(got[finite], want[finite], rtol=tol, atol=tol * np.abs(want[finite]).max())
+
+
+def test_only_kernel_gradient_shapes_without_lhs_dilation_unfold_windows_into_rows():
+    """The forward conv keeps the column layout; so does a window larger than the output
+    with lhs dilation (which keeps the offset table for its holes)."""
+    x, w1, _, _, _ = _cnn_params(cin=3, c1=8, c2=8, size=8, n=4)
+
+    def loss(w, x):
+        return fnp.sum(nn.conv2d(x, w, padding=1) ** 2)
+
+    convs = _conv_ops(fj.jit(fj.value_and_grad(loss)).lower(w1, x))
+    assert [conv_codegen.uses_window_rows(op) for op in convs] == [False, True]
+    dilated = {"strides": (1, 1), "lo": (0, 0), "hi": (0, 0), "lhs_dilation": (2, 2), "rhs_dilation": (1, 1),
+               "groups": 1}
+    xd, wd = RNG.standard_normal((2, 3, 4, 4)), RNG.standard_normal((2, 3, 6, 6))
+    (op,) = _conv_ops(fj.jit(_conv(dilated)).lower(xd, wd))
+    assert not conv_codegen.uses_window_rows(op) and op.output.shape[2:] == (2, 2)
+    np.testing.assert_allclose(fj.jit(_conv(dilated))(xd, wd), conv_reference.conv(xd, wd, **dilated), rtol=1e-12)
+
+
+@pytest.mark.parametrize("transposed", [False, True], ids=["rows @ w^T", "w @ rows^T"])
+def test_a_window_larger_than_the_output_takes_the_epilogue_and_pool_in_its_kernel(transposed):
+    """The result of the rows layout (either orientation of its GEMM) goes through the
+    fused epilogue (bias, relu) and the plane's pool like the other layouts' results."""
+    n, o = (1, 32) if transposed else (3, 4)  # 25 output positions per sample
+    x = RNG.standard_normal((n, 3, 8, 8)).astype(np.float32)
+    w = RNG.standard_normal((o, 3, 6, 6)).astype(np.float32)
+    b = RNG.standard_normal(o).astype(np.float32)
+
+    def f(x, w, b):
+        return nn.max_pool2d(nn.relu(nn.conv2d(x, w, b, padding=1)), 2, stride=1)
+
+    attrs = {"strides": (1, 1), "lo": (1, 1), "hi": (1, 1), "lhs_dilation": (1, 1), "rhs_dilation": (1, 1),
+             "groups": 1}
+    h = np.maximum(conv_reference.conv(x, w, **attrs) + b[:, None, None], 0)  # [n, o, 5, 5]
+    want = np.max([h[:, :, i:i + 4, j:j + 4] for i in (0, 1) for j in (0, 1)], axis=0)
+    compiled = fj.jit(f).lower(x, w, b).compile()
+    assert [k.name.split("_f32")[0] for k in compiled.kernels] == ["conv_gemm"]
+    assert [conv_codegen.uses_window_rows(op) for op in _conv_ops(fj.jit(f).lower(x, w, b))] == [True]
+    for fuse in (True, False):
+        np.testing.assert_allclose(fj.jit(f, fuse=fuse)(x, w, b), want, rtol=1e-5, atol=1e-5)

@@ -22,6 +22,18 @@ size)`` and a zero elsewhere (padding, holes).
   and memory does not grow with the batch; chunks are of equal size). Rows of ``cols``
   are filled as zeros, a strided copy, zeros: no bounds check per element; short rows
   (small images) are copied from a zero-padded copy of the chunk's planes (``_Padded``).
+* **im2col into rows** (also ``conv_gemm``; a kernel gradient's shape, a window larger
+  than the output, without lhs dilation: ``uses_window_rows``): there a column of the
+  usual layout is a few elements long (one per output position) and the unfolded matrix
+  is tall (the window). Instead each output position's windows are a row, ``rows[(i, p),
+  (c, k)]``, filled along the window's last axis with copies of input rows (a stride-1
+  conv's weight gradient: whole blocks of rows at once), and ``rows @ w^T`` reads the
+  second operand (the output gradient) as it is stored, in chunks of the contraction
+  that accumulate (``ROWS_MAX_CONTRACTION``; ``_lower_rows``). Measured against the
+  column layout through the offset table (``bench/bench_conv.py --gradients``, 1 thread,
+  float32, interleaved): 1.1-2.4x faster on each of its 15 shapes; in W9's step 0.60,
+  0.79 and 0.63x the time (its 604 MFLOP ones at 29-30 GFLOP/s, near the GEMM alone), in
+  W8's 0.82 and 0.89x.
 
 * **Shifted GEMMs** (``conv_shifted``): im2col along the last spatial axis only, into a
   scratch ``cols[G, Cg * K_last, ...]`` 1/``prod(K[:-1])`` the size of the full one,
@@ -93,8 +105,7 @@ from fusejit.ir.transforms.fusion import FusionGroup
 DIRECT_MAX_CONTRACTION = 4
 # Output rows at least this long are filled as zeros, a strided copy, zeros; shorter ones
 # (small images) from a zero-padded copy of the planes (``_Padded``), or with lhs
-# dilation, negative padding or a kernel gradient's shape through a table of input
-# offsets, in one loop per sample.
+# dilation or negative padding through a table of input offsets, in one loop per sample.
 FILL_ROW_MIN = 16
 # The im2col scratch of one chunk of samples holds at most this many elements. (2**17,
 # the L2's 512 KiB, timed 1.1-1.5x faster per conv in a process holding other
@@ -102,6 +113,21 @@ FILL_ROW_MIN = 16
 # one suspect: a chunk of one 16x16 sample gives the GEMM rows of 256 floats, a power
 # of two.)
 GEMM_CHUNK_ELEMENTS = 1 << 19
+# The longest contraction of one GEMM of a kernel gradient's conv (``_lower_rows``), which
+# accumulates chunks of it. Measured (1 thread, SciPy's OpenBLAS, float32, W9's 288 x 64
+# result over 16384 terms): 34 GFLOP/s in chunks of 128-512 terms, 15 in chunks of 1024,
+# 13 of 2048.
+ROWS_MAX_CONTRACTION = 512
+# Its rows are filled with the channels innermost (for each output position and window
+# offset, a strided copy across the chunk's channels) where a chunk holds at least
+# ``CHANNELS_INNER_MIN`` whole channels and the window's last axis is shorter than
+# ``CHANNELS_INNER_MAX_RUN`` (tiny planes: blocks of a few elements cost more in loop
+# overhead than they copy). Measured (1 thread, float32, interleaved): W8's 4x4 weight
+# gradient (32 channels a chunk) 2.01 ms against 2.28 by blocks; blocks stay ahead on
+# W9's 16x16 one (27.5 against 41.9 ms), its 8x8 one (8 channels a chunk: 23.5 against
+# 24.8) and W8's 8x8 one (0.230 against 0.233).
+CHANNELS_INNER_MIN = 16
+CHANNELS_INNER_MAX_RUN = 16
 # A gathering direct conv (``_lower_gather``) whose contraction (input channels per group
 # times window elements) is at least this long, and that feeds no pool, splits each
 # output element's sum over a block of threads. (A GPU measure: W7's weight gradient,
@@ -192,6 +218,14 @@ def uses_shifted(op: Op) -> bool:
         out_channels >= SHIFTED_MIN_CHANNELS or math.prod(op.output.shape[2:]) >= SHIFTED_MIN_POSITIONS)
 
 
+def uses_window_rows(op: Op) -> bool:
+    """Whether a conv lowered through a GEMM unfolds each output position's windows into
+    a row of the unfolded matrix (``_lower_rows``: a kernel gradient's shape, a window
+    larger than the output, without lhs dilation) instead of into a column."""
+    window, out = op.inputs[1].shape[2:], op.output.shape[2:]
+    return math.prod(window) > math.prod(out) and all(d == 1 for d in op.attrs["lhs_dilation"])
+
+
 def uses_gemm(op: Op, blas: bool) -> bool:
     """Whether ``op`` is lowered as im2col + GEMM (else as direct loops)."""
     lhs, rhs = op.inputs
@@ -257,7 +291,7 @@ def lower_conv(ctx: Ctx) -> LoweredKernel:
     epi = _Epilogue(ctx, b, arrays, op, pool)
     lower = _lower_gather if ctx.target.conv_gather else _lower_direct
     if uses_gemm(op, ctx.target.blas and ctx.target.gemm_in_loops):
-        lower = _lower_shifted if uses_shifted(op) else _lower_gemm
+        lower = _lower_shifted if uses_shifted(op) else _lower_rows if uses_window_rows(op) else _lower_gemm
     stem = lower(ctx, op, b, arrays, epi, _Shapes(b, op))
     return finish(ctx, b, arrays, epi.em, stem, op.output.dtype, op.output.shape)
 
@@ -457,7 +491,6 @@ def _lower_gemm(ctx: Ctx, op: Op, b: KernelBuilder, arrays: Arrays, epi: _Epilog
     n_total, c_total = lhs.shape[:2]
     o_total = rhs.shape[0]
     per_sample_cols = math.prod(rhs.shape[1:]) * s.groups * math.prod(out.shape[2:])
-    gradient = math.prod(rhs.shape[2:]) > math.prod(out.shape[2:])  # a kernel gradient's conv
     chunk = max(1, min(n_total, GEMM_CHUNK_ELEMENTS // max(per_sample_cols, 1)))
     chunks = -(-n_total // chunk)
     chunk = -(-n_total // chunks)  # chunks of equal size: no short GEMM at the end (64 = 56 + 8)
@@ -472,9 +505,7 @@ def _lower_gemm(ctx: Ctx, op: Op, b: KernelBuilder, arrays: Arrays, epi: _Epilog
     # output position) in an input plane, -1 for padding and holes, computed once.
     table = pad = None
     if out.shape[-1] < FILL_ROW_MIN or any(d != 1 for d in s.ldil):
-        # (a kernel gradient's conv keeps the table: measured 5-9% slower padded, rows
-        # of 3 elements)
-        if all(d == 1 for d in s.ldil) and all(lo >= 0 for lo in s.lo) and not gradient:
+        if all(d == 1 for d in s.ldil) and all(lo >= 0 for lo in s.lo):
             pad = _Padded(b, arrays, s, op, chunk)
         else:
             table = arrays.scratch(DType.i64, math.prod(rhs.shape[2:]) * math.prod(out.shape[2:]))
@@ -541,6 +572,231 @@ def _write_result(b: KernelBuilder, s: _Shapes, epi: _Epilogue, res: str, n0: Ex
 
             loop_nest(b, s.P, copy)
             epi.pool_plane(n, o)
+
+
+def _lower_rows(ctx: Ctx, op: Op, b: KernelBuilder, arrays: Arrays, epi: _Epilogue, s: _Shapes) -> str:
+    """im2col for a kernel gradient's shape: ``rows[(i, p), (c, k)] = x[n0 + i, ci,
+    p * stride + k * rhs_dilation - lo]``, so that along the last window axis a row
+    copies a run of an input row (zeros past its ends), and ``res[(i, p), o] = rows @
+    w[o, :]^T`` reads the weights (``[O, Cg * prod(K)]``, the output gradient) as they
+    are stored. The contraction comes in chunks of ``ROWS_MAX_CONTRACTION`` at most, which
+    accumulate into ``res`` (BLAS's beta = 1): a chunk holds whole channels or, for large
+    windows, a range of leading window offsets of one channel (a *unit*: a channel and
+    offsets along the window's first ``lead`` axes). Each GEMM has every output position
+    of the chunk's samples as rows; the samples come in chunks only where one unit of
+    all of them overflows ``GEMM_CHUNK_ELEMENTS``.
+
+    Where the window's last axis spans the input's rows (``K[-1] == rhs_dilation[-2] *
+    S[-1]``, unit rhs dilation along the last axis: a stride-1 conv's weight gradient),
+    the runs of consecutive offsets along the window's second-to-last axis lie end to end
+    in ``rows`` and in the input alike, and are copied as one (``_fill_block``). For tiny
+    planes the channels are the innermost loop instead (``CHANNELS_INNER_MIN``)."""
+    lhs, rhs = op.inputs
+    out = op.output
+    xa, wa = epi.inputs[lhs], epi.inputs[rhs]
+    dt = out.dtype
+    zero = b.const(0, dt)
+    n_total = lhs.shape[0]
+    window = rhs.shape[2:]
+    positions = math.prod(out.shape[2:])
+    last = s.nsp - 1
+    block = last > 0 and s.rdil[last] == 1 and window[last] == s.rdil[last - 1] * lhs.shape[-1]
+    lead = next(d for d in range(s.nsp) if d == last or math.prod(window[d:]) <= ROWS_MAX_CONTRACTION)
+    unit = math.prod(window[lead:])
+    units = rhs.shape[1] * math.prod(window[:lead])  # of one group
+    if n_total * positions * unit <= GEMM_CHUNK_ELEMENTS:
+        chunk = n_total
+        per = max(1, min(units, GEMM_CHUNK_ELEMENTS // (n_total * positions * unit), ROWS_MAX_CONTRACTION // unit))
+    else:
+        chunk, per = max(1, GEMM_CHUNK_ELEMENTS // (positions * unit)), 1
+    rows_of_units = block and lead == last  # units are runs: a chunk of them, one block
+    if rows_of_units:  # the chunk's units within one (channel, leading offsets): a divisor
+        per = max(d for d in range(1, per + 1) if window[last - 1] % d == 0)
+    channels_inner = lead == 0 and per >= CHANNELS_INNER_MIN and window[last] < CHANNELS_INNER_MAX_RUN
+    chunks = -(-n_total // chunk)
+    chunk = -(-n_total // chunks)  # chunks of equal size: the last one's extra rows are dropped
+    # Fewer output positions than output channels per group: ``res`` holds the result's
+    # transpose, ``w @ rows^T`` (measured 1 thread: 9 x 32 over 4096 terms 11 GFLOP/s as
+    # ``rows @ w^T``, 16 so; 288 x 64 over 1024 terms 33 and 11).
+    transposed = chunk * positions < rhs.shape[0] // s.groups
+    # The GEMM sizes are parameters: full chunks of units, then one of the rest.
+    full, rest = divmod(units, per)
+    rows = arrays.scratch(dt, chunk * positions * per * unit)
+    res = arrays.scratch(dt, chunk * positions * rhs.shape[0])
+    nb, m = s.size("chunk", chunk), s.size("gemm_rows", chunk * positions)
+    row_len, n_unit = s.size("row", per * unit), s.size("unit", unit)  # a row of ``rows``
+    leading = s.size("leading", math.prod(window[:lead]))  # units per channel
+    contraction = s.size("contraction", rhs.shape[1] * math.prod(window))
+    groups = s.size("groups", s.groups)
+
+    def unit_of(n: Expr, g: Expr, at: Expr) -> tuple[Expr, tuple[Expr, ...]]:
+        """The input plane's offset of sample ``n`` for unit ``at`` of group ``g``, and the
+        unit's offsets along the window's leading axes."""
+        c = b.let(floordiv(at, leading))
+        ci = b.let(add(b.let(mul(g, s.Cg)), c)) if s.groups > 1 else c
+        x_base = b.let(mul(b.let(add(b.let(mul(n, s.C)), ci)), s.SS))
+        k_lead, rest_at = [], b.let(mod(at, leading))
+        for d in reversed(range(lead)):
+            k_lead.append(b.let(mod(rest_at, s.K[d])))
+            rest_at = b.let(floordiv(rest_at, s.K[d]))
+        return x_base, tuple(reversed(k_lead))
+
+    def output_row(i: Expr, p: tuple[Expr, ...]) -> Expr:
+        return b.let(add(b.let(mul(i, s.PP)), linearize(b, p, s.P))) if s.PP != ONE else i
+
+    def unit_chunk(n0: Expr, count: Expr, g: Expr, u0: Expr, u_count: Expr, k_size: Expr, accumulate: Expr) -> None:
+        """Units ``u0 + u`` (``u < u_count``, ``k_size = u_count * unit``) of group ``g``
+        unfolded for the chunk's ``count`` samples and multiplied into ``res``."""
+        with b.each(count) as i:
+            n = b.let(add(n0, i))
+            if channels_inner:
+                x_base, _ = unit_of(n, g, u0)
+
+                def point(p: tuple[Expr, ...]) -> None:
+                    row_base = b.let(mul(output_row(i, p), row_len))
+
+                    def offset(k: tuple[Expr, ...]) -> None:
+                        inside, idx = _rows_inside(b, s, p, k)
+                        x_at = b.let(add(x_base, linearize(b, tuple(idx), s.S)))
+                        out_at = b.let(add(row_base, linearize(b, k, s.K)))
+                        stop = b.let(select(inside, u_count, ZERO))
+                        with b.loop(stop) as c:
+                            b.store(rows, b.let(add(out_at, b.let(mul(c, s.KK)))),
+                                    b.load(xa, b.let(add(x_at, b.let(mul(c, s.SS))))))
+                        with b.loop(u_count, start=stop) as c:
+                            b.store(rows, b.let(add(out_at, b.let(mul(c, s.KK)))), zero)
+
+                    loop_nest(b, s.K, offset)
+
+                loop_nest(b, s.P, point)
+            elif rows_of_units:
+                x_base, k_lead = unit_of(n, g, u0)
+
+                def position_block(p: tuple[Expr, ...]) -> None:
+                    _fill_block(b, s, xa, rows, x_base, b.let(mul(output_row(i, p), row_len)), p, k_lead[:-1],
+                                k_lead[-1], u_count, zero)
+
+                loop_nest(b, s.P, position_block)
+            else:
+                with b.each(u_count) as u:
+                    x_base, k_lead = unit_of(n, g, b.let(add(u0, u)))
+
+                    def position(p: tuple[Expr, ...]) -> None:
+                        row_base = b.let(add(b.let(mul(output_row(i, p), row_len)), b.let(mul(u, n_unit))))
+                        if block and lead < last:  # blocks of the whole window's second-to-last axis
+                            mid = s.K[lead:last - 1]
+
+                            def seg(k_mid: tuple[Expr, ...]) -> None:
+                                out_at = b.let(add(row_base, mul(linearize(b, k_mid, mid), mul(s.K[last - 1],
+                                                                                                 s.K[last]))))
+                                _fill_block(b, s, xa, rows, x_base, out_at, p, (*k_lead, *k_mid), ZERO,
+                                            s.K[last - 1], zero)
+
+                            loop_nest(b, mid, seg)
+                            return
+                        base = s.dilated_position(last, p[last], ZERO)
+
+                        def run(k_mid: tuple[Expr, ...]) -> None:
+                            k = (*k_lead, *k_mid)
+                            inside, idx = _rows_inside(b, s, p, k)
+                            row_out = b.let(add(row_base, mul(linearize(b, k_mid, s.K[lead:last]), s.K[last])))
+                            row_in = b.let(add(x_base, mul(linearize(b, tuple(idx), s.S[:last]), s.S[last])))
+                            _fill_run(b, xa, rows, row_in, row_out, base, s.rdil[last], s.K[last], s.S[last], zero,
+                                      inside)
+
+                        loop_nest(b, s.K[lead:last], run)
+
+                    loop_nest(b, s.P, position)
+        # res[(i, p), g * Og + og] (+)= rows[(i, p), :] . w[g * Og + og, u0 * unit:], or its
+        # transpose res[g * Og + og, (i, p)]
+        w_off = b.let(add(b.let(mul(b.let(mul(g, s.Og)), contraction)), b.let(mul(u0, n_unit))))
+        if transposed:
+            b.emit(Matmul(wa, rows, res, ONE, s.Og, k_size, m, False, True,
+                          Strided((w_off, ZERO, b.let(mul(b.let(mul(g, s.Og)), m))), (contraction, row_len, m),
+                                  accumulate)))
+        else:
+            b.emit(Matmul(rows, wa, res, ONE, m, k_size, s.Og, False, True,
+                          Strided((ZERO, w_off, b.let(mul(g, s.Og))), (row_len, contraction, s.O), accumulate)))
+
+    with b.each(s.size("chunks", chunks)) as j:
+        n0 = b.let(mul(j, nb)) if nb != ONE else j
+        count = b.let(minimum(nb, sub(s.N, n0))) if nb != ONE else ONE
+        with b.each(groups) as g:
+            n_per = s.size("per", per)
+            with b.each(s.size("unit_chunks", full)) as ju:
+                unit_chunk(n0, count, g, b.let(mul(ju, n_per)), n_per, row_len, binary(BinaryOp.NE, ju, ZERO))
+            if rest:
+                unit_chunk(n0, count, g, s.size("units_done", full * per), s.size("units_rest", rest),
+                           s.size("rest_k", rest * unit), ONE)
+
+        # out[n0 + i, o, p] = epilogue(res[(i, p), o]), or of res[o, (i, p)]
+        def source(i: Expr, o: Expr, p: tuple[Expr, ...]) -> Expr:
+            if transposed:
+                return b.let(add(b.let(mul(o, m)), output_row(i, p)))
+            return b.let(add(b.let(mul(output_row(i, p), s.O)), o))
+
+        _write_result(b, s, epi, res, n0, count, source)
+    return "conv_gemm"
+
+
+def _rows_inside(b: KernelBuilder, s: _Shapes, p: tuple[Expr, ...], k: tuple[Expr, ...]) -> tuple[Expr | None, list[Expr]]:
+    """The input positions along the first ``len(k)`` spatial axes at output position
+    ``p`` and window offset ``k``, and whether all of them are inside the input (None
+    when ``k`` is empty); no lhs dilation."""
+    inside: Expr | None = None
+    idx = []
+    for d in range(len(k)):
+        q = s.dilated_position(d, p[d], k[d])
+        ok = b.let(binary(BinaryOp.AND, binary(BinaryOp.GE, q, ZERO), binary(BinaryOp.LT, q, s.S[d])))
+        inside = ok if inside is None else b.let(binary(BinaryOp.AND, inside, ok))
+        idx.append(q)
+    return inside, idx
+
+
+def _fill_block(b: KernelBuilder, s: _Shapes, xa: str, cols: str, x_base: Expr, out_at: Expr, p: tuple[Expr, ...],
+                k_pre: tuple[Expr, ...], a: Expr, length: Expr, zero: Expr) -> None:
+    """``cols[out_at + (r - a) * K[-1] + t] = x[x_base + q]`` (zero outside the input) for
+    window offsets ``(*k_pre, r, t)``, ``a <= r < a + length``, ``t < K[-1]``, at output
+    position ``p``, where ``K[-1] == rhs_dilation[-2] * S[-1]`` and unit rhs dilation
+    along the last axis: consecutive ``r`` advance the input position by a whole row, as
+    far as ``cols`` advances, so the rows inside the input are one contiguous copy (no
+    per-row loop of a few elements, which stays scalar), after which each row's ends
+    outside the input row (which the copy filled from the neighbouring rows) are zeroed;
+    rows outside the input are zeros."""
+    last = s.nsp - 1
+    d = last - 1
+    kl = s.K[last]
+    inside, idx = _rows_inside(b, s, p, k_pre)
+    # the rows r whose position along axis d lies inside the input
+    base_d = s.dilated_position(d, p[d], ZERO)
+    st = Lit(s.rdil[d])
+    end = b.let(add(a, length))
+    lo_r = b.let(minimum(maximum(a, sub(ZERO, floordiv(base_d, st))), end))
+    hi_r = b.let(maximum(lo_r, minimum(end, add(floordiv(sub(sub(s.S[d], ONE), base_d), st), ONE))))
+    # the offsets t of a row inside the input row
+    base = s.dilated_position(last, p[last], ZERO)
+    first = b.let(minimum(maximum(ZERO, sub(ZERO, base)), kl))
+    stop = b.let(maximum(first, minimum(kl, sub(s.S[last], base))))
+    some = binary(BinaryOp.LT, first, stop)
+    hi_r = b.let(select(b.let(binary(BinaryOp.AND, inside, some)) if inside is not None else some, hi_r, lo_r))
+    with b.loop(b.let(add(out_at, mul(sub(lo_r, a), kl))), start=out_at) as t:
+        b.store(cols, t, zero)
+    # cols[out_at + (lo_r - a) * kl + first + t] = x[row(lo_r) + base + first + t]
+    q_d = b.let(add(base_d, mul(lo_r, st)))
+    row_in = b.let(add(x_base, mul(linearize(b, (*idx, q_d), s.S[:last]), s.S[last])))
+    src = b.let(add(b.let(add(row_in, base)), first))
+    dst = b.let(add(b.let(add(out_at, mul(sub(lo_r, a), kl))), first))
+    span = b.let(add(mul(sub(sub(hi_r, lo_r), ONE), kl), sub(stop, first)))
+    with b.loop(span) as t:
+        b.store(cols, b.let(add(dst, t)), b.load(xa, b.let(add(src, t))))
+    with b.loop(hi_r, start=lo_r) as r:
+        row_out = b.let(add(out_at, mul(sub(r, a), kl)))
+        with b.loop(first) as t:
+            b.store(cols, b.let(add(row_out, t)), zero)
+        with b.loop(kl, start=stop) as t:
+            b.store(cols, b.let(add(row_out, t)), zero)
+    with b.loop(b.let(add(out_at, mul(length, kl))), start=b.let(add(out_at, mul(sub(hi_r, a), kl)))) as t:
+        b.store(cols, t, zero)
 
 
 def _lower_shifted(ctx: Ctx, op: Op, b: KernelBuilder, arrays: Arrays, epi: _Epilogue, s: _Shapes) -> str:
@@ -649,8 +905,9 @@ class _Padded:
     ``xpad`` at a fixed offset per window offset, with no padding test: the offset table
     costs a load of the offset and a select per element. Measured against the table (1
     thread, interleaved): W7's forward conv 0.61 -> 0.52 ms, W8's 2.11 -> 2.01 ms, W9's
-    8x8 forward 27.5 -> 27.1 ms; kernel gradients (rows of 3) were 5-9% slower and keep
-    the table. The borders are zeroed once per call; each chunk overwrites the interiors."""
+    8x8 forward 27.5 -> 27.1 ms; kernel gradients (rows of 3) were 5-9% slower (they
+    unfold into rows instead, ``_lower_rows``). The borders are zeroed once per call; each
+    chunk overwrites the interiors."""
 
     def __init__(self, b: KernelBuilder, arrays: Arrays, s: _Shapes, op: Op, chunk: int) -> None:
         self.b, self.s = b, s
@@ -742,21 +999,29 @@ def _fill_last(b: KernelBuilder, s: _Shapes, xa: str, cols: str, row_in: Expr, r
     dilation), zeros where ``q`` is outside the input row, and zeros throughout where
     ``inside`` (the row's other axes) is false."""
     last = s.nsp - 1
-    base = s.dilated_position(last, ZERO, k)
-    st = Lit(s.strides[last])
-    width = s.P[last]
+    _fill_run(b, xa, cols, row_in, row_out, s.dilated_position(last, ZERO, k), s.strides[last], s.P[last],
+              s.S[last], zero, inside)
+
+
+def _fill_run(b: KernelBuilder, xa: str, cols: str, row_in: Expr, row_out: Expr, base: Expr, step: int, width: Expr,
+              size: Expr, zero: Expr, inside: Expr | None = None) -> None:
+    """``cols[row_out + t] = x[row_in + base + t * step]`` for ``t < width``: zeros before
+    and after the range where ``base + t * step`` lies in ``[0, size)``, and in between a
+    copy whose index is affine in ``t`` (it vectorizes); zeros throughout where ``inside``
+    is false."""
+    st = Lit(step)
     first = b.let(minimum(maximum(ZERO, sub(ZERO, floordiv(base, st))), width))
-    stop = b.let(maximum(first, minimum(width, add(floordiv(sub(sub(s.S[last], ONE), base), st), ONE))))
+    stop = b.let(maximum(first, minimum(width, add(floordiv(sub(sub(size, ONE), base), st), ONE))))
     if inside is not None:
         first = b.let(select(inside, first, width))
         stop = b.let(select(inside, stop, width))
-    with b.loop(first) as p:
-        b.store(cols, b.let(add(row_out, p)), zero)
-    with b.loop(stop, start=first) as p:
-        q = b.let(add(mul(p, st), base))
-        b.store(cols, b.let(add(row_out, p)), b.load(xa, b.let(add(row_in, q))))
-    with b.loop(width, start=stop) as p:
-        b.store(cols, b.let(add(row_out, p)), zero)
+    with b.loop(first) as t:
+        b.store(cols, b.let(add(row_out, t)), zero)
+    with b.loop(stop, start=first) as t:
+        q = b.let(add(mul(t, st), base))
+        b.store(cols, b.let(add(row_out, t)), b.load(xa, b.let(add(row_in, q))))
+    with b.loop(width, start=stop) as t:
+        b.store(cols, b.let(add(row_out, t)), zero)
 
 
 KERNEL_RULES = {P.conv: CodegenRule("kernel", kernel=Strategy(conv_support, lower_conv))}
