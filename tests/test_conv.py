@@ -190,6 +190,67 @@ def test_max_pool_gradient_goes_to_the_first_of_tied_elements():
         np.testing.assert_array_equal(grad(x), [[[[0.0, 1.0], [0.0, 0.0]]]])
 
 
+# A window beyond the operand's end: it holds padding only, which reads -inf like the
+# all -inf windows of the tests below, and has no winner (its cotangent goes nowhere).
+ALL_PADDING = ("a window of padding only", (2, 1, 3), (1, 1, 2), (1, 1, 2), (0, 0, 0), (0, 0, 3))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", [*POOLS, ALL_PADDING], ids=[c[0] for c in [*POOLS, ALL_PADDING]])
+def test_max_pool_winner_with_nans_signed_zeros_and_infinities_is_the_first_largest(case, dtype):
+    """The kernels pick each window's winner without branches on the data (its maximum
+    ignoring NaNs, then the first NaN, else the first element equal to the maximum):
+    exactly the sequential scan's choice, which the reference makes, on windows full of
+    ties between -0 and +0, infinities and NaNs, and on windows of only -inf or only NaN
+    next to padding (never chosen)."""
+    attrs = _pool_attrs(case)
+    values = np.array([np.nan, -0.0, 0.0, np.inf, -np.inf, 1.0, -1.0, 2.0], dtype)
+    rng = np.random.default_rng(7)
+    xs = [values[rng.integers(0, len(values), case[1])], np.full(case[1], -np.inf, dtype),
+          np.full(case[1], np.nan, dtype), np.where(rng.random(case[1]) < 0.5, -0.0, 0.0).astype(dtype)]
+    shape = conv_reference.pool_shape(case[1], **attrs)
+    g = rng.integers(-8, 8, shape).astype(dtype)  # small integers: sums of overlapping windows are exact
+    t = rng.integers(-8, 8, case[1]).astype(dtype)
+    scatter = fj.jit(lambda x, g: bind(P.max_pool_scatter, x, g, **attrs))
+    gather = fj.jit(lambda x, t: bind(P.max_pool_gather, x, t, **attrs))
+    for x in xs:
+        np.testing.assert_array_equal(scatter(x, g), conv_reference.max_pool_scatter(x, g, **attrs))
+        np.testing.assert_array_equal(gather(x, t), conv_reference.max_pool_gather(x, t, **attrs))
+
+
+def _maximum_fold(vals, dtype):
+    """``np.maximum`` folded from -inf as the kernels define it: NaN if any is NaN, and
+    -0 < +0 (NumPy's own reduction returns either zero of a tie)."""
+    vals = np.asarray(vals, dtype)
+    if np.isnan(vals).any():
+        return dtype(np.nan)
+    top = vals.max(initial=-np.inf)
+    if top == 0:
+        return dtype(0.0) if np.any((vals == 0) & ~np.signbit(vals)) else dtype(-0.0)
+    return dtype(top)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", [*POOLS, ALL_PADDING], ids=[c[0] for c in [*POOLS, ALL_PADDING]])
+def test_max_pool_keeps_nans_and_orders_signed_zeros(case, dtype):
+    """The forward kernel folds each window skipping NaNs and signs a zero maximum from
+    the sum of the window's zeros, refolding only windows with a NaN: bit for bit the
+    ``maximum`` fold, on windows of -0 and +0 ties, infinities, NaNs and padding."""
+    attrs = _pool_attrs(case)
+    rng = np.random.default_rng(5)
+    values = np.array([np.nan, -0.0, 0.0, np.inf, -np.inf, 1.0, -1.0], dtype)
+    zeros = np.array([-0.0, 0.0, -1.0], dtype)
+    xs = [values[rng.integers(0, len(values), case[1])], zeros[rng.integers(0, 3, case[1])],
+          np.full(case[1], -0.0, dtype), np.full(case[1], -np.inf, dtype)]
+    pool = fj.jit(lambda x: bind(P.max_pool, x, **attrs))
+    for x in xs:
+        want = np.array([_maximum_fold([x[q] for q in members if q is not None], dtype)
+                         for _, members in conv_reference._windows(x.shape, **attrs)], dtype)
+        got = np.asarray(pool(x)).ravel()
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
+
+
 @pytest.mark.parametrize("case", POOLS[:3], ids=[c[0] for c in POOLS[:3]])
 def test_max_pool_derivative_ops_are_each_others_transposes(case):
     x = RNG.standard_normal(case[1])
@@ -386,6 +447,19 @@ def test_max_pool_gradient_over_tiling_windows_writes_each_element_once(case):
     out = kernel.source.split("def max_pool_scatter")[1].split("(")[1].split(",")[2].strip()  # third array
     assert _reads(kernel.source, out) == (case[0] != "2x2 tiles"), kernel.source
     # one write per element is exact; overlapping windows add in another order than the reference
+    np.testing.assert_allclose(compiled(x, g), conv_reference.max_pool_scatter(x, g, **attrs), rtol=1e-6, atol=1e-6)
+
+
+def test_a_parallel_pool_gradient_whose_index_arithmetic_numba_types_as_float_runs():
+    """A max-pool gradient large enough for a ``prange`` loop: Numba types part of its
+    index arithmetic as float64 there, which the element access converts back as the
+    subscripts did (it failed to type once: ``load(array(float32, 1d, C), float64)``)."""
+    x = RNG.standard_normal((8, 4, 8, 8)).astype(np.float32)
+    attrs = {"window": (1, 1, 3, 3), "strides": (1, 1, 2, 2), "lo": (0, 0, 1, 1), "hi": (0, 0, 1, 1)}
+    g = RNG.standard_normal(conv_reference.pool_shape(x.shape, **attrs)).astype(np.float32)
+    with fj.config.override(parallel_threshold=64):
+        compiled = fj.jit(lambda x, g: bind(P.max_pool_scatter, x, g, **attrs)).lower(x, g).compile()
+    assert "prange" in compiled.kernels[0].source
     np.testing.assert_allclose(compiled(x, g), conv_reference.max_pool_scatter(x, g, **attrs), rtol=1e-6, atol=1e-6)
 
 
