@@ -10,15 +10,15 @@ unsigned index: a pointer offset from the array's data (``inbounds``: the index 
 the array). Values are packed and unpacked as Numba stores them (a boolean is a byte in
 memory), and ``store`` casts its value to the array's dtype as an assignment would.
 
-An index may arrive as a float: inside a ``prange`` body Numba types some of the index
-arithmetic of a parallel kernel in float64 (the loop's variable is then unsigned, and
-unsigned with signed integers promotes to float64). It is converted to an unsigned integer
-as the subscripts' ``np.uint64`` did, which is exact for every index below 2**53.
+An index may arrive as a float: inside a ``prange`` body Numba types part of a parallel
+kernel's index arithmetic as float64 (observed in a padded max-pool gradient, where it
+failed to type). It is converted to an unsigned integer as the subscripts' ``np.uint64``
+did, which is exact for every index below 2**53.
 
-Measured on the generated kernels of W5 and W10 (warm Numba, one core, CPU seconds):
-W5's cross-entropy row kernel 0.757 -> 0.663 s, its loss row kernel 0.371 -> 0.338 s,
-W10's GRU backward loop kernel 0.828 -> 0.754 s, its SGD kernel 0.848 -> 0.755 s; the
-machine code is the same loads and stores (a softmax-like row kernel's outputs were
+Measured on W5's generated kernels, the subscript and the intrinsic forms compiled
+alternately in one warm process (one core, CPU seconds): its cross-entropy row kernel
+0.955 -> 0.787 s, its loss row kernel 0.645 -> 0.417 s, its ten kernels 4.73 -> 4.26 s;
+the machine code is the same loads and stores (a softmax-like row kernel's outputs were
 bit-identical).
 
 Numba's on-disk cache of a kernel does not notice when this file changes: the generated
