@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -177,3 +178,20 @@ def test_threads_tracing_at_the_same_time_record_their_own_programs():
         sys.setswitchinterval(interval)
     assert not errors, errors
     assert got == want
+
+
+def test_threads_making_the_same_first_call_at_once_compile_it_once():
+    """Misses trace and compile under the function's lock: the threads that arrive while
+    one compiles wait, then hit (each compiled it, found by trying it)."""
+
+    def step(x):
+        time.sleep(0.05)  # tracing runs it: a slow trace (a lazy import) lets the others in
+        return nn.gelu(x @ x.T).sum(axis=1)
+
+    xs = inputs((64, 32))
+    jitted = fj.jit(step)
+    results = run_threads(jitted, xs)
+    info = jitted.cache_info()
+    assert (info.misses, info.hits) == (1, len(xs) * CALLS - 1)
+    for x, got in zip(xs, results, strict=True):
+        np.testing.assert_allclose(got[0], step(x), rtol=1e-5, atol=1e-6)

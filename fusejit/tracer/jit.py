@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -217,19 +218,20 @@ class Lowered:
 
     def executable(self) -> Any:
         if self._executable is None:
-            fused = self.fused  # first: it times the runtime's import as start-up
-            from fusejit.runtime.executable import compile_function
+            with self.jitted._miss_lock:  # one compilation when threads call at once
+                if self._executable is None:
+                    fused = self.fused  # first: it times the runtime's import as start-up
+                    from fusejit.runtime.executable import compile_function
 
-            exe = compile_function(
-                fused,
-                backend=self.jitted.backend,
-                donate_argnums=self.donated,
-                stages=self.stages,
-                traced=self.traced,
-                times=self.times,
-                fuse=self.jitted.fuse,
-            )
-            self._executable = exe
+                    self._executable = compile_function(
+                        fused,
+                        backend=self.jitted.backend,
+                        donate_argnums=self.donated,
+                        stages=self.stages,
+                        traced=self.traced,
+                        times=self.times,
+                        fuse=self.jitted.fuse,
+                    )
         return self._executable
 
     def as_text(self, stage: str = "optimized") -> str:
@@ -325,6 +327,10 @@ class Jitted:
         self.donate_argnums = frozenset(donate)
         self._positional = positional
         self._cache: dict[Any, Lowered] = {}
+        # Misses trace and compile under this lock: threads making the same first call at
+        # once each compiled it (found by trying it). Re-entrant for a function that calls
+        # itself while tracing.
+        self._miss_lock = threading.RLock()
         self._fast: dict[Any, Callable[[tuple], Any]] = {}  # see __call__
         self._info = CacheInfo()
         self._last: _Signature | None = None
@@ -363,13 +369,18 @@ class Jitted:
         key = (treedef, static_key, tuple(map(_leaf_signature, leaves)))
         lowered = self._cache.get(key)
         if lowered is None:
-            lowered = self._lower(args, kwargs)
-            self._cache[key] = lowered
-            self._info.misses += 1
-            self._warn_if_retraced_too_often()
-            lowered.executable()
-            if config.value("log_compiles"):
-                _compile_logger().info("fusejit: compiled %s", lowered.describe())
+            with self._miss_lock:
+                lowered = self._cache.get(key)
+                if lowered is None:  # not compiled by another thread meanwhile
+                    lowered = self._lower(args, kwargs)
+                    self._info.misses += 1
+                    self._warn_if_retraced_too_often()
+                    lowered.executable()
+                    self._cache[key] = lowered
+                    if config.value("log_compiles"):
+                        _compile_logger().info("fusejit: compiled %s", lowered.describe())
+                else:
+                    self._info.hits += 1
         else:
             self._info.hits += 1
         if not kwargs and not static_key and all(type(a) in _EXECUTABLE_ARRAYS for a in args):
@@ -542,10 +553,11 @@ class Jitted:
         dynamic, static_key, _ = self._split(args, kwargs)
         leaves, treedef = tree_flatten(dynamic)
         key = (treedef, static_key, tuple(map(_leaf_signature, leaves)))
-        if key not in self._cache:
-            self._cache[key] = self._lower(args, kwargs)
-            self._info.misses += 1
-        return self._cache[key]
+        with self._miss_lock:
+            if key not in self._cache:
+                self._cache[key] = self._lower(args, kwargs)
+                self._info.misses += 1
+            return self._cache[key]
 
     def cache_info(self) -> CacheInfo:
         return CacheInfo(self._info.hits, self._info.misses, list(self._info.reasons),
