@@ -1,7 +1,7 @@
 """A recurrent network on real data: a GRU reads each 8x8 handwritten digit row by row.
 
     python examples/train_rnn.py            # about 97% test accuracy in 30 epochs
-    python examples/train_rnn.py --quick    # one epoch, about 60% (what the tests run)
+    python examples/train_rnn.py --quick    # one epoch, about 55-60% (what the tests run)
 
 Data: the 1,797 8x8 digit images that ship inside scikit-learn (``load_digits``, nothing is
 downloaded), split 80/20 with a fixed seed. Each image is a sequence of 8 time steps of 8
