@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fusejit.codegen.constants import lift_constants
-from fusejit.codegen.elemental import Emitter, Index, linearize
+from fusejit.codegen.elemental import Emitter, Index, NeedDims, linearize
 from fusejit.codegen.exprs import ONE, ZERO, Expr, MathCall, Var, walk
 from fusejit.codegen.kernel import Kernel, KernelBuilder, Matmul, Stmt, Unsupported, expressions, statements
 from fusejit.codegen.rules import calls_math
@@ -237,6 +237,17 @@ def finish(
         kernel = lift_constants(kernel, bound)
     return LoweredKernel(kernel, ctx.group, ctx.group.kind, bound, list(b.int_values), display,
                          identity, dict(ctx.inplace))
+
+
+def emits_flat(ctx: Ctx, emit: Callable[[Arrays], None]) -> bool:
+    """Whether ``emit(arrays)``, a loop emission in flat mode, succeeds: tried on a builder
+    that is thrown away, because a rule that needs per-axis indices refuses (``NeedDims``)
+    half-way through emitting."""
+    try:
+        emit(ctx.arrays(KernelBuilder()))
+    except NeedDims:
+        return False
+    return True
 
 
 def root_index(em: Emitter, b: KernelBuilder, shape_exprs: tuple[Expr, ...], flat_mode: bool,

@@ -11,12 +11,13 @@ from fusejit.codegen.common import (
     Ctx,
     LoweredKernel,
     Strategy,
+    emits_flat,
     finish,
     provider_at,
     reason_of,
     root_index,
 )
-from fusejit.codegen.elemental import Index, NeedDims, linearize
+from fusejit.codegen.elemental import Index, linearize
 from fusejit.codegen.exprs import ONE, ZERO, Binary, BinaryOp, Expr, add
 from fusejit.codegen.kernel import KernelBuilder, Matmul, Unsupported
 from fusejit.codegen.rules import CodegenRule, clamped_index
@@ -153,14 +154,7 @@ def _emit_epilogue(ctx: Ctx, d: Value, c_arr: str, arrays: Arrays) -> None:
 
         root_index(em, b, exprs, flat_mode, total >= ctx.threshold, ("total",), total)(body)
 
-    # The flat loop when the epilogue's reads allow it, tried on a scratch builder first:
-    # a refusal (NeedDims) comes half-way through emitting.
-    flat_mode = True
-    try:
-        trial = ctx.arrays(KernelBuilder())
-        emit(trial.b, trial, trial.value(d, "in"), True)
-    except NeedDims:
-        flat_mode = False
+    flat_mode = emits_flat(ctx, lambda trial: emit(trial.b, trial, trial.value(d, "in"), True))
     emit(arrays.b, arrays, c_arr, flat_mode)
 
 
