@@ -115,6 +115,13 @@ def _window_element(b: KernelBuilder, w: Window, y: tuple[Expr, ...], k: tuple[E
     return linearize(b, tuple(idx), w.X), inside
 
 
+def _read(b: KernelBuilder, xa: str, flat: Expr, inside: Expr | None, fill: Expr) -> Expr:
+    """The window element at ``flat`` (``_window_element``), or ``fill`` where it lies in
+    the padding."""
+    v = b.load(xa, flat)
+    return v if inside is None else b.let(select(inside, v, fill))
+
+
 def _scan_window(b: KernelBuilder, w: Window, y: tuple[Expr, ...], visit, reverse: bool = False) -> None:
     """Calls ``visit(flat, inside)`` (``_window_element``) for each offset of the window
     at output ``y``, in row-major window order (``reverse``: the opposite order)."""
@@ -153,14 +160,10 @@ def _first_largest(b: KernelBuilder, w: Window, xa: str, y: tuple[Expr, ...], dt
     fill = b.const(-math.inf, dt)
     top = b.define(fill)
 
-    def value(flat: Expr, inside: Expr | None) -> Expr:
-        v = b.load(xa, flat)
-        return v if inside is None else b.let(select(inside, v, fill))  # padding: -inf, never NaN
-
     padded = any(w.reaches_outside(i) for i in range(len(w.X)))
 
     def scan(flat: Expr, inside: Expr | None) -> None:
-        v = value(flat, inside)
+        v = _read(b, xa, flat, inside, fill)  # padding: -inf, never NaN
         b.assign(top, MathCall("maxnum", (top, v), dt) if padded else _running_max(top, v))
 
     _scan_window(b, w, y, scan)
@@ -171,7 +174,7 @@ def _first_largest(b: KernelBuilder, w: Window, xa: str, y: tuple[Expr, ...], dt
     nan_at = b.define(Lit(-1))
 
     def take(flat: Expr, inside: Expr | None) -> None:
-        v = value(flat, inside)
+        v = _read(b, xa, flat, inside, fill)
         for var, hit in ((where, binary(BinaryOp.EQ, v, top)), (nan_at, binary(BinaryOp.NE, v, v))):
             if inside is not None and var is where:  # padding is -inf: it may equal the maximum
                 hit = binary(BinaryOp.AND, inside, hit)
@@ -219,10 +222,7 @@ def pool_element(b: KernelBuilder, w: Window, prim: P.Primitive, xa: str, oa: st
     acc = b.define(b.const(0, dt))
 
     def visit(flat: Expr, inside: Expr | None) -> None:
-        v = b.load(xa, flat)
-        if inside is not None:
-            v = b.let(select(inside, v, b.const(0, dt)))
-        b.assign(acc, binary(BinaryOp.ADD, acc, v))
+        b.assign(acc, binary(BinaryOp.ADD, acc, _read(b, xa, flat, inside, b.const(0, dt))))
 
     _scan_window(b, w, y, visit)
     b.store(oa, linearize(b, y, w.Y), b.let(binary(BinaryOp.DIV, acc, b.const(math.prod(w.window), dt))))
@@ -251,9 +251,7 @@ def _window_max(b: KernelBuilder, w: Window, xa: str, y: tuple[Expr, ...], dt: D
     zeros = b.define(neg_zero)
 
     def fast(flat: Expr, inside: Expr | None) -> None:
-        v = b.load(xa, flat)
-        if inside is not None:
-            v = b.let(select(inside, v, fill))
+        v = _read(b, xa, flat, inside, fill)
         b.assign(top, _running_max(top, v))
         nonzero = binary(BinaryOp.OR, binary(BinaryOp.LT, v, zero), binary(BinaryOp.GT, v, zero))  # not NaN
         b.assign(zeros, binary(BinaryOp.ADD, zeros, b.let(select(nonzero, neg_zero, v))))
@@ -264,10 +262,7 @@ def _window_max(b: KernelBuilder, w: Window, xa: str, y: tuple[Expr, ...], dt: D
         acc = b.define(fill)
 
         def visit(flat: Expr, inside: Expr | None) -> None:
-            v = b.load(xa, flat)
-            if inside is not None:
-                v = b.let(select(inside, v, fill))
-            b.assign(acc, MathCall("maximum", (acc, v), dt))
+            b.assign(acc, MathCall("maximum", (acc, _read(b, xa, flat, inside, fill)), dt))
 
         _scan_window(b, w, y, visit)
         return acc
