@@ -17,6 +17,7 @@ import numpy as np
 import fusejit as fj
 import fusejit.numpy as fnp
 from fusejit import config
+from fusejit.codegen.target import CPU
 from fusejit.runtime import cache, timings
 from fusejit.runtime.cache import COUNTERS, CacheWarning
 
@@ -51,6 +52,30 @@ def test_two_functions_with_the_same_layer_share_its_kernels(tmp_path):
         other(np.ones((32, 8), np.float32), w, b)
     (times,) = other.cache_info().compile_times
     assert times.kernels and times.count(timings.KernelOrigin.COMPILED) == 0
+
+
+def test_two_layers_whose_fused_ops_come_in_another_order_share_one_module(tmp_path):
+    """The second layer's kernel recomputes the first layer's constant 0.0, which therefore
+    comes first among its ops, while its code is the first layer's: one module, compiled
+    once (the op listing is not part of a module's text)."""
+    rng = np.random.default_rng(3)
+    x, w1, w2 = (rng.standard_normal(s).astype(np.float32) for s in ((16, 8), (8, 8), (8, 8)))
+    b1, b2 = rng.standard_normal(8).astype(np.float32), rng.standard_normal(8).astype(np.float32)
+
+    def two_layers(x, w1, b1, w2, b2):
+        return fnp.maximum(dense_relu(x, w1, b1) @ w2 + b2, 0.0)
+
+    with config.override(cache=True, cache_dir=str(tmp_path)):
+        f = fj.jit(two_layers)
+        out = f(x, w1, b1, w2, b2)
+        steps = f.lower(x, w1, b1, w2, b2).executable().call_plan.steps
+    first, second = steps
+    assert [op.prim.name for op in first.lowered.group.ops] != [op.prim.name for op in second.lowered.group.ops]
+    assert len({cache.module_name(CPU.print_module(sp.lowered.kernel)) for sp in steps}) == 1
+    (times,) = f.cache_info().compile_times
+    assert [k.origin for k in times.kernels][1] is not timings.KernelOrigin.COMPILED
+    h = np.maximum(x @ w1 + b1, 0)
+    np.testing.assert_allclose(out, np.maximum(h @ w2 + b2, 0), rtol=1e-5, atol=1e-6)
 
 
 def test_compile_workers_compile_uncached_kernels_into_the_shared_cache(tmp_path):
@@ -258,3 +283,47 @@ def test_version_key_names_the_versions_and_the_machine():
     key = cache.version_key()
     assert key.startswith(f"v{fj.__version__}-") and len(key) > 10
     assert COUNTERS.snapshot().keys() >= {"numba_compiles", "numba_cache_loads", "cache_repairs"}
+
+
+def test_a_function_with_a_loop_compiles_its_stretches_and_bodies_as_one_batch(tmp_path, monkeypatch):
+    """The kernels of the stretches around a scan and of its body go to the workers as one
+    batch: compiled executable by executable, the caller waited at each one's end for the
+    worker's last kernel. Every body and stretch is dumped once its kernels are loaded."""
+    from fusejit.runtime import compile_pool
+
+    batches: list[int] = []
+    original = compile_pool.compile_in_parallel
+
+    def counting(jobs, here, root):
+        batches.append(len(jobs))
+        return original(jobs, here, root)
+
+    monkeypatch.setattr(compile_pool, "compile_in_parallel", counting)
+
+    def model(w, xs):  # constants no other test uses: kernels no process has compiled
+        h0 = fnp.tanh(xs[0] @ w * 1.6180)
+
+        def cell(h, x):
+            h = fnp.tanh(x @ w + h * 0.3183)
+            return h, fnp.exp(h - 0.2718)
+
+        h, ys = fj.lax.scan(cell, h0, xs)
+        return (ys * 1.2599).sum(axis=0) + fnp.sort(h, axis=1)
+
+    rng = np.random.default_rng(2)
+    w, xs = rng.standard_normal((5, 5), np.float32), rng.standard_normal((7, 3, 5), np.float32)
+    try:
+        with config.override(cache=True, cache_dir=str(tmp_path / "cache"), compile_workers="1",
+                             dump_dir=str(tmp_path / "dump")):
+            f = fj.jit(model)
+            got = f(w, xs)
+    finally:
+        compile_pool.shutdown()
+    np.testing.assert_allclose(got, fj.jit(model, backend="interpret")(w, xs), rtol=2e-6, atol=1e-6)
+    assert len(batches) == 1 and batches[0] >= 3, batches
+    (times,) = f.cache_info().compile_times
+    assert len(times.kernels) == len(f.lower(w, xs).compile().kernels) >= 3
+    (body,) = (tmp_path / "dump").glob("*_cell_scan_body")  # dumped at the batch's end, with its runner
+    assert "def run(" in (body / "runner.py").read_text()
+    (whole,) = (tmp_path / "dump").glob("*_model")
+    assert all(k.name in (whole / "compile_times.txt").read_text() for k in times.kernels)

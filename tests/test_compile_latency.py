@@ -50,13 +50,14 @@ def test_a_starting_worker_gets_no_kernel_and_the_caller_does_not_wait_for_it(mo
     assert worker.jobs == []
 
 
-def test_a_ready_worker_takes_kernels_from_the_back_and_the_caller_from_the_front(monkeypatch):
+def test_the_longest_kernels_are_compiled_first_so_the_last_ones_in_flight_are_cheap(monkeypatch):
     started = threading.Event()
     started.set()
     worker = _FakeWorker(started)
     monkeypatch.setattr(compile_pool, "_ensure_workers", lambda n: [worker])
-    done = compile_pool.compile_in_parallel(_jobs(3), None, "")  # the workers do them all
-    assert worker.jobs == ["k2", "k1", "k0"] and done == {0, 1, 2}
+    jobs = [compile_pool.CompileJob("x" * size, f"k{i}", ("float32",), 1) for i, size in enumerate((5, 30, 1, 12))]
+    done = compile_pool.compile_in_parallel(jobs, None, "")  # the workers do them all
+    assert worker.jobs == ["k1", "k3", "k0", "k2"] and done == {0, 1, 2, 3}
 
 
 def test_a_worker_started_with_ready_says_so_before_it_reads_a_request(tmp_path):

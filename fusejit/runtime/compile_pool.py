@@ -5,9 +5,10 @@ and a cold compilation of a training step is a dozen kernels at 0.1-1 s each. Wh
 disk cache is on, each kernel the cache lacks can instead be compiled by a worker process
 (``python -m fusejit.runtime.compile_worker``), which writes the module and Numba's
 machine code into the same cache directory; the caller then loads it from there in a few
-milliseconds. The caller compiles too: it takes kernels from the front of the list while
-the workers take them from the back, and a kernel a worker failed to compile is simply
-compiled by the caller. A worker takes its first kernel only once it has started Numba (it
+milliseconds. The caller compiles too, and a kernel a worker failed to compile is simply
+compiled by the caller. Whoever is free takes the costliest kernel left (by the length of
+its source, which is what Numba's compile time grows with): the caller ends by waiting
+for the kernels the workers are still compiling, and those are then the cheapest. A worker takes its first kernel only once it has started Numba (it
 says so: ``--ready``): a kernel handed to it while it still imports (~1.3 s, more on a
 loaded machine) could be the last one left, and the caller then sat idle waiting for it.
 
@@ -145,12 +146,12 @@ def shutdown() -> None:
 
 def compile_in_parallel(jobs: Sequence[CompileJob], compile_here: Callable[[int], None] | None,
                         cache_root: str) -> set[int]:
-    """Compiles ``jobs``: this process calls ``compile_here(k)`` for jobs taken from the
-    front (unless it is None: the workers do them all) while the workers compile jobs
-    from the back into the disk cache under ``cache_root``. Returns the indices the
+    """Compiles ``jobs``, the longest source first: this process calls ``compile_here(k)``
+    for the ones it takes (unless it is None: the workers do them all) while the workers
+    compile the others into the disk cache under ``cache_root``. Returns the indices the
     workers compiled (the caller then loads them from the cache; one a worker failed is
     compiled when the caller loads it)."""
-    todo = deque(range(len(jobs)))
+    todo = deque(sorted(range(len(jobs)), key=lambda k: -len(jobs[k].source)))
     lock = threading.Condition()
     done_by_workers: set[int] = set()
     busy = [0]  # jobs a worker is compiling now
@@ -162,7 +163,7 @@ def compile_in_parallel(jobs: Sequence[CompileJob], compile_here: Callable[[int]
             with lock:
                 if not todo:
                     return
-                k = todo.pop()
+                k = todo.popleft()
                 busy[0] += 1
             reply = worker.run(jobs[k], cache_root)
             with lock:

@@ -33,7 +33,7 @@ from fusejit.ir.core import Function, Op, Value
 from fusejit.ir.transforms.fusion import FusedFunction, FusionGroup
 from fusejit.ir.transforms.fusion_control import sub_function
 from fusejit.runtime import donation
-from fusejit.runtime.cpu import KernelInfo
+from fusejit.runtime.cpu import KernelInfo, compiling_together
 from fusejit.runtime.timings import CompileTimes
 
 Compile = Callable[[Function], Any]  # an optimized-and-compiled nested function
@@ -153,34 +153,41 @@ class ControlFlowExecutable:
         self.donated: tuple[int, ...] = tuple(sorted(
             k for k in set(donate_argnums) if arrays is HostArrays  # NumPy's aliasing checks below
             and fn.params[k] not in control_inputs and fn.params[k] not in fn.results))
-        self.compile_times = CompileTimes()
         self._parts: list[_Segment | _Driver] = []
         groups = list(fused.groups)
         later_reads = _reads_after(groups, fn)
-        pending: list[FusionGroup] = []
-        for k, group in enumerate(groups):
-            control = next((op for op in group.ops if op.prim in CONTROL_FLOW), None)
-            if control is None:
-                pending.append(group)
-                continue
-            if pending:
-                self._parts.append(_segment(fn, pending, later_reads[k] | set(group.inputs), make_segment, ()))
-                pending = []
-            self._parts.append(_Driver(control, compile_nested, arrays))
         last = {fn.params[k] for k in self.donated}
-        if pending:
-            self._parts.append(_segment(fn, pending, set(fn.results), make_segment, last))
+        pending: list[FusionGroup] = []
+        with compiling_together():
+            for k, group in enumerate(groups):
+                control = next((op for op in group.ops if op.prim in CONTROL_FLOW), None)
+                if control is None:
+                    pending.append(group)
+                    continue
+                if pending:
+                    self._parts.append(_segment(fn, pending, later_reads[k] | set(group.inputs), make_segment, ()))
+                    pending = []
+                self._parts.append(_Driver(control, compile_nested, arrays))
+            if pending:
+                self._parts.append(_segment(fn, pending, set(fn.results), make_segment, last))
         if not (pending and any(p in last for p in self._parts[-1].params)):
             self.donated = ()  # no stretch after the last loop reads them: nothing to overwrite
         self._passed_through = _passed_through(fn)
         self.kernels: list[KernelInfo] = [info for st in self._parts for info in st.kernels()]
+
+    @property
+    def compile_times(self) -> CompileTimes:
+        """The stretches' and bodies' lowering and kernel times (a loop nested in a body
+        compiles with the outermost function, so they are summed when asked for)."""
+        total = CompileTimes()
         for st in self._parts:
             for exe in st.executables():
                 times = getattr(exe, "compile_times", None)
                 if times is not None:
-                    self.compile_times.lower += times.lower
-                    self.compile_times.startup = max(self.compile_times.startup, times.startup)
-                    self.compile_times.kernels += list(times.kernels)
+                    total.lower += times.lower
+                    total.startup = max(total.startup, times.startup)
+                    total.kernels += list(times.kernels)
+        return total
 
     def __call__(self, args: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
         return self.run(args)

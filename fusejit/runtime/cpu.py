@@ -28,11 +28,13 @@ parallelism); outputs are fresh per call, so nothing else is shared.
 
 from __future__ import annotations
 
+import contextvars
 import math
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -223,42 +225,20 @@ the module doc); ``call_plan`` is what it runs, as data."""
         return self._buf_name[key]
 
     def _compile(self, workers_only: bool = False) -> None:
-        """Loads (compiling or reading Numba's cache) every kernel; kernels the disk cache
-        lacks are compiled in parallel by worker processes when there are several
-        (``fusejit.runtime.compile_pool``), or all by them when ``workers_only`` (a
-        background compilation, which leaves this process's GIL to the caller)."""
-        jobs, steps = self._parallel_jobs(1 if workers_only else 2)
-        if jobs:
-            compile_pool.start_workers()  # they start up while this process starts Numba
-        self.compile_times.startup = start_numba()
-        progress = _Progress(self.function.name, len(self._steps))
-        times: dict[int, KernelTime] = {}
-        by_workers: set[int] = set()
-        if jobs:
-            root = str(module_directory()[0].parent)
-            here = None if workers_only else (lambda j: times.update({steps[j]: progress.step(self._load(steps[j]))}))
-            done = compile_pool.compile_in_parallel(jobs, here, root)
-            by_workers = {steps[j] for j in done}
-        for k in range(len(self._steps)):
-            if k not in times:
-                times[k] = progress.step(self._load(k, KernelOrigin.WORKER if k in by_workers else None))
-        progress.done()
-        self.compile_times.kernels = [times[k] for k in range(len(self._steps))]
-        self._views = {}
-        for key, slot in self._buf_slot.items():
-            dtype = self._buf_dtype[key].np
-            self._views[key] = self._arena[self._dims[slot]:self._dims[slot + 1]].view(dtype)
-        runner = self._runner()
-        self.run = self._call_generic if config.value("debug_nans") else runner
+        """Loads every kernel (``compile_executables``), now or, inside ``compiling_together``
+        (and not ``workers_only``), when that block ends."""
+        together = _TOGETHER.get()
+        if together is not None and not workers_only:
+            together.executables.append(self)
+        else:
+            compile_executables([self], workers_only)
 
-    def _parallel_jobs(self, at_least: int) -> tuple[list[compile_pool.CompileJob], list[int]]:
-        """The kernels (one per distinct module) that neither this process nor the disk
-        cache has, as jobs for the compile workers, with their step indices; none unless
-        there are ``at_least`` and workers are allowed."""
-        directory, disk = module_directory()
-        if not disk or compile_pool.worker_count() == 0:
-            return [], []
-        jobs, steps, seen = [], [], set()
+    def _parallel_jobs(self, seen: set[str]) -> tuple[list[compile_pool.CompileJob], list[int]]:
+        """The kernels (one per distinct module, none of ``seen``, which this adds them to)
+        that neither this process nor the disk cache has, as jobs for the compile workers,
+        with their step indices."""
+        directory, _ = module_directory()
+        jobs, steps = [], []
         for k, st in enumerate(self._steps):
             if st.module in seen or st.module in sys.modules or (directory / f"{st.module}.py").exists():
                 continue
@@ -267,7 +247,18 @@ the module doc); ``call_plan`` is what it runs, as data."""
             jobs.append(compile_pool.CompileJob(st.source, kernel.name, tuple(a.dtype.np.name for a in kernel.arrays),
                                                 len(kernel.ints) + 3 * st.chunked))
             steps.append(k)
-        return (jobs, steps) if len(jobs) >= at_least else ([], [])
+        return jobs, steps
+
+    def _finish(self, startup: float, times: dict[int, KernelTime]) -> None:
+        """Records the kernels' load times and builds the runner, once every kernel is loaded."""
+        self.compile_times.startup = startup
+        self.compile_times.kernels = [times[k] for k in range(len(self._steps))]
+        self._views = {}
+        for key, slot in self._buf_slot.items():
+            dtype = self._buf_dtype[key].np
+            self._views[key] = self._arena[self._dims[slot]:self._dims[slot + 1]].view(dtype)
+        runner = self._runner()
+        self.run = self._call_generic if config.value("debug_nans") else runner
 
     def _load(self, k: int, origin: KernelOrigin | None = None) -> KernelTime:
         """Loads step ``k``'s kernel, compiling it unless this process or the disk cache
@@ -548,6 +539,93 @@ the module doc); ``call_plan`` is what it runs, as data."""
     def runner_source(self) -> str:
         """The generated Python function every call runs (``K0``... are the kernels)."""
         return self._runner_source
+
+
+# ---------------------------------------------------------------------------------------
+# Compiling executables' kernels
+
+@dataclass
+class _Together:
+    """The executables built inside ``compiling_together``, whose kernels wait for its end,
+    and what to run once they are compiled (``after_compiling``)."""
+
+    executables: list[CpuExecutable] = field(default_factory=list)
+    then: list[Callable[[], None]] = field(default_factory=list)
+
+
+_TOGETHER: contextvars.ContextVar[_Together | None] = contextvars.ContextVar("together", default=None)
+
+
+@contextmanager
+def compiling_together() -> Iterator[None]:
+    """Defers the kernels of the ``CpuExecutable``s built inside the block (in this thread)
+    to its end, where they compile as one batch (``compile_executables``): a function with
+    loops is several executables (the stretches between the loops and the bodies), and
+    compiled one at a time, each would wait at ``compile_in_parallel``'s end for the
+    kernel a worker is still compiling instead of going on with the next one's kernels.
+    Nested blocks join the outermost one; an exception in the block compiles nothing."""
+    if _TOGETHER.get() is not None:
+        yield
+        return
+    together = _Together()
+    token = _TOGETHER.set(together)
+    try:
+        yield
+    finally:
+        _TOGETHER.reset(token)
+    compile_executables(together.executables)
+    for callback in together.then:
+        callback()
+
+
+def after_compiling(callback: Callable[[], None]) -> None:
+    """Calls ``callback`` once the executables built so far can run: at the end of the
+    ``compiling_together`` block, or now outside one."""
+    together = _TOGETHER.get()
+    if together is None:
+        callback()
+    else:
+        together.then.append(callback)
+
+
+def compile_executables(exes: Sequence[CpuExecutable], workers_only: bool = False) -> None:
+    """Loads every kernel of ``exes`` (compiling it unless this process or the disk cache
+    has it) and makes them callable. Kernels the disk cache lacks are compiled in parallel
+    by worker processes when there are at least two of them (``fusejit.runtime.
+    compile_pool``), or all by the workers when ``workers_only`` (a background
+    compilation, which leaves this process's GIL to the caller)."""
+    jobs: list[compile_pool.CompileJob] = []
+    owners: list[tuple[CpuExecutable, int]] = []  # per job: its executable and step
+    if module_directory()[1] and compile_pool.worker_count() > 0:
+        seen: set[str] = set()
+        for exe in exes:
+            exe_jobs, steps = exe._parallel_jobs(seen)
+            jobs += exe_jobs
+            owners += [(exe, k) for k in steps]
+        if len(jobs) < (1 if workers_only else 2):
+            jobs, owners = [], []
+    if jobs:
+        compile_pool.start_workers()  # they start up while this process starts Numba
+    startup = start_numba()
+    progress = _Progress(exes[0].function.name if exes else "", sum(len(exe._steps) for exe in exes))
+    times: dict[int, dict[int, KernelTime]] = {id(exe): {} for exe in exes}
+
+    def load(exe: CpuExecutable, k: int, origin: KernelOrigin | None = None) -> None:
+        times[id(exe)][k] = progress.step(exe._load(k, origin))
+
+    by_workers: set[tuple[int, int]] = set()
+    if jobs:
+        root = str(module_directory()[0].parent)
+        here = None if workers_only else (lambda j: load(*owners[j]))
+        done = compile_pool.compile_in_parallel(jobs, here, root)
+        by_workers = {(id(owners[j][0]), owners[j][1]) for j in done}
+    for exe in exes:
+        for k in range(len(exe._steps)):
+            if k not in times[id(exe)]:
+                load(exe, k, KernelOrigin.WORKER if (id(exe), k) in by_workers else None)
+    progress.done()
+    for exe in exes:
+        exe._finish(startup, times[id(exe)])
 
 
 def _into_slots(result_refs: Sequence[tuple[str, Any]], out_in_param: Sequence[int | None]) -> dict[int, int]:

@@ -29,7 +29,7 @@ from fusejit.ir.interpreter import run_function
 from fusejit.ir.transforms import fusion
 from fusejit.ir.transforms.fusion import FusedFunction, one_op_per_group
 from fusejit.runtime.control import ControlFlowExecutable, HostArrays, has_control_flow
-from fusejit.runtime.cpu import CpuExecutable, DonationError, KernelInfo  # noqa: F401 - re-exported
+from fusejit.runtime.cpu import CpuExecutable, DonationError, KernelInfo, after_compiling  # noqa: F401 - re-exported
 from fusejit.runtime.timings import CompileTimes
 
 BACKENDS = ("interpret", "cpu", "cuda")
@@ -103,7 +103,9 @@ def compile_function(
         if dump_dir:
             from fusejit.runtime.debug import dump_compilation
 
-            dump_compilation(dump_dir, fn, exe, stages=stages, traced=traced, backend=backend, times=times)
+            # A loop body's kernels compile with its whole function (``compiling_together``).
+            after_compiling(lambda: dump_compilation(dump_dir, fn, exe, stages=stages, traced=traced,
+                                                     backend=backend, times=times))
 
     if backend in ("cpu", "cuda") and has_control_flow(fn):
         # Loops and branches run as drivers over nested executables (fusejit.runtime.control),
