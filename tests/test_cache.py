@@ -195,7 +195,9 @@ x = np.arange(12, dtype=np.float32).reshape(3, 4) / 10
 y = np.ones((4, 2), np.float32)
 a, b = f(x, y)
 a, b = f(x, y)  # the second call runs the executable's runner again
-print(json.dumps({"counters": COUNTERS.snapshot(), "a": a.tolist(), "b": b.tolist()}))
+import sys
+print(json.dumps({"counters": COUNTERS.snapshot(), "a": a.tolist(), "b": b.tolist(),
+                  "registries": "numba.np.arraymath" in sys.modules}))
 """
 
 
@@ -217,6 +219,8 @@ def test_second_process_compiles_nothing_and_corrupted_entries_are_repaired(tmp_
     assert second["counters"]["modules_written"] == 0
     assert second["counters"]["numba_cache_loads"] > 0
     assert second["a"] == first["a"] and second["b"] == first["b"]
+    # Loading from the disk cache skips Numba's registries (most of a warm first call).
+    assert first["registries"] and not second["registries"]
     # Damage every cached machine-code entry: the next process discards and recompiles.
     damaged = list(tmp_path.rglob("*.nbi")) + list(tmp_path.rglob("*.nbc"))
     assert damaged
@@ -227,6 +231,7 @@ def test_second_process_compiles_nothing_and_corrupted_entries_are_repaired(tmp_
     assert third["a"] == first["a"] and third["b"] == first["b"]
     fourth = run_fresh_process(tmp_path)  # and the repaired entries are cached again
     assert fourth["counters"]["numba_compiles"] == 0 and fourth["counters"]["cache_repairs"] == 0
+    assert third["registries"] and not fourth["registries"]
 
 
 DAMAGE = {

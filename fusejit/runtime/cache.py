@@ -255,23 +255,55 @@ def _reachable(main: Any, generated_only: bool) -> list[Any]:
     return list(found.values())
 
 
-_numba_started = False
+_numba_started = False  # the NRT, which every kernel needs, compiled or loaded
+_registries_loaded = False  # Numba's typing and lowering registries, which compiling needs
 
 
-def start_numba() -> float:
-    """Loads Numba's typing and target registries (once per process, whether kernels
-    are then compiled or loaded from the disk cache); returns the seconds it took."""
-    global _numba_started
-    if _numba_started:
+def start_numba(compiling: bool = True) -> float:
+    """Starts Numba in this process (once) for loading kernels: the NRT, and with
+    ``compiling`` Numba's typing and target registries, which compiling needs but loading a
+    kernel from the disk cache does not (``_load_cached``); returns the seconds it took.
+    The registries take ~0.7 s, most of a warm first call: they import all of Numba's
+    NumPy and CPython implementations, and SciPy's BLAS through ``scipy.linalg``."""
+    global _numba_started, _registries_loaded
+    if _registries_loaded or (_numba_started and not compiling):
         return 0.0
     from numba.core.registry import cpu_target
+    from numba.core.runtime import rtsys
 
     start = time.perf_counter()
     with _lock:
-        cpu_target.target_context.refresh()
-        cpu_target.typing_context.refresh()
+        if compiling:
+            cpu_target.target_context.refresh()
+            cpu_target.typing_context.refresh()
+            _registries_loaded = True
+        else:
+            rtsys.initialize(cpu_target.target_context)
         _numba_started = True
     return time.perf_counter() - start
+
+
+def _load_cached(dispatcher: Any, signature: tuple[Any, ...]) -> bool:
+    """Whether ``dispatcher`` has ``signature``'s machine code now: already, or loaded from
+    Numba's disk cache without the registries, as Numba's own ``compile`` does after
+    loading them (Numba's private API, ``numba.core.dispatcher.Dispatcher.compile``: the
+    cache's load without its refresh of the registries, then the cache-hit branch)."""
+    from numba.core.compiler_lock import global_compiler_lock
+
+    if tuple(signature) in dispatcher.overloads:
+        return True
+    cache = getattr(dispatcher, "_cache", None)
+    if not hasattr(cache, "_load_overload"):  # a NullCache: no disk cache
+        return False
+    start_numba(compiling=False)
+    with global_compiler_lock:
+        cres = cache._load_overload(signature, dispatcher.targetctx)
+        if cres is None or cres.objectmode:
+            return False
+        dispatcher._cache_hits[signature] += 1
+        dispatcher.targetctx.insert_user_function(cres.entry_point, cres.fndesc, [cres.library])
+        dispatcher.add_overload(cres)
+    return True
 
 
 def compile_dispatchers(main: Any, signature: tuple[Any, ...]) -> None:
@@ -283,7 +315,9 @@ def compile_dispatchers(main: Any, signature: tuple[Any, ...]) -> None:
         before_overloads, before_hits = _state(main)
         for attempt in range(3):
             try:
-                main.compile(signature)
+                if attempt > 0 or not _load_cached(main, signature):
+                    start_numba(compiling=True)
+                    main.compile(signature)
                 break
             except Exception:
                 if attempt == 2:

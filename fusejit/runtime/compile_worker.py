@@ -37,7 +37,7 @@ def start() -> None:
     import fusejit.codegen.cpu.mathlib  # noqa: F401
     from fusejit.runtime.cache import start_numba
 
-    start_numba()
+    start_numba(compiling=True)
 
 
 def main(announce: bool = False) -> None:

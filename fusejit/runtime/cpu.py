@@ -594,9 +594,10 @@ def compile_executables(exes: Sequence[CpuExecutable], workers_only: bool = Fals
     by worker processes when there are at least two of them (``fusejit.runtime.
     compile_pool``), or all by the workers when ``workers_only`` (a background
     compilation, which leaves this process's GIL to the caller)."""
+    directory, disk = module_directory()
     jobs: list[compile_pool.CompileJob] = []
     owners: list[tuple[CpuExecutable, int]] = []  # per job: its executable and step
-    if module_directory()[1] and compile_pool.worker_count() > 0:
+    if disk and compile_pool.worker_count() > 0:
         seen: set[str] = set()
         for exe in exes:
             exe_jobs, steps = exe._parallel_jobs(seen)
@@ -606,7 +607,11 @@ def compile_executables(exes: Sequence[CpuExecutable], workers_only: bool = Fals
             jobs, owners = [], []
     if jobs:
         compile_pool.start_workers()  # they start up while this process starts Numba
-    startup = start_numba()
+    # Numba's registries only if something is to be compiled here (else they load lazily,
+    # should a cache entry turn out to be missing or damaged).
+    uncached = not disk or any(st.module not in sys.modules and not (directory / f"{st.module}.py").exists()
+                               for exe in exes for st in exe._steps)
+    startup = start_numba(compiling=uncached and not workers_only)
     progress = _Progress(exes[0].function.name if exes else "", sum(len(exe._steps) for exe in exes))
     times: dict[int, dict[int, KernelTime]] = {id(exe): {} for exe in exes}
 
@@ -615,7 +620,7 @@ def compile_executables(exes: Sequence[CpuExecutable], workers_only: bool = Fals
 
     by_workers: set[tuple[int, int]] = set()
     if jobs:
-        root = str(module_directory()[0].parent)
+        root = str(directory.parent)
         here = None if workers_only else (lambda j: load(*owners[j]))
         done = compile_pool.compile_in_parallel(jobs, here, root)
         by_workers = {(id(owners[j][0]), owners[j][1]) for j in done}

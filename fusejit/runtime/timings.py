@@ -4,8 +4,8 @@ One compilation (a cache miss of a jitted function) passes through the stages of
 ``fusejit.tracer.jit.Lowered``: tracing the Python function, optimizing the IR, fusing it
 into kernels, lowering and planning the kernels (kernel IR, source text, buffer plan),
 starting Numba (importing it and the code generator, which ``import fusejit`` does not, and
-loading its registries: once per process, ~1 s), and compiling each kernel
-with Numba or loading it from the disk cache. ``jitted.cache_info()``
+when something is to be compiled, loading its registries: once per process, ~0.5 s and
+~0.7 s more), and compiling each kernel with Numba or loading it from the disk cache. ``jitted.cache_info()``
 lists one ``CompileTimes`` per miss, ``Compiled.compile_times`` the one of its executable,
 and ``FUSEJIT_DUMP`` writes it as ``compile_times.txt``. All times are wall-clock seconds.
 """
