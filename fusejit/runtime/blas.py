@@ -1,5 +1,4 @@
-"""The thread count of the BLAS that kernels call (SciPy's OpenBLAS, through Numba's
-gemm entry point: ``fusejit.codegen.cpu.gemm``).
+"""The thread count of the BLAS that kernels call (SciPy's OpenBLAS: ``fusejit.codegen.cpu.gemm``).
 
 On a machine with few cores, OpenBLAS's thread pool and Numba's (OpenMP) pool fight when
 a function alternates GEMMs with parallel kernels: the threads of one spin while the
@@ -26,8 +25,6 @@ OpenBLAS (a separate library) is never touched; SciPy's is process-wide, so a
 from __future__ import annotations
 
 import ctypes
-import glob
-import os
 from typing import Any
 
 from fusejit import config
@@ -36,21 +33,19 @@ _state: dict[str, Any] = {"lib": None, "default": None, "current": None, "missin
 
 
 def _library() -> Any:
-    """SciPy's OpenBLAS (the one Numba's gemm entry point calls), or None if it is not found."""
+    """SciPy's bundled OpenBLAS (the one the kernels call), or None if it is not found."""
     if _state["lib"] is None and not _state["missing"]:
-        try:
-            import scipy
+        from fusejit.codegen.cpu.gemm import openblas
 
-            pattern = os.path.join(os.path.dirname(os.path.dirname(scipy.__file__)), "scipy.libs",
-                                   "libscipy_openblas*.so*")
-            path = sorted(glob.glob(pattern))[0]
-            lib = ctypes.CDLL(path)
+        lib = openblas()
+        try:
             lib.scipy_openblas_set_num_threads.argtypes = [ctypes.c_int]
             _state["default"] = int(lib.scipy_openblas_get_num_threads())
-            _state["current"] = _state["default"]
-            _state["lib"] = lib
-        except (ImportError, IndexError, OSError, AttributeError):
-            _state["missing"] = True  # another BLAS build: leave it alone
+        except AttributeError:  # another BLAS build (None included): leave it alone
+            _state["missing"] = True
+            return None
+        _state["current"] = _state["default"]
+        _state["lib"] = lib
     return _state["lib"]
 
 
@@ -85,10 +80,10 @@ def use(threads: int | None) -> None:
 
 def warm_up() -> None:
     """Once per process, before the first GEMM kernel runs: one float32 GEMM with a
-    512x512 result (and 64 terms each, about 1 ms) through SciPy's own binding of the
-    BLAS the kernels call (``scipy.linalg.blas``, which Numba has imported already: its
-    BLAS check loads ``scipy.linalg``). The kernels' own entry, ``gemm_f32``, cost 0.5-1 s
-    of Numba typing or cache loading here, on every cold and warm first call.
+    512x512 result (and 64 terms each, about 1 ms) through the bundled OpenBLAS's CBLAS
+    entry, which the kernels call too (``fusejit.codegen.cpu.gemm``), called with ctypes:
+    calling a kernel's own ``gemm_f32`` from Python cost 0.5-1 s of Numba typing or cache
+    loading, and SciPy's binding imports ``scipy.linalg`` (0.25-0.5 s).
 
     Measured on the 2-core VMs (SciPy's OpenBLAS, Haswell kernels, 1 thread): until a
     GEMM whose result has about 400x400 elements or more has run in the process, every
@@ -96,13 +91,22 @@ def warm_up() -> None:
     calling thread. 512x256 @ 256x256 took 6.9 ms against 1.9, 256^3 3.4 ms against 0.97,
     and the W5 MLP step 25-28 ms against 8.4-11.5. A GEMM with 400 terms but a small result
     did not help, nor did a GEMM in NumPy's own OpenBLAS; one in SciPy's float64 routine
-    did, and this one does (gemm_f32 512x256 @ 256x256 after it: 1.9-2.0 ms, against 7.0
-    without). The cause lies in how that OpenBLAS prepares its buffers; it was not found."""
+    did, and one through SciPy's float32 binding (gemm_f32 512x256 @ 256x256 after it:
+    1.9-2.0 ms, against 7.0 without). The cause lies in how that OpenBLAS prepares its
+    buffers; it was not found."""
     if _state["warmed"]:
         return
     _state["warmed"] = True
+    lib = _library()
+    if lib is None:
+        return
     import numpy as np
-    from scipy.linalg import blas as scipy_blas
 
-    a = np.ones((512, 64), np.float32, order="F")
-    scipy_blas.sgemm(1.0, a, a, trans_b=True)
+    a = np.ones((512, 64), np.float32)
+    c = np.empty((512, 512), np.float32)
+    sgemm = lib.scipy_cblas_sgemm
+    i, f, p = ctypes.c_int, ctypes.c_float, ctypes.c_void_p
+    sgemm.argtypes = [i, i, i, i, i, i, f, p, i, p, i, f, p, i]
+    sgemm.restype = None
+    # Row-major (101) C = A A^T (111: A as it is, 112: transposed).
+    sgemm(101, 111, 112, 512, 512, 64, 1.0, a.ctypes.data, 64, a.ctypes.data, 64, 0.0, c.ctypes.data, 512)

@@ -1,0 +1,67 @@
+"""The CPU kernels' GEMM (``fusejit.codegen.cpu.gemm``): every layout, offset, leading
+dimension and accumulation against NumPy, through SciPy's bundled OpenBLAS (CBLAS) and,
+for a SciPy built against another BLAS, through Numba's own entry point."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fusejit.codegen.cpu import gemm
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def check_every_layout(gemm_module) -> None:  # noqa: ANN001 - also run in a subprocess
+    rng = np.random.default_rng(0)
+    for dtype, fn in ((np.float32, gemm_module.gemm_f32), (np.float64, gemm_module.gemm_f64)):
+        for m, n, k in ((5, 7, 3), (4, 6, 9), (3, 3, 0), (1, 8, 1)):
+            for a_t in (0, 1):
+                for b_t in (0, 1):
+                    for accumulate in (0, 1):
+                        a2 = rng.standard_normal((k, m) if a_t else (m, k)).astype(dtype)
+                        b2 = rng.standard_normal((n, k) if b_t else (k, n)).astype(dtype)
+                        c2 = rng.standard_normal((m, n + 2)).astype(dtype)  # rows 2 longer than C's
+                        want = (a2.T if a_t else a2) @ (b2.T if b_t else b2) + (c2[:, :n] if accumulate else 0)
+                        # Each operand at an offset into its flat array.
+                        a = np.concatenate([np.zeros(3, dtype), a2.ravel()])
+                        b = np.concatenate([np.zeros(1, dtype), b2.ravel()])
+                        c = np.concatenate([np.zeros(2, dtype), c2.ravel()])
+                        fn(m, n, k, a, 3, max(a2.shape[1], 1), a_t, b, 1, max(b2.shape[1], 1), b_t, c, 2, n + 2,
+                           accumulate)
+                        got = c[2:].reshape(m, n + 2)
+                        tol = 1e-5 if dtype == np.float32 else 1e-12
+                        np.testing.assert_allclose(got[:, :n], want, rtol=tol, atol=tol)
+                        np.testing.assert_array_equal(got[:, n:], c2[:, n:])  # the gap is not written
+                        assert not c[:2].any()
+
+
+def test_the_gemm_of_every_layout_offset_and_accumulation_equals_numpy():
+    check_every_layout(gemm)
+
+
+FALLBACK = f"""
+import importlib.util
+find_spec = importlib.util.find_spec
+importlib.util.find_spec = lambda name, *a: None if name == "scipy" else find_spec(name, *a)
+from fusejit.codegen.cpu import gemm
+importlib.util.find_spec = find_spec
+assert not gemm.CBLAS
+import sys
+sys.path.insert(0, {str(REPO / "tests")!r})
+from test_gemm import check_every_layout
+check_every_layout(gemm)
+print("checked")
+"""
+
+
+@pytest.mark.skipif(not gemm.CBLAS, reason="this SciPy has no bundled OpenBLAS: the test above is the fallback")
+def test_without_scipys_bundled_openblas_the_gemm_goes_through_numbas_entry_point(tmp_path):
+    done = subprocess.run([sys.executable, "-c", FALLBACK], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)})
+    assert done.returncode == 0 and "checked" in done.stdout, done.stderr
