@@ -141,3 +141,45 @@ def test_command_line_end_to_end(tmp_path: Path) -> None:
     assert [r["config"] for r in case["results"]] == ["numpy", "fused"]
     assert all(r["check"]["ok"] and r["median_s"] > 0 for r in case["results"])
     assert "speed-up over NumPy eager" in proc.stdout
+
+
+first_call = _load("fusejit_bench_first_call", ROOT / "bench" / "bench_first_call.py")
+
+
+def test_first_call_goals() -> None:
+    def case(key: str, cold: float | None, warm: float | None) -> dict:
+        return {"key": key, "cold_over_jax": cold, "warm_over_jax": warm}
+
+    assert first_call.goal_met(case("W5", 1.4, 0.9)) == "yes"
+    assert first_call.goal_met(case("W5", 1.6, 0.9)) == "missed cold"
+    assert first_call.goal_met(case("W7", 2.5, 1.2)) == "missed cold, warm"
+    assert first_call.goal_met(case("W1", 2.9, 5.0)) == "yes"  # no goal for W1's warm call
+    assert first_call.goal_met(case("W6", 9.0, 9.0)) == "-"
+    assert first_call.goal_met(case("W5", None, None)) == "-"
+    assert first_call.goal_text("W5") == "cold<=1.5x warm<1x" and first_call.goal_text("W2") == "cold<=3x"
+
+
+def test_first_call_end_to_end(tmp_path: Path) -> None:
+    """``bench/bench_first_call.py`` on the cheapest workload: three fresh pinned processes,
+    the warm one loading every kernel the cold one compiled, both matching JAX."""
+    pytest.importorskip("jax")
+    out = tmp_path / "first_call.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_first_call.py"), "W6", "--size", "tiny", "--reps", "1",
+         "--threads", "1", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    (run,) = json.loads(out.read_text())["runs"]
+    (case,) = run["cases"]
+    kinds = case["kinds"]
+    assert all(k["reps"] == 1 and k["errors"] == 0 for k in kinds.values())
+    assert kinds["cold"]["check_ok"] and kinds["warm"]["check_ok"]
+    (cold,), (warm,), (jax,) = (kinds[k]["samples"] for k in ("cold", "warm", "jax"))
+    assert all(len(r["cpus"]) == 1 for r in (cold, warm, jax))
+    assert set(cold["fusejit"]["origins"]) <= {"compiled", "worker"} and cold["fusejit"]["origins"]
+    assert set(warm["fusejit"]["origins"]) == {"disk"}
+    assert cold["fusejit"]["cache_dir"] == warm["fusejit"]["cache_dir"]
+    assert Path(cold["fusejit"]["file"]).parents[1] != ROOT  # the copy of fusejit/, not the checkout
+    assert jax["jax"]["compilation_cache_dir"] is None
+    assert "fusejit cold" in proc.stdout and "cold/JAX" in proc.stdout
