@@ -104,12 +104,25 @@ def test_mlp_training_step_needs_at_most_six_kernels_beyond_its_matmuls():
     assert len(result.groups) <= matmuls + 6
 
 
-def test_bias_gradients_and_parameter_updates_run_horizontally():
+def test_each_bias_update_runs_in_the_kernel_that_sums_its_gradient():
+    """A bias's SGD update is the epilogue of the reduce kernel summing its gradient over the
+    batch (the updates used to be a horizontal kernel of their own): the step is its
+    matmuls (the weight updates their epilogues), the softmax row kernel and one reduce
+    kernel per bias, and nothing else."""
     params = nn.init_mlp(RNG, [8, 8, 8, 4])
     x = RNG.standard_normal((16, 8)).astype(np.float32)
-    result = fused(mlp_train_step, params, x, RNG.integers(0, 4, 16))
-    horizontal = [g for g in result.groups if g.kind == "horizontal"]
-    assert horizontal and all(len(g.parts) >= 2 for g in horizontal)
+    labels = RNG.integers(0, 4, 16)
+    result = fused(mlp_train_step, params, x, labels)
+    kinds = [g.kind for g in result.groups]
+    assert sorted(kinds) == sorted(["matmul"] * 8 + ["row"] + ["reduce"] * 3)
+    results = set(result.function.results)
+    assert all(set(g.outputs) & results for g in result.groups if g.kind == "reduce")
+    got = fj.tree_flatten(fj.jit(mlp_train_step)(params, x, labels))[0]
+    unfused = fj.tree_flatten(fj.jit(mlp_train_step, fuse=False)(params, x, labels))[0]
+    want = fj.tree_flatten(mlp_train_step(params, x, labels))[0]
+    for g, u, w in zip(got, unfused, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(g, u, rtol=1e-5, atol=1e-6)
 
 
 def test_a_value_read_by_recomputed_ops_in_two_kernels_is_not_owned_by_one_of_them():
@@ -242,3 +255,111 @@ def test_horizontal_fusion_orders_by_a_values_first_producer_when_it_is_recomput
     want = fj.grad(fj.grad(f))(t)
     np.testing.assert_allclose(fj.jit(fj.grad(fj.grad(f)))(t), want, rtol=1e-12)
     np.testing.assert_allclose(fj.jit(fj.jacrev(fj.grad(f)))(t), want, rtol=1e-12)
+
+
+# Compile latency (issue 12): kernels that need not exist, or not as a Numba parfor.
+
+
+def test_reshapes_between_kernels_stay_views_instead_of_joining_a_horizontal_kernel():
+    """A lone reshape, or a chain of relabels (a reshape, a transpose of unit axes, a
+    reshape), that only a matmul reads needs no kernel; joined to an independent update
+    in a horizontal kernel it was a copy and a kernel to compile (W7's flattened pool
+    output and its input images)."""
+    from fusejit.ir.transforms.fusion import is_view
+
+    rng = np.random.default_rng(5)
+    x, w, v = (rng.standard_normal(s).astype(np.float32) for s in ((8, 4), (4, 8), (16, 3)))
+    b = rng.standard_normal(5).astype(np.float32)
+
+    def f(x, w, v, b):
+        h = (x @ w).reshape(4, 16) @ v
+        t = x.reshape(8, 1, 1, 4).transpose(2, 0, 1, 3).reshape(2, 16) @ v
+        return h, t, b * 2.0 + 1.0
+
+    result = fused(f, x, w, v, b)
+    results = set(result.function.results)
+    views = [g for g in result.groups if is_view(g, results)]
+    assert len(views) == 2 and any(len(g.ops) > 1 for g in views)
+    assert not any(is_view(p, results) for g in result.groups for p in g.parts)
+    steps = fj.jit(f).lower(x, w, v, b).executable().call_plan.steps
+    assert len(steps) == len(result.groups) - len(views) == 4  # three matmuls, the update
+    for got, want in zip(fj.jit(f)(x, w, v, b), f(x, w, v, b), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_loop_that_runs_on_threads_is_a_kernel_of_its_own_not_a_horizontal_part():
+    """On the CPU such a loop alone runs in chunks; beside other loops it made the kernel a
+    Numba parfor (W7's input-gradient transpose and the conv bias update: 0.9 s to
+    compile instead of 0.3 + 0.15 apart)."""
+    from fusejit.codegen.target import CPU
+    from fusejit.ir.transforms.fusion import fusion_report
+
+    x = np.arange(128, dtype=np.float32).reshape(16, 8)
+    b = np.arange(4, dtype=np.float32)
+
+    def f(x, b):
+        return x.T * 2.0, b - 0.5
+
+    with fj.config.override(parallel_threshold=64):
+        result = fused(f, x, b)
+        assert [g.kind for g in result.groups] == ["loop", "loop"]
+        assert any(r.phase == "horizontal" and "runs on threads" in r.reason for r in result.refusals)
+        assert "runs on threads" in fusion_report(result)
+        steps = fj.jit(f).lower(x, b).executable().call_plan.steps
+        assert [CPU.chunked(sp.lowered.kernel) for sp in steps] == [True, False]
+        got = fj.jit(f)(x, b)
+    np.testing.assert_array_equal(got[0], x.T * 2)
+    np.testing.assert_array_equal(got[1], b - 0.5)
+    with fj.config.override(parallel_threshold=1 << 18):  # both small: one horizontal kernel
+        assert [g.kind for g in fused(f, x, b).groups] == ["horizontal"]
+
+
+def _cross_entropy(logits, labels):
+    """The benchmarks' hand-written mean cross-entropy (bench/workloads.py)."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return -np.take_along_axis(log_probs, labels[:, None], axis=1).mean()
+
+
+def test_a_mean_loss_over_the_rows_joins_the_row_kernel_that_computes_its_rows():
+    """The loss (a mean over the batch of one value per row) is summed by the softmax's row
+    kernel as it finishes each row, instead of by a kernel of its own reading the
+    log-probabilities back (W5, W7: 0.3 s less to compile)."""
+    from fusejit.ir.transforms.fusion import fusion_report
+
+    rng = np.random.default_rng(7)
+    logits = rng.standard_normal((32, 10)).astype(np.float32)
+    labels = rng.integers(0, 10, 32)
+    step = fj.value_and_grad(_cross_entropy)
+    result = fused(step, logits, labels)
+    assert [g.kind for g in result.groups] == ["row"]
+    (group,) = result.groups
+    assert result.function.results[0] in group.outputs
+    value, grad = fj.jit(step)(logits, labels)
+    unfused_value, unfused_grad = fj.jit(step, fuse=False)(logits, labels)
+    want_value, want_grad = step(logits, labels)
+    np.testing.assert_allclose(value, want_value, rtol=1e-6)
+    np.testing.assert_allclose(value, unfused_value, rtol=1e-6)
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(grad, unfused_grad, rtol=1e-5, atol=1e-7)
+    with fj.config.override(parallel_threshold=64):  # rows on threads: the loss apart
+        apart = fused(step, logits, labels)
+        assert len(apart.groups) == 2
+        assert "cannot also total values over its rows" in fusion_report(apart)
+        np.testing.assert_allclose(fj.jit(step)(logits, labels)[0], want_value, rtol=1e-6)
+
+
+def test_a_total_over_rows_read_back_by_every_row_stays_a_kernel_of_its_own():
+    """A row kernel knows its total only after its last row: a value computed from the total
+    for every element cannot be in it."""
+    x = np.random.default_rng(8).standard_normal((16, 8)).astype(np.float32)
+
+    def f(x):
+        e = fnp.exp(x - x.max(axis=1, keepdims=True))
+        s = e.sum(axis=1, keepdims=True)
+        return e / s * fnp.log(s).mean()
+
+    result = fused(f, x)
+    assert len(result.groups) >= 2
+    assert_every_group_lowers(result)
+    np.testing.assert_allclose(fj.jit(f)(x), f(x), rtol=1e-5, atol=1e-7)

@@ -230,7 +230,6 @@ def finish(
         ints=list(b.ints),
         body=b.finish(),
         parallel=b.parallel,
-        doc=describe_ops(ctx.group, concrete=False),
     )
     bound = list(arrays.bound)
     if ctx.target.constants_as_data:  # kernels that differ only in float constants share a compilation
@@ -382,13 +381,13 @@ def provider_at(em: Emitter, value: Expr, flat: Expr, what: str) -> Callable[[In
 # Header comments
 
 
-def describe_ops(group: FusionGroup, concrete: bool) -> list[str]:
-    """One line per op: ``t2 = mul t0, in1  f32[512,64]  # model.py:3``.
+def describe_ops(group: FusionGroup) -> list[str]:
+    """One line per op: ``t2 = mul t0, in1  f32[512,64]  # model.py:3``, for the header
+    of a kernel's displayed source (not its module, which two groups with the same code
+    share: ``cpu.printer.module_source``).
 
-    Names are local to the group (``in<k>`` inputs, ``t<k>`` op results). With
-    ``concrete=False`` shapes show only the rank (``f32[*,*]``, unit axes as ``1``) and
-    no source lines, so the text is shared by every batch size and call site. File
-    names are reduced to printable base names: nothing raw reaches generated source.
+    Names are local to the group (``in<k>`` inputs, ``t<k>`` op results). File names are
+    reduced to printable base names: nothing raw reaches generated source.
     """
     names: dict[Value, str] = {v: f"in{k}" for k, v in enumerate(group.inputs)}
     counter = 0
@@ -402,16 +401,15 @@ def describe_ops(group: FusionGroup, concrete: bool) -> list[str]:
         args = ", ".join(names.get(v, "?") for v in op.inputs)
         attrs = " ".join(
             f"{k}={format_attr(val)}" for k, val in op.attrs.items()
-            if not op.prim.attrs[k].implied_by_result and (concrete or k not in ("shape", "start", "limit", "lo", "hi", "size", "value"))
-            and not hasattr(val, "ops")
+            if not op.prim.attrs[k].implied_by_result and not hasattr(val, "ops")
         )
         t = op.outputs[0].type
-        shape = ",".join(str(n) if concrete or n == 1 else "*" for n in t.shape)
+        shape = ",".join(str(n) for n in t.shape)
         line = f"{', '.join(outs)} = {op.prim.name} {args}".rstrip()
         if attrs:
             line += f"  {attrs}"
         line += f"  : {t.dtype}[{shape}]"
-        if concrete and op.loc is not None:
+        if op.loc is not None:
             line += f"  # {short_loc(op.loc)}"
         lines.append(line)
     return lines

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from fusejit.codegen.exprs import ATOMS, INDEX, ONE, ZERO, Const, Expr, Load, MathCall, Var, var_names, walk
@@ -178,7 +178,6 @@ class Kernel:
     ints: list[Var]
     body: list[Stmt]
     parallel: bool = False
-    doc: list[str] = field(default_factory=list)  # shape-free op lines for the header
 
     @property
     def params(self) -> list[str]:

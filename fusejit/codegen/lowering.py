@@ -10,6 +10,7 @@ a value's buffer, scratch memory, a materialized constant, or an integer.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from fusejit.codegen import conv, pool, scan
@@ -25,8 +26,14 @@ from fusejit.codegen.common import (
 from fusejit.codegen.contraction import KERNEL_RULES as SCATTER_RULES
 from fusejit.codegen.contraction import lower_matmul, matmul_support
 from fusejit.codegen.kernel import Unsupported
-from fusejit.codegen.loops import horizontal_support, loop_support, lower_horizontal, lower_loop
-from fusejit.codegen.reductions import lower_reduce, lower_row, reduce_support, row_support
+from fusejit.codegen.loops import (
+    horizontal_support,
+    loop_outputs_space,
+    loop_support,
+    lower_horizontal,
+    lower_loop,
+)
+from fusejit.codegen.reductions import lower_reduce, lower_row, reduce_support, row_support, row_totals
 from fusejit.codegen.rules import ELEMENTWISE_RULES, LAYOUT_RULES, REDUCTION_RULES, CodegenRule
 from fusejit.ir import primitives as P
 from fusejit.ir.core import Op, Value
@@ -121,7 +128,34 @@ def supports_on(target: Any, group: FusionGroup) -> str | None:
     strategy = target.strategies.get(group.kind)
     if strategy is None:
         return f"the {target.name} target has no strategy for '{group.kind}' groups"
-    return common_support(group) or strategy.supports(group) or branch_support(group)
+    return (common_support(group) or strategy.supports(group) or branch_support(group)
+            or _parallel_part_support(target, group) or _row_totals_support(target, group))
+
+
+def _row_totals_support(target: Any, group: FusionGroup) -> str | None:
+    """Why a row group that totals values over its rows (``reductions.row_totals``), and so
+    runs them in order on one thread, must not be made, or None."""
+    if group.kind is not GroupKind.ROW or not row_totals(group):
+        return None
+    total = max(math.prod(op.inputs[0].shape) for op in group.ops if op.prim.kind is OpKind.REDUCTION)
+    if total >= target.parallel_threshold():
+        return (f"a row kernel over {total} elements runs its rows on threads: it cannot also total "
+                "values over its rows")
+    return None
+
+
+def _parallel_part_support(target: Any, group: FusionGroup) -> str | None:
+    """Why a horizontal group must not hold a part whose loop runs on threads (the target's
+    ``parallel_loops_alone``), or None."""
+    if group.kind is not GroupKind.HORIZONTAL or not target.parallel_loops_alone or len(group.parts) < 2:
+        return None
+    threshold = target.parallel_threshold()
+    for part in group.parts:
+        total = math.prod(loop_outputs_space(part))
+        if total >= threshold:
+            return (f"a loop over {total} elements runs on threads: alone it runs in chunks, in a "
+                    "horizontal kernel it would be a parfor (slower to compile)")
+    return None
 
 
 def lower_on(target: Any, group: FusionGroup, *, parallel_threshold: int | None = None,

@@ -89,22 +89,27 @@ def _analyze_reductions(group: FusionGroup) -> _Reductions:
         if any(v in dependent for v in op.inputs):
             if op.prim.kind not in LOOP_OPS and op.prim is not P.gather:
                 raise Unsupported(f"{op.prim.name} cannot consume a reduction in this kernel")
-            _check_reads_in_place(op, dependent, rows=False)
+            _check_reads_in_place(op, dependent, row_axes=None)
             dependent.update(op.outputs)
         elif op.prim.kind not in LOOP_OPS and op.prim is not P.gather:
             raise Unsupported(f"{op.prim.name} cannot be fused into a reduction kernel")
     return _Reductions(reduces, shape, axes, dependent)
 
 
-def _check_reads_in_place(op: Op, dependent: set[Value], rows: bool) -> None:
-    """A reduction's result exists only at the element (in a row kernel: the row) being
-    computed: ``op`` may read values computed from it elementwise, through layout ops
-    that keep the linear index, or, in a row kernel, broadcast back over the row."""
+def _check_reads_in_place(op: Op, dependent: set[Value], row_axes: int | None) -> None:
+    """A reduction's result exists only at the element (in a row kernel, whose rows run
+    over its first ``row_axes`` axes: the row) being computed: ``op`` may read values
+    computed from it elementwise, through layout ops that keep the linear index, or, in a
+    row kernel, broadcast back over the row or gathered along one of the row's own axes."""
     if op.prim.kind is OpKind.ELEMENTWISE:
         return
     if op.prim in (P.reshape, P.transpose, P.broadcast_in_dim) and P.keeps_linear_order(op):
         return
+    rows = row_axes is not None
     if rows and op.prim is P.broadcast_in_dim and op.attrs["dims"] == tuple(range(len(op.inputs[0].shape))):
+        return
+    if (rows and op.prim is P.gather and op.attrs["axis"] >= row_axes
+            and op.inputs[0].shape[:row_axes] == op.output.shape[:row_axes] and op.inputs[1] not in dependent):
         return
     raise Unsupported(f"{op.prim.name} reads a reduction's result at another element than the one being computed")
 
@@ -419,38 +424,84 @@ def _converted_load(em: Emitter, array: str, dtype: DType) -> Callable[[Index], 
 # Row kernels: reductions over trailing axes and their broadcast consumers
 
 
-def _row_structure(group: FusionGroup) -> tuple[list[Op], tuple[int, ...], tuple[int, ...]]:
-    """The reductions of a row kernel, their input shape and their (trailing) axes."""
-    reduces = [op for op in group.ops if op.prim.kind is OpKind.REDUCTION]
-    if not reduces:
+@dataclass(frozen=True, slots=True)
+class _RowStructure:
+    reduces: tuple[Op, ...]  # over the trailing ``axes`` of ``shape``, once per row
+    shape: tuple[int, ...]
+    axes: tuple[int, ...]
+    # Reductions over every axis of a value with one element per row (a mean loss over a
+    # batch; rows, not a single one): summed over the rows as they are computed, known
+    # after the last row.
+    totals: tuple[Op, ...]
+    after: frozenset[Value]  # the totals' results and the values computed from them
+
+
+def _row_structure(group: FusionGroup) -> _RowStructure:
+    """The reductions of a row kernel (their input shape and their trailing axes) and its
+    totals over the rows, checked with what reads them."""
+    everything = [op for op in group.ops if op.prim.kind is OpKind.REDUCTION]
+    if not everything:
         raise Unsupported("a row kernel holds a reduction")
-    shape = reduces[0].inputs[0].shape
-    axes = reduced_axes(reduces[0])
+    shape = max((op.inputs[0].shape for op in everything), key=math.prod)
+    axes = next(reduced_axes(op) for op in everything if op.inputs[0].shape == shape)
     rank = len(shape)
     if not axes or axes != tuple(range(rank - len(axes), rank)):
         raise Unsupported("a row kernel reduces trailing axes")
-    for op in reduces:
-        if op.inputs[0].shape != shape or reduced_axes(op) != axes:
-            raise Unsupported("the reductions of a row kernel must share their input shape and axes")
+    row_shape = shape[:rank - len(axes)]
+    reduces, totals = [], []
+    for op in everything:
+        if op.inputs[0].shape == shape and reduced_axes(op) == axes:
+            reduces.append(op)
+        elif (_nonunit(op.inputs[0].shape) == _nonunit(row_shape) and math.prod(row_shape) > 1
+              and reduced_axes(op) == tuple(range(len(op.inputs[0].shape)))
+              and REDUCTION_RULES[op.prim].arg is None):
+            totals.append(op)
+        else:
+            raise Unsupported("the reductions of a row kernel must share their input shape and axes, "
+                              "or total one value per row over the rows")
     dependent = {op.output for op in reduces}
+    after = {op.output for op in totals}
     for op in group.ops:
         if op.prim.kind not in LOOP_OPS and op.prim is not P.gather and op.prim.kind is not OpKind.REDUCTION:
             raise Unsupported(f"{op.prim.name} cannot be fused into a row kernel")
-        if op.prim.kind is not OpKind.REDUCTION and any(v in dependent for v in op.inputs):
-            _check_reads_in_place(op, dependent, rows=True)
+        if op.prim.kind is OpKind.REDUCTION:
+            if any(v in after for v in op.inputs):
+                raise Unsupported("a row kernel's total over the rows is known only after the last row")
+            continue
+        if any(v in after for v in op.inputs):
+            if op.output.type.size != 1 or any(v in dependent and v not in after for v in op.inputs):
+                raise Unsupported("a row kernel's total over the rows is known only after the last row: "
+                                  "only single values are computed from it")
+            after.update(op.outputs)
+        elif any(v in dependent for v in op.inputs):
+            _check_reads_in_place(op, dependent, row_axes=len(row_shape))
             dependent.update(op.outputs)
-    return reduces, shape, axes
+    return _RowStructure(tuple(reduces), shape, axes, tuple(totals), frozenset(after))
+
+
+def _nonunit(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(n for n in shape if n != 1)
+
+
+def row_totals(group: FusionGroup) -> bool:
+    """Whether ``group`` (a row group its strategy lowers) totals values over its rows,
+    which it then runs in order, on one thread."""
+    return bool(_row_structure(group).totals)
 
 
 def lower_row(ctx: Ctx) -> LoweredKernel:
     group = ctx.group
-    reduces, shape, axes = _row_structure(group)
+    rs = _row_structure(group)
+    reduces, shape, axes, totals, after = rs.reduces, rs.shape, rs.axes, rs.totals, rs.after
     rank = len(shape)
     nrow = rank - len(axes)
     row_shape = shape[:nrow]
-    # Passes: a reduction runs after the reductions its operand depends on.
+    # Passes: a reduction runs after the reductions its operand depends on (the totals run
+    # once per row, after every pass).
     level: dict[Value, int] = {}
     for op in group.ops:
+        if any(v in after for v in op.outputs):
+            continue
         deps = [level[v] for v in op.inputs if v in level]
         lv = max(deps, default=0)
         if op.prim.kind is OpKind.REDUCTION:
@@ -460,8 +511,9 @@ def lower_row(ctx: Ctx) -> LoweredKernel:
                 level[v] = lv
     n_pass = max(level[op.output] for op in reduces)
     stashed = _row_stash_candidates(group, ctx.ops, shape, level, n_pass)
-    full_outputs = [v for v in group.outputs if v.shape == shape]
-    row_outputs = [v for v in group.outputs if v.shape != shape]
+    full_outputs = [v for v in group.outputs if v.shape == shape and v not in after]
+    row_outputs = [v for v in group.outputs if v.shape != shape and v not in after]
+    total_outputs = [v for v in group.outputs if v in after]
     b = KernelBuilder()
     arrays = ctx.arrays(b)
     inputs = {v: arrays.value(v, "in") for v in group.inputs}
@@ -470,7 +522,8 @@ def lower_row(ctx: Ctx) -> LoweredKernel:
     exprs = em.shape_of(reduces[0].inputs[0])
     row_exprs = exprs[:nrow]
     total = math.prod(shape)
-    parallel = total >= ctx.threshold and math.prod(row_shape) > 1
+    # Totals add the rows up in order: one thread (fusion asks for none past the threshold).
+    parallel = total >= ctx.threshold and math.prod(row_shape) > 1 and not totals
     row_len = b.int_param(("row_len",), math.prod(shape[nrow:])) if math.prod(shape[nrow:]) != 1 else ONE
     threads = ctx.target.max_threads()
     rows_of_scratch = threads if parallel else 1
@@ -533,8 +586,16 @@ def lower_row(ctx: Ctx) -> LoweredKernel:
             b.store(outs[v], row_flat, em.at(v, idx))
         if full_outputs:
             over_row(lambda idx: [b.store(outs[v], em.flat(idx), em.at(v, idx)) for v in full_outputs])
+        for op in totals:
+            over_rows.update(op, em.at(op.inputs[0], index_like(op.inputs[0].shape, row, row_shape)))
 
+    over_rows = Accumulators(em, list(totals), ctx.target.sum_block)
     root_index(em, b, row_exprs, False, parallel, ("rows",), math.prod(row_shape))(row_body)
+    for op in totals:
+        em.provided[op.output] = provider_at(em, over_rows.result(op), ZERO, op.prim.name)
+    for v in total_outputs:
+        exprs_v = em.shape_of(v)
+        b.store(outs[v], ZERO, em.at(v, Index(exprs_v, tuple(ZERO for _ in exprs_v), ZERO)))
     return finish(ctx, b, arrays, em, "row", reduces[0].inputs[0].dtype, shape)
 
 
@@ -557,7 +618,7 @@ def _row_stash_candidates(group: FusionGroup, ops: dict[Value, Op], shape: tuple
             mark(u, p)
 
     for op in group.ops:
-        if op.prim.kind is OpKind.REDUCTION:
+        if op.prim.kind is OpKind.REDUCTION and op.output in level:  # not a total over the rows
             mark(op.inputs[0], level[op.output])
     for v in group.outputs:
         if v.shape == shape:

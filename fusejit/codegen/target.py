@@ -52,6 +52,11 @@ class Target:
     # the compiler's: its module's function then takes ``chunk, chunks, worker`` after its
     # own arguments (fusejit.runtime.chunks).
     chunked: Callable[[Kernel], bool] = lambda kernel: False
+    # Whether a loop over ``parallel_threshold`` elements or more must be a kernel's only
+    # loop nest, not a part of a horizontal kernel: alone it runs in chunks (``chunked``),
+    # beside other nests the kernel is a Numba parfor, which compiles 0.5 s longer (W7's
+    # input-gradient transpose with the conv bias update: 0.89 s; apart 0.3 and 0.15 s).
+    parallel_loops_alone: bool = False
 
     def supports(self, group: FusionGroup) -> str | None:
         """None if this target lowers ``group``'s structure, else why not (what fusion
@@ -92,6 +97,7 @@ CPU = Target(
     print_module=cpu_printer.module_source,
     constants_as_data=True,  # a new batch size must not recompile a mean's kernel
     chunked=cpu_printer.runs_in_chunks,  # no parfor lowering: 0.3-1.5 s less compile per kernel
+    parallel_loops_alone=True,
 )
 
 

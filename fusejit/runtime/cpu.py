@@ -672,7 +672,7 @@ def display_source(lk: LoweredKernel, module: str, source: str) -> str:
     label = scope_label(g.ops)
     head = [f"# {lk.display_name}{f' [{label}]' if label else ''}: {len(g.ops)} ops, reads {g.bytes_read} B, "
             f"writes {g.bytes_written} B (module {module})"]
-    head += [f"#   {line}" for line in describe_ops(g, concrete=True)]
+    head += [f"#   {line}" for line in describe_ops(g)]
     body = source.split("\n")
     start = next(i for i, line in enumerate(body) if not line.startswith("#"))
     return "\n".join(head + body[start:])

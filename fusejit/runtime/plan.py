@@ -1,8 +1,9 @@
 """The call plan of an executable (CPU or CUDA), as data: what every kernel reads and writes.
 
 ``plan_call`` lowers every fusion group (``lower_all``: a group the code generator
-refuses is split into one kernel per op, and a lone reshape, a view on flat buffers,
-becomes an alias instead of a kernel), then decides storage:
+refuses is split into one kernel per op, and a view on flat buffers, a reshape or a
+chain of such relabels (``fusion.is_view``), becomes an alias instead of a kernel), then
+decides storage:
 
 * parameters are the caller's arrays; results are fresh arrays allocated per call, or a
   donated parameter's buffer (``donate_argnums``), written in place when the kernel reads
@@ -37,10 +38,16 @@ import numpy as np
 from fusejit.codegen.kernel import Unsupported
 from fusejit.codegen.lowering import LoweredKernel, Scratch
 from fusejit.codegen.target import CPU, Target
-from fusejit.ir import primitives as P
 from fusejit.ir.core import Function, Op, Value
 from fusejit.ir.dtypes import DType
-from fusejit.ir.transforms.fusion import FusedFunction, FusionGroup, GroupKind, group_kind_of, make_group
+from fusejit.ir.transforms.fusion import (
+    FusedFunction,
+    FusionGroup,
+    GroupKind,
+    group_kind_of,
+    is_view,
+    make_group,
+)
 from fusejit.runtime import buffers
 from fusejit.runtime.host_ops import HostCall
 
@@ -101,7 +108,7 @@ def plan_call(fn: Function, fused: FusedFunction, donated: Sequence[int], thresh
     aliases: dict[Value, Value] = {}
     for item in items:
         if isinstance(item, FusionGroup):
-            aliases[item.ops[0].output] = item.ops[0].inputs[0]
+            aliases[item.outputs[0]] = item.inputs[0]
 
     def root(v: Value) -> Value:
         while v in aliases:
@@ -334,21 +341,6 @@ def _donations(fn: Function, kernels: list[LoweredKernel | HostCall], donated: S
     return in_param
 
 
-def _is_alias(group: FusionGroup, results: set[Value]) -> bool:
-    """A lone op that only relabels a flat buffer (no kernel needed)."""
-    if len(group.ops) != 1:
-        return False
-    op = group.ops[0]
-    if op.output in results or not op.inputs:
-        return False
-    x = op.inputs[0]
-    if op.prim in (P.reshape, P.stop_gradient, P.convert):
-        return x.dtype == op.output.dtype
-    if op.prim is P.broadcast_in_dim or op.prim is P.transpose:
-        return x.type.size == op.output.type.size and P.keeps_linear_order(op)
-    return False
-
-
 def lower_all(fused: FusedFunction, threshold: int | None = None,
               target: Target = CPU) -> list[FusionGroup | LoweredKernel | HostCall]:
     """Each group lowered (or kept as an alias group, or a host call); refused groups
@@ -361,7 +353,7 @@ def lower_all(fused: FusedFunction, threshold: int | None = None,
         if group.kind is GroupKind.HOST:
             out.append(HostCall(group))
             continue
-        if _is_alias(group, results):
+        if is_view(group, results):  # no kernel: an alias of its input's buffer
             out.append(group)
             continue
         try:

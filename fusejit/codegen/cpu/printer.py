@@ -242,8 +242,10 @@ class NumbaPrinter:
 def module_source(kernel: Kernel) -> str:
     """The Numba source of ``kernel`` (one module)."""
     p = NumbaPrinter(kernel)
+    # No listing of the fused ops: the module is named by its text, so two groups whose
+    # code is the same (the same ops in another order) share one module and one compilation
+    # (``runtime.cpu.display_source`` heads a kernel's source with its concrete ops).
     lines = [f"# fusejit kernel {kernel.name} ({kernel.kind})"]
-    lines += [f"#   {d}" for d in kernel.doc]
     gemms = sorted({gemm.FUNCTIONS[p.dtypes[s.out]] for s in statements(kernel.body)
                     if isinstance(s, Matmul)})
     if gemms:

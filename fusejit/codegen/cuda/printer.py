@@ -194,8 +194,8 @@ class CudaPrinter(NumbaPrinter):
 def module_source(kernel: Kernel) -> str:
     """The Numba CUDA source of ``kernel`` (one module)."""
     p = CudaPrinter(kernel)
+    # No listing of the fused ops, as on the CPU (``cpu.printer.module_source``).
     lines = [f"# fusejit cuda kernel {kernel.name} ({kernel.kind})"]
-    lines += [f"#   {d}" for d in kernel.doc]
     lines += [
         f"# cuda math library {MATHLIB_HASH}",
         "import math",
