@@ -335,3 +335,46 @@ def test_a_function_with_a_loop_compiles_its_stretches_and_bodies_as_one_batch(t
     assert "def run(" in (body / "runner.py").read_text()
     (whole,) = (tmp_path / "dump").glob("*_model")
     assert all(k.name in (whole / "compile_times.txt").read_text() for k in times.kernels)
+    assert (whole / "runner.py").read_text().count("def run(") >= 3  # each stretch's and the body's
+
+
+SWAP_SCRIPT = """
+import json
+import numpy as np
+import fusejit as fj
+from fusejit.runtime.cache import COUNTERS
+
+x = np.linspace(0, 1, 5).astype(np.float32)
+a, b = fj.jit(lambda x: np.tanh(x) + x)(x), fj.jit(lambda x: np.exp(x) * x)(x)
+print(json.dumps({"a": a.tolist(), "b": b.tolist(), "repairs": COUNTERS.cache_repairs}))
+"""
+
+
+def test_two_kernels_cache_entries_swapped_are_misses_not_each_others_code(tmp_path):
+    """Two kernels of the same name in different modules, their Numba entries exchanged
+    (modification times kept, so Numba's index takes them): each is discarded and compiled
+    again instead of running as the other kernel."""
+    env = dict(os.environ, FUSEJIT_CACHE_DIR=str(tmp_path), FUSEJIT_CACHE="1", FUSEJIT_COMPILE_WORKERS="0",
+               PYTHONPATH=str(REPO))
+    env.pop("NUMBA_CACHE_DIR", None)
+
+    def run() -> dict:
+        done = subprocess.run([sys.executable, "-c", SWAP_SCRIPT], env=env, capture_output=True, text=True,
+                              timeout=300, check=False)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    first = run()
+    by_name: dict[str, list[Path]] = {}
+    for path in tmp_path.rglob("*.nbc"):  # fj_<module hash>.<kernel>-<line>.py311.<n>.nbc
+        by_name.setdefault(path.name.split(".", 1)[1], []).append(path)
+    a, b = next(paths for paths in by_name.values() if len(paths) == 2)
+    stat_a, stat_b = a.stat(), b.stat()
+    data_a, data_b = a.read_bytes(), b.read_bytes()
+    a.write_bytes(data_b)
+    b.write_bytes(data_a)
+    os.utime(a, ns=(stat_a.st_atime_ns, stat_a.st_mtime_ns))
+    os.utime(b, ns=(stat_b.st_atime_ns, stat_b.st_mtime_ns))
+    second = run()
+    assert second["a"] == first["a"] and second["b"] == first["b"]
+    assert second["repairs"] >= 1

@@ -10,6 +10,9 @@ import subprocess
 import sys
 import threading
 
+import pytest
+
+from fusejit import config
 from fusejit.runtime import compile_pool
 
 
@@ -78,3 +81,8 @@ def test_a_worker_started_with_ready_says_so_before_it_reads_a_request(tmp_path)
         proc.wait(timeout=60)
     assert proc.returncode == 0
     assert list(tmp_path.rglob("*.nbi")), "the worker wrote Numba's cache"
+
+
+def test_a_compile_worker_count_that_is_not_a_number_names_the_setting():
+    with config.override(compile_workers="abc"), pytest.raises(ValueError, match="FUSEJIT_COMPILE_WORKERS"):
+        compile_pool.worker_count()

@@ -75,6 +75,27 @@ def test_batch_sizes_that_are_and_are_not_powers_of_two_share_every_kernel(tmp_p
     assert COUNTERS.numba_compiles == before
 
 
+def test_a_new_batch_size_of_a_conv_weight_gradient_compiles_nothing(tmp_path):
+    """The weight gradient's contraction runs over the batch's samples in chunks: a batch
+    that the chunk size does not divide (17, 18) once added a kernel part for the rest,
+    and each such batch compiled a new kernel (2-5 s)."""
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((8, 1, 3, 3)).astype(np.float32)
+
+    def loss(w, x):
+        return (fj.nn.conv2d(x, w, padding=1) ** 2).sum()
+
+    grad = fj.jit(fj.grad(loss))
+    with config.override(cache=True, cache_dir=str(tmp_path)):
+        grad(w, rng.standard_normal((16, 1, 8, 8)).astype(np.float32))
+        before = COUNTERS.numba_compiles
+        for batch in (17, 18, 24):
+            x = rng.standard_normal((batch, 1, 8, 8)).astype(np.float32)
+            np.testing.assert_allclose(grad(w, x), fj.jit(fj.grad(loss), backend="interpret")(w, x),
+                                       rtol=1e-4, atol=1e-4)
+    assert COUNTERS.numba_compiles == before
+
+
 def test_crossing_the_parallel_threshold_recompiles_only_the_kernels_that_become_parallel(tmp_path):
     step = fj.jit(fj.value_and_grad(mlp_loss))
     # 41 x 32 hidden units cross the threshold; 41 x 5 outputs and the weights stay serial.

@@ -619,8 +619,9 @@ def _lower_rows(ctx: Ctx, op: Op, b: KernelBuilder, arrays: Arrays, epi: _Epilog
     # transpose, ``w @ rows^T`` (measured 1 thread: 9 x 32 over 4096 terms 11 GFLOP/s as
     # ``rows @ w^T``, 16 so; 288 x 64 over 1024 terms 33 and 11).
     transposed = chunk * positions < rhs.shape[0] // s.groups
-    # The GEMM sizes are parameters: full chunks of units, then one of the rest.
-    full, rest = divmod(units, per)
+    # The GEMM sizes are parameters, the last chunk of units a shorter one where ``per``
+    # does not divide them (computed in the kernel: the units are the batch's samples in a
+    # weight gradient, and a new batch size must not change the code).
     rows = arrays.scratch(dt, chunk * positions * per * unit)
     res = arrays.scratch(dt, chunk * positions * rhs.shape[0])
     nb, m = s.size("chunk", chunk), s.size("gemm_rows", chunk * positions)
@@ -722,12 +723,11 @@ def _lower_rows(ctx: Ctx, op: Op, b: KernelBuilder, arrays: Arrays, epi: _Epilog
         n0 = b.let(mul(j, nb)) if nb != ONE else j
         count = b.let(minimum(nb, sub(s.N, n0))) if nb != ONE else ONE
         with b.each(groups) as g:
-            n_per = s.size("per", per)
-            with b.each(s.size("unit_chunks", full)) as ju:
-                unit_chunk(n0, count, g, b.let(mul(ju, n_per)), n_per, row_len, binary(BinaryOp.NE, ju, ZERO))
-            if rest:
-                unit_chunk(n0, count, g, s.size("units_done", full * per), s.size("units_rest", rest),
-                           s.size("rest_k", rest * unit), ONE)
+            n_per, n_units = s.size("per", per), s.size("units", units)
+            with b.each(s.size("unit_chunks", -(-units // per))) as ju:
+                u0 = b.let(mul(ju, n_per))
+                u_count = b.let(minimum(n_per, sub(n_units, u0))) if per > 1 else ONE
+                unit_chunk(n0, count, g, u0, u_count, b.let(mul(u_count, n_unit)), binary(BinaryOp.NE, ju, ZERO))
 
         # out[n0 + i, o, p] = epilogue(res[(i, p), o]), or of res[o, (i, p)]
         def source(i: Expr, o: Expr, p: tuple[Expr, ...]) -> Expr:

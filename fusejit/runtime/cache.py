@@ -283,6 +283,10 @@ def start_numba(compiling: bool = True) -> float:
     return time.perf_counter() - start
 
 
+class CacheEntryMismatch(RuntimeError):
+    """A Numba cache entry that belongs to another function: discarded and compiled again."""
+
+
 def _load_cached(dispatcher: Any, signature: tuple[Any, ...]) -> bool:
     """Whether ``dispatcher`` has ``signature``'s machine code now: already, or loaded from
     Numba's disk cache without the registries, as Numba's own ``compile`` does after
@@ -300,6 +304,12 @@ def _load_cached(dispatcher: Any, signature: tuple[Any, ...]) -> bool:
         cres = cache._load_overload(signature, dispatcher.targetctx)
         if cres is None or cres.objectmode:
             return False
+        # Numba trusts its index: an entry of another function put in this one's place (two
+        # kernels' files swapped) would load and run as this one.
+        py = dispatcher.py_func
+        if (cres.fndesc.modname, cres.fndesc.qualname, tuple(cres.signature.args)) != (
+                py.__module__, py.__qualname__, tuple(signature)):
+            raise CacheEntryMismatch(f"the cached entry of {py.__module__}.{py.__qualname__} is another function's")
         dispatcher._cache_hits[signature] += 1
         dispatcher.targetctx.insert_user_function(cres.entry_point, cres.fndesc, [cres.library])
         dispatcher.add_overload(cres)

@@ -59,7 +59,11 @@ def worker_count() -> int:
         except AttributeError:  # pragma: no cover - not Linux
             cpus = os.cpu_count() or 1
         return max(0, min(cpus - 1, MAX_AUTO_WORKERS))
-    return max(0, int(setting))
+    try:
+        return max(0, int(setting))
+    except ValueError:
+        raise ValueError(f"FUSEJIT_COMPILE_WORKERS (config compile_workers) must be 'auto' or a number of "
+                         f"worker processes, not {setting!r}") from None
 
 
 class _Worker:

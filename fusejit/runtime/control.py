@@ -218,10 +218,20 @@ class ControlFlowExecutable:
         return [exe for st in self._parts if isinstance(st, _Driver) for exe in st.nested]
 
     def kernel_source(self) -> str:
+        return self._each_part("kernel_source")
+
+    def runner_source(self) -> str:
+        """The generated runners of the stretches and bodies (the drivers between them are
+        this class's Python), in program order."""
+        return self._each_part("runner_source")
+
+    def _each_part(self, method: str) -> str:
         parts = []
         for k, st in enumerate(self._parts):
             for exe in st.executables():
-                parts.append(f"# ---- step {k}: {st.describe()}\n{exe.kernel_source()}")
+                text = getattr(exe, method, None)
+                if text is not None:
+                    parts.append(f"# ---- step {k}: {st.describe()}\n{text()}")
         return "\n\n".join(parts)
 
 

@@ -123,16 +123,23 @@ class KernelInfo:
 
 def _gemm_flops(lk: LoweredKernel) -> int:
     """2*B*M*K*N of a matmul kernel's dot_general; for another kernel calling BLAS (a
-    conv as im2col + GEMM), of its largest GEMM statement."""
+    conv as im2col + GEMM), of its largest GEMM statement whose sizes are parameters (a
+    size the kernel computes, such as the last chunk of a weight gradient's contraction,
+    is at most one of the others)."""
     dot = next((op for op in lk.group.ops if op.prim is P.dot_general), None)
     if dot is None:
         value = dict(zip((v.name for v in lk.kernel.ints), lk.ints, strict=True))
 
-        def size(e: Any) -> int:
-            return value[e.name] if hasattr(e, "name") else int(e.value)
+        def size(e: Any) -> int | None:
+            return value.get(e.name) if hasattr(e, "name") else int(e.value)
 
-        return max(2 * size(s.batch) * size(s.m) * size(s.k) * size(s.n)
-                   for s in statements(lk.kernel.body) if isinstance(s, Matmul))
+        flops = [0]
+        for s in statements(lk.kernel.body):
+            if isinstance(s, Matmul):
+                dims = (size(s.batch), size(s.m), size(s.k), size(s.n))
+                if None not in dims:
+                    flops.append(2 * math.prod(dims))
+        return max(flops)
     _, (b, m, k), _, (_, _, n) = P.dot_general_as_matmul(
         dot.inputs[0].shape, dot.inputs[1].shape, dot.attrs["contract"], dot.attrs["batch"])
     return 2 * b * m * k * n
