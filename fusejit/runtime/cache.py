@@ -108,9 +108,15 @@ def default_cache_root() -> Path:
 
 
 def _warn_once(key: str, message: str) -> None:
+    """Warns once per ``key``, at the user's line that led here (the first frame outside
+    fusejit, however deep in the compile path the cache was reached)."""
     if key not in _warned:
         _warned.add(key)
-        warnings.warn(message, CacheWarning, stacklevel=4)
+        package = str(Path(__file__).resolve().parents[1])
+        frame, level = sys._getframe(0), 1  # level 1 is this function, as for warnings.warn
+        while frame is not None and frame.f_code.co_filename.startswith(package):
+            frame, level = frame.f_back, level + 1
+        warnings.warn(message, CacheWarning, stacklevel=level)
 
 
 def _memory_directory() -> Path:
