@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 	# Bytecode, as pip writes for a regular install (an editable one leaves it to the first
 	# import, which some environments forbid): 0.2-0.3 s of every process's first call.
 	$(PY) -m compileall -q fusejit
+	# The trampolines through which the runtime calls compiled kernels, into Numba's cache
+	# (fusejit/runtime/native_calls.py): ~3 s once, instead of ~50 ms in a first call each.
+	$(PY) -m fusejit.runtime.native_calls
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -209,13 +209,13 @@ def bandwidth() -> None:
     f(x), f(x)
     exe = f.lower(x).executable()
     out = np.empty_like(x)
-    (kernel,) = [st.dispatcher for st in exe._steps]
+    (step,) = exe._steps
     runs = {
         "STREAM copy (numba prange)": (lambda: copy(a, b), 2),
         "STREAM triad (numba prange)": (lambda: triad(a, b, c, s), 3),
         "fj.jit x*3 (output recycled)": (lambda: f(x), 2),
         "fj.jit x*3, fresh output each": (lambda: (f(x), f(x), f(x)), 6),  # 3 live: no reuse
-        "its kernel, preallocated out": (lambda: kernel(x, out, n), 2),
+        "its kernel, preallocated out": (lambda: step.entry_point(x, out, step.sizes), 2),
     }
     for fn, _ in runs.values():
         fn()
@@ -242,9 +242,7 @@ def bandwidth() -> None:
 
 def blas() -> None:
     print("\n== BLAS route: GEMM C = A @ B (float32)")
-    from fusejit.codegen.cpu import kernel_jit
-
-    @kernel_jit(parallel=False)
+    @numba.njit(error_model="numpy")
     def dot_in_njit(a, b, c, m, k, n):
         np.dot(a.reshape((m, k)), b.reshape((k, n)), c.reshape((m, n)))
 
@@ -273,13 +271,13 @@ def calls() -> None:
     f(x)
     exe = f.lower(x).executable()
     st = exe._steps[0]
-    argv = [x.ravel(), np.empty_like(x)] + [int(exe._dims[i]) for i in st.int_slots]
+    argv = (x.ravel(), np.empty_like(x), st.sizes)
     t_run = best(lambda: exe.run([x]), 20000)
-    t_dispatch = best(lambda: st.dispatcher(*argv), 20000)
+    t_trampoline = best(lambda: st.entry_point.trampoline(st.entry_point.address, argv), 20000)
     t_entry_point = best(lambda: st.entry_point(*argv), 20000)
     row(f"{len(exe._steps)} kernels: whole call", f"{t_run * 1e6:.2f} us")
-    row("one kernel: through the dispatcher", f"{t_dispatch * 1e6:.2f} us")
-    row("one kernel: through its entry point", f"{t_entry_point * 1e6:.2f} us")
+    row("one kernel: its trampoline, as the runner calls it", f"{t_trampoline * 1e6:.2f} us")
+    row("one kernel: NativeKernel(*args)", f"{t_entry_point * 1e6:.2f} us")
 
 
 def prange() -> None:

@@ -152,7 +152,7 @@ def test_the_chunks_of_a_kernel_cover_every_element_once():
         written = np.zeros(n, np.int64)
         for c in range(count):
             out = np.full(n, np.nan)
-            entry(x, out, n, c, count, 0)
+            entry(x, out, np.array([n]), c, count, 0)
             mine = ~np.isnan(out)
             np.testing.assert_array_equal(out[mine], x[mine] * 2 + 1)
             written += mine

@@ -20,14 +20,19 @@ def compile_request(request: dict) -> dict:
     from numba.np.numpy_support import from_dtype
 
     from fusejit import config
+    from fusejit.runtime import native_calls
     from fusejit.runtime.cache import COUNTERS, compile_dispatchers, load_module
 
     with config.override(cache=True, cache_dir=request["cache_dir"]):
         dispatcher = getattr(load_module(request["source"]), request["kernel"])
         before = COUNTERS.numba_compiles
         sig = tuple(types.Array(from_dtype(np.dtype(name)), 1, "C") for name in request["arrays"])
-        compile_dispatchers(dispatcher, sig + (types.int64,) * int(request["ints"]))
-    return {"ok": True, "compiled": COUNTERS.numba_compiles > before}
+        sig += (types.int64,) * int(request["ints"])
+        compile_dispatchers(dispatcher, sig)
+        compiled = COUNTERS.numba_compiles > before
+        # Its trampoline too (Numba's cache beside fusejit's sources), should it be new.
+        native_calls.bind(dispatcher, sig, chunked=int(request["ints"]) > 0)
+    return {"ok": True, "compiled": compiled}
 
 
 def start() -> None:

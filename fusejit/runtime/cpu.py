@@ -155,10 +155,11 @@ class _Step:
     module: str
     source: str
     dispatcher: Any
-    entry_point: Any  # the dispatcher's compiled overload, called without type dispatch
+    entry_point: Any  # callable with the kernel's arguments (a native_calls.NativeKernel, or chunked)
     array_refs: list[tuple[str, Any]]  # per kernel array: storage reference
     int_slots: list[int]  # positions in the size array
     chunked: bool = False  # its parallel loop runs in chunks on fusejit's threads (runtime/chunks.py)
+    sizes: np.ndarray | None = None  # its ints, the kernel's last argument (int64)
 
 
 class CpuExecutable:
@@ -182,6 +183,8 @@ the module doc); ``call_plan`` is what it runs, as data."""
                                      list(sp.int_slots), CPU.chunked(sp.lowered.kernel)))
         self.compile_times.lower = time.perf_counter() - start
         self._dims = np.array(call.dims, dtype=np.int64)
+        for st in self._steps:
+            st.sizes = self._dims[st.int_slots]
         self._consts = list(call.consts)
         self._buf_slot = dict(call.buf_slot)
         self._buf_name = {key: f"b{k}" for k, key in enumerate(call.buf_slot)}
@@ -251,8 +254,8 @@ the module doc); ``call_plan`` is what it runs, as data."""
                 continue
             seen.add(st.module)
             kernel = st.lowered.kernel
-            jobs.append(compile_pool.CompileJob(st.source, kernel.name, tuple(a.dtype.np.name for a in kernel.arrays),
-                                                len(kernel.ints) + 3 * st.chunked))
+            arrays = tuple(a.dtype.np.name for a in kernel.arrays) + ("int64",)  # + the sizes
+            jobs.append(compile_pool.CompileJob(st.source, kernel.name, arrays, 3 * st.chunked))
             steps.append(k)
         return jobs, steps
 
@@ -270,17 +273,19 @@ the module doc); ``call_plan`` is what it runs, as data."""
     def _load(self, k: int, origin: KernelOrigin | None = None) -> KernelTime:
         """Loads step ``k``'s kernel, compiling it unless this process or the disk cache
         has it; ``origin`` overrides where the timing says it came from."""
+        from fusejit.runtime import native_calls  # imports Numba
+
         types, nbt = _numba_types()
         st = self._steps[k]
         start, compiles = time.perf_counter(), COUNTERS.numba_compiles
         st.dispatcher = getattr(load_module(st.source), st.lowered.kernel.name)
         sig = tuple(types.Array(nbt[a.dtype], 1, "C") for a in st.lowered.kernel.arrays)
-        sig += (types.int64,) * (len(st.lowered.kernel.ints) + 3 * st.chunked)  # + chunk, chunks, worker
+        sig += (types.Array(types.int64, 1, "C"),) + (types.int64,) * (3 * st.chunked)  # sizes; chunk, chunks, worker
         found = KernelOrigin.MEMORY if sig in st.dispatcher.overloads else (origin or KernelOrigin.DISK)
         compile_dispatchers(st.dispatcher, sig)
         if COUNTERS.numba_compiles != compiles:
             found = KernelOrigin.COMPILED
-        st.entry_point = st.dispatcher.overloads[sig].entry_point
+        st.entry_point = native_calls.bind(st.dispatcher, sig, st.chunked)
         if st.chunked:  # called with the kernel's own arguments, like the others
             st.entry_point = chunks.chunked(st.entry_point, CPU.max_threads())
         return KernelTime(st.lowered.display_name, time.perf_counter() - start, found)
@@ -296,6 +301,8 @@ the module doc); ``call_plan`` is what it runs, as data."""
         a view of a C-ordered array, else a C-ordered copy), allocates the outputs (or takes
         the C-ordered arrays ``into`` gives, one or None per result: ``writes_into``), calls
         each kernel in turn and returns the results."""
+        from fusejit.runtime import native_calls
+
         fn = self.function
         ns: dict[str, Any] = {"empty": np.empty, "copy": _copy_into, "consumed": donation.consumed,
                               "check": donation.check_not_consumed,
@@ -368,9 +375,14 @@ the module doc); ``call_plan`` is what it runs, as data."""
             indent += "    "
         for k, st in enumerate(self._steps):
             lines += self._host_lines(ns, k, indent)
-            ns[f"K{k}"] = st.entry_point
-            call = [self._ref_name(r) for r in st.array_refs] + [str(int(self._dims[i])) for i in st.int_slots]
-            lines.append(f"{indent}K{k}({', '.join(call)})  # {st.lowered.display_name}")
+            ns[f"Z{k}"] = st.sizes
+            args = ", ".join([self._ref_name(r) for r in st.array_refs] + [f"Z{k}"])
+            if isinstance(st.entry_point, native_calls.NativeKernel):  # its trampoline, called directly
+                ns[f"K{k}"], ns[f"A{k}"] = st.entry_point.trampoline, st.entry_point.address
+                lines.append(f"{indent}K{k}(A{k}, ({args},))  # {st.lowered.display_name}")
+            else:
+                ns[f"K{k}"] = st.entry_point
+                lines.append(f"{indent}K{k}({args})  # {st.lowered.display_name}")
         lines += self._host_lines(ns, len(self._steps), indent)
         if started:
             indent = indent[:-4]
@@ -498,8 +510,7 @@ the module doc); ``call_plan`` is what it runs, as data."""
         try:
             for k, st in enumerate(self._steps):
                 run_hosts(k)
-                ints = [int(self._dims[i]) for i in st.int_slots]
-                st.entry_point(*[views[r[1]] if r[0] == "buf" else flat[r] for r in st.array_refs], *ints)
+                st.entry_point(*[views[r[1]] if r[0] == "buf" else flat[r] for r in st.array_refs], st.sizes)
                 if check:
                     self._check_finite(st, flat)
             run_hosts(len(self._steps))

@@ -281,7 +281,7 @@ def _bind_steps(exe: Any, arrays: list[np.ndarray]) -> list[tuple[Any, list[Any]
     bound = []
     for st in exe._steps:
         argv = [views[r[1]] if r[0] == "buf" else flat[r] for r in st.array_refs]
-        argv += [int(exe._dims[i]) for i in st.int_slots]
+        argv.append(st.sizes)
         bound.append((st.entry_point, argv))
     return bound
 

@@ -20,8 +20,9 @@ def kernel_jit(parallel: bool = False, nogil: bool = False) -> Any:
     No fast-math flag: each would let LLVM change results in ways the IR does not allow
     (``contract`` turned ``x*s - max(x*s)`` into an FMA whose error made a softmax NaN);
     sums vectorize through the one reassociable add, ``mathlib.accumulate_*``.
-    No C-callable wrapper (the runtime calls the Python-callable one): building both was
-    a quarter of a kernel's compile time."""
+    No wrappers: neither the C-callable one nor the Python-callable one, which was a
+    quarter of a kernel's compilation (``fusejit.runtime.native_calls`` calls the kernel's
+    native code through a trampoline shared by all kernels with as many arrays)."""
     import numba
 
     return numba.njit(
@@ -31,4 +32,5 @@ def kernel_jit(parallel: bool = False, nogil: bool = False) -> Any:
         error_model="numpy",
         boundscheck=False,
         no_cfunc_wrapper=True,
+        no_cpython_wrapper=True,
     )

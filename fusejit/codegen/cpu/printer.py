@@ -64,6 +64,9 @@ _ROUNDING = {UnaryOp.FLOOR: "np.floor", UnaryOp.CEIL: "np.ceil", UnaryOp.RINT: "
 # The parameters a chunked kernel takes after its own (``fusejit.runtime.chunks``): which
 # chunk of its parallel loop to run, of how many, and the thread's row of scratch.
 CHUNK_PARAMS = ("chunk", "chunks", "worker")
+# The int64 array of a kernel's ints (sizes, offsets): one argument whatever their number,
+# so that the trampolines calling kernels depend only on the number of arrays.
+SIZES_PARAM = "sizes"
 
 
 def runs_in_chunks(kernel: Kernel) -> bool:
@@ -175,17 +178,14 @@ class NumbaPrinter:
 
     # Statements -------------------------------------------------------------------------
     def function(self, kernel: Kernel) -> list[str]:
+        """The kernel as ``name(*arrays, sizes)`` (``SIZES_PARAM``: its ints, read first),
+        chunked ones with ``CHUNK_PARAMS`` after that (``fusejit.runtime.native_calls``)."""
         self.chunked = runs_in_chunks(kernel)
-        if self.chunked:
-            return [
-                "@kernel_jit(nogil=True)",
-                f"def {kernel.name}({', '.join(kernel.params + list(CHUNK_PARAMS))}):",
-            ] + self.block(kernel.body, 1)
-        lines = [
-            f"@kernel_jit(parallel={kernel.parallel!r})",
-            f"def {kernel.name}({', '.join(kernel.params)}):",
-        ]
-        return lines + (self.block(kernel.body, 1) or ["    pass"])
+        params = [a.name for a in kernel.arrays] + [SIZES_PARAM] + list(CHUNK_PARAMS if self.chunked else ())
+        decorator = "@kernel_jit(nogil=True)" if self.chunked else f"@kernel_jit(parallel={kernel.parallel!r})"
+        sizes = [f"    {v.name} = load({SIZES_PARAM}, {k})" for k, v in enumerate(kernel.ints)]
+        return [decorator, f"def {kernel.name}({', '.join(params)}):"] + sizes + (self.block(kernel.body, 1)
+                                                                                     or ["    pass"])
 
     def block(self, stmts: list[Stmt], depth: int) -> list[str]:
         pad = "    " * depth
