@@ -21,8 +21,9 @@ item size). A kernel's sizes travel as one int64 array, so the trampolines neede
 per number of arrays, plus one per number for chunked kernels (three more ints: chunk,
 chunks, worker; that variant releases the GIL, as chunks run on several threads).
 
-A call through a trampoline costs about 50 ns more than a call of the kernel's own
-wrapper (the argument tuple).
+A call through a trampoline costs what a call of the kernel's own wrapper did (1.18-1.22
+us for a one-kernel ``fj.jit`` call on 16 floats, both ways, min of 15x20,000 calls): the
+argument tuple costs a little, and the arrays are borrowed, not given NRT meminfos.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from __future__ import annotations
 from typing import Any
 
 import numba
+from llvmlite import ir as llvmir
 from numba.core import cgutils, types
 from numba.core.datamodel import models, register_default
 from numba.extending import NativeValue, intrinsic, unbox
@@ -55,10 +57,18 @@ RAW_ARRAY = RawArray()
 
 @unbox(RawArray)
 def _unbox_raw_array(typ: Any, obj: Any, c: Any) -> NativeValue:
-    """Numba's ndarray unboxing without its item-size check (see ``RawArray``)."""
+    """The array structure of the ndarray ``obj``, borrowed: no NRT meminfo (a null one,
+    which the NRT's reference counting skips), where Numba's ndarray unboxing allocates one
+    per argument and call and frees it after. A kernel never keeps an argument beyond the
+    call, and the caller holds the arrays until it returns."""
     array = c.context.make_array(typ)(c.context, c.builder)
     pointer = array._getpointer()
-    error = c.pyapi.nrt_adapt_ndarray_from_python(obj, c.builder.bitcast(pointer, c.pyapi.voidptr))
+    # Numba's helper for this (``numba_adapt_ndarray``), which its pyapi only lets a
+    # context without the NRT call; like the NRT's adaptor it trusts ``obj`` to have the
+    # structure's number of dimensions (one): the runtime passes flat arrays only.
+    adapt = c.pyapi._get_function(llvmir.FunctionType(llvmir.IntType(32), [c.pyapi.pyobj, c.pyapi.voidptr]),
+                                  name="numba_adapt_ndarray")
+    error = c.builder.call(adapt, (obj, c.builder.bitcast(pointer, c.pyapi.voidptr)))
     failed = cgutils.is_not_null(c.builder, error)
     with c.builder.if_then(failed, likely=False):
         c.pyapi.err_set_string("PyExc_TypeError", "a fusejit kernel argument is not a NumPy array")
