@@ -341,3 +341,25 @@ def test_traced_values_cannot_be_static_or_hashed() -> None:
 def test_jit_of_a_function_returning_a_non_array() -> None:
     with pytest.raises(TypeError, match="returned a str; outputs must be arrays or scalars"):
         fj.jit(lambda x: (x, "done"))(f32(2))
+
+
+def _matmul_by(w: Any, x: Any) -> Any:
+    return x @ w
+
+
+def _add_to(w: Any, x: Any) -> Any:
+    return w + x
+
+
+@pytest.mark.parametrize("fn", [_matmul_by, _add_to])
+def test_a_none_operand_says_it_is_none_and_where(fn) -> None:
+    """A None argument is an empty pytree: an op on it names None, not 'a scalar' or dtype object."""
+    with pytest.raises(TypeError, match=r"an operand is None, not an array \(at " + re.escape(where(fn, "return "))):
+        fj.jit(fn)(f32(4, 2), None)
+
+
+@pytest.mark.parametrize("fn", [_matmul_by, _add_to])
+def test_a_list_of_traced_values_as_an_operand_says_how_to_build_the_array(fn) -> None:
+    """A list argument is a pytree of scalars; an op on the list must not fail as a concretization."""
+    with pytest.raises(TypeError, match=r"a Python list holding traced values .*fusejit.numpy.stack.*np.asarray"):
+        fj.jit(fn)(f32(4, 2), [[1.0] * 4] * 8)

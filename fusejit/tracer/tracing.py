@@ -137,6 +137,7 @@ def _to_value(x: Any, trace: Trace, dtype: DType | None = None) -> Value:
         else:
             raise escaped_tracer_error(x)
         return v if dtype is None else trace.builder.convert(v, dtype)
+    check_operand(x)
     arr = np.asarray(x)
     dt = dtype or from_numpy(arr.dtype)
     arr = arr.astype(dt.np)
@@ -344,10 +345,30 @@ def with_weak(values: Sequence[Any], weak: Sequence[bool]) -> list[Any]:
 # Operand typing shared by fusejit.numpy: dtypes with NEP 50 weak scalars, broadcasting.
 
 
+def check_operand(x: Any) -> None:
+    """``TypeError`` for an operand that is no array and would otherwise fail later with a
+    confusing message: None, or a Python list/tuple holding traced values (NumPy would try
+    to convert each traced value into an array of its own)."""
+    if x is None:
+        loc = user_source_loc()
+        raise TypeError(f"an operand is None, not an array{f' (at {loc})' if loc else ''}; an argument of a "
+                        "jitted function that is None is an empty pytree, not a value")
+    if isinstance(x, list | tuple) and _holds_tracer(x):
+        loc = user_source_loc()
+        raise TypeError(f"an operand is a Python {type(x).__name__} holding traced values{f' (at {loc})' if loc else ''}: "
+                        "build the array with fusejit.numpy.stack inside the function; a list argument of a jitted "
+                        "function is a pytree of separate values, so pass np.asarray(...) of it instead")
+
+
+def _holds_tracer(x: Any) -> bool:
+    return isinstance(x, TracedArray) or (isinstance(x, list | tuple) and any(_holds_tracer(e) for e in x))
+
+
 def operand_dtype(x: Any) -> tuple[DType, bool]:
     """(dtype, is_weak) of an operand: Python scalars and weak tracers are weak."""
     if isinstance(x, TracedArray):
         return x.value.dtype, x.weak
+    check_operand(x)
     if isinstance(x, (bool, int, float)) and not isinstance(x, np.generic):
         return weak_scalar_dtype(x), True
     if isinstance(x, complex):
@@ -371,6 +392,7 @@ def result_dtype(*xs: Any) -> DType:
 def shape_of(x: Any) -> tuple[int, ...]:
     if isinstance(x, TracedArray):
         return x.value.shape
+    check_operand(x)
     return np.shape(x)
 
 
