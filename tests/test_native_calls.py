@@ -68,3 +68,4 @@ def test_a_trampoline_rejects_an_argument_that_is_not_an_array():
     (st,) = steps(fj.jit(lambda x: x + 1.0), x)
     with pytest.raises(TypeError, match="not a NumPy array"):
         st.entry_point([1.0] * 5, np.empty(5, np.float32), st.sizes)
+

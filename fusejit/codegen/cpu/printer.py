@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 
 from fusejit import config
-from fusejit.codegen.cpu import gemm, mathlib, memory
+from fusejit.codegen.cpu import gemm, loop_groups, mathlib, memory
 from fusejit.codegen.exprs import (
     ATOMS,
     ZERO,
@@ -116,17 +116,18 @@ class NumbaPrinter:
         self.const_names = {c: f"c{k}" for k, c in enumerate(kernel.constants())}
         self.dtypes = {a.name: a.dtype for a in kernel.arrays}
         self.chunked = False  # printing a chunked kernel: its parallel loop covers one chunk
+        self.rename: dict[str, str] = {}  # array and variable names printed as others (loop_group)
 
     # Expressions ------------------------------------------------------------------------
     def expr(self, e: Expr) -> str:
         if isinstance(e, Var):
-            return e.name
+            return self.rename.get(e.name, e.name)
         if isinstance(e, Lit):
             return str(e.value)
         if isinstance(e, Const):
             return self.const_names[e]
         if isinstance(e, Load):
-            return self.load(e.array, self.expr(e.index))
+            return self.load(self.rename.get(e.array, e.array), self.expr(e.index))
         if isinstance(e, Cast):
             return f"{NP_NAME[e.dtype]}({self.expr(e.x)})"
         if isinstance(e, MathCall):
@@ -184,8 +185,30 @@ class NumbaPrinter:
         params = [a.name for a in kernel.arrays] + [SIZES_PARAM] + list(CHUNK_PARAMS if self.chunked else ())
         decorator = "@kernel_jit(nogil=True)" if self.chunked else f"@kernel_jit(parallel={kernel.parallel!r})"
         sizes = [f"    {v.name} = load({SIZES_PARAM}, {k})" for k, v in enumerate(kernel.ints)]
-        return [decorator, f"def {kernel.name}({', '.join(params)}):"] + sizes + (self.block(kernel.body, 1)
-                                                                                     or ["    pass"])
+        body: list[str] = []
+        for run in loop_groups.runs(kernel.body, self.dtypes):
+            body += self.loop_group(run, len(body)) if len(run) > 1 else self.block([run[0][0]], 1)
+        return [decorator, f"def {kernel.name}({', '.join(params)}):"] + sizes + (body or ["    pass"])
+
+    def loop_group(self, run: list, serial: int) -> list[str]:
+        """A run of alike loops (``loop_groups``) as the first one's body inside a loop over
+        the run, its arrays and free variables taken from tuples where the loops differ."""
+        first, shape = run[0][0], run[0][1]
+        g = f"grp{serial}"
+        lines = []
+        slots = [(name, [sh.arrays[k] for _, sh in run]) for k, name in enumerate(shape.arrays)]
+        slots += [(v.name, [sh.free[k].name for _, sh in run]) for k, v in enumerate(shape.free)]
+        for k, (_, names) in enumerate(slots):
+            if len(set(names)) > 1:
+                lines.append(f"    {g}_t{k} = ({', '.join(names)},)")
+        lines.append(f"    for {g} in range({len(run)}):")
+        for k, (name, names) in enumerate(slots):
+            if len(set(names)) > 1:
+                lines.append(f"        {g}_{k} = {g}_t{k}[{g}]")
+                self.rename[name] = f"{g}_{k}"
+        lines += self.block([first], 2)
+        self.rename.clear()
+        return lines
 
     def block(self, stmts: list[Stmt], depth: int) -> list[str]:
         pad = "    " * depth
@@ -194,7 +217,7 @@ class NumbaPrinter:
             if isinstance(s, Let | Assign):
                 out.append(f"{pad}{s.var.name} = {self.expr(s.expr)}")
             elif isinstance(s, Store):
-                out.append(pad + self.store(s.array, self.expr(s.index), self.expr(s.value)))
+                out.append(pad + self.store(self.rename.get(s.array, s.array), self.expr(s.index), self.expr(s.value)))
             elif isinstance(s, Loop) and s.parallel and self.chunked:
                 # This chunk's share of [start, stop): chunk k of c starts at span * k // c.
                 chunk, chunks, _ = CHUNK_PARAMS
