@@ -13,7 +13,9 @@ arithmetic is wrapped back into int32 (Numba computes it in int64), and array el
 are read and written through ``fusejit.codegen.cpu.memory``'s ``load`` and ``store``: no
 negative-index wraparound, whose branch stopped loops inside ``prange`` bodies from
 vectorizing (2-2.5x slower per thread, ``bench/bench_backend.py``), and a tenth less
-compilation than a subscript. Every function is compiled by ``kernel_jit``.
+compilation than a subscript. Every function is compiled by ``kernel_jit``, takes its
+ints in one int64 array (``SIZES_PARAM``, for ``fusejit.runtime.native_calls``), and prints
+a run of alike top-level loops once, inside a loop over the run (``loop_groups``).
 
 A module's text depends only on the kernel and ``config parallel_chunks`` (no shapes, no source lines, no file names,
 and on the CPU no float constants but 0, ±1, ±2 and ±0.5: the others reach it as data,
@@ -186,8 +188,13 @@ class NumbaPrinter:
         decorator = "@kernel_jit(nogil=True)" if self.chunked else f"@kernel_jit(parallel={kernel.parallel!r})"
         sizes = [f"    {v.name} = load({SIZES_PARAM}, {k})" for k, v in enumerate(kernel.ints)]
         body: list[str] = []
+        groups = 0
         for run in loop_groups.runs(kernel.body, self.dtypes):
-            body += self.loop_group(run, len(body)) if len(run) > 1 else self.block([run[0][0]], 1)
+            if len(run) > 1:
+                body += self.loop_group(run, groups)
+                groups += 1
+            else:
+                body += self.block([run[0][0]], 1)
         return [decorator, f"def {kernel.name}({', '.join(params)}):"] + sizes + (body or ["    pass"])
 
     def loop_group(self, run: list, serial: int) -> list[str]:
