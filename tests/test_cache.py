@@ -379,3 +379,16 @@ def test_two_kernels_cache_entries_swapped_are_misses_not_each_others_code(tmp_p
     second = run()
     assert second["a"] == first["a"] and second["b"] == first["b"]
     assert second["repairs"] >= 1
+
+
+def test_the_interpreter_backend_never_imports_numba(tmp_path):
+    """Loops included: the reference interpreter runs them itself, without the CPU runtime."""
+    script = ("import sys, numpy as np, fusejit as fj\n"
+              "f = fj.jit(lambda x: fj.lax.scan(lambda c, x: (c + x, np.tanh(c * x)), 0.0, x))\n"
+              "c, ys = f(np.arange(4.0))\n"
+              "print(float(c), 'numba' in sys.modules)\n")
+    env = dict(os.environ, FUSEJIT_BACKEND="interpret", FUSEJIT_CACHE_DIR=str(tmp_path), PYTHONPATH=str(REPO))
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["6.0", "False"]

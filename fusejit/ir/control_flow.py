@@ -34,7 +34,7 @@ from fusejit.ir.types import TensorType
 
 if TYPE_CHECKING:
     from fusejit.ir.builder import Builder
-    from fusejit.ir.core import Value
+    from fusejit.ir.core import Function, Value
 
 __all__ = ["CONTROL_FLOW", "cond", "scan", "while_loop"]
 
@@ -254,3 +254,8 @@ cond = _register(
 )
 
 CONTROL_FLOW = frozenset({scan, while_loop, cond})
+
+
+def has_control_flow(fn: Function) -> bool:
+    """Whether ``fn`` holds a loop or a branch (its own ops; nested functions are theirs)."""
+    return any(op.prim in CONTROL_FLOW for op in fn.ops)

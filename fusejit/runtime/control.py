@@ -39,10 +39,6 @@ from fusejit.runtime.timings import CompileTimes
 Compile = Callable[[Function], Any]  # an optimized-and-compiled nested function
 
 
-def has_control_flow(fn: Function) -> bool:
-    return any(op.prim in CONTROL_FLOW for op in fn.ops)
-
-
 @dataclass(frozen=True, slots=True)
 class _Segment:
     """A compiled stretch of kernels: reads ``params``, defines ``results``."""

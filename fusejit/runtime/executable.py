@@ -24,13 +24,25 @@ import numpy as np
 
 from fusejit import config
 from fusejit.ir import primitives as P
+from fusejit.ir.control_flow import has_control_flow
 from fusejit.ir.core import Function
 from fusejit.ir.interpreter import run_function
 from fusejit.ir.transforms import fusion
 from fusejit.ir.transforms.fusion import FusedFunction, one_op_per_group
-from fusejit.runtime.control import ControlFlowExecutable, HostArrays, has_control_flow
-from fusejit.runtime.cpu import CpuExecutable, DonationError, KernelInfo, after_compiling  # noqa: F401 - re-exported
 from fusejit.runtime.timings import CompileTimes
+
+# Imported on first use, not with this module: they import Numba (through the CPU code
+# generator), which the interpreter backend does not need.
+_FROM_CPU = ("CpuExecutable", "DonationError", "KernelInfo", "after_compiling")
+
+
+def __getattr__(name: str) -> Any:
+    """The CPU runtime's names, re-exported here (``_FROM_CPU``)."""
+    if name in _FROM_CPU:
+        from fusejit.runtime import cpu
+
+        return getattr(cpu, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 BACKENDS = ("interpret", "cpu", "cuda")
 
@@ -41,7 +53,7 @@ class InterpretedExecutable:
 
     function: Function
     fused: FusedFunction
-    kernels: list[KernelInfo] = field(default_factory=list)
+    kernels: list[KernelInfo] = field(default_factory=list)  # noqa: F821 - runtime.cpu.KernelInfo
 
     def __call__(self, args: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
         return run_function(self.function, *args)
@@ -101,6 +113,7 @@ def compile_function(
 
     def dump(exe: Any) -> None:
         if dump_dir:
+            from fusejit.runtime.cpu import after_compiling
             from fusejit.runtime.debug import dump_compilation
 
             # A loop body's kernels compile with its whole function (``compiling_together``).
@@ -108,6 +121,9 @@ def compile_function(
                                                      backend=backend, times=times))
 
     if backend in ("cpu", "cuda") and has_control_flow(fn):
+        from fusejit.runtime.control import ControlFlowExecutable
+        from fusejit.runtime.cpu import CpuExecutable
+
         # Loops and branches run as drivers over nested executables (fusejit.runtime.control),
         # one executable per stretch of kernels between them; the stretch after the last loop
         # takes the donated arguments it can.
@@ -150,6 +166,9 @@ def _kernel_executable(backend: str) -> tuple[Any, Any]:
         from fusejit.runtime.devices import DeviceArrays
 
         return CudaExecutable, DeviceArrays
+    from fusejit.runtime.control import HostArrays
+    from fusejit.runtime.cpu import CpuExecutable
+
     return CpuExecutable, HostArrays
 
 
