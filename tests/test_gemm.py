@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import fusejit as fj
 from fusejit.codegen.cpu import gemm
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,6 +50,7 @@ FALLBACK = f"""
 import importlib.util
 find_spec = importlib.util.find_spec
 importlib.util.find_spec = lambda name, *a: None if name == "scipy" else find_spec(name, *a)
+import fusejit as fj
 from fusejit.codegen.cpu import gemm
 importlib.util.find_spec = find_spec
 assert not gemm.CBLAS
@@ -65,3 +67,19 @@ def test_without_scipys_bundled_openblas_the_gemm_goes_through_numbas_entry_poin
     done = subprocess.run([sys.executable, "-c", FALLBACK], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)})
     assert done.returncode == 0 and "checked" in done.stdout, done.stderr
+
+
+def test_matmul_kernels_that_differ_only_in_transpositions_are_one_module():
+    """NN, NT and TN products: the transpositions reach the kernel in its sizes, so the
+    three kernels have one text, compiled once (Target.gemm_flags_at_run_time)."""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((6, 5)).astype(np.float32), rng.standard_normal((5, 7)).astype(np.float32)
+    cases = [(lambda x, y: x @ y, (a, b)), (lambda x, y: x @ y.T, (a, b.T.copy())),
+             (lambda x, y: x.T @ y, (a.T.copy(), b))]
+    modules = set()
+    for fn, args in cases:
+        f = fj.jit(fn)
+        np.testing.assert_allclose(f(*args), a @ b, rtol=1e-5, atol=1e-5)
+        (st,) = f.lower(*args).compile().executable._steps
+        modules.add(st.module)
+    assert len(modules) == 1

@@ -122,7 +122,10 @@ def lower_matmul(ctx: Ctx) -> LoweredKernel:
     else:
         same = [v for v in group.outputs if v.dtype == d.dtype]
         c_arr = outs[same[0]] if same else arrays.scratch(d.dtype, math.prod(d.shape))
-    b.emit(Matmul(a_arr, b_arr, c_arr, sizes["B"], sizes["M"], sizes["K"], sizes["N"], a_t, b_t))
+    flags: tuple[bool | Expr, bool | Expr] = (a_t, b_t)
+    if ctx.target.gemm_flags_at_run_time:
+        flags = (b.int_param(("mm", "lhs_t"), a_t), b.int_param(("mm", "rhs_t"), b_t))
+    b.emit(Matmul(a_arr, b_arr, c_arr, sizes["B"], sizes["M"], sizes["K"], sizes["N"], *flags))
     if any(v is not d for v in group.outputs):
         _emit_epilogue(ctx, d, c_arr, arrays)
     return finish(ctx, b, arrays, em, "matmul", d.dtype, (M, K, N) if B == 1 else (B, M, K, N))

@@ -90,7 +90,9 @@ class Loop:
 class Matmul:
     """``out[b] = lhs[b] @ rhs[b]`` for ``b < batch`` on flat arrays viewed as
     ``[batch, m, k]`` (``[batch, k, m]`` when ``lhs_t``) and ``[batch, k, n]`` (``[batch, n, k]``
-    when ``rhs_t``); ``out`` is ``[batch, m, n]``. A target calls BLAS (serially)."""
+    when ``rhs_t``); ``out`` is ``[batch, m, n]``. A target calls BLAS (serially). The
+    transpositions are bools, or int (0/1) expressions for a target that takes them at run
+    time (``Target.gemm_flags_at_run_time``)."""
 
     lhs: str
     rhs: str
@@ -99,8 +101,8 @@ class Matmul:
     m: Expr
     k: Expr
     n: Expr
-    lhs_t: bool
-    rhs_t: bool
+    lhs_t: bool | Expr
+    rhs_t: bool | Expr
     strided: Strided | None = None  # sub-matrices at offsets, added into ``out`` (batch 1)
 
 

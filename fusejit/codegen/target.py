@@ -57,6 +57,10 @@ class Target:
     # beside other nests the kernel is a Numba parfor, which compiles 0.5 s longer (W7's
     # input-gradient transpose with the conv bias update: 0.89 s; apart 0.3 and 0.15 s).
     parallel_loops_alone: bool = False
+    # Whether a matmul's transpositions reach its kernel as ints (its ``sizes``) rather than
+    # as literals in its text: kernels that differ only in them are one module, compiled
+    # once (W10's three plain matmuls, NN, NT and TN, were three compilations of ~50 ms).
+    gemm_flags_at_run_time: bool = False
 
     def supports(self, group: FusionGroup) -> str | None:
         """None if this target lowers ``group``'s structure, else why not (what fusion
@@ -98,6 +102,7 @@ CPU = Target(
     constants_as_data=True,  # a new batch size must not recompile a mean's kernel
     chunked=cpu_printer.runs_in_chunks,  # no parfor lowering: 0.3-1.5 s less compile per kernel
     parallel_loops_alone=True,
+    gemm_flags_at_run_time=True,
 )
 
 

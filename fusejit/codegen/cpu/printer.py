@@ -260,13 +260,25 @@ class NumbaPrinter:
             (lo, ro, oo), (lr, rr, orow) = ((self.expr(e) for e in t) for t in (s.strided.offsets, s.strided.rows))
             return [f"{pad}{fn}({m}, {n}, {k}, {s.lhs}, {lo}, {lr}, {s.lhs_t}, "
                     f"{s.rhs}, {ro}, {rr}, {s.rhs_t}, {s.out}, {oo}, {orow}, {self.expr(s.strided.accumulate)})"]
-        lda, ldb = (m if s.lhs_t else k), (k if s.rhs_t else n)
+        lhs_t, rhs_t = (self.flag(t) for t in (s.lhs_t, s.rhs_t))
+        lda, ldb = self.leading(s.lhs_t, lhs_t, m, k), self.leading(s.rhs_t, rhs_t, k, n)
         if s.batch == Lit(1):
-            return [f"{pad}{fn}({m}, {n}, {k}, {s.lhs}, 0, {lda}, {s.lhs_t}, {s.rhs}, 0, {ldb}, {s.rhs_t}, "
+            return [f"{pad}{fn}({m}, {n}, {k}, {s.lhs}, 0, {lda}, {lhs_t}, {s.rhs}, 0, {ldb}, {rhs_t}, "
                     f"{s.out}, 0, {n}, 0)"]
         return [f"{pad}for mm_i in range({batch}):",
-                f"{pad}    {fn}({m}, {n}, {k}, {s.lhs}, mm_i * {m} * {k}, {lda}, {s.lhs_t}, {s.rhs}, "
-                f"mm_i * {k} * {n}, {ldb}, {s.rhs_t}, {s.out}, mm_i * {m} * {n}, {n}, 0)"]
+                f"{pad}    {fn}({m}, {n}, {k}, {s.lhs}, mm_i * {m} * {k}, {lda}, {lhs_t}, {s.rhs}, "
+                f"mm_i * {k} * {n}, {ldb}, {rhs_t}, {s.out}, mm_i * {m} * {n}, {n}, 0)"]
+
+    def flag(self, t: bool | Expr) -> str:
+        """A transposition: a literal, or the kernel's int for it."""
+        return str(t) if isinstance(t, bool) else self.expr(t)
+
+    @staticmethod
+    def leading(t: bool | Expr, text: str, if_t: str, if_not: str) -> str:
+        """The leading dimension of a stored operand: its stored row's length."""
+        if isinstance(t, bool):
+            return if_t if t else if_not
+        return f"({if_t} if {text} else {if_not})"
 
 
 def module_source(kernel: Kernel) -> str:
