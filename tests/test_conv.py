@@ -14,6 +14,7 @@ import fusejit as fj
 import fusejit.numpy as fnp
 from fusejit import nn
 from fusejit.codegen import conv as conv_codegen
+from fusejit.codegen import conv_gemm
 from fusejit.ir import primitives as P
 from fusejit.tracer.tracing import bind
 
@@ -495,7 +496,7 @@ def test_im2col_chunks_of_any_size_give_the_same_conv_and_gradients(monkeypatch,
     or one chunk; shifted: 2+2+1, the last chunk's GEMMs also multiplying the previous
     chunk's left-over sample into columns that are dropped, or one chunk), for the
     forward conv (padded planes) and both gradients' convs."""
-    monkeypatch.setattr(conv_codegen, "GEMM_CHUNK_ELEMENTS", limit)
+    monkeypatch.setattr(conv_gemm, "GEMM_CHUNK_ELEMENTS", limit)
     monkeypatch.setattr(conv_codegen, "SHIFTED_MIN_ROWS", 0 if shifted else 10**9)
     monkeypatch.setattr(conv_codegen, "SHIFTED_MIN_CHANNELS", 0)
     x = RNG.standard_normal((5, 3, 6, 6)).astype(np.float32)
@@ -555,8 +556,8 @@ def test_kernel_gradient_shaped_convs_unfold_windows_into_rows(case, dtype, limi
     the reference; nothing else does), and in chunks of samples and of the contraction
     (``limits``: the scratch, the longest GEMM contraction) that leave a rest."""
     if limits is not None:
-        monkeypatch.setattr(conv_codegen, "GEMM_CHUNK_ELEMENTS", limits[0])
-        monkeypatch.setattr(conv_codegen, "ROWS_MAX_CONTRACTION", limits[1])
+        monkeypatch.setattr(conv_gemm, "GEMM_CHUNK_ELEMENTS", limits[0])
+        monkeypatch.setattr(conv_gemm, "ROWS_MAX_CONTRACTION", limits[1])
     rng = np.random.default_rng(5)
     attrs = _attrs(case)
     x = rng.standard_normal(case[1]).astype(dtype)

@@ -112,7 +112,7 @@ class Strided:
     ``lhs``, ``rhs`` and ``out`` in their arrays, the strides of their stored rows (at
     least a stored row's length; a transposed operand's stored rows are its columns), and
     ``accumulate``: where it is nonzero the product is added to ``out`` (BLAS's beta = 1)
-    instead of replacing it. The conv kernel's shifted GEMMs (``fusejit.codegen.conv``)."""
+    instead of replacing it. The conv kernel's shifted GEMMs (``fusejit.codegen.conv_gemm``)."""
 
     offsets: tuple[Expr, Expr, Expr]
     rows: tuple[Expr, Expr, Expr]

@@ -3,7 +3,7 @@
 ``gemm_f32``/``gemm_f64`` call SciPy's BLAS with what ``np.dot`` cannot take: sub-matrices
 whose rows lie further apart than their length (a leading dimension) and a product added
 into the output (BLAS's beta = 1), for the conv kernel's shifted GEMMs
-(``fusejit.codegen.conv``). Plain matmuls call them too: typing ``np.dot`` cost a kernel's
+(``fusejit.codegen.conv_gemm``). Plain matmuls call them too: typing ``np.dot`` cost a kernel's
 compilation about 0.1 s, and 0.5 s more the first time in a process.
 
 Which entry point they call, by what this SciPy has:
