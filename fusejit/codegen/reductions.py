@@ -60,7 +60,7 @@ class _Reductions:
 
 
 def reduced_axes(op: Op) -> tuple[int, ...]:
-    return tuple(sorted(op.attrs["axes"])) if "axes" in op.attrs else (op.attrs["axis"],)
+    return tuple(sorted(P.reduction_axes(op)))
 
 
 def reduce_support(group: FusionGroup) -> str | None:

@@ -1164,6 +1164,12 @@ RECOMPUTABLE = frozenset({constant, iota, broadcast_in_dim, reshape, transpose, 
 TRANSCENDENTAL = frozenset({exp, log, log1p, expm1, tanh, logistic, sin, cos, pow, atan2})
 
 
+def reduction_axes(op: Any) -> tuple[int, ...]:
+    """The axes a reduction op reduces, as its attributes give them: ``axes``, or the one
+    ``axis`` of ``argmax``/``argmin``."""
+    return tuple(op.attrs["axes"]) if "axes" in op.attrs else (op.attrs["axis"],)
+
+
 def keeps_linear_order(op: Any) -> bool:
     """Whether a layout op (reshape, transpose, broadcast_in_dim) leaves every element at
     its linear index: it only inserts, removes or moves axes of length 1."""

@@ -401,7 +401,7 @@ def _reduces_innermost(g: _Group) -> bool:
     """Whether every reduction of ``g`` reduces trailing axes of ``g.shape`` (rows)."""
     for op in g.owned:
         if op.prim.kind is OpKind.REDUCTION:
-            axes = op.attrs["axes"] if "axes" in op.attrs else (op.attrs["axis"],)
+            axes = P.reduction_axes(op)
             if op.inputs[0].shape != g.shape or axes != tuple(range(len(g.shape) - len(axes), len(g.shape))):
                 return False
     return True
@@ -423,12 +423,8 @@ def _totals_rows_of(g: _Group, pg: _Group) -> bool:
     if rows is None or math.prod(rows) <= 1 or [n for n in g.shape if n != 1] != [n for n in rows if n != 1]:
         return False
     reduces = [op for op in g.owned if op.prim.kind is OpKind.REDUCTION]
-    return bool(reduces) and all(op.inputs[0].shape == g.shape and _reduced_all(op) for op in reduces)
-
-
-def _reduced_all(op: Op) -> bool:
-    axes = op.attrs["axes"] if "axes" in op.attrs else (op.attrs["axis"],)
-    return sorted(axes) == list(range(len(op.inputs[0].shape)))
+    return bool(reduces) and all(op.inputs[0].shape == g.shape
+                                 and sorted(P.reduction_axes(op)) == list(range(len(g.shape))) for op in reduces)
 
 
 def _row_capable(g: _Group) -> bool:
