@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,18 +31,11 @@ from fusejit.ir.transforms import fusion
 from fusejit.ir.transforms.fusion import FusedFunction, one_op_per_group
 from fusejit.runtime.timings import CompileTimes
 
-# Imported on first use, not with this module: they import Numba (through the CPU code
-# generator), which the interpreter backend does not need.
-_FROM_CPU = ("CpuExecutable", "DonationError", "KernelInfo", "after_compiling")
-
-
-def __getattr__(name: str) -> Any:
-    """The CPU runtime's names, re-exported here (``_FROM_CPU``)."""
-    if name in _FROM_CPU:
-        from fusejit.runtime import cpu
-
-        return getattr(cpu, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# The CPU runtime and the control-flow drivers are imported where they are used, not with
+# this module: they import Numba (through the CPU code generator), which the interpreter
+# backend does not need.
+if TYPE_CHECKING:
+    from fusejit.runtime.cpu import KernelInfo
 
 BACKENDS = ("interpret", "cpu", "cuda")
 
@@ -53,7 +46,7 @@ class InterpretedExecutable:
 
     function: Function
     fused: FusedFunction
-    kernels: list[KernelInfo] = field(default_factory=list)  # noqa: F821 - runtime.cpu.KernelInfo
+    kernels: list[KernelInfo] = field(default_factory=list)
 
     def __call__(self, args: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
         return run_function(self.function, *args)
