@@ -177,7 +177,7 @@ def test_a_worker_answers_an_error_for_a_kernel_it_cannot_compile(tmp_path, monk
 
     from fusejit.runtime import compile_worker
 
-    request = {"source": "x = (", "kernel": "k", "arrays": ["float32"], "ints": 1, "cache_dir": str(tmp_path)}
+    request = {"source": "x = (", "kernel": "k", "arrays": ["float32"], "chunked": False, "cache_dir": str(tmp_path)}
     monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps(request) + "\n"))
     compile_worker.main()
     reply = json.loads(capsys.readouterr().out)

@@ -33,7 +33,7 @@ class _FakeWorker:
 
 
 def _jobs(n: int) -> list[compile_pool.CompileJob]:
-    return [compile_pool.CompileJob("", f"k{i}", ("float32",), 1) for i in range(n)]
+    return [compile_pool.CompileJob("", f"k{i}", ("float32",), False) for i in range(n)]
 
 
 def test_a_starting_worker_gets_no_kernel_and_the_caller_does_not_wait_for_it(monkeypatch):
@@ -58,7 +58,7 @@ def test_the_longest_kernels_are_compiled_first_so_the_last_ones_in_flight_are_c
     started.set()
     worker = _FakeWorker(started)
     monkeypatch.setattr(compile_pool, "_ensure_workers", lambda n: [worker])
-    jobs = [compile_pool.CompileJob("x" * size, f"k{i}", ("float32",), 1) for i, size in enumerate((5, 30, 1, 12))]
+    jobs = [compile_pool.CompileJob("x" * size, f"k{i}", ("float32",), False) for i, size in enumerate((5, 30, 1, 12))]
     done = compile_pool.compile_in_parallel(jobs, None, "")  # the workers do them all
     assert worker.jobs == ["k1", "k3", "k0", "k2"] and done == {0, 1, 2, 3}
 
@@ -70,8 +70,8 @@ def test_a_worker_started_with_ready_says_so_before_it_reads_a_request(tmp_path)
         assert proc.stdout is not None and proc.stdin is not None
         assert json.loads(proc.stdout.readline()) == {"ready": True}
         source = ("from fusejit.codegen.cpu import kernel_jit\n\n\n@kernel_jit()\n"
-                  "def k(a, n):\n    for i in range(n):\n        a[i] = a[i] * 2.0\n")
-        request = {"source": source, "kernel": "k", "arrays": ["float32"], "ints": 1, "cache_dir": str(tmp_path)}
+                  "def k(a, sizes):\n    for i in range(sizes[0]):\n        a[i] = a[i] * 2.0\n")
+        request = {"source": source, "kernel": "k", "arrays": ["float32"], "chunked": False, "cache_dir": str(tmp_path)}
         proc.stdin.write(json.dumps(request) + "\n")
         proc.stdin.flush()
         assert json.loads(proc.stdout.readline()) == {"ok": True, "compiled": True}

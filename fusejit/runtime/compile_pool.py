@@ -43,11 +43,11 @@ class CompileJob:
     source: str
     kernel: str
     arrays: tuple[str, ...]  # NumPy dtype names of the flat array parameters
-    ints: int  # int64 parameters after them
+    chunked: bool  # its signature ends with chunk, chunks, worker (native_calls.kernel_signature)
 
     def request(self, cache_root: str) -> str:
         return json.dumps({"source": self.source, "kernel": self.kernel, "arrays": list(self.arrays),
-                           "ints": self.ints, "cache_dir": cache_root}) + "\n"
+                           "chunked": self.chunked, "cache_dir": cache_root}) + "\n"
 
 
 def worker_count() -> int:

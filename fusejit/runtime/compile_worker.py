@@ -15,9 +15,6 @@ import sys
 
 
 def compile_request(request: dict) -> dict:
-    import numpy as np
-    from numba import types
-    from numba.np.numpy_support import from_dtype
 
     from fusejit import config
     from fusejit.runtime import native_calls
@@ -26,12 +23,12 @@ def compile_request(request: dict) -> dict:
     with config.override(cache=True, cache_dir=request["cache_dir"]):
         dispatcher = getattr(load_module(request["source"]), request["kernel"])
         before = COUNTERS.numba_compiles
-        sig = tuple(types.Array(from_dtype(np.dtype(name)), 1, "C") for name in request["arrays"])
-        sig += (types.int64,) * int(request["ints"])
+        chunked = bool(request["chunked"])
+        sig = native_calls.kernel_signature(request["arrays"], chunked)
         compile_dispatchers(dispatcher, sig)
         compiled = COUNTERS.numba_compiles > before
         # Its trampoline too (Numba's cache beside fusejit's sources), should it be new.
-        native_calls.bind(dispatcher, sig, chunked=int(request["ints"]) > 0)
+        native_calls.bind(dispatcher, sig, chunked)
     return {"ok": True, "compiled": compiled}
 
 

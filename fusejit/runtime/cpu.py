@@ -70,13 +70,6 @@ from fusejit.runtime.timings import CompileTimes, KernelOrigin, KernelTime
 RECYCLE_MIN_BYTES = 1 << 20
 
 
-def _numba_types() -> tuple[Any, dict[DType, Any]]:
-    from numba import types
-
-    return types, {DType.bool: types.boolean, DType.i32: types.int32, DType.i64: types.int64,
-                   DType.f32: types.float32, DType.f64: types.float64}
-
-
 class _Progress:
     """``fusejit: compiling f: kernel 7 of 30`` on a terminal's stderr, once a
     compilation has taken more than ``PROGRESS_AFTER`` seconds."""
@@ -254,8 +247,8 @@ the module doc); ``call_plan`` is what it runs, as data."""
                 continue
             seen.add(st.module)
             kernel = st.lowered.kernel
-            arrays = tuple(a.dtype.np.name for a in kernel.arrays) + ("int64",)  # + the sizes
-            jobs.append(compile_pool.CompileJob(st.source, kernel.name, arrays, 3 * st.chunked))
+            jobs.append(compile_pool.CompileJob(st.source, kernel.name, tuple(a.dtype.np.name for a in kernel.arrays),
+                                                st.chunked))
             steps.append(k)
         return jobs, steps
 
@@ -275,12 +268,10 @@ the module doc); ``call_plan`` is what it runs, as data."""
         has it; ``origin`` overrides where the timing says it came from."""
         from fusejit.runtime import native_calls  # imports Numba
 
-        types, nbt = _numba_types()
         st = self._steps[k]
         start, compiles = time.perf_counter(), COUNTERS.numba_compiles
         st.dispatcher = getattr(load_module(st.source), st.lowered.kernel.name)
-        sig = tuple(types.Array(nbt[a.dtype], 1, "C") for a in st.lowered.kernel.arrays)
-        sig += (types.Array(types.int64, 1, "C"),) + (types.int64,) * (3 * st.chunked)  # sizes; chunk, chunks, worker
+        sig = native_calls.kernel_signature([a.dtype.np for a in st.lowered.kernel.arrays], st.chunked)
         found = KernelOrigin.MEMORY if sig in st.dispatcher.overloads else (origin or KernelOrigin.DISK)
         compile_dispatchers(st.dispatcher, sig)
         if COUNTERS.numba_compiles != compiles:

@@ -28,13 +28,16 @@ argument tuple costs a little, and the arrays are borrowed, not given NRT meminf
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numba
+import numpy as np
 from llvmlite import ir as llvmir
 from numba.core import cgutils, types
 from numba.core.datamodel import models, register_default
 from numba.extending import NativeValue, intrinsic, unbox
+from numba.np.numpy_support import from_dtype
 
 from fusejit.runtime.cache import compile_dispatchers
 
@@ -127,10 +130,17 @@ class NativeKernel:
         self.trampoline(self.address, args)
 
 
+def kernel_signature(dtypes: Sequence[Any], chunked: bool) -> tuple[Any, ...]:
+    """The Numba signature of a generated CPU kernel (``cpu.printer``'s ``function``): a
+    flat C-contiguous array per dtype of ``dtypes`` (NumPy dtypes or their names), the
+    int64 sizes array, and for a ``chunked`` kernel its chunk, chunks and worker ints."""
+    arrays = tuple(types.Array(from_dtype(np.dtype(d)), 1, "C") for d in dtypes)
+    return arrays + (types.Array(types.int64, 1, "C"),) + (types.int64,) * (3 * chunked)
+
+
 def bind(dispatcher: Any, signature: tuple[Any, ...], chunked: bool) -> NativeKernel:
-    """The kernel ``dispatcher`` compiled for ``signature`` (its arrays, then the int64
-    sizes array, then for a chunked kernel chunk, chunks and worker), with the trampoline
-    it needs (loaded from Numba's disk cache, or compiled once)."""
+    """The kernel ``dispatcher`` compiled for ``signature`` (``kernel_signature``), with
+    the trampoline it needs (loaded from Numba's disk cache, or compiled once)."""
     overload = dispatcher.overloads[signature]
     address = overload.library.get_pointer_to_function(overload.fndesc.llvm_func_name)
     if not address:  # pragma: no cover - Numba always emits the function
