@@ -150,9 +150,8 @@ class _Step:
     dispatcher: Any
     entry_point: Any  # callable with the kernel's arguments (a native_calls.NativeKernel, or chunked)
     array_refs: list[tuple[str, Any]]  # per kernel array: storage reference
-    int_slots: list[int]  # positions in the size array
+    sizes: np.ndarray  # its ints (int64), the kernel's argument after its arrays
     chunked: bool = False  # its parallel loop runs in chunks on fusejit's threads (runtime/chunks.py)
-    sizes: np.ndarray | None = None  # its ints, the kernel's last argument (int64)
 
 
 class CpuExecutable:
@@ -169,15 +168,13 @@ the module doc); ``call_plan`` is what it runs, as data."""
         call = plan_call(fn, fused, self.donated, threshold)
         self.call_plan = call
         self.plan = call.arena
+        self._dims = np.array(call.dims, dtype=np.int64)
         self._steps = []
         for sp in call.steps:
             source = CPU.print_module(sp.lowered.kernel)
             self._steps.append(_Step(sp.lowered, module_name(source), source, None, None, list(sp.refs),
-                                     list(sp.int_slots), CPU.chunked(sp.lowered.kernel)))
+                                     self._dims[list(sp.int_slots)], CPU.chunked(sp.lowered.kernel)))
         self.compile_times.lower = time.perf_counter() - start
-        self._dims = np.array(call.dims, dtype=np.int64)
-        for st in self._steps:
-            st.sizes = self._dims[st.int_slots]
         self._consts = list(call.consts)
         self._buf_slot = dict(call.buf_slot)
         self._buf_name = {key: f"b{k}" for k, key in enumerate(call.buf_slot)}
