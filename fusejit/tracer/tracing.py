@@ -350,14 +350,16 @@ def check_operand(x: Any) -> None:
     confusing message: None, or a Python list/tuple holding traced values (NumPy would try
     to convert each traced value into an array of its own)."""
     if x is None:
-        loc = user_source_loc()
-        raise TypeError(f"an operand is None, not an array{f' (at {loc})' if loc else ''}; an argument of a "
-                        "jitted function that is None is an empty pytree, not a value")
-    if isinstance(x, list | tuple) and _holds_tracer(x):
-        loc = user_source_loc()
-        raise TypeError(f"an operand is a Python {type(x).__name__} holding traced values{f' (at {loc})' if loc else ''}: "
-                        "build the array with fusejit.numpy.stack inside the function; a list argument of a jitted "
-                        "function is a pytree of separate values, so pass np.asarray(...) of it instead")
+        what = "None, not an array"
+        why = "; an argument of a jitted function that is None is an empty pytree, not a value"
+    elif isinstance(x, list | tuple) and _holds_tracer(x):
+        what = f"a Python {type(x).__name__} holding traced values"
+        why = (": build the array with fusejit.numpy.stack inside the function; a list argument of a jitted "
+               "function is a pytree of separate values, so pass np.asarray(...) of it instead")
+    else:
+        return
+    loc = user_source_loc()
+    raise TypeError(f"an operand is {what}{f' (at {loc})' if loc else ''}{why}")
 
 
 def _holds_tracer(x: Any) -> bool:
