@@ -126,6 +126,48 @@ def test_shifted_gemm_gradients_match_eager(case, monkeypatch):
         np.testing.assert_allclose(c, e, rtol=1e-10, atol=1e-10)
 
 
+BATCHED = [c for c in CONVS if c[1][0] > 1]
+
+def _chunked(kernel) -> bool:
+    """Whether a kernel runs its loop in chunks on fusejit's threads."""
+    return "chunk, chunks, worker" in kernel.source
+
+
+ONE_THREAD = pytest.mark.skipif(fj.codegen.target.CPU.max_threads() < 2, reason="one thread: no loop runs on threads")
+
+
+@ONE_THREAD
+@pytest.mark.parametrize("case", BATCHED, ids=[c[0] for c in BATCHED])
+@pytest.mark.parametrize("strategy", ["gemm", "shifted"], indirect=True)
+def test_a_conv_on_threads_matches_a_direct_loop(case, strategy):
+    """Above the parallel threshold a GEMM strategy's loop over chunks of samples runs on
+    threads, each chunk in its thread's copy of the scratch. (Not bit for bit the serial
+    kernel's values: where it has fewer chunks than threads, its GEMMs are wider, and
+    the BLAS may sum in another order.)"""
+    x = RNG.standard_normal(case[1])
+    w = RNG.standard_normal(case[2])
+    attrs = _attrs(case)
+    with fj.config.override(parallel_threshold=1):
+        threaded = fj.jit(_conv(attrs)).lower(x, w).compile()
+    (kernel,) = threaded.kernels
+    assert _chunked(kernel) and not _chunked(fj.jit(_conv(attrs)).lower(x, w).compile().kernels[0]), kernel.source
+    np.testing.assert_allclose(threaded(x, w), conv_reference.conv(x, w, **attrs), rtol=1e-12, atol=1e-12)
+
+
+@ONE_THREAD
+@pytest.mark.parametrize("case", BATCHED, ids=[c[0] for c in BATCHED])
+def test_conv_gradients_on_threads_match_eager(case):
+    """The input and weight gradients' convs on threads (the weight gradient's samples are
+    the input's channels, chunked across threads where a serial kernel takes them all at
+    once)."""
+    x, w, loss = weighted_conv_loss(case)
+    with fj.config.override(parallel_threshold=1):
+        grad = fj.jit(fj.grad(loss, argnums=(0, 1))).lower(x, w).compile()
+    assert any(_chunked(k) for k in grad.kernels if k.name.startswith("conv_gemm"))
+    for c, e in zip(grad(x, w), fj.grad(loss, argnums=(0, 1))(x, w), strict=True):
+        np.testing.assert_allclose(c, e, rtol=1e-10, atol=1e-10)
+
+
 def test_default_strategy_is_gemm_except_for_tiny_contractions():
     x, w1 = np.ones((2, 1, 6, 6), np.float32), np.ones((4, 1, 2, 2), np.float32)
     w9 = np.ones((4, 1, 3, 3), np.float32)

@@ -41,7 +41,8 @@ computed in the dilated input, as it describes.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from fusejit.codegen.common import (
@@ -56,6 +57,7 @@ from fusejit.codegen.exprs import (
     BinaryOp,
     Expr,
     Lit,
+    ThreadId,
     add,
     binary,
     floordiv,
@@ -100,6 +102,60 @@ CHANNELS_INNER_MIN = 16
 CHANNELS_INNER_MAX_RUN = 16
 
 
+class _ChunkLoop:
+    """The loop over chunks of samples that each GEMM strategy runs, serial or on threads.
+
+    On threads (more than one, at least two samples, and a conv of at least the target's
+    parallel threshold in multiply-adds, as ``_lower_direct``'s loops) every thread needs
+    its own scratch: each scratch array holds ``copies`` (the thread count) of its
+    per-chunk size, and a chunk works in the copy at ``base`` (``ThreadId`` times the
+    size) of the thread that runs it. The work a serial kernel does once per call
+    (packing weights, zeroing the unfolded matrix's gaps, the offset table) is then done
+    by every chunk in its own copy, so that the loop over chunks is the kernel's only
+    statement: it runs in chunks on fusejit's threads (``fusejit.runtime.chunks``), not as
+    a parfor. The number of chunks is rounded up to a multiple of the threads (64
+    samples in chunks of 22 on 2 threads: 4 chunks of 16), so that the threads share them
+    evenly. Chunks of other sizes than the serial kernel's give GEMMs of other widths,
+    which the BLAS may sum in another order: the values are the serial kernel's to
+    rounding, the same on every call with the same thread count. Measured on W9 (1 and 2
+    threads, 2 cores): its four shifted-GEMM convs 38.5 ms -> 21.7 ms."""
+
+    def __init__(self, ctx: Ctx, b: KernelBuilder, s: _Shapes, op: Op, chunk: int) -> None:
+        n_total = op.inputs[0].shape[0]
+        threads = ctx.target.max_threads()
+        work = op.output.type.size * math.prod(op.inputs[1].shape[1:])
+        self.parallel = threads > 1 and n_total > 1 and work >= ctx.threshold
+        chunks = -(-n_total // chunk)
+        if self.parallel:
+            chunks = min(n_total, -(-chunks // threads) * threads)
+        self.chunk = -(-n_total // chunks)  # chunks of equal size: no short GEMM at the end (64 = 56 + 8)
+        self.chunks = -(-n_total // self.chunk)
+        self.copies = threads if self.parallel else 1
+        self.b, self.s = b, s
+        self._tid: Expr | None = None
+
+    def scratch(self, arrays: Arrays, dtype: DType, size: int) -> str:
+        """A scratch array of ``size`` elements per chunk (``copies`` of them)."""
+        return arrays.scratch(dtype, self.copies * size)
+
+    @contextmanager
+    def each(self) -> Iterator[tuple[Expr, Expr]]:
+        """The loop over chunks: yields each chunk's first sample and its sample count."""
+        b, s = self.b, self.s
+        nb = s.size("chunk", self.chunk)
+        with b.each(s.size("chunks", self.chunks), parallel=self.parallel) as j:
+            self._tid = b.define(ThreadId()) if self.parallel else None
+            n0 = b.let(mul(j, nb)) if nb != ONE else j
+            yield n0, (b.let(minimum(nb, sub(s.N, n0))) if nb != ONE else ONE)
+        self._tid = None
+
+    def base(self, key: str, size: int) -> Expr:
+        """Where this chunk's copy of a scratch array of ``size`` elements per chunk starts."""
+        if self._tid is None:
+            return ZERO
+        return self.b.let(mul(self._tid, self.s.size(("copy", key), size)))
+
+
 def lower_gemm(ctx: Ctx, op: Op, b: KernelBuilder, arrays: Arrays, epi: _Epilogue, s: _Shapes) -> str:
     lhs, rhs = op.inputs
     out = op.output
@@ -109,28 +165,38 @@ def lower_gemm(ctx: Ctx, op: Op, b: KernelBuilder, arrays: Arrays, epi: _Epilogu
     n_total, c_total = lhs.shape[:2]
     o_total = rhs.shape[0]
     per_sample_cols = math.prod(rhs.shape[1:]) * s.groups * math.prod(out.shape[2:])
-    chunk = max(1, min(n_total, GEMM_CHUNK_ELEMENTS // max(per_sample_cols, 1)))
-    chunks = -(-n_total // chunk)
-    chunk = -(-n_total // chunks)  # chunks of equal size: no short GEMM at the end (64 = 56 + 8)
-    width = chunk * math.prod(out.shape[2:])  # columns of one chunk's matrices
-    cols = arrays.scratch(dt, c_total * math.prod(rhs.shape[2:]) * width)
-    res = arrays.scratch(dt, o_total * width)
-    nb = s.size("chunk", chunk)
+    loop = _ChunkLoop(ctx, b, s, op, max(1, GEMM_CHUNK_ELEMENTS // max(per_sample_cols, 1)))
+    width = loop.chunk * math.prod(out.shape[2:])  # columns of one chunk's matrices
+    cols_size, res_size = c_total * math.prod(rhs.shape[2:]) * width, o_total * width
+    cols = loop.scratch(arrays, dt, cols_size)
+    res = loop.scratch(arrays, dt, res_size)
     ncol = s.size("width", width)
     contraction = s.size("contraction", math.prod(rhs.shape[1:]))
 
     # Short rows (small images) or dilated inputs: the offset of each (window offset,
-    # output position) in an input plane, -1 for padding and holes, computed once.
+    # output position) in an input plane, -1 for padding and holes, computed once (per
+    # chunk on threads, in the thread's copy).
     table = pad = None
+    table_size = math.prod(rhs.shape[2:]) * math.prod(out.shape[2:])
     if out.shape[-1] < FILL_ROW_MIN or any(d != 1 for d in s.ldil):
         if all(d == 1 for d in s.ldil) and all(lo >= 0 for lo in s.lo):
-            pad = _Padded(b, arrays, s, op, chunk)
+            pad = _Padded(b, arrays, s, op, loop)
         else:
-            table = arrays.scratch(DType.i64, math.prod(rhs.shape[2:]) * math.prod(out.shape[2:]))
-            _offset_table(b, s, table)
-    with b.each(s.size("chunks", chunks)) as j:
-        n0 = b.let(mul(j, nb)) if nb != ONE else j
-        count = b.let(minimum(nb, sub(s.N, n0))) if nb != ONE else ONE
+            table = loop.scratch(arrays, DType.i64, table_size)
+
+    def prepare(pad_at: Expr, table_at: Expr) -> None:
+        if pad is not None:
+            pad.clear(pad_at)
+        if table is not None:
+            _offset_table(b, s, table, table_at)
+
+    if not loop.parallel:
+        prepare(ZERO, ZERO)
+    with loop.each() as (n0, count):
+        cols_at, res_at = loop.base("cols", cols_size), loop.base("res", res_size)
+        table_at = loop.base("table", table_size) if table is not None else ZERO
+        if loop.parallel:
+            prepare(loop.base("padded", pad.size) if pad is not None else ZERO, table_at)
         if pad is not None:
             pad.copy_chunk(xa, n0, count)
         # cols[(ci, k), i * PP + p] = x[n0 + i, ci, position(p, k)] or 0
@@ -138,7 +204,7 @@ def lower_gemm(ctx: Ctx, op: Op, b: KernelBuilder, arrays: Arrays, epi: _Epilogu
 
             def offset(k: tuple[Expr, ...]) -> None:
                 row = b.let(add(b.let(mul(ci, s.KK)), linearize(b, k, s.K)))
-                row_base = b.let(mul(row, ncol))
+                row_base = b.let(add(b.let(mul(row, ncol)), cols_at))
 
                 def sample(i: Expr) -> None:
                     x_base = b.let(mul(b.let(add(b.let(mul(b.let(add(n0, i)), s.C)), ci)), s.SS))
@@ -152,7 +218,7 @@ def lower_gemm(ctx: Ctx, op: Op, b: KernelBuilder, arrays: Arrays, epi: _Epilogu
                                                                     zero))
                         return
                     # one long loop over the sample's positions, through the offset table
-                    k_base = b.let(mul(linearize(b, k, s.K), s.PP))
+                    k_base = b.let(add(b.let(mul(linearize(b, k, s.K), s.PP)), table_at))
                     with b.each(s.PP) as p:
                         j = b.load(table, b.let(add(k_base, p)))
                         xv = b.load(xa, b.let(add(x_base, maximum(j, ZERO))))
@@ -166,11 +232,20 @@ def lower_gemm(ctx: Ctx, op: Op, b: KernelBuilder, arrays: Arrays, epi: _Epilogu
 
             loop_nest(b, s.K, offset)
         # res[g, og, i * PP + p] = w[g, og, :] @ cols[g, :, i * PP + p]
-        b.emit(Matmul(wa, cols, res, Lit(s.groups), s.Og, contraction, ncol, False, False))
+        if loop.parallel:  # in this thread's copies: a GEMM per group at their offsets
+            with b.each(s.size("groups", s.groups)) as g:
+                offsets = (b.let(mul(b.let(mul(g, s.Og)), contraction)),
+                           b.let(add(b.let(mul(b.let(mul(g, contraction)), ncol)), cols_at)),
+                           b.let(add(b.let(mul(b.let(mul(g, s.Og)), ncol)), res_at)))
+                b.emit(Matmul(wa, cols, res, ONE, s.Og, contraction, ncol, False, False,
+                              Strided(offsets, (contraction, ncol, ncol), ZERO)))
+        else:
+            b.emit(Matmul(wa, cols, res, Lit(s.groups), s.Og, contraction, ncol, False, False))
+
         # out[n0 + i, o, p] = epilogue(res[o, i * PP + p])
         def source(i: Expr, o: Expr, p: tuple[Expr, ...]) -> Expr:
             plane = b.let(add(b.let(mul(o, ncol)), b.let(mul(i, s.PP)) if s.PP != ONE else i))
-            return b.let(add(plane, linearize(b, p, s.P)))
+            return b.let(add(b.let(add(plane, linearize(b, p, s.P))), res_at))
 
         _write_result(b, s, epi, res, n0, count, source)
     return "conv_gemm"
@@ -231,8 +306,8 @@ def lower_rows(ctx: Ctx, op: Op, b: KernelBuilder, arrays: Arrays, epi: _Epilogu
     if rows_of_units:  # the chunk's units within one (channel, leading offsets): a divisor
         per = max(d for d in range(1, per + 1) if window[last - 1] % d == 0)
     channels_inner = lead == 0 and per >= CHANNELS_INNER_MIN and window[last] < CHANNELS_INNER_MAX_RUN
-    chunks = -(-n_total // chunk)
-    chunk = -(-n_total // chunks)  # chunks of equal size: the last one's extra rows are dropped
+    loop = _ChunkLoop(ctx, b, s, op, chunk)
+    chunk = loop.chunk
     # Fewer output positions than output channels per group: ``res`` holds the result's
     # transpose, ``w @ rows^T`` (measured 1 thread: 9 x 32 over 4096 terms 11 GFLOP/s as
     # ``rows @ w^T``, 16 so; 288 x 64 over 1024 terms 33 and 11).
@@ -240,9 +315,10 @@ def lower_rows(ctx: Ctx, op: Op, b: KernelBuilder, arrays: Arrays, epi: _Epilogu
     # The GEMM sizes are parameters, the last chunk of units a shorter one where ``per``
     # does not divide them (computed in the kernel: the units are the batch's samples in a
     # weight gradient, and a new batch size must not change the code).
-    rows = arrays.scratch(dt, chunk * positions * per * unit)
-    res = arrays.scratch(dt, chunk * positions * rhs.shape[0])
-    nb, m = s.size("chunk", chunk), s.size("gemm_rows", chunk * positions)
+    rows_size, res_size = chunk * positions * per * unit, chunk * positions * rhs.shape[0]
+    rows = loop.scratch(arrays, dt, rows_size)
+    res = loop.scratch(arrays, dt, res_size)
+    m = s.size("gemm_rows", chunk * positions)
     row_len, n_unit = s.size("row", per * unit), s.size("unit", unit)  # a row of ``rows``
     leading = s.size("leading", math.prod(window[:lead]))  # units per channel
     contraction = s.size("contraction", rhs.shape[1] * math.prod(window))
@@ -263,16 +339,18 @@ def lower_rows(ctx: Ctx, op: Op, b: KernelBuilder, arrays: Arrays, epi: _Epilogu
     def output_row(i: Expr, p: tuple[Expr, ...]) -> Expr:
         return b.let(add(b.let(mul(i, s.PP)), linearize(b, p, s.P))) if s.PP != ONE else i
 
-    def unit_chunk(n0: Expr, count: Expr, g: Expr, u0: Expr, u_count: Expr, k_size: Expr, accumulate: Expr) -> None:
+    def unit_chunk(n0: Expr, count: Expr, g: Expr, u0: Expr, u_count: Expr, k_size: Expr, accumulate: Expr,
+                   rows_at: Expr, res_at: Expr) -> None:
         """Units ``u0 + u`` (``u < u_count``, ``k_size = u_count * unit``) of group ``g``
-        unfolded for the chunk's ``count`` samples and multiplied into ``res``."""
+        unfolded for the chunk's ``count`` samples (into ``rows`` from ``rows_at``) and
+        multiplied into ``res`` (from ``res_at``)."""
         with b.each(count) as i:
             n = b.let(add(n0, i))
             if channels_inner:
                 x_base, _ = unit_of(n, g, u0)
 
                 def point(p: tuple[Expr, ...]) -> None:
-                    row_base = b.let(mul(output_row(i, p), row_len))
+                    row_base = b.let(add(b.let(mul(output_row(i, p), row_len)), rows_at))
 
                     def offset(k: tuple[Expr, ...]) -> None:
                         inside, idx = _rows_inside(b, s, p, k)
@@ -292,7 +370,8 @@ def lower_rows(ctx: Ctx, op: Op, b: KernelBuilder, arrays: Arrays, epi: _Epilogu
                 x_base, k_lead = unit_of(n, g, u0)
 
                 def position_block(p: tuple[Expr, ...]) -> None:
-                    _fill_block(b, s, xa, rows, x_base, b.let(mul(output_row(i, p), row_len)), p, k_lead[:-1],
+                    _fill_block(b, s, xa, rows, x_base, b.let(add(b.let(mul(output_row(i, p), row_len)), rows_at)),
+                                p, k_lead[:-1],
                                 k_lead[-1], u_count, zero)
 
                 loop_nest(b, s.P, position_block)
@@ -301,7 +380,8 @@ def lower_rows(ctx: Ctx, op: Op, b: KernelBuilder, arrays: Arrays, epi: _Epilogu
                     x_base, k_lead = unit_of(n, g, b.let(add(u0, u)))
 
                     def position(p: tuple[Expr, ...]) -> None:
-                        row_base = b.let(add(b.let(mul(output_row(i, p), row_len)), b.let(mul(u, n_unit))))
+                        row_base = b.let(add(b.let(add(b.let(mul(output_row(i, p), row_len)), b.let(mul(u, n_unit)))),
+                                             rows_at))
                         if block and lead < last:  # blocks of the whole window's second-to-last axis
                             mid = s.K[lead:last - 1]
 
@@ -331,27 +411,28 @@ def lower_rows(ctx: Ctx, op: Op, b: KernelBuilder, arrays: Arrays, epi: _Epilogu
         w_off = b.let(add(b.let(mul(b.let(mul(g, s.Og)), contraction)), b.let(mul(u0, n_unit))))
         if transposed:
             b.emit(Matmul(wa, rows, res, ONE, s.Og, k_size, m, False, True,
-                          Strided((w_off, ZERO, b.let(mul(b.let(mul(g, s.Og)), m))), (contraction, row_len, m),
-                                  accumulate)))
+                          Strided((w_off, rows_at, b.let(add(b.let(mul(b.let(mul(g, s.Og)), m)), res_at))),
+                                  (contraction, row_len, m), accumulate)))
         else:
             b.emit(Matmul(rows, wa, res, ONE, m, k_size, s.Og, False, True,
-                          Strided((ZERO, w_off, b.let(mul(g, s.Og))), (row_len, contraction, s.O), accumulate)))
+                          Strided((rows_at, w_off, b.let(add(b.let(mul(g, s.Og)), res_at))), (row_len, contraction, s.O),
+                                  accumulate)))
 
-    with b.each(s.size("chunks", chunks)) as j:
-        n0 = b.let(mul(j, nb)) if nb != ONE else j
-        count = b.let(minimum(nb, sub(s.N, n0))) if nb != ONE else ONE
+    with loop.each() as (n0, count):
+        rows_at, res_at = loop.base("rows", rows_size), loop.base("res", res_size)
         with b.each(groups) as g:
             n_per, n_units = s.size("per", per), s.size("units", units)
             with b.each(s.size("unit_chunks", -(-units // per))) as ju:
                 u0 = b.let(mul(ju, n_per))
                 u_count = b.let(minimum(n_per, sub(n_units, u0))) if per > 1 else ONE
-                unit_chunk(n0, count, g, u0, u_count, b.let(mul(u_count, n_unit)), binary(BinaryOp.NE, ju, ZERO))
+                unit_chunk(n0, count, g, u0, u_count, b.let(mul(u_count, n_unit)), binary(BinaryOp.NE, ju, ZERO),
+                           rows_at, res_at)
 
         # out[n0 + i, o, p] = epilogue(res[(i, p), o]), or of res[o, (i, p)]
         def source(i: Expr, o: Expr, p: tuple[Expr, ...]) -> Expr:
             if transposed:
-                return b.let(add(b.let(mul(o, m)), output_row(i, p)))
-            return b.let(add(b.let(mul(output_row(i, p), s.O)), o))
+                return b.let(add(b.let(add(b.let(mul(o, m)), output_row(i, p))), res_at))
+            return b.let(add(b.let(add(b.let(mul(output_row(i, p), s.O)), o)), res_at))
 
         _write_result(b, s, epi, res, n0, count, source)
     return "conv_gemm"
@@ -435,45 +516,53 @@ def lower_shifted(ctx: Ctx, op: Op, b: KernelBuilder, arrays: Arrays, epi: _Epil
     block = ext[0] * flat[0]
     lead = sum(max(s.lo[d], 0) * flat[d] for d in range(last))  # zeros the first rows' windows read
     reach = sum((window[d] - 1) * s.rdil[d] * flat[d] for d in range(last))  # read past a column
-    chunk = max(1, min(lhs.shape[0], GEMM_CHUNK_ELEMENTS // (lhs.shape[1] * window[last] * block)))
-    chunks = -(-lhs.shape[0] // chunk)
-    chunk = -(-lhs.shape[0] // chunks)
-    width = chunk * block  # columns of one chunk's GEMMs
+    loop = _ChunkLoop(ctx, b, s, op, max(1, GEMM_CHUNK_ELEMENTS // (lhs.shape[1] * window[last] * block)))
+    width = loop.chunk * block  # columns of one chunk's GEMMs
     stride = lead + width + reach  # a row of ``cols``
-    cols = arrays.scratch(dt, lhs.shape[1] * window[last] * stride)
-    res = arrays.scratch(dt, rhs.shape[0] * width)
-    packed = arrays.scratch(dt, rhs.type.size)
+    cols_size, res_size = lhs.shape[1] * window[last] * stride, rhs.shape[0] * width
+    cols = loop.scratch(arrays, dt, cols_size)
+    res = loop.scratch(arrays, dt, res_size)
+    packed = loop.scratch(arrays, dt, rhs.type.size)
     E = tuple(s.size(("ext", d), n) for d, n in enumerate(ext))
-    nb, ncol, n_stride = s.size("chunk", chunk), s.size("width", width), s.size("row", stride)
+    ncol, n_stride = s.size("width", width), s.size("row", stride)
     n_block, n_lead, n_rows = s.size("block", block), s.size("lead", lead), s.size("rows", rows)
     kl = s.K[last]
-
-    # packed[t, g, c, k_last, og] = w[g * Og + og, c, k]: t the offset along the shifted
-    # axes, so that the weights of one shift and group are a [rows, Og] matrix
     groups = s.size("groups", s.groups)
-    with b.each(groups) as g:
-        with b.each(s.Og) as og:
-            o = b.let(add(b.let(mul(g, s.Og)), og)) if s.groups > 1 else og
-            with b.each(s.Cg) as c:
 
-                def pack(k: tuple[Expr, ...]) -> None:
-                    src = b.let(add(b.let(mul(b.let(add(b.let(mul(o, s.Cg)), c)), s.KK)), linearize(b, k, s.K)))
-                    t = linearize(b, k[:last], s.K[:last])
-                    tg = b.let(add(b.let(mul(t, groups)), g)) if s.groups > 1 else t
-                    row = b.let(add(b.let(mul(b.let(add(b.let(mul(tg, s.Cg)), c)), kl)), k[last]))
-                    b.store(packed, b.let(add(b.let(mul(row, s.Og)), og)), b.load(wa, src))
+    def prepare(packed_at: Expr, cols_at: Expr) -> None:
+        """Packs the weights and zeroes ``cols`` (its gaps and margins stay zero; each
+        chunk overwrites the input rows)."""
+        # packed[t, g, c, k_last, og] = w[g * Og + og, c, k]: t the offset along the shifted
+        # axes, so that the weights of one shift and group are a [rows, Og] matrix
+        with b.each(groups) as g:
+            with b.each(s.Og) as og:
+                o = b.let(add(b.let(mul(g, s.Og)), og)) if s.groups > 1 else og
+                with b.each(s.Cg) as c:
 
-                loop_nest(b, s.K, pack)
-    # The gaps and margins of ``cols`` stay zero; each chunk overwrites the input rows.
-    with b.each(s.size("cols", lhs.shape[1] * window[last] * stride)) as t:
-        b.store(cols, t, zero)
-    with b.each(s.size("chunks", chunks)) as j:
-        n0 = b.let(mul(j, nb)) if nb != ONE else j
-        count = b.let(minimum(nb, sub(s.N, n0))) if nb != ONE else ONE
+                    def pack(k: tuple[Expr, ...]) -> None:
+                        src = b.let(add(b.let(mul(b.let(add(b.let(mul(o, s.Cg)), c)), s.KK)), linearize(b, k, s.K)))
+                        t = linearize(b, k[:last], s.K[:last])
+                        tg = b.let(add(b.let(mul(t, groups)), g)) if s.groups > 1 else t
+                        row = b.let(add(b.let(mul(b.let(add(b.let(mul(tg, s.Cg)), c)), kl)), k[last]))
+                        b.store(packed, b.let(add(packed_at, b.let(add(b.let(mul(row, s.Og)), og)))),
+                                b.load(wa, src))
+
+                    loop_nest(b, s.K, pack)
+        with b.each(s.size("cols", cols_size)) as t:
+            b.store(cols, b.let(add(cols_at, t)), zero)
+
+    if not loop.parallel:
+        prepare(ZERO, ZERO)
+    with loop.each() as (n0, count):
+        cols_at, res_at, packed_at = (loop.base(k, n) for k, n in (("cols", cols_size), ("res", res_size),
+                                                                    ("packed", rhs.type.size)))
+        if loop.parallel:
+            prepare(packed_at, cols_at)
         # cols[(ci, k_last), lead + i * block + e . flat + p] = x[n0 + i, ci, e, position(p, k_last)]
         with b.each(s.C) as ci:
             with b.each(kl) as kx:
-                row_base = b.let(add(b.let(mul(b.let(add(b.let(mul(ci, kl)), kx)), n_stride)), n_lead))
+                row_base = b.let(add(b.let(add(b.let(mul(b.let(add(b.let(mul(ci, kl)), kx)), n_stride)), n_lead)),
+                                     cols_at))
                 with b.each(count) as i:
                     x_base = b.let(mul(b.let(add(b.let(mul(b.let(add(n0, i)), s.C)), ci)), s.SS))
                     col_base = b.let(add(row_base, b.let(mul(i, n_block))))
@@ -495,13 +584,13 @@ def lower_shifted(ctx: Ctx, op: Op, b: KernelBuilder, arrays: Arrays, epi: _Epil
 
             def shift(k: tuple[Expr, ...]) -> None:
                 t = linearize(b, k[:last], s.K[:last])
-                at = first
+                at = b.let(add(first, cols_at))
                 for d in range(last):
                     at = b.let(add(at, b.let(mul(k[d], s.size(("step", d), s.rdil[d] * flat[d])))))
                 tg = b.let(add(b.let(mul(t, groups)), g)) if s.groups > 1 else t
                 a_off = b.let(add(b.let(mul(b.let(mul(g, n_rows)), n_stride)), at))
-                b_off = b.let(mul(b.let(mul(tg, n_rows)), s.Og))
-                c_off = b.let(mul(g, s.Og))
+                b_off = b.let(add(b.let(mul(b.let(mul(tg, n_rows)), s.Og)), packed_at))
+                c_off = b.let(add(b.let(mul(g, s.Og)), res_at))
                 b.emit(Matmul(cols, packed, res, ONE, ncol, n_rows, s.Og, True, False,
                               Strided((a_off, b_off, c_off), (n_stride, s.Og, s.O), binary(BinaryOp.NE, t, ZERO))))
 
@@ -510,7 +599,7 @@ def lower_shifted(ctx: Ctx, op: Op, b: KernelBuilder, arrays: Arrays, epi: _Epil
         # out[n0 + i, o, p] = epilogue(res[i * block + p . (flat, 1), o])
         def source(i: Expr, o: Expr, p: tuple[Expr, ...]) -> Expr:
             column = b.let(add(b.let(mul(i, n_block)), linearize(b, p, (*E, s.P[last]))))
-            return b.let(add(b.let(mul(column, s.O)), o))
+            return b.let(add(b.let(add(b.let(mul(column, s.O)), o)), res_at))
 
         _write_result(b, s, epi, res, n0, count, source)
     return "conv_shifted"
@@ -524,22 +613,28 @@ class _Padded:
     costs a load of the offset and a select per element. Measured against the table (1
     thread, interleaved): W7's forward conv 0.61 -> 0.52 ms, W8's 2.11 -> 2.01 ms, W9's
     8x8 forward 27.5 -> 27.1 ms; kernel gradients (rows of 3) were 5-9% slower (they
-    unfold into rows instead, ``lower_rows``). The borders are zeroed once per call; each
-    chunk overwrites the interiors."""
+    unfold into rows instead, ``lower_rows``). The borders are zeroed once per call (once
+    per chunk on threads, in the thread's copy from ``at``); each chunk overwrites the
+    interiors."""
 
-    def __init__(self, b: KernelBuilder, arrays: Arrays, s: _Shapes, op: Op, chunk: int) -> None:
+    def __init__(self, b: KernelBuilder, arrays: Arrays, s: _Shapes, op: Op, loop: _ChunkLoop) -> None:
         self.b, self.s = b, s
+        self.at: Expr = ZERO
         out_spatial, window = op.output.shape[2:], op.inputs[1].shape[2:]
         spatial = op.inputs[0].shape[2:]
         extents = [max((out_spatial[d] - 1) * s.strides[d] + (window[d] - 1) * s.rdil[d] + 1, s.lo[d] + spatial[d])
                    for d in range(s.nsp)]
         self.E = tuple(s.size(("E", d), n) for d, n in enumerate(extents))
         self.EE = s.size("EE", math.prod(extents))
-        size = chunk * op.inputs[0].shape[1] * math.prod(extents)
-        self.xpad = arrays.scratch(op.output.dtype, size)
-        zero = b.const(0, op.output.dtype)
-        with b.each(s.size("padded", size)) as t:
-            b.store(self.xpad, t, zero)
+        self.size = loop.chunk * op.inputs[0].shape[1] * math.prod(extents)
+        self.xpad = loop.scratch(arrays, op.output.dtype, self.size)
+        self.zero = b.const(0, op.output.dtype)
+
+    def clear(self, at: Expr) -> None:
+        """Zeroes the copy that starts at ``at``, which ``copy_chunk`` and ``fill`` use."""
+        self.at = at
+        with self.b.each(self.s.size("padded", self.size)) as t:
+            self.b.store(self.xpad, self.b.let(add(at, t)), self.zero)
 
     def copy_chunk(self, xa: str, n0: Expr, count: Expr) -> None:
         """``xpad[i, c, q + lo] = x[n0 + i, c, q]`` for the chunk's ``count`` samples."""
@@ -548,7 +643,7 @@ class _Padded:
             with b.each(s.C) as c:
                 plane = b.let(add(b.let(mul(i, s.C)), c))
                 src = b.let(mul(b.let(add(b.let(mul(b.let(add(n0, i)), s.C)), c)), s.SS))
-                dst = b.let(mul(plane, self.EE))
+                dst = b.let(add(b.let(mul(plane, self.EE)), self.at))
 
                 def element(q: tuple[Expr, ...]) -> None:
                     at = linearize(b, tuple(add(q[d], Lit(s.lo[d])) for d in range(s.nsp)), self.E)
@@ -560,7 +655,7 @@ class _Padded:
         """``cols[col_base + p] = xpad[i, c, p * stride + k * rhs_dilation]`` over the
         output positions ``p``."""
         b, s = self.b, self.s
-        plane = b.let(mul(b.let(add(b.let(mul(i, s.C)), c)), self.EE))
+        plane = b.let(add(b.let(mul(b.let(add(b.let(mul(i, s.C)), c)), self.EE)), self.at))
 
         def point(p: tuple[Expr, ...]) -> None:
             q = tuple(add(mul(p[d], Lit(s.strides[d])), mul(k[d], Lit(s.rdil[d]))) for d in range(s.nsp))
@@ -570,12 +665,12 @@ class _Padded:
         loop_nest(b, s.P, point)
 
 
-def _offset_table(b: KernelBuilder, s: _Shapes, table: str) -> None:
-    """``table[k, p]``: where output position ``p`` reads an input plane at window offset
-    ``k`` (a linear index), or -1 where it reads padding or a hole."""
+def _offset_table(b: KernelBuilder, s: _Shapes, table: str, at: Expr) -> None:
+    """``table[at + k * PP + p]``: where output position ``p`` reads an input plane at
+    window offset ``k`` (a linear index), or -1 where it reads padding or a hole."""
 
     def offset(k: tuple[Expr, ...]) -> None:
-        k_base = b.let(mul(linearize(b, k, s.K), s.PP))
+        k_base = b.let(add(b.let(mul(linearize(b, k, s.K), s.PP)), at))
 
         def point(p: tuple[Expr, ...]) -> None:
             inside: Expr | None = None
