@@ -86,3 +86,35 @@ def test_a_worker_started_with_ready_says_so_before_it_reads_a_request(tmp_path)
 def test_a_compile_worker_count_that_is_not_a_number_names_the_setting():
     with config.override(compile_workers="abc"), pytest.raises(ValueError, match="FUSEJIT_COMPILE_WORKERS"):
         compile_pool.worker_count()
+
+
+def test_a_first_call_starts_the_workers_before_tracing_unless_an_earlier_one_finished(monkeypatch, tmp_path):
+    """The compile workers start when a call that will likely compile begins (they take
+    ~0.7 s to start Numba, meanwhile the caller traces); a call of the same function with
+    arguments of the same types that finished on this disk cache before (in an earlier
+    process) marks it warm, and then no worker starts. Another function, or other
+    argument types, is not marked."""
+    import numpy as np
+
+    import fusejit as fj
+
+    started = []
+    monkeypatch.setattr(compile_pool, "start_workers", lambda wait=False: started.append(len(traced)))
+    traced: list[int] = []
+
+    def f(x):
+        traced.append(1)
+        return x * 2.0 + 1.0
+
+    x = np.ones(8, np.float32)
+    with config.override(cache=True, cache_dir=str(tmp_path), compile_workers=1):
+        np.testing.assert_array_equal(fj.jit(f)(x), x * 2 + 1)
+        assert started == [0]  # before tracing
+        fj.jit(f)(x)  # a new process would see the marker the first call left
+        assert started == [0]
+        fj.jit(f)(np.ones(9, np.float32))  # other argument types: started before f's third trace
+        fj.jit(lambda x: x - 1.0)(x)  # another function
+        assert started == [0, 2, 3]
+    with config.override(cache=True, cache_dir=str(tmp_path / "other"), compile_workers=0):
+        fj.jit(f)(x)  # no workers to start
+    assert len(started) == 3

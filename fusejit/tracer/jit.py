@@ -8,11 +8,14 @@ looks the executable up and runs it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import inspect
 import logging
 import threading
 import time
+import types
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +39,7 @@ from fusejit.tracer.tracing import (
     sanitize_name,
     trace_function,
 )
+from fusejit.version import __version__
 
 if TYPE_CHECKING:  # imported when a call first optimizes, not by ``import fusejit`` (issue 12)
     from fusejit.ir.transforms.fusion import FusedFunction
@@ -372,11 +376,16 @@ class Jitted:
             with self._miss_lock:
                 lowered = self._cache.get(key)
                 if lowered is None:  # not compiled by another thread meanwhile
+                    fingerprint = self._expect_compilation(key)
                     lowered = self._lower(args, kwargs)
                     self._info.misses += 1
                     self._warn_if_retraced_too_often()
                     lowered.executable()
                     self._cache[key] = lowered
+                    if fingerprint is not None:
+                        from fusejit.runtime import compile_pool
+
+                        compile_pool.finished_call(fingerprint)
                     if config.value("log_compiles"):
                         _compile_logger().info("fusejit: compiled %s", lowered.describe())
                 else:
@@ -387,6 +396,21 @@ class Jitted:
             fast_key = tuple((a.shape, a.dtype, type(a)) for a in args)
             self._fast[fast_key[0] if len(args) == 1 else fast_key] = lowered._fast_runner()
         return lowered._run(lowered.executable(), leaves)
+
+    def _expect_compilation(self, key: Any) -> str | None:
+        """On the CPU, lets the compile workers start while this call traces, if it will
+        likely compile (``compile_pool.expect_compilation``); returns the call's
+        fingerprint (None where the function has no code to hash)."""
+        if self.backend != "cpu":
+            return None
+        digest = hashlib.sha256(f"{__version__}|{self.fuse}|{key!r}".encode())
+        if not _hash_code(digest, self.fun, set()):
+            return None
+        from fusejit.runtime import compile_pool
+
+        fingerprint = digest.hexdigest()[:32]
+        compile_pool.expect_compilation(fingerprint)
+        return fingerprint
 
     def _split(self, args: tuple, kwargs: dict[str, Any]) -> tuple[Any, Any, None]:
         """(dynamic pytree, hashable static key, None). The static key holds ``(position or
@@ -578,6 +602,30 @@ def _describe_change(path: str, sig: Any, was: Any) -> str:
             parts.append(f"dtype {sig[1]} was {was[1]}")
         return f"argument {path}: " + ", ".join(parts)
     return f"argument {path}: {_describe_signature(sig)} was {_describe_signature(was)}"
+
+
+def _hash_code(digest: Any, fun: Any, seen: set[int]) -> bool:
+    """Adds ``fun``'s code to ``digest``: its bytecode, names and constants, and those of the
+    functions its closure holds (the loss a training step closes over); False if it has
+    no code (a builtin, a callable object)."""
+    code = getattr(fun, "__code__", None)
+    if code is None or id(code) in seen:
+        return code is not None
+    seen.add(id(code))
+    digest.update(f"{fun.__module__}.{fun.__qualname__}|{code.co_names}".encode())
+    stack = [code]
+    while stack:
+        c = stack.pop()
+        digest.update(c.co_code)
+        for const in c.co_consts:
+            if isinstance(const, types.CodeType):
+                stack.append(const)
+            else:
+                digest.update(repr(const).encode())
+    for cell in getattr(fun, "__closure__", None) or ():
+        with contextlib.suppress(ValueError):  # an empty cell
+            _hash_code(digest, cell.cell_contents, seen)
+    return True
 
 
 def _first(item: tuple) -> Any:
