@@ -56,6 +56,17 @@ def test_buffer_plan_never_shares_memory_between_live_values():
         assert all(iv.offset % buffers.ALIGN == 0 for iv in plan.slots.values())
 
 
+def test_buffer_plan_puts_a_later_buffer_in_a_dead_larger_ones_memory():
+    """A dead buffer's memory holds later buffers of other sizes (not only of its own), the
+    largest placed first: here two smaller ones side by side where a 4 KiB one was."""
+    steps = [buffers.Step([("big", 4096)], [], []), buffers.Step([("x", 1024)], ["big"], []),
+             buffers.Step([("a", 2048), ("b", 1024)], ["x"], [("tmp", 512)]), buffers.Step([], ["a", "b"], [])]
+    plan = buffers.plan(steps)
+    assert plan.overlapping_live_pairs() == []
+    assert plan.arena_bytes == 4096 + 1024  # x is live beside big; a, b and tmp fit in big's place
+    assert {plan.slots[k].offset for k in ("a", "b", "tmp")} <= set(range(0, 4096, 64))
+
+
 def test_executable_plan_reuses_dead_buffers():
     x, y = f32(64, 32), f32(64, 32)
     compiled = fj.jit(chain, fuse=False).lower(x, y).compile()

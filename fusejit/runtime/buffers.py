@@ -3,16 +3,26 @@
 Intermediate values (defined by one kernel, read by later ones, not returned) and the
 scratch memory kernels ask for live in one byte arena, allocated once per executable and
 reused by every call, so the steady state allocates nothing but the outputs. Offsets
-come from value lifetimes: a buffer whose value is dead is reused by a later value of
-the same (64-byte rounded) size; a value defined by step ``s`` never shares memory with
-a value still read at ``s``. Values that are views of others (a reshape needs no kernel
-on flat buffers) share their source's buffer and extend its lifetime.
+come from value lifetimes: a value defined by step ``s`` never shares memory with a
+value still read at ``s``, and a kernel's scratch lives for its step. Values that are
+views of others (a reshape needs no kernel on flat buffers) share their source's buffer
+and extend its lifetime.
+
+Offsets are assigned greedily by size (Pisarchyk and Lee, "Efficient Memory Management
+for Deep Neural Net Inference", 2020, the "greedy by size" offset calculation of
+TensorFlow Lite's arena planner): the largest buffer first, each at the lowest offset
+where it fits between the buffers already placed whose lifetimes overlap its own (the
+smallest such gap that holds it). The earlier plan reused only a dead buffer of exactly
+the same (64-byte rounded) size; W9's step (a CIFAR CNN, many sizes of activations and
+conv scratch) needed a 90.5 MiB arena with it and 41 MiB with this.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable
 from dataclasses import dataclass, field
+
+import numpy as np
 
 ALIGN = 64
 
@@ -84,34 +94,42 @@ def plan(steps: list[Step], aliases: dict[Hashable, Hashable] | None = None) -> 
             if r in first_def:
                 last_use[r] = max(last_use.get(r, s), s)
     result = BufferPlan()
-    free: dict[int, list[int]] = {}
-    top = 0
-
-    def take(nbytes: int) -> int:
-        nonlocal top
-        rounded = _round(nbytes)
-        if free.get(rounded):
-            return free[rounded].pop()
-        offset = top
-        top += rounded
-        return offset
-
+    wanted: list[tuple[Hashable, int, int, int]] = []  # key, bytes, first step, last step
     for s, step in enumerate(steps):
-        for k, n in step.scratch:
-            result.slots[k] = Interval(take(n), n, s, s)
-        for k, _ in step.defines:
-            r = root(k)
-            if r in result.slots or first_def.get(r) != s:
-                continue
-            result.slots[r] = Interval(take(size[r]), size[r], s, last_use[r])
-        for k, n in step.scratch:
-            free.setdefault(_round(n), []).append(result.slots[k].offset)
-        for r, last in last_use.items():
-            if last == s and r in result.slots:
-                free.setdefault(_round(result.slots[r].nbytes), []).append(result.slots[r].offset)
+        wanted += [(k, n, s, s) for k, n in step.scratch]
+        wanted += [(root(k), size[root(k)], s, last_use[root(k)]) for k, _ in step.defines if first_def.get(root(k)) == s]
+    # Arrays of the placed buffers: one vectorized pass per buffer over those placed before
+    # it (a few thousand buffers in an unrolled program: a Python loop over pairs took seconds).
+    order = sorted(range(len(wanted)), key=lambda i: (-_round(wanted[i][1]), wanted[i][2]))
+    starts, stops, firsts, lasts = (np.zeros(len(wanted), np.int64) for _ in range(4))
+    count = 0
+    for i in order:
+        key, nbytes, first, last = wanted[i]
+        if key in result.slots:  # a value defined twice in one step
+            continue
+        live = (firsts[:count] <= last) & (lasts[:count] >= first)
+        offset = _lowest_fit(starts[:count][live], stops[:count][live], _round(nbytes))
+        result.slots[key] = Interval(offset, nbytes, first, last)
+        starts[count], stops[count], firsts[count], lasts[count] = offset, offset + _round(nbytes), first, last
+        count += 1
+    result.arena_bytes = int(stops[:count].max()) if count else 0
     for k in aliases:
         r = root(k)
         if r in result.slots:
             result.slots[k] = result.slots[r]
-    result.arena_bytes = top
     return result
+
+
+def _lowest_fit(starts: np.ndarray, stops: np.ndarray, nbytes: int) -> int:
+    """The offset of the smallest gap of at least ``nbytes`` between the buffers
+    ``[starts, stops)`` (those live beside the one to place), or past the last of them."""
+    if not len(starts):
+        return 0
+    order = np.argsort(starts, kind="stable")
+    starts, ends = starts[order], np.maximum.accumulate(stops[order])  # the end of all before
+    gaps = starts - np.concatenate(([0], ends[:-1]))
+    fits = np.flatnonzero(gaps >= nbytes)
+    if not len(fits):
+        return int(ends[-1])
+    best = fits[np.argmin(gaps[fits])]
+    return int(ends[best - 1]) if best else 0
