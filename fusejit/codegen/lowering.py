@@ -129,7 +129,8 @@ def supports_on(target: Any, group: FusionGroup) -> str | None:
     if strategy is None:
         return f"the {target.name} target has no strategy for '{group.kind}' groups"
     return (common_support(group) or strategy.supports(group) or branch_support(group)
-            or _parallel_part_support(target, group) or _row_totals_support(target, group))
+            or _parallel_part_support(target, group) or _parallel_epilogue_support(target, group)
+            or _row_totals_support(target, group))
 
 
 def _row_totals_support(target: Any, group: FusionGroup) -> str | None:
@@ -155,6 +156,22 @@ def _parallel_part_support(target: Any, group: FusionGroup) -> str | None:
         if total >= threshold:
             return (f"a loop over {total} elements runs on threads: alone it runs in chunks, in a "
                     "horizontal kernel it would be a parfor (slower to compile)")
+    return None
+
+
+def _parallel_epilogue_support(target: Any, group: FusionGroup) -> str | None:
+    """Why a matmul group must not hold an epilogue whose loop runs on threads (the
+    target's ``parallel_loops_alone``), or None: after the GEMM the kernel is not one
+    parallel loop, so it would be a parfor. Alone the epilogue is a loop kernel that runs
+    in chunks. (W5's step at batch 1024, whose two epilogues reach the threshold: their
+    matmul kernels compiled in 1.47 and 0.86 s as parfors.)"""
+    if group.kind is not GroupKind.MATMUL or not target.parallel_loops_alone:
+        return None
+    (dot,) = [op for op in group.ops if op.prim is P.dot_general]
+    total = math.prod(dot.output.shape)
+    if len(group.ops) > 1 and total >= target.parallel_threshold():
+        return (f"a matmul's epilogue over {total} elements runs on threads: alone it runs in chunks, in the "
+                "matmul kernel it would be a parfor (slower to compile)")
     return None
 
 
