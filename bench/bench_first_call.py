@@ -143,7 +143,7 @@ def child_main(kind: str, workload: str, index: str, size: str, result: Path) ->
     start = time.perf_counter()
     runner.call()
     report["second_s"] = time.perf_counter() - start
-    report.update(cpus=harness.usable_cpus(), rtol=case.rtol, atol=case.atol, blas=blas_info())
+    report.update(cpus=harness.usable_cpus(), rtol=case.rtol, atol=case.atol, blas=harness.blas_info())
     if kind == "jax":
         report["jax"] = {"version": jax.__version__, "compilation_cache_dir": jax.config.jax_compilation_cache_dir}
     else:
@@ -170,16 +170,6 @@ def fusejit_info(jitted: Any) -> dict[str, Any]:
     return {"version": fj.__version__, "file": fj.__file__, "summary": times.summary(), "total_s": times.total, "origins": origins,
             "compile": fj.config.value("compile"), "compile_workers": compile_pool.worker_count(),
             "cache_dir": fj.config.value("cache_dir"), "workers_cpu_s": children.ru_utime + children.ru_stime}
-
-
-def blas_info() -> list[dict[str, Any]]:
-    """The BLAS/OpenMP libraries loaded and their thread counts (threadpoolctl, if installed)."""
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return []
-    keys = ("internal_api", "version", "num_threads", "threading_layer", "architecture")
-    return [{k: lib.get(k) for k in keys} | {"file": Path(lib.get("filepath", "")).name} for lib in threadpool_info()]
 
 
 # ======================================================================================

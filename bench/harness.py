@@ -14,13 +14,18 @@ How a run goes (``bench/README.md`` says how to read the numbers):
    environment variables read when a library is imported, so every setting gets fresh
    processes; each worker pins itself (``os.sched_setaffinity``) before importing.
 2. The core worker measures a STREAM triad (Numba, arrays far larger than cache): the
-   machine's bandwidth for this setting.
+   machine's bandwidth for this setting; and a float32 GEMM through the BLAS that
+   fusejit's kernels call: the machine's GEMM rate for this setting. Every worker then
+   reports the BLAS libraries its process loaded (threadpoolctl) and the environment
+   variables that force a BLAS kernel (``BLAS_KERNEL_VARS``).
 3. Per case, every worker builds its configurations, times the first call (tracing and
    compilation) on its own, checks the result against NumPy eager and warms up. Then the
    parent takes interleaved samples, one configuration after another (A B C A B C ...,
    the starting one rotating each round), with only one worker busy at a time, until the
    case's share of the time budget is spent. Each sample repeats a short call until it
    lasts about 2 ms; page faults are counted around it (``getrusage`` minor faults).
+   A fused function with convolutions is then profiled (``Compiled.profile``, a few
+   rounds): each conv kernel's time and GFLOP/s against the GEMM rate of step 2.
 4. The parent prints the tables, writes JSON (machine, versions, every sample) and a bar
    chart of speed-ups over NumPy eager (when matplotlib is installed).
 
@@ -70,6 +75,12 @@ THREAD_VARS = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "
 XLA_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 BUSY_CORES = 0.2  # other processes using more cores than this on average: warn
 VERSIONED = ("numpy", "numba", "llvmlite", "scipy", "jax", "jaxlib", "torch", "matplotlib")
+# Environment variables that make a BLAS (or PyTorch) run an older or other kernel than the
+# one it would pick for this CPU: every matmul-bound ratio changes with them. Also every
+# ``MKL_*`` but the thread count. The benchmarks are meant to run with them unset
+# (``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE fusejit bench ...``).
+BLAS_KERNEL_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "ATEN_CPU_CAPABILITY",
+                    "DNNL_MAX_CPU_ISA", "ONEDNN_MAX_CPU_ISA")
 
 
 @dataclass(frozen=True)
@@ -84,12 +95,16 @@ class Options:
     sample_s: float = 0.002  # a sample repeats a short call until it lasts about this long
     stream_mib: int = 512  # per STREAM array (3 arrays)
     stream_reps: int = 8
+    gemm_n: int = 1024  # the GEMM rate: float32 [n, n] @ [n, n] ...
+    gemm_reps: int = 5  # ... median of this many
+    profile_reps: int = 5  # rounds of Compiled.profile for the conv kernels of a fused case
 
     @staticmethod
     def make(quick: bool, size: str) -> Options:
         opts = Options()
         if quick:
-            opts = replace(opts, warmup=1, warmup_s=0.02, min_reps=3, max_reps=50, case_s=1.5, stream_reps=4)
+            opts = replace(opts, warmup=1, warmup_s=0.02, min_reps=3, max_reps=50, case_s=1.5, stream_reps=4,
+                           gemm_reps=3, profile_reps=3)
         if size != "full":  # small problems: a small STREAM keeps the run short (and approximate)
             opts = replace(opts, stream_mib=64)
         return opts
@@ -280,8 +295,17 @@ def run_setting(args: argparse.Namespace, threads: int, groups: list[str], deadl
             worker.request("info")
         stream = core.request("stream")
         run_info.update(stream=stream, stream_gbs=stream["gbs"])
+        gemm = core.request("gemm")
+        run_info.update(gemm=gemm, gemm_gflops=gemm["gflops"])
+        blas = {w.group: w.request("blas") for w in workers}  # after the GEMM: SciPy's OpenBLAS is loaded
+        libraries = {group: reply["libraries"] for group, reply in blas.items()}
+        run_info.update(blas=None if all(v is None for v in libraries.values()) else libraries,
+                        blas_env=blas["core"]["env"])
         _progress(f"[{label}] CPUs {info['cpus']}; STREAM triad {stream['gbs']:.1f} GB/s "
-                  f"({stream['array_mib']} MiB arrays); fusejit backend {info['backend']}")
+                  f"({stream['array_mib']} MiB arrays); GEMM {gemm['gflops']:.1f} GFLOP/s ({gemm['library']}); "
+                  f"fusejit backend {info['backend']}")
+        if format_blas(run_info):
+            _progress(f"[{label}] {format_blas(run_info)}")
         cases = info["cases"]
         for i, case in enumerate(cases):
             case_start = time.perf_counter()
@@ -291,6 +315,8 @@ def run_setting(args: argparse.Namespace, threads: int, groups: list[str], deadl
             for record in result["results"]:
                 if record.get("gbs"):
                     record["frac_stream"] = record["gbs"] / stream["gbs"]
+            for row in result.get("conv", {}).get("kernels", []):
+                row["of_gemm"] = row["gflops"] / gemm["gflops"] if row.get("gflops") and gemm["gflops"] else None
             run_info["cases"].append(result)
             timings = "  ".join(f"{r['config']} {fmt_time(r.get('median_s'))}" for r in result["results"])
             _progress(f"[{label}] {result['label']}: {timings}  ({time.perf_counter() - case_start:.1f} s)")
@@ -370,7 +396,8 @@ def measure_case(index: int, case: dict[str, Any], workers: list[Worker], config
     for record in records.values():
         if base and record.get("median_s"):
             record["speedup"] = base / record["median_s"]
-    return {**case, "results": [records[c] for c in configs]}
+    conv = records.get("fused", {}).pop("conv", None)
+    return {**case, "results": [records[c] for c in configs], **({"conv": conv} if conv else {})}
 
 
 def cpu_seconds() -> tuple[float, float, float]:
@@ -479,6 +506,11 @@ def format_run(run: dict[str, Any]) -> str:
     head = f"== {setting_label(run['threads'])} (CPUs {run.get('cpus')}); fusejit backend: {run.get('backend')}"
     if stream:
         head += f"; STREAM triad {stream:.1f} GB/s"
+    if run.get("gemm_gflops"):
+        best = run.get("gemm", {}).get("best_gflops")
+        head += f"; GEMM {run['gemm_gflops']:.1f} GFLOP/s" + (f" (best {best:.1f})" if best else "")
+    if format_blas(run):
+        head += f"\n   {format_blas(run)}"
     if run.get("error"):
         head += f"\n   stopped early: {run['error']}"
     others = run.get("other_cores") or 0.0
@@ -511,20 +543,98 @@ def format_run(run: dict[str, Any]) -> str:
     lines = [head, _table(cols, rows)]
     if notes:
         lines += ["notes:"] + [f"  {n}" for n in notes]
+    conv = format_conv(run)
+    if conv:
+        lines += ["", conv]
     return "\n".join(lines)
 
 
-def _table(cols: Sequence[str], rows: list[tuple[str, ...]]) -> str:
+def format_blas(run: dict[str, Any]) -> str:
+    """``BLAS: openblas 0.3.30 Haswell (scipy), ...`` for the BLAS libraries the setting's
+    workers loaded (OpenMP runtimes left out), and the variables that forced a kernel;
+    without a record of the libraries (threadpoolctl not installed) only the latter."""
+    libraries = run.get("blas")
+    texts: list[str] = []
+    for lib in (lib for libs in (libraries or {}).values() for lib in libs or ()):
+        if lib.get("internal_api") in (None, "openmp"):
+            continue
+        version = ".".join(str(lib.get("version") or "?").split(".")[:3])
+        text = " ".join(x for x in (lib["internal_api"], version, lib.get("architecture")) if x)
+        text += f" ({lib.get('package') or lib.get('file')})"
+        if text not in texts:
+            texts.append(text)
+    env = run.get("blas_env") or {}
+    forced = (f"kernel FORCED by {', '.join(f'{k}={v}' for k, v in env.items())} (rerun with "
+              f"env {' '.join(f'-u {k}' for k in env)} ...)") if env else ""
+    if libraries is None:
+        return f"BLAS {forced}" if forced else ""
+    return f"BLAS: {', '.join(texts) or 'none found'}" + (f"; {forced}" if forced else "")
+
+
+def format_conv(run: dict[str, Any]) -> str:
+    """The conv kernels of the fused configurations (``conv_kernels``): a row per kernel,
+    and per case with several the sum; empty when no case has one."""
+    rows: list[tuple[str, ...]] = []
+    gemm = run.get("gemm_gflops")
+    for case in run["cases"]:
+        conv = case.get("conv")
+        if not conv:
+            continue
+        if conv.get("error"):
+            rows.append((case["label"], "", "profile failed: " + conv["error"][:90]))
+            continue
+        kernels = conv["kernels"]
+        for i, k in enumerate(kernels):
+            rows.append((case["label"] if i == 0 else "", k["name"] + ("||" if k.get("parallel") else ""), k["pass"],
+                         fmt_time(k["median_s"]), f"{k['share'] * 100:.1f}%", _fmt_flops(k.get("flops")),
+                         f"{k['gflops']:.2f}" if k.get("gflops") else "-",
+                         f"{k['of_gemm'] * 100:.1f}%" if k.get("of_gemm") else "-"))
+        if len(kernels) > 1:
+            total_s = sum(k["median_s"] for k in kernels)
+            flops = sum(k.get("flops") or 0 for k in kernels)
+            rate = flops / total_s / 1e9 if total_s > 0 else None
+            rows.append(("", f"(all {len(kernels)}; step {fmt_time(conv['call_median_s'])})", "",
+                         fmt_time(total_s), f"{total_s / conv['call_median_s'] * 100:.1f}%", _fmt_flops(flops),
+                         f"{rate:.2f}" if rate else "-", f"{rate / gemm * 100:.1f}%" if rate and gemm else "-"))
+    if not rows:
+        return ""
+    title = "conv kernels (fusejit fused, Compiled.profile"
+    if gemm:
+        title += f"; GEMM {gemm:.1f} GFLOP/s on {_threads(run.get('gemm', {}).get('threads'))} measured in this run"
+    # The executables' GEMMs may run on fewer BLAS threads (fusejit/runtime/blas.py) than the reference.
+    blas_threads = {case["conv"].get("blas_threads") for case in run["cases"] if case.get("conv")}
+    if len(blas_threads) == 1 and None not in blas_threads:
+        title += f"; the kernels' GEMMs on {_threads(blas_threads.pop())}"
+    title += ")"
+    cols = ("case", "kernel", "pass", "median", "of step", "flops", "GFLOP/s", "of GEMM")
+    return title + "\n" + _table(cols, rows, left=(0, 1, 2))
+
+
+def _threads(n: int | None) -> str:
+    return "? threads" if n is None else f"{n} thread{'s' if n != 1 else ''}"
+
+
+def _fmt_flops(flops: float | None) -> str:
+    if not flops:
+        return "-"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if flops >= scale:
+            return f"{flops / scale:.3g} {unit}"
+    return f"{flops:.0f}"
+
+
+def _table(cols: Sequence[str], rows: list[tuple[str, ...]], left: Sequence[int] = (0, 1)) -> str:
     widths = [len(c) for c in cols]
     for row in rows:
         if len(row) == len(cols):
             widths = [max(w, len(x)) for w, x in zip(widths, row, strict=True)]
-    left = {0, 1}
+    left_aligned = set(left)
 
     def line(row: Sequence[str]) -> str:
         if len(row) != len(cols):  # a skipped/failed configuration: free text after the names
             return "  ".join([row[0].ljust(widths[0]), row[1].ljust(widths[1]), row[2]]).rstrip()
-        cells = [x.ljust(w) if i in left else x.rjust(w) for i, (x, w) in enumerate(zip(row, widths, strict=True))]
+        cells = [x.ljust(w) if i in left_aligned else x.rjust(w)
+                 for i, (x, w) in enumerate(zip(row, widths, strict=True))]
         return "  ".join(cells).rstrip()
 
     return "\n".join([line(cols), line(["-" * w for w in widths]), *map(line, rows)])
@@ -789,6 +899,116 @@ def _triad_kernel(numba: Any, parallel: bool) -> Callable[..., Any]:
     return numba.njit(parallel=parallel, fastmath=True, error_model="numpy")(triad)
 
 
+def gemm_gflops(threads: int, opts: Options) -> dict[str, Any]:
+    """The machine's float32 GEMM rate for this setting: the median of ``gemm_reps``
+    products ``[n, n] @ [n, n]`` (``n = gemm_n``, after one unmeasured) on ``threads``
+    threads, through SciPy's bundled OpenBLAS ``cblas_sgemm``, the GEMM that fusejit's
+    conv and matmul kernels call (``fusejit.codegen.cpu.gemm.openblas``); NumPy's
+    ``matmul`` where that library is missing. The library's thread count is restored.
+    ``gflops`` is of the median, the reference the conv kernels' medians are compared
+    with (a loaded machine slows both alike); ``best_gflops`` of the fastest."""
+    import ctypes
+
+    import numpy as np
+
+    from fusejit.codegen.cpu.gemm import openblas
+
+    n = opts.gemm_n
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((n, n), np.float32), rng.standard_normal((n, n), np.float32)
+    c = np.empty((n, n), np.float32)
+    lib = openblas()
+    if lib is not None:
+        sgemm = lib.scipy_cblas_sgemm
+        i, f, ptr = ctypes.c_int, ctypes.c_float, ctypes.c_void_p
+        sgemm.argtypes = [i, i, i, i, i, i, f, ptr, i, ptr, i, f, ptr, i]
+        sgemm.restype = None
+        before = int(lib.scipy_openblas_get_num_threads())
+        lib.scipy_openblas_set_num_threads(threads)
+
+        def product() -> None:  # row-major (101), neither operand transposed (111)
+            sgemm(101, 111, 111, n, n, n, 1.0, a.ctypes.data, n, b.ctypes.data, n, 0.0, c.ctypes.data, n)
+    else:
+        def product() -> None:
+            np.matmul(a, b, out=c)
+    times = []
+    try:
+        for _ in range(opts.gemm_reps + 1):
+            start = time.perf_counter()
+            product()
+            times.append(time.perf_counter() - start)
+    finally:
+        if lib is not None:
+            lib.scipy_openblas_set_num_threads(before)
+    assert np.allclose(c[:2, :2], a[:2] @ b[:, :2], rtol=1e-3, atol=1e-2)
+    median = statistics.median(times[1:])
+    return {"gflops": 2 * n**3 / median / 1e9, "best_gflops": 2 * n**3 / min(times[1:]) / 1e9, "n": n,
+            "reps": opts.gemm_reps, "median_s": median, "threads": threads, "library": "scipy_openblas sgemm" if lib is not None else "numpy matmul"}
+
+
+def blas_info() -> list[dict[str, Any]] | None:
+    """The BLAS and OpenMP libraries this process has loaded, with their versions, thread
+    counts and the kernel each picked (``architecture``), from threadpoolctl; ``package``
+    is the Python package that ships the library (``scipy`` for ``scipy.libs/``).
+    None when threadpoolctl is not installed."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    keys = ("internal_api", "version", "num_threads", "threading_layer", "architecture")
+    out = []
+    for lib in threadpool_info():
+        path = Path(lib.get("filepath") or "")
+        folder = path.parent.parent if path.parent.name == "lib" else path.parent  # torch/lib/...
+        out.append({k: lib.get(k) for k in keys} | {"file": path.name, "package": folder.name.removesuffix(".libs")})
+    return out
+
+
+def torch_blas() -> dict[str, Any]:
+    """PyTorch's own BLAS, linked into it (threadpoolctl cannot see a static MKL): the
+    version its build reports and ATen's CPU capability (the kernels it dispatches to)."""
+    import re
+
+    import torch
+
+    found = re.search(r"Math Kernel Library Version ([\w.]+)", torch.__config__.show())
+    return {"internal_api": "mkl" if torch.backends.mkl.is_available() else None,
+            "version": found.group(1) if found else None, "num_threads": torch.get_num_threads(),
+            "threading_layer": None, "architecture": torch.backends.cpu.get_cpu_capability(),
+            "file": "(linked into torch)", "package": "torch"}
+
+
+def blas_kernel_env() -> dict[str, str]:
+    """The variables of ``BLAS_KERNEL_VARS`` (and ``MKL_*`` but ``MKL_NUM_THREADS``) set
+    in this process's environment."""
+    return {k: v for k, v in sorted(os.environ.items())
+            if k in BLAS_KERNEL_VARS or (k.startswith("MKL_") and k not in THREAD_VARS)}
+
+
+def conv_pass(scope: str) -> str:
+    """``bwd`` for a kernel whose conv scopes are all of a reverse sweep (``conv2d bwd``),
+    else ``fwd`` (``conv2d + max_pool2d``)."""
+    labels = [label for label in scope.split(" + ") if label]
+    convs = [label for label in labels if "conv" in label] or labels
+    return "bwd" if convs and all(label.endswith(" bwd") for label in convs) else "fwd"
+
+
+def conv_kernels(case: Any, runner: Runner, repeat: int) -> dict[str, Any] | None:
+    """Each conv kernel of a fused case: its time (``Compiled.profile``, ``repeat``
+    rounds), flops and GFLOP/s; None for a function without convolutions."""
+    lowered = runner.jitted.lower(*case.args)
+    if not any(op.prim.name == "conv" for group in lowered.fused.groups for op in group.ops):
+        return None
+    compiled = lowered.compile()
+    profile = compiled.profile(*case.args, repeat=repeat)
+    rows = [{"index": k.index, "name": k.name, "pass": conv_pass(k.scope), "scope": k.scope,
+             "parallel": k.parallel, "median_s": k.median_s, "share": profile.share(k), "flops": k.flops,
+             "gflops": k.gflops}
+            for k in profile.kernels if any(op.split(" at ")[0] == "conv" for op in k.ops)]
+    return {"config": "fused", "repeat": profile.repeat, "call_median_s": profile.call_median_s,
+            "blas_threads": getattr(compiled.executable, "_blas_threads", None), "kernels": rows}
+
+
 class WorkerState:
     """What a worker keeps between messages: the cases and the current case's runners."""
 
@@ -805,6 +1025,10 @@ class WorkerState:
             return self.info()
         if op == "stream":
             return stream_triad(self.threads, self.opts)
+        if op == "gemm":
+            return gemm_gflops(self.threads, self.opts)
+        if op == "blas":
+            return self.blas()
         if op == "setup":
             return {"records": self.setup(self.cases[msg["case"]], msg["configs"])}
         if op == "sample":
@@ -826,6 +1050,21 @@ class WorkerState:
             "cases": [{"key": c.key, "label": c.label, "note": c.note, "bytes_moved": c.bytes_moved}
                       for c in self.cases],
         }
+
+    def blas(self) -> dict[str, Any]:
+        """The BLAS libraries (``blas_info``) once this group's libraries are imported, and
+        the environment variables that force a BLAS kernel."""
+        group = self.args.worker
+        if group == "core":
+            from fusejit.codegen.cpu.gemm import openblas
+
+            openblas()  # loads the OpenBLAS that the kernels call
+        if group in GROUP_PACKAGE and importlib.util.find_spec(GROUP_PACKAGE[group]) is not None:
+            importlib.import_module(GROUP_PACKAGE[group])
+        libraries = blas_info()
+        if libraries is not None and group == "torch" and "torch" in sys.modules:
+            libraries.append(torch_blas())
+        return {"libraries": libraries, "env": blas_kernel_env()}
 
     def setup(self, case: Any, configs: list[str]) -> dict[str, dict[str, Any]]:
         """Builds each configuration, times its first call, checks it against NumPy eager
@@ -886,6 +1125,13 @@ class WorkerState:
             if runner.jitted is not None:
                 info = runner.jitted.cache_info()
                 records[config] = {"cache_misses": info.misses, "cache_reasons": info.reasons}
+            if config == "fused":
+                try:
+                    conv = conv_kernels(case, runner, self.opts.profile_reps)
+                except Exception as e:  # noqa: BLE001 - the timings stand without the profile
+                    conv = {"config": config, "error": f"{type(e).__name__}: {e}".splitlines()[0][:300], "kernels": []}
+                if conv is not None:
+                    records[config]["conv"] = conv
         self.runners.clear()
         gc.enable()
         gc.collect()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -183,3 +184,57 @@ def test_first_call_end_to_end(tmp_path: Path) -> None:
     assert Path(cold["fusejit"]["file"]).parents[1] != ROOT  # the copy of fusejit/, not the checkout
     assert jax["jax"]["compilation_cache_dir"] is None
     assert "fusejit cold" in proc.stdout and "cold/JAX" in proc.stdout
+
+
+def test_bench_records_blas_and_conv_kernels(tmp_path: Path) -> None:
+    """W7 at tiny size, fused only: the setting's record holds the measured GEMM rate, the
+    BLAS libraries its workers loaded (threadpoolctl) and the BLAS variables set; the case
+    holds a row per conv kernel (forward and weight gradient: batch 4, 16 output channels,
+    8x8, 3x3 window over 1 input channel), also printed after the setting's table."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "fusejit", "bench", "W7", "--size", "tiny", "--quick", "--threads", "1",
+         "--configs", "fused", "--no-plot", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=180,
+        env={k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"} | {"OPENBLAS_L2_SIZE": "262144"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = json.loads(out.read_text())["runs"]
+    assert run["gemm"]["threads"] == 1 and run["gemm_gflops"] > 0
+    assert run["blas_env"]["OPENBLAS_L2_SIZE"] == "262144" and "OPENBLAS_CORETYPE" not in run["blas_env"]
+    assert "OPENBLAS_L2_SIZE=262144" in proc.stdout
+    if importlib.util.find_spec("threadpoolctl") is None:
+        assert run["blas"] is None
+    else:
+        libraries = run["blas"]["core"]
+        assert any(lib["internal_api"] == "openblas" and lib["package"] == "scipy" for lib in libraries)
+        assert all({"version", "num_threads", "architecture", "file"} <= set(lib) for lib in libraries)
+        assert "BLAS: openblas" in proc.stdout
+    (case,) = run["cases"]
+    conv = case["conv"]
+    assert conv["config"] == "fused" and conv["repeat"] >= 1 and conv["call_median_s"] > 0
+    rows = conv["kernels"]
+    assert [r["pass"] for r in rows] == ["fwd", "bwd"]
+    assert all(r["name"].startswith("conv_") for r in rows)
+    assert [r["flops"] for r in rows] == [2 * (4 * 16 * 8 * 8) * (1 * 3 * 3)] * 2
+    for r in rows:
+        assert r["median_s"] > 0 and r["gflops"] == pytest.approx(r["flops"] / r["median_s"] / 1e9)
+        assert r["of_gemm"] == pytest.approx(r["gflops"] / run["gemm_gflops"])
+    assert "conv kernels (fusejit fused" in proc.stdout and rows[0]["name"] in proc.stdout
+
+
+def test_format_blas_and_conv_pass() -> None:
+    run = {"blas": {"core": [
+        {"internal_api": "openblas", "version": "0.3.30.0.1", "architecture": "Haswell", "package": "scipy"},
+        {"internal_api": "openmp", "version": None, "architecture": None, "package": "torch"}],
+        "torch": [{"internal_api": "mkl", "version": "2024.2", "architecture": "AVX512", "package": "torch"}]},
+        "blas_env": {}}
+    assert harness.format_blas(run) == "BLAS: openblas 0.3.30 Haswell (scipy), mkl 2024.2 AVX512 (torch)"
+    forced = harness.format_blas({**run, "blas_env": {"OPENBLAS_CORETYPE": "Haswell"}})
+    assert "FORCED by OPENBLAS_CORETYPE=Haswell" in forced
+    assert forced.endswith("(rerun with env -u OPENBLAS_CORETYPE ...)")
+    assert harness.format_blas({"blas": None, "blas_env": {}}) == ""  # no threadpoolctl: nothing printed
+    assert harness.format_blas({"blas": None, "blas_env": {"MKL_CBWR": "AVX"}}).startswith("BLAS kernel FORCED by MKL_CBWR")
+    assert harness.conv_pass("conv2d + max_pool2d") == "fwd"
+    assert harness.conv_pass("block1/conv2d bwd") == "bwd"
+    assert harness.conv_pass("conv2d bwd + relu") == "bwd"

@@ -163,3 +163,36 @@ def test_loops_and_branches_are_profiled_with_body_kernels_summed_over_iteration
     trace = json.loads(prof.to_chrome_trace(tmp_path / "loops.json").read_text())["traceEvents"]
     per_kernel = [e for e in trace if e["ph"] == "X" and e.get("cat") not in ("call", "pass")]
     assert len(per_kernel) == 3 * sum(k.calls for k in prof.kernels)  # one event per run
+
+
+def test_conv_and_matmul_kernels_count_their_flops():
+    """A conv kernel's row counts 2 * (result elements) * (weights per output element): here
+    result [2, 4, 6, 6] (stride 2 over 11x11 padded by 1: 6 positions) and weights
+    [4, 6 // 2 groups, 3, 3]; a matmul kernel 2*M*K*N; other kernels none."""
+    x = RNG.standard_normal((2, 6, 11, 11)).astype(np.float32)
+    w = RNG.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    v = RNG.standard_normal((6 * 6, 5)).astype(np.float32)
+
+    def f(x, w, v):
+        y = np.exp(fj.nn.conv2d(x, w, stride=2, padding=1, groups=2))
+        return (y.reshape(8, 36) @ v).sum()
+
+    prof = fj.profile(f, x, w, v, repeat=2)
+    convs = [k for k in prof.kernels if any(op.startswith("conv ") for op in k.ops)]
+    matmuls = [k for k in prof.kernels if any(op.startswith("dot_general ") for op in k.ops)]
+    assert len(convs) == 1 and len(matmuls) == 1
+    (conv,), (matmul,) = convs, matmuls
+    assert conv.flops == 2 * (2 * 4 * 6 * 6) * (3 * 3 * 3) == 15552
+    assert matmul.flops == 2 * 8 * 36 * 5
+    assert conv.gflops == pytest.approx(conv.flops / conv.median_s / 1e9) and conv.gflops > 0
+    others = [k for k in prof.kernels if k not in (conv, matmul)]
+    assert all(k.flops is None and k.gflops is None for k in others)
+    assert "GFLOP/s" in prof.table()
+    rows = {r["name"]: r for r in prof.to_dict()["kernels"]}
+    assert rows[conv.name]["flops"] == 15552 and rows[conv.name]["gflops"] > 0
+
+
+def test_a_profile_without_conv_or_matmul_has_no_gflops_column():
+    x = RNG.standard_normal((16, 4)).astype(np.float32)
+    prof = fj.profile(lambda x: np.exp(x).sum(axis=1), x, repeat=2)
+    assert "GFLOP/s" not in prof.table() and all(k.flops is None for k in prof.kernels)

@@ -49,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from fusejit.ir import primitives as P
 from fusejit.ir.scopes import scope_label
 from fusejit.runtime import blas
 
@@ -68,11 +69,13 @@ class KernelProfile:
     ``"prim at file.py:line"`` string per fused op; ``times_s`` one duration (seconds)
     per measured round; ``bytes_read``/``bytes_written`` the bytes of its inputs and
     outputs in memory (scratch excluded); ``scope`` the ``fj.named_scope`` paths of its
-    ops (``conv1/conv2d + relu bwd``, ``fusejit.ir.scopes.scope_label``).
+    ops (``conv1/conv2d + relu bwd``, ``fusejit.ir.scopes.scope_label``); ``flops`` the
+    floating-point operations of its convolutions and matrix products (``kernel_flops``),
+    None for a kernel of neither.
 
     A kernel of a loop body or a branch (``loop`` names its drivers, outermost first:
-    ``scan at rnn.py:12``) runs ``calls`` times per whole call: its ``times_s`` and bytes
-    are sums over those runs.
+    ``scan at rnn.py:12``) runs ``calls`` times per whole call: its ``times_s``, bytes and
+    flops are sums over those runs.
     """
 
     index: int
@@ -87,10 +90,17 @@ class KernelProfile:
     scope: str = ""
     calls: int = 1
     loop: str = ""
+    flops: int | None = None
 
     @property
     def median_s(self) -> float:
         return statistics.median(self.times_s)
+
+    @property
+    def gflops(self) -> float | None:
+        """``flops`` per second of median time, in GFLOP/s (1e9/s); None if not known."""
+        t = self.median_s
+        return None if self.flops is None else self.flops / t / 1e9 if t > 0 else math.inf
 
     @property
     def gbs(self) -> float:
@@ -152,7 +162,10 @@ class Profile:
             if call > 0 else f"profile of @{self.function}: {len(self.kernels)} kernels"
         ]
         looped = any(k.loop for k in self.kernels)
+        counted = any(k.flops is not None for k in self.kernels)
         cols = ("#", "kernel", "kind", "scope", "median", "share", "read", "written", "GB/s", "ops (source lines)")
+        if counted:  # convolutions and matrix products: their arithmetic rate
+            cols = cols[:9] + ("GFLOP/s",) + cols[9:]
         if looped:  # where the kernel runs, and how often per call
             cols = cols[:4] + ("runs", "in") + cols[4:]
         rows = []
@@ -166,8 +179,11 @@ class Profile:
             row = (str(k.index), k.name, k.kind + ("||" if k.parallel else ""), scope, fmt_time(k.median_s),
                    f"{self.share(k) * 100:.1f}%", fmt_bytes(k.bytes_read), fmt_bytes(k.bytes_written),
                    f"{k.gbs:.1f}", what)
+            if counted:
+                row = row[:9] + ("-" if k.gflops is None else f"{k.gflops:.1f}",) + row[9:]
             rows.append(row[:4] + (str(k.calls), k.loop or "-") + row[4:] if looped else row)
-        lines = head + [format_table(cols, rows, left=(1, 2, 3, 5, 11) if looped else (1, 2, 3, 9))]
+        left = [i for i, c in enumerate(cols) if c in ("kernel", "kind", "scope", "in", "ops (source lines)")]
+        lines = head + [format_table(cols, rows, left=left)]
         if top and len(kernels) > top:
             lines.append(f"... {len(kernels) - top} faster kernels not shown")
         lines.append("(# is the execution order; || a parallel kernel; each kernel's time includes ~1-3 us "
@@ -187,7 +203,8 @@ class Profile:
             "kernels": [
                 {"index": k.index, "name": k.name, "kind": k.kind, "scope": k.scope, "ops": list(k.ops),
                  "bytes_read": k.bytes_read, "bytes_written": k.bytes_written, "median_s": k.median_s,
-                 "share": self.share(k), "gbs": k.gbs, "calls": k.calls, "loop": k.loop}
+                 "share": self.share(k), "gbs": k.gbs, "calls": k.calls, "loop": k.loop, "flops": k.flops,
+                 "gflops": k.gflops}
                 for k in self.kernels
             ],
         }
@@ -255,7 +272,29 @@ def _where(loc: Any) -> str:
     return f"{Path(loc.file).name}:{loc.line}"
 
 
-def _kernel_rows(exe: Any) -> list[tuple[str, str, tuple[str, ...], tuple[str, ...], int, int, bool, str]]:
+def kernel_flops(ops: Sequence[Any]) -> int | None:
+    """The floating-point operations (a multiply-add counts 2) of the convolutions and
+    matrix products among ``ops`` (one kernel's fused ops); None if there are none.
+
+    A ``conv`` with result ``[N, O, *P]`` and weights ``[O, C // groups, *K]`` does
+    ``2 * N*O*prod(P) * (C // groups)*prod(K)``, padding positions included, as im2col +
+    GEMM computes them; a ``dot_general`` ``2*B*M*K*N`` of its batched matrix product.
+    Elementwise epilogues are not counted."""
+    total, found = 0, False
+    for op in ops:
+        if op.prim is P.conv:
+            total += 2 * math.prod(op.outputs[0].shape) * math.prod(op.inputs[1].shape[1:])
+        elif op.prim is P.dot_general:
+            _, (b, m, k), _, (_, _, n) = P.dot_general_as_matmul(
+                op.inputs[0].shape, op.inputs[1].shape, op.attrs["contract"], op.attrs["batch"])
+            total += 2 * b * m * k * n
+        else:
+            continue
+        found = True
+    return total if found else None
+
+
+def _kernel_rows(exe: Any) -> list[tuple[str, str, tuple[str, ...], tuple[str, ...], int, int, bool, str, int | None]]:
     rows = []
     for st in exe._steps:
         lk = st.lowered
@@ -263,7 +302,8 @@ def _kernel_rows(exe: Any) -> list[tuple[str, str, tuple[str, ...], tuple[str, .
         ops = tuple(f"{op.prim.name}{f' at {_where(op.loc)}' if op.loc else ''}" for op in g.ops)
         lines = tuple(dict.fromkeys(_where(op.loc) for op in g.ops if op.loc))
         parallel = lk.kernel.parallel
-        rows.append((lk.display_name, lk.kind, ops, lines, g.bytes_read, g.bytes_written, parallel, scope_label(g.ops)))
+        rows.append((lk.display_name, lk.kind, ops, lines, g.bytes_read, g.bytes_written, parallel, scope_label(g.ops),
+                     kernel_flops(g.ops)))
     return rows
 
 
@@ -365,8 +405,8 @@ def profile_executable(exe: Any, args: Sequence[Any], *, repeat: int | None = No
 
         rounds = _timed_rounds(whole_call, one_pass, repeat, calls, call_times)
     kernels = [
-        KernelProfile(k, nm, kind, ops, lines, br, bw, par, tuple(t / 1e9 for t in samples[k]), scope)
-        for k, (nm, kind, ops, lines, br, bw, par, scope) in enumerate(rows)
+        KernelProfile(k, nm, kind, ops, lines, br, bw, par, tuple(t / 1e9 for t in samples[k]), scope, flops=flops)
+        for k, (nm, kind, ops, lines, br, bw, par, scope, flops) in enumerate(rows)
     ]
     return Profile(fn_name, kernels, call_times, rounds, trace, calls)
 
@@ -502,9 +542,10 @@ def _profile_control_flow(exe: Any, args: Sequence[Any], repeat: int | None, nam
     new_index = {k: i for i, k in enumerate(ran)}
     kernels = []
     for i, k in enumerate(ran):
-        (nm, kind, ops, lines, br, bw, par, scope), drivers = rows[k]
+        (nm, kind, ops, lines, br, bw, par, scope, flops), drivers = rows[k]
         kernels.append(KernelProfile(i, nm, kind, ops, lines, br * runs[k], bw * runs[k], par,
-                                     tuple(t / 1e9 for t in samples[k]), scope, runs[k], drivers))
+                                     tuple(t / 1e9 for t in samples[k]), scope, runs[k], drivers,
+                                     None if flops is None else flops * runs[k]))
     trace = [(r, new_index[k] if k >= 0 else -1, s, e) for r, k, s, e in raw_trace if k < 0 or k in new_index]
     return Profile(fn_name, kernels, call_times, rounds, trace, calls)
 
