@@ -112,7 +112,7 @@ BINARY = {
     "float": ["add", "sub", "mul", "div", "pow", "floor_divide", "remainder", "max", "min", "eq", "ne", "lt",
               "le", "gt", "ge", "atan2"],
     "int": ["add", "sub", "mul", "floor_divide", "remainder", "max", "min", "eq", "ne", "lt", "le", "gt", "ge",
-            "and", "or"],
+            "and", "or", "shift_left", "shift_right_arithmetic"],
     "bool": ["eq", "ne", "and", "or"],
 }  # fmt: skip
 

@@ -325,8 +325,10 @@ def test_storing_a_traced_value_into_a_numpy_array_made_before_the_trace() -> No
         (lambda x: fnp.where(x > 0), "numpy.where with one traced argument (its shape depends on the data)"),
         (lambda x: np.where(x > 0), "numpy.where with one traced argument"),
         (lambda x: x.reshape(1, 3)[np.array([0]), None, np.array([1])], "several integer arrays and None"),
+        (lambda x: x.nonzero(), "numpy.nonzero of a traced array (its shape depends on the data)"),
+        (lambda x: np.compress(x > 0, x), "numpy.compress with a traced condition (its shape depends on the data)"),
     ],
-    ids=["mask", "bool scalar", "fnp.where", "np.where", "two arrays"],
+    ids=["mask", "bool scalar", "fnp.where", "np.where", "two arrays", "nonzero", "compress"],
 )
 def test_data_dependent_shapes_are_not_implemented(call: Any, message: str) -> None:
     with pytest.raises(NotImplementedError, match=re.escape(message)):

@@ -711,3 +711,199 @@ def test_random_expressions_match_numpy(expr: Any, dtypes: list, shapes: list, s
         numpy_code = interpreted(lambda *a: evaluate(np, expr, a))(*args)
     assert_same(traced, expected, f"{expr}")
     assert_same(numpy_code, expected, f"numpy code: {expr}")
+
+
+# ---------------------------------------------------------------------------------------
+# Bit shifts: NumPy 2's results for every count, compiled fused and unfused
+
+
+def shift_counts(dtype: Any) -> np.ndarray:
+    """0, 1, width - 1, width, width + 3, twice the width and negative counts."""
+    w = np.dtype(dtype).itemsize * 8
+    return np.array([0, 1, 5, w - 1, w, w + 3, 2 * w, -1, -3, -w, -w - 5], dtype)
+
+
+def shift_values(dtype: Any) -> np.ndarray:
+    info = np.iinfo(dtype)
+    return np.array([5, -5, 1, -1, 0, 123, -123, info.max, info.min, info.max // 3, info.min // 3], dtype)
+
+
+def check_compiled(f: Callable[..., Any], *args: Any) -> None:
+    """``f`` eagerly with fnp, and its NumPy code jitted fused, unfused and interpreted,
+    all equal NumPy's answer (values, dtypes and shapes)."""
+    expected = f(np, *args)
+    assert_all_same(f(fnp, *args), expected, "fnp, eager")
+    for label, jitted in [("fused", fj.jit(lambda *a: f(np, *a))),
+                          ("unfused", fj.jit(lambda *a: f(np, *a), fuse=False)),
+                          ("interpreted", interpreted(lambda *a: f(np, *a))),
+                          ("fnp fused", fj.jit(lambda *a: f(fnp, *a)))]:
+        assert_all_same(jitted(*args), expected, label)
+
+
+def assert_all_same(actual: Any, expected: Any, where: str) -> None:
+    """``assert_same``, element by element for (nested) tuples."""
+    if isinstance(expected, tuple):
+        assert isinstance(actual, tuple) and len(actual) == len(expected), where
+        for k, (a, e) in enumerate(zip(actual, expected, strict=True)):
+            assert_all_same(a, e, f"{where}[{k}]")
+    else:
+        assert_same(actual, expected, where)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_shifts_follow_numpy_for_every_count(dtype: Any) -> None:
+    """Counts of 0, width - 1, width, beyond and negative: NumPy 2 shifts every bit out of
+    range (left: 0, right: the sign), where C and LLVM leave the shift undefined."""
+    x = shift_values(dtype)[:, None]
+    counts = shift_counts(dtype)[None, :]
+    check_compiled(lambda m, a, c: (m.left_shift(a, c), m.right_shift(a, c)), x, counts)
+    check_compiled(lambda m, a, c: (a << c, a >> c), x, counts)
+    check_compiled(lambda m, a, c: (a << c, a >> c), x.T.copy().T, counts.T.copy().T)
+    # a constant count of each kind (the kernel folds the selection)
+    w = np.dtype(dtype).itemsize * 8
+    check_compiled(lambda m, a: (a << 0, a >> 0, a << (w - 1), a >> (w - 1), a << w, a >> w,
+                                 a << (w + 3), a >> (w + 3), a << -1, a >> -2), x)
+
+
+def test_shifts_of_non_contiguous_operands() -> None:
+    x = rand(4, 6, dtype=np.int64)
+    c = RNG.integers(-70, 70, (6, 4)).astype(np.int64)
+    check_compiled(lambda m, a, b: (a.T << b, a.T >> b, a[:, ::2] << b.T[:, ::2], b.T[:, 1::2] >> a[::-1, ::2]), x, c)
+
+
+@pytest.mark.parametrize(
+    ("label", "f"),
+    [
+        ("array << python int", lambda a, b: a << 3),
+        ("python int << array", lambda a, b: 3 << a),
+        ("array >> python int", lambda a, b: a >> 2),
+        ("python int >> array", lambda a, b: -100 >> b),
+        ("int32 << int64", lambda a, b: a << b),
+        ("int64 >> int32", lambda a, b: b >> a),
+        ("int32 << int64 scalar", lambda a, b: a << np.int64(2)),
+        ("bool << python int", lambda a, b: (a > 0) << 2),
+        ("bool >> int32", lambda a, b: (b > 0) >> a),
+        ("bool << bool", lambda a, b: np.left_shift(a > 0, b > 0).astype(np.int32)),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_shift_promotion_follows_numpy_2(label: str, f: Callable[..., Any]) -> None:
+    """NumPy 2 promotion: mixed widths widen, Python ints are weak, bools shift as ints
+    (bool with bool: int32 here, NumPy's int8; compared after a cast)."""
+    a = np.array([0, 1, 3, 31, 32, -1, -33], np.int32)
+    b = np.array([5, -5, 7, 1 << 40, -(1 << 40), 0, 2], np.int64)
+    check_compiled(lambda m, x, y: f(x, y), a, b)
+
+
+def test_shifts_update_in_place_and_dispatch_from_numpy() -> None:
+    def f(m: Any, a: Any, c: Any) -> Any:
+        a = a.copy()
+        a <<= 2
+        a >>= c
+        a[1:3] <<= 1
+        return a, m.bitwise_left_shift(a, 1), m.bitwise_right_shift(a, 1)
+
+    check_compiled(f, rand(5, dtype=np.int32), np.array([0, 1, 31, 32, -1], np.int32))
+
+
+@pytest.mark.parametrize("op", ["<<", ">>", "left_shift", "right_shift", "<<="])
+def test_a_float_operand_of_a_shift_is_a_type_error_naming_the_ufunc(op: str) -> None:
+    name = {"<": "left_shift", ">": "right_shift", "l": "left_shift", "r": "right_shift"}[op[0]]
+
+    def f(a: Any) -> Any:
+        if op == "<<=":
+            a = a.copy()
+            a <<= 1.5
+            return a
+        return eval(f"a {op} 1.0", {"a": a}) if op in ("<<", ">>") else getattr(fnp, op)(a, 1.0)  # noqa: S307
+
+    with pytest.raises(TypeError, match=f"ufunc '{name}'"):
+        fj.jit(f)(rand(3, dtype=np.int32))
+    with pytest.raises(TypeError, match=f"ufunc '{name}'"):
+        fj.jit(lambda a, b: getattr(np, name)(b, a))(rand(3, dtype=np.int32), rand(3, dtype=np.float32))
+
+
+def test_shifts_are_integer_ops_with_zero_derivative() -> None:
+    def f(x: Any) -> Any:
+        return fnp.sum(x * ((fnp.arange(3) << 1) >> 1))
+
+    assert_same(fj.grad(f)(np.ones(3)), np.arange(3.0))
+    assert_same(fj.jit(fj.grad(lambda x: fnp.sum(x * fnp.astype(fnp.astype(x, np.int64) << 1, np.float64))))(
+        np.array([1.0, 2.0])), np.array([2.0, 4.0]))
+
+
+# ---------------------------------------------------------------------------------------
+# ndarray methods of traced values
+
+
+METHODS = {  # label -> f(x) for a float matrix x, written as NumPy's ndarray methods
+    "prod": lambda x: (x.prod(), x.prod(axis=0), x.prod(axis=1, keepdims=True)),
+    "round": lambda x: (x.round(), x.round(1), (x * 10).round(-1)),
+    "argsort": lambda x: (x.argsort(kind="stable"), x.argsort(axis=0, kind="stable"), x.argsort(axis=None, stable=True)),
+    "argpartition": lambda x: np.take_along_axis(x, x.argpartition(2, axis=1), axis=1)[:, 2],
+    "partition": lambda x: _partitioned(x),
+    "cumprod": lambda x: (x.cumprod(), x.cumprod(axis=1)),
+    "diagonal": lambda x: (x.diagonal(), x.diagonal(1), x.T.diagonal(-1)),
+    "repeat": lambda x: (x.repeat(2), x.repeat(2, axis=0), x.repeat([1, 0, 2, 1], axis=1)),
+    "searchsorted": lambda x: np.sort(x[0]).searchsorted(x[1:]),
+    "searchsorted right": lambda x: np.sort(x[0]).searchsorted(x[1], side="right"),
+    "searchsorted sorter": lambda x: x[0].searchsorted(x[1], sorter=np.argsort(x[0])),
+    "compress": lambda x: (x.compress([True, False, True], axis=0), x.compress([False, True])),
+    "choose": lambda x: ((x[0] > 0).astype(np.int64) + (x[1] > 0)).choose([x[0], x[1], x[2]]),
+    "choose clip": lambda x: (x[0] * 4).astype(np.int64).choose([x[0], 2.5], mode="clip"),
+    "choose wrap": lambda x: np.choose((x[0] * 4).astype(np.int32), [x[1], x[2], 1.0], mode="wrap"),
+    "conj": lambda x: (x.conj(), x.conjugate()),
+    "real/imag": lambda x: (x.real, x.imag),
+    "mT": lambda x: (x.mT, x.reshape(2, 2, 3).mT),
+    "divmod": lambda x: (divmod(x, 0.75), divmod(2.0, x + 5)),
+}
+
+
+def _partitioned(x: Any) -> Any:
+    x = x.copy()
+    x.partition(1)
+    return x[:, 1]
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+@pytest.mark.parametrize("label", sorted(METHODS))
+def test_ndarray_methods_of_traced_values_match_numpy(label: str, layout: str) -> None:
+    """Each method inside fj.jit (interpreted, and compiled fused) against NumPy's ndarray
+    method: values, dtypes and shapes, on contiguous and non-contiguous inputs."""
+    x = np.round(rand(3, 4) * 4) / 4  # ties for the sorts, exact products
+    if layout == "transposed":
+        x = np.ascontiguousarray(x.T).T
+    f = METHODS[label]
+    expected = f(x)
+    assert_all_same(interpreted(f)(x), expected, f"{label}, interpreted")
+    assert_all_same(fj.jit(f)(x), expected, f"{label}, compiled")
+
+
+def test_integer_methods_and_divmod_of_traced_values() -> None:
+    i = rand(3, 4, dtype=np.int32)
+    check_compiled(lambda m, a: (a.prod(axis=0), a.round(-1), a.cumprod(axis=1), divmod(a, 3), divmod(7, a | 1)), i)
+
+
+def test_real_and_conj_are_the_array_itself_and_imag_is_zeros() -> None:
+    seen = []
+
+    def f(x: Any) -> Any:
+        seen.append((x.real is x, x.conj() is x))
+        return x.imag
+
+    assert_same(fj.jit(f)(rand(3, dtype=np.float32)), np.zeros(3, np.float32))
+    assert seen == [(True, True)]
+
+
+def test_methods_with_a_data_dependent_shape_are_refused_clearly() -> None:
+    x = rand(3, 4)
+    with pytest.raises(NotImplementedError, match="nonzero of a traced array.*depends on the data"):
+        fj.jit(lambda a: a.nonzero())(x)
+    with pytest.raises(NotImplementedError, match="nonzero of a traced array.*depends on the data"):
+        fj.jit(lambda a: np.nonzero(a))(x)
+    with pytest.raises(NotImplementedError, match="compress with a traced condition.*depends on the data"):
+        fj.jit(lambda a: a.compress(a[0] > 0))(x)
+    # a known array (made from constants inside the function) has a concrete answer
+    assert_same(fj.jit(lambda a: a[:, fnp.arange(4).nonzero()[0]])(x), x[:, np.arange(4).nonzero()[0]])
+    with pytest.raises(ValueError, match="ndim < 2"):
+        fj.jit(lambda a: a.mT)(x[0])

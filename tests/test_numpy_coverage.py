@@ -408,3 +408,26 @@ def test_the_coverage_document_agrees_with_the_code() -> None:
     assert not stale, f"regenerate docs/numpy_coverage.md (python -m fusejit coverage): {stale}"
     missing = [n for n, s in now.items() if s != "refused" and n not in listed]
     assert not missing, f"regenerate docs/numpy_coverage.md: {missing} are supported but not listed"
+
+
+def test_searchsorted_compress_choose_matrix_transpose_divmod() -> None:
+    a = np.array([-1.5, 0.0, 0.0, 2.0, np.nan])
+    v = np.array([[0.0, -3.0, np.nan], [2.0, 9.0, 0.5]])
+    for side in ("left", "right"):
+        check(lambda m, x, y, side=side: m.searchsorted(x, y, side=side), a, v, compiled=True)
+    check(lambda m, x: m.searchsorted(x, 0.0), a)
+    check(lambda m, x, y: m.searchsorted(x, y, sorter=m.argsort(x)), a[::-1], v)
+    check(lambda m, x: m.searchsorted(x, np.int32(2)), np.array([1, 2, 2, 3], np.int32), compiled=True)
+    x = uniform(-2, 2, 3, 4)
+    check(lambda m, a: m.compress([True, False, True, True], a, axis=1), x)
+    check(lambda m, a: m.compress(np.array([0, 1, 1]), a.T, axis=None), x)
+    idx = np.array([[0, 1, 2, 1], [2, 2, 0, 0], [1, 0, 0, 2]])
+    check(lambda m, i, a: m.choose(i, [a, a * 2, 7.0]), idx, x, compiled=True)
+    check(lambda m, i, a: m.choose(i - 1, [a[0], a[1]], mode="wrap"), idx, x)
+    check(lambda m, i, a: m.choose(i * 3 - 2, [a[0], a[1], a[2]], mode="clip"), idx, x)
+    with pytest.raises(ValueError, match="invalid entry"):
+        fnp.choose(idx + 1, [x, x, x])
+    check(lambda m, a: m.matrix_transpose(a), uniform(-1, 1, 2, 3, 4), compiled=True)
+    check(lambda m, a: m.divmod(a, 0.75), x, compiled=True)
+    check(lambda m, a: m.divmod(a, np.int32(3)), idx.astype(np.int32), compiled=True)
+    assert_same(fnp.nonzero(idx), np.nonzero(idx))  # concrete (a traced one is refused: tests/test_numpy_api.py)

@@ -516,6 +516,8 @@ CASES: dict[str, Callable[[DType], list[Case]]] = {
     "ge": binary(np.greater_equal),
     "and": binary(np.bitwise_and),
     "or": binary(np.bitwise_or),
+    "shift_left": binary(np.left_shift),  # counts -4..4 of the int data: negative ones too
+    "shift_right_arithmetic": binary(np.right_shift),
     "select": select_cases,
     "convert": convert_cases,
     "broadcast_in_dim": broadcast_in_dim_cases,

@@ -14,8 +14,8 @@ Semantics a printer must keep: arithmetic in ``dtype`` (int32 wraps around like 
 infinity (a zero divisor gives 0, as NumPy), ``MIN``/``MAX`` are integer (index) min/max
 (floats go through the math library, which propagates NaN like ``np.maximum``), ``AND``/
 ``OR``/``NOT`` are logical on bools and bitwise on integers, ``XOR``/``SHL``/``SHR`` are
-bitwise on integers (``SHR`` is arithmetic; the random-bit generator shifts only
-nonnegative int64 values), ``FLOOR``/``CEIL``/``RINT`` round floats like NumPy.
+bitwise on integers (``SHR`` is arithmetic; a shift count must lie in [0, bit width):
+other counts are undefined, as in C and LLVM), ``FLOOR``/``CEIL``/``RINT`` round floats like NumPy.
 """
 
 from __future__ import annotations

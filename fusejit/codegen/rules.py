@@ -159,6 +159,36 @@ def _divmod(name: str, int_op: BinaryOp) -> ExprFn:
     return expr
 
 
+def _shift(left: bool) -> ExprFn:
+    """shift_left/shift_right_arithmetic with NumPy's results for every count: a count
+    outside [0, bit width) shifts every bit out (0, or the sign for a right shift).
+    ``SHL``/``SHR`` by such a count are undefined (poison in LLVM, the count taken modulo
+    the width on x86), so the operator only ever sees a count in range: the left shift's
+    count masked to the width (its result then discarded by a select), the right shift's
+    count replaced by width - 1 (which gives the sign)."""
+
+    def expr(em: Emitter, op: Op, a: list[Expr]) -> Expr:
+        x, count = a
+        dt = op.output.dtype
+        width = dt.itemsize * 8
+        op_ = BinaryOp.SHL if left else BinaryOp.SHR
+        c = const_value(count)
+        if c is not None:  # a constant count (x << 2): the plain operator, or a constant
+            if 0 <= c < width:
+                return Binary(op_, x, count, dt)
+            if left:
+                return em.const(0, dt)
+            return Binary(BinaryOp.SHR, x, em.const(width - 1, dt), dt)
+        in_range = em.let(binary(BinaryOp.AND, binary(BinaryOp.GE, count, em.const(0, dt)),
+                                 binary(BinaryOp.LT, count, em.const(width, dt))))
+        if left:
+            masked = Binary(BinaryOp.AND, count, em.const(width - 1, dt), dt)
+            return select(in_range, Binary(BinaryOp.SHL, x, masked, dt), em.const(0, dt))
+        return Binary(BinaryOp.SHR, x, select(in_range, count, em.const(width - 1, dt)), dt)
+
+    return expr
+
+
 def _select(em: Emitter, op: Op, idx: Index) -> Expr:
     pred = em.at(op.inputs[0], idx)
     if const_value(pred) is not None:
@@ -239,6 +269,8 @@ ELEMENTWISE_RULES: dict[P.Primitive, CodegenRule] = {
     P.ge: _binary(BinaryOp.GE),
     P.logical_and: _binary(BinaryOp.AND),
     P.logical_or: _binary(BinaryOp.OR),
+    P.shift_left: _elementwise(_shift(left=True)),
+    P.shift_right_arithmetic: _elementwise(_shift(left=False)),
     P.select: CodegenRule("elemental", elemental=_select),
     P.convert: _elementwise(_convert),
     P.threefry2x32: _elementwise(_threefry),

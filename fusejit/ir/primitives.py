@@ -268,6 +268,12 @@ gt = _elementwise("gt", 2, np.greater, NUMERIC, DType.bool)
 ge = _elementwise("ge", 2, np.greater_equal, NUMERIC, DType.bool)
 logical_and = _elementwise("and", 2, np.bitwise_and, BOOL_OR_INT)
 logical_or = _elementwise("or", 2, np.bitwise_or, BOOL_OR_INT)
+# Bit shifts of integers by a count of the same dtype, as NumPy 2 defines them for every
+# count: a count outside [0, bit width) (negative ones included) shifts every bit out, so
+# shift_left gives 0 and shift_right_arithmetic the sign (0 or -1). C and LLVM leave such
+# shifts undefined: backends must select these results explicitly.
+shift_left = _elementwise("shift_left", 2, np.left_shift, INTS)
+shift_right_arithmetic = _elementwise("shift_right_arithmetic", 2, np.right_shift, INTS)
 
 
 def _select_rule(in_types: tuple[TensorType, ...]) -> tuple[TensorType, ...]:
@@ -314,7 +320,7 @@ UNARY_ELEMENTWISE = (
 )  # fmt: skip
 BINARY_ELEMENTWISE = (
     add, sub, mul, div, pow, floor_divide, remainder, max, min, eq, ne, lt, le, gt, ge,
-    logical_and, logical_or, atan2,
+    logical_and, logical_or, atan2, shift_left, shift_right_arithmetic,
 )  # fmt: skip
 
 # ---------------------------------------------------------------------------------------

@@ -445,6 +445,8 @@ class MaskedSelection:
     def __iand__(self, o: Any) -> Any: return self._update(np.bitwise_and, o)
     def __ior__(self, o: Any) -> Any: return self._update(np.bitwise_or, o)
     def __ixor__(self, o: Any) -> Any: return self._update(np.bitwise_xor, o)
+    def __ilshift__(self, o: Any) -> Any: return self._update(np.left_shift, o)
+    def __irshift__(self, o: Any) -> Any: return self._update(np.right_shift, o)
 
     def __getattr__(self, name: str) -> Any:
         raise fnp._boolean_mask_error()

@@ -386,6 +386,35 @@ def bitwise_xor(x: Array, y: Array) -> Array:
     return bitwise_and(bitwise_or(x, y), invert(bitwise_and(x, y)))
 
 
+def _shift(name: str, prim: P.Primitive) -> Callable[..., Array]:
+    """left_shift/right_shift: NumPy 2's result for every count (see ``P.shift_left``:
+    counts outside [0, bit width), negative ones included, shift every bit out), NumPy 2
+    promotion (mixed widths widen, Python ints are weak). Bool operands alone shift as
+    int32 (NumPy's int8 is not a fusejit dtype); a float operand is a ``TypeError``, as
+    NumPy's ufunc has no float loop."""
+
+    def fn(x: Array, y: Array, out: Array = None) -> Array:
+        if result_dtype(x, y).is_float:
+            loc = user_source_loc()
+            raise TypeError(f"ufunc '{name}' not supported for the input types, and the inputs could not be "
+                            f"safely coerced to any supported types according to the casting rule ''safe''"
+                            f"{f' (at {loc})' if loc else ''}")
+        return inplace.store(out, _elementwise(name, prim, *_numeric(x, y)), name)
+
+    fn.__name__ = fn.__qualname__ = name
+    fn.__doc__ = f"Elementwise ``numpy.{name}`` of integers, with broadcasting and NumPy 2 promotion."
+    return fn
+
+
+left_shift = bitwise_left_shift = _shift("left_shift", P.shift_left)
+right_shift = bitwise_right_shift = _shift("right_shift", P.shift_right_arithmetic)
+
+
+def divmod(x: Array, y: Array) -> tuple[Array, Array]:  # noqa: A001 - NumPy's name
+    """``numpy.divmod``: ``(floor_divide(x, y), remainder(x, y))``, exactly as NumPy."""
+    return floor_divide(x, y), remainder(x, y)
+
+
 def isnan(x: Array) -> Array:
     return not_equal(x, x) if _dtype_of(x).is_float else full_like(x, False, dtype=np.bool_)
 
@@ -403,10 +432,7 @@ def where(condition: Array, x: Array = None, y: Array = None) -> Array:
     when it is concrete or known (a traced condition's nonzero count, so the result's
     shape, depends on the data: ``NotImplementedError``)."""
     if x is None and y is None:
-        if isinstance(condition, TracedArray) and condition.known is None:
-            raise NotImplementedError("numpy.where with one traced argument (its shape depends on the data); "
-                                      "use where(condition, x, y) or a mask")
-        return tuple(asarray(i) for i in np.nonzero(np.asarray(condition)))
+        return nonzero(condition, "numpy.where with one traced argument")
     if x is None or y is None:
         raise ValueError("either both or neither of x and y should be given")
     dt = result_dtype(x, y)
@@ -417,6 +443,20 @@ def where(condition: Array, x: Array = None, y: Array = None) -> Array:
 
 
 _select = where  # for functions whose where= argument hides this one
+
+
+def nonzero(a: Array, _what: str = "numpy.nonzero of a traced array") -> tuple[Array, ...]:
+    """``numpy.nonzero``: the indices of the nonzero elements, one array per axis, when
+    ``a`` is concrete or known. Of a traced ``a`` their number, so the result's shape,
+    depends on the data: ``NotImplementedError``."""
+    if isinstance(a, TracedArray) and a.known is None:
+        loc = user_source_loc()
+        raise NotImplementedError(
+            f"{_what} (its shape depends on the data){f' at {loc}' if loc else ''}: "
+            "use fnp.where(condition, x, y) or a mask instead (e.g. fnp.where(a != 0, a, 0).sum()), "
+            "or compute the indices outside jit"
+        )
+    return tuple(asarray(i) for i in np.nonzero(np.asarray(a)))
 
 
 def clip(
@@ -1329,7 +1369,8 @@ _UFUNCS: dict[np.ufunc, Callable[..., Array]] = {
     np.square: square, np.reciprocal: reciprocal, np.log2: log2, np.log10: log10,
     np.exp2: exp2, np.bitwise_and: bitwise_and, np.bitwise_or: bitwise_or, np.invert: invert,
     np.matmul: matmul, np.remainder: remainder, np.bitwise_xor: bitwise_xor, np.isnan: isnan,
-    np.isinf: isinf, np.isfinite: isfinite,
+    np.isinf: isinf, np.isfinite: isfinite, np.left_shift: left_shift, np.right_shift: right_shift,
+    np.divmod: divmod,
 }  # fmt: skip
 _UFUNC_REDUCTIONS = {
     np.add: sum, np.maximum: max, np.minimum: min, np.logical_and: all, np.logical_or: any,
@@ -1363,6 +1404,8 @@ def apply_ufunc(ufunc: np.ufunc, method: str, inputs: tuple, kwargs: dict[str, A
         raise NotImplementedError(f"{name} has no fusejit rule (it cannot be traced)")
     if out is None:
         return result
+    if ufunc.nout > 1:
+        raise NotImplementedError(f"{name} with out= has no fusejit rule (assign its results instead)")
     (out,) = out if isinstance(out, tuple) else (out,)
     if where_ is not True:
         result = where(where_, result, out)
@@ -1379,7 +1422,7 @@ _ARRAY_FUNCTIONS: dict[Callable[..., Any], Callable[..., Any]] = {
         "transpose moveaxis swapaxes expand_dims squeeze concatenate stack vstack hstack pad "
         "take take_along_axis matmul dot inner outer tensordot einsum broadcast_to zeros_like "
         "ones_like full_like round around atleast_1d atleast_2d flip copy shape ndim size "
-        "result_type astype copyto"
+        "result_type astype copyto nonzero"
     ).split()
     if hasattr(np, name)
 }

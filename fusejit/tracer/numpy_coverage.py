@@ -17,6 +17,13 @@ import numpy as np
 # What the functions that exist leave out (anything else they accept works as NumPy's).
 PARTIAL = {
     "where": "the one-argument form only for a concrete condition (a traced one has a data-dependent shape)",
+    "nonzero": "only for a concrete or known array (a traced one's result has a data-dependent shape)",
+    "compress": "only for a concrete or known condition (a traced one's result has a data-dependent shape)",
+    "choose": "mode='raise' raises only for known indices (a traced index out of range is clipped)",
+    "left_shift": "bool operands alone shift as int32 (NumPy: int8, not a fusejit dtype)",
+    "right_shift": "bool operands alone shift as int32 (NumPy: int8, not a fusejit dtype)",
+    "bitwise_left_shift": "bool operands alone shift as int32 (NumPy: int8, not a fusejit dtype)",
+    "bitwise_right_shift": "bool operands alone shift as int32 (NumPy: int8, not a fusejit dtype)",
     "partition": "a full sort, which meets NumPy's contract (NumPy leaves the order inside each side unspecified)",
     "argpartition": "the indices of a full sort (see partition)",
     "sort": "no order= (structured arrays)",

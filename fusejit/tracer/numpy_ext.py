@@ -751,6 +751,88 @@ def argpartition(a: Array, kth: Any, axis: int | None = -1, kind: str = "introse
     return argsort(a, axis=axis, order=order)
 
 
+def searchsorted(a: Array, v: Array, side: str = "left", sorter: Array = None) -> Array:
+    """``numpy.searchsorted``: for each element of ``v``, the index at which inserting it
+    keeps the sorted 1-d ``a`` (or ``take(a, sorter)``) sorted: the count of the elements
+    of ``a`` before it (``side="left"``: smaller; ``"right"``: not larger), NaNs sorting
+    last as in NumPy. A comparison-and-sum over ``v.size * a.size`` pairs, fused: no
+    binary search, and for an unsorted ``a`` the same count (NumPy's answer is then
+    unspecified). int64, shaped like ``v``."""
+    if side not in ("left", "right"):
+        raise ValueError(f"searchsorted: side must be 'left' or 'right', got {side!r}")
+    a = A._as_operand(a)
+    if len(shape_of(a)) != 1:
+        raise ValueError(f"searchsorted: a must be 1-d, got shape {shape_of(a)}")
+    if sorter is not None:
+        a = A.take(a, sorter)
+    dt = result_dtype(a, v)  # before v becomes an array: a Python scalar is weak
+    v = A._as_operand(v)
+    ai, vi = A.astype(a, dt, copy=False), A.expand_dims(A.astype(v, dt, copy=False), -1)
+    before = A.less(ai, vi) if side == "left" else A.less_equal(ai, vi)
+    if dt.is_float:  # NaN sorts after every number and (side="right") after NaN
+        nan_v = A.isnan(vi)
+        before = A.logical_or(before, nan_v if side == "right" else A.logical_and(nan_v, A.logical_not(A.isnan(ai))))
+    return A.sum(before, axis=-1, dtype=np.int64)
+
+
+def compress(condition: Array, a: Array, axis: int | None = None, out: Array = None) -> Array:
+    """``numpy.compress``: the slices of ``a`` along ``axis`` (of the flattened ``a`` when
+    None) where the 1-d ``condition`` is true, for a concrete or known ``condition``. A
+    traced one's count of true values, so the result's shape, depends on the data:
+    ``NotImplementedError``."""
+    if out is not None:
+        return inplace.store(out, compress(condition, a, axis), "compress", "unsafe")
+    (idx,) = A.nonzero(A.ravel(A._as_operand(condition)), "numpy.compress with a traced condition")
+    a = A._as_operand(a)
+    if axis is None:
+        a, axis = A.ravel(a), 0
+    (ax,) = A._axes(axis, len(shape_of(a)), "compress")
+    n = shape_of(a)[ax]
+    if len(idx) and int(idx[-1]) >= n:
+        raise IndexError(f"compress: index {int(idx[-1])} is out of bounds for axis {ax} with size {n}")
+    return A.take(a, idx, axis=ax)
+
+
+def choose(a: Array, choices: Any, out: Array = None, mode: str = "raise") -> Array:
+    """``numpy.choose``: ``choices[a[i]][i]`` with ``a`` and every choice broadcast together
+    (a chain of selects). ``mode``: ``"wrap"`` (modulo the number of choices), ``"clip"``
+    (to the range) or ``"raise"``: an index out of range raises where ``a`` is known, and
+    a traced one is clipped (as ``take`` clamps)."""
+    if out is not None:
+        return inplace.store(out, choose(a, choices, mode=mode), "choose", "unsafe")
+    if mode not in ("raise", "wrap", "clip"):
+        raise ValueError(f"choose: mode must be 'raise', 'wrap' or 'clip', got {mode!r}")
+    pieces = [A._as_operand(c) for c in (list(choices) if not isinstance(choices, (list, tuple)) else choices)]
+    if not pieces:
+        raise ValueError("choose: choices must not be empty")
+    a = A._as_operand(a)
+    if not (A._dtype_of(a).is_int or A._dtype_of(a).is_bool):
+        raise TypeError(f"choose: the index array must be of integers, got {A._dtype_of(a)}")
+    n = len(pieces)
+    known = a.known if isinstance(a, TracedArray) else np.asarray(a)
+    if mode == "raise" and known is not None and np.any((known < 0) | (known >= n)):
+        raise ValueError("choose: invalid entry in choice array")
+    if mode == "wrap":
+        a = A.remainder(a, n)
+    dt = result_dtype(*pieces)
+    shape = A.broadcast_shapes("choose", shape_of(a), *(shape_of(c) for c in pieces))
+    result = A.fresh(A._broadcast(A.astype(pieces[-1], dt, copy=False), shape))
+    for k in range(n - 2, -1, -1):  # an index below 0 (clipped) picks the first choice
+        pick = A.less_equal(a, k) if k == 0 else A.equal(a, k)
+        result = A.where(pick, A.astype(pieces[k], dt, copy=False), result)
+    return result
+
+
+def matrix_transpose(x: Array) -> Array:
+    """``numpy.matrix_transpose`` (``x.mT``): the last two axes swapped; ``ValueError``
+    below 2-d, as NumPy."""
+    x = A._as_operand(x)
+    ndim = len(shape_of(x))
+    if ndim < 2:
+        raise ValueError(f"Input array must be at least 2-dimensional, but it is {ndim}")
+    return A.swapaxes(x, -1, -2)
+
+
 def _check_kth(a: Array, kth: Any, axis: int | None, name: str) -> None:
     shape = shape_of(A._as_operand(a))
     n = math.prod(shape) if axis is None else shape[A._axes(axis, len(shape), name)[0]]
@@ -966,7 +1048,7 @@ ARRAY_FUNCTIONS: dict[Callable[..., Any], Callable[..., Any]] = {
         "repeat tile roll rollaxis rot90 fliplr flipud tril triu diag diagflat kron cross append "
         "split array_split hsplit vsplit dsplit atleast_3d column_stack row_stack dstack select "
         "linspace sinc nan_to_num real imag iscomplexobj isrealobj cumulative_prod partition argpartition "
-        "putmask place put fill_diagonal"
+        "putmask place put fill_diagonal searchsorted compress choose matrix_transpose"
     ).split()
     if hasattr(np, name)
 }

@@ -564,6 +564,8 @@ class TracedArray:
     def __iand__(self, o: Any) -> Any: return fnp.apply_ufunc(np.bitwise_and, "__call__", (self, o), {"out": self})
     def __ior__(self, o: Any) -> Any: return fnp.apply_ufunc(np.bitwise_or, "__call__", (self, o), {"out": self})
     def __ixor__(self, o: Any) -> Any: return fnp.apply_ufunc(np.bitwise_xor, "__call__", (self, o), {"out": self})
+    def __ilshift__(self, o: Any) -> Any: return fnp.apply_ufunc(np.left_shift, "__call__", (self, o), {"out": self})
+    def __irshift__(self, o: Any) -> Any: return fnp.apply_ufunc(np.right_shift, "__call__", (self, o), {"out": self})
 
     def fill(self, value: Any) -> None:
         inplace.fill(self, value)
@@ -571,6 +573,10 @@ class TracedArray:
     def sort(self, axis: int = -1, kind: Any = None, order: Any = None) -> None:
         """``ndarray.sort``: sorts in place along ``axis`` (stable, NaNs last)."""
         inplace.assign(self, fnp._ext.sort(self, axis, kind, order), "ndarray.sort")
+
+    def partition(self, kth: Any, axis: int = -1, kind: str = "introselect", order: Any = None) -> None:
+        """``ndarray.partition``: partitions in place along ``axis`` (as ``fnp.partition``)."""
+        inplace.assign(self, fnp._ext.partition(self, kth, axis, kind, order), "ndarray.partition")
 
     def put(self, indices: Any, values: Any, mode: str = "raise") -> None:
         """``ndarray.put``: ``numpy.put(self, indices, values, mode)``."""
@@ -606,6 +612,12 @@ class TracedArray:
     def __ror__(self, o: Any) -> Any: return fnp.bitwise_or(o, self)
     def __xor__(self, o: Any) -> Any: return fnp.bitwise_xor(self, o)
     def __rxor__(self, o: Any) -> Any: return fnp.bitwise_xor(o, self)
+    def __lshift__(self, o: Any) -> Any: return fnp.left_shift(self, o)
+    def __rlshift__(self, o: Any) -> Any: return fnp.left_shift(o, self)
+    def __rshift__(self, o: Any) -> Any: return fnp.right_shift(self, o)
+    def __rrshift__(self, o: Any) -> Any: return fnp.right_shift(o, self)
+    def __divmod__(self, o: Any) -> Any: return fnp.divmod(self, o)
+    def __rdivmod__(self, o: Any) -> Any: return fnp.divmod(o, self)
     def __eq__(self, o: Any) -> Any: return fnp.equal(self, o)  # type: ignore[override]
     def __ne__(self, o: Any) -> Any: return fnp.not_equal(self, o)  # type: ignore[override]
     def __lt__(self, o: Any) -> Any: return fnp.less(self, o)
@@ -620,6 +632,29 @@ class TracedArray:
     @property
     def T(self) -> Any:  # noqa: N802 - NumPy's name
         return fnp.transpose(self)
+
+    @property
+    def mT(self) -> Any:  # noqa: N802 - NumPy's name
+        """The last two axes swapped (``ValueError`` below 2-d, as NumPy)."""
+        if self.ndim < 2:
+            raise ValueError("matrix transpose with ndim < 2 is undefined")
+        return fnp._ext.matrix_transpose(self)
+
+    @property
+    def real(self) -> Any:
+        """The array itself: fusejit's dtypes are real (NumPy's ``x.real is x`` for them)."""
+        return self
+
+    @property
+    def imag(self) -> Any:
+        """Zeros of the array's dtype and shape (its dtypes are real)."""
+        return fnp._ext.imag(self)
+
+    def conj(self) -> Any:
+        """The array itself, as NumPy's ``x.conj()`` of a real array."""
+        return self
+
+    conjugate = conj
 
     def reshape(self, *shape: Any, order: str = "C") -> Any:
         return fnp.reshape(self, shape[0] if len(shape) == 1 else shape, order=order)
@@ -637,6 +672,13 @@ class TracedArray:
 
     def cumsum(self, axis: Any = None, dtype: Any = None) -> Any:
         return fnp.cumsum(self, axis, dtype)
+
+    def cumprod(self, axis: Any = None, dtype: Any = None, out: Any = None) -> Any:
+        return fnp._ext.cumprod(self, axis, dtype, out)
+
+    def prod(self, axis: Any = None, dtype: Any = None, out: Any = None, keepdims: bool = False,
+             initial: Any = None) -> Any:
+        return fnp._ext.prod(self, axis, dtype, out, keepdims, initial)
 
     def sum(self, axis: Any = None, dtype: Any = None, keepdims: bool = False) -> Any:
         return fnp.sum(self, axis=axis, dtype=dtype, keepdims=keepdims)
@@ -688,6 +730,34 @@ class TracedArray:
 
     def dot(self, other: Any) -> Any:
         return fnp.dot(self, other)
+
+    def round(self, decimals: int = 0, out: Any = None) -> Any:
+        return fnp.round(self, decimals, out)
+
+    def argsort(self, axis: Any = -1, kind: Any = None, order: Any = None, *, stable: Any = None) -> Any:
+        return fnp._ext.argsort(self, axis, kind, order, stable)
+
+    def argpartition(self, kth: Any, axis: Any = -1, kind: str = "introselect", order: Any = None) -> Any:
+        return fnp._ext.argpartition(self, kth, axis, kind, order)
+
+    def diagonal(self, offset: int = 0, axis1: int = 0, axis2: int = 1) -> Any:
+        return fnp._ext.diagonal(self, offset, axis1, axis2)
+
+    def repeat(self, repeats: Any, axis: Any = None) -> Any:
+        return fnp._ext.repeat(self, repeats, axis)
+
+    def searchsorted(self, v: Any, side: str = "left", sorter: Any = None) -> Any:
+        return fnp._ext.searchsorted(self, v, side, sorter)
+
+    def compress(self, condition: Any, axis: Any = None, out: Any = None) -> Any:
+        return fnp._ext.compress(condition, self, axis, out)
+
+    def choose(self, choices: Any, out: Any = None, mode: str = "raise") -> Any:
+        return fnp._ext.choose(self, choices, out, mode)
+
+    def nonzero(self) -> Any:
+        """``numpy.nonzero`` of a known array; refused for a traced one (its shape depends on the data)."""
+        return fnp.nonzero(self)
 
     # NumPy protocols -------------------------------------------------------------------
     def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> Any:

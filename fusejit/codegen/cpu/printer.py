@@ -61,7 +61,8 @@ _SYMBOL = {
 }  # fmt: skip
 # Operators whose int32 result Numba computes as int64: printed wrapped in np.int32(...).
 _WIDENED = frozenset({BinaryOp.ADD, BinaryOp.SUB, BinaryOp.MUL, BinaryOp.DIV, BinaryOp.FLOORDIV,
-                      BinaryOp.MOD, BinaryOp.AND, BinaryOp.OR, BinaryOp.XOR, BinaryOp.SHL})
+                      BinaryOp.MOD, BinaryOp.AND, BinaryOp.OR, BinaryOp.XOR, BinaryOp.SHL,
+                      BinaryOp.SHR})
 _ROUNDING = {UnaryOp.FLOOR: "np.floor", UnaryOp.CEIL: "np.ceil", UnaryOp.RINT: "np.rint"}
 # The parameters a chunked kernel takes after its own (``fusejit.runtime.chunks``): which
 # chunk of its parallel loop to run, of how many, and the thread's row of scratch.

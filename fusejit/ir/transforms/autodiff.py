@@ -440,7 +440,7 @@ def zero_jvp(b: Builder, op: Op, tangents: tuple[Ct, ...]) -> Sequence[Ct]:
 
 for _prim in (
     P.sign, P.floor, P.ceil, P.round, P.floor_divide, P.stop_gradient, P.logical_not,
-    P.logical_and, P.logical_or,
+    P.logical_and, P.logical_or, P.shift_left, P.shift_right_arithmetic,
     P.eq, P.ne, P.lt, P.le, P.gt, P.ge, P.argmax, P.argmin, P.iota, P.constant,
 ):  # fmt: skip
     _define(_prim, zero_vjp, zero_jvp)

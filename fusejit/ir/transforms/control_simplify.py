@@ -22,6 +22,7 @@ from fusejit.ir.transforms.simplify import scalar_constant
 SAFE = frozenset({
     P.add, P.sub, P.mul, P.neg, P.abs, P.sign, P.max, P.min, P.select, P.convert, P.floor, P.ceil, P.round,
     P.eq, P.ne, P.lt, P.le, P.gt, P.ge, P.logical_and, P.logical_or, P.logical_not, P.stop_gradient,
+    P.shift_left, P.shift_right_arithmetic,
     P.constant, P.iota, P.broadcast_in_dim, P.reshape, P.transpose, P.slice, P.pad, P.concatenate,
 })  # fmt: skip
 MAX_BRANCH_OPS = 8  # per branch: beyond this, running every branch costs more than a driver call
