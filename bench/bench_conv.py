@@ -1,6 +1,6 @@
-"""Conv kernel strategies per shape: direct loops, im2col + GEMM, shifted GEMMs.
+"""Conv kernel strategies per shape: direct loops, taps, im2col + GEMM, shifted GEMMs.
 
-    python bench/bench_conv.py [--repeat 50] [--strategies direct,gemm,shifted] [--clock thread]
+    python bench/bench_conv.py [--repeat 50] [--strategies direct,taps,gemm,shifted] [--clock thread]
     python bench/bench_conv.py --gradients [--strategies rows,table] ...
 
 For each shape the same jitted conv (3x3, padding 1, float32) is compiled once per
@@ -30,31 +30,35 @@ import numpy as np
 import fusejit as fj
 from fusejit import nn
 from fusejit.codegen import conv as conv_codegen
+from fusejit.codegen import conv_taps
 
 # (batch, in channels, side, out channels)
 SHAPES = [(64, 1, 8, 32), (256, 1, 8, 16), (64, 2, 8, 32), (64, 3, 32, 32), (64, 4, 16, 16),
           (64, 8, 16, 32), (64, 16, 16, 16), (64, 16, 8, 32), (64, 32, 8, 64), (64, 32, 4, 64), (64, 64, 4, 32),
           (64, 32, 16, 64), (64, 64, 16, 32), (64, 64, 8, 128), (64, 128, 8, 64)]
-# The thresholds that force each strategy.
+# The thresholds that force each strategy (module, name): value.
+_GEMMS = {(conv_codegen, "DIRECT_MAX_CONTRACTION"): 0, (conv_taps, "TAPS_MAX_CONTRACTION"): 0,
+          (conv_taps, "TAPS_MAX_CONTRACTION_LARGE"): 0}
 STRATEGIES = {
-    "direct": {"DIRECT_MAX_CONTRACTION": 10**9},
-    "gemm": {"DIRECT_MAX_CONTRACTION": 0, "SHIFTED_MIN_ROWS": 10**9},
-    "shifted": {"DIRECT_MAX_CONTRACTION": 0, "SHIFTED_MIN_ROWS": 0, "SHIFTED_MIN_CHANNELS": 0},
+    "direct": {(conv_codegen, "DIRECT_MAX_CONTRACTION"): 10**9},
+    "taps": {(conv_codegen, "DIRECT_MAX_CONTRACTION"): 0, (conv_taps, "TAPS_MAX_CONTRACTION"): 10**9},
+    "gemm": {**_GEMMS, (conv_codegen, "SHIFTED_MIN_ROWS"): 10**9},
+    "shifted": {**_GEMMS, (conv_codegen, "SHIFTED_MIN_ROWS"): 0, (conv_codegen, "SHIFTED_MIN_CHANNELS"): 0},
     # (--gradients) the layouts of a kernel gradient's im2col
     "rows": {},
-    "table": {"uses_window_rows": lambda op: False},
+    "table": {(conv_codegen, "uses_window_rows"): lambda op: False},
 }
 
 
 def _compiled(x: np.ndarray, w: np.ndarray, strategy: str):
-    saved = {k: getattr(conv_codegen, k) for k in STRATEGIES[strategy]}
-    for k, v in STRATEGIES[strategy].items():
-        setattr(conv_codegen, k, v)
+    saved = {k: getattr(*k) for k in STRATEGIES[strategy]}
+    for (module, name), v in STRATEGIES[strategy].items():
+        setattr(module, name, v)
     try:
         return fj.jit(lambda x, w: nn.conv2d(x, w, padding=1)).lower(x, w).compile()
     finally:
-        for k, v in saved.items():
-            setattr(conv_codegen, k, v)
+        for (module, name), v in saved.items():
+            setattr(module, name, v)
 
 
 def main() -> None:

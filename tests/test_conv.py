@@ -14,7 +14,7 @@ import fusejit as fj
 import fusejit.numpy as fnp
 from fusejit import nn
 from fusejit.codegen import conv as conv_codegen
-from fusejit.codegen import conv_gemm
+from fusejit.codegen import conv_gemm, conv_taps
 from fusejit.ir import primitives as P
 from fusejit.tracer.tracing import bind
 
@@ -50,6 +50,13 @@ def _takes_shifted(case):
     return len(lhs) > 3 and set(lhs_dilation) == {1} and set(strides[:-1]) == {1}
 
 
+def _takes_taps(case):
+    """Whether a conv can run as taps over padded planes: unit strides, no lhs dilation,
+    no negative padding (and a window no larger than the output, as every case's is)."""
+    _, _, _, strides, lo, _, lhs_dilation, _, _ = case
+    return set(strides) == {1} and set(lhs_dilation) == {1} and min(lo) >= 0
+
+
 def _attrs(case):
     _, _, _, s, lo, hi, ld, rd, g = case
     return {"strides": s, "lo": lo, "hi": hi, "lhs_dilation": ld, "rhs_dilation": rd, "groups": g}
@@ -59,12 +66,14 @@ def _conv(attrs):
     return lambda x, w: bind(P.conv, x, w, **attrs)
 
 
-@pytest.fixture(params=["direct", "gemm", "shifted"])
+@pytest.fixture(params=["direct", "taps", "gemm", "shifted"])
 def strategy(request, monkeypatch):
     """Each conv kernel strategy in turn (the choice is read when a kernel is lowered)."""
     monkeypatch.setattr(conv_codegen, "DIRECT_MAX_CONTRACTION", 10**9 if request.param == "direct" else 0)
     monkeypatch.setattr(conv_codegen, "SHIFTED_MIN_ROWS", 0 if request.param == "shifted" else 10**9)
     monkeypatch.setattr(conv_codegen, "SHIFTED_MIN_CHANNELS", 0)
+    monkeypatch.setattr(conv_taps, "TAPS_MAX_CONTRACTION", 10**9 if request.param == "taps" else 0)
+    monkeypatch.setattr(conv_taps, "TAPS_MAX_CONTRACTION_LARGE", 0)
     return request.param
 
 
@@ -76,7 +85,9 @@ def test_compiled_conv_matches_a_direct_loop(case, dtype, strategy):
     attrs = _attrs(case)
     expected = conv_reference.conv(x, w, **attrs)
     tol = 1e-5 if dtype == np.float32 else 1e-12
-    kernel = "conv_gemm" if strategy == "shifted" and not _takes_shifted(case) else f"conv_{strategy}"
+    kernel = f"conv_{strategy}"
+    if (strategy == "shifted" and not _takes_shifted(case)) or (strategy == "taps" and not _takes_taps(case)):
+        kernel = "conv_gemm"
     for fuse in (True, False):
         compiled = fj.jit(_conv(attrs), fuse=fuse).lower(x, w).compile()
         assert [k.name.split("_f")[0] for k in compiled.kernels] == [kernel]
@@ -119,6 +130,8 @@ def test_shifted_gemm_gradients_match_eager(case, monkeypatch):
     monkeypatch.setattr(conv_codegen, "DIRECT_MAX_CONTRACTION", 0)
     monkeypatch.setattr(conv_codegen, "SHIFTED_MIN_ROWS", 0)
     monkeypatch.setattr(conv_codegen, "SHIFTED_MIN_CHANNELS", 0)
+    monkeypatch.setattr(conv_taps, "TAPS_MAX_CONTRACTION", 0)
+    monkeypatch.setattr(conv_taps, "TAPS_MAX_CONTRACTION_LARGE", 0)
     x, w, loss = weighted_conv_loss(case)
     grad = fj.jit(fj.grad(loss, argnums=(0, 1))).lower(x, w).compile()
     assert "conv_shifted" in [k.name.split("_f")[0] for k in grad.kernels]
@@ -138,7 +151,7 @@ ONE_THREAD = pytest.mark.skipif(fj.codegen.target.CPU.max_threads() < 2, reason=
 
 @ONE_THREAD
 @pytest.mark.parametrize("case", BATCHED, ids=[c[0] for c in BATCHED])
-@pytest.mark.parametrize("strategy", ["gemm", "shifted"], indirect=True)
+@pytest.mark.parametrize("strategy", ["taps", "gemm", "shifted"], indirect=True)
 def test_a_conv_on_threads_matches_a_direct_loop(case, strategy):
     """Above the parallel threshold a GEMM strategy's loop over chunks of samples runs on
     threads, each chunk in its thread's copy of the scratch. (Not bit for bit the serial
@@ -168,17 +181,17 @@ def test_conv_gradients_on_threads_match_eager(case):
         np.testing.assert_allclose(c, e, rtol=1e-10, atol=1e-10)
 
 
-def test_default_strategy_is_gemm_except_for_tiny_contractions():
-    x, w1 = np.ones((2, 1, 6, 6), np.float32), np.ones((4, 1, 2, 2), np.float32)
-    w9 = np.ones((4, 1, 3, 3), np.float32)
+def test_default_strategy_by_contraction_and_plane_size():
+    """Direct loops for a few products per output; taps over padded planes for a short
+    contraction (9), or up to 144 over planes of 256 positions or more; shifted GEMMs,
+    each contracting 32 channels x 3 window columns, for 64 output channels or 8x8
+    planes; im2col + GEMM for the rest."""
     conv = fj.jit(lambda x, w: nn.conv2d(x, w))
-    assert conv.lower(x, w1).compile().kernels[0].name.startswith("conv_direct")  # 4 products per output
-    assert conv.lower(x, w9).compile().kernels[0].name.startswith("conv_gemm")  # 9: GEMM measured faster
-    # shifted GEMMs, each contracting 32 channels x 3 window columns, for 64 output
-    # channels or 8x8 planes; im2col for fewer of both
-    for c, o, side, kernel in [(32, 64, 6, "conv_shifted"), (32, 8, 10, "conv_shifted"), (32, 8, 9, "conv_gemm"),
-                               (8, 64, 10, "conv_gemm")]:
-        x, w = np.ones((2, c, side, side), np.float32), np.ones((o, c, 3, 3), np.float32)
+    for c, o, side, window, kernel in [(1, 4, 6, 2, "conv_direct"), (1, 4, 6, 3, "conv_taps"),
+                                       (16, 8, 18, 3, "conv_taps"), (2, 32, 10, 3, "conv_gemm"),
+                                       (32, 64, 6, 3, "conv_shifted"), (32, 8, 10, 3, "conv_shifted"),
+                                       (32, 8, 9, 3, "conv_gemm"), (8, 64, 10, 3, "conv_gemm")]:
+        x, w = np.ones((2, c, side, side), np.float32), np.ones((o, c, window, window), np.float32)
         assert conv.lower(x, w).compile().kernels[0].name.startswith(kernel), (c, o, side)
 
 

@@ -11,7 +11,7 @@ computed in the dilated input, as it describes.
   epilogue). Chunks keep the scratch within ``GEMM_CHUNK_ELEMENTS`` (it stays in cache,
   and memory does not grow with the batch; chunks are of equal size). Rows of ``cols``
   are filled as zeros, a strided copy, zeros: no bounds check per element; short rows
-  (small images) are copied from a zero-padded copy of the chunk's planes (``_Padded``).
+  (small images) are copied from a zero-padded copy of the chunk's planes (``Padded``).
 * **im2col into rows** (also ``conv_gemm``; a kernel gradient's shape, a window larger
   than the output, without lhs dilation: ``uses_window_rows``): there a column of the
   usual layout is a few elements long (one per output position) and the unfolded matrix
@@ -76,7 +76,7 @@ if TYPE_CHECKING:
     from fusejit.codegen.conv import _Epilogue, _Shapes
 
 # Output rows at least this long are filled as zeros, a strided copy, zeros; shorter ones
-# (small images) from a zero-padded copy of the planes (``_Padded``), or with lhs
+# (small images) from a zero-padded copy of the planes (``Padded``), or with lhs
 # dilation or negative padding through a table of input offsets, in one loop per sample.
 FILL_ROW_MIN = 16
 # The im2col scratch of one chunk of samples holds at most this many elements. (2**17,
@@ -102,7 +102,7 @@ CHANNELS_INNER_MIN = 16
 CHANNELS_INNER_MAX_RUN = 16
 
 
-class _ChunkLoop:
+class ChunkLoop:
     """The loop over chunks of samples that each GEMM strategy runs, serial or on threads.
 
     On threads (more than one, at least two samples, and a conv of at least the target's
@@ -165,7 +165,7 @@ def lower_gemm(ctx: Ctx, op: Op, b: KernelBuilder, arrays: Arrays, epi: _Epilogu
     n_total, c_total = lhs.shape[:2]
     o_total = rhs.shape[0]
     per_sample_cols = math.prod(rhs.shape[1:]) * s.groups * math.prod(out.shape[2:])
-    loop = _ChunkLoop(ctx, b, s, op, max(1, GEMM_CHUNK_ELEMENTS // max(per_sample_cols, 1)))
+    loop = ChunkLoop(ctx, b, s, op, max(1, GEMM_CHUNK_ELEMENTS // max(per_sample_cols, 1)))
     width = loop.chunk * math.prod(out.shape[2:])  # columns of one chunk's matrices
     cols_size, res_size = c_total * math.prod(rhs.shape[2:]) * width, o_total * width
     cols = loop.scratch(arrays, dt, cols_size)
@@ -180,7 +180,7 @@ def lower_gemm(ctx: Ctx, op: Op, b: KernelBuilder, arrays: Arrays, epi: _Epilogu
     table_size = math.prod(rhs.shape[2:]) * math.prod(out.shape[2:])
     if out.shape[-1] < FILL_ROW_MIN or any(d != 1 for d in s.ldil):
         if all(d == 1 for d in s.ldil) and all(lo >= 0 for lo in s.lo):
-            pad = _Padded(b, arrays, s, op, loop)
+            pad = Padded(b, arrays, s, op, loop)
         else:
             table = loop.scratch(arrays, DType.i64, table_size)
 
@@ -306,7 +306,7 @@ def lower_rows(ctx: Ctx, op: Op, b: KernelBuilder, arrays: Arrays, epi: _Epilogu
     if rows_of_units:  # the chunk's units within one (channel, leading offsets): a divisor
         per = max(d for d in range(1, per + 1) if window[last - 1] % d == 0)
     channels_inner = lead == 0 and per >= CHANNELS_INNER_MIN and window[last] < CHANNELS_INNER_MAX_RUN
-    loop = _ChunkLoop(ctx, b, s, op, chunk)
+    loop = ChunkLoop(ctx, b, s, op, chunk)
     chunk = loop.chunk
     # Fewer output positions than output channels per group: ``res`` holds the result's
     # transpose, ``w @ rows^T`` (measured 1 thread: 9 x 32 over 4096 terms 11 GFLOP/s as
@@ -516,7 +516,7 @@ def lower_shifted(ctx: Ctx, op: Op, b: KernelBuilder, arrays: Arrays, epi: _Epil
     block = ext[0] * flat[0]
     lead = sum(max(s.lo[d], 0) * flat[d] for d in range(last))  # zeros the first rows' windows read
     reach = sum((window[d] - 1) * s.rdil[d] * flat[d] for d in range(last))  # read past a column
-    loop = _ChunkLoop(ctx, b, s, op, max(1, GEMM_CHUNK_ELEMENTS // (lhs.shape[1] * window[last] * block)))
+    loop = ChunkLoop(ctx, b, s, op, max(1, GEMM_CHUNK_ELEMENTS // (lhs.shape[1] * window[last] * block)))
     width = loop.chunk * block  # columns of one chunk's GEMMs
     stride = lead + width + reach  # a row of ``cols``
     cols_size, res_size = lhs.shape[1] * window[last] * stride, rhs.shape[0] * width
@@ -605,7 +605,7 @@ def lower_shifted(ctx: Ctx, op: Op, b: KernelBuilder, arrays: Arrays, epi: _Epil
     return "conv_shifted"
 
 
-class _Padded:
+class Padded:
     """The input planes of one chunk of samples copied into scratch with their padding as
     zeros (``xpad[i, c, *E]``, E covering every position the windows reach), for short
     rows (small images) without lhs dilation. A row of ``cols`` is then a copy of
@@ -617,13 +617,14 @@ class _Padded:
     per chunk on threads, in the thread's copy from ``at``); each chunk overwrites the
     interiors."""
 
-    def __init__(self, b: KernelBuilder, arrays: Arrays, s: _Shapes, op: Op, loop: _ChunkLoop) -> None:
+    def __init__(self, b: KernelBuilder, arrays: Arrays, s: _Shapes, op: Op, loop: ChunkLoop) -> None:
         self.b, self.s = b, s
         self.at: Expr = ZERO
         out_spatial, window = op.output.shape[2:], op.inputs[1].shape[2:]
         spatial = op.inputs[0].shape[2:]
         extents = [max((out_spatial[d] - 1) * s.strides[d] + (window[d] - 1) * s.rdil[d] + 1, s.lo[d] + spatial[d])
                    for d in range(s.nsp)]
+        self.extents = extents
         self.E = tuple(s.size(("E", d), n) for d, n in enumerate(extents))
         self.EE = s.size("EE", math.prod(extents))
         self.size = loop.chunk * op.inputs[0].shape[1] * math.prod(extents)
