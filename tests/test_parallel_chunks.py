@@ -159,6 +159,34 @@ def test_the_chunks_of_a_kernel_cover_every_element_once():
         np.testing.assert_array_equal(written, 1)
 
 
+def test_threads_take_a_compiled_kernels_chunks_from_one_shared_counter():
+    """A compiled chunked kernel's threads each make one call (``run_chunks``) that takes
+    chunks from a counter they share, in compiled code without the GIL: every chunk runs
+    once whichever thread takes it, and the counter ends past the last."""
+    n = 1001
+    x = np.arange(n, dtype=np.float64)
+    with config.override(parallel_threshold=THRESHOLD):
+        (st,) = steps(fj.jit(lambda x: x * 2.0 + 1.0), x)
+    entry = st.entry_point.chunked_entry
+    for count in (1, 2, 7, n + 5):
+        out, counter = np.full(n, np.nan), np.zeros(1, np.int64)
+        barrier = threading.Barrier(3)
+
+        def work(worker: int) -> None:
+            barrier.wait()
+            entry.run_chunks((x, out, np.array([n])), counter, count, worker)
+
+        threads = [threading.Thread(target=work, args=(w,)) for w in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        np.testing.assert_array_equal(out, x * 2 + 1)
+        assert counter[0] == count + 3  # each thread's last take found nothing left
+    with pytest.raises(TypeError, match="besides its chunk"):
+        entry.run_chunks((x, out), np.zeros(1, np.int64), 2, 0)
+
+
 def test_chunked_kernels_match_numba_parfors_bit_for_bit():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((96, 40)).astype(np.float32) * 3

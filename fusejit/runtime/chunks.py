@@ -16,7 +16,11 @@ shared counter: the calling thread takes chunks too, so when another process hol
 other core (a loaded machine), the caller does the work its sleeping helpers have not
 started instead of waiting for them (OpenMP's static schedule waits; spinning threads
 lost whole scheduler ticks, ``fusejit.runtime.threads``). Idle workers block on a lock:
-they use no CPU between kernels.
+they use no CPU between kernels. Each thread takes its chunks in compiled code
+(``native_calls.trampoline_chunks``: an atomic counter, one call per thread and kernel
+without the GIL); taken one Python call each, the threads passed the GIL between chunks,
+tens of microseconds each on these VMs, and a 2-thread call of a kernel under 0.3 ms was
+no faster than one thread (W7's step: 0.94 ms on 2 threads, 0.93 on 1).
 
 One kernel runs on the pool at a time: a call from a second Python thread waits for the
 first (Numba's parfors held the GIL, so kernels never overlapped before either), which
@@ -31,6 +35,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 # Chunks per thread: a helper that wakes late finds the remaining chunks done by the
 # others. More chunks cost a Python-level call each (about 1 us).
 CHUNKS_PER_THREAD = 4
@@ -44,7 +50,8 @@ class _Pool:
 
     def __init__(self, threads: int) -> None:
         self.threads = threads
-        self._job: tuple[Callable[..., Any], tuple[Any, ...], int, Any] | None = None
+        self._job: Callable[[int], None] | None = None
+        self._counter = np.zeros(1, np.int64)  # the chunks a native call's threads have taken
         self._error: BaseException | None = None
         self._start()
 
@@ -65,34 +72,45 @@ class _Pool:
         while True:
             go.acquire()
             try:
-                self._take(worker)
+                assert self._job is not None
+                self._job(worker)
             except BaseException as e:  # noqa: BLE001 - handed to the caller, which raises it
                 self._error = e
             finally:
                 done.release()
 
-    def _take(self, worker: int) -> None:
-        """Runs chunks of the current job until none is left."""
-        assert self._job is not None
-        entry, args, chunks, counter = self._job
-        while (c := next(counter)) < chunks:
-            entry(*args, c, chunks, worker)
-
     def run(self, entry: Callable[..., Any], args: tuple[Any, ...]) -> None:
         chunks = self.threads * CHUNKS_PER_THREAD
         with self.busy:
-            self._job = (entry, args, chunks, itertools.count())
+            self._job = self._job_of(entry, args, chunks)
             self._error = None
             for go in self._go:
                 go.release()
             try:
-                self._take(0)
+                self._job(0)
             finally:
                 for done in self._done:
                     done.acquire()
                 self._job = None
             if self._error is not None:
                 raise self._error
+
+    def _job_of(self, entry: Callable[..., Any], args: tuple[Any, ...], chunks: int) -> Callable[[int], None]:
+        """What each thread runs for one call: a compiled kernel's loop over the chunks it
+        takes from the shared counter (``run_chunks``, without the GIL), else the chunks
+        taken here one Python call each."""
+        native = getattr(entry, "run_chunks", None)
+        if native is not None:
+            counter = self._counter
+            counter[0] = 0
+            return lambda worker: native(args, counter, chunks, worker)
+        taken = itertools.count()
+
+        def take(worker: int) -> None:
+            while (c := next(taken)) < chunks:
+                entry(*args, c, chunks, worker)
+
+        return take
 
 
 def _after_fork() -> None:

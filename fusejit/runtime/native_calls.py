@@ -110,6 +110,32 @@ def trampoline_nogil(address, args):  # noqa: ANN001, ANN201 - Numba-typed
     _call_native(address, args)
 
 
+@intrinsic
+def _take_chunk(typingctx: Any, counter: Any) -> Any:
+    """The next chunk of a call: ``counter``'s int64 (a ``RawArray`` shared by the call's
+    threads) incremented atomically, its value before."""
+    if not isinstance(counter, RawArray):
+        return None
+
+    def codegen(context: Any, builder: Any, sig: Any, llargs: Any) -> Any:
+        data = context.make_array(sig.args[0])(context, builder, llargs[0]).data
+        int64 = llvmir.IntType(64)
+        return builder.atomic_rmw("add", builder.bitcast(data, int64.as_pointer()), int64(1), "monotonic")
+
+    return types.int64(counter), codegen
+
+
+@numba.njit(cache=True, no_cfunc_wrapper=True, nogil=True)
+def trampoline_chunks(address, args, counter, chunks, worker):  # noqa: ANN001, ANN201 - Numba-typed
+    """Runs chunks of the chunked kernel at ``address`` (``kernel(*args, chunk, chunks,
+    worker)``) on this thread until the call's ``chunks`` are taken, each taken from the
+    shared ``counter``: the threads of a call share its chunks without the GIL."""
+    chunk = _take_chunk(counter)
+    while chunk < chunks:
+        _call_native(address, args + (chunk, chunks, worker))
+        chunk = _take_chunk(counter)
+
+
 class NativeKernel:
     """A compiled kernel, callable from Python with its own arguments: ``kernel(*args)``
     (``TypeError`` for another number of them). The generated runner calls
@@ -130,6 +156,25 @@ class NativeKernel:
         self.trampoline(self.address, args)
 
 
+class ChunkedKernel(NativeKernel):
+    """A chunked kernel (``kernel(*args, chunk, chunks, worker)`` runs one chunk), which
+    ``fusejit.runtime.chunks`` runs on several threads through ``run_chunks``."""
+
+    __slots__ = ("chunk_loop",)
+
+    def __init__(self, address: int, trampoline: Any, arity: int, overload: Any, chunk_loop: Any) -> None:
+        super().__init__(address, trampoline, arity, overload)
+        self.chunk_loop = chunk_loop
+
+    def run_chunks(self, args: tuple[Any, ...], counter: np.ndarray, chunks: int, worker: int) -> None:
+        """Runs chunks of ``kernel(*args, ...)`` taken from ``counter`` (a 1-element int64
+        array the call's threads share, 0 at the call's start) until ``chunks`` are
+        taken, as thread ``worker``, without the GIL (``trampoline_chunks``)."""
+        if len(args) != self.arity - 3:
+            raise TypeError(f"the kernel takes {self.arity - 3} arguments besides its chunk, got {len(args)}")
+        self.chunk_loop(self.address, args, counter, chunks, worker)
+
+
 def kernel_signature(dtypes: Sequence[Any], chunked: bool) -> tuple[Any, ...]:
     """The Numba signature of a generated CPU kernel (``cpu.printer``'s ``function``): a
     flat C-contiguous array per dtype of ``dtypes`` (NumPy dtypes or their names), the
@@ -148,7 +193,12 @@ def bind(dispatcher: Any, signature: tuple[Any, ...], chunked: bool) -> NativeKe
     arrays = sum(isinstance(t, types.Array) for t in signature)
     which, tsig = _trampoline(arrays, len(signature) - arrays, chunked)
     compile_dispatchers(which, tsig)
-    return NativeKernel(address, which.overloads[tsig].entry_point, len(signature), overload)
+    if not chunked:
+        return NativeKernel(address, which.overloads[tsig].entry_point, len(signature), overload)
+    loop, lsig = _chunk_loop(arrays)
+    compile_dispatchers(loop, lsig)
+    return ChunkedKernel(address, which.overloads[tsig].entry_point, len(signature), overload,
+                         loop.overloads[lsig].entry_point)
 
 
 def _trampoline(arrays: int, ints: int, chunked: bool) -> tuple[Any, tuple[Any, ...]]:
@@ -157,9 +207,14 @@ def _trampoline(arrays: int, ints: int, chunked: bool) -> tuple[Any, tuple[Any, 
             (types.intp, types.Tuple((RAW_ARRAY,) * arrays + (types.int64,) * ints)))
 
 
+def _chunk_loop(arrays: int) -> tuple[Any, tuple[Any, ...]]:
+    """``trampoline_chunks`` for chunked kernels of ``arrays`` arrays, and its signature."""
+    return trampoline_chunks, (types.intp, types.Tuple((RAW_ARRAY,) * arrays), RAW_ARRAY, types.int64, types.int64)
+
+
 def warm(max_arrays: int = 24) -> int:
     """Compiles (or loads) the trampolines of kernels of up to ``max_arrays`` arrays, plain
-    and chunked, into Numba's disk cache; ``make`` does it once at installation, so that a
+    and chunked (one chunk, and the threads' loop over chunks), into Numba's disk cache; ``make`` does it once at installation, so that a
     first call compiles only its kernels. Returns how many were compiled here."""
     from fusejit.runtime.cache import COUNTERS
 
@@ -167,6 +222,7 @@ def warm(max_arrays: int = 24) -> int:
     for arrays in range(1, max_arrays + 1):
         for chunked in (False, True):
             compile_dispatchers(*_trampoline(arrays, 3 * chunked, chunked))
+        compile_dispatchers(*_chunk_loop(arrays))
     return COUNTERS.numba_compiles - before
 
 
