@@ -391,6 +391,16 @@ def test_where_with_one_argument_is_nonzero_when_concrete_and_refused_when_trace
         fj.jit(lambda c: fnp.where(c))(cond)
 
 
+def test_argwhere_and_flatnonzero_of_a_known_array_and_refused_for_a_traced_one() -> None:
+    a = np.array([[0.0, 1.5, 0.0], [2.0, 0.0, -1.0]])
+    assert_same(fnp.argwhere(a), np.argwhere(a), "argwhere")
+    assert_same(fnp.flatnonzero(a), np.flatnonzero(a), "flatnonzero")
+    assert_same(np.argwhere(fnp.asarray(a)), np.argwhere(a), "np.argwhere dispatch")
+    for fn, name in ((np.argwhere, "argwhere"), (np.flatnonzero, "flatnonzero")):
+        with pytest.raises(NotImplementedError, match=f"numpy.{name} of a traced array .*depends on the data"):
+            fj.jit(fn)(a)
+
+
 def test_the_coverage_document_agrees_with_the_code() -> None:
     """docs/numpy_coverage.md is `python -m fusejit coverage`'s output: every NumPy name it
     lists has the status the code gives it now, and every name supported now is listed

@@ -172,11 +172,11 @@ def test_threads_take_a_compiled_kernels_chunks_from_one_shared_counter():
         out, counter = np.full(n, np.nan), np.zeros(1, np.int64)
         barrier = threading.Barrier(3)
 
-        def work(worker: int) -> None:
+        def work(worker: int, out: np.ndarray, counter: np.ndarray, count: int, barrier: threading.Barrier) -> None:
             barrier.wait()
             entry.run_chunks((x, out, np.array([n])), counter, count, worker)
 
-        threads = [threading.Thread(target=work, args=(w,)) for w in range(3)]
+        threads = [threading.Thread(target=work, args=(w, out, counter, count, barrier)) for w in range(3)]
         for t in threads:
             t.start()
         for t in threads:

@@ -19,6 +19,8 @@ PARTIAL = {
     "where": "the one-argument form only for a concrete condition (a traced one has a data-dependent shape)",
     "nonzero": "only for a concrete or known array (a traced one's result has a data-dependent shape)",
     "compress": "only for a concrete or known condition (a traced one's result has a data-dependent shape)",
+    "argwhere": "only for a concrete or known array (a traced one's result has a data-dependent shape)",
+    "flatnonzero": "only for a concrete or known array (a traced one's result has a data-dependent shape)",
     "choose": "mode='raise' raises only for known indices (a traced index out of range is clipped)",
     "left_shift": "bool operands alone shift as int32 (NumPy: int8, not a fusejit dtype)",
     "right_shift": "bool operands alone shift as int32 (NumPy: int8, not a fusejit dtype)",

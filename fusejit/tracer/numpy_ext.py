@@ -775,6 +775,20 @@ def searchsorted(a: Array, v: Array, side: str = "left", sorter: Array = None) -
     return A.sum(before, axis=-1, dtype=np.int64)
 
 
+def argwhere(a: Array) -> Array:
+    """``numpy.argwhere``: ``[count, ndim]`` int64 indices of the nonzero elements of a
+    concrete or known ``a``. Of a traced one their count, so the result's shape, depends on
+    the data: ``NotImplementedError``, as ``nonzero``."""
+    A.nonzero(a, "numpy.argwhere of a traced array")
+    return A.asarray(np.argwhere(np.asarray(a)))
+
+
+def flatnonzero(a: Array) -> Array:
+    """``numpy.flatnonzero``: the indices of the nonzero elements of the flattened ``a``,
+    for a concrete or known ``a`` (see ``argwhere``)."""
+    return A.nonzero(A.ravel(A._as_operand(a)), "numpy.flatnonzero of a traced array")[0]
+
+
 def compress(condition: Array, a: Array, axis: int | None = None, out: Array = None) -> Array:
     """``numpy.compress``: the slices of ``a`` along ``axis`` (of the flattened ``a`` when
     None) where the 1-d ``condition`` is true, for a concrete or known ``condition``. A
@@ -1048,7 +1062,7 @@ ARRAY_FUNCTIONS: dict[Callable[..., Any], Callable[..., Any]] = {
         "repeat tile roll rollaxis rot90 fliplr flipud tril triu diag diagflat kron cross append "
         "split array_split hsplit vsplit dsplit atleast_3d column_stack row_stack dstack select "
         "linspace sinc nan_to_num real imag iscomplexobj isrealobj cumulative_prod partition argpartition "
-        "putmask place put fill_diagonal searchsorted compress choose matrix_transpose"
+        "putmask place put fill_diagonal searchsorted compress choose matrix_transpose argwhere flatnonzero"
     ).split()
     if hasattr(np, name)
 }
