@@ -98,7 +98,7 @@ def lower_taps(ctx: Ctx, op: Op, b: KernelBuilder, arrays: Arrays, epi: _Epilogu
                 w_base = b.let(mul(b.let(add(b.let(mul(o, s.Cg)), c)), s.KK))
                 plane = b.let(add(planes, b.let(mul(ci, pad.EE))))
                 taps = []
-                for k in itertools.product(*(range(n) for n in rhs.shape[2:])):
+                for k in itertools.product(*(range(size) for size in rhs.shape[2:])):
                     wv = b.load(wa, b.let(add(w_base, Lit(linear(k)))))
                     at = b.let(add(plane, linearize(b, tuple(Lit(k[d] * s.rdil[d]) for d in range(s.nsp)), E)))
                     taps.append((wv, at))
