@@ -30,7 +30,7 @@ import numpy as np
 import fusejit as fj
 from fusejit import nn
 from fusejit.codegen import conv as conv_codegen
-from fusejit.codegen import conv_taps
+from fusejit.codegen import conv_kn2row, conv_taps
 
 # (batch, in channels, side, out channels)
 SHAPES = [(64, 1, 8, 32), (256, 1, 8, 16), (64, 2, 8, 32), (64, 3, 32, 32), (64, 4, 16, 16),
@@ -38,10 +38,11 @@ SHAPES = [(64, 1, 8, 32), (256, 1, 8, 16), (64, 2, 8, 32), (64, 3, 32, 32), (64,
           (64, 32, 16, 64), (64, 64, 16, 32), (64, 64, 8, 128), (64, 128, 8, 64)]
 # The thresholds that force each strategy (module, name): value.
 _GEMMS = {(conv_codegen, "DIRECT_MAX_CONTRACTION"): 0, (conv_taps, "TAPS_MAX_CONTRACTION"): 0,
-          (conv_taps, "TAPS_MAX_CONTRACTION_LARGE"): 0}
+          (conv_taps, "TAPS_MAX_CONTRACTION_LARGE"): 0, (conv_kn2row, "KN2ROW_MIN_CHANNELS"): 10**9}
 STRATEGIES = {
     "direct": {(conv_codegen, "DIRECT_MAX_CONTRACTION"): 10**9},
     "taps": {(conv_codegen, "DIRECT_MAX_CONTRACTION"): 0, (conv_taps, "TAPS_MAX_CONTRACTION"): 10**9},
+    "kn2row": {**_GEMMS, (conv_kn2row, "KN2ROW_MIN_CHANNELS"): 0, (conv_kn2row, "KN2ROW_MIN_POSITIONS"): 0},
     "gemm": {**_GEMMS, (conv_codegen, "SHIFTED_MIN_ROWS"): 10**9},
     "shifted": {**_GEMMS, (conv_codegen, "SHIFTED_MIN_ROWS"): 0, (conv_codegen, "SHIFTED_MIN_CHANNELS"): 0},
     # (--gradients) the layouts of a kernel gradient's im2col

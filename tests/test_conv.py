@@ -14,7 +14,7 @@ import fusejit as fj
 import fusejit.numpy as fnp
 from fusejit import nn
 from fusejit.codegen import conv as conv_codegen
-from fusejit.codegen import conv_gemm, conv_taps
+from fusejit.codegen import conv_gemm, conv_kn2row, conv_taps
 from fusejit.ir import primitives as P
 from fusejit.tracer.tracing import bind
 
@@ -57,6 +57,13 @@ def _takes_taps(case):
     return set(strides) == {1} and set(lhs_dilation) == {1} and min(lo) >= 0
 
 
+def _takes_kn2row(case):
+    """Whether a conv can run as kn2row: unit strides and no lhs dilation (and a window no
+    larger than the output, as every case's is)."""
+    _, _, _, strides, _, _, lhs_dilation, _, _ = case
+    return set(strides) == {1} and set(lhs_dilation) == {1}
+
+
 def _attrs(case):
     _, _, _, s, lo, hi, ld, rd, g = case
     return {"strides": s, "lo": lo, "hi": hi, "lhs_dilation": ld, "rhs_dilation": rd, "groups": g}
@@ -66,7 +73,7 @@ def _conv(attrs):
     return lambda x, w: bind(P.conv, x, w, **attrs)
 
 
-@pytest.fixture(params=["direct", "taps", "gemm", "shifted"])
+@pytest.fixture(params=["direct", "taps", "kn2row", "gemm", "shifted"])
 def strategy(request, monkeypatch):
     """Each conv kernel strategy in turn (the choice is read when a kernel is lowered)."""
     monkeypatch.setattr(conv_codegen, "DIRECT_MAX_CONTRACTION", 10**9 if request.param == "direct" else 0)
@@ -74,7 +81,18 @@ def strategy(request, monkeypatch):
     monkeypatch.setattr(conv_codegen, "SHIFTED_MIN_CHANNELS", 0)
     monkeypatch.setattr(conv_taps, "TAPS_MAX_CONTRACTION", 10**9 if request.param == "taps" else 0)
     monkeypatch.setattr(conv_taps, "TAPS_MAX_CONTRACTION_LARGE", 0)
+    monkeypatch.setattr(conv_kn2row, "KN2ROW_MIN_CHANNELS", 0 if request.param == "kn2row" else 10**9)
+    monkeypatch.setattr(conv_kn2row, "KN2ROW_MIN_POSITIONS", 0)
+    if request.param == "kn2row":  # whatever the channel counts
+        monkeypatch.setattr(conv_kn2row, "uses_kn2row", _kn2row_shape)
+        monkeypatch.setattr(conv_codegen, "uses_kn2row", _kn2row_shape)
     return request.param
+
+
+def _kn2row_shape(op) -> bool:
+    a = op.attrs
+    return (set(a["strides"]) == {1} and set(a["lhs_dilation"]) == {1} and op.output.type.size > 0
+            and np.prod(op.inputs[1].shape[2:]) <= np.prod(op.output.shape[2:]))
 
 
 @pytest.mark.parametrize("case", CONVS, ids=[c[0] for c in CONVS])
@@ -86,7 +104,8 @@ def test_compiled_conv_matches_a_direct_loop(case, dtype, strategy):
     expected = conv_reference.conv(x, w, **attrs)
     tol = 1e-5 if dtype == np.float32 else 1e-12
     kernel = f"conv_{strategy}"
-    if (strategy == "shifted" and not _takes_shifted(case)) or (strategy == "taps" and not _takes_taps(case)):
+    if ((strategy == "shifted" and not _takes_shifted(case)) or (strategy == "taps" and not _takes_taps(case))
+            or (strategy == "kn2row" and not _takes_kn2row(case))):
         kernel = "conv_gemm"
     for fuse in (True, False):
         compiled = fj.jit(_conv(attrs), fuse=fuse).lower(x, w).compile()
@@ -132,6 +151,7 @@ def test_shifted_gemm_gradients_match_eager(case, monkeypatch):
     monkeypatch.setattr(conv_codegen, "SHIFTED_MIN_CHANNELS", 0)
     monkeypatch.setattr(conv_taps, "TAPS_MAX_CONTRACTION", 0)
     monkeypatch.setattr(conv_taps, "TAPS_MAX_CONTRACTION_LARGE", 0)
+    monkeypatch.setattr(conv_kn2row, "KN2ROW_MIN_CHANNELS", 10**9)
     x, w, loss = weighted_conv_loss(case)
     grad = fj.jit(fj.grad(loss, argnums=(0, 1))).lower(x, w).compile()
     assert "conv_shifted" in [k.name.split("_f")[0] for k in grad.kernels]
@@ -151,7 +171,7 @@ ONE_THREAD = pytest.mark.skipif(fj.codegen.target.CPU.max_threads() < 2, reason=
 
 @ONE_THREAD
 @pytest.mark.parametrize("case", BATCHED, ids=[c[0] for c in BATCHED])
-@pytest.mark.parametrize("strategy", ["taps", "gemm", "shifted"], indirect=True)
+@pytest.mark.parametrize("strategy", ["taps", "kn2row", "gemm", "shifted"], indirect=True)
 def test_a_conv_on_threads_matches_a_direct_loop(case, strategy):
     """Above the parallel threshold a GEMM strategy's loop over chunks of samples runs on
     threads, each chunk in its thread's copy of the scratch. (Not bit for bit the serial
@@ -183,14 +203,16 @@ def test_conv_gradients_on_threads_match_eager(case):
 
 def test_default_strategy_by_contraction_and_plane_size():
     """Direct loops for a few products per output; taps over padded planes for a short
-    contraction (9), or up to 144 over planes of 256 positions or more; shifted GEMMs,
+    contraction (9), or up to 144 over planes of 256 positions or more; kn2row for at
+    least 16 input channels and no more output channels than input ones; shifted GEMMs,
     each contracting 32 channels x 3 window columns, for 64 output channels or 8x8
     planes; im2col + GEMM for the rest."""
     conv = fj.jit(lambda x, w: nn.conv2d(x, w))
     for c, o, side, window, kernel in [(1, 4, 6, 2, "conv_direct"), (1, 4, 6, 3, "conv_taps"),
                                        (16, 8, 18, 3, "conv_taps"), (2, 32, 10, 3, "conv_gemm"),
-                                       (32, 64, 6, 3, "conv_shifted"), (32, 8, 10, 3, "conv_shifted"),
-                                       (32, 8, 9, 3, "conv_gemm"), (8, 64, 10, 3, "conv_gemm")]:
+                                       (32, 64, 6, 3, "conv_shifted"), (32, 8, 10, 3, "conv_kn2row"),
+                                       (8, 16, 9, 3, "conv_gemm"), (8, 64, 10, 3, "conv_gemm"),
+                                       (64, 32, 6, 3, "conv_kn2row")]:
         x, w = np.ones((2, c, side, side), np.float32), np.ones((o, c, window, window), np.float32)
         assert conv.lower(x, w).compile().kernels[0].name.startswith(kernel), (c, o, side)
 
@@ -362,7 +384,7 @@ def test_conv_bias_relu_is_one_kernel_with_either_strategy(strategy):
         assert kernel.name.startswith(f"conv_{strategy}"), kernel.name
         assert {"conv", "add"} <= {op.split()[0] for op in kernel.ops}
         source = compiled.kernel_source()
-        assert ("gemm_f32(" in source) == (strategy in ("gemm", "shifted"))  # BLAS, or direct loops
+        assert ("gemm_f32(" in source) == (strategy in ("gemm", "shifted", "kn2row"))  # BLAS, or direct loops
 
 
 @pytest.mark.parametrize("pool", ["max 2", "avg 2 stride 1", "max 3 stride 2 padded"])

@@ -42,6 +42,7 @@ from fusejit.codegen.common import (
     reason_of,
 )
 from fusejit.codegen.conv_gemm import lower_gemm, lower_rows, lower_shifted
+from fusejit.codegen.conv_kn2row import lower_kn2row, uses_kn2row
 from fusejit.codegen.conv_taps import lower_taps, uses_taps
 from fusejit.codegen.elemental import Emitter, Index, linearize
 from fusejit.codegen.exprs import (
@@ -240,6 +241,8 @@ def lower_conv(ctx: Ctx) -> LoweredKernel:
         lower = lower_shifted if uses_shifted(op) else lower_rows if uses_window_rows(op) else lower_gemm
         if uses_taps(op):  # a short contraction: GEMMs run it slowly (it vectorizes as taps)
             lower = lower_taps
+        elif uses_kn2row(op):  # a GEMM per sample, its result in cache: near the BLAS's peak
+            lower = lower_kn2row
     stem = lower(ctx, op, b, arrays, epi, _Shapes(b, op))
     return finish(ctx, b, arrays, epi.em, stem, op.output.dtype, op.output.shape)
 
