@@ -139,6 +139,19 @@ def test_conv_gradients_match_finite_differences(case):
         np.testing.assert_allclose(c, e, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("case", CONVS, ids=[c[0] for c in CONVS])
+@pytest.mark.parametrize("strategy", ["taps", "kn2row"], indirect=True)
+def test_conv_gradients_match_eager_with_the_newer_strategies(case, strategy):
+    """The input and weight gradients, whose convs run as taps or kn2row wherever their
+    shapes allow (unit strides, no lhs dilation), serial and on threads."""
+    x, w, loss = weighted_conv_loss(case)
+    for threshold in (1 << 40, 1):
+        with fj.config.override(parallel_threshold=threshold):
+            grad = fj.jit(fj.grad(loss, argnums=(0, 1))).lower(x, w).compile()
+        for c, e in zip(grad(x, w), fj.grad(loss, argnums=(0, 1))(x, w), strict=True):
+            np.testing.assert_allclose(c, e, rtol=1e-10, atol=1e-10)
+
+
 UNIT_STRIDES = [c for c in CONVS if _takes_shifted(c) and set(c[3]) == {1}]
 
 
