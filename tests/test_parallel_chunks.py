@@ -46,16 +46,36 @@ def has_parfor(step) -> bool:
 # The pool alone (no Numba)
 
 
+class Recorder:
+    """A chunked kernel's stand-in: records the (tag, chunk, chunks, worker) of every chunk
+    it runs (calling ``on_chunk`` with them first), and takes a thread's chunks from the
+    call's counter as ``native_calls.ChunkedKernel.run_chunks`` does (under a lock here,
+    where the kernel's loop increments it atomically)."""
+
+    def __init__(self, on_chunk=None) -> None:
+        self.seen: list[tuple[object, int, int, int]] = []
+        self.on_chunk = on_chunk
+        self.lock = threading.Lock()
+
+    def __call__(self, tag, chunk, chunks_, worker) -> None:
+        if self.on_chunk is not None:
+            self.on_chunk(tag, chunk, chunks_, worker)
+        with self.lock:
+            self.seen.append((tag, chunk, chunks_, worker))
+
+    def run_chunks(self, args, counter, chunks_, worker) -> None:
+        while True:
+            with self.lock:
+                chunk = int(counter[0])
+                counter[0] += 1
+            if chunk >= chunks_:
+                return
+            self(*args, chunk, chunks_, worker)
+
+
 def recorder():
-    """An ``entry`` that records the (chunk, chunks, worker) of every call."""
-    seen: list[tuple[object, int, int, int]] = []
-    lock = threading.Lock()
-
-    def entry(tag, chunk, chunks_, worker):
-        with lock:
-            seen.append((tag, chunk, chunks_, worker))
-
-    return entry, seen
+    entry = Recorder()
+    return entry, entry.seen
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
@@ -95,11 +115,11 @@ def test_calls_from_several_threads_each_run_all_their_chunks():
 
 
 def test_an_error_in_a_chunk_reaches_the_caller_and_the_pool_keeps_working():
-    def entry(fail, chunk, chunks_, worker):
+    def fail_last(fail, chunk, chunks_, worker):
         if fail and chunk == chunks_ - 1:
             raise ValueError("chunk failed")
 
-    call = chunks.chunked(entry, 2)
+    call = chunks.chunked(Recorder(fail_last), 2)
     with pytest.raises(ValueError, match="chunk failed"):
         call(True)
     call(False)

@@ -29,7 +29,6 @@ also keeps a single-kernel function's arena scratch private to one call.
 
 from __future__ import annotations
 
-import itertools
 import os
 import threading
 from collections.abc import Callable
@@ -79,10 +78,15 @@ class _Pool:
             finally:
                 done.release()
 
-    def run(self, entry: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    def run(self, run_chunks: Callable[..., None], args: tuple[Any, ...]) -> None:
+        """Runs a kernel's chunks on the pool: each thread calls ``run_chunks(args, counter,
+        chunks, worker)`` (``native_calls.ChunkedKernel.run_chunks``), which takes chunks
+        from the shared ``counter`` until ``chunks`` are taken."""
         chunks = self.threads * CHUNKS_PER_THREAD
         with self.busy:
-            self._job = self._job_of(entry, args, chunks)
+            counter = self._counter
+            counter[0] = 0
+            self._job = lambda worker: run_chunks(args, counter, chunks, worker)
             self._error = None
             for go in self._go:
                 go.release()
@@ -94,23 +98,6 @@ class _Pool:
                 self._job = None
             if self._error is not None:
                 raise self._error
-
-    def _job_of(self, entry: Callable[..., Any], args: tuple[Any, ...], chunks: int) -> Callable[[int], None]:
-        """What each thread runs for one call: a compiled kernel's loop over the chunks it
-        takes from the shared counter (``run_chunks``, without the GIL), else the chunks
-        taken here one Python call each."""
-        native = getattr(entry, "run_chunks", None)
-        if native is not None:
-            counter = self._counter
-            counter[0] = 0
-            return lambda worker: native(args, counter, chunks, worker)
-        taken = itertools.count()
-
-        def take(worker: int) -> None:
-            while (c := next(taken)) < chunks:
-                entry(*args, c, chunks, worker)
-
-        return take
 
 
 def _after_fork() -> None:
@@ -133,16 +120,18 @@ def pool(threads: int) -> _Pool:
         return p
 
 
-def chunked(entry: Callable[..., Any], threads: int) -> Callable[..., None]:
-    """A callable running a chunked kernel's compiled ``entry`` on ``threads`` threads:
-    ``call(*args)`` with the kernel's own arguments; every chunk is run once."""
+def chunked(entry: Any, threads: int) -> Callable[..., None]:
+    """A callable running a chunked kernel ``entry`` on ``threads`` threads: ``call(*args)``
+    with the kernel's own arguments; every chunk is run once. ``entry(*args, chunk,
+    chunks, worker)`` runs one chunk, ``entry.run_chunks`` a thread's share
+    (``native_calls.ChunkedKernel``)."""
     if threads <= 1:
         def call(*args: Any) -> None:
             entry(*args, 0, 1, 0)
     else:
-        run = pool(threads).run
+        run, run_chunks = pool(threads).run, entry.run_chunks
 
         def call(*args: Any) -> None:
-            run(entry, args)
+            run(run_chunks, args)
     call.chunked_entry = entry  # type: ignore[attr-defined] - what tests and profiles inspect
     return call
