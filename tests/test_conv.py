@@ -84,15 +84,8 @@ def strategy(request, monkeypatch):
     monkeypatch.setattr(conv_kn2row, "KN2ROW_MIN_CHANNELS", 0 if request.param == "kn2row" else 10**9)
     monkeypatch.setattr(conv_kn2row, "KN2ROW_MIN_POSITIONS", 0)
     if request.param == "kn2row":  # whatever the channel counts
-        monkeypatch.setattr(conv_kn2row, "uses_kn2row", _kn2row_shape)
-        monkeypatch.setattr(conv_codegen, "uses_kn2row", _kn2row_shape)
+        monkeypatch.setattr(conv_codegen, "uses_kn2row", conv_gemm.unit_stride_conv)
     return request.param
-
-
-def _kn2row_shape(op) -> bool:
-    a = op.attrs
-    return (set(a["strides"]) == {1} and set(a["lhs_dilation"]) == {1} and op.output.type.size > 0
-            and np.prod(op.inputs[1].shape[2:]) <= np.prod(op.output.shape[2:]))
 
 
 @pytest.mark.parametrize("case", CONVS, ids=[c[0] for c in CONVS])

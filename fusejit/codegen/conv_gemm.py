@@ -164,6 +164,15 @@ def _copy_stride(size: int) -> int:
     return -(-size // 16) * 16
 
 
+def unit_stride_conv(op: Op) -> bool:
+    """Whether ``op``'s windows step one element at a time along every axis of an
+    undilated input (unit strides, no lhs dilation) and are no larger than its output (not
+    a kernel gradient's shape): the convs the taps and kn2row strategies can take."""
+    a = op.attrs
+    return (all(v == 1 for v in a["strides"]) and all(v == 1 for v in a["lhs_dilation"])
+            and math.prod(op.inputs[1].shape[2:]) <= math.prod(op.output.shape[2:]))
+
+
 def lower_gemm(ctx: Ctx, op: Op, b: KernelBuilder, arrays: Arrays, epi: _Epilogue, s: _Shapes) -> str:
     lhs, rhs = op.inputs
     out = op.output

@@ -29,7 +29,7 @@ import math
 from typing import TYPE_CHECKING
 
 from fusejit.codegen.common import Arrays, Ctx, loop_nest
-from fusejit.codegen.conv_gemm import ChunkLoop
+from fusejit.codegen.conv_gemm import ChunkLoop, unit_stride_conv
 from fusejit.codegen.elemental import linearize
 from fusejit.codegen.exprs import (
     ONE,
@@ -70,16 +70,12 @@ KN2ROW_MIN_POSITIONS = 16
 
 
 def uses_kn2row(op: Op) -> bool:
-    """Whether ``op`` runs as kn2row: unit strides, no lhs dilation, a window no larger
-    than the output (not a kernel gradient's shape), and channels and positions as
-    above."""
-    lhs, rhs = op.inputs
-    a = op.attrs
-    positions = math.prod(op.output.shape[2:])
-    in_channels, out_channels = rhs.shape[1], rhs.shape[0] // a["groups"]
-    return (lhs.dtype.is_float and all(v == 1 for v in a["strides"]) and all(v == 1 for v in a["lhs_dilation"])
-            and in_channels >= max(KN2ROW_MIN_CHANNELS, out_channels) and positions >= KN2ROW_MIN_POSITIONS
-            and math.prod(rhs.shape[2:]) <= positions and op.output.type.size > 0)
+    """Whether ``op`` (a float conv that ``uses_gemm``) runs as kn2row: a
+    ``unit_stride_conv`` with channels and positions as above."""
+    rhs = op.inputs[1]
+    in_channels, out_channels = rhs.shape[1], rhs.shape[0] // op.attrs["groups"]
+    return (in_channels >= max(KN2ROW_MIN_CHANNELS, out_channels)
+            and math.prod(op.output.shape[2:]) >= KN2ROW_MIN_POSITIONS and unit_stride_conv(op))
 
 
 def lower_kn2row(ctx: Ctx, op: Op, b: KernelBuilder, arrays: Arrays, epi: _Epilogue, s: _Shapes) -> str:

@@ -29,7 +29,7 @@ import math
 from typing import TYPE_CHECKING
 
 from fusejit.codegen.common import Arrays, Ctx, loop_nest
-from fusejit.codegen.conv_gemm import ChunkLoop, Padded
+from fusejit.codegen.conv_gemm import ChunkLoop, Padded, unit_stride_conv
 from fusejit.codegen.elemental import linearize
 from fusejit.codegen.exprs import ONE, ZERO, Expr, Lit, add, floordiv, mul
 from fusejit.codegen.kernel import KernelBuilder
@@ -52,17 +52,12 @@ TAPS_MIN_POSITIONS = 256
 
 
 def uses_taps(op: Op) -> bool:
-    """Whether ``op`` runs as taps over padded planes: a short contraction (see above),
-    unit strides, no lhs dilation, no negative padding, a window no larger than the
-    output."""
-    lhs, rhs = op.inputs
-    a = op.attrs
-    contraction, positions = math.prod(rhs.shape[1:]), math.prod(op.output.shape[2:])
+    """Whether ``op`` (a float conv that ``uses_gemm``) runs as taps over padded planes: a
+    short contraction (see above), a ``unit_stride_conv``, no negative padding."""
+    contraction, positions = math.prod(op.inputs[1].shape[1:]), math.prod(op.output.shape[2:])
     short = contraction <= TAPS_MAX_CONTRACTION or (
         contraction <= TAPS_MAX_CONTRACTION_LARGE and positions >= TAPS_MIN_POSITIONS)
-    return (lhs.dtype.is_float and short and all(v == 1 for v in a["strides"])
-            and all(v == 1 for v in a["lhs_dilation"]) and all(v >= 0 for v in a["lo"])
-            and op.output.type.size > 0 and math.prod(rhs.shape[2:]) <= positions)
+    return short and unit_stride_conv(op) and all(v >= 0 for v in op.attrs["lo"])
 
 
 def lower_taps(ctx: Ctx, op: Op, b: KernelBuilder, arrays: Arrays, epi: _Epilogue, s: _Shapes) -> str:
