@@ -201,19 +201,19 @@ def lower_gemm(ctx: Ctx, op: Op, b: KernelBuilder, arrays: Arrays, epi: _Epilogu
         else:
             table = loop.scratch(arrays, DType.i64, table_size)
 
-    def prepare(pad_at: Expr, table_at: Expr) -> None:
+    def prepare(table_at: Expr) -> None:
         if pad is not None:
-            pad.clear(pad_at)
+            pad.clear()
         if table is not None:
             _offset_table(b, s, table, table_at)
 
     if not loop.parallel:
-        prepare(ZERO, ZERO)
+        prepare(ZERO)
     with loop.each() as (n0, count):
         cols_at, res_at = loop.base("cols", cols_size), loop.base("res", res_size)
         table_at = loop.base("table", table_size) if table is not None else ZERO
         if loop.parallel:
-            prepare(loop.base("padded", pad.size) if pad is not None else ZERO, table_at)
+            prepare(table_at)
         if pad is not None:
             pad.copy_chunk(xa, n0, count)
         # cols[(ci, k), i * PP + p] = x[n0 + i, ci, position(p, k)] or 0
@@ -631,12 +631,11 @@ class Padded:
     thread, interleaved): W7's forward conv 0.61 -> 0.52 ms, W8's 2.11 -> 2.01 ms, W9's
     8x8 forward 27.5 -> 27.1 ms; kernel gradients (rows of 3) were 5-9% slower (they
     unfold into rows instead, ``lower_rows``). The borders are zeroed once per call (once
-    per chunk on threads, in the thread's copy from ``at``); each chunk overwrites the
+    per chunk on threads, in the thread's copy: ``base``); each chunk overwrites the
     interiors."""
 
     def __init__(self, b: KernelBuilder, arrays: Arrays, s: _Shapes, op: Op, loop: ChunkLoop) -> None:
-        self.b, self.s = b, s
-        self.at: Expr = ZERO
+        self.b, self.s, self.loop = b, s, loop
         out_spatial, window = op.output.shape[2:], op.inputs[1].shape[2:]
         spatial = op.inputs[0].shape[2:]
         extents = [max((out_spatial[d] - 1) * s.strides[d] + (window[d] - 1) * s.rdil[d] + 1, s.lo[d] + spatial[d])
@@ -648,9 +647,13 @@ class Padded:
         self.xpad = loop.scratch(arrays, op.output.dtype, self.size)
         self.zero = b.const(0, op.output.dtype)
 
-    def clear(self, at: Expr) -> None:
-        """Zeroes the copy that starts at ``at``, which ``copy_chunk`` and ``fill`` use."""
-        self.at = at
+    def base(self) -> Expr:
+        """Where the padded planes of the thread running this chunk start in ``xpad``."""
+        return self.loop.base("padded", self.size)
+
+    def clear(self) -> None:
+        """Zeroes this thread's copy (its borders stay zero; ``copy_chunk`` fills the rest)."""
+        at = self.base()
         with self.b.each(self.s.size("padded", self.size)) as t:
             self.b.store(self.xpad, self.b.let(add(at, t)), self.zero)
 
@@ -661,7 +664,7 @@ class Padded:
             with b.each(s.C) as c:
                 plane = b.let(add(b.let(mul(i, s.C)), c))
                 src = b.let(mul(b.let(add(b.let(mul(b.let(add(n0, i)), s.C)), c)), s.SS))
-                dst = b.let(add(b.let(mul(plane, self.EE)), self.at))
+                dst = b.let(add(b.let(mul(plane, self.EE)), self.base()))
 
                 def element(q: tuple[Expr, ...]) -> None:
                     at = linearize(b, tuple(add(q[d], Lit(s.lo[d])) for d in range(s.nsp)), self.E)
@@ -673,7 +676,7 @@ class Padded:
         """``cols[col_base + p] = xpad[i, c, p * stride + k * rhs_dilation]`` over the
         output positions ``p``."""
         b, s = self.b, self.s
-        plane = b.let(add(b.let(mul(b.let(add(b.let(mul(i, s.C)), c)), self.EE)), self.at))
+        plane = b.let(add(b.let(mul(b.let(add(b.let(mul(i, s.C)), c)), self.EE)), self.base()))
 
         def point(p: tuple[Expr, ...]) -> None:
             q = tuple(add(mul(p[d], Lit(s.strides[d])), mul(k[d], Lit(s.rdil[d]))) for d in range(s.nsp))

@@ -77,13 +77,13 @@ def lower_taps(ctx: Ctx, op: Op, b: KernelBuilder, arrays: Arrays, epi: _Epilogu
         return sum(kd * math.prod(rhs.shape[2 + d + 1:]) for d, kd in enumerate(k))
 
     if not loop.parallel:
-        pad.clear(ZERO)
+        pad.clear()
     with loop.each() as (n, _):
         acc_at = loop.base("acc", span)
         if loop.parallel:
-            pad.clear(loop.base("padded", pad.size))
+            pad.clear()
         pad.copy_chunk(xa, n, ONE)
-        planes = pad.at  # this thread's padded planes of sample n
+        planes = pad.base()  # this thread's padded planes of sample n
         with b.each(s.O) as o:
             g = b.let(mul(b.let(floordiv(o, s.Og)), s.Cg)) if s.groups > 1 else None
 
