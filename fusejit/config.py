@@ -44,6 +44,7 @@ SETTINGS = {
         Setting("check_ir", "FUSEJIT_CHECK_IR", False, _flag, "Verify the IR after every pass."),
         Setting("parallel_threshold", "FUSEJIT_PARALLEL_THRESHOLD", 1 << 18, int, "CPU kernels over at least this many elements use threads (prange)."),
         Setting("parallel_chunks", "FUSEJIT_PARALLEL_CHUNKS", True, _flag, "A CPU kernel whose parallel loop comes last runs it in chunks on fusejit's threads (serial Numba code, faster to compile); off: a Numba parfor."),
+        Setting("llvm_kernels", "FUSEJIT_LLVM_KERNELS", True, _flag, "CPU kernels are printed as LLVM IR and compiled without Numba's front end where the LLVM printer spells them (faster to compile); off: every kernel is a Numba module."),
         Setting("profile", "FUSEJIT_PROFILE", False, _flag, "Print the per-kernel profile of every jitted function at exit."),
         Setting("log_compiles", "FUSEJIT_LOG_COMPILES", False, _flag, "Log one line per compilation: function, signature, reason, time per stage, kernels."),
         Setting("retrace_limit", "FUSEJIT_RETRACE_LIMIT", 8, int, "Warn (RetraceWarning) when a jitted function is traced more often than this."),

@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import fusejit as fj
 import fusejit.numpy as fnp
@@ -103,7 +104,7 @@ def test_compile_workers_compile_uncached_kernels_into_the_shared_cache(tmp_path
     (times,) = f.cache_info().compile_times
     origins = [k.origin for k in times.kernels]
     assert timings.KernelOrigin.WORKER in origins or timings.KernelOrigin.DISK in origins, times
-    assert list(tmp_path.rglob("*.nbi")), "the worker wrote Numba's cache"
+    assert list(tmp_path.rglob("*.nobj")) or list(tmp_path.rglob("*.nbi")), "the worker wrote the cache"
 
 
 def test_threads_racing_cold_first_calls_share_one_compile_worker_without_hanging(tmp_path):
@@ -202,9 +203,13 @@ print(json.dumps({"counters": COUNTERS.snapshot(), "a": a.tolist(), "b": b.tolis
 """
 
 
-def run_fresh_process(cache_dir: Path) -> dict:
+# Kernels printed as Numba modules (llvm_kernels off) and as LLVM IR: each has its own files.
+MACHINE_CODE = {"numba": ("*.nbi", "*.nbc"), "llvm": ("*.nobj",)}
+
+
+def run_fresh_process(cache_dir: Path, printer: str = "numba") -> dict:
     env = dict(os.environ, FUSEJIT_CACHE_DIR=str(cache_dir), FUSEJIT_CACHE="1", FUSEJIT_BACKEND="cpu",
-               PYTHONPATH=str(REPO))
+               PYTHONPATH=str(REPO), FUSEJIT_LLVM_KERNELS=str(int(printer == "llvm")))
     env.pop("NUMBA_CACHE_DIR", None)  # Numba's entries go beside the modules, under cache_dir
     done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
                           timeout=300, check=False)
@@ -212,29 +217,33 @@ def run_fresh_process(cache_dir: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_second_process_compiles_nothing_and_corrupted_entries_are_repaired(tmp_path):
-    first = run_fresh_process(tmp_path)
-    assert first["counters"]["numba_compiles"] > 0 and first["counters"]["modules_written"] > 0
-    second = run_fresh_process(tmp_path)
+@pytest.mark.parametrize("printer", ["numba", "llvm"])
+def test_second_process_compiles_nothing_and_corrupted_entries_are_repaired(tmp_path, printer):
+    first = run_fresh_process(tmp_path, printer)
+    assert first["counters"]["numba_compiles"] > 0
+    assert (first["counters"]["modules_written"] > 0) is (printer == "numba")
+    second = run_fresh_process(tmp_path, printer)
     assert second["counters"]["numba_compiles"] == 0
     assert second["counters"]["modules_written"] == 0
     assert second["counters"]["numba_cache_loads"] > 0
     assert second["a"] == first["a"] and second["b"] == first["b"]
     # Loading from the disk cache skips Numba's registries (most of a warm first call), and
-    # with SciPy's bundled OpenBLAS the GEMM does not import scipy.linalg either.
-    assert first["registries"] and not second["registries"]
+    # with SciPy's bundled OpenBLAS the GEMM does not import scipy.linalg either; kernels
+    # compiled from LLVM IR never need the registries (the math library comes from
+    # Numba's cache, filled at installation).
+    assert first["registries"] is (printer == "numba") and not second["registries"]
     assert second["scipy_linalg"] is not gemm.CBLAS
     # Damage every cached machine-code entry: the next process discards and recompiles.
-    damaged = list(tmp_path.rglob("*.nbi")) + list(tmp_path.rglob("*.nbc"))
+    damaged = [path for pattern in MACHINE_CODE[printer] for path in tmp_path.rglob(pattern)]
     assert damaged
     for path in damaged:
         path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2] + b"\x00garbage")
-    third = run_fresh_process(tmp_path)
+    third = run_fresh_process(tmp_path, printer)
     assert third["counters"]["cache_repairs"] >= 1
     assert third["a"] == first["a"] and third["b"] == first["b"]
-    fourth = run_fresh_process(tmp_path)  # and the repaired entries are cached again
+    fourth = run_fresh_process(tmp_path, printer)  # and the repaired entries are cached again
     assert fourth["counters"]["numba_compiles"] == 0 and fourth["counters"]["cache_repairs"] == 0
-    assert third["registries"] and not fourth["registries"]
+    assert third["registries"] is (printer == "numba") and not fourth["registries"]
 
 
 DAMAGE = {
@@ -245,20 +254,22 @@ DAMAGE = {
 }
 
 
-def test_any_damage_to_any_cache_file_is_a_miss(tmp_path):
+@pytest.mark.parametrize("printer", ["numba", "llvm"])
+def test_any_damage_to_any_cache_file_is_a_miss(tmp_path, printer):
     """Every file of a populated cache (module sources, Numba's index and machine code,
-    entry markers) damaged in each way: a fresh process still computes the same values."""
+    compiled LLVM kernels, entry markers) damaged in each way: a fresh process still
+    computes the same values."""
     populated = tmp_path / "populated"
-    first = run_fresh_process(populated)
+    first = run_fresh_process(populated, printer)
     files = [p for p in populated.rglob("*") if p.is_file()]
-    assert {p.suffix for p in files} >= {".py", ".nbi", ".nbc"}
+    assert {p.suffix for p in files} >= ({".py", ".nbi", ".nbc"} if printer == "numba" else {".nobj"})
     for kind, damage in DAMAGE.items():
         copy = tmp_path / kind.replace(" ", "-")
         shutil.copytree(populated, copy)
         for path in copy.rglob("*"):
             if path.is_file():
                 path.write_bytes(damage(path.read_bytes()))
-        again = run_fresh_process(copy)
+        again = run_fresh_process(copy, printer)
         assert again["a"] == first["a"] and again["b"] == first["b"], kind
 
 
@@ -351,12 +362,13 @@ print(json.dumps({"a": a.tolist(), "b": b.tolist(), "repairs": COUNTERS.cache_re
 """
 
 
-def test_two_kernels_cache_entries_swapped_are_misses_not_each_others_code(tmp_path):
+@pytest.mark.parametrize("printer", ["numba", "llvm"])
+def test_two_kernels_cache_entries_swapped_are_misses_not_each_others_code(tmp_path, printer):
     """Two kernels of the same name in different modules, their Numba entries exchanged
-    (modification times kept, so Numba's index takes them): each is discarded and compiled
-    again instead of running as the other kernel."""
+    (modification times kept, so Numba's index takes them), or two compiled LLVM kernels'
+    files: each is discarded and compiled again instead of running as the other kernel."""
     env = dict(os.environ, FUSEJIT_CACHE_DIR=str(tmp_path), FUSEJIT_CACHE="1", FUSEJIT_COMPILE_WORKERS="0",
-               PYTHONPATH=str(REPO))
+               PYTHONPATH=str(REPO), FUSEJIT_LLVM_KERNELS=str(int(printer == "llvm")))
     env.pop("NUMBA_CACHE_DIR", None)
 
     def run() -> dict:
@@ -369,6 +381,7 @@ def test_two_kernels_cache_entries_swapped_are_misses_not_each_others_code(tmp_p
     by_name: dict[str, list[Path]] = {}
     for path in tmp_path.rglob("*.nbc"):  # fj_<module hash>.<kernel>-<line>.py311.<n>.nbc
         by_name.setdefault(path.name.split(".", 1)[1], []).append(path)
+    by_name["llvm"] = sorted(tmp_path.rglob("*.nobj"))  # fjl_<key>.nobj
     a, b = next(paths for paths in by_name.values() if len(paths) == 2)
     stat_a, stat_b = a.stat(), b.stat()
     data_a, data_b = a.read_bytes(), b.read_bytes()

@@ -8,6 +8,7 @@ import pytest
 from numba.core import types
 
 import fusejit as fj
+from fusejit import config
 from fusejit.runtime import native_calls
 
 
@@ -15,12 +16,17 @@ def steps(fn, *args):
     return fn.lower(*args).compile().executable._steps
 
 
-def test_a_kernel_is_compiled_without_a_cpython_wrapper_and_runs_through_a_trampoline():
+@pytest.mark.parametrize("llvm", [False, True])
+def test_a_kernel_is_compiled_without_a_cpython_wrapper_and_runs_through_a_trampoline(llvm):
     x = np.linspace(-2, 2, 50, dtype=np.float32)
-    f = fj.jit(lambda x: np.tanh(x) * 2.0 + 1.0)
-    np.testing.assert_allclose(f(x), np.tanh(x) * 2 + 1, atol=1e-6)
-    (st,) = steps(f, x)
-    assert st.dispatcher.targetoptions["no_cpython_wrapper"]
+    with config.override(llvm_kernels=llvm):
+        f = fj.jit(lambda x: np.tanh(x) * 2.0 + 1.0)
+        np.testing.assert_allclose(f(x), np.tanh(x) * 2 + 1, atol=1e-6)
+        (st,) = steps(f, x)
+    if llvm:  # printed as LLVM IR: no Numba function at all
+        assert st.llvm is not None and st.dispatcher is None
+    else:
+        assert st.llvm is None and st.dispatcher.targetoptions["no_cpython_wrapper"]
     assert isinstance(st.entry_point, native_calls.NativeKernel)
     assert st.source.count("load(sizes, ") == len(st.lowered.kernel.ints)
 

@@ -55,10 +55,13 @@ class CompileJob:
     kernel: str
     arrays: tuple[str, ...]  # NumPy dtype names of the flat array parameters
     chunked: bool  # its signature ends with chunk, chunks, worker (native_calls.kernel_signature)
+    llvm: str = ""  # compiled from LLVM IR: its cache name (runtime/llvm_kernels.py), else Numba's module
+    llvm_text: str = ""  # and that IR
 
     def request(self, cache_root: str) -> str:
         return json.dumps({"source": self.source, "kernel": self.kernel, "arrays": list(self.arrays),
-                           "chunked": self.chunked, "cache_dir": cache_root}) + "\n"
+                           "chunked": self.chunked, "llvm": self.llvm, "llvm_text": self.llvm_text,
+                           "cache_dir": cache_root}) + "\n"
 
 
 def worker_count() -> int:

@@ -21,10 +21,16 @@ def compile_request(request: dict) -> dict:
     from fusejit.runtime.cache import COUNTERS, compile_dispatchers, load_module
 
     with config.override(cache=True, cache_dir=request["cache_dir"]):
-        dispatcher = getattr(load_module(request["source"]), request["kernel"])
-        before = COUNTERS.numba_compiles
         chunked = bool(request["chunked"])
         sig = native_calls.kernel_signature(request["arrays"], chunked)
+        if request.get("llvm"):
+            from fusejit.runtime import llvm_kernels
+
+            address, library, origin = llvm_kernels.load(request["llvm"], lambda: request["llvm_text"])
+            native_calls.bind_address(address, library, sig, chunked)
+            return {"ok": True, "compiled": origin is llvm_kernels.KernelOrigin.COMPILED}
+        dispatcher = getattr(load_module(request["source"]), request["kernel"])
+        before = COUNTERS.numba_compiles
         compile_dispatchers(dispatcher, sig)
         compiled = COUNTERS.numba_compiles > before
         # Its trampoline too (Numba's cache beside fusejit's sources), should it be new.

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from fusejit import config
+from fusejit.codegen.cpu import llvm_printer
 from fusejit.codegen.kernel import Matmul, statements
 from fusejit.codegen.lowering import LoweredKernel, describe_ops
 from fusejit.codegen.target import CPU
@@ -50,7 +51,7 @@ from fusejit.ir.dtypes import DType, from_numpy
 from fusejit.ir.nans import first_nonfinite, nonfinite_error, nonfinite_kind
 from fusejit.ir.scopes import scope_label
 from fusejit.ir.transforms.fusion import FusedFunction
-from fusejit.runtime import blas, chunks, compile_pool, donation, threads
+from fusejit.runtime import blas, chunks, compile_pool, donation, llvm_kernels, threads
 from fusejit.runtime.cache import (
     COUNTERS,
     compile_dispatchers,
@@ -152,6 +153,16 @@ class _Step:
     array_refs: list[tuple[str, Any]]  # per kernel array: storage reference
     sizes: np.ndarray  # its ints (int64), the kernel's argument after its arrays
     chunked: bool = False  # its parallel loop runs in chunks on fusejit's threads (runtime/chunks.py)
+    llvm: str | None = None  # its cache name when compiled from LLVM IR (runtime/llvm_kernels.py), else Numba
+
+    def on_disk(self, directory: Any) -> bool:
+        """Whether the disk cache (``directory``) has this kernel's compiled code or module."""
+        if self.llvm is not None:
+            return llvm_kernels.on_disk(self.llvm)
+        return (directory / f"{self.module}.py").exists()
+
+    def in_memory(self) -> bool:
+        return self.llvm in llvm_kernels.loaded() if self.llvm is not None else self.module in sys.modules
 
 
 class CpuExecutable:
@@ -170,10 +181,15 @@ the module doc); ``call_plan`` is what it runs, as data."""
         self.plan = call.arena
         self._dims = np.array(call.dims, dtype=np.int64)
         self._steps = []
+        llvm = config.value("llvm_kernels")
         for sp in call.steps:
-            source = CPU.print_module(sp.lowered.kernel)
+            kernel = sp.lowered.kernel
+            source = CPU.print_module(kernel)
+            chunked = CPU.chunked(kernel)
+            name = (llvm_kernels.cache_name(source, [a.dtype.np.name for a in kernel.arrays], chunked)
+                    if llvm and llvm_printer.unsupported(kernel) is None else None)
             self._steps.append(_Step(sp.lowered, module_name(source), source, None, None, list(sp.refs),
-                                     self._dims[list(sp.int_slots)], CPU.chunked(sp.lowered.kernel)))
+                                     self._dims[list(sp.int_slots)], chunked, name))
         self.compile_times.lower = time.perf_counter() - start
         self._consts = list(call.consts)
         self._buf_slot = dict(call.buf_slot)
@@ -240,12 +256,14 @@ the module doc); ``call_plan`` is what it runs, as data."""
         directory, _ = module_directory()
         jobs, steps = [], []
         for k, st in enumerate(self._steps):
-            if st.module in seen or st.module in sys.modules or (directory / f"{st.module}.py").exists():
+            key = st.llvm or st.module
+            if key in seen or st.in_memory() or st.on_disk(directory):
                 continue
-            seen.add(st.module)
+            seen.add(key)
             kernel = st.lowered.kernel
+            text = llvm_printer.module_text(kernel) if st.llvm else ""
             jobs.append(compile_pool.CompileJob(st.source, kernel.name, tuple(a.dtype.np.name for a in kernel.arrays),
-                                                st.chunked))
+                                                st.chunked, st.llvm or "", text))
             steps.append(k)
         return jobs, steps
 
@@ -267,6 +285,15 @@ the module doc); ``call_plan`` is what it runs, as data."""
 
         st = self._steps[k]
         start, compiles = time.perf_counter(), COUNTERS.numba_compiles
+        if st.llvm is not None:
+            sig = native_calls.kernel_signature([a.dtype.np for a in st.lowered.kernel.arrays], st.chunked)
+            address, library, found = llvm_kernels.load(st.llvm, lambda: llvm_printer.module_text(st.lowered.kernel))
+            if origin is not None and found is KernelOrigin.DISK:
+                found = origin
+            st.entry_point = native_calls.bind_address(address, library, sig, st.chunked)
+            if st.chunked:
+                st.entry_point = chunks.chunked(st.entry_point, CPU.max_threads())
+            return KernelTime(st.lowered.display_name, time.perf_counter() - start, found)
         st.dispatcher = getattr(load_module(st.source), st.lowered.kernel.name)
         sig = native_calls.kernel_signature([a.dtype.np for a in st.lowered.kernel.arrays], st.chunked)
         found = KernelOrigin.MEMORY if sig in st.dispatcher.overloads else (origin or KernelOrigin.DISK)
@@ -615,8 +642,9 @@ def compile_executables(exes: Sequence[CpuExecutable], workers_only: bool = Fals
         compile_pool.start_workers()  # they start up while this process starts Numba
     # Numba's registries only if something is to be compiled here (else they load lazily,
     # should a cache entry turn out to be missing or damaged).
-    uncached = not disk or any(st.module not in sys.modules and not (directory / f"{st.module}.py").exists()
-                               for exe in exes for st in exe._steps)
+    # (Kernels compiled from LLVM IR need none.)
+    uncached = any(st.llvm is None and not st.in_memory() and not (disk and st.on_disk(directory))
+                   for exe in exes for st in exe._steps)
     startup = start_numba(compiling=uncached and not workers_only)
     progress = _Progress(exes[0].function.name if exes else "", sum(len(exe._steps) for exe in exes))
     times: dict[int, dict[int, KernelTime]] = {id(exe): {} for exe in exes}

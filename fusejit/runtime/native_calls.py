@@ -190,14 +190,20 @@ def bind(dispatcher: Any, signature: tuple[Any, ...], chunked: bool) -> NativeKe
     address = overload.library.get_pointer_to_function(overload.fndesc.llvm_func_name)
     if not address:  # pragma: no cover - Numba always emits the function
         raise RuntimeError(f"no machine code for kernel {dispatcher.py_func.__qualname__}")
+    return bind_address(address, overload, signature, chunked)
+
+
+def bind_address(address: int, owner: Any, signature: tuple[Any, ...], chunked: bool) -> NativeKernel:
+    """The kernel at ``address`` (a function with Numba's calling convention for
+    ``signature``, whose machine code ``owner`` keeps alive), with its trampoline."""
     arrays = sum(isinstance(t, types.Array) for t in signature)
     which, tsig = _trampoline(arrays, len(signature) - arrays, chunked)
     compile_dispatchers(which, tsig)
     if not chunked:
-        return NativeKernel(address, which.overloads[tsig].entry_point, len(signature), overload)
+        return NativeKernel(address, which.overloads[tsig].entry_point, len(signature), owner)
     loop, lsig = _chunk_loop(arrays)
     compile_dispatchers(loop, lsig)
-    return ChunkedKernel(address, which.overloads[tsig].entry_point, len(signature), overload,
+    return ChunkedKernel(address, which.overloads[tsig].entry_point, len(signature), owner,
                          loop.overloads[lsig].entry_point)
 
 
