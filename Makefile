@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml
 	# import, which some environments forbid): 0.2-0.3 s of every process's first call.
 	$(PY) -m compileall -q fusejit
 	# The trampolines through which the runtime calls compiled kernels, into Numba's cache
-	# (fusejit/runtime/native_calls.py): 72 in ~9 s once, instead of ~50 ms in a first call each.
+	# (fusejit/runtime/native_calls.py): 72 in ~9 s once, instead of ~50 ms in a first call each;
+	# and the math library the LLVM-printed kernels link (fusejit/runtime/llvm_kernels.py).
 	$(PY) -m fusejit.runtime.native_calls
 	touch $(STAMP)
 

@@ -93,7 +93,8 @@ def test_compile_workers_compile_uncached_kernels_into_the_shared_cache(tmp_path
     args = (rng.standard_normal((6, 5), np.float32), rng.standard_normal((5, 3), np.float32),
             rng.standard_normal((4, 6), np.float32))
     try:
-        with config.override(cache=True, cache_dir=str(tmp_path), compile_workers="1"):
+        # Numba modules: kernels printed as LLVM IR go to workers only in large numbers.
+        with config.override(cache=True, cache_dir=str(tmp_path), compile_workers="1", llvm_kernels=False):
             compile_pool.start_workers(wait=True)  # a starting worker takes no kernel
             f = fj.jit(step)
             pooled = f(*args)
@@ -131,7 +132,7 @@ def test_threads_racing_cold_first_calls_share_one_compile_worker_without_hangin
         results[k] = fj.jit(fns[k])(xs[k])
 
     try:
-        with config.override(cache=True, cache_dir=str(tmp_path), compile_workers="1"):
+        with config.override(cache=True, cache_dir=str(tmp_path), compile_workers="1", llvm_kernels=False):
             threads = [threading.Thread(target=work, args=(k,), daemon=True) for k in range(4)]
             for t in threads:
                 t.start()
@@ -333,7 +334,7 @@ def test_a_function_with_a_loop_compiles_its_stretches_and_bodies_as_one_batch(t
     rng = np.random.default_rng(2)
     w, xs = rng.standard_normal((5, 5), np.float32), rng.standard_normal((7, 3, 5), np.float32)
     try:
-        with config.override(cache=True, cache_dir=str(tmp_path / "cache"), compile_workers="1",
+        with config.override(cache=True, cache_dir=str(tmp_path / "cache"), compile_workers="1", llvm_kernels=False,
                              dump_dir=str(tmp_path / "dump")):
             f = fj.jit(model)
             got = f(w, xs)

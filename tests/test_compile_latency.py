@@ -107,7 +107,11 @@ def test_a_first_call_starts_the_workers_before_tracing_unless_an_earlier_one_fi
         return x * 2.0 + 1.0
 
     x = np.ones(8, np.float32)
-    with config.override(cache=True, cache_dir=str(tmp_path), compile_workers=1):
+    with config.override(cache=True, cache_dir=str(tmp_path / "llvm"), compile_workers=1, llvm_kernels=True):
+        fj.jit(f)(x)  # kernels printed as LLVM IR: no worker started ahead
+    assert not started
+    traced.clear()
+    with config.override(cache=True, cache_dir=str(tmp_path), compile_workers=1, llvm_kernels=False):
         np.testing.assert_array_equal(fj.jit(f)(x), x * 2 + 1)
         assert started == [0]  # before tracing
         fj.jit(f)(x)  # a new process would see the marker the first call left
@@ -115,6 +119,17 @@ def test_a_first_call_starts_the_workers_before_tracing_unless_an_earlier_one_fi
         fj.jit(f)(np.ones(9, np.float32))  # other argument types: started before f's third trace
         fj.jit(lambda x: x - 1.0)(x)  # another function
         assert started == [0, 2, 3]
-    with config.override(cache=True, cache_dir=str(tmp_path / "other"), compile_workers=0):
+    with config.override(cache=True, cache_dir=str(tmp_path / "other"), compile_workers=0, llvm_kernels=False):
         fj.jit(f)(x)  # no workers to start
     assert len(started) == 3
+
+
+def test_kernels_printed_as_llvm_ir_go_to_workers_only_in_large_numbers():
+    """A worker takes ~0.5 s to start; an LLVM-printed kernel compiles in 20-120 ms."""
+    def jobs(numba: int, llvm: int) -> list:
+        return ([compile_pool.CompileJob("src", "k", ("float32",), False)] * numba
+                + [compile_pool.CompileJob("src", "k", ("float32",), False, "fjl_0")] * llvm)
+
+    assert compile_pool.worth_workers(jobs(2, 0)) and not compile_pool.worth_workers(jobs(1, 0))
+    assert not compile_pool.worth_workers(jobs(0, 15)) and compile_pool.worth_workers(jobs(0, 16))
+    assert compile_pool.worth_workers(jobs(1, 8))

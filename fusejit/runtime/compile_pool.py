@@ -167,9 +167,12 @@ def _marker(fingerprint: str) -> Path | None:
 def expect_compilation(fingerprint: str) -> None:
     """Starts the workers now (they import Numba while the caller traces) unless a call
     with ``fingerprint`` (a hash of the function and its argument types) finished on this
-    disk cache before, or there are no workers to start."""
+    disk cache before, or there are no workers to start, or kernels are printed as LLVM IR
+    (``config llvm_kernels``): most then compile in-process faster than a worker starts
+    (``worth_workers``), and a worker starting beside the caller slowed it (W5 cold on 2
+    vCPUs: 0.47 s without a worker, 0.58-0.63 s with one that compiled nothing)."""
     marker = _marker(fingerprint)
-    if marker is None or worker_count() == 0 or marker.exists():
+    if marker is None or worker_count() == 0 or marker.exists() or config.value("llvm_kernels"):
         return
     start_workers()
 
@@ -191,6 +194,17 @@ def shutdown() -> None:
         for w in _workers:
             w.close()
         _workers.clear()
+
+
+# A kernel printed as LLVM IR compiles in 20-120 ms, a Numba module in 0.15-1 s: the
+# compile work of a batch in Numba modules' worth.
+LLVM_JOB_WEIGHT = 1 / 8
+
+
+def worth_workers(jobs: Sequence[CompileJob]) -> bool:
+    """Whether ``jobs`` are enough work to hand some to workers: two Numba modules' worth
+    (a worker needs ~0.5 s to start and its kernels are loaded back from the disk)."""
+    return sum(LLVM_JOB_WEIGHT if job.llvm else 1 for job in jobs) >= 2
 
 
 def compile_in_parallel(jobs: Sequence[CompileJob], compile_here: Callable[[int], None] | None,

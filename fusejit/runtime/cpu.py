@@ -5,7 +5,9 @@ Built once per signature:
 1. the call plan (``fusejit.runtime.plan``): every group lowered, the storage of every
    value (parameters, results, donated buffers, constants, one arena allocated once: the
    steady state allocates outputs only), as data;
-2. every kernel compiled (or loaded from the disk cache) by Numba;
+2. every kernel compiled (or loaded from the disk cache): from its LLVM IR
+   (``fusejit.runtime.llvm_kernels``) where ``fusejit.codegen.cpu.llvm_printer`` spells it,
+   else as a Numba module;
 3. calls go through a Python function generated for this executable (``_runner``: ravel
    the arguments, allocate the outputs, call each kernel's compiled entry point with
    the flat arrays and its sizes, and between them, in program order, each host op's
@@ -29,6 +31,7 @@ parallelism); outputs are fresh per call, so nothing else is shared.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import math
 import sys
 import threading
@@ -219,7 +222,9 @@ the module doc); ``call_plan`` is what it runs, as data."""
         # array, so that a scan's stacked outputs are written in place, not copied.
         direct = set(self._into_slot.values())
         self.writes_into = tuple(r in direct or kind == "param" for r, (kind, _) in enumerate(self._result_refs))
-        self.kernels = [kernel_info(st.lowered, st.module, st.source) for st in self._steps]
+        self.kernels = [kernel_info(st.lowered, st.module, st.source,
+                                    f"compiled from its LLVM IR ({st.llvm}), not this module" if st.llvm else "")
+                        for st in self._steps]
         gemms = [_gemm_flops(st.lowered) for st in self._steps if st.lowered.uses_blas]
         self._blas_threads = blas.threads_for(max(gemms)) if gemms else None
         if any(st.lowered.kernel.parallel and not st.chunked for st in self._steps):
@@ -261,9 +266,8 @@ the module doc); ``call_plan`` is what it runs, as data."""
                 continue
             seen.add(key)
             kernel = st.lowered.kernel
-            text = llvm_printer.module_text(kernel) if st.llvm else ""
             jobs.append(compile_pool.CompileJob(st.source, kernel.name, tuple(a.dtype.np.name for a in kernel.arrays),
-                                                st.chunked, st.llvm or "", text))
+                                                st.chunked, st.llvm or ""))
             steps.append(k)
         return jobs, steps
 
@@ -569,6 +573,11 @@ the module doc); ``call_plan`` is what it runs, as data."""
         parts.append("# ---- runner (calls the kernels above in order)\n" + self._runner_source)
         return "\n\n".join(parts)
 
+    def llvm_sources(self) -> list[str]:
+        """Per kernel, the LLVM IR it is compiled from (``llvm_kernels``), or "" for a
+        Numba module (printed again: what ``FUSEJIT_DUMP`` writes)."""
+        return [llvm_printer.module_text(st.lowered.kernel) if st.llvm else "" for st in self._steps]
+
     def runner_source(self) -> str:
         """The generated Python function every call runs (``K0``... are the kernels)."""
         return self._runner_source
@@ -636,8 +645,11 @@ def compile_executables(exes: Sequence[CpuExecutable], workers_only: bool = Fals
             exe_jobs, steps = exe._parallel_jobs(seen)
             jobs += exe_jobs
             owners += [(exe, k) for k in steps]
-        if len(jobs) < (1 if workers_only else 2):
+        if not jobs or not (workers_only or compile_pool.worth_workers(jobs)):
             jobs, owners = [], []
+        # The LLVM IR of the kernels handed to workers (printed only for them).
+        jobs = [dataclasses.replace(job, llvm_text=llvm_printer.module_text(exe._steps[k].lowered.kernel))
+                if job.llvm else job for job, (exe, k) in zip(jobs, owners, strict=True)]
     if jobs:
         compile_pool.start_workers()  # they start up while this process starts Numba
     # Numba's registries only if something is to be compiled here (else they load lazily,
@@ -690,16 +702,16 @@ def op_dtype(arr: np.ndarray) -> DType:
     return from_numpy(arr.dtype)
 
 
-def kernel_info(lk: LoweredKernel, module: str, source: str) -> KernelInfo:
+def kernel_info(lk: LoweredKernel, module: str, source: str, note: str = "") -> KernelInfo:
     """What ``Compiled.kernels`` reports of a lowered kernel whose module (of either
-    target) is ``source``, named ``module``."""
+    target) is ``source``, named ``module`` (``note``: a line for its header)."""
     g = lk.group
     ops = tuple(f"{op.prim.name}{f' at {op.loc}' if op.loc else ''}" for op in g.ops)
-    return KernelInfo(lk.display_name, ops, g.bytes_read, g.bytes_written, display_source(lk, module, source),
+    return KernelInfo(lk.display_name, ops, g.bytes_read, g.bytes_written, display_source(lk, module, source, note),
                       scope_label(g.ops))
 
 
-def display_source(lk: LoweredKernel, module: str, source: str) -> str:
+def display_source(lk: LoweredKernel, module: str, source: str, note: str = "") -> str:
     """The kernel's module source under a header naming the concrete ops, shapes and
     source lines (the module on disk leaves those out so every batch size shares it)."""
     g = lk.group
@@ -707,6 +719,7 @@ def display_source(lk: LoweredKernel, module: str, source: str) -> str:
     head = [f"# {lk.display_name}{f' [{label}]' if label else ''}: {len(g.ops)} ops, reads {g.bytes_read} B, "
             f"writes {g.bytes_written} B (module {module})"]
     head += [f"#   {line}" for line in describe_ops(g)]
+    head += [f"# {note}"] if note else []
     body = source.split("\n")
     start = next(i for i, line in enumerate(body) if not line.startswith("#"))
     return "\n".join(head + body[start:])

@@ -3,7 +3,8 @@
 Each compilation gets a directory ``<dir>/<NNN>_<function name>/`` holding
 ``00_traced.ir``, one ``NN_<pass>.ir`` per pipeline stage (stamped with the pass and its
 time), ``NN_fused.ir`` (the partition into kernels), ``kernels/<kernel>.py`` (each
-kernel's source as ``Compiled.kernel_source()`` shows it), ``runner.py`` (the Python
+kernel's source as ``Compiled.kernel_source()`` shows it, and ``kernels/<kernel>.ll``, the
+LLVM IR a CPU kernel is compiled from when the LLVM printer spells it), ``runner.py`` (the Python
 function every call runs) and ``compile_times.txt`` (seconds per stage and per kernel,
 ``fusejit.runtime.timings``).
 """
@@ -66,8 +67,11 @@ def dump_compilation(
     if kernels:
         kdir = directory / "kernels"
         kdir.mkdir(exist_ok=True)
-        for i, info in enumerate(kernels):
+        llvm = exe.llvm_sources() if hasattr(exe, "llvm_sources") else [""] * len(kernels)
+        for i, (info, text) in enumerate(zip(kernels, llvm, strict=True)):
             (kdir / f"{i:02d}_{_safe(info.name)}.py").write_text(info.source, encoding="utf-8")
+            if text:  # what it was compiled from (fusejit/codegen/cpu/llvm_printer.py)
+                (kdir / f"{i:02d}_{_safe(info.name)}.ll").write_text(text, encoding="utf-8")
     runner = getattr(exe, "runner_source", None)
     if runner is not None:
         (directory / "runner.py").write_text(runner(), encoding="utf-8")

@@ -131,6 +131,20 @@ def _math_overload(function: str) -> Any:
     return dispatcher.overloads[signature]
 
 
+def warm_math_library() -> int:
+    """Compiles (or loads) every math-library function into Numba's disk cache, as the
+    LLVM kernels link them; ``make`` does it once at installation, so that a first call
+    compiles only its kernels (and never loads Numba's registries). Returns how many were
+    compiled here."""
+    from numba.core.dispatcher import Dispatcher
+
+    before = COUNTERS.numba_compiles
+    for name, value in vars(mathlib).items():
+        if isinstance(value, Dispatcher) and not name.startswith("_") and name.endswith(("_f32", "_f64")):
+            _math_overload(name)
+    return COUNTERS.numba_compiles - before
+
+
 def _read(path: Any, name: str) -> Any:
     """The library cached at ``path``, or None (absent, or damaged: then removed)."""
     try:

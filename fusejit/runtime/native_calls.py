@@ -235,6 +235,11 @@ def warm(max_arrays: int = 24) -> int:
 if __name__ == "__main__":
     import time
 
+    from fusejit.runtime.llvm_kernels import warm_math_library
+
     start = time.perf_counter()
     count = warm()
     print(f"fusejit: {count} kernel trampolines compiled in {time.perf_counter() - start:.1f} s")
+    start = time.perf_counter()
+    count = warm_math_library()
+    print(f"fusejit: {count} math-library functions compiled in {time.perf_counter() - start:.1f} s")
