@@ -266,11 +266,14 @@ def test_dump_writes_every_stage_and_kernel(tmp_path):
     assert any("eliminate_dead_code" in n for n in names) and "runner.py" in names
     times = (directory / "compile_times.txt").read_text()
     assert all(info.name in times for info in compiled.kernels) and "numba start-up" in times
-    kernels = sorted((directory / "kernels").iterdir())
+    kernels = sorted((directory / "kernels").glob("*.py"))
     assert len(kernels) == len(compiled.kernels)
     for path, info in zip(kernels, compiled.kernels, strict=True):
         assert path.read_text() == info.source
         assert info.source in compiled.kernel_source()
+    llvm_printed = sorted((directory / "kernels").glob("*.ll"))
+    assert [p.stem for p in llvm_printed] == [p.stem for p in kernels]
+    assert all("define i32" in p.read_text() for p in llvm_printed)
     assert "// stage: inline_calls" in (directory / "01_inline_calls.ir").read_text()
     report = (directory / "fusion_report.txt").read_text()
     assert f"in {len(compiled.kernels)} kernels" in report and "tanh" in report
